@@ -1,0 +1,479 @@
+"""spindle target-side agent: speaks the framed protocol of docs/protocol.md on its stdin/stdout.
+
+It is exec()'d from RAM by stage 1 (nothing is written on the target), answers CALLs
+(ping, exec, put_file, fetch_file, shutdown, log_level) and exits when its input closes,
+killing the process groups of the commands it still runs. Standard library only,
+Python 3.8 and later.
+"""
+import sys
+
+sys.dont_write_bytecode = True
+
+import base64, grp, hashlib, json, logging, os, platform, pwd, signal, socket  # noqa: E401
+import stat, struct, subprocess, tempfile, threading, traceback  # noqa: E401
+
+PROTO = 1
+MAGIC = b"SP"
+HEADER = struct.Struct(">2sBBIIIII")  # magic kind flags len dst src handle reply_to
+MAX_PAYLOAD = 4 * 1024 * 1024
+READ_CHUNK = 1024 * 1024
+FETCH_CHUNK = 256 * 1024
+HELLO, CALL, REPLY, DATA, LOG = 1, 2, 3, 4, 5
+MORE, ERROR, EOF, ABORT = 0x01, 0x02, 0x04, 0x08
+CONTROLLER, SELF = 0, 1
+LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
+          "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
+
+log = logging.getLogger("spindle.agent")
+
+
+def dumps(obj):
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+class FrameError(Exception):
+    """The input stream cannot be trusted any more (fatal)."""
+
+
+class AgentError(Exception):
+    """A call failed with one of the protocol's error kinds."""
+
+    def __init__(self, kind, message):
+        Exception.__init__(self, message)
+        self.kind = kind
+        self.message = message
+
+
+def os_error(exc):
+    """Map an OSError to an AgentError with the protocol's error kind."""
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+        return AgentError("not_found", str(exc))
+    return AgentError("permission" if isinstance(exc, PermissionError) else "io", str(exc))
+
+
+def write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class Channel(object):
+    """Private frame fds: buffered reads on `rfd`, whole-frame locked writes on `wfd`."""
+
+    def __init__(self, rfd, wfd):
+        self.rfd, self.wfd = rfd, wfd
+        self.buf, self.pos = bytearray(), 0  # unconsumed input is buf[pos:]
+        self.lock = threading.Lock()
+
+    def _read_exact(self, n):
+        """Return exactly n bytes (bytearray), or None at end of input."""
+        while len(self.buf) - self.pos < n:
+            chunk = os.read(self.rfd, max(READ_CHUNK, n - (len(self.buf) - self.pos)))
+            if not chunk:
+                return None
+            if self.pos:  # drop consumed bytes once per read, not once per frame
+                del self.buf[:self.pos]
+                self.pos = 0
+            self.buf += chunk
+        out = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def read_frame(self):
+        """Return (kind, flags, handle, reply_to, payload), or None at end of input."""
+        head = self._read_exact(HEADER.size)
+        if head is None:
+            return None
+        magic, kind, flags, length, _dst, _src, handle, reply_to = HEADER.unpack(bytes(head))
+        if magic != MAGIC:
+            raise FrameError("bad magic %r" % (magic,))
+        if kind not in (HELLO, CALL, REPLY, DATA, LOG):
+            raise FrameError("unknown frame kind %d" % kind)
+        if length > MAX_PAYLOAD:
+            raise FrameError("payload length %d exceeds %d" % (length, MAX_PAYLOAD))
+        payload = self._read_exact(length) if length else bytearray()
+        if payload is None:
+            return None  # truncated frame: the connection closed
+        return kind, flags, handle, reply_to, payload
+
+    def send(self, kind, flags, handle, reply_to, payload=b""):
+        head = HEADER.pack(MAGIC, kind, flags, len(payload), CONTROLLER, SELF, handle, reply_to)
+        try:
+            with self.lock:
+                if len(payload) <= 65536:
+                    write_all(self.wfd, head + payload)
+                else:  # large payload: no concatenation copy
+                    write_all(self.wfd, head)
+                    write_all(self.wfd, payload)
+        except OSError:
+            die(1, "spindle agent: output closed")
+
+    def reply(self, call_id, obj, error=False):
+        """Send a REPLY, split in MORE-flagged frames when larger than MAX_PAYLOAD."""
+        base, view = ERROR if error else 0, memoryview(dumps(obj))
+        while len(view) > MAX_PAYLOAD:
+            self.send(REPLY, base | MORE, call_id, call_id, view[:MAX_PAYLOAD])
+            view = view[MAX_PAYLOAD:]
+        self.send(REPLY, base, call_id, call_id, view)
+
+    def reply_error(self, call_id, kind, message):
+        self.reply(call_id, {"error": kind, "message": message}, error=True)
+
+
+class LogHandler(logging.Handler):
+    """Forward log records as LOG frames; the root logger's level is the filter."""
+
+    def __init__(self, chan):
+        logging.Handler.__init__(self)
+        self.chan = chan
+        self.local = threading.local()
+
+    def emit(self, record):
+        if getattr(self.local, "busy", False):
+            return  # a record logged while sending a record: drop it, no recursion
+        self.local.busy = True
+        try:
+            msg = {"level": record.levelname, "name": record.name, "msg": self.format(record)}
+            self.chan.send(LOG, 0, 0, 0, dumps(msg))
+        except Exception:
+            pass
+        finally:
+            self.local.busy = False
+
+
+# ---- child processes ---------------------------------------------------------------
+
+procs = set()
+procs_lock = threading.Lock()
+
+
+def kill_children():
+    with procs_lock:
+        for p in list(procs):
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def die(code, message=None):
+    """Kill the process groups of running commands and exit at once."""
+    try:
+        if message:
+            os.write(2, (message + "\n").encode("utf-8", "replace"))
+    except OSError:
+        pass
+    kill_children()
+    os._exit(code)
+
+
+UMASK = 0o022  # read in main() while single-threaded: os.umask can only set-and-restore
+
+
+# ---- operations ---------------------------------------------------------------------
+
+def op_ping(chan, call_id, call):
+    return {"pong": True, "pid": os.getpid()}
+
+
+def op_exec(chan, call_id, call):
+    argv, shell = call.get("argv"), call.get("shell")
+    if shell is not None:
+        if argv is not None or not isinstance(shell, str):
+            raise AgentError("bad_request", "give either argv (list) or shell (string)")
+        args, use_shell = shell, True
+    elif isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
+        args, use_shell = argv, False
+    else:
+        raise AgentError("bad_request", "argv must be a non-empty list of strings")
+    extra = call.get("env") or {}
+    if not isinstance(extra, dict) or not all(isinstance(v, str) for v in extra.values()):
+        raise AgentError("bad_request", "env must be an object of strings")
+    env = dict(os.environ)
+    env.update(extra)
+    stdin_b64 = call.get("stdin_b64")
+    try:
+        data = base64.b64decode(stdin_b64) if stdin_b64 is not None else None
+    except (TypeError, ValueError) as exc:
+        raise AgentError("bad_request", "stdin_b64: %s" % exc)
+    timeout, cwd = call.get("timeout"), call.get("cwd")
+    if timeout is not None and not isinstance(timeout, (int, float)):
+        raise AgentError("bad_request", "timeout must be a number")
+    try:
+        p = subprocess.Popen(
+            args, shell=use_shell, executable="/bin/sh" if use_shell else None,
+            stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
+            start_new_session=True, close_fds=True)
+    except OSError as exc:
+        # No such command or bad cwd (Python reports a failed chdir in the child with the
+        # same exception types): 127 like a shell's "not found"; anything else (EACCES,
+        # ENOEXEC, ...): 126 like a shell's "cannot execute". The reason goes on stderr.
+        rc = 127 if isinstance(exc, (FileNotFoundError, NotADirectoryError)) else 126
+        err = ("spindle: %s\n" % exc).encode("utf-8", "replace")
+        return {"rc": rc, "stdout_b64": "", "timed_out": False,
+                "stderr_b64": base64.b64encode(err).decode("ascii")}
+    with procs_lock:
+        procs.add(p)
+    timed_out = False
+    try:
+        try:
+            out, err = p.communicate(data, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            try:  # collect what was produced; a child in another session may hold a pipe
+                out, err = p.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                out, err = b"", b"spindle: output lost after timeout kill\n"
+        rc = -9 if timed_out else p.wait()
+    finally:
+        with procs_lock:
+            procs.discard(p)
+    return {"rc": rc, "stdout_b64": base64.b64encode(out).decode("ascii"),
+            "stderr_b64": base64.b64encode(err).decode("ascii"), "timed_out": timed_out}
+
+
+def op_fetch_file(chan, call_id, call):
+    path = call.get("path")
+    if not isinstance(path, str) or not path:
+        raise AgentError("bad_request", "path must be a non-empty string")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise os_error(exc)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise AgentError("io", "%s: is a directory" % path)
+        digest, size = hashlib.sha256(), 0
+        try:
+            cur = os.read(fd, FETCH_CHUNK)
+            while True:  # read one chunk ahead so that the last DATA frame carries EOF
+                nxt = os.read(fd, FETCH_CHUNK) if cur else b""
+                digest.update(cur)
+                size += len(cur)
+                chan.send(DATA, 0 if nxt else EOF, call_id, 0, cur)
+                if not nxt:
+                    break
+                cur = nxt
+        except OSError as exc:
+            chan.send(DATA, EOF, call_id, 0, b"")  # close the transfer, then the ERROR reply
+            raise os_error(exc)
+    finally:
+        os.close(fd)
+    return {"size": size, "sha256": digest.hexdigest(), "mode": stat.S_IMODE(st.st_mode)}
+
+
+def _owner_id(value, db, what):
+    """Name or number of a user/group to an id; -1 (unchanged) for null."""
+    if value is None or isinstance(value, int):
+        return -1 if value is None else value
+    try:
+        return int(value) if value.isdigit() else db(value)[2]
+    except (KeyError, TypeError, AttributeError):
+        raise AgentError("bad_request", "unknown %s %r" % (what, value))
+
+
+class Put(object):
+    """One put_file transfer, driven by the frame-reading thread."""
+
+    def __init__(self, call):
+        self.fd, self.tmp, self.error = None, None, None
+        self.digest, self.received = hashlib.sha256(), 0
+        try:
+            self.path = call.get("path")
+            if not isinstance(self.path, str) or not self.path:
+                raise AgentError("bad_request", "path must be a non-empty string")
+            self.size, mode = call.get("size"), call.get("mode")
+            if self.size is not None and (not isinstance(self.size, int) or self.size < 0):
+                raise AgentError("bad_request", "size must be a non-negative integer")
+            if mode is not None and (not isinstance(mode, int) or not 0 <= mode <= 0o7777):
+                raise AgentError("bad_request", "mode must be an integer permission value")
+            self.mode = (0o666 & ~UMASK) if mode is None else mode
+            self.uid = _owner_id(call.get("owner"), pwd.getpwnam, "user")
+            self.gid = _owner_id(call.get("group"), grp.getgrnam, "group")
+            base = os.path.basename(self.path)
+            try:
+                self.fd, self.tmp = tempfile.mkstemp(
+                    dir=os.path.dirname(self.path) or ".", prefix="." + base + ".spindle-")
+            except OSError as exc:
+                raise os_error(exc)
+        except AgentError as exc:
+            self.fail(exc)
+
+    def fail(self, exc):
+        if self.error is None:
+            self.error = exc
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if self.tmp is not None:
+            try:
+                os.unlink(self.tmp)
+            except OSError:
+                pass
+            self.tmp = None
+
+    def write(self, payload):
+        if self.error is not None:
+            return  # discard until EOF or ABORT
+        self.received += len(payload)
+        if self.size is not None and self.received > self.size:
+            return self.fail(AgentError("io", "more data than the declared size %d" % self.size))
+        self.digest.update(payload)
+        try:
+            write_all(self.fd, payload)
+        except OSError as exc:
+            self.fail(os_error(exc))
+
+    def finish(self):
+        """Called at EOF: apply owner and mode, fsync, rename; return the reply."""
+        if self.error is None and self.size is not None and self.received != self.size:
+            self.fail(AgentError("io", "received %d bytes, declared size %d"
+                                 % (self.received, self.size)))
+        if self.error is not None:
+            raise self.error
+        try:
+            if self.uid != -1 or self.gid != -1:
+                os.fchown(self.fd, self.uid, self.gid)
+            os.fchmod(self.fd, self.mode)  # after chown, which may clear set-id bits
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = None
+            os.replace(self.tmp, self.path)
+            self.tmp = None
+        except OSError as exc:
+            self.fail(os_error(exc))
+            raise self.error
+        return {"path": self.path, "size": self.received, "sha256": self.digest.hexdigest()}
+
+
+# ---- dispatch -----------------------------------------------------------------------
+
+THREADED = {"ping": op_ping, "exec": op_exec, "fetch_file": op_fetch_file}
+
+
+def run_call(chan, call_id, fn, call):
+    """Run one operation; every failure becomes an ERROR reply, never an agent death."""
+    try:
+        result = fn(chan, call_id, call)
+    except AgentError as exc:
+        chan.reply_error(call_id, exc.kind, exc.message)
+    except Exception:
+        chan.reply_error(call_id, "internal", traceback.format_exc())
+    else:
+        chan.reply(call_id, result)
+
+
+class Agent(object):
+    def __init__(self, chan):
+        self.chan = chan
+        self.puts = {}
+
+    def on_call(self, call_id, payload):
+        try:
+            call = json.loads(payload.decode("utf-8"))
+            if not isinstance(call, dict) or not isinstance(call.get("op"), str):
+                raise ValueError("CALL payload must be an object with a string op")
+        except Exception as exc:  # bad UTF-8 or JSON, too deeply nested, ...
+            return self.chan.reply_error(call_id, "bad_request", str(exc))
+        op = call["op"]
+        log.debug("call %s handle %d", op, call_id)
+        if op in THREADED:
+            t = threading.Thread(target=run_call, args=(self.chan, call_id, THREADED[op], call),
+                                 name="%s-%d" % (op, call_id))
+            t.daemon = True
+            t.start()
+        elif op == "put_file":
+            if call_id in self.puts:
+                return self.chan.reply_error(call_id, "bad_request", "handle already in use")
+            self.puts[call_id] = Put(call)  # errors are kept and replied after EOF/ABORT
+        elif op == "log_level":
+            level = LEVELS.get(str(call.get("level")).upper())
+            if level is None:
+                return self.chan.reply_error(call_id, "bad_request",
+                                             "unknown level %r" % (call.get("level"),))
+            logging.getLogger().setLevel(level)
+            self.chan.reply(call_id, {})
+        elif op == "shutdown":
+            log.info("shutdown requested")
+            self.chan.reply(call_id, {})
+            die(0)
+        else:
+            self.chan.reply_error(call_id, "bad_request", "unknown op %r" % (op,))
+
+    def on_data(self, handle, flags, payload):
+        put = self.puts.get(handle)
+        if put is None:
+            log.debug("DATA for unknown handle %d dropped", handle)
+            return
+        try:
+            if flags & ABORT:
+                del self.puts[handle]
+                put.fail(AgentError("io", "transfer aborted by the controller"))
+                return self.chan.reply_error(handle, put.error.kind, put.error.message)
+            if payload:
+                put.write(payload)
+            if flags & EOF:
+                del self.puts[handle]
+                run_call(self.chan, handle, lambda chan, call_id, call: put.finish(), None)
+        except Exception:
+            self.puts.pop(handle, None)
+            put.fail(AgentError("internal", traceback.format_exc()))
+            self.chan.reply_error(handle, "internal", put.error.message)
+
+    def loop(self):
+        while True:
+            try:
+                frame = self.chan.read_frame()
+            except FrameError as exc:
+                die(2, "spindle agent: frame error: %s" % exc)
+            except OSError as exc:
+                die(1, "spindle agent: read error: %s" % exc)
+            if frame is None:
+                log.debug("input closed, exiting")
+                die(0)
+            kind, flags, handle, _reply_to, payload = frame
+            try:
+                if kind == CALL:
+                    self.on_call(handle, payload)
+                elif kind == DATA:
+                    self.on_data(handle, flags, payload)
+                else:
+                    log.warning("ignoring frame of kind %d from the controller", kind)
+            except Exception:  # never die on a bad request
+                log.error("handling a frame of kind %d failed", kind, exc_info=True)
+                if kind == CALL:
+                    self.chan.reply_error(handle, "internal", traceback.format_exc())
+
+
+def main():
+    global UMASK
+    rfd, wfd = os.dup(0), os.dup(1)  # non-inheritable private frame descriptors
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(2, 1)  # stray output (print, children) goes to stderr
+    os.close(null)
+    UMASK = os.umask(0o022)
+    os.umask(UMASK)
+    chan = Channel(rfd, wfd)
+    hello = {"proto": PROTO, "python": platform.python_version(),
+             "executable": sys.executable, "hostname": socket.gethostname(),
+             "uid": os.getuid(), "pid": os.getpid()}
+    chan.send(HELLO, 0, 0, 0, dumps(hello))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(LogHandler(chan))
+    root.setLevel(logging.INFO)
+    log.info("agent started: python %s pid %d", hello["python"], hello["pid"])
+    Agent(chan).loop()
+
+
+if __name__ == "__main__":
+    main()

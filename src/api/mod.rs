@@ -1,0 +1,164 @@
+//! The daemon's client API: message framing (4-byte length + JSON object), the request type,
+//! reply builders, and the server loop ([`server`]). Documented in `docs/api.md`.
+
+pub mod server;
+
+use crate::transport::Spec;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::io::Write;
+
+/// Largest API message either way (64 MiB).
+pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// One client request. Unknown fields are refused so typos fail loudly.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// Client-chosen id echoed in the reply.
+    pub id: u64,
+    /// Operation name.
+    pub op: String,
+    /// Target connection spec (all ops but `stats`/`shutdown`).
+    #[serde(default)]
+    pub target: Option<Spec>,
+    /// exec: argv.
+    #[serde(default)]
+    pub argv: Option<Vec<String>>,
+    /// exec: shell command string.
+    #[serde(default)]
+    pub shell: Option<String>,
+    /// exec: stdin bytes, base64.
+    #[serde(default)]
+    pub stdin_b64: Option<String>,
+    /// exec: environment additions.
+    #[serde(default)]
+    pub env: Option<BTreeMap<String, String>>,
+    /// exec: working directory.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// exec: timeout in seconds (the agent kills the command).
+    #[serde(default)]
+    pub timeout: Option<f64>,
+    /// put/fetch: source path.
+    #[serde(default)]
+    pub src: Option<String>,
+    /// put/fetch: destination path.
+    #[serde(default)]
+    pub dest: Option<String>,
+    /// put: file mode.
+    #[serde(default)]
+    pub mode: Option<u32>,
+    /// put: owner name.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// put: group name.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Any op: seconds after which the daemon gives up on the call (`timeout` error).
+    #[serde(default)]
+    pub call_timeout: Option<f64>,
+}
+
+/// Appends a length-prefixed message.
+pub fn frame_message(out: &mut Vec<u8>, body: &[u8]) {
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+}
+
+/// A successful reply whose `result` is `raw` (already valid JSON) passed through unparsed.
+pub fn ok_raw(id: u64, raw: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(raw.len() + 40);
+    let _ = write!(m, "{{\"id\":{id},\"ok\":true,\"result\":");
+    m.extend_from_slice(raw);
+    m.push(b'}');
+    m
+}
+
+/// A successful reply.
+pub fn ok_value(id: u64, v: &serde_json::Value) -> Vec<u8> {
+    ok_raw(id, &serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec()))
+}
+
+/// An error reply.
+pub fn error(id: u64, kind: &str, host: &str, message: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "id": id, "ok": false,
+        "error": {"kind": kind, "host": host, "message": message},
+    }))
+    .unwrap_or_default()
+}
+
+/// Incremental decoder of length-prefixed messages (total: never panics).
+#[derive(Debug, Default)]
+pub struct MessageDecoder {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+/// A message stream that cannot continue.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("API message of {0} bytes exceeds the 64 MiB limit")]
+pub struct Oversize(pub usize);
+
+impl MessageDecoder {
+    /// Appends bytes.
+    pub fn push(&mut self, b: &[u8]) {
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > 64 * 1024 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(b);
+    }
+
+    /// The next whole message body, if any.
+    pub fn next_message(&mut self) -> Result<Option<Vec<u8>>, Oversize> {
+        let avail = &self.buf[self.start..];
+        if avail.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
+        if len > MAX_MESSAGE {
+            return Err(Oversize(len));
+        }
+        if avail.len() < 4 + len {
+            return Ok(None);
+        }
+        let body = avail[4..4 + len].to_vec();
+        self.start += 4 + len;
+        Ok(Some(body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_split_and_joined() {
+        let mut wire = Vec::new();
+        frame_message(&mut wire, b"{\"a\":1}");
+        frame_message(&mut wire, b"{}");
+        let mut d = MessageDecoder::default();
+        let mut got = Vec::new();
+        for b in wire.chunks(3) {
+            d.push(b);
+            while let Some(m) = d.next_message().unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got, vec![b"{\"a\":1}".to_vec(), b"{}".to_vec()]);
+        let mut d = MessageDecoder::default();
+        d.push(&u32::MAX.to_be_bytes());
+        assert!(d.next_message().is_err());
+    }
+
+    #[test]
+    fn ok_raw_is_json() {
+        let v: serde_json::Value = serde_json::from_slice(&ok_raw(5, b"{\"rc\":0}")).unwrap();
+        assert_eq!(v["result"]["rc"], 0);
+    }
+}

@@ -1,0 +1,535 @@
+//! The daemon's I/O loop: accepts API clients on a private Unix socket, spawns target
+//! processes, and moves bytes between them and the sans-IO [`Router`]. One thread drives every
+//! stream; no thread per target. Every descriptor is nonblocking and level-triggered.
+
+use super::{MessageDecoder, Request};
+use crate::reactor::{new_backend, Backend, Interest, IoBackend, Ready};
+use crate::router::{Action, ClientId, Router, TargetId};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TAG_LISTENER: usize = 0;
+const TAG_CLIENT: usize = 1;
+const TAG_STDOUT: usize = 2;
+const TAG_STDIN: usize = 3;
+const TAG_STDERR: usize = 4;
+/// A client whose unread replies exceed this is disconnected (it is not reading).
+const CLIENT_OUT_LIMIT: usize = 256 * 1024 * 1024;
+/// Bytes of a target's stderr kept for error messages.
+const STDERR_TAIL: usize = 8 * 1024;
+/// How long to wait for stderr to close after stdout did, before classifying the failure.
+const STDERR_GRACE: Duration = Duration::from_millis(500);
+const TICK: Duration = Duration::from_millis(100);
+
+fn key(id: usize, tag: usize) -> usize {
+    (id << 3) | tag
+}
+
+/// Why the daemon could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Binding the socket failed.
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// A socket of that name is in use by a live daemon.
+    #[error("{0} is already served by a running daemon")]
+    InUse(PathBuf),
+    /// The event loop failed.
+    #[error("event loop: {0}")]
+    Reactor(#[from] io::Error),
+}
+
+/// Daemon settings.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Socket path.
+    pub socket: PathBuf,
+    /// Event-loop backend.
+    pub io: IoBackend,
+}
+
+struct Client {
+    stream: UnixStream,
+    dec: MessageDecoder,
+    out: Vec<u8>,
+    out_pos: usize,
+    writing: bool,
+    closing: bool,
+}
+
+struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+    tail: Vec<u8>,
+    writing: bool,
+    stdout_eof_at: Option<Instant>,
+}
+
+/// The running daemon.
+pub struct Server {
+    backend: Box<dyn Backend>,
+    listener: UnixListener,
+    socket: PathBuf,
+    clients: slab::Slab<Client>,
+    procs: HashMap<TargetId, Proc>,
+    router: Router,
+    uid: u32,
+    askpass: Option<PathBuf>,
+    zombies: Vec<Child>,
+    shutdown: bool,
+    buf: Vec<u8>,
+}
+
+/// Binds `path` with mode 0600 (a stale socket file is replaced; a live one is an error).
+fn bind_private(path: &Path) -> Result<UnixListener, ServerError> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(ServerError::InUse(path.into()));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let res = UnixListener::bind(path);
+    rustix::process::umask(old);
+    res.map_err(|source| ServerError::Bind {
+        path: path.into(),
+        source,
+    })
+}
+
+impl Server {
+    /// Binds the socket and sets up the loop.
+    pub fn bind(opts: &ServeOptions) -> Result<Server, ServerError> {
+        let listener = bind_private(&opts.socket)?;
+        listener.set_nonblocking(true)?;
+        let backend = new_backend(opts.io)?;
+        backend.add(listener.as_fd(), key(0, TAG_LISTENER), Interest::READ)?;
+        tracing::info!(socket = %opts.socket.display(), io = backend.name(), "spindle daemon listening");
+        Ok(Server {
+            backend,
+            listener,
+            socket: opts.socket.clone(),
+            clients: slab::Slab::new(),
+            procs: HashMap::new(),
+            router: Router::new(),
+            uid: rustix::process::getuid().as_raw(),
+            askpass: std::env::current_exe().ok(),
+            zombies: Vec::new(),
+            shutdown: false,
+            buf: vec![0u8; 256 * 1024],
+        })
+    }
+
+    /// Name of the event-loop backend in use.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Runs until a `shutdown` request.
+    pub fn run(mut self) -> Result<(), ServerError> {
+        let mut events: Vec<Ready> = Vec::with_capacity(1024);
+        let mut last_tick = Instant::now();
+        loop {
+            events.clear();
+            self.backend.wait(Some(TICK), &mut events)?;
+            let now = Instant::now();
+            for ev in &events {
+                self.dispatch(*ev, now);
+                self.drain_actions();
+            }
+            if now.duration_since(last_tick) >= TICK {
+                last_tick = now;
+                self.router.tick(now);
+                self.check_half_closed(now);
+                self.zombies.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
+            }
+            self.drain_actions();
+            if self.shutdown && self.clients.iter().all(|(_, c)| c.out_pos == c.out.len()) {
+                break;
+            }
+        }
+        self.stop_all();
+        let _ = std::fs::remove_file(&self.socket);
+        tracing::info!("spindle daemon stopped");
+        Ok(())
+    }
+
+    fn dispatch(&mut self, ev: Ready, now: Instant) {
+        let (id, tag) = (ev.key >> 3, ev.key & 7);
+        match tag {
+            TAG_LISTENER => self.accept(),
+            TAG_CLIENT => {
+                if ev.readable {
+                    self.client_read(id, now);
+                }
+                if ev.writable {
+                    self.client_flush(id);
+                }
+            }
+            TAG_STDOUT => self.proc_stdout(id, now),
+            TAG_STDERR => self.proc_stderr(id),
+            TAG_STDIN => self.proc_stdin(id),
+            _ => {}
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            };
+            match rustix::net::sockopt::get_socket_peercred(&stream) {
+                Ok(cred) if cred.uid.as_raw() == self.uid => {}
+                Ok(cred) => {
+                    tracing::warn!(uid = cred.uid.as_raw(), "refused API client of another uid");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("refused API client: no peer credentials: {e}");
+                    continue;
+                }
+            }
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let entry = self.clients.vacant_entry();
+            let id = entry.key();
+            if let Err(e) = self.backend.add(stream.as_fd(), key(id, TAG_CLIENT), Interest::READ) {
+                tracing::warn!("cannot watch API client: {e}");
+                continue;
+            }
+            tracing::debug!(client = id, "API client connected");
+            entry.insert(Client {
+                stream,
+                dec: MessageDecoder::default(),
+                out: Vec::new(),
+                out_pos: 0,
+                writing: false,
+                closing: false,
+            });
+        }
+    }
+
+    fn client_read(&mut self, id: ClientId, now: Instant) {
+        let Some(c) = self.clients.get_mut(id) else { return };
+        match c.stream.read(&mut self.buf) {
+            Ok(0) => return self.drop_client(id),
+            Ok(n) => c.dec.push(&self.buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
+            Err(_) => return self.drop_client(id),
+        }
+        loop {
+            let Some(c) = self.clients.get_mut(id) else { return };
+            if c.closing {
+                return;
+            }
+            let body = match c.dec.next_message() {
+                Ok(Some(b)) => b,
+                Ok(None) => return,
+                Err(e) => {
+                    c.closing = true;
+                    let msg = super::error(0, "bad_request", "", &e.to_string());
+                    self.send(id, &msg);
+                    return;
+                }
+            };
+            match serde_json::from_slice::<Request>(&body) {
+                Ok(req) => self.router.request(id, req, now),
+                Err(e) => {
+                    let rid = serde_json::from_slice::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v["id"].as_u64())
+                        .unwrap_or(0);
+                    let msg = super::error(rid, "bad_request", "", &format!("bad request: {e}"));
+                    self.send(id, &msg);
+                }
+            }
+            self.drain_actions();
+        }
+    }
+
+    fn send(&mut self, id: ClientId, body: &[u8]) {
+        let Some(c) = self.clients.get_mut(id) else { return };
+        super::frame_message(&mut c.out, body);
+        if c.out.len() - c.out_pos > CLIENT_OUT_LIMIT {
+            tracing::warn!(client = id, "API client is not reading its replies; disconnecting");
+            return self.drop_client(id);
+        }
+        self.client_flush(id);
+    }
+
+    fn client_flush(&mut self, id: ClientId) {
+        let Some(c) = self.clients.get_mut(id) else { return };
+        while c.out_pos < c.out.len() {
+            match c.stream.write(&c.out[c.out_pos..]) {
+                Ok(n) => c.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.drop_client(id),
+            }
+        }
+        if c.out_pos == c.out.len() {
+            c.out.clear();
+            c.out_pos = 0;
+            if c.closing {
+                return self.drop_client(id);
+            }
+        }
+        let want = c.out_pos < c.out.len();
+        if want != c.writing {
+            c.writing = want;
+            let i = Interest { read: true, write: want };
+            let _ = self.backend.modify(c.stream.as_fd(), key(id, TAG_CLIENT), i);
+        }
+    }
+
+    fn drop_client(&mut self, id: ClientId) {
+        if let Some(c) = self.clients.try_remove(id) {
+            let _ = self.backend.delete(c.stream.as_fd());
+            self.router.client_gone(id);
+            tracing::debug!(client = id, "API client gone");
+        }
+    }
+
+    fn drain_actions(&mut self) {
+        while let Some(a) = self.router.poll_action() {
+            match a {
+                Action::Spawn(t) => self.spawn(t),
+                Action::Reply(c, body) => self.send(c, &body),
+                Action::Kill(t) => self.kill(t),
+                Action::Shutdown => self.shutdown = true,
+            }
+        }
+        for t in self.router.take_touched() {
+            self.proc_stdin(t);
+        }
+    }
+
+    fn spawn(&mut self, t: TargetId) {
+        let Some(spec) = self.router.spec(t).cloned() else { return };
+        let (argv, env) = match crate::transport::command(&spec, self.askpass.as_deref()) {
+            Ok(x) => x,
+            Err(e) => return self.router.target_closed(t, &e.to_string()),
+        };
+        tracing::debug!(host = %spec.label(), argv = ?&argv[..argv.len() - 1], "spawning");
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        if spec.password.is_some() {
+            cmd.env("SPINDLE_ASKPASS_MODE", "1");
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let m = format!("cannot run {}: {e}", argv[0]);
+                return self.router.target_closed(t, &m);
+            }
+        };
+        let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let (Some(stdin), Some(stdout), Some(stderr)) = (stdin, stdout, stderr) else {
+            let _ = child.kill();
+            return self.router.target_closed(t, "child pipes missing");
+        };
+        let regs = [
+            (stdin.as_fd(), key(t, TAG_STDIN), Interest::WRITE),
+            (stdout.as_fd(), key(t, TAG_STDOUT), Interest::READ),
+            (stderr.as_fd(), key(t, TAG_STDERR), Interest::READ),
+        ];
+        for (fd, k, i) in regs {
+            let ok = rustix::io::ioctl_fionbio(fd, true).is_ok() && self.backend.add(fd, k, i).is_ok();
+            if !ok {
+                for (fd, _, _) in regs {
+                    let _ = self.backend.delete(fd);
+                }
+                let _ = child.kill();
+                self.zombies.push(child);
+                return self.router.target_closed(t, "cannot watch the child's pipes");
+            }
+        }
+        self.procs.insert(
+            t,
+            Proc {
+                child,
+                stdin: Some(stdin),
+                stdout: Some(stdout),
+                stderr: Some(stderr),
+                tail: Vec::new(),
+                writing: true,
+                stdout_eof_at: None,
+            },
+        );
+    }
+
+    fn proc_stdin(&mut self, t: TargetId) {
+        let Some(p) = self.procs.get_mut(&t) else { return };
+        let Some(stdin) = p.stdin.as_mut() else { return };
+        loop {
+            let out = self.router.outbound(t);
+            if out.is_empty() {
+                break;
+            }
+            match stdin.write(out) {
+                Ok(n) => self.router.consumed(t, n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    // The agent's side is gone; stdout EOF will follow and classify it.
+                    if let Some(s) = p.stdin.take() {
+                        let _ = self.backend.delete(s.as_fd());
+                    }
+                    return;
+                }
+            }
+        }
+        let want = !self.router.outbound(t).is_empty();
+        if want != p.writing {
+            p.writing = want;
+            let i = if want { Interest::WRITE } else { Interest::NONE };
+            let _ = self.backend.modify(stdin.as_fd(), key(t, TAG_STDIN), i);
+        }
+    }
+
+    fn proc_stdout(&mut self, t: TargetId, now: Instant) {
+        let Some(p) = self.procs.get_mut(&t) else { return };
+        let Some(out) = p.stdout.as_mut() else { return };
+        match out.read(&mut self.buf) {
+            Ok(0) => {
+                deregister(&*self.backend, &mut p.stdout);
+                p.stdout_eof_at = Some(now);
+                if p.stderr.is_none() {
+                    self.closed(t);
+                }
+            }
+            Ok(n) => {
+                self.router.target_bytes(t, &self.buf[..n], now);
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+            Err(_) => {
+                deregister(&*self.backend, &mut p.stdout);
+                p.stdout_eof_at = Some(now);
+            }
+        }
+    }
+
+    fn proc_stderr(&mut self, t: TargetId) {
+        let Some(p) = self.procs.get_mut(&t) else { return };
+        let Some(err) = p.stderr.as_mut() else { return };
+        match err.read(&mut self.buf) {
+            Ok(0) | Err(_) => {
+                deregister(&*self.backend, &mut p.stderr);
+                if p.stdout.is_none() {
+                    self.closed(t);
+                }
+            }
+            Ok(n) => {
+                let chunk = &self.buf[..n];
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    for line in String::from_utf8_lossy(chunk).lines() {
+                        tracing::debug!(target_id = t, "stderr: {line}");
+                    }
+                }
+                p.tail.extend_from_slice(chunk);
+                if p.tail.len() > STDERR_TAIL {
+                    let cut = p.tail.len() - STDERR_TAIL;
+                    p.tail.drain(..cut);
+                }
+            }
+        }
+    }
+
+    fn check_half_closed(&mut self, now: Instant) {
+        let late: Vec<TargetId> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.stdout_eof_at.is_some_and(|at| now.duration_since(at) > STDERR_GRACE))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in late {
+            self.closed(t);
+        }
+    }
+
+    fn closed(&mut self, t: TargetId) {
+        let tail = self
+            .procs
+            .get(&t)
+            .map(|p| String::from_utf8_lossy(&p.tail).into_owned())
+            .unwrap_or_default();
+        self.router.target_closed(t, &tail);
+        self.drain_actions();
+    }
+
+    fn kill(&mut self, t: TargetId) {
+        if let Some(mut p) = self.procs.remove(&t) {
+            deregister(&*self.backend, &mut p.stdin);
+            deregister(&*self.backend, &mut p.stdout);
+            deregister(&*self.backend, &mut p.stderr);
+            let _ = p.child.kill();
+            if !matches!(p.child.try_wait(), Ok(Some(_))) {
+                self.zombies.push(p.child);
+            }
+        }
+        self.router.release(t);
+    }
+
+    fn stop_all(&mut self) {
+        let ts: Vec<TargetId> = self.procs.keys().copied().collect();
+        for t in ts {
+            if let Some(mut p) = self.procs.remove(&t) {
+                // Closing stdin lets the agent exit on its own; then make sure of it.
+                deregister(&*self.backend, &mut p.stdin);
+                deregister(&*self.backend, &mut p.stdout);
+                deregister(&*self.backend, &mut p.stderr);
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+            }
+        }
+        for mut z in self.zombies.drain(..) {
+            let _ = z.wait();
+        }
+    }
+}
+
+/// Stops watching and closes one of a child's pipes.
+fn deregister<T: AsFd>(backend: &dyn Backend, slot: &mut Option<T>) {
+    if let Some(s) = slot.take() {
+        let fd: BorrowedFd<'_> = s.as_fd();
+        let _ = backend.delete(fd);
+    }
+}
+
+/// Runs a daemon on `socket` in a background thread (used by the CLI when no daemon is given).
+pub fn spawn_in_thread(
+    opts: ServeOptions,
+) -> Result<std::thread::JoinHandle<Result<(), ServerError>>, ServerError> {
+    let server = Server::bind(&opts)?;
+    Ok(std::thread::Builder::new()
+        .name("spindle-daemon".into())
+        .spawn(move || server.run())
+        .map_err(ServerError::Reactor)?)
+}

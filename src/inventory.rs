@@ -1,0 +1,155 @@
+//! Host lists for the CLI: an Ansible INI inventory file (hosts, `[group]`, `[group:vars]`,
+//! `[all:vars]`, the `ansible_*` connection variables) or a comma-separated list of hosts.
+
+use crate::transport::{Spec, TransportKind};
+use std::collections::HashMap;
+
+/// Why an inventory could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    /// The file could not be read.
+    #[error("cannot read inventory {path}: {source}")]
+    Read {
+        /// Path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A line is malformed.
+    #[error("{path}:{line}: {reason}")]
+    Syntax {
+        /// Path.
+        path: String,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Reads `-i`: a comma-separated list when it contains a comma or names no file, else a file.
+pub fn load(arg: &str) -> Result<Vec<Spec>, InventoryError> {
+    if arg.contains(',') || !std::path::Path::new(arg).exists() {
+        return Ok(arg
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(|h| apply(h, &HashMap::new()))
+            .collect());
+    }
+    let text = std::fs::read_to_string(arg).map_err(|source| InventoryError::Read {
+        path: arg.into(),
+        source,
+    })?;
+    parse(&text, arg)
+}
+
+/// Parses INI inventory text.
+pub fn parse(text: &str, path: &str) -> Result<Vec<Spec>, InventoryError> {
+    let mut hosts: Vec<(String, Vec<String>, HashMap<String, String>)> = Vec::new();
+    let mut group_vars: HashMap<String, HashMap<String, String>> = HashMap::new();
+    enum Section {
+        Hosts(String),
+        Vars(String),
+        Other,
+    }
+    let mut section = Section::Hosts("ungrouped".into());
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let syntax = |reason: String| InventoryError::Syntax { path: path.into(), line: i + 1, reason };
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = match name.split_once(':') {
+                None => Section::Hosts(name.into()),
+                Some((g, "vars")) => Section::Vars(g.into()),
+                Some(_) => Section::Other,
+            };
+            continue;
+        }
+        let words = shlex::split(line).ok_or_else(|| syntax("unbalanced quotes".into()))?;
+        match &section {
+            Section::Hosts(g) => {
+                let mut vars = HashMap::new();
+                for w in &words[1..] {
+                    let (k, v) = w.split_once('=').ok_or_else(|| syntax(format!("expected key=value, got {w:?}")))?;
+                    vars.insert(k.to_string(), v.to_string());
+                }
+                if let Some(h) = hosts.iter_mut().find(|h| h.0 == words[0]) {
+                    h.1.push(g.clone());
+                    h.2.extend(vars);
+                } else {
+                    hosts.push((words[0].clone(), vec![g.clone()], vars));
+                }
+            }
+            Section::Vars(g) => {
+                let (k, v) = line.split_once('=').ok_or_else(|| syntax("expected key=value".into()))?;
+                let v = v.trim();
+                let v = shlex::split(v).and_then(|w| if w.len() == 1 { w.into_iter().next() } else { None }).unwrap_or_else(|| v.to_string());
+                group_vars.entry(g.clone()).or_default().insert(k.trim().into(), v);
+            }
+            Section::Other => {}
+        }
+    }
+    Ok(hosts
+        .into_iter()
+        .map(|(name, groups, vars)| {
+            let mut all: HashMap<String, String> = group_vars.get("all").cloned().unwrap_or_default();
+            for g in &groups {
+                all.extend(group_vars.get(g).cloned().unwrap_or_default());
+            }
+            all.extend(vars);
+            apply(&name, &all)
+        })
+        .collect())
+}
+
+fn apply(name: &str, vars: &HashMap<String, String>) -> Spec {
+    let get = |k: &str| vars.get(k).cloned();
+    let transport = match get("ansible_connection").as_deref() {
+        Some("local") => TransportKind::Local,
+        _ => TransportKind::Ssh,
+    };
+    Spec {
+        transport,
+        host: Some(get("ansible_host").unwrap_or_else(|| name.to_string())),
+        port: get("ansible_port").and_then(|p| p.parse().ok()),
+        user: get("ansible_user"),
+        identity_file: get("ansible_ssh_private_key_file").or_else(|| get("ansible_private_key_file")),
+        ssh_executable: get("ansible_ssh_executable"),
+        ssh_args: get("ansible_ssh_args"),
+        ssh_common_args: get("ansible_ssh_common_args"),
+        ssh_extra_args: get("ansible_ssh_extra_args"),
+        password: get("ansible_password").or_else(|| get("ansible_ssh_pass")),
+        python: get("ansible_python_interpreter"),
+        connect_timeout: get("ansible_ssh_timeout").or_else(|| get("ansible_timeout")).and_then(|p| p.parse().ok()),
+        name: Some(name.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ini_groups_and_vars() {
+        let inv = "[web]\nw1 ansible_host=10.0.0.2 ansible_port=2222\nw2\n[web:vars]\nansible_user=deploy\nansible_ssh_common_args='-o A=b -o C=d'\n[all:vars]\nansible_user=root\nansible_python_interpreter=/usr/bin/python3\n[local]\nl1 ansible_connection=local\n";
+        let s = parse(inv, "inv").unwrap();
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[0].host.as_deref(), Some("10.0.0.2"));
+        assert_eq!(s[0].port, Some(2222));
+        assert_eq!(s[0].user.as_deref(), Some("deploy"));
+        assert_eq!(s[0].ssh_common_args.as_deref(), Some("-o A=b -o C=d"));
+        assert_eq!(s[1].name.as_deref(), Some("w2"));
+        assert_eq!(s[2].transport, TransportKind::Local);
+        assert_eq!(s[2].user.as_deref(), Some("root"));
+        assert_eq!(s[2].python.as_deref(), Some("/usr/bin/python3"));
+    }
+
+    #[test]
+    fn comma_list() {
+        let s = load("a,b,").unwrap();
+        assert_eq!(s.len(), 2);
+    }
+}

@@ -1,0 +1,17 @@
+//! spindle: a persistent-agent execution engine for Ansible.
+//!
+//! One connection per target, a Python agent bootstrapped in RAM over it, one round trip per
+//! call. `ls src/` is the architecture: [`proto`] (wire format), [`reactor`] (event loop
+//! backends), [`router`] (sans-IO stream and call state), [`transport`] (starting agents),
+//! [`api`] (the daemon's Unix-socket API and server loop), [`client`] (a blocking API client),
+//! [`inventory`] (host lists for the CLI), [`metrics`].
+
+pub mod api;
+pub mod client;
+pub mod fanout;
+pub mod inventory;
+pub mod metrics;
+pub mod proto;
+pub mod reactor;
+pub mod router;
+pub mod transport;

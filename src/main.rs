@@ -1,0 +1,257 @@
+//! The `spindle` command: `serve` (the daemon), and ad-hoc fan-out without Ansible (`run`,
+//! `ping`, `put`, `fetch`), plus `stats`. Errors become `anyhow` here, at the edge.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use spindle::api::server::{spawn_in_thread, ServeOptions, Server};
+use spindle::client::{Client, ClientError};
+use spindle::fanout::{fan_out, summary, Outcome, Status};
+use spindle::reactor::IoBackend;
+use spindle::transport::Spec;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "spindle", version, about = "Persistent-agent execution for Ansible fleets")]
+struct Cli {
+    /// More output: -v info, -vvv debug (spawned commands, agent logs), -vvvv trace (every syscall).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon on a Unix socket (mode 0600, same-uid clients only).
+    Serve {
+        /// Socket path.
+        #[arg(long, env = "SPINDLE_SOCKET")]
+        socket: PathBuf,
+        /// Event-loop backend.
+        #[arg(long, value_enum, default_value_t = IoBackend::Auto)]
+        io: IoBackend,
+    },
+    /// Run a command on every host (one argument: a shell command line; several: an argv).
+    Run {
+        #[command(flatten)]
+        fleet: Fleet,
+        /// Per-host timeout in seconds (the command is killed).
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// The command.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Start (or reuse) the agent on every host and report its Python and hostname.
+    Ping {
+        #[command(flatten)]
+        fleet: Fleet,
+    },
+    /// Copy a local file to DEST on every host (atomic rename on the target).
+    Put {
+        #[command(flatten)]
+        fleet: Fleet,
+        /// Local source file.
+        src: PathBuf,
+        /// Remote destination path.
+        dest: String,
+        /// Mode, octal (e.g. 0644).
+        #[arg(long)]
+        mode: Option<String>,
+    },
+    /// Fetch a remote file from every host into DEST_DIR/<host>/<file name>.
+    Fetch {
+        #[command(flatten)]
+        fleet: Fleet,
+        /// Remote source path.
+        src: String,
+        /// Local destination directory.
+        dest_dir: PathBuf,
+    },
+    /// Print a running daemon's counters.
+    Stats {
+        /// Socket path.
+        #[arg(long, env = "SPINDLE_SOCKET")]
+        socket: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct Fleet {
+    /// Inventory: an Ansible INI file, or a comma-separated host list.
+    #[arg(short, long)]
+    inventory: String,
+    /// Use this running daemon (default: start one inside this process for the command).
+    #[arg(long, env = "SPINDLE_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Event-loop backend of the in-process daemon.
+    #[arg(long, value_enum, default_value_t = IoBackend::Auto)]
+    io: IoBackend,
+}
+
+fn main() {
+    // ssh runs this binary as its SSH_ASKPASS helper when a password is configured.
+    if std::env::var_os("SPINDLE_ASKPASS_MODE").is_some() {
+        if let Ok(pw) = std::env::var("SPINDLE_ASKPASS_PASSWORD") {
+            println!("{pw}");
+            std::process::exit(0);
+        }
+        std::process::exit(1);
+    }
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match real_main(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("spindle: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn init_logging(v: u8) {
+    let level = match v {
+        0 => "warn",
+        1 | 2 => "info",
+        3 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPINDLE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn real_main(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Serve { socket, io } => {
+            let server = Server::bind(&ServeOptions { socket: socket.clone(), io })?;
+            eprintln!("spindle: serving on {} (io: {})", socket.display(), server.backend_name());
+            server.run()?;
+            Ok(0)
+        }
+        Cmd::Stats { socket } => {
+            let mut c = Client::connect(&socket).with_context(|| format!("connecting to {}", socket.display()))?;
+            let v = c.call(json!({"op": "stats"}))?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(0)
+        }
+        Cmd::Run { fleet, timeout, cmd } => {
+            let req = if cmd.len() == 1 {
+                json!({"op": "exec", "shell": cmd[0], "timeout": timeout})
+            } else {
+                json!({"op": "exec", "argv": cmd, "timeout": timeout})
+            };
+            with_fleet(&fleet, |_| req.clone(), print_exec)
+        }
+        Cmd::Ping { fleet } => with_fleet(&fleet, |_| json!({"op": "ping"}), |o| {
+            if let Ok(v) = &o.result {
+                let h = &v["hello"];
+                println!("{} | pong | python {} on {} (uid {})", o.spec.label(), h["python"].as_str().unwrap_or("?"), h["hostname"].as_str().unwrap_or("?"), h["uid"]);
+            } else {
+                print_failure(o);
+            }
+        }),
+        Cmd::Put { fleet, src, dest, mode } => {
+            let mode = match mode {
+                Some(m) => Some(u32::from_str_radix(m.trim_start_matches("0o"), 8).with_context(|| format!("mode {m:?} is not octal"))?),
+                None => None,
+            };
+            let src = std::fs::canonicalize(&src).with_context(|| format!("{}", src.display()))?;
+            let req = json!({"op": "put", "src": src, "dest": dest, "mode": mode});
+            with_fleet(&fleet, |_| req.clone(), |o| match &o.result {
+                Ok(v) => println!("{} | ok | {} bytes sha256 {}", o.spec.label(), v["size"], v["sha256"].as_str().unwrap_or("")),
+                Err(_) => print_failure(o),
+            })
+        }
+        Cmd::Fetch { fleet, src, dest_dir } => {
+            let base = Path::new(&src).file_name().map(|s| s.to_owned()).context("source has no file name")?;
+            std::fs::create_dir_all(&dest_dir)?;
+            let dest_dir = std::fs::canonicalize(&dest_dir)?;
+            let build = |s: &Spec| {
+                let d = dest_dir.join(s.label());
+                let _ = std::fs::create_dir_all(&d);
+                json!({"op": "fetch", "src": src, "dest": d.join(&base)})
+            };
+            with_fleet(&fleet, build, |o| match &o.result {
+                Ok(v) => println!("{} | ok | {} bytes", o.spec.label(), v["size"]),
+                Err(_) => print_failure(o),
+            })
+        }
+    }
+}
+
+fn print_failure(o: &Outcome) {
+    let label = o.spec.label();
+    match (&o.result, o.status()) {
+        (Err(ClientError::Api { kind, message, .. }), Status::Unreachable) => {
+            println!("{label} | UNREACHABLE! ({kind}) => {message}")
+        }
+        (Err(e), _) => println!("{label} | FAILED! => {e}"),
+        (Ok(v), _) => println!("{label} | FAILED! => {v}"),
+    }
+}
+
+fn print_exec(o: &Outcome) {
+    use base64::Engine as _;
+    let Ok(v) = &o.result else { return print_failure(o) };
+    let dec = |k: &str| {
+        let raw = base64::engine::general_purpose::STANDARD.decode(v[k].as_str().unwrap_or("")).unwrap_or_default();
+        String::from_utf8_lossy(&raw).trim_end().to_string()
+    };
+    let word = if o.status() == Status::Ok { "CHANGED" } else { "FAILED" };
+    let timed = if v["timed_out"].as_bool() == Some(true) { " (timed out)" } else { "" };
+    println!("{} | {word} | rc={}{timed} >>", o.spec.label(), v["rc"]);
+    let (out, err) = (dec("stdout_b64"), dec("stderr_b64"));
+    if !out.is_empty() {
+        println!("{out}");
+    }
+    if !err.is_empty() {
+        println!("{err}");
+    }
+}
+
+/// Connects to the given daemon or starts one in-process, fans the request out with a progress
+/// bar, prints each outcome and the summary; exit code 0 all ok, 2 some failed, 4 unreachable.
+fn with_fleet(fleet: &Fleet, build: impl Fn(&Spec) -> serde_json::Value, show: impl Fn(&Outcome)) -> Result<i32> {
+    let specs = spindle::inventory::load(&fleet.inventory)?;
+    if specs.is_empty() {
+        bail!("inventory {:?} names no hosts", fleet.inventory);
+    }
+    let (socket, own) = match &fleet.socket {
+        Some(s) => (s.clone(), None),
+        None => {
+            let dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+            let path = dir.join(format!("spindle-{}.sock", std::process::id()));
+            let h = spawn_in_thread(ServeOptions { socket: path.clone(), io: fleet.io })?;
+            (path, Some(h))
+        }
+    };
+    let mut client = Client::connect(&socket).with_context(|| format!("connecting to {}", socket.display()))?;
+    let bar = ProgressBar::new(specs.len() as u64);
+    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} hosts {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    let outcomes = fan_out(&mut client, &specs, build, |o| {
+        bar.inc(1);
+        if o.status() != Status::Ok {
+            bar.set_message(format!("last failure: {}", o.spec.label()));
+        }
+    })?;
+    bar.finish_and_clear();
+    for o in &outcomes {
+        show(o);
+    }
+    eprintln!("{}", summary(&outcomes));
+    if let Some(h) = own {
+        let _ = client.call(json!({"op": "shutdown"}));
+        let _ = h.join();
+    }
+    let worst = outcomes.iter().map(|o| o.status()).fold(0, |acc, s| {
+        acc.max(match s {
+            Status::Ok => 0,
+            Status::Failed => 2,
+            Status::Unreachable => 4,
+        })
+    });
+    Ok(worst)
+}

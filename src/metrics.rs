@@ -1,0 +1,23 @@
+//! Daemon-wide counters (bytes, frames, calls) reported by the `stats` op. Latency
+//! histograms per target and task come with the bench harness.
+
+use serde::Serialize;
+
+/// Monotonic counters.
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Counters {
+    /// Bytes read from targets.
+    pub bytes_in: u64,
+    /// Bytes written to targets.
+    pub bytes_out: u64,
+    /// Frames read from targets.
+    pub frames_in: u64,
+    /// Frames queued to targets.
+    pub frames_out: u64,
+    /// Calls sent to agents.
+    pub calls: u64,
+    /// Streams opened.
+    pub connects: u64,
+    /// Streams that failed or were closed.
+    pub failures: u64,
+}

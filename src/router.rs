@@ -1,0 +1,678 @@
+//! The router: sans-IO state of every target stream and every call in flight.
+//!
+//! It takes API requests, bytes read from targets and the current time as inputs, and yields
+//! [`Action`]s (spawn a target, reply to a client, kill a target) plus per-target outbound
+//! bytes. It never touches a socket, a pipe or the clock, so it is tested deterministically and
+//! both reactor backends share it unchanged (the quinn-proto pattern). The one I/O it does is
+//! on the controller's local files for `put`/`fetch` (reading the source in bounded chunks,
+//! writing the destination as data arrives), which keeps a large file out of memory.
+//!
+//! Bounds: at most [`MAX_INFLIGHT`] calls per target (then `busy`); outbound bytes per target
+//! are refilled from file transfers only below [`LOW_WATER`]; a reply is capped at
+//! [`crate::api::MAX_MESSAGE`]. A slow target therefore holds at most about
+//! `LOW_WATER + CHUNK` bytes of file data, and stalls only its own stream.
+
+use crate::api::{self, Request};
+use crate::metrics::Counters;
+use crate::proto::{self, encode_frame, flags, Decoder, FrameHeader, Kind};
+use crate::transport::{classify::classify, classify::FailKind, Spec};
+use base64::Engine as _;
+use serde_json::json;
+use slab::Slab;
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Client connection id (assigned by the server).
+pub type ClientId = usize;
+/// Target stream id.
+pub type TargetId = usize;
+
+/// Calls in flight per target before new ones are refused with `busy`.
+pub const MAX_INFLIGHT: usize = 1024;
+/// Outbound bytes below which file data is refilled.
+pub const LOW_WATER: usize = 512 * 1024;
+/// File data per DATA frame.
+pub const CHUNK: usize = 256 * 1024;
+/// Extra time the daemon waits past an exec's own timeout before giving up on the agent.
+const EXEC_GRACE: Duration = Duration::from_secs(30);
+
+/// What the I/O layer must do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Start the process for this target (its spec is [`Router::spec`]); its first outbound
+    /// bytes (the agent) are already queued.
+    Spawn(TargetId),
+    /// Send this message body to a client.
+    Reply(ClientId, Vec<u8>),
+    /// Stop this target's process; call [`Router::release`] once its descriptors are gone.
+    Kill(TargetId),
+    /// Stop the daemon.
+    Shutdown,
+}
+
+#[derive(Debug)]
+enum Op {
+    Ping,
+    Exec,
+    Put { file: Option<File>, remaining: u64 },
+    Fetch { file: Option<File>, tmp: PathBuf, dest: PathBuf, received: u64 },
+}
+
+#[derive(Debug)]
+struct Call {
+    client: Option<ClientId>,
+    id: u64,
+    op: Op,
+    reply: Vec<u8>,
+    overflow: bool,
+    local_error: Option<String>,
+    deadline: Option<Instant>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    Connecting { deadline: Instant },
+    Ready,
+    Dead,
+}
+
+struct Target {
+    spec: Spec,
+    label: String,
+    key: String,
+    phase: Phase,
+    decoder: Decoder,
+    out: Vec<u8>,
+    out_pos: usize,
+    hello: Option<Vec<u8>>,
+    next_handle: u32,
+    calls: HashMap<u32, Call>,
+    puts: VecDeque<u32>,
+}
+
+/// All target streams and calls.
+pub struct Router {
+    targets: Slab<Target>,
+    by_key: HashMap<String, TargetId>,
+    actions: VecDeque<Action>,
+    touched: Vec<TargetId>,
+    /// Daemon-wide counters.
+    pub counters: Counters,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Router::new()
+    }
+}
+
+fn header(kind: Kind, flags: u8, handle: u32) -> FrameHeader {
+    FrameHeader {
+        kind,
+        flags,
+        dst: proto::CTX_AGENT,
+        src: proto::CTX_CONTROLLER,
+        handle,
+        reply_to: 0,
+    }
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new() -> Self {
+        Router {
+            targets: Slab::new(),
+            by_key: HashMap::new(),
+            actions: VecDeque::new(),
+            touched: Vec::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Next action for the I/O layer.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Targets whose outbound bytes grew since the last call (may repeat).
+    pub fn take_touched(&mut self) -> Vec<TargetId> {
+        std::mem::take(&mut self.touched)
+    }
+
+    /// The spec of a target (for spawning).
+    pub fn spec(&self, t: TargetId) -> Option<&Spec> {
+        self.targets.get(t).map(|x| &x.spec)
+    }
+
+    /// Bytes waiting to be written to a target.
+    pub fn outbound(&self, t: TargetId) -> &[u8] {
+        match self.targets.get(t) {
+            Some(x) => &x.out[x.out_pos..],
+            None => &[],
+        }
+    }
+
+    /// Number of live target streams.
+    pub fn streams(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Records that `n` outbound bytes were written; refills file data.
+    pub fn consumed(&mut self, t: TargetId, n: usize) {
+        let Some(x) = self.targets.get_mut(t) else { return };
+        x.out_pos += n;
+        self.counters.bytes_out += n as u64;
+        if x.out_pos == x.out.len() {
+            x.out.clear();
+            x.out_pos = 0;
+        } else if x.out_pos > LOW_WATER && x.out_pos * 2 > x.out.len() {
+            x.out.drain(..x.out_pos);
+            x.out_pos = 0;
+        }
+        self.refill(t);
+    }
+
+    /// Handles one API request from `client`.
+    pub fn request(&mut self, client: ClientId, req: Request, now: Instant) {
+        let id = req.id;
+        match req.op.as_str() {
+            "stats" => {
+                let v = json!({"streams": self.streams(), "counters": self.counters});
+                self.actions.push_back(Action::Reply(client, api::ok_value(id, &v)));
+                return;
+            }
+            "shutdown" => {
+                self.actions.push_back(Action::Reply(client, api::ok_raw(id, b"{}")));
+                self.actions.push_back(Action::Shutdown);
+                return;
+            }
+            "ping" | "exec" | "put" | "fetch" | "close" => {}
+            other => {
+                let m = format!("unknown op {other:?}");
+                return self.reply_err(client, id, "bad_request", "", &m);
+            }
+        }
+        let Some(spec) = req.target.clone() else {
+            return self.reply_err(client, id, "bad_request", "", "this op needs a \"target\"");
+        };
+        if let Err(e) = crate::transport::command(&spec, None).or_else(|e| match e {
+            // A password is checked again when the process is spawned (askpass available).
+            crate::transport::CommandError::BadSpec { ref reason, .. }
+                if reason.contains("askpass") =>
+            {
+                Ok(Default::default())
+            }
+            e => Err(e),
+        }) {
+            return self.reply_err(client, id, "bad_request", &spec.label(), &e.to_string());
+        }
+        if req.op == "close" {
+            if let Some(&t) = self.by_key.get(&spec.key()) {
+                self.fail_target(t, "connection_lost", "stream closed by request");
+            }
+            self.actions.push_back(Action::Reply(client, api::ok_raw(id, b"{}")));
+            return;
+        }
+        let t = self.target_for(spec, now);
+        self.start_call(t, client, req, now);
+    }
+
+    fn target_for(&mut self, spec: Spec, now: Instant) -> TargetId {
+        let key = spec.key();
+        if let Some(&t) = self.by_key.get(&key) {
+            return t;
+        }
+        let mut out = Vec::new();
+        out.extend_from_slice(crate::transport::bootstrap::agent_blob());
+        let deadline = now + Duration::from_secs(spec.connect_timeout_secs());
+        let t = self.targets.insert(Target {
+            label: spec.label(),
+            spec,
+            key: key.clone(),
+            phase: Phase::Connecting { deadline },
+            decoder: Decoder::default(),
+            out,
+            out_pos: 0,
+            hello: None,
+            next_handle: 1,
+            calls: HashMap::new(),
+            puts: VecDeque::new(),
+        });
+        self.by_key.insert(key, t);
+        self.counters.connects += 1;
+        tracing::debug!(target_id = t, host = %self.targets[t].label, "opening stream");
+        self.actions.push_back(Action::Spawn(t));
+        t
+    }
+
+    fn start_call(&mut self, t: TargetId, client: ClientId, req: Request, now: Instant) {
+        let label = self.targets[t].label.clone();
+        let id = req.id;
+        if self.targets[t].calls.len() >= MAX_INFLIGHT {
+            let m = format!("{MAX_INFLIGHT} calls already in flight to this target");
+            return self.reply_err(client, id, "busy", &label, &m);
+        }
+        let mut deadline = req.call_timeout.map(|s| now + Duration::from_secs_f64(s.max(0.0)));
+        let (payload, op) = match req.op.as_str() {
+            "ping" => (json!({"op": "ping"}), Op::Ping),
+            "exec" => {
+                if req.argv.is_none() == req.shell.is_none() {
+                    let m = "exec needs exactly one of \"argv\" or \"shell\"";
+                    return self.reply_err(client, id, "bad_request", &label, m);
+                }
+                if let Some(s) = &req.stdin_b64 {
+                    if base64::engine::general_purpose::STANDARD.decode(s).is_err() {
+                        let m = "stdin_b64 is not valid base64";
+                        return self.reply_err(client, id, "bad_request", &label, m);
+                    }
+                }
+                if let Some(tmo) = req.timeout {
+                    let d = now + Duration::from_secs_f64(tmo.max(0.0)) + EXEC_GRACE;
+                    deadline = Some(deadline.map_or(d, |x| x.min(d)));
+                }
+                let p = json!({"op": "exec", "argv": req.argv, "shell": req.shell,
+                    "stdin_b64": req.stdin_b64, "env": req.env, "cwd": req.cwd,
+                    "timeout": req.timeout});
+                (p, Op::Exec)
+            }
+            "put" => {
+                let (Some(src), Some(dest)) = (&req.src, &req.dest) else {
+                    let m = "put needs \"src\" and \"dest\"";
+                    return self.reply_err(client, id, "bad_request", &label, m);
+                };
+                let opened = File::open(src).and_then(|f| {
+                    let md = f.metadata()?;
+                    if !md.is_file() {
+                        return Err(std::io::Error::other("not a regular file"));
+                    }
+                    Ok((f, md.len()))
+                });
+                let (file, size) = match opened {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let m = format!("cannot read {src}: {e}");
+                        return self.reply_err(client, id, "local_io", &label, &m);
+                    }
+                };
+                let p = json!({"op": "put_file", "path": dest, "size": size, "mode": req.mode,
+                    "owner": req.owner, "group": req.group});
+                (p, Op::Put { file: Some(file), remaining: size })
+            }
+            "fetch" => {
+                let (Some(src), Some(dest)) = (&req.src, &req.dest) else {
+                    let m = "fetch needs \"src\" and \"dest\"";
+                    return self.reply_err(client, id, "bad_request", &label, m);
+                };
+                let dest = PathBuf::from(dest);
+                let tmp = tmp_path_for(&dest, t, self.targets[t].next_handle);
+                let file = match File::create(&tmp) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let m = format!("cannot write {}: {e}", tmp.display());
+                        return self.reply_err(client, id, "local_io", &label, &m);
+                    }
+                };
+                let p = json!({"op": "fetch_file", "path": src});
+                let op = Op::Fetch { file: Some(file), tmp, dest, received: 0 };
+                (p, op)
+            }
+            _ => unreachable!("ops filtered in request()"),
+        };
+        let x = &mut self.targets[t];
+        let handle = x.next_handle;
+        x.next_handle = x.next_handle.wrapping_add(1).max(1);
+        let body = serde_json::to_vec(&payload).unwrap_or_default();
+        encode_frame(&mut x.out, &header(Kind::Call, 0, handle), &body);
+        self.counters.frames_out += 1;
+        self.counters.calls += 1;
+        if matches!(op, Op::Put { .. }) {
+            x.puts.push_back(handle);
+        }
+        let call = Call { client: Some(client), id, op, reply: Vec::new(), overflow: false, local_error: None, deadline };
+        x.calls.insert(handle, call);
+        tracing::debug!(host = %x.label, handle, op = %req.op, "call");
+        self.touched.push(t);
+        self.refill(t);
+    }
+
+    /// Moves file data of active puts into the outbound buffer while it is below LOW_WATER.
+    fn refill(&mut self, t: TargetId) {
+        let Some(x) = self.targets.get_mut(t) else { return };
+        while x.out.len() - x.out_pos < LOW_WATER {
+            let Some(&handle) = x.puts.front() else { return };
+            let Some(call) = x.calls.get_mut(&handle) else {
+                x.puts.pop_front();
+                continue;
+            };
+            let Op::Put { file: Some(f), remaining } = &mut call.op else {
+                x.puts.pop_front();
+                continue;
+            };
+            let want = (*remaining).min(CHUNK as u64) as usize;
+            let at = x.out.len();
+            encode_frame(&mut x.out, &header(Kind::Data, 0, handle), &[]);
+            x.out.resize(at + proto::HEADER_LEN + want, 0);
+            match read_full(f, &mut x.out[at + proto::HEADER_LEN..]) {
+                Ok(n) if n == want => {
+                    *remaining -= n as u64;
+                    let done = *remaining == 0;
+                    x.out[at + 3] = if done { flags::EOF } else { 0 };
+                    x.out[at + 4..at + 8].copy_from_slice(&(n as u32).to_be_bytes());
+                    self.counters.frames_out += 1;
+                    if done {
+                        call.op = Op::Put { file: None, remaining: 0 };
+                        x.puts.pop_front();
+                    }
+                }
+                got => {
+                    x.out.truncate(at);
+                    call.local_error = Some(match got {
+                        Err(e) => format!("reading the source failed: {e}"),
+                        Ok(_) => "the source file shrank while being sent".into(),
+                    });
+                    call.op = Op::Put { file: None, remaining: 0 };
+                    x.puts.pop_front();
+                    encode_frame(&mut x.out, &header(Kind::Data, flags::ABORT, handle), &[]);
+                }
+            }
+        }
+    }
+
+    /// Handles bytes read from a target's stdout.
+    pub fn target_bytes(&mut self, t: TargetId, bytes: &[u8], _now: Instant) {
+        let Some(x) = self.targets.get_mut(t) else { return };
+        if x.phase == Phase::Dead {
+            return;
+        }
+        self.counters.bytes_in += bytes.len() as u64;
+        x.decoder.push(bytes);
+        let mut done: Vec<(u32, u8, Vec<u8>)> = Vec::new();
+        let mut fatal: Option<(String, String)> = None;
+        loop {
+            let (h, payload) = match x.decoder.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    let m = format!("malformed frame from agent: {e}");
+                    fatal = Some(("protocol".into(), m));
+                    break;
+                }
+            };
+            self.counters.frames_in += 1;
+            match h.kind {
+                Kind::Hello => match parse_hello(payload) {
+                    Ok(()) => {
+                        x.hello = Some(payload.to_vec());
+                        x.phase = Phase::Ready;
+                        tracing::debug!(host = %x.label, hello = %String::from_utf8_lossy(payload), "agent up");
+                    }
+                    Err(m) => {
+                        fatal = Some(("protocol".into(), m));
+                        break;
+                    }
+                },
+                Kind::Reply => {
+                    let Some(c) = x.calls.get_mut(&h.reply_to) else {
+                        tracing::debug!(host = %x.label, reply_to = h.reply_to, "reply for no call (timed out?)");
+                        continue;
+                    };
+                    if c.reply.len() + payload.len() > api::MAX_MESSAGE {
+                        c.overflow = true;
+                        c.reply = Vec::new();
+                    } else if !c.overflow {
+                        c.reply.extend_from_slice(payload);
+                    }
+                    if h.flags & flags::MORE == 0 {
+                        let body = std::mem::take(&mut c.reply);
+                        done.push((h.reply_to, h.flags, body));
+                    }
+                }
+                Kind::Data => {
+                    let Some(c) = x.calls.get_mut(&h.handle) else { continue };
+                    if let Op::Fetch { file, received, .. } = &mut c.op {
+                        *received += payload.len() as u64;
+                        if let Some(f) = file {
+                            if let Err(e) = f.write_all(payload) {
+                                c.local_error = Some(format!("writing the destination failed: {e}"));
+                                *file = None;
+                            }
+                        }
+                    }
+                }
+                Kind::Log => log_record(&x.label, payload),
+                Kind::Call => {
+                    tracing::warn!(host = %x.label, "agent sent a CALL frame; ignored");
+                }
+            }
+        }
+        for (handle, fl, body) in done {
+            self.complete(t, handle, fl, body);
+        }
+        if let Some((kind, m)) = fatal {
+            self.fail_target(t, &kind, &m);
+        }
+    }
+
+    fn complete(&mut self, t: TargetId, handle: u32, fl: u8, body: Vec<u8>) {
+        let x = &mut self.targets[t];
+        let Some(c) = x.calls.remove(&handle) else { return };
+        let label = x.label.clone();
+        let hello = x.hello.clone();
+        let msg = if let Some(m) = c.local_error {
+            if let Op::Fetch { tmp, .. } = &c.op {
+                let _ = std::fs::remove_file(tmp);
+            }
+            api::error(c.id, "local_io", &label, &m)
+        } else if c.overflow {
+            api::error(c.id, "protocol", &label, "reply larger than 64 MiB")
+        } else if fl & flags::ERROR != 0 {
+            if let Op::Fetch { tmp, .. } = &c.op {
+                let _ = std::fs::remove_file(tmp);
+            }
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let kind = v["error"].as_str().unwrap_or("unknown");
+            let text = v["message"].as_str().unwrap_or("");
+            api::error(c.id, "remote", &label, &format!("{kind}: {text}"))
+        } else if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+            api::error(c.id, "protocol", &label, "agent reply is not JSON")
+        } else {
+            match c.op {
+                Op::Ping => {
+                    let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    if let (Some(o), Some(h)) = (v.as_object_mut(), hello) {
+                        let hv = serde_json::from_slice(&h).unwrap_or_default();
+                        o.insert("hello".into(), hv);
+                    }
+                    api::ok_value(c.id, &v)
+                }
+                Op::Exec | Op::Put { .. } => api::ok_raw(c.id, &body),
+                Op::Fetch { file, tmp, dest, received } => {
+                    let res = file
+                        .map(|f| f.sync_all())
+                        .unwrap_or(Ok(()))
+                        .and_then(|_| std::fs::rename(&tmp, &dest));
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    if let Err(e) = res {
+                        let _ = std::fs::remove_file(&tmp);
+                        let m = format!("cannot write {}: {e}", dest.display());
+                        api::error(c.id, "local_io", &label, &m)
+                    } else if v["size"].as_u64() != Some(received) {
+                        let _ = std::fs::remove_file(&dest);
+                        let m = format!("fetched {received} bytes, agent reported {}", v["size"]);
+                        api::error(c.id, "protocol", &label, &m)
+                    } else {
+                        api::ok_raw(c.id, &body)
+                    }
+                }
+            }
+        };
+        if let Some(client) = c.client {
+            self.actions.push_back(Action::Reply(client, msg));
+        }
+    }
+
+    /// The target's process ended (stdout and stderr closed); `stderr` is its last output.
+    pub fn target_closed(&mut self, t: TargetId, stderr: &str) {
+        let Some(x) = self.targets.get(t) else { return };
+        if x.phase == Phase::Dead {
+            return;
+        }
+        let connected = x.hello.is_some();
+        let kind = classify(stderr, connected);
+        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+        let m = match kind {
+            FailKind::NoPython => "no Python interpreter found on the target".to_string(),
+            FailKind::ConnectionLost if connected => {
+                format!("connection lost (agent or ssh ended){}", suffix(last))
+            }
+            FailKind::ConnectionLost => format!("agent failed to start{}", suffix(last)),
+            _ => last.to_string(),
+        };
+        self.fail_target(t, kind.as_str(), &m);
+    }
+
+    /// Fails every call of a target and schedules its process to be killed.
+    fn fail_target(&mut self, t: TargetId, kind: &str, message: &str) {
+        let Some(x) = self.targets.get_mut(t) else { return };
+        if x.phase == Phase::Dead {
+            return;
+        }
+        tracing::warn!(host = %x.label, kind, message, "target failed");
+        x.phase = Phase::Dead;
+        self.counters.failures += 1;
+        if self.by_key.get(&x.key) == Some(&t) {
+            self.by_key.remove(&x.key);
+        }
+        let label = x.label.clone();
+        let calls: Vec<Call> = x.calls.drain().map(|(_, c)| c).collect();
+        x.puts.clear();
+        x.out.clear();
+        x.out_pos = 0;
+        for c in calls {
+            if let Op::Fetch { tmp, .. } = &c.op {
+                let _ = std::fs::remove_file(tmp);
+            }
+            if let Some(client) = c.client {
+                let msg = api::error(c.id, kind, &label, message);
+                self.actions.push_back(Action::Reply(client, msg));
+            }
+        }
+        self.actions.push_back(Action::Kill(t));
+    }
+
+    /// Forgets a dead target after the I/O layer has released its process.
+    pub fn release(&mut self, t: TargetId) {
+        if self.targets.get(t).is_some_and(|x| x.phase == Phase::Dead) {
+            self.targets.remove(t);
+        }
+    }
+
+    /// Expires connect and call deadlines.
+    pub fn tick(&mut self, now: Instant) {
+        let mut expired_targets = Vec::new();
+        let mut expired_calls = Vec::new();
+        for (t, x) in self.targets.iter() {
+            if let Phase::Connecting { deadline } = x.phase {
+                if now >= deadline {
+                    expired_targets.push(t);
+                    continue;
+                }
+            }
+            for (h, c) in &x.calls {
+                if c.deadline.is_some_and(|d| now >= d) {
+                    expired_calls.push((t, *h));
+                }
+            }
+        }
+        for t in expired_targets {
+            let secs = self.targets[t].spec.connect_timeout_secs();
+            let m = format!("no agent answer within the {secs} s connect timeout");
+            self.fail_target(t, "timeout", &m);
+        }
+        for (t, h) in expired_calls {
+            let x = &mut self.targets[t];
+            let Some(c) = x.calls.remove(&h) else { continue };
+            if matches!(c.op, Op::Put { .. }) {
+                x.puts.retain(|p| *p != h);
+                encode_frame(&mut x.out, &header(Kind::Data, flags::ABORT, h), &[]);
+                self.touched.push(t);
+            }
+            if let Op::Fetch { tmp, .. } = &c.op {
+                let _ = std::fs::remove_file(tmp);
+            }
+            let label = x.label.clone();
+            if let Some(client) = c.client {
+                let msg = api::error(c.id, "timeout", &label, "the call's deadline passed");
+                self.actions.push_back(Action::Reply(client, msg));
+            }
+        }
+    }
+
+    /// A client went away: its pending calls complete, but their replies are dropped.
+    pub fn client_gone(&mut self, client: ClientId) {
+        for (_, x) in self.targets.iter_mut() {
+            for c in x.calls.values_mut() {
+                if c.client == Some(client) {
+                    c.client = None;
+                }
+            }
+        }
+    }
+
+    fn reply_err(&mut self, client: ClientId, id: u64, kind: &str, host: &str, m: &str) {
+        self.actions.push_back(Action::Reply(client, api::error(id, kind, host, m)));
+    }
+}
+
+fn suffix(last: &str) -> String {
+    if last.is_empty() {
+        String::new()
+    } else {
+        format!(": {last}")
+    }
+}
+
+fn parse_hello(payload: &[u8]) -> Result<(), String> {
+    let v: serde_json::Value = serde_json::from_slice(payload)
+        .map_err(|e| format!("agent HELLO is not JSON: {e}"))?;
+    match v["proto"].as_u64() {
+        Some(proto::PROTO_VERSION) => Ok(()),
+        other => Err(format!(
+            "agent speaks protocol {other:?}, this controller speaks {}",
+            proto::PROTO_VERSION
+        )),
+    }
+}
+
+fn log_record(label: &str, payload: &[u8]) {
+    let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+    let msg = v["msg"].as_str().unwrap_or("");
+    let name = v["name"].as_str().unwrap_or("");
+    match v["level"].as_str().unwrap_or("INFO") {
+        "DEBUG" => tracing::debug!(host = %label, logger = name, "agent: {msg}"),
+        "INFO" => tracing::info!(host = %label, logger = name, "agent: {msg}"),
+        "WARNING" => tracing::warn!(host = %label, logger = name, "agent: {msg}"),
+        _ => tracing::error!(host = %label, logger = name, "agent: {msg}"),
+    }
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn tmp_path_for(dest: &std::path::Path, t: TargetId, h: u32) -> PathBuf {
+    let name = dest.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    dest.with_file_name(format!(".{name}.spindle-{}-{t}-{h}", std::process::id()))
+}

@@ -1,0 +1,163 @@
+//! Building the argv that starts a target's agent.
+
+use super::{bootstrap, Spec, TransportKind};
+
+/// Why a spec cannot be turned into a command.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// A field is missing or unsafe.
+    #[error("bad connection spec for {host}: {reason}")]
+    BadSpec {
+        /// Target label.
+        host: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn words(spec: &Spec, field: &str, v: &Option<String>) -> Result<Vec<String>, CommandError> {
+    match v {
+        None => Ok(Vec::new()),
+        Some(s) => shlex::split(s).ok_or_else(|| CommandError::BadSpec {
+            host: spec.label(),
+            reason: format!("{field} is not valid shell words (unbalanced quotes?): {s:?}"),
+        }),
+    }
+}
+
+fn python_words(spec: &Spec) -> Result<Option<String>, CommandError> {
+    match &spec.python {
+        None => Ok(None),
+        Some(p) => {
+            let w = words(spec, "python", &Some(p.clone()))?;
+            if w.is_empty() {
+                return Ok(None);
+            }
+            let joined = shlex::try_join(w.iter().map(|s| s.as_str())).map_err(|e| {
+                CommandError::BadSpec {
+                    host: spec.label(),
+                    reason: format!("python interpreter {p:?}: {e}"),
+                }
+            })?;
+            Ok(Some(joined))
+        }
+    }
+}
+
+/// The argv (program first) and extra environment that start the agent for `spec`.
+pub fn command(
+    spec: &Spec,
+    askpass: Option<&std::path::Path>,
+) -> Result<(Vec<String>, Vec<(String, String)>), CommandError> {
+    let stage0 = bootstrap::stage0(python_words(spec)?.as_deref());
+    match spec.transport {
+        TransportKind::Local => Ok((vec!["/bin/sh".into(), "-c".into(), stage0], Vec::new())),
+        TransportKind::Ssh => {
+            let bad = |reason: &str| CommandError::BadSpec {
+                host: spec.label(),
+                reason: reason.into(),
+            };
+            let host = spec.host.as_deref().ok_or_else(|| bad("ssh needs a host"))?;
+            if host.is_empty() || host.starts_with('-') || host.chars().any(char::is_whitespace)
+            {
+                return Err(bad(&format!("invalid host name {host:?}")));
+            }
+            let mut argv: Vec<String> = vec![spec
+                .ssh_executable
+                .clone()
+                .unwrap_or_else(|| "ssh".into())];
+            let mut env = Vec::new();
+            let o = |argv: &mut Vec<String>, v: String| {
+                argv.push("-o".into());
+                argv.push(v);
+            };
+            argv.push("-T".into());
+            match (&spec.password, askpass) {
+                (Some(pw), Some(helper)) => {
+                    // ssh reads the password from our askpass helper (`spindle askpass`), which
+                    // prints it from the environment of this ssh process only.
+                    o(&mut argv, "BatchMode=no".into());
+                    o(&mut argv, "NumberOfPasswordPrompts=1".into());
+                    o(&mut argv, "PreferredAuthentications=password,keyboard-interactive".into());
+                    env.push(("SSH_ASKPASS".into(), helper.display().to_string()));
+                    env.push(("SSH_ASKPASS_REQUIRE".into(), "force".into()));
+                    env.push(("SPINDLE_ASKPASS_PASSWORD".into(), pw.clone()));
+                    env.push(("DISPLAY".into(), ":spindle".into()));
+                }
+                (Some(_), None) => return Err(bad("a password was given but no askpass helper is available")),
+                (None, _) => o(&mut argv, "BatchMode=yes".into()),
+            }
+            o(&mut argv, format!("ConnectTimeout={}", spec.connect_timeout_secs()));
+            o(&mut argv, "ServerAliveInterval=15".into());
+            o(&mut argv, "ServerAliveCountMax=3".into());
+            if let Some(p) = spec.port {
+                argv.push("-p".into());
+                argv.push(p.to_string());
+            }
+            if let Some(u) = &spec.user {
+                if u.starts_with('-') {
+                    return Err(bad(&format!("invalid user name {u:?}")));
+                }
+                argv.push("-l".into());
+                argv.push(u.clone());
+            }
+            if let Some(k) = &spec.identity_file {
+                argv.push("-i".into());
+                argv.push(k.clone());
+            }
+            argv.extend(words(spec, "ssh_args", &spec.ssh_args)?);
+            argv.extend(words(spec, "ssh_common_args", &spec.ssh_common_args)?);
+            argv.extend(words(spec, "ssh_extra_args", &spec.ssh_extra_args)?);
+            argv.push("--".into());
+            argv.push(host.into());
+            argv.push(stage0);
+            Ok((argv, env))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_args_are_parsed_not_pasted() {
+        let spec = Spec {
+            host: Some("web1".into()),
+            port: Some(2222),
+            user: Some("deploy".into()),
+            ssh_common_args: Some("-o 'ProxyCommand=nc %h %p' -o StrictHostKeyChecking=no".into()),
+            ..Default::default()
+        };
+        let (argv, env) = command(&spec, None).unwrap();
+        assert!(env.is_empty());
+        assert!(argv.contains(&"ProxyCommand=nc %h %p".to_string()));
+        assert!(argv.contains(&"BatchMode=yes".to_string()));
+        let host_at = argv.iter().position(|a| a == "web1").unwrap();
+        assert_eq!(argv[host_at - 1], "--");
+        assert_eq!(argv.len(), host_at + 2);
+    }
+
+    #[test]
+    fn hostile_fields_are_refused() {
+        for spec in [
+            Spec { host: Some("-oProxyCommand=x".into()), ..Default::default() },
+            Spec { host: Some("a b".into()), ..Default::default() },
+            Spec { host: Some("h".into()), ssh_args: Some("'unbalanced".into()), ..Default::default() },
+            Spec { host: None, ..Default::default() },
+        ] {
+            assert!(command(&spec, None).is_err(), "{spec:?}");
+        }
+    }
+
+    #[test]
+    fn python_is_quoted() {
+        let spec = Spec {
+            transport: TransportKind::Local,
+            python: Some("/usr/bin/env python3".into()),
+            ..Default::default()
+        };
+        let (argv, _) = command(&spec, None).unwrap();
+        assert!(argv[2].starts_with("exec /usr/bin/env python3 -c '"));
+    }
+}
