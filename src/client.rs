@@ -82,13 +82,19 @@ impl Client {
             if let Some(body) = self.dec.next_message()? {
                 let v: serde_json::Value = serde_json::from_slice(&body)
                     .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                let id = v["id"].as_u64().ok_or_else(|| ClientError::Protocol("no id".into()))?;
+                let id = v["id"]
+                    .as_u64()
+                    .ok_or_else(|| ClientError::Protocol("no id".into()))?;
                 let result = if v["ok"].as_bool() == Some(true) {
                     Ok(v["result"].clone())
                 } else {
                     let e = &v["error"];
                     let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
-                    Err(ClientError::Api { kind: s("kind"), host: s("host"), message: s("message") })
+                    Err(ClientError::Api {
+                        kind: s("kind"),
+                        host: s("host"),
+                        message: s("message"),
+                    })
                 };
                 return Ok(Reply { id, result });
             }
@@ -105,7 +111,10 @@ impl Client {
         let id = self.send(req)?;
         let r = self.recv()?;
         if r.id != id {
-            return Err(ClientError::Protocol(format!("reply {} for request {id}", r.id)));
+            return Err(ClientError::Protocol(format!(
+                "reply {} for request {id}",
+                r.id
+            )));
         }
         r.result
     }

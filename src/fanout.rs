@@ -37,7 +37,12 @@ impl Outcome {
             Err(ClientError::Api { kind, .. })
                 if matches!(
                     kind.as_str(),
-                    "unreachable" | "auth_failed" | "host_key_mismatch" | "no_python" | "timeout" | "connection_lost"
+                    "unreachable"
+                        | "auth_failed"
+                        | "host_key_mismatch"
+                        | "no_python"
+                        | "timeout"
+                        | "connection_lost"
                 ) =>
             {
                 Status::Unreachable
@@ -58,15 +63,22 @@ pub fn fan_out(
     let mut sent: HashMap<u64, (usize, Instant)> = HashMap::new();
     for (i, s) in specs.iter().enumerate() {
         let mut req = build(s);
-        req["target"] = serde_json::to_value(s).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        req["target"] =
+            serde_json::to_value(s).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let id = client.send(req)?;
         sent.insert(id, (i, Instant::now()));
     }
     let mut out: Vec<Option<Outcome>> = specs.iter().map(|_| None).collect();
     while !sent.is_empty() {
         let r = client.recv()?;
-        let Some((i, at)) = sent.remove(&r.id) else { continue };
-        let o = Outcome { spec: specs[i].clone(), result: r.result, elapsed: at.elapsed() };
+        let Some((i, at)) = sent.remove(&r.id) else {
+            continue;
+        };
+        let o = Outcome {
+            spec: specs[i].clone(),
+            result: r.result,
+            elapsed: at.elapsed(),
+        };
         each(&o);
         out[i] = Some(o);
     }
@@ -77,7 +89,7 @@ pub fn fan_out(
 pub fn summary(outcomes: &[Outcome]) -> String {
     let n = |s: Status| outcomes.iter().filter(|o| o.status() == s).count();
     let mut by_time: Vec<&Outcome> = outcomes.iter().collect();
-    by_time.sort_by(|a, b| b.elapsed.cmp(&a.elapsed));
+    by_time.sort_by_key(|o| std::cmp::Reverse(o.elapsed));
     let slow: Vec<String> = by_time
         .iter()
         .take(5)

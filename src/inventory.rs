@@ -59,7 +59,11 @@ pub fn parse(text: &str, path: &str) -> Result<Vec<Spec>, InventoryError> {
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
             continue;
         }
-        let syntax = |reason: String| InventoryError::Syntax { path: path.into(), line: i + 1, reason };
+        let syntax = |reason: String| InventoryError::Syntax {
+            path: path.into(),
+            line: i + 1,
+            reason,
+        };
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             section = match name.split_once(':') {
                 None => Section::Hosts(name.into()),
@@ -73,7 +77,9 @@ pub fn parse(text: &str, path: &str) -> Result<Vec<Spec>, InventoryError> {
             Section::Hosts(g) => {
                 let mut vars = HashMap::new();
                 for w in &words[1..] {
-                    let (k, v) = w.split_once('=').ok_or_else(|| syntax(format!("expected key=value, got {w:?}")))?;
+                    let (k, v) = w
+                        .split_once('=')
+                        .ok_or_else(|| syntax(format!("expected key=value, got {w:?}")))?;
                     vars.insert(k.to_string(), v.to_string());
                 }
                 if let Some(h) = hosts.iter_mut().find(|h| h.0 == words[0]) {
@@ -84,10 +90,23 @@ pub fn parse(text: &str, path: &str) -> Result<Vec<Spec>, InventoryError> {
                 }
             }
             Section::Vars(g) => {
-                let (k, v) = line.split_once('=').ok_or_else(|| syntax("expected key=value".into()))?;
+                let (k, v) = line
+                    .split_once('=')
+                    .ok_or_else(|| syntax("expected key=value".into()))?;
                 let v = v.trim();
-                let v = shlex::split(v).and_then(|w| if w.len() == 1 { w.into_iter().next() } else { None }).unwrap_or_else(|| v.to_string());
-                group_vars.entry(g.clone()).or_default().insert(k.trim().into(), v);
+                let v = shlex::split(v)
+                    .and_then(|w| {
+                        if w.len() == 1 {
+                            w.into_iter().next()
+                        } else {
+                            None
+                        }
+                    })
+                    .unwrap_or_else(|| v.to_string());
+                group_vars
+                    .entry(g.clone())
+                    .or_default()
+                    .insert(k.trim().into(), v);
             }
             Section::Other => {}
         }
@@ -95,7 +114,8 @@ pub fn parse(text: &str, path: &str) -> Result<Vec<Spec>, InventoryError> {
     Ok(hosts
         .into_iter()
         .map(|(name, groups, vars)| {
-            let mut all: HashMap<String, String> = group_vars.get("all").cloned().unwrap_or_default();
+            let mut all: HashMap<String, String> =
+                group_vars.get("all").cloned().unwrap_or_default();
             for g in &groups {
                 all.extend(group_vars.get(g).cloned().unwrap_or_default());
             }
@@ -116,14 +136,17 @@ fn apply(name: &str, vars: &HashMap<String, String>) -> Spec {
         host: Some(get("ansible_host").unwrap_or_else(|| name.to_string())),
         port: get("ansible_port").and_then(|p| p.parse().ok()),
         user: get("ansible_user"),
-        identity_file: get("ansible_ssh_private_key_file").or_else(|| get("ansible_private_key_file")),
+        identity_file: get("ansible_ssh_private_key_file")
+            .or_else(|| get("ansible_private_key_file")),
         ssh_executable: get("ansible_ssh_executable"),
         ssh_args: get("ansible_ssh_args"),
         ssh_common_args: get("ansible_ssh_common_args"),
         ssh_extra_args: get("ansible_ssh_extra_args"),
         password: get("ansible_password").or_else(|| get("ansible_ssh_pass")),
         python: get("ansible_python_interpreter"),
-        connect_timeout: get("ansible_ssh_timeout").or_else(|| get("ansible_timeout")).and_then(|p| p.parse().ok()),
+        connect_timeout: get("ansible_ssh_timeout")
+            .or_else(|| get("ansible_timeout"))
+            .and_then(|p| p.parse().ok()),
         name: Some(name.to_string()),
     }
 }

@@ -13,7 +13,11 @@ use spindle::transport::Spec;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
-#[command(name = "spindle", version, about = "Persistent-agent execution for Ansible fleets")]
+#[command(
+    name = "spindle",
+    version,
+    about = "Persistent-agent execution for Ansible fleets"
+)]
 struct Cli {
     /// More output: -v info, -vvv debug (spawned commands, agent logs), -vvvv trace (every syscall).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -120,24 +124,39 @@ fn init_logging(v: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SPINDLE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn real_main(cli: Cli) -> Result<i32> {
     match cli.cmd {
         Cmd::Serve { socket, io } => {
-            let server = Server::bind(&ServeOptions { socket: socket.clone(), io })?;
-            eprintln!("spindle: serving on {} (io: {})", socket.display(), server.backend_name());
+            let server = Server::bind(&ServeOptions {
+                socket: socket.clone(),
+                io,
+            })?;
+            eprintln!(
+                "spindle: serving on {} (io: {})",
+                socket.display(),
+                server.backend_name()
+            );
             server.run()?;
             Ok(0)
         }
         Cmd::Stats { socket } => {
-            let mut c = Client::connect(&socket).with_context(|| format!("connecting to {}", socket.display()))?;
+            let mut c = Client::connect(&socket)
+                .with_context(|| format!("connecting to {}", socket.display()))?;
             let v = c.call(json!({"op": "stats"}))?;
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(0)
         }
-        Cmd::Run { fleet, timeout, cmd } => {
+        Cmd::Run {
+            fleet,
+            timeout,
+            cmd,
+        } => {
             let req = if cmd.len() == 1 {
                 json!({"op": "exec", "shell": cmd[0], "timeout": timeout})
             } else {
@@ -145,28 +164,62 @@ fn real_main(cli: Cli) -> Result<i32> {
             };
             with_fleet(&fleet, |_| req.clone(), print_exec)
         }
-        Cmd::Ping { fleet } => with_fleet(&fleet, |_| json!({"op": "ping"}), |o| {
-            if let Ok(v) = &o.result {
-                let h = &v["hello"];
-                println!("{} | pong | python {} on {} (uid {})", o.spec.label(), h["python"].as_str().unwrap_or("?"), h["hostname"].as_str().unwrap_or("?"), h["uid"]);
-            } else {
-                print_failure(o);
-            }
-        }),
-        Cmd::Put { fleet, src, dest, mode } => {
+        Cmd::Ping { fleet } => with_fleet(
+            &fleet,
+            |_| json!({"op": "ping"}),
+            |o| {
+                if let Ok(v) = &o.result {
+                    let h = &v["hello"];
+                    println!(
+                        "{} | pong | python {} on {} (uid {})",
+                        o.spec.label(),
+                        h["python"].as_str().unwrap_or("?"),
+                        h["hostname"].as_str().unwrap_or("?"),
+                        h["uid"]
+                    );
+                } else {
+                    print_failure(o);
+                }
+            },
+        ),
+        Cmd::Put {
+            fleet,
+            src,
+            dest,
+            mode,
+        } => {
             let mode = match mode {
-                Some(m) => Some(u32::from_str_radix(m.trim_start_matches("0o"), 8).with_context(|| format!("mode {m:?} is not octal"))?),
+                Some(m) => Some(
+                    u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                        .with_context(|| format!("mode {m:?} is not octal"))?,
+                ),
                 None => None,
             };
             let src = std::fs::canonicalize(&src).with_context(|| format!("{}", src.display()))?;
             let req = json!({"op": "put", "src": src, "dest": dest, "mode": mode});
-            with_fleet(&fleet, |_| req.clone(), |o| match &o.result {
-                Ok(v) => println!("{} | ok | {} bytes sha256 {}", o.spec.label(), v["size"], v["sha256"].as_str().unwrap_or("")),
-                Err(_) => print_failure(o),
-            })
+            with_fleet(
+                &fleet,
+                |_| req.clone(),
+                |o| match &o.result {
+                    Ok(v) => println!(
+                        "{} | ok | {} bytes sha256 {}",
+                        o.spec.label(),
+                        v["size"],
+                        v["sha256"].as_str().unwrap_or("")
+                    ),
+                    Err(_) => print_failure(o),
+                },
+            )
         }
-        Cmd::Fetch { fleet, src, dest_dir } => {
-            let base = Path::new(&src).file_name().map(|s| s.to_owned()).context("source has no file name")?;
+        Cmd::Fetch {
+            fleet,
+            src,
+            dest_dir,
+        } => {
+            let base = Path::new(&src)
+                .file_name()
+                .map(|s| s.to_owned())
+                .context("source has no file name")?;
             std::fs::create_dir_all(&dest_dir)?;
             let dest_dir = std::fs::canonicalize(&dest_dir)?;
             let build = |s: &Spec| {
@@ -195,13 +248,25 @@ fn print_failure(o: &Outcome) {
 
 fn print_exec(o: &Outcome) {
     use base64::Engine as _;
-    let Ok(v) = &o.result else { return print_failure(o) };
+    let Ok(v) = &o.result else {
+        return print_failure(o);
+    };
     let dec = |k: &str| {
-        let raw = base64::engine::general_purpose::STANDARD.decode(v[k].as_str().unwrap_or("")).unwrap_or_default();
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(v[k].as_str().unwrap_or(""))
+            .unwrap_or_default();
         String::from_utf8_lossy(&raw).trim_end().to_string()
     };
-    let word = if o.status() == Status::Ok { "CHANGED" } else { "FAILED" };
-    let timed = if v["timed_out"].as_bool() == Some(true) { " (timed out)" } else { "" };
+    let word = if o.status() == Status::Ok {
+        "CHANGED"
+    } else {
+        "FAILED"
+    };
+    let timed = if v["timed_out"].as_bool() == Some(true) {
+        " (timed out)"
+    } else {
+        ""
+    };
     println!("{} | {word} | rc={}{timed} >>", o.spec.label(), v["rc"]);
     let (out, err) = (dec("stdout_b64"), dec("stderr_b64"));
     if !out.is_empty() {
@@ -214,7 +279,11 @@ fn print_exec(o: &Outcome) {
 
 /// Connects to the given daemon or starts one in-process, fans the request out with a progress
 /// bar, prints each outcome and the summary; exit code 0 all ok, 2 some failed, 4 unreachable.
-fn with_fleet(fleet: &Fleet, build: impl Fn(&Spec) -> serde_json::Value, show: impl Fn(&Outcome)) -> Result<i32> {
+fn with_fleet(
+    fleet: &Fleet,
+    build: impl Fn(&Spec) -> serde_json::Value,
+    show: impl Fn(&Outcome),
+) -> Result<i32> {
     let specs = spindle::inventory::load(&fleet.inventory)?;
     if specs.is_empty() {
         bail!("inventory {:?} names no hosts", fleet.inventory);
@@ -222,15 +291,26 @@ fn with_fleet(fleet: &Fleet, build: impl Fn(&Spec) -> serde_json::Value, show: i
     let (socket, own) = match &fleet.socket {
         Some(s) => (s.clone(), None),
         None => {
-            let dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+            let dir = std::env::var_os("XDG_RUNTIME_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir);
             let path = dir.join(format!("spindle-{}.sock", std::process::id()));
-            let h = spawn_in_thread(ServeOptions { socket: path.clone(), io: fleet.io })?;
+            let h = spawn_in_thread(ServeOptions {
+                socket: path.clone(),
+                io: fleet.io,
+            })?;
             (path, Some(h))
         }
     };
-    let mut client = Client::connect(&socket).with_context(|| format!("connecting to {}", socket.display()))?;
+    let mut client =
+        Client::connect(&socket).with_context(|| format!("connecting to {}", socket.display()))?;
     let bar = ProgressBar::new(specs.len() as u64);
-    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} hosts {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} hosts {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     let outcomes = fan_out(&mut client, &specs, build, |o| {
         bar.inc(1);
         if o.status() != Status::Ok {

@@ -57,8 +57,16 @@ pub enum Action {
 enum Op {
     Ping,
     Exec,
-    Put { file: Option<File>, remaining: u64 },
-    Fetch { file: Option<File>, tmp: PathBuf, dest: PathBuf, received: u64 },
+    Put {
+        file: Option<File>,
+        remaining: u64,
+    },
+    Fetch {
+        file: Option<File>,
+        tmp: PathBuf,
+        dest: PathBuf,
+        received: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -162,7 +170,9 @@ impl Router {
 
     /// Records that `n` outbound bytes were written; refills file data.
     pub fn consumed(&mut self, t: TargetId, n: usize) {
-        let Some(x) = self.targets.get_mut(t) else { return };
+        let Some(x) = self.targets.get_mut(t) else {
+            return;
+        };
         x.out_pos += n;
         self.counters.bytes_out += n as u64;
         if x.out_pos == x.out.len() {
@@ -181,11 +191,13 @@ impl Router {
         match req.op.as_str() {
             "stats" => {
                 let v = json!({"streams": self.streams(), "counters": self.counters});
-                self.actions.push_back(Action::Reply(client, api::ok_value(id, &v)));
+                self.actions
+                    .push_back(Action::Reply(client, api::ok_value(id, &v)));
                 return;
             }
             "shutdown" => {
-                self.actions.push_back(Action::Reply(client, api::ok_raw(id, b"{}")));
+                self.actions
+                    .push_back(Action::Reply(client, api::ok_raw(id, b"{}")));
                 self.actions.push_back(Action::Shutdown);
                 return;
             }
@@ -213,7 +225,8 @@ impl Router {
             if let Some(&t) = self.by_key.get(&spec.key()) {
                 self.fail_target(t, "connection_lost", "stream closed by request");
             }
-            self.actions.push_back(Action::Reply(client, api::ok_raw(id, b"{}")));
+            self.actions
+                .push_back(Action::Reply(client, api::ok_raw(id, b"{}")));
             return;
         }
         let t = self.target_for(spec, now);
@@ -255,7 +268,9 @@ impl Router {
             let m = format!("{MAX_INFLIGHT} calls already in flight to this target");
             return self.reply_err(client, id, "busy", &label, &m);
         }
-        let mut deadline = req.call_timeout.map(|s| now + Duration::from_secs_f64(s.max(0.0)));
+        let mut deadline = req
+            .call_timeout
+            .map(|s| now + Duration::from_secs_f64(s.max(0.0)));
         let (payload, op) = match req.op.as_str() {
             "ping" => (json!({"op": "ping"}), Op::Ping),
             "exec" => {
@@ -299,7 +314,13 @@ impl Router {
                 };
                 let p = json!({"op": "put_file", "path": dest, "size": size, "mode": req.mode,
                     "owner": req.owner, "group": req.group});
-                (p, Op::Put { file: Some(file), remaining: size })
+                (
+                    p,
+                    Op::Put {
+                        file: Some(file),
+                        remaining: size,
+                    },
+                )
             }
             "fetch" => {
                 let (Some(src), Some(dest)) = (&req.src, &req.dest) else {
@@ -316,7 +337,12 @@ impl Router {
                     }
                 };
                 let p = json!({"op": "fetch_file", "path": src});
-                let op = Op::Fetch { file: Some(file), tmp, dest, received: 0 };
+                let op = Op::Fetch {
+                    file: Some(file),
+                    tmp,
+                    dest,
+                    received: 0,
+                };
                 (p, op)
             }
             _ => unreachable!("ops filtered in request()"),
@@ -331,7 +357,15 @@ impl Router {
         if matches!(op, Op::Put { .. }) {
             x.puts.push_back(handle);
         }
-        let call = Call { client: Some(client), id, op, reply: Vec::new(), overflow: false, local_error: None, deadline };
+        let call = Call {
+            client: Some(client),
+            id,
+            op,
+            reply: Vec::new(),
+            overflow: false,
+            local_error: None,
+            deadline,
+        };
         x.calls.insert(handle, call);
         tracing::debug!(host = %x.label, handle, op = %req.op, "call");
         self.touched.push(t);
@@ -340,14 +374,22 @@ impl Router {
 
     /// Moves file data of active puts into the outbound buffer while it is below LOW_WATER.
     fn refill(&mut self, t: TargetId) {
-        let Some(x) = self.targets.get_mut(t) else { return };
+        let Some(x) = self.targets.get_mut(t) else {
+            return;
+        };
         while x.out.len() - x.out_pos < LOW_WATER {
-            let Some(&handle) = x.puts.front() else { return };
+            let Some(&handle) = x.puts.front() else {
+                return;
+            };
             let Some(call) = x.calls.get_mut(&handle) else {
                 x.puts.pop_front();
                 continue;
             };
-            let Op::Put { file: Some(f), remaining } = &mut call.op else {
+            let Op::Put {
+                file: Some(f),
+                remaining,
+            } = &mut call.op
+            else {
                 x.puts.pop_front();
                 continue;
             };
@@ -363,7 +405,10 @@ impl Router {
                     x.out[at + 4..at + 8].copy_from_slice(&(n as u32).to_be_bytes());
                     self.counters.frames_out += 1;
                     if done {
-                        call.op = Op::Put { file: None, remaining: 0 };
+                        call.op = Op::Put {
+                            file: None,
+                            remaining: 0,
+                        };
                         x.puts.pop_front();
                     }
                 }
@@ -373,7 +418,10 @@ impl Router {
                         Err(e) => format!("reading the source failed: {e}"),
                         Ok(_) => "the source file shrank while being sent".into(),
                     });
-                    call.op = Op::Put { file: None, remaining: 0 };
+                    call.op = Op::Put {
+                        file: None,
+                        remaining: 0,
+                    };
                     x.puts.pop_front();
                     encode_frame(&mut x.out, &header(Kind::Data, flags::ABORT, handle), &[]);
                 }
@@ -383,7 +431,9 @@ impl Router {
 
     /// Handles bytes read from a target's stdout.
     pub fn target_bytes(&mut self, t: TargetId, bytes: &[u8], _now: Instant) {
-        let Some(x) = self.targets.get_mut(t) else { return };
+        let Some(x) = self.targets.get_mut(t) else {
+            return;
+        };
         if x.phase == Phase::Dead {
             return;
         }
@@ -431,12 +481,15 @@ impl Router {
                     }
                 }
                 Kind::Data => {
-                    let Some(c) = x.calls.get_mut(&h.handle) else { continue };
+                    let Some(c) = x.calls.get_mut(&h.handle) else {
+                        continue;
+                    };
                     if let Op::Fetch { file, received, .. } = &mut c.op {
                         *received += payload.len() as u64;
                         if let Some(f) = file {
                             if let Err(e) = f.write_all(payload) {
-                                c.local_error = Some(format!("writing the destination failed: {e}"));
+                                c.local_error =
+                                    Some(format!("writing the destination failed: {e}"));
                                 *file = None;
                             }
                         }
@@ -458,7 +511,9 @@ impl Router {
 
     fn complete(&mut self, t: TargetId, handle: u32, fl: u8, body: Vec<u8>) {
         let x = &mut self.targets[t];
-        let Some(c) = x.calls.remove(&handle) else { return };
+        let Some(c) = x.calls.remove(&handle) else {
+            return;
+        };
         let label = x.label.clone();
         let hello = x.hello.clone();
         let msg = if let Some(m) = c.local_error {
@@ -481,7 +536,8 @@ impl Router {
         } else {
             match c.op {
                 Op::Ping => {
-                    let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let mut v: serde_json::Value =
+                        serde_json::from_slice(&body).unwrap_or_default();
                     if let (Some(o), Some(h)) = (v.as_object_mut(), hello) {
                         let hv = serde_json::from_slice(&h).unwrap_or_default();
                         o.insert("hello".into(), hv);
@@ -489,7 +545,12 @@ impl Router {
                     api::ok_value(c.id, &v)
                 }
                 Op::Exec | Op::Put { .. } => api::ok_raw(c.id, &body),
-                Op::Fetch { file, tmp, dest, received } => {
+                Op::Fetch {
+                    file,
+                    tmp,
+                    dest,
+                    received,
+                } => {
                     let res = file
                         .map(|f| f.sync_all())
                         .unwrap_or(Ok(()))
@@ -522,7 +583,12 @@ impl Router {
         }
         let connected = x.hello.is_some();
         let kind = classify(stderr, connected);
-        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim();
         let m = match kind {
             FailKind::NoPython => "no Python interpreter found on the target".to_string(),
             FailKind::ConnectionLost if connected => {
@@ -536,7 +602,9 @@ impl Router {
 
     /// Fails every call of a target and schedules its process to be killed.
     fn fail_target(&mut self, t: TargetId, kind: &str, message: &str) {
-        let Some(x) = self.targets.get_mut(t) else { return };
+        let Some(x) = self.targets.get_mut(t) else {
+            return;
+        };
         if x.phase == Phase::Dead {
             return;
         }
@@ -594,7 +662,9 @@ impl Router {
         }
         for (t, h) in expired_calls {
             let x = &mut self.targets[t];
-            let Some(c) = x.calls.remove(&h) else { continue };
+            let Some(c) = x.calls.remove(&h) else {
+                continue;
+            };
             if matches!(c.op, Op::Put { .. }) {
                 x.puts.retain(|p| *p != h);
                 encode_frame(&mut x.out, &header(Kind::Data, flags::ABORT, h), &[]);
@@ -623,7 +693,8 @@ impl Router {
     }
 
     fn reply_err(&mut self, client: ClientId, id: u64, kind: &str, host: &str, m: &str) {
-        self.actions.push_back(Action::Reply(client, api::error(id, kind, host, m)));
+        self.actions
+            .push_back(Action::Reply(client, api::error(id, kind, host, m)));
     }
 }
 
@@ -636,8 +707,8 @@ fn suffix(last: &str) -> String {
 }
 
 fn parse_hello(payload: &[u8]) -> Result<(), String> {
-    let v: serde_json::Value = serde_json::from_slice(payload)
-        .map_err(|e| format!("agent HELLO is not JSON: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| format!("agent HELLO is not JSON: {e}"))?;
     match v["proto"].as_u64() {
         Some(proto::PROTO_VERSION) => Ok(()),
         other => Err(format!(
@@ -673,6 +744,9 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 fn tmp_path_for(dest: &std::path::Path, t: TargetId, h: u32) -> PathBuf {
-    let name = dest.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     dest.with_file_name(format!(".{name}.spindle-{}-{t}-{h}", std::process::id()))
 }

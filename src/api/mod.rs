@@ -77,7 +77,10 @@ pub fn ok_raw(id: u64, raw: &[u8]) -> Vec<u8> {
 
 /// A successful reply.
 pub fn ok_value(id: u64, v: &serde_json::Value) -> Vec<u8> {
-    ok_raw(id, &serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec()))
+    ok_raw(
+        id,
+        &serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec()),
+    )
 }
 
 /// An error reply.

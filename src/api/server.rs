@@ -154,7 +154,8 @@ impl Server {
                 last_tick = now;
                 self.router.tick(now);
                 self.check_half_closed(now);
-                self.zombies.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
+                self.zombies
+                    .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
             }
             self.drain_actions();
             if self.shutdown && self.clients.iter().all(|(_, c)| c.out_pos == c.out.len()) {
@@ -212,7 +213,10 @@ impl Server {
             }
             let entry = self.clients.vacant_entry();
             let id = entry.key();
-            if let Err(e) = self.backend.add(stream.as_fd(), key(id, TAG_CLIENT), Interest::READ) {
+            if let Err(e) = self
+                .backend
+                .add(stream.as_fd(), key(id, TAG_CLIENT), Interest::READ)
+            {
                 tracing::warn!("cannot watch API client: {e}");
                 continue;
             }
@@ -229,7 +233,9 @@ impl Server {
     }
 
     fn client_read(&mut self, id: ClientId, now: Instant) {
-        let Some(c) = self.clients.get_mut(id) else { return };
+        let Some(c) = self.clients.get_mut(id) else {
+            return;
+        };
         match c.stream.read(&mut self.buf) {
             Ok(0) => return self.drop_client(id),
             Ok(n) => c.dec.push(&self.buf[..n]),
@@ -238,7 +244,9 @@ impl Server {
             Err(_) => return self.drop_client(id),
         }
         loop {
-            let Some(c) = self.clients.get_mut(id) else { return };
+            let Some(c) = self.clients.get_mut(id) else {
+                return;
+            };
             if c.closing {
                 return;
             }
@@ -268,17 +276,24 @@ impl Server {
     }
 
     fn send(&mut self, id: ClientId, body: &[u8]) {
-        let Some(c) = self.clients.get_mut(id) else { return };
+        let Some(c) = self.clients.get_mut(id) else {
+            return;
+        };
         super::frame_message(&mut c.out, body);
         if c.out.len() - c.out_pos > CLIENT_OUT_LIMIT {
-            tracing::warn!(client = id, "API client is not reading its replies; disconnecting");
+            tracing::warn!(
+                client = id,
+                "API client is not reading its replies; disconnecting"
+            );
             return self.drop_client(id);
         }
         self.client_flush(id);
     }
 
     fn client_flush(&mut self, id: ClientId) {
-        let Some(c) = self.clients.get_mut(id) else { return };
+        let Some(c) = self.clients.get_mut(id) else {
+            return;
+        };
         while c.out_pos < c.out.len() {
             match c.stream.write(&c.out[c.out_pos..]) {
                 Ok(n) => c.out_pos += n,
@@ -297,8 +312,13 @@ impl Server {
         let want = c.out_pos < c.out.len();
         if want != c.writing {
             c.writing = want;
-            let i = Interest { read: true, write: want };
-            let _ = self.backend.modify(c.stream.as_fd(), key(id, TAG_CLIENT), i);
+            let i = Interest {
+                read: true,
+                write: want,
+            };
+            let _ = self
+                .backend
+                .modify(c.stream.as_fd(), key(id, TAG_CLIENT), i);
         }
     }
 
@@ -325,9 +345,11 @@ impl Server {
     }
 
     fn spawn(&mut self, t: TargetId) {
-        let Some(spec) = self.router.spec(t).cloned() else { return };
+        let Some(spec) = self.router.spec(t).cloned() else {
+            return;
+        };
         let (argv, env) = match crate::transport::command(&spec, self.askpass.as_deref()) {
-            Ok(x) => x,
+            Ok(l) => (l.argv, l.env),
             Err(e) => return self.router.target_closed(t, &e.to_string()),
         };
         tracing::debug!(host = %spec.label(), argv = ?&argv[..argv.len() - 1], "spawning");
@@ -350,7 +372,8 @@ impl Server {
                 return self.router.target_closed(t, &m);
             }
         };
-        let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let (stdin, stdout, stderr) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take());
         let (Some(stdin), Some(stdout), Some(stderr)) = (stdin, stdout, stderr) else {
             let _ = child.kill();
             return self.router.target_closed(t, "child pipes missing");
@@ -361,14 +384,17 @@ impl Server {
             (stderr.as_fd(), key(t, TAG_STDERR), Interest::READ),
         ];
         for (fd, k, i) in regs {
-            let ok = rustix::io::ioctl_fionbio(fd, true).is_ok() && self.backend.add(fd, k, i).is_ok();
+            let ok =
+                rustix::io::ioctl_fionbio(fd, true).is_ok() && self.backend.add(fd, k, i).is_ok();
             if !ok {
                 for (fd, _, _) in regs {
                     let _ = self.backend.delete(fd);
                 }
                 let _ = child.kill();
                 self.zombies.push(child);
-                return self.router.target_closed(t, "cannot watch the child's pipes");
+                return self
+                    .router
+                    .target_closed(t, "cannot watch the child's pipes");
             }
         }
         self.procs.insert(
@@ -386,8 +412,12 @@ impl Server {
     }
 
     fn proc_stdin(&mut self, t: TargetId) {
-        let Some(p) = self.procs.get_mut(&t) else { return };
-        let Some(stdin) = p.stdin.as_mut() else { return };
+        let Some(p) = self.procs.get_mut(&t) else {
+            return;
+        };
+        let Some(stdin) = p.stdin.as_mut() else {
+            return;
+        };
         loop {
             let out = self.router.outbound(t);
             if out.is_empty() {
@@ -409,13 +439,19 @@ impl Server {
         let want = !self.router.outbound(t).is_empty();
         if want != p.writing {
             p.writing = want;
-            let i = if want { Interest::WRITE } else { Interest::NONE };
+            let i = if want {
+                Interest::WRITE
+            } else {
+                Interest::NONE
+            };
             let _ = self.backend.modify(stdin.as_fd(), key(t, TAG_STDIN), i);
         }
     }
 
     fn proc_stdout(&mut self, t: TargetId, now: Instant) {
-        let Some(p) = self.procs.get_mut(&t) else { return };
+        let Some(p) = self.procs.get_mut(&t) else {
+            return;
+        };
         let Some(out) = p.stdout.as_mut() else { return };
         match out.read(&mut self.buf) {
             Ok(0) => {
@@ -428,7 +464,11 @@ impl Server {
             Ok(n) => {
                 self.router.target_bytes(t, &self.buf[..n], now);
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
             Err(_) => {
                 deregister(&*self.backend, &mut p.stdout);
                 p.stdout_eof_at = Some(now);
@@ -437,7 +477,9 @@ impl Server {
     }
 
     fn proc_stderr(&mut self, t: TargetId) {
-        let Some(p) = self.procs.get_mut(&t) else { return };
+        let Some(p) = self.procs.get_mut(&t) else {
+            return;
+        };
         let Some(err) = p.stderr.as_mut() else { return };
         match err.read(&mut self.buf) {
             Ok(0) | Err(_) => {
@@ -466,7 +508,10 @@ impl Server {
         let late: Vec<TargetId> = self
             .procs
             .iter()
-            .filter(|(_, p)| p.stdout_eof_at.is_some_and(|at| now.duration_since(at) > STDERR_GRACE))
+            .filter(|(_, p)| {
+                p.stdout_eof_at
+                    .is_some_and(|at| now.duration_since(at) > STDERR_GRACE)
+            })
             .map(|(t, _)| *t)
             .collect();
         for t in late {
@@ -528,8 +573,8 @@ pub fn spawn_in_thread(
     opts: ServeOptions,
 ) -> Result<std::thread::JoinHandle<Result<(), ServerError>>, ServerError> {
     let server = Server::bind(&opts)?;
-    Ok(std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("spindle-daemon".into())
         .spawn(move || server.run())
-        .map_err(ServerError::Reactor)?)
+        .map_err(ServerError::Reactor)
 }

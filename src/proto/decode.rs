@@ -186,11 +186,8 @@ mod tests {
             let mut d = Decoder::new(1024);
             for c in &chunks {
                 d.push(c);
-                loop {
-                    match d.next_frame() {
-                        Ok(Some((_, p))) => prop_assert!(p.len() <= 1024),
-                        Ok(None) | Err(_) => break,
-                    }
+                while let Ok(Some((_, p))) = d.next_frame() {
+                    prop_assert!(p.len() <= 1024);
                 }
             }
         }

@@ -87,8 +87,16 @@ mod tests {
         assert!(out.is_empty());
         let mut wf = std::fs::File::from(w);
         wf.write_all(b"x").unwrap();
-        ep.wait(Some(Duration::from_millis(1000)), &mut out).unwrap();
-        assert_eq!(out, vec![Ready { key: 7, readable: true, writable: false }]);
+        ep.wait(Some(Duration::from_millis(1000)), &mut out)
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![Ready {
+                key: 7,
+                readable: true,
+                writable: false
+            }]
+        );
         // Level-triggered: still readable until drained.
         out.clear();
         ep.wait(Some(Duration::from_millis(10)), &mut out).unwrap();

@@ -46,11 +46,13 @@ pub fn stage1(n: usize) -> String {
 }
 
 /// Stage 0: the shell command run on the target. `python` is the configured interpreter as
-/// shell words already quoted, or `None` for discovery.
-pub fn stage0(python: Option<&str>) -> String {
+/// shell words already quoted (its first word is the program), or `None` for discovery.
+pub fn stage0(python: Option<(&str, &str)>) -> String {
     let s1 = stage1(agent_blob().len());
     match python {
-        Some(py) => format!("exec {py} -c '{s1}'"),
+        Some((program, py)) => format!(
+            "if command -v {program} >/dev/null 2>&1; then exec {py} -c '{s1}'; fi; echo \"{NO_PYTHON_MARKER}: \"{program} >&2; exit 127"
+        ),
         None => {
             let names = DISCOVERY.join(" ");
             format!(

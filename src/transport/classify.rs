@@ -74,11 +74,26 @@ mod tests {
     #[test]
     fn ssh_messages() {
         let c = |s| classify(s, false);
-        assert_eq!(c("ssh: connect to host 10.0.0.1 port 22: Connection refused"), FailKind::Unreachable);
-        assert_eq!(c("root@h: Permission denied (publickey)."), FailKind::AuthFailed);
-        assert_eq!(c("Host key verification failed."), FailKind::HostKeyMismatch);
-        assert_eq!(c("ssh: connect to host h port 22: Connection timed out"), FailKind::Timeout);
-        assert_eq!(c("spindle: no python interpreter found"), FailKind::NoPython);
+        assert_eq!(
+            c("ssh: connect to host 10.0.0.1 port 22: Connection refused"),
+            FailKind::Unreachable
+        );
+        assert_eq!(
+            c("root@h: Permission denied (publickey)."),
+            FailKind::AuthFailed
+        );
+        assert_eq!(
+            c("Host key verification failed."),
+            FailKind::HostKeyMismatch
+        );
+        assert_eq!(
+            c("ssh: connect to host h port 22: Connection timed out"),
+            FailKind::Timeout
+        );
+        assert_eq!(
+            c("spindle: no python interpreter found"),
+            FailKind::NoPython
+        );
         assert_eq!(classify("", true), FailKind::ConnectionLost);
     }
 }

@@ -25,7 +25,8 @@ fn words(spec: &Spec, field: &str, v: &Option<String>) -> Result<Vec<String>, Co
     }
 }
 
-fn python_words(spec: &Spec) -> Result<Option<String>, CommandError> {
+/// The configured interpreter as (first word, all words), each shell-quoted.
+fn python_words(spec: &Spec) -> Result<Option<(String, String)>, CommandError> {
     match &spec.python {
         None => Ok(None),
         Some(p) => {
@@ -33,39 +34,49 @@ fn python_words(spec: &Spec) -> Result<Option<String>, CommandError> {
             if w.is_empty() {
                 return Ok(None);
             }
-            let joined = shlex::try_join(w.iter().map(|s| s.as_str())).map_err(|e| {
-                CommandError::BadSpec {
-                    host: spec.label(),
-                    reason: format!("python interpreter {p:?}: {e}"),
-                }
-            })?;
-            Ok(Some(joined))
+            let err = |e: shlex::QuoteError| CommandError::BadSpec {
+                host: spec.label(),
+                reason: format!("python interpreter {p:?}: {e}"),
+            };
+            let joined = shlex::try_join(w.iter().map(|s| s.as_str())).map_err(err)?;
+            let first = shlex::try_quote(&w[0]).map_err(err)?.into_owned();
+            Ok(Some((first, joined)))
         }
     }
 }
 
+/// What to execute to start an agent.
+#[derive(Debug, Default)]
+pub struct Launch {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Environment additions for that process only.
+    pub env: Vec<(String, String)>,
+}
+
 /// The argv (program first) and extra environment that start the agent for `spec`.
-pub fn command(
-    spec: &Spec,
-    askpass: Option<&std::path::Path>,
-) -> Result<(Vec<String>, Vec<(String, String)>), CommandError> {
-    let stage0 = bootstrap::stage0(python_words(spec)?.as_deref());
+pub fn command(spec: &Spec, askpass: Option<&std::path::Path>) -> Result<Launch, CommandError> {
+    let py = python_words(spec)?;
+    let stage0 = bootstrap::stage0(py.as_ref().map(|(a, b)| (a.as_str(), b.as_str())));
     match spec.transport {
-        TransportKind::Local => Ok((vec!["/bin/sh".into(), "-c".into(), stage0], Vec::new())),
+        TransportKind::Local => Ok(Launch {
+            argv: vec!["/bin/sh".into(), "-c".into(), stage0],
+            env: Vec::new(),
+        }),
         TransportKind::Ssh => {
             let bad = |reason: &str| CommandError::BadSpec {
                 host: spec.label(),
                 reason: reason.into(),
             };
-            let host = spec.host.as_deref().ok_or_else(|| bad("ssh needs a host"))?;
-            if host.is_empty() || host.starts_with('-') || host.chars().any(char::is_whitespace)
-            {
+            let host = spec
+                .host
+                .as_deref()
+                .ok_or_else(|| bad("ssh needs a host"))?;
+            if host.is_empty() || host.starts_with('-') || host.chars().any(char::is_whitespace) {
                 return Err(bad(&format!("invalid host name {host:?}")));
             }
-            let mut argv: Vec<String> = vec![spec
-                .ssh_executable
-                .clone()
-                .unwrap_or_else(|| "ssh".into())];
+            let mut argv: Vec<String> =
+                vec![spec.ssh_executable.clone().unwrap_or_else(|| "ssh".into())];
             let mut env = Vec::new();
             let o = |argv: &mut Vec<String>, v: String| {
                 argv.push("-o".into());
@@ -78,16 +89,26 @@ pub fn command(
                     // prints it from the environment of this ssh process only.
                     o(&mut argv, "BatchMode=no".into());
                     o(&mut argv, "NumberOfPasswordPrompts=1".into());
-                    o(&mut argv, "PreferredAuthentications=password,keyboard-interactive".into());
+                    o(
+                        &mut argv,
+                        "PreferredAuthentications=password,keyboard-interactive".into(),
+                    );
                     env.push(("SSH_ASKPASS".into(), helper.display().to_string()));
                     env.push(("SSH_ASKPASS_REQUIRE".into(), "force".into()));
                     env.push(("SPINDLE_ASKPASS_PASSWORD".into(), pw.clone()));
                     env.push(("DISPLAY".into(), ":spindle".into()));
                 }
-                (Some(_), None) => return Err(bad("a password was given but no askpass helper is available")),
+                (Some(_), None) => {
+                    return Err(bad(
+                        "a password was given but no askpass helper is available",
+                    ))
+                }
                 (None, _) => o(&mut argv, "BatchMode=yes".into()),
             }
-            o(&mut argv, format!("ConnectTimeout={}", spec.connect_timeout_secs()));
+            o(
+                &mut argv,
+                format!("ConnectTimeout={}", spec.connect_timeout_secs()),
+            );
             o(&mut argv, "ServerAliveInterval=15".into());
             o(&mut argv, "ServerAliveCountMax=3".into());
             if let Some(p) = spec.port {
@@ -111,7 +132,7 @@ pub fn command(
             argv.push("--".into());
             argv.push(host.into());
             argv.push(stage0);
-            Ok((argv, env))
+            Ok(Launch { argv, env })
         }
     }
 }
@@ -129,7 +150,7 @@ mod tests {
             ssh_common_args: Some("-o 'ProxyCommand=nc %h %p' -o StrictHostKeyChecking=no".into()),
             ..Default::default()
         };
-        let (argv, env) = command(&spec, None).unwrap();
+        let Launch { argv, env } = command(&spec, None).unwrap();
         assert!(env.is_empty());
         assert!(argv.contains(&"ProxyCommand=nc %h %p".to_string()));
         assert!(argv.contains(&"BatchMode=yes".to_string()));
@@ -141,10 +162,23 @@ mod tests {
     #[test]
     fn hostile_fields_are_refused() {
         for spec in [
-            Spec { host: Some("-oProxyCommand=x".into()), ..Default::default() },
-            Spec { host: Some("a b".into()), ..Default::default() },
-            Spec { host: Some("h".into()), ssh_args: Some("'unbalanced".into()), ..Default::default() },
-            Spec { host: None, ..Default::default() },
+            Spec {
+                host: Some("-oProxyCommand=x".into()),
+                ..Default::default()
+            },
+            Spec {
+                host: Some("a b".into()),
+                ..Default::default()
+            },
+            Spec {
+                host: Some("h".into()),
+                ssh_args: Some("'unbalanced".into()),
+                ..Default::default()
+            },
+            Spec {
+                host: None,
+                ..Default::default()
+            },
         ] {
             assert!(command(&spec, None).is_err(), "{spec:?}");
         }
@@ -157,7 +191,12 @@ mod tests {
             python: Some("/usr/bin/env python3".into()),
             ..Default::default()
         };
-        let (argv, _) = command(&spec, None).unwrap();
-        assert!(argv[2].starts_with("exec /usr/bin/env python3 -c '"));
+        let argv = command(&spec, None).unwrap().argv;
+        assert!(
+            argv[2].contains("exec /usr/bin/env python3 -c '"),
+            "{}",
+            argv[2]
+        );
+        assert!(argv[2].starts_with("if command -v /usr/bin/env "));
     }
 }

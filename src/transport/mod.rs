@@ -7,7 +7,7 @@ pub mod bootstrap;
 pub mod classify;
 mod command;
 
-pub use command::{command, CommandError};
+pub use command::{command, CommandError, Launch};
 
 use serde::{Deserialize, Serialize};
 
