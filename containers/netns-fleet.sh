@@ -40,6 +40,7 @@ MAX_TARGETS=16384 # /30 blocks in a /16
 PARALLEL=${SPINDLE_FLEET_PARALLEL:-12}   # concurrent target launches
 
 PROG=netns-fleet
+KILLED=()         # pids this run has SIGKILLed
 log() { echo "$PROG: $*" >&2; }
 die() { echo "$PROG: error: $*" >&2; exit 1; }
 skip() { echo "$PROG: SKIP: $*" >&2; exit 77; }
@@ -134,8 +135,8 @@ load_state() {
 }
 
 lock_name() {  # hold a per-NAME lock for the rest of this process
-  mkdir -p "$ROOT"
-  exec {NAME_LOCK_FD}>"$ROOT/.lock-$1"
+  mkdir -p "$ROOT/.locks"
+  exec {NAME_LOCK_FD}>"$ROOT/.locks/$1"
   flock "$NAME_LOCK_FD"
 }
 
@@ -173,6 +174,7 @@ kill_netns_procs() {
     [[ -z $pids ]] && return 0
     # shellcheck disable=SC2086
     kill -KILL $pids 2>/dev/null || true
+    KILLED+=($pids)
     sleep 0.05
   done
   log "warning: processes still alive in namespaces: $(pids_in_netns "$@" | tr '\n' ' ')"
@@ -314,7 +316,7 @@ do_down() {  # uses NAME, FLEET_DIR (may be empty), CONFIG; holds the name lock
       i=${pf##*/sshd-}; i=${i%.pid}
       pid=$(sshd_pid "$i") && pids+=("$pid")
     done
-    if ((${#pids[@]})); then kill -KILL "${pids[@]}" 2>/dev/null || true; fi
+    if ((${#pids[@]})); then kill -KILL "${pids[@]}" 2>/dev/null || true; KILLED+=("${pids[@]}"); fi
     # 2. anything else started with this fleet's config, wherever it runs (a listener's
     #    process title is "sshd: /usr/sbin/sshd -f CONFIG ...", so the match is unanchored)
     pkill -KILL -f -- "$SSHD -f $(printf '%s' "$CONFIG" | sed 's/[][\.*^$+?(){}|]/\\&/g')( |\$)" 2>/dev/null || true
@@ -339,7 +341,17 @@ do_down() {  # uses NAME, FLEET_DIR (may be empty), CONFIG; holds the name lock
     printf 'link del %s\n' "${links[@]}" | ip -force -batch - 2>/dev/null || true
   fi
 
-  # 5. the fleet directory, only if we made it
+  # 5. killed processes are zombies until their parent (init: sshd daemonizes) reaps them;
+  #    give a slow init a moment so that nothing of the fleet shows in ps afterwards
+  local p left
+  for ((try = 0; try < 50; try++)); do
+    left=0
+    for p in "${KILLED[@]}"; do [[ -e /proc/$p ]] && { left=1; break; }; done
+    ((left)) || break
+    sleep 0.1
+  done
+
+  # 6. the fleet directory, only if we made it
   if [[ -n $FLEET_DIR && -f $FLEET_DIR/.spindle-fleet ]]; then
     rm -rf -- "$FLEET_DIR"
   fi
@@ -419,7 +431,7 @@ cmd_up() {
     printf 'NAME=%s\nDIR=%s\nNET=%s\nCOUNT=%s\nSUBNET=%s\nSHARED_FS=%s\n' \
       "$NAME" "$FLEET_DIR" "$NET" "$COUNT" "$SUBNET" "$SHARED_FS" \
       >"$(state_file "$NAME")"
-  } 9>"$ROOT/.alloc.lock"
+  } 9>"$ROOT/.locks/.alloc"
   log "fleet $NAME: $COUNT targets in $SUBNET, files in $FLEET_DIR"
 
   UP_OK=0

@@ -1,0 +1,38 @@
+# spindle — the two commands of the README are `make demo` and `make test`.
+# Both install what they need first (system packages, Rust build, Python venv).
+
+CARGO ?= cargo
+PY ?= python3
+
+.PHONY: demo test setup venv build lint unit-python test-rust clean
+
+setup:
+	bash scripts/setup.sh
+
+venv: setup
+	bash scripts/venv.sh
+
+build:
+	$(CARGO) build --release
+
+## demo: a 10-target local sshd fleet, stock Ansible (ssh + pipelining) vs spindle, side by side
+demo: venv build
+	bash scripts/demo.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+unit-python:
+	$(PY) -m unittest discover -s tests/python
+	$(PY) -m unittest discover -s ansible_plugin/tests
+
+test-rust:
+	$(CARGO) test --all-targets
+
+## test: everything CI runs
+test: setup lint unit-python test-rust
+
+clean:
+	$(CARGO) clean
+	rm -rf .venv
