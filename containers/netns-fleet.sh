@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2174,SC2034  # mkdir -p -m: only the leaf's mode matters; UP_OK is read by a trap
 # containers/netns-fleet.sh — a fleet of ssh targets made of Linux network namespaces.
 #
 #   netns-fleet.sh up NAME COUNT [--dir DIR] [--net N] [--timeout SECS] [--shared-fs] [--keep-on-failure]
@@ -45,7 +46,7 @@ log() { echo "$PROG: $*" >&2; }
 die() { echo "$PROG: error: $*" >&2; exit 1; }
 skip() { echo "$PROG: SKIP: $*" >&2; exit 77; }
 usage() {
-  sed -n '3,9p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '5,10p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -53,7 +54,7 @@ usage() {
 
 CMD=${1:-}; [[ -n $CMD ]] || usage; shift
 NAME="" COUNT="" INDEX="" OPT_DIR="" OPT_NET="" TIMEOUT="" SHARED_FS=0 KEEP=0
-POS=() EXEC_ARGV=()
+POS=()
 while (($#)); do
   case $1 in
     --dir) OPT_DIR=${2:?--dir needs a value}; shift 2 ;;
@@ -116,6 +117,11 @@ set_fleet_vars() {  # NAME DIR NET -> derived names
   SUBNET=10.$OCT.0.0/16
   CONFIG=$FLEET_DIR/sshd_config
 }
+# set TIP (target) and HIP (host side) for target i, without a subshell
+ips_of() {
+  local b=$((($1 % 64) * 4))
+  HIP=10.$OCT.$(($1 / 64)).$((b + 1)) TIP=10.$OCT.$(($1 / 64)).$((b + 2))
+}
 target_ip() {  # i host|target
   local i=$1 off=2; [[ $2 == host ]] && off=1
   echo "10.$OCT.$((i / 64)).$(((i % 64) * 4 + off))"
@@ -174,6 +180,7 @@ kill_netns_procs() {
     [[ -z $pids ]] && return 0
     # shellcheck disable=SC2086
     kill -KILL $pids 2>/dev/null || true
+    # shellcheck disable=SC2206  # pids are digits, one per line
     KILLED+=($pids)
     sleep 0.05
   done
@@ -213,8 +220,9 @@ launch_target() {  # i
   local i=$1 private=1
   ((SHARED_FS)) && private=0
   rm -f "$FLEET_DIR/sshd-$i.pid"
+  ips_of "$i"
   ip netns exec "sp-$NAME-$i" unshare --uts -- /bin/sh -c "$LAUNCHER" sh \
-    "$i" "$(target_ip "$i" target)" "sp${NAME}t$i" "sp-$NAME-$i" "$FLEET_DIR" "$private" "$SSHD" \
+    "$i" "$TIP" "sp${NAME}t$i" "sp-$NAME-$i" "$FLEET_DIR" "$private" "$SSHD" \
     </dev/null >>"$FLEET_DIR/sshd-$i.log" 2>&1
 }
 
@@ -271,7 +279,7 @@ sys.exit(1 if pending else 0)
 probe_targets() {  # timeout idx...
   local t=$1; shift
   local ips=() i
-  for i; do ips+=("$(target_ip "$i" target)"); done
+  for i; do ips_of "$i"; ips+=("$TIP"); done
   local bad
   bad=$("$PY" -I -c "$PROBE_PY" "$t" "${ips[@]}") && return 0
   local map=() n=0
@@ -481,7 +489,7 @@ EOF
   {
     echo "[fleet]"
     for ((i = 0; i < COUNT; i++)); do
-      echo "t$i ansible_host=$(target_ip "$i" target) ansible_port=22 ansible_user=root"
+      ips_of "$i"; echo "t$i ansible_host=$TIP ansible_port=22 ansible_user=root"
     done
     echo
     echo "[fleet:vars]"
@@ -491,7 +499,7 @@ EOF
   } >"$FLEET_DIR/inventory.ini"
   : >"$FLEET_DIR/known_hosts" ; : >"$FLEET_DIR/hosts.txt"
   {
-    for ((i = 0; i < COUNT; i++)); do printf 'Host t%d\n  HostName %s\n' "$i" "$(target_ip "$i" target)"; done
+    for ((i = 0; i < COUNT; i++)); do ips_of "$i"; printf 'Host t%d\n  HostName %s\n' "$i" "$TIP"; done
     cat <<EOF
 Host *
   User root
@@ -507,7 +515,7 @@ Host *
 EOF
   } >"$FLEET_DIR/ssh_config"
   for ((i = 0; i < COUNT; i++)); do
-    ip=$(target_ip "$i" target)
+    ips_of "$i"; ip=$TIP
     echo "$ip" >>"$FLEET_DIR/hosts.txt"
     echo "$ip $hostkey" >>"$FLEET_DIR/known_hosts"
   done
@@ -526,7 +534,7 @@ EOF
     for ((i = 0; i < COUNT; i++)); do
       echo "netns add sp-$NAME-$i"
       echo "link add sp${NAME}h$i type veth peer name sp${NAME}t$i netns sp-$NAME-$i"
-      echo "addr add $(target_ip "$i" host)/30 dev sp${NAME}h$i"
+      ips_of "$i"; echo "addr add $HIP/30 dev sp${NAME}h$i"
       echo "link set sp${NAME}h$i up"
     done
   } | ip -batch - || die "creating namespaces/veths failed"
@@ -624,7 +632,7 @@ cmd_status() {
   for ((i = 0; i < COUNT; i++)); do
     nsok=no; [[ -e /run/netns/sp-$NAME-$i ]] && nsok=yes
     if pid=$(sshd_pid "$i"); then up=$((up + 1)); else pid=down; fi
-    echo "t$i $(target_ip "$i" target) netns=$nsok sshd=$pid"
+    ips_of "$i"; echo "t$i $TIP netns=$nsok sshd=$pid"
   done
   echo "sshd up: $up/$COUNT"
   ((up == COUNT))

@@ -7,6 +7,7 @@
 //! [`inventory`] (host lists for the CLI), [`metrics`].
 
 pub mod api;
+pub mod cache;
 pub mod client;
 pub mod fanout;
 pub mod inventory;

@@ -21,3 +21,20 @@ pub struct Counters {
     /// Streams that failed or were closed.
     pub failures: u64,
 }
+
+/// Counters of one target stream (reported per target by `stats`).
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct TargetCounters {
+    /// Calls sent.
+    pub calls: u64,
+    /// Frames queued to the agent.
+    pub frames_out: u64,
+    /// Frames received from the agent.
+    pub frames_in: u64,
+    /// Bytes written to the agent's stream.
+    pub bytes_out: u64,
+    /// Bytes read from it.
+    pub bytes_in: u64,
+    /// Blobs pushed to it.
+    pub blobs_pushed: u64,
+}

@@ -13,13 +13,14 @@
 //! `LOW_WATER + CHUNK` bytes of file data, and stalls only its own stream.
 
 use crate::api::{self, Request};
-use crate::metrics::Counters;
+use crate::cache::BlobCache;
+use crate::metrics::{Counters, TargetCounters};
 use crate::proto::{self, encode_frame, flags, Decoder, FrameHeader, Kind};
 use crate::transport::{classify::classify, classify::FailKind, Spec};
 use base64::Engine as _;
 use serde_json::json;
 use slab::Slab;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -57,6 +58,7 @@ pub enum Action {
 enum Op {
     Ping,
     Exec,
+    Call,
     Put {
         file: Option<File>,
         remaining: u64,
@@ -99,6 +101,8 @@ struct Target {
     next_handle: u32,
     calls: HashMap<u32, Call>,
     puts: VecDeque<u32>,
+    sent_blobs: HashSet<String>,
+    counters: TargetCounters,
 }
 
 /// All target streams and calls.
@@ -107,6 +111,7 @@ pub struct Router {
     by_key: HashMap<String, TargetId>,
     actions: VecDeque<Action>,
     touched: Vec<TargetId>,
+    cache: BlobCache,
     /// Daemon-wide counters.
     pub counters: Counters,
 }
@@ -136,6 +141,7 @@ impl Router {
             by_key: HashMap::new(),
             actions: VecDeque::new(),
             touched: Vec::new(),
+            cache: BlobCache::default(),
             counters: Counters::default(),
         }
     }
@@ -174,6 +180,7 @@ impl Router {
             return;
         };
         x.out_pos += n;
+        x.counters.bytes_out += n as u64;
         self.counters.bytes_out += n as u64;
         if x.out_pos == x.out.len() {
             x.out.clear();
@@ -190,9 +197,31 @@ impl Router {
         let id = req.id;
         match req.op.as_str() {
             "stats" => {
-                let v = json!({"streams": self.streams(), "counters": self.counters});
+                let targets: BTreeMap<String, TargetCounters> = self
+                    .by_key
+                    .values()
+                    .map(|&t| (self.targets[t].label.clone(), self.targets[t].counters))
+                    .collect();
+                let v = json!({"streams": self.streams(), "counters": self.counters,
+                    "blobs": {"count": self.cache.len(), "bytes": self.cache.bytes()},
+                    "targets": targets});
                 self.actions
                     .push_back(Action::Reply(client, api::ok_value(id, &v)));
+                return;
+            }
+            "blob_put" => {
+                let (Some(hash), Some(data)) = (&req.hash, &req.data_b64) else {
+                    let m = "blob_put needs \"hash\" and \"data_b64\"";
+                    return self.reply_err(client, id, "bad_request", "", m);
+                };
+                let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(data) else {
+                    return self.reply_err(client, id, "bad_request", "", "data_b64 is not base64");
+                };
+                let msg = match self.cache.put(hash, bytes) {
+                    Ok(()) => api::ok_raw(id, b"{}"),
+                    Err(e) => api::error(id, "bad_request", "", &e.to_string()),
+                };
+                self.actions.push_back(Action::Reply(client, msg));
                 return;
             }
             "shutdown" => {
@@ -201,7 +230,7 @@ impl Router {
                 self.actions.push_back(Action::Shutdown);
                 return;
             }
-            "ping" | "exec" | "put" | "fetch" | "close" => {}
+            "ping" | "exec" | "put" | "fetch" | "close" | "call" => {}
             other => {
                 let m = format!("unknown op {other:?}");
                 return self.reply_err(client, id, "bad_request", "", &m);
@@ -253,6 +282,8 @@ impl Router {
             next_handle: 1,
             calls: HashMap::new(),
             puts: VecDeque::new(),
+            sent_blobs: HashSet::new(),
+            counters: TargetCounters::default(),
         });
         self.by_key.insert(key, t);
         self.counters.connects += 1;
@@ -345,15 +376,76 @@ impl Router {
                 };
                 (p, op)
             }
+            "call" => {
+                let Some(serde_json::Value::Object(mut p)) = req.payload.clone() else {
+                    let m = "call needs a \"payload\" object";
+                    return self.reply_err(client, id, "bad_request", &label, m);
+                };
+                if !p.get("op").is_some_and(|o| o.is_string()) || p.contains_key("blobs") {
+                    let m = "call payload needs a string \"op\" and no \"blobs\" key";
+                    return self.reply_err(client, id, "bad_request", &label, m);
+                }
+                let mut push = serde_json::Map::new();
+                let mut missing = Vec::new();
+                for h in req.blobs.iter().flatten() {
+                    if self.targets[t].sent_blobs.contains(h) || push.contains_key(h) {
+                        continue;
+                    }
+                    match self.cache.get(h) {
+                        Some(data) => {
+                            let b = base64::engine::general_purpose::STANDARD.encode(&data[..]);
+                            push.insert(h.clone(), b.into());
+                        }
+                        None => missing.push(h.clone()),
+                    }
+                }
+                if !missing.is_empty() {
+                    let m = format!(
+                        "{} blob(s) not in the daemon cache; blob_put them first",
+                        missing.len()
+                    );
+                    let msg = api::error_with(
+                        id,
+                        "missing_blobs",
+                        &label,
+                        &m,
+                        json!({"missing": missing}),
+                    );
+                    self.actions.push_back(Action::Reply(client, msg));
+                    return;
+                }
+                let x = &mut self.targets[t];
+                x.counters.blobs_pushed += push.len() as u64;
+                for h in push.keys() {
+                    x.sent_blobs.insert(h.clone());
+                }
+                if !push.is_empty() {
+                    p.insert("blobs".into(), serde_json::Value::Object(push));
+                }
+                (serde_json::Value::Object(p), Op::Call)
+            }
             _ => unreachable!("ops filtered in request()"),
         };
         let x = &mut self.targets[t];
         let handle = x.next_handle;
         x.next_handle = x.next_handle.wrapping_add(1).max(1);
         let body = serde_json::to_vec(&payload).unwrap_or_default();
-        encode_frame(&mut x.out, &header(Kind::Call, 0, handle), &body);
-        self.counters.frames_out += 1;
+        // A CALL larger than one frame continues in MORE-flagged frames.
+        let mut parts = body.chunks(proto::MAX_PAYLOAD).peekable();
+        let mut frames = 0;
+        while let Some(part) = parts.next() {
+            let fl = if parts.peek().is_some() {
+                flags::MORE
+            } else {
+                0
+            };
+            encode_frame(&mut x.out, &header(Kind::Call, fl, handle), part);
+            frames += 1;
+        }
+        self.counters.frames_out += frames;
         self.counters.calls += 1;
+        x.counters.frames_out += frames;
+        x.counters.calls += 1;
         if matches!(op, Op::Put { .. }) {
             x.puts.push_back(handle);
         }
@@ -404,6 +496,7 @@ impl Router {
                     x.out[at + 3] = if done { flags::EOF } else { 0 };
                     x.out[at + 4..at + 8].copy_from_slice(&(n as u32).to_be_bytes());
                     self.counters.frames_out += 1;
+                    x.counters.frames_out += 1;
                     if done {
                         call.op = Op::Put {
                             file: None,
@@ -438,6 +531,7 @@ impl Router {
             return;
         }
         self.counters.bytes_in += bytes.len() as u64;
+        x.counters.bytes_in += bytes.len() as u64;
         x.decoder.push(bytes);
         let mut done: Vec<(u32, u8, Vec<u8>)> = Vec::new();
         let mut fatal: Option<(String, String)> = None;
@@ -452,6 +546,7 @@ impl Router {
                 }
             };
             self.counters.frames_in += 1;
+            x.counters.frames_in += 1;
             match h.kind {
                 Kind::Hello => match parse_hello(payload) {
                     Ok(()) => {
@@ -544,7 +639,7 @@ impl Router {
                     }
                     api::ok_value(c.id, &v)
                 }
-                Op::Exec | Op::Put { .. } => api::ok_raw(c.id, &body),
+                Op::Exec | Op::Call | Op::Put { .. } => api::ok_raw(c.id, &body),
                 Op::Fetch {
                     file,
                     tmp,

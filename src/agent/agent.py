@@ -355,6 +355,9 @@ class Put(object):
 
 # ---- dispatch -----------------------------------------------------------------------
 
+# Code blobs (module and module_utils sources) by sha256 hex, kept for the agent's life.
+BLOBS = {}
+
 THREADED = {"ping": op_ping, "exec": op_exec, "fetch_file": op_fetch_file}
 
 
@@ -370,17 +373,40 @@ def run_call(chan, call_id, fn, call):
         chan.reply(call_id, result)
 
 
+def store_blobs(blobs):
+    """Keep code blobs pushed with a CALL (sha256 hex -> bytes), checking each hash."""
+    if not isinstance(blobs, dict):
+        raise AgentError("bad_request", "blobs must be an object")
+    for digest, b64 in blobs.items():
+        data = base64.b64decode(b64)
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise AgentError("bad_request", "blob %s does not match its hash" % digest)
+        BLOBS[digest] = data
+
+
 class Agent(object):
     def __init__(self, chan):
         self.chan = chan
         self.puts = {}
+        self.partial = {}  # call id -> payload parts of a CALL split with MORE
 
-    def on_call(self, call_id, payload):
+    def on_call(self, call_id, payload, flags=0):
+        if flags & MORE:
+            self.partial.setdefault(call_id, []).append(payload)
+            return
+        if call_id in self.partial:
+            parts = self.partial.pop(call_id)
+            parts.append(payload)
+            payload = b"".join(parts)
         try:
             call = json.loads(payload.decode("utf-8"))
             if not isinstance(call, dict) or not isinstance(call.get("op"), str):
                 raise ValueError("CALL payload must be an object with a string op")
-        except Exception as exc:  # bad UTF-8 or JSON, too deeply nested, ...
+            if "blobs" in call:
+                store_blobs(call.pop("blobs"))
+        except AgentError as exc:
+            return self.chan.reply_error(call_id, exc.kind, exc.message)
+        except Exception as exc:  # bad UTF-8 or JSON, too deeply nested, bad base64, ...
             return self.chan.reply_error(call_id, "bad_request", str(exc))
         op = call["op"]
         log.debug("call %s handle %d", op, call_id)
@@ -400,6 +426,8 @@ class Agent(object):
                                              "unknown level %r" % (call.get("level"),))
             logging.getLogger().setLevel(level)
             self.chan.reply(call_id, {})
+        elif op == "blob_list":
+            self.chan.reply(call_id, {"hashes": sorted(BLOBS)})
         elif op == "shutdown":
             log.info("shutdown requested")
             self.chan.reply(call_id, {})
@@ -441,7 +469,7 @@ class Agent(object):
             kind, flags, handle, _reply_to, payload = frame
             try:
                 if kind == CALL:
-                    self.on_call(handle, payload)
+                    self.on_call(handle, payload, flags)
                 elif kind == DATA:
                     self.on_data(handle, flags, payload)
                 else:

@@ -55,6 +55,18 @@ pub struct Request {
     /// put: group name.
     #[serde(default)]
     pub group: Option<String>,
+    /// call: the agent operation (a JSON object with an `op`).
+    #[serde(default)]
+    pub payload: Option<serde_json::Value>,
+    /// call: content hashes of blobs the agent needs for this call (pushed if it lacks them).
+    #[serde(default)]
+    pub blobs: Option<Vec<String>>,
+    /// blob_put: the blob's SHA-256 (hex).
+    #[serde(default)]
+    pub hash: Option<String>,
+    /// blob_put: the blob's content, base64.
+    #[serde(default)]
+    pub data_b64: Option<String>,
     /// Any op: seconds after which the daemon gives up on the call (`timeout` error).
     #[serde(default)]
     pub call_timeout: Option<f64>,
@@ -90,6 +102,23 @@ pub fn error(id: u64, kind: &str, host: &str, message: &str) -> Vec<u8> {
         "error": {"kind": kind, "host": host, "message": message},
     }))
     .unwrap_or_default()
+}
+
+/// An error reply with extra fields in the error object (e.g. `missing` blob hashes).
+pub fn error_with(
+    id: u64,
+    kind: &str,
+    host: &str,
+    message: &str,
+    extra: serde_json::Value,
+) -> Vec<u8> {
+    let mut e = serde_json::json!({"kind": kind, "host": host, "message": message});
+    if let (Some(o), Some(x)) = (e.as_object_mut(), extra.as_object()) {
+        for (k, v) in x {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::to_vec(&serde_json::json!({"id": id, "ok": false, "error": e})).unwrap_or_default()
 }
 
 /// Incremental decoder of length-prefixed messages (total: never panics).
