@@ -27,8 +27,10 @@ unit-python:
 	$(PY) -m unittest discover -s tests/python
 	$(PY) -m unittest discover -s ansible_plugin/tests
 
+# The behaviour tests run once per event-loop backend.
 test-rust:
-	$(CARGO) test --all-targets
+	SPINDLE_IO=epoll $(CARGO) test --all-targets
+	SPINDLE_IO=uring $(CARGO) test --tests
 
 ## test: everything CI runs
 test: setup lint unit-python test-rust

@@ -33,8 +33,8 @@ enum Cmd {
         /// Socket path.
         #[arg(long, env = "SPINDLE_SOCKET")]
         socket: PathBuf,
-        /// Event-loop backend.
-        #[arg(long, value_enum, default_value_t = IoBackend::Auto)]
+        /// Event-loop backend (auto: io_uring where the kernel has it, else epoll).
+        #[arg(long, value_enum, env = "SPINDLE_IO", default_value_t = IoBackend::Auto)]
         io: IoBackend,
     },
     /// Run a command on every host (one argument: a shell command line; several: an argv).
@@ -91,7 +91,7 @@ struct Fleet {
     #[arg(long, env = "SPINDLE_SOCKET")]
     socket: Option<PathBuf>,
     /// Event-loop backend of the in-process daemon.
-    #[arg(long, value_enum, default_value_t = IoBackend::Auto)]
+    #[arg(long, value_enum, env = "SPINDLE_IO", default_value_t = IoBackend::Auto)]
     io: IoBackend,
 }
 

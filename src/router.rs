@@ -112,6 +112,8 @@ pub struct Router {
     actions: VecDeque<Action>,
     touched: Vec<TargetId>,
     cache: BlobCache,
+    /// Name of the event-loop backend (reported by `stats`).
+    pub backend: &'static str,
     /// Daemon-wide counters.
     pub counters: Counters,
 }
@@ -142,6 +144,7 @@ impl Router {
             actions: VecDeque::new(),
             touched: Vec::new(),
             cache: BlobCache::default(),
+            backend: "none",
             counters: Counters::default(),
         }
     }
@@ -202,7 +205,7 @@ impl Router {
                     .values()
                     .map(|&t| (self.targets[t].label.clone(), self.targets[t].counters))
                     .collect();
-                let v = json!({"streams": self.streams(), "counters": self.counters,
+                let v = json!({"streams": self.streams(), "io": self.backend, "counters": self.counters,
                     "blobs": {"count": self.cache.len(), "bytes": self.cache.bytes()},
                     "targets": targets});
                 self.actions

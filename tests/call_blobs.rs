@@ -42,6 +42,15 @@ fn blobs_are_pushed_once_per_stream_inline_with_the_call() {
     c.call(json!({"op": "blob_put", "hash": hb, "data_b64": b64(&big)}))
         .unwrap();
     c.call(json!({"op": "ping", "target": t})).unwrap();
+    let stats = c.call(json!({"op": "stats"})).unwrap();
+    match std::env::var("SPINDLE_IO").as_deref() {
+        Ok("uring") => assert_eq!(stats["io"], "io_uring"),
+        Ok("epoll") => assert_eq!(stats["io"], "epoll"),
+        _ => assert!(
+            stats["io"] == "io_uring" || stats["io"] == "epoll",
+            "{stats}"
+        ),
+    }
     let before = c.call(json!({"op": "stats"})).unwrap()["targets"]["local0"].clone();
 
     let v = c

@@ -115,16 +115,18 @@ impl Server {
     pub fn bind(opts: &ServeOptions) -> Result<Server, ServerError> {
         let listener = bind_private(&opts.socket)?;
         listener.set_nonblocking(true)?;
-        let backend = new_backend(opts.io)?;
+        let mut backend = new_backend(opts.io)?;
         backend.add(listener.as_fd(), key(0, TAG_LISTENER), Interest::READ)?;
         tracing::info!(socket = %opts.socket.display(), io = backend.name(), "spindle daemon listening");
+        let mut router = Router::new();
+        router.backend = backend.name();
         Ok(Server {
             backend,
             listener,
             socket: opts.socket.clone(),
             clients: slab::Slab::new(),
             procs: HashMap::new(),
-            router: Router::new(),
+            router,
             uid: rustix::process::getuid().as_raw(),
             askpass: std::env::current_exe().ok(),
             zombies: Vec::new(),
@@ -455,7 +457,7 @@ impl Server {
         let Some(out) = p.stdout.as_mut() else { return };
         match out.read(&mut self.buf) {
             Ok(0) => {
-                deregister(&*self.backend, &mut p.stdout);
+                deregister(&mut *self.backend, &mut p.stdout);
                 p.stdout_eof_at = Some(now);
                 if p.stderr.is_none() {
                     self.closed(t);
@@ -470,7 +472,7 @@ impl Server {
                     io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                 ) => {}
             Err(_) => {
-                deregister(&*self.backend, &mut p.stdout);
+                deregister(&mut *self.backend, &mut p.stdout);
                 p.stdout_eof_at = Some(now);
             }
         }
@@ -483,7 +485,7 @@ impl Server {
         let Some(err) = p.stderr.as_mut() else { return };
         match err.read(&mut self.buf) {
             Ok(0) | Err(_) => {
-                deregister(&*self.backend, &mut p.stderr);
+                deregister(&mut *self.backend, &mut p.stderr);
                 if p.stdout.is_none() {
                     self.closed(t);
                 }
@@ -531,9 +533,9 @@ impl Server {
 
     fn kill(&mut self, t: TargetId) {
         if let Some(mut p) = self.procs.remove(&t) {
-            deregister(&*self.backend, &mut p.stdin);
-            deregister(&*self.backend, &mut p.stdout);
-            deregister(&*self.backend, &mut p.stderr);
+            deregister(&mut *self.backend, &mut p.stdin);
+            deregister(&mut *self.backend, &mut p.stdout);
+            deregister(&mut *self.backend, &mut p.stderr);
             let _ = p.child.kill();
             if !matches!(p.child.try_wait(), Ok(Some(_))) {
                 self.zombies.push(p.child);
@@ -547,9 +549,9 @@ impl Server {
         for t in ts {
             if let Some(mut p) = self.procs.remove(&t) {
                 // Closing stdin lets the agent exit on its own; then make sure of it.
-                deregister(&*self.backend, &mut p.stdin);
-                deregister(&*self.backend, &mut p.stdout);
-                deregister(&*self.backend, &mut p.stderr);
+                deregister(&mut *self.backend, &mut p.stdin);
+                deregister(&mut *self.backend, &mut p.stdout);
+                deregister(&mut *self.backend, &mut p.stderr);
                 let _ = p.child.kill();
                 let _ = p.child.wait();
             }
@@ -561,7 +563,7 @@ impl Server {
 }
 
 /// Stops watching and closes one of a child's pipes.
-fn deregister<T: AsFd>(backend: &dyn Backend, slot: &mut Option<T>) {
+fn deregister<T: AsFd>(backend: &mut dyn Backend, slot: &mut Option<T>) {
     if let Some(s) = slot.take() {
         let fd: BorrowedFd<'_> = s.as_fd();
         let _ = backend.delete(fd);

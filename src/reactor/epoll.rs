@@ -27,7 +27,7 @@ fn event(key: usize, i: Interest) -> Event {
 }
 
 impl Backend for Epoll {
-    fn add(&self, fd: BorrowedFd<'_>, key: usize, interest: Interest) -> io::Result<()> {
+    fn add(&mut self, fd: BorrowedFd<'_>, key: usize, interest: Interest) -> io::Result<()> {
         tracing::trace!(fd = fd.as_raw_fd(), key, ?interest, "epoll add");
         // SAFETY: `polling` requires the fd to stay open until it is deleted from the poller.
         // Every caller in the daemon deletes a descriptor (`Backend::delete`) before dropping
@@ -38,13 +38,13 @@ impl Backend for Epoll {
         }
     }
 
-    fn modify(&self, fd: BorrowedFd<'_>, key: usize, interest: Interest) -> io::Result<()> {
+    fn modify(&mut self, fd: BorrowedFd<'_>, key: usize, interest: Interest) -> io::Result<()> {
         tracing::trace!(fd = fd.as_raw_fd(), key, ?interest, "epoll modify");
         self.poller
             .modify_with_mode(fd, event(key, interest), PollMode::Level)
     }
 
-    fn delete(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+    fn delete(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
         tracing::trace!(fd = fd.as_raw_fd(), "epoll delete");
         self.poller.delete(fd)
     }

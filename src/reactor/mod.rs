@@ -7,8 +7,10 @@
 //! completion backend (io_uring) sits behind the same surface without touching it.
 
 mod epoll;
+mod uring;
 
 pub use epoll::Epoll;
+pub use uring::Uring;
 
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -17,12 +19,13 @@ use std::time::Duration;
 /// Which kernel interface drives the loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum IoBackend {
-    /// io_uring where the kernel has it, else epoll. (io_uring is the next milestone; today
-    /// `auto` resolves to epoll and says so.)
+    /// io_uring where the kernel has it (and it is not disabled), else epoll.
     #[default]
     Auto,
     /// Readiness-based epoll through the `polling` crate.
     Epoll,
+    /// io_uring (`IORING_OP_POLL_ADD` readiness); an error where the kernel lacks it.
+    Uring,
 }
 
 /// What a registered descriptor should be watched for.
@@ -66,25 +69,31 @@ pub struct Ready {
 /// A readiness backend: the small surface every backend provides.
 pub trait Backend: Send {
     /// Starts watching `fd` under `key`. The caller must [`Backend::delete`] it before closing.
-    fn add(&self, fd: BorrowedFd<'_>, key: usize, interest: Interest) -> io::Result<()>;
+    fn add(&mut self, fd: BorrowedFd<'_>, key: usize, interest: Interest) -> io::Result<()>;
     /// Changes what `fd` is watched for.
-    fn modify(&self, fd: BorrowedFd<'_>, key: usize, interest: Interest) -> io::Result<()>;
+    fn modify(&mut self, fd: BorrowedFd<'_>, key: usize, interest: Interest) -> io::Result<()>;
     /// Stops watching `fd`.
-    fn delete(&self, fd: BorrowedFd<'_>) -> io::Result<()>;
+    fn delete(&mut self, fd: BorrowedFd<'_>) -> io::Result<()>;
     /// Waits up to `timeout` and appends ready events to `out`.
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Ready>) -> io::Result<()>;
     /// The backend's name for logs and stats.
     fn name(&self) -> &'static str;
 }
 
-/// Builds the backend asked for.
+/// Builds the backend asked for; `auto` probes io_uring and falls back to epoll, saying why.
 pub fn new_backend(choice: IoBackend) -> io::Result<Box<dyn Backend>> {
     match choice {
-        IoBackend::Auto | IoBackend::Epoll => {
-            if choice == IoBackend::Auto {
-                tracing::info!("io backend: epoll (io_uring backend not built yet)");
+        IoBackend::Epoll => Ok(Box::new(Epoll::new()?)),
+        IoBackend::Uring => Ok(Box::new(Uring::new()?)),
+        IoBackend::Auto => match Uring::new() {
+            Ok(u) => {
+                tracing::info!("io backend: io_uring (auto)");
+                Ok(Box::new(u))
             }
-            Ok(Box::new(Epoll::new()?))
-        }
+            Err(e) => {
+                tracing::info!("io backend: epoll (auto; io_uring unavailable: {e})");
+                Ok(Box::new(Epoll::new()?))
+            }
+        },
     }
 }
