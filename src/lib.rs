@@ -15,4 +15,5 @@ pub mod metrics;
 pub mod proto;
 pub mod reactor;
 pub mod router;
+pub mod transfer;
 pub mod transport;

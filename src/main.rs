@@ -36,6 +36,9 @@ enum Cmd {
         /// Event-loop backend (auto: io_uring where the kernel has it, else epoll).
         #[arg(long, value_enum, env = "SPINDLE_IO", default_value_t = IoBackend::Auto)]
         io: IoBackend,
+        /// Copy put payload through user space instead of splice(2) (for comparison runs).
+        #[arg(long)]
+        no_splice: bool,
     },
     /// Run a command on every host (one argument: a shell command line; several: an argv).
     Run {
@@ -59,7 +62,7 @@ enum Cmd {
         fleet: Fleet,
         /// Local source file.
         src: PathBuf,
-        /// Remote destination path.
+        /// Remote destination path; `{host}` is replaced by each host's inventory name.
         dest: String,
         /// Mode, octal (e.g. 0644).
         #[arg(long)]
@@ -132,10 +135,15 @@ fn init_logging(v: u8) {
 
 fn real_main(cli: Cli) -> Result<i32> {
     match cli.cmd {
-        Cmd::Serve { socket, io } => {
+        Cmd::Serve {
+            socket,
+            io,
+            no_splice,
+        } => {
             let server = Server::bind(&ServeOptions {
                 socket: socket.clone(),
                 io,
+                splice: !no_splice,
             })?;
             eprintln!(
                 "spindle: serving on {} (io: {})",
@@ -196,20 +204,19 @@ fn real_main(cli: Cli) -> Result<i32> {
                 None => None,
             };
             let src = std::fs::canonicalize(&src).with_context(|| format!("{}", src.display()))?;
-            let req = json!({"op": "put", "src": src, "dest": dest, "mode": mode});
-            with_fleet(
-                &fleet,
-                |_| req.clone(),
-                |o| match &o.result {
-                    Ok(v) => println!(
-                        "{} | ok | {} bytes sha256 {}",
-                        o.spec.label(),
-                        v["size"],
-                        v["sha256"].as_str().unwrap_or("")
-                    ),
-                    Err(_) => print_failure(o),
-                },
-            )
+            let build = |s: &Spec| {
+                let d = dest.replace("{host}", &s.label());
+                json!({"op": "put", "src": src, "dest": d, "mode": mode})
+            };
+            with_fleet(&fleet, build, |o| match &o.result {
+                Ok(v) => println!(
+                    "{} | ok | {} bytes sha256 {}",
+                    o.spec.label(),
+                    v["size"],
+                    v["sha256"].as_str().unwrap_or("")
+                ),
+                Err(_) => print_failure(o),
+            })
         }
         Cmd::Fetch {
             fleet,
@@ -298,6 +305,7 @@ fn with_fleet(
             let h = spawn_in_thread(ServeOptions {
                 socket: path.clone(),
                 io: fleet.io,
+                splice: true,
             })?;
             (path, Some(h))
         }

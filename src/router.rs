@@ -16,14 +16,17 @@ use crate::api::{self, Request};
 use crate::cache::BlobCache;
 use crate::metrics::{Counters, TargetCounters};
 use crate::proto::{self, encode_frame, flags, Decoder, FrameHeader, Kind};
+use crate::transfer::{Outbound, TransferCounters};
 use crate::transport::{classify::classify, classify::FailKind, Spec};
 use base64::Engine as _;
 use serde_json::json;
 use slab::Slab;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
+use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Client connection id (assigned by the server).
@@ -60,7 +63,8 @@ enum Op {
     Exec,
     Call,
     Put {
-        file: Option<File>,
+        file: Option<Arc<File>>,
+        offset: u64,
         remaining: u64,
     },
     Fetch {
@@ -95,8 +99,7 @@ struct Target {
     key: String,
     phase: Phase,
     decoder: Decoder,
-    out: Vec<u8>,
-    out_pos: usize,
+    out: Outbound,
     hello: Option<Vec<u8>>,
     next_handle: u32,
     calls: HashMap<u32, Call>,
@@ -112,6 +115,10 @@ pub struct Router {
     actions: VecDeque<Action>,
     touched: Vec<TargetId>,
     cache: BlobCache,
+    /// Move put payload with splice(2) (else read/write; for comparison runs).
+    pub splice: bool,
+    /// File bytes spliced vs copied (reported by `stats`).
+    pub transfer: TransferCounters,
     /// Name of the event-loop backend (reported by `stats`).
     pub backend: &'static str,
     /// Daemon-wide counters.
@@ -145,6 +152,8 @@ impl Router {
             touched: Vec::new(),
             cache: BlobCache::default(),
             backend: "none",
+            transfer: TransferCounters::default(),
+            splice: true,
             counters: Counters::default(),
         }
     }
@@ -164,35 +173,45 @@ impl Router {
         self.targets.get(t).map(|x| &x.spec)
     }
 
-    /// Bytes waiting to be written to a target.
-    pub fn outbound(&self, t: TargetId) -> &[u8] {
-        match self.targets.get(t) {
-            Some(x) => &x.out[x.out_pos..],
-            None => &[],
+    /// Whether a target has bytes waiting to be written.
+    pub fn wants_write(&self, t: TargetId) -> bool {
+        self.targets.get(t).is_some_and(|x| !x.out.is_empty())
+    }
+
+    /// Writes a target's outbound queue into its (nonblocking) transport pipe: protocol bytes
+    /// by `write`, file payload by `splice` (see [`crate::transfer`]); then refills file data.
+    /// A source file that shrank mid-send fails the target (its framing is broken).
+    pub fn flush_into(&mut self, t: TargetId, fd: BorrowedFd<'_>) -> std::io::Result<usize> {
+        let mut total = 0;
+        loop {
+            let Some(x) = self.targets.get_mut(t) else {
+                return Ok(total);
+            };
+            if x.out.is_empty() {
+                return Ok(total);
+            }
+            match x.out.write_to(fd, &mut self.transfer) {
+                Ok(0) => return Ok(total),
+                Ok(n) => {
+                    total += n;
+                    x.counters.bytes_out += n as u64;
+                    self.counters.bytes_out += n as u64;
+                    self.refill(t);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    let m = format!("put aborted: {e}");
+                    self.fail_target(t, "local_io", &m);
+                    return Ok(total);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(total),
+                Err(e) => return Err(e),
+            }
         }
     }
 
     /// Number of live target streams.
     pub fn streams(&self) -> usize {
         self.by_key.len()
-    }
-
-    /// Records that `n` outbound bytes were written; refills file data.
-    pub fn consumed(&mut self, t: TargetId, n: usize) {
-        let Some(x) = self.targets.get_mut(t) else {
-            return;
-        };
-        x.out_pos += n;
-        x.counters.bytes_out += n as u64;
-        self.counters.bytes_out += n as u64;
-        if x.out_pos == x.out.len() {
-            x.out.clear();
-            x.out_pos = 0;
-        } else if x.out_pos > LOW_WATER && x.out_pos * 2 > x.out.len() {
-            x.out.drain(..x.out_pos);
-            x.out_pos = 0;
-        }
-        self.refill(t);
     }
 
     /// Handles one API request from `client`.
@@ -205,7 +224,7 @@ impl Router {
                     .values()
                     .map(|&t| (self.targets[t].label.clone(), self.targets[t].counters))
                     .collect();
-                let v = json!({"streams": self.streams(), "io": self.backend, "counters": self.counters,
+                let v = json!({"streams": self.streams(), "io": self.backend, "counters": self.counters, "transfer": self.transfer,
                     "blobs": {"count": self.cache.len(), "bytes": self.cache.bytes()},
                     "targets": targets});
                 self.actions
@@ -270,8 +289,8 @@ impl Router {
         if let Some(&t) = self.by_key.get(&key) {
             return t;
         }
-        let mut out = Vec::new();
-        out.extend_from_slice(crate::transport::bootstrap::agent_blob());
+        let mut out = Outbound::new(self.splice);
+        out.with_bytes(|b| b.extend_from_slice(crate::transport::bootstrap::agent_blob()));
         let deadline = now + Duration::from_secs(spec.connect_timeout_secs());
         let t = self.targets.insert(Target {
             label: spec.label(),
@@ -280,7 +299,6 @@ impl Router {
             phase: Phase::Connecting { deadline },
             decoder: Decoder::default(),
             out,
-            out_pos: 0,
             hello: None,
             next_handle: 1,
             calls: HashMap::new(),
@@ -351,7 +369,8 @@ impl Router {
                 (
                     p,
                     Op::Put {
-                        file: Some(file),
+                        file: Some(Arc::new(file)),
+                        offset: 0,
                         remaining: size,
                     },
                 )
@@ -442,7 +461,8 @@ impl Router {
             } else {
                 0
             };
-            encode_frame(&mut x.out, &header(Kind::Call, fl, handle), part);
+            x.out
+                .with_bytes(|b| encode_frame(b, &header(Kind::Call, fl, handle), part));
             frames += 1;
         }
         self.counters.frames_out += frames;
@@ -467,12 +487,13 @@ impl Router {
         self.refill(t);
     }
 
-    /// Moves file data of active puts into the outbound buffer while it is below LOW_WATER.
+    /// Queues file data of active puts (as file ranges, not bytes) while the outbound queue is
+    /// below LOW_WATER.
     fn refill(&mut self, t: TargetId) {
         let Some(x) = self.targets.get_mut(t) else {
             return;
         };
-        while x.out.len() - x.out_pos < LOW_WATER {
+        while x.out.len() < LOW_WATER {
             let Some(&handle) = x.puts.front() else {
                 return;
             };
@@ -482,45 +503,34 @@ impl Router {
             };
             let Op::Put {
                 file: Some(f),
+                offset,
                 remaining,
             } = &mut call.op
             else {
                 x.puts.pop_front();
                 continue;
             };
-            let want = (*remaining).min(CHUNK as u64) as usize;
-            let at = x.out.len();
-            encode_frame(&mut x.out, &header(Kind::Data, 0, handle), &[]);
-            x.out.resize(at + proto::HEADER_LEN + want, 0);
-            match read_full(f, &mut x.out[at + proto::HEADER_LEN..]) {
-                Ok(n) if n == want => {
-                    *remaining -= n as u64;
-                    let done = *remaining == 0;
-                    x.out[at + 3] = if done { flags::EOF } else { 0 };
-                    x.out[at + 4..at + 8].copy_from_slice(&(n as u32).to_be_bytes());
-                    self.counters.frames_out += 1;
-                    x.counters.frames_out += 1;
-                    if done {
-                        call.op = Op::Put {
-                            file: None,
-                            remaining: 0,
-                        };
-                        x.puts.pop_front();
-                    }
-                }
-                got => {
-                    x.out.truncate(at);
-                    call.local_error = Some(match got {
-                        Err(e) => format!("reading the source failed: {e}"),
-                        Ok(_) => "the source file shrank while being sent".into(),
-                    });
-                    call.op = Op::Put {
-                        file: None,
-                        remaining: 0,
-                    };
-                    x.puts.pop_front();
-                    encode_frame(&mut x.out, &header(Kind::Data, flags::ABORT, handle), &[]);
-                }
+            let n = (*remaining).min(CHUNK as u64) as usize;
+            *remaining -= n as u64;
+            let done = *remaining == 0;
+            let fl = if done { flags::EOF } else { 0 };
+            let h = header(Kind::Data, fl, handle);
+            x.out.with_bytes(|b| {
+                let at = b.len();
+                encode_frame(b, &h, &[]);
+                b[at + 4..at + 8].copy_from_slice(&(n as u32).to_be_bytes());
+            });
+            x.out.push_file(f.clone(), *offset, n);
+            *offset += n as u64;
+            self.counters.frames_out += 1;
+            x.counters.frames_out += 1;
+            if done {
+                call.op = Op::Put {
+                    file: None,
+                    offset: 0,
+                    remaining: 0,
+                };
+                x.puts.pop_front();
             }
         }
     }
@@ -716,7 +726,6 @@ impl Router {
         let calls: Vec<Call> = x.calls.drain().map(|(_, c)| c).collect();
         x.puts.clear();
         x.out.clear();
-        x.out_pos = 0;
         for c in calls {
             if let Op::Fetch { tmp, .. } = &c.op {
                 let _ = std::fs::remove_file(tmp);
@@ -765,7 +774,8 @@ impl Router {
             };
             if matches!(c.op, Op::Put { .. }) {
                 x.puts.retain(|p| *p != h);
-                encode_frame(&mut x.out, &header(Kind::Data, flags::ABORT, h), &[]);
+                x.out
+                    .with_bytes(|b| encode_frame(b, &header(Kind::Data, flags::ABORT, h), &[]));
                 self.touched.push(t);
             }
             if let Op::Fetch { tmp, .. } = &c.op {
@@ -826,19 +836,6 @@ fn log_record(label: &str, payload: &[u8]) {
         "WARNING" => tracing::warn!(host = %label, logger = name, "agent: {msg}"),
         _ => tracing::error!(host = %label, logger = name, "agent: {msg}"),
     }
-}
-
-fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 fn tmp_path_for(dest: &std::path::Path, t: TargetId, h: u32) -> PathBuf {

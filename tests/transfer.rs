@@ -95,6 +95,14 @@ fn put_and_fetch_1gib_to_4_targets_in_bounded_memory() {
         let _ = std::fs::remove_file(dir.join(format!("on_target_{i}.bin")));
         let _ = std::fs::remove_file(dir.join(format!("fetched_{i}.bin")));
     }
+    let st = c.call(json!({"op": "stats"})).unwrap();
+    let (spliced, copied) = (
+        st["transfer"]["file_bytes_spliced"].as_u64().unwrap(),
+        st["transfer"]["file_bytes_copied"].as_u64().unwrap(),
+    );
+    eprintln!("put payload: {spliced} bytes spliced, {copied} copied through user space");
+    assert_eq!(spliced + copied, 4 * SIZE as u64);
+    assert!(copied * 100 < spliced, "zero-copy path: < 1% copied");
     let rss = daemon.peak_rss_kib();
     eprintln!("daemon peak RSS during 4 x 1 GiB put+fetch: {} KiB", rss);
     assert!(rss > 0 && rss < 64 * 1024, "peak RSS {rss} KiB");

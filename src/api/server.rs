@@ -57,6 +57,8 @@ pub struct ServeOptions {
     pub socket: PathBuf,
     /// Event-loop backend.
     pub io: IoBackend,
+    /// Move `put` payload with splice(2); false forces read/write (for comparison runs).
+    pub splice: bool,
 }
 
 struct Client {
@@ -120,6 +122,7 @@ impl Server {
         tracing::info!(socket = %opts.socket.display(), io = backend.name(), "spindle daemon listening");
         let mut router = Router::new();
         router.backend = backend.name();
+        router.splice = opts.splice;
         Ok(Server {
             backend,
             listener,
@@ -420,25 +423,19 @@ impl Server {
         let Some(stdin) = p.stdin.as_mut() else {
             return;
         };
-        loop {
-            let out = self.router.outbound(t);
-            if out.is_empty() {
-                break;
-            }
-            match stdin.write(out) {
-                Ok(n) => self.router.consumed(t, n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    // The agent's side is gone; stdout EOF will follow and classify it.
-                    if let Some(s) = p.stdin.take() {
-                        let _ = self.backend.delete(s.as_fd());
-                    }
-                    return;
-                }
-            }
+        if let Err(e) = self.router.flush_into(t, stdin.as_fd()) {
+            // The agent's side is gone; stdout EOF will follow and classify it.
+            tracing::debug!(target_id = t, "write to agent failed: {e}");
+            deregister(&mut *self.backend, &mut p.stdin);
+            return;
         }
-        let want = !self.router.outbound(t).is_empty();
+        let Some(p) = self.procs.get_mut(&t) else {
+            return;
+        };
+        let Some(stdin) = p.stdin.as_ref() else {
+            return;
+        };
+        let want = self.router.wants_write(t);
         if want != p.writing {
             p.writing = want;
             let i = if want {
