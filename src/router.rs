@@ -290,7 +290,9 @@ impl Router {
             return t;
         }
         let mut out = Outbound::new(self.splice);
-        out.with_bytes(|b| b.extend_from_slice(crate::transport::bootstrap::agent_blob()));
+        if spec.transport != crate::transport::TransportKind::Unix {
+            out.with_bytes(|b| b.extend_from_slice(crate::transport::bootstrap::agent_blob()));
+        }
         let deadline = now + Duration::from_secs(spec.connect_timeout_secs());
         let t = self.targets.insert(Target {
             label: spec.label(),

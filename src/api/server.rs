@@ -7,11 +7,11 @@ use crate::reactor::{new_backend, Backend, Interest, IoBackend, Ready};
 use crate::router::{Action, ClientId, Router, TargetId};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TAG_LISTENER: usize = 0;
@@ -70,11 +70,12 @@ struct Client {
     closing: bool,
 }
 
+/// A target's I/O: a child process's pipes, or (transport `unix`) one socket used both ways.
 struct Proc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Option<ChildStdout>,
-    stderr: Option<ChildStderr>,
+    child: Option<Child>,
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
     tail: Vec<u8>,
     writing: bool,
     stdout_eof_at: Option<Instant>,
@@ -353,6 +354,9 @@ impl Server {
         let Some(spec) = self.router.spec(t).cloned() else {
             return;
         };
+        if spec.transport == crate::transport::TransportKind::Unix {
+            return self.connect_unix(t, &spec);
+        }
         let (argv, env) = match crate::transport::command(&spec, self.askpass.as_deref()) {
             Ok(l) => (l.argv, l.env),
             Err(e) => return self.router.target_closed(t, &e.to_string()),
@@ -383,6 +387,11 @@ impl Server {
             let _ = child.kill();
             return self.router.target_closed(t, "child pipes missing");
         };
+        let (stdin, stdout, stderr) = (
+            OwnedFd::from(stdin),
+            OwnedFd::from(stdout),
+            OwnedFd::from(stderr),
+        );
         let regs = [
             (stdin.as_fd(), key(t, TAG_STDIN), Interest::WRITE),
             (stdout.as_fd(), key(t, TAG_STDOUT), Interest::READ),
@@ -405,10 +414,55 @@ impl Server {
         self.procs.insert(
             t,
             Proc {
-                child,
+                child: Some(child),
                 stdin: Some(stdin),
                 stdout: Some(stdout),
                 stderr: Some(stderr),
+                tail: Vec::new(),
+                writing: true,
+                stdout_eof_at: None,
+            },
+        );
+    }
+
+    /// Transport `unix`: the agent protocol over a Unix socket (the scale-test fleet
+    /// simulator serves thousands of targets this way). One socket, registered twice (a dup
+    /// for writing) so reads and writes keep separate interests like pipes.
+    fn connect_unix(&mut self, t: TargetId, spec: &crate::transport::Spec) {
+        let path = spec.host.clone().unwrap_or_default();
+        let conn = UnixStream::connect(&path).and_then(|s| {
+            s.set_nonblocking(true)?;
+            let w = s.try_clone()?;
+            Ok((OwnedFd::from(w), OwnedFd::from(s)))
+        });
+        let (w, r) = match conn {
+            Ok(x) => x,
+            Err(e) => {
+                return self
+                    .router
+                    .target_closed(t, &format!("Connection refused: {path}: {e}"))
+            }
+        };
+        let ok = self
+            .backend
+            .add(w.as_fd(), key(t, TAG_STDIN), Interest::WRITE)
+            .is_ok()
+            && self
+                .backend
+                .add(r.as_fd(), key(t, TAG_STDOUT), Interest::READ)
+                .is_ok();
+        if !ok {
+            let _ = self.backend.delete(w.as_fd());
+            let _ = self.backend.delete(r.as_fd());
+            return self.router.target_closed(t, "cannot watch the socket");
+        }
+        self.procs.insert(
+            t,
+            Proc {
+                child: None,
+                stdin: Some(w),
+                stdout: Some(r),
+                stderr: None,
                 tail: Vec::new(),
                 writing: true,
                 stdout_eof_at: None,
@@ -452,7 +506,7 @@ impl Server {
             return;
         };
         let Some(out) = p.stdout.as_mut() else { return };
-        match out.read(&mut self.buf) {
+        match rustix::io::read(out.as_fd(), &mut self.buf[..]).map_err(io::Error::from) {
             Ok(0) => {
                 deregister(&mut *self.backend, &mut p.stdout);
                 p.stdout_eof_at = Some(now);
@@ -480,7 +534,7 @@ impl Server {
             return;
         };
         let Some(err) = p.stderr.as_mut() else { return };
-        match err.read(&mut self.buf) {
+        match rustix::io::read(err.as_fd(), &mut self.buf[..]).map_err(io::Error::from) {
             Ok(0) | Err(_) => {
                 deregister(&mut *self.backend, &mut p.stderr);
                 if p.stdout.is_none() {
@@ -533,9 +587,11 @@ impl Server {
             deregister(&mut *self.backend, &mut p.stdin);
             deregister(&mut *self.backend, &mut p.stdout);
             deregister(&mut *self.backend, &mut p.stderr);
-            let _ = p.child.kill();
-            if !matches!(p.child.try_wait(), Ok(Some(_))) {
-                self.zombies.push(p.child);
+            if let Some(mut child) = p.child {
+                let _ = child.kill();
+                if !matches!(child.try_wait(), Ok(Some(_))) {
+                    self.zombies.push(child);
+                }
             }
         }
         self.router.release(t);
@@ -549,8 +605,10 @@ impl Server {
                 deregister(&mut *self.backend, &mut p.stdin);
                 deregister(&mut *self.backend, &mut p.stdout);
                 deregister(&mut *self.backend, &mut p.stderr);
-                let _ = p.child.kill();
-                let _ = p.child.wait();
+                if let Some(mut child) = p.child {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
             }
         }
         for mut z in self.zombies.drain(..) {

@@ -59,6 +59,13 @@ pub fn command(spec: &Spec, askpass: Option<&std::path::Path>) -> Result<Launch,
     let py = python_words(spec)?;
     let stage0 = bootstrap::stage0(py.as_ref().map(|(a, b)| (a.as_str(), b.as_str())));
     match spec.transport {
+        TransportKind::Unix => match &spec.host {
+            Some(h) if !h.is_empty() => Ok(Launch::default()),
+            _ => Err(CommandError::BadSpec {
+                host: spec.label(),
+                reason: "unix transport needs host = socket path".into(),
+            }),
+        },
         TransportKind::Local => Ok(Launch {
             argv: vec!["/bin/sh".into(), "-c".into(), stage0],
             env: Vec::new(),

@@ -20,6 +20,9 @@ pub enum TransportKind {
     Ssh,
     /// A local interpreter (no network).
     Local,
+    /// The agent protocol on a Unix socket at `host` (no bootstrap; used by the scale-test
+    /// fleet simulator, which answers as thousands of agents).
+    Unix,
 }
 
 /// A connection spec: everything that identifies one target stream. See `docs/api.md`.
@@ -68,10 +71,10 @@ pub struct Spec {
 }
 
 impl Spec {
-    /// The stream identity: every field but `name` and `connect_timeout`.
+    /// The stream identity: every field but `connect_timeout`. (`name` is part of it: two
+    /// inventory hosts are two connections, as in Ansible.)
     pub fn key(&self) -> String {
         let mut k = self.clone();
-        k.name = None;
         k.connect_timeout = None;
         serde_json::to_string(&k).unwrap_or_default()
     }
