@@ -4,7 +4,7 @@
 CARGO ?= cargo
 PY ?= python3
 
-.PHONY: demo test setup venv build lint unit-python test-rust clean
+.PHONY: demo test setup venv build build-debug lint unit-python test-rust test-ansible clean
 
 setup:
 	bash scripts/setup.sh
@@ -32,8 +32,15 @@ test-rust:
 	SPINDLE_IO=epoll $(CARGO) test --all-targets
 	SPINDLE_IO=uring $(CARGO) test --tests
 
+# Real playbooks through stock Ansible and through spindle, results compared (needs the venv).
+test-ansible: venv build-debug
+	SPINDLE_BIN=$(CURDIR)/target/debug/spindle .venv/bin/python -m unittest discover -s tests/ansible -v
+
+build-debug:
+	$(CARGO) build
+
 ## test: everything CI runs
-test: setup lint unit-python test-rust
+test: setup lint unit-python test-rust test-ansible
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,33 @@
+"""``python -m spindle_ansible``: print the ansible.cfg lines that enable spindle's Ansible
+plugins from where this package is installed (append them to your ansible.cfg)."""
+
+import os
+import sys
+
+
+def config_lines():
+    """The [defaults] section that points Ansible at this package's plugins."""
+    plugins = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'plugins')
+    return "\n".join([
+        "[defaults]",
+        "strategy_plugins = %s" % os.path.join(plugins, 'strategy'),
+        "connection_plugins = %s" % os.path.join(plugins, 'connection'),
+        "callback_plugins = %s" % os.path.join(plugins, 'callback'),
+        "strategy = spindle_linear",
+    ])
+
+
+def main(argv=None):
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ('-h', '--help'):
+        print(__doc__.strip())
+        return 0
+    if args:
+        print("usage: python -m spindle_ansible", file=sys.stderr)
+        return 2
+    print(config_lines())
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

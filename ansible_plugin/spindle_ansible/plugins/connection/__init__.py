@@ -1,0 +1,1 @@
+"""Ansible connection plugins of spindle (the ``spindle`` connection)."""

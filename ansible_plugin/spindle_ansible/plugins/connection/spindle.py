@@ -1,0 +1,435 @@
+"""Ansible connection plugin ``spindle``: run Ansible's commands and file transfers through
+the spindle daemon, which keeps one persistent connection and Python agent per target.
+
+Options mirror the ssh plugin's variables, so an inventory written for ssh needs no change.
+The daemon's socket comes from ``SPINDLE_SOCKET`` (the spindle strategies start a daemon and
+export it). One daemon client per worker process; the client re-opens after fork.
+"""
+
+from __future__ import annotations
+
+DOCUMENTATION = """
+    name: spindle
+    short_description: run tasks through the spindle daemon (one persistent agent per target)
+    description:
+        - Sends every command and file transfer of a task to the spindle daemon, which keeps one
+          persistent ssh connection (or local pipe) and one Python agent per target and reuses
+          them for all tasks, so no ssh handshake and no new channel per task.
+        - Commands run on the target with C(/bin/sh -c), like the remote shell of the ssh plugin.
+        - The options mirror those of the ssh plugin (same variables, ini keys and environment),
+          so an inventory written for ssh works unchanged.
+        - The strategies C(spindle_linear) and C(spindle_free) start a daemon, export
+          E(SPINDLE_SOCKET) and route hosts whose connection is C(ssh), C(smart) or C(local)
+          to this plugin.
+    author: spindle
+    version_added: historical
+    notes:
+        - The ssh plugin's default O(ssh_args) (ControlMaster/ControlPersist) is not applied,
+          since spindle keeps one connection per target itself; a value you set is honoured.
+        - Privilege escalation (become) works when it needs no password. Become passwords
+          arrive in a later milestone; a task that sets one fails with a clear error.
+        - O(timeout) bounds the whole connection set-up (ssh connect, authentication and the
+          agent's start), not only the TCP connect.
+    extends_documentation_fragment:
+        - connection_pipelining
+    options:
+      host:
+          description: Hostname/IP to connect to.
+          default: inventory_hostname
+          type: string
+          vars:
+               - name: inventory_hostname
+               - name: ansible_host
+               - name: ansible_ssh_host
+               - name: delegated_vars['ansible_host']
+               - name: delegated_vars['ansible_ssh_host']
+      host_key_checking:
+          description: Determines if SSH should reject or not a connection after checking host keys.
+          default: True
+          type: boolean
+          ini:
+              - section: defaults
+                key: 'host_key_checking'
+              - section: ssh_connection
+                key: 'host_key_checking'
+          env:
+              - name: ANSIBLE_HOST_KEY_CHECKING
+              - name: ANSIBLE_SSH_HOST_KEY_CHECKING
+          vars:
+              - name: ansible_host_key_checking
+              - name: ansible_ssh_host_key_checking
+      password:
+          description: Authentication password for the O(remote_user). Can be supplied as CLI option.
+          type: string
+          vars:
+              - name: ansible_password
+              - name: ansible_ssh_pass
+              - name: ansible_ssh_password
+      ssh_args:
+          description:
+              - Arguments to pass to all SSH CLI tools.
+              - Unlike the ssh plugin there is no default (its ControlPersist arguments are
+                pointless here); a value you set is passed to ssh.
+          type: string
+          ini:
+              - section: 'ssh_connection'
+                key: 'ssh_args'
+          env:
+              - name: ANSIBLE_SSH_ARGS
+          vars:
+              - name: ansible_ssh_args
+      ssh_common_args:
+          description: Common extra args for all SSH CLI tools.
+          type: string
+          ini:
+              - section: 'ssh_connection'
+                key: 'ssh_common_args'
+          env:
+              - name: ANSIBLE_SSH_COMMON_ARGS
+          vars:
+              - name: ansible_ssh_common_args
+          cli:
+              - name: ssh_common_args
+          default: ''
+      ssh_extra_args:
+          description: Extra exclusive to the SSH CLI.
+          type: string
+          vars:
+              - name: ansible_ssh_extra_args
+          env:
+            - name: ANSIBLE_SSH_EXTRA_ARGS
+          ini:
+            - key: ssh_extra_args
+              section: ssh_connection
+          cli:
+            - name: ssh_extra_args
+          default: ''
+      ssh_executable:
+          default: ssh
+          description: The ssh client binary the daemon runs; the first C(ssh) in $PATH by default.
+          type: string
+          env: [{name: ANSIBLE_SSH_EXECUTABLE}]
+          ini:
+          - {key: ssh_executable, section: ssh_connection}
+          vars:
+              - name: ansible_ssh_executable
+      port:
+          description: Remote port to connect to.
+          type: int
+          ini:
+            - section: defaults
+              key: remote_port
+          env:
+            - name: ANSIBLE_REMOTE_PORT
+          vars:
+            - name: ansible_port
+            - name: ansible_ssh_port
+          keyword:
+            - name: port
+      remote_user:
+          description:
+              - User name with which to login to the remote server, normally set by the remote_user keyword.
+              - If no user is supplied, the ssh client chooses the user as it normally does.
+          type: string
+          ini:
+            - section: defaults
+              key: remote_user
+          env:
+            - name: ANSIBLE_REMOTE_USER
+          vars:
+            - name: ansible_user
+            - name: ansible_ssh_user
+          cli:
+            - name: user
+          keyword:
+            - name: remote_user
+      pipelining:
+          env:
+            - name: ANSIBLE_PIPELINING
+            - name: ANSIBLE_SSH_PIPELINING
+          ini:
+            - section: defaults
+              key: pipelining
+            - section: connection
+              key: pipelining
+            - section: ssh_connection
+              key: pipelining
+          vars:
+            - name: ansible_pipelining
+            - name: ansible_ssh_pipelining
+      private_key_file:
+          description: Path to private key file to use for authentication.
+          type: string
+          ini:
+            - section: defaults
+              key: private_key_file
+          env:
+            - name: ANSIBLE_PRIVATE_KEY_FILE
+          vars:
+            - name: ansible_private_key_file
+            - name: ansible_ssh_private_key_file
+          cli:
+            - name: private_key_file
+              option: '--private-key'
+      timeout:
+          default: 10
+          description: Seconds allowed for setting up the connection (ssh connect, login and agent start).
+          env:
+            - name: ANSIBLE_TIMEOUT
+            - name: ANSIBLE_SSH_TIMEOUT
+          ini:
+            - key: timeout
+              section: defaults
+            - key: timeout
+              section: ssh_connection
+          vars:
+            - name: ansible_ssh_timeout
+            - name: ansible_timeout
+          cli:
+            - name: timeout
+          type: integer
+      spindle_transport:
+          description:
+              - How the daemon reaches the target, C(ssh) or C(local) (the controller itself).
+              - The spindle strategies use C(local) for hosts whose connection was C(local).
+          default: ssh
+          type: string
+          choices: [ssh, local]
+          vars:
+            - name: ansible_spindle_transport
+      spindle_socket:
+          description: The spindle daemon's Unix socket; the spindle strategies set it.
+          type: string
+          env:
+            - name: SPINDLE_SOCKET
+          vars:
+            - name: ansible_spindle_socket
+"""
+
+import getpass
+import os
+import stat
+
+from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
+from ansible.module_utils.common.text.converters import to_bytes, to_text
+from ansible.plugins.connection import ConnectionBase
+from ansible.utils.display import Display
+
+from spindle_ansible.client import Client, SpindleError, TargetSpec
+
+display = Display()
+
+#: Error kinds that mean "the target cannot be reached": Ansible reports UNREACHABLE.
+UNREACHABLE_KINDS = frozenset(
+    ("unreachable", "auth_failed", "host_key_mismatch", "no_python", "timeout", "connection_lost")
+)
+
+def _read_umask():
+    try:  # Linux: no set-and-restore race with other threads
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+# One client per socket path in this process; the client itself drops an inherited
+# connection after fork, so a worker opens its own on first use.
+_clients = {}
+
+
+def client_for(socket_path):
+    """The process-wide ``Client`` for ``socket_path``."""
+    client = _clients.get(socket_path)
+    if client is None:
+        client = _clients[socket_path] = Client(socket_path)
+    return client
+
+
+class Connection(ConnectionBase):
+    """Commands and file transfers through the spindle daemon."""
+
+    transport = 'spindle'
+    has_pipelining = True
+
+    def __init__(self, *args, **kwargs):
+        super(Connection, self).__init__(*args, **kwargs)
+        # Set by the spindle strategies when they route a 'local' connection here.
+        self._spindle_forced_transport = None
+        self.cwd = None
+
+    def spindle_route(self, transport):
+        """Used by the spindle strategies: serve a host whose connection was ``transport``.
+
+        For ``local`` this also takes the local plugin's name as ``transport``, so Ansible
+        keeps its local-only behaviour (commands run in the playbook's directory).
+        """
+        self._spindle_forced_transport = transport
+        if transport == 'local':
+            self.transport = 'local'
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _mode(self):
+        return self._spindle_forced_transport or self.get_option('spindle_transport') or 'ssh'
+
+    def _client(self):
+        path = self.get_option('spindle_socket')
+        if not path:
+            raise AnsibleError(
+                "the spindle connection needs a running spindle daemon: use the strategy "
+                "spindle_linear or spindle_free (they start one), or set SPINDLE_SOCKET"
+            )
+        return client_for(path)
+
+    def _spec(self):
+        host = self.get_option('host') or self._play_context.remote_addr
+        if self._mode() == 'local':
+            return TargetSpec(transport='local', name=host)
+        ssh_args = self.get_option('ssh_args') or ''
+        if self.get_option('host_key_checking') is False:
+            ssh_args = (ssh_args + ' -o StrictHostKeyChecking=no').strip()
+        key = self.get_option('private_key_file')
+        timeout = self.get_option('timeout')
+        port = self.get_option('port')
+        return TargetSpec(
+            host=host,
+            transport='ssh',
+            port=int(port) if port else None,
+            user=self.get_option('remote_user') or None,
+            identity_file=os.path.expanduser(key) if key else None,
+            ssh_executable=self.get_option('ssh_executable') or None,
+            ssh_args=ssh_args or None,
+            ssh_common_args=self.get_option('ssh_common_args') or None,
+            ssh_extra_args=self.get_option('ssh_extra_args') or None,
+            password=self.get_option('password') or None,
+            connect_timeout=int(timeout) if timeout else None,
+        )
+
+    def _failure(self, err, what):
+        """The Ansible exception for SpindleError ``err`` raised while doing ``what``."""
+        host = err.host or self._play_context.remote_addr
+        if err.kind in UNREACHABLE_KINDS:
+            return AnsibleConnectionFailure("Failed to connect to the host via spindle: %s: %s: %s"
+                                            % (host, err.kind, err.message))
+        return AnsibleError("spindle: %s failed on %s: %s: %s" % (what, host, err.kind, err.message))
+
+    def _check_become(self):
+        become = self.become
+        try:
+            password = become.get_option('become_pass', playcontext=self._play_context)
+        except (KeyError, AttributeError):
+            password = getattr(self._play_context, 'become_pass', None)
+        if password:
+            raise AnsibleError(
+                "spindle: become with a password (%s) is not supported yet; become passwords "
+                "arrive in a later milestone. Use passwordless %s, or the ssh connection for "
+                "this host." % (become.name, become.name)
+            )
+
+    def _strip_become_success(self, stdout, stderr):
+        """Remove the become success line, as the ssh plugin does; raise on its errors."""
+        become = self.become
+        if become.success:
+            lines = stdout.splitlines(True)
+            for i, line in enumerate(lines):
+                if become.check_success(line):
+                    return b''.join(lines[:i] + lines[i + 1:])
+        for line in (stdout + b'\n' + stderr).splitlines():
+            if become.check_incorrect_password(line):
+                raise AnsibleError('Incorrect %s password' % become.name)
+            if become.check_missing_password(line):
+                raise AnsibleError('Missing %s password' % become.name)
+        return stdout
+
+    # -- ConnectionBase ----------------------------------------------------------------
+
+    def _connect(self):
+        if not self._connected:
+            if self._mode() == 'local':
+                # Like the local plugin: the controller's user, whatever remote_user says.
+                try:
+                    self._play_context.remote_user = getpass.getuser()
+                except KeyError:
+                    pass
+            display.vvv(
+                "ESTABLISH SPINDLE CONNECTION (%s) FOR USER: %s"
+                % (self._mode(), self._play_context.remote_user),
+                host=self._play_context.remote_addr,
+            )
+            self._connected = True
+        return self
+
+    def exec_command(self, cmd, in_data=None, sudoable=True):
+        super(Connection, self).exec_command(cmd, in_data=in_data, sudoable=sudoable)
+        # Ansible wrapped cmd in the become command iff it carries this run's success marker.
+        become = self.become
+        escalate = bool(sudoable and become and become.success and become.success in to_text(cmd))
+        if escalate:
+            self._check_become()
+        display.vvv("SPINDLE EXEC %s" % to_text(cmd), host=self._play_context.remote_addr)
+        cwd = None
+        if self.cwd and self._mode() == 'local':  # set by Ansible for transport 'local'
+            cwd = to_text(self.cwd, errors='surrogate_or_strict')
+        try:
+            res = self._client().exec(self._spec(), shell=to_text(cmd), stdin=in_data, cwd=cwd)
+        except SpindleError as e:
+            raise self._failure(e, 'exec') from None
+        stdout = res.stdout
+        if escalate:
+            stdout = self._strip_become_success(stdout, res.stderr)
+        return res.rc, stdout, res.stderr
+
+    def put_file(self, in_path, out_path):
+        super(Connection, self).put_file(in_path, out_path)
+        display.vvv("SPINDLE PUT %s TO %s" % (in_path, out_path),
+                    host=self._play_context.remote_addr)
+        if not os.path.exists(to_bytes(in_path, errors='surrogate_or_strict')):
+            raise AnsibleFileNotFound("file or module does not exist: %s" % to_text(in_path))
+        try:
+            self._client().put(self._spec(), to_text(in_path), to_text(out_path))
+        except SpindleError as e:
+            raise self._failure(e, 'transfer of %s to %s' % (in_path, out_path)) from None
+
+    def fetch_file(self, in_path, out_path):
+        super(Connection, self).fetch_file(in_path, out_path)
+        display.vvv("SPINDLE FETCH %s TO %s" % (in_path, out_path),
+                    host=self._play_context.remote_addr)
+        try:
+            prior = stat.S_IMODE(os.stat(out_path).st_mode)
+        except OSError:
+            prior = None
+        try:
+            res = self._client().fetch(self._spec(), to_text(in_path), to_text(out_path))
+        except SpindleError as e:
+            raise self._failure(e, 'fetch of %s to %s' % (in_path, out_path)) from None
+        # The daemon renames a fresh file into place; give it the mode the stock plugin
+        # leaves: an existing file keeps its mode; a new one gets sftp's (remote mode plus
+        # owner-write) or, for local, shutil.copyfile's (0666), less the umask.
+        if prior is None:
+            remote = res.get('mode')
+            if self._mode() == 'local' or not isinstance(remote, int):
+                mode = 0o666 & ~_UMASK
+            else:
+                mode = ((remote & 0o777) | 0o200) & ~_UMASK
+        else:
+            mode = prior
+        os.chmod(out_path, mode)
+
+    def reset(self):
+        """Shut the daemon's stream to this target; the next task opens a new one."""
+        try:
+            self._client().close_target(self._spec())
+        except SpindleError as e:
+            display.vvv("spindle: reset: %s" % (e,), host=self._play_context.remote_addr)
+        self._connected = False
+
+    def close(self):
+        # The daemon keeps the target's stream for the next task; nothing to do here.
+        self._connected = False

@@ -1,0 +1,307 @@
+"""What the spindle strategies share: the daemon's lifetime and the connection routing.
+
+``SpindleStrategyMixin.run`` (mixed into Ansible's linear and free strategies):
+
+* makes sure a spindle daemon runs: the one named by ``SPINDLE_SOCKET`` if the user set it,
+  else one started here (binary: ``SPINDLE_BIN``, else ``spindle`` next to
+  ``sys.executable``, else ``spindle`` on ``PATH``) on a private socket, exported as
+  ``SPINDLE_SOCKET`` for the forked workers.  A daemon started here serves every play of
+  the run (connections persist across plays) and is stopped when the controller process
+  exits (``atexit``; the kernel also signals it if the controller dies);
+* while the play runs, wraps the connection loader so that a request for the ``ssh``
+  (also ``smart``) or ``local`` connection returns the ``spindle`` connection (for
+  ``local``: with transport ``local``).  Other connections (paramiko, docker, podman,
+  winrm, network ones) are left to their own plugins.  The wrap is idempotent and undone
+  when the play ends.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+from ansible.errors import AnsibleError
+from ansible.plugins.loader import connection_loader
+from ansible.utils.display import Display
+
+display = Display()
+
+CONNECTION_NAME = 'spindle'
+PLUGINS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONNECTION_DIR = os.path.join(PLUGINS_DIR, 'connection')
+
+#: requested connection name -> spindle transport
+ROUTES = {}
+for _name, _transport in (('ssh', 'ssh'), ('smart', 'ssh'), ('local', 'local')):
+    for _prefix in ('', 'ansible.builtin.', 'ansible.legacy.'):
+        ROUTES[_prefix + _name] = _transport
+
+_START_TIMEOUT = 15.0
+
+
+# -- the daemon ---------------------------------------------------------------------------
+
+def find_binary():
+    """The spindle binary to run, or an AnsibleError saying where it was looked for."""
+    env = os.environ.get('SPINDLE_BIN')
+    if env:
+        if os.path.isfile(env) and os.access(env, os.X_OK):
+            return env
+        raise AnsibleError("spindle: SPINDLE_BIN=%s is not an executable file" % env)
+    beside = os.path.join(os.path.dirname(sys.executable), 'spindle')
+    if os.path.isfile(beside) and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which('spindle')
+    if found:
+        return found
+    raise AnsibleError(
+        "spindle: cannot find the spindle daemon binary: set SPINDLE_BIN to its path, or install "
+        "it as %s or somewhere on PATH (or start `spindle serve --socket PATH` yourself and set "
+        "SPINDLE_SOCKET)" % beside
+    )
+
+
+def _parent_death_signal():
+    """A preexec_fn asking Linux to SIGTERM the daemon when the controller dies, or None."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError, ImportError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec():
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+
+    return preexec
+
+
+def _accepts(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(1.0)
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def request_shutdown(path, timeout):
+    """Send the API's ``shutdown`` op and wait for its reply, without ``Client``.
+
+    ``Client`` reads replies on a thread, and Python 3.12+ refuses to start threads in
+    ``atexit`` callbacks, where this runs; so this is one blocking framed request
+    (docs/api.md: 4-byte big-endian length, then a JSON object).
+    """
+    body = json.dumps({'id': 1, 'op': 'shutdown'}).encode('ascii')
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(struct.pack('>I', len(body)) + body)
+        buf = b''
+        while len(buf) < 4 or len(buf) < 4 + struct.unpack('>I', buf[:4])[0]:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ValueError('the daemon closed the connection before replying')
+            buf += chunk
+        reply = json.loads(buf[4:].decode('utf-8'))
+        if not reply.get('ok'):
+            raise ValueError('shutdown refused: %r' % (reply.get('error'),))
+    finally:
+        s.close()
+
+
+class Daemon(object):
+    """A ``spindle serve`` child of this controller process, on a private socket."""
+
+    def __init__(self):
+        binary = find_binary()
+        base = os.environ.get('XDG_RUNTIME_DIR') or tempfile.gettempdir()
+        if not os.path.isdir(base):
+            base = tempfile.gettempdir()
+        self.dir = tempfile.mkdtemp(prefix='spindle-', dir=base)  # mode 0700
+        self.socket = os.path.join(self.dir, 'sock')
+        self.log_path = os.path.join(self.dir, 'daemon.log')
+        self.owner = os.getpid()
+        argv = [binary, 'serve', '--socket', self.socket]
+        inherit = display.verbosity >= 3
+        if display.verbosity >= 4:
+            argv.append('-' + 'v' * min(display.verbosity - 3, 3))
+        display.vvv("spindle: starting %s" % ' '.join(argv))
+        log = None if inherit else open(self.log_path, 'wb')
+        try:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                close_fds=True, start_new_session=True,  # no terminal signals (Ctrl-C)
+                preexec_fn=_parent_death_signal(),
+            )
+        except OSError as e:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise AnsibleError("spindle: cannot start %s: %s" % (binary, e))
+        finally:
+            if log is not None:
+                log.close()
+        self._wait_ready()
+
+    def _log_tail(self):
+        try:
+            with open(self.log_path, 'rb') as f:
+                return f.read()[-2000:].decode('utf-8', 'replace').strip()
+        except OSError:
+            return ''
+
+    def _wait_ready(self):
+        deadline = time.monotonic() + _START_TIMEOUT
+        while True:
+            if self.proc.poll() is not None:
+                tail = self._log_tail()
+                shutil.rmtree(self.dir, ignore_errors=True)
+                raise AnsibleError("spindle: the daemon exited with status %s at start%s"
+                                   % (self.proc.returncode, (': ' + tail) if tail else ''))
+            if os.path.exists(self.socket) and _accepts(self.socket):
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AnsibleError("spindle: the daemon did not accept connections on %s within %ss"
+                                   % (self.socket, _START_TIMEOUT))
+            time.sleep(0.01)
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self):
+        """The API's shutdown op, then wait; kill if it lingers.  Only in the owning process."""
+        if os.getpid() != self.owner:
+            return
+        if self.proc.poll() is None:
+            try:
+                request_shutdown(self.socket, 5.0)
+            except (OSError, ValueError) as e:
+                display.vvv("spindle: shutdown request failed: %s" % (e,))
+            try:
+                self.proc.wait(5.0)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_daemon = None  # the Daemon this process started, if any
+_exported = None  # the SPINDLE_SOCKET value this process exported
+
+
+def _stop_at_exit():
+    global _daemon, _exported
+    daemon, _daemon = _daemon, None
+    if daemon is not None and os.getpid() == daemon.owner:
+        daemon.stop()
+        if os.environ.get('SPINDLE_SOCKET') == _exported:
+            os.environ.pop('SPINDLE_SOCKET', None)
+        _exported = None
+
+
+def ensure_daemon():
+    """The socket path of a running daemon, starting one if the user did not give one."""
+    global _daemon, _exported
+    given = os.environ.get('SPINDLE_SOCKET')
+    if given and given != _exported:
+        if not _accepts(given):
+            raise AnsibleError("spindle: SPINDLE_SOCKET=%s, but no spindle daemon accepts "
+                               "connections there" % given)
+        return given
+    if _daemon is not None and _daemon.owner == os.getpid() and _daemon.alive():
+        return _daemon.socket
+    if _daemon is not None:
+        display.warning("spindle: the daemon exited (status %s); starting a new one"
+                        % _daemon.proc.returncode)
+        _daemon.stop()
+    else:
+        atexit.register(_stop_at_exit)
+    _daemon = Daemon()
+    _exported = _daemon.socket
+    os.environ['SPINDLE_SOCKET'] = _daemon.socket
+    display.vv("spindle: daemon pid %d on %s" % (_daemon.proc.pid, _daemon.socket))
+    return _daemon.socket
+
+
+# -- connection routing ---------------------------------------------------------------------
+
+def _route(loader_get_with_context):
+    def get_with_context(name, *args, **kwargs):
+        transport = ROUTES.get(name)
+        if transport is None:
+            return loader_get_with_context(name, *args, **kwargs)
+        result = loader_get_with_context(CONNECTION_NAME, *args, **kwargs)
+        obj = result[0]
+        if obj is None:
+            raise AnsibleError("spindle: the connection plugin %r was not found (looked in %s)"
+                               % (CONNECTION_NAME, CONNECTION_DIR))
+        if not kwargs.get('class_only') and hasattr(obj, 'spindle_route'):
+            obj.spindle_route(transport)
+        return result
+
+    get_with_context.spindle_routed = True
+    return get_with_context
+
+
+def _routed_get(routed_get_with_context):
+    def get(name, *args, **kwargs):
+        return routed_get_with_context(name, *args, **kwargs)[0]
+
+    get.spindle_routed = True
+    return get
+
+
+class LoaderPatch(object):
+    """Routes ssh/smart/local to spindle on ``connection_loader`` until ``restore()``."""
+
+    def __init__(self, loader=connection_loader):
+        self.loader = loader
+        self.saved = None
+
+    def apply(self):
+        loader = self.loader
+        if getattr(loader.get_with_context, 'spindle_routed', False):
+            return self  # already routed (nested or repeated run): leave it to its owner
+        loader.add_directory(CONNECTION_DIR)
+        own = loader.__dict__
+        self.saved = {k: own[k] for k in ('get', 'get_with_context') if k in own}
+        routed = _route(loader.get_with_context)
+        loader.get_with_context = routed
+        loader.get = _routed_get(routed)
+        return self
+
+    def restore(self):
+        if self.saved is None:
+            return
+        for key in ('get', 'get_with_context'):
+            if key in self.saved:
+                setattr(self.loader, key, self.saved[key])
+            else:
+                self.loader.__dict__.pop(key, None)
+        self.saved = None
+
+
+class SpindleStrategyMixin(object):
+    """Mixed in before an Ansible strategy: runs its plays through the spindle daemon."""
+
+    def run(self, iterator, play_context, *args, **kwargs):
+        ensure_daemon()
+        patch = LoaderPatch().apply()
+        try:
+            return super(SpindleStrategyMixin, self).run(iterator, play_context, *args, **kwargs)
+        finally:
+            patch.restore()

@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""Conformance runner: the same playbook through stock Ansible and through spindle must give
+the same results.
+
+Brings up a netns fleet of 3 sshd targets (containers/netns-fleet.sh), then for each
+strategy pair (stock ``linear`` vs ``spindle_linear``, stock ``free`` vs ``spindle_free``)
+runs tests/ansible/conformance.yml twice: stock (connection ssh, ANSIBLE_PIPELINING=True)
+and spindle (the strategy plugin via an ansible.cfg written here), each with the
+``spindle_record`` callback.  After each run it also collects what the play left on every
+target (under /tmp/spindle-conf: content, mode, type) and in the controller fetch dir, then
+cleans both.  Records, files and exit codes must be equal per host, and the spindle run must
+leave no daemon behind; on mismatch it prints a readable diff and exits 1.  Exit 77: cannot
+run here (no fleet, venv or daemon binary).
+
+Everything lives in a work dir that is removed at the end (``--keep`` keeps it); nothing is
+written to $HOME.  Ansible comes from the venv .venv, or $SPINDLE_VENV (as in
+scripts/venv.sh).  Usage: ``python3 tests/ansible/run_conformance.py [--strategy
+linear|free|both] [--name NAME] [--keep]``.
+"""
+
+import argparse
+import difflib
+import functools
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+VENV = os.path.abspath(os.path.join(REPO, os.environ.get('SPINDLE_VENV') or '.venv'))
+VENV_BIN = os.path.join(VENV, 'bin')
+FLEET = os.path.join(REPO, 'containers', 'netns-fleet.sh')
+PKG_ROOT = os.path.join(REPO, 'ansible_plugin')
+PLUGINS = os.path.join(PKG_ROOT, 'spindle_ansible', 'plugins')
+PLAYBOOK = os.path.join(HERE, 'conformance.yml')
+TARGET_DIR = '/tmp/spindle-conf'
+COUNT = 3
+SKIP = 77
+
+# Run inside each target: what the play left under TARGET_DIR, as JSON.
+COLLECT = r'''
+import json, os, stat
+root = %r
+out = {}
+for dp, dns, fns in os.walk(root):
+    for n in dns + fns:
+        p = os.path.join(dp, n)
+        st = os.lstat(p)
+        kind = "dir" if stat.S_ISDIR(st.st_mode) else "file" if stat.S_ISREG(st.st_mode) else "?"
+        e = {"type": kind, "mode": oct(stat.S_IMODE(st.st_mode)), "uid": st.st_uid,
+             "gid": st.st_gid}
+        if kind == "file":
+            with open(p, "rb") as f:
+                e["content"] = f.read().decode("utf-8", "replace")
+        out[os.path.relpath(p, root)] = e
+print(json.dumps(out, sort_keys=True))
+''' % TARGET_DIR
+
+
+class Skip(Exception):
+    """This machine cannot run the conformance test (exit 77)."""
+
+
+def fleet(*args, check=True):
+    p = subprocess.run(['bash', FLEET] + [str(a) for a in args], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, universal_newlines=True)
+    if p.returncode == SKIP:
+        raise Skip('netns-fleet.sh %s: %s' % (args[0], p.stderr.strip()))
+    if check and p.returncode != 0:
+        raise RuntimeError('netns-fleet.sh %s failed (%d): %s'
+                           % (' '.join(map(str, args)), p.returncode, p.stderr))
+    return p
+
+
+def start_http(ips, root):
+    """One quiet static server per host-side IP (each target reaches only its own)."""
+    handler = functools.partial(_QuietHandler, directory=root)
+    servers = {}
+    for ip in ips:
+        srv = http.server.ThreadingHTTPServer((ip, 0), handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers[ip] = srv
+    return servers
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def host_side(ip):
+    a, b, c, d = ip.split('.')
+    return '%s.%s.%s.%d' % (a, b, c, int(d) - 1)
+
+
+def spindle_bin():
+    return os.environ.get('SPINDLE_BIN') or os.path.join(REPO, 'target', 'release', 'spindle')
+
+
+def write_cfg(path, kind, strategy):
+    lines = ['[defaults]', 'callback_plugins = %s' % os.path.join(PLUGINS, 'callback'),
+             'callbacks_enabled = spindle_record', 'retry_files_enabled = False']
+    if kind == 'spindle':
+        lines += ['strategy_plugins = %s' % os.path.join(PLUGINS, 'strategy'),
+                  'connection_plugins = %s' % os.path.join(PLUGINS, 'connection'),
+                  'strategy = spindle_%s' % strategy]
+    else:
+        lines += ['strategy = %s' % strategy]
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+
+
+def run_env(work, cfg, record):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('ANSIBLE_', 'SPINDLE_'))}
+    env.update({
+        'ANSIBLE_CONFIG': cfg,
+        'ANSIBLE_HOME': os.path.join(work, 'home'),
+        'ANSIBLE_LOCAL_TEMP': os.path.join(work, 'tmp'),
+        'ANSIBLE_SSH_CONTROL_PATH_DIR': os.path.join(work, 'cp'),
+        'ANSIBLE_PIPELINING': 'True',
+        'ANSIBLE_NOCOLOR': '1',
+        'XDG_RUNTIME_DIR': os.path.join(work, 'run'),  # where the strategy puts its daemon
+        'SPINDLE_RECORD': record,
+        'SPINDLE_BIN': spindle_bin(),
+        'PYTHONPATH': os.pathsep.join([PKG_ROOT] + [p for p in [os.environ.get('PYTHONPATH')] if p]),
+    })
+    return env
+
+
+def snapshot(path):
+    out = {}
+    for dp, _dns, fns in os.walk(path):
+        for n in fns:
+            p = os.path.join(dp, n)
+            with open(p, 'rb') as f:
+                out[os.path.relpath(p, path)] = {'mode': oct(os.stat(p).st_mode & 0o7777),
+                                                 'content': f.read().decode('utf-8', 'replace')}
+    return out
+
+
+def clean_state(name, fetch_dir):
+    for i in range(COUNT):
+        fleet('exec', name, i, 'rm', '-rf', TARGET_DIR)
+    shutil.rmtree(fetch_dir, ignore_errors=True)
+    os.makedirs(fetch_dir)
+
+
+def one_run(name, work, kind, strategy, inventories, extra):
+    tag = '%s-%s' % (kind, strategy)
+    cfg = os.path.join(work, tag + '.cfg')
+    record = os.path.join(work, tag + '.json')
+    write_cfg(cfg, kind, strategy)
+    clean_state(name, os.path.join(work, 'fetched'))
+    os.makedirs(os.path.join(work, 'run'), mode=0o700, exist_ok=True)
+    argv = [os.path.join(VENV_BIN, 'ansible-playbook'), PLAYBOOK, '-e', '@' + extra]
+    for inv in inventories:
+        argv += ['-i', inv]
+    t0 = time.monotonic()
+    p = subprocess.run(argv, env=run_env(work, cfg, record), cwd=work, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, universal_newlines=True)
+    took = time.monotonic() - t0
+    with open(os.path.join(work, tag + '.log'), 'w') as f:
+        f.write(p.stdout)
+    if not os.path.exists(record):
+        raise RuntimeError('%s: no record written (rc %d); output:\n%s'
+                           % (tag, p.returncode, p.stdout[-4000:]))
+    with open(record) as f:
+        records = json.load(f)
+    files = {}
+    for i in range(COUNT):
+        out = fleet('exec', name, i, 'python3', '-c', COLLECT).stdout
+        files['t%d' % i] = json.loads(out)
+    print('  %-16s rc=%d  %.1fs  %d records' % (tag, p.returncode, took, len(records)))
+    return {'rc': p.returncode, 'records': records, 'files': files,
+            'fetched': snapshot(os.path.join(work, 'fetched')), 'log': p.stdout,
+            'left_behind': sorted(os.listdir(os.path.join(work, 'run')))}
+
+
+def by_host(records):
+    out = {}
+    for r in records:
+        out.setdefault(r['host'], []).append(r)
+    return out
+
+
+def _udiff(a, b):
+    dump = functools.partial(json.dumps, indent=1, sort_keys=True)
+    lines = difflib.unified_diff(dump(a).splitlines(), dump(b).splitlines(), 'stock', 'spindle',
+                                 lineterm='', n=2)
+    return '\n'.join(lines)
+
+
+def compare(stock, spindle):
+    """Readable differences between two runs (empty list: equal)."""
+    problems = []
+    if stock['rc'] != spindle['rc']:
+        problems.append('exit code: stock %d, spindle %d' % (stock['rc'], spindle['rc']))
+    a, b = by_host(stock['records']), by_host(spindle['records'])
+    for host in sorted(set(a) | set(b)):
+        ra, rb = a.get(host, []), b.get(host, [])
+        for i in range(max(len(ra), len(rb))):
+            x = ra[i] if i < len(ra) else None
+            y = rb[i] if i < len(rb) else None
+            if x != y:
+                label = (x or y).get('task')
+                problems.append('host %s, result #%d (task %r):\n%s'
+                                % (host, i, label, _udiff(x, y)))
+                break  # later results of this host usually follow from the first difference
+    if spindle['left_behind']:
+        problems.append('the spindle daemon was not cleaned up at exit: %s left in $XDG_RUNTIME_DIR'
+                        % ', '.join(spindle['left_behind']))
+    for what in ('files', 'fetched'):
+        if stock[what] != spindle[what]:
+            problems.append('%s differ:\n%s' % (what, _udiff(stock[what], spindle[what])))
+    return problems
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('--strategy', choices=('linear', 'free', 'both'), default='both')
+    ap.add_argument('--name', default='acnf', help='fleet name ([a-z0-9]{1,5})')
+    ap.add_argument('--keep', action='store_true', help='keep the work dir (logs, records)')
+    args = ap.parse_args(argv)
+
+    if not os.access(os.path.join(VENV_BIN, 'ansible-playbook'), os.X_OK):
+        print('SKIP: no venv with ansible-core at %s (run scripts/venv.sh)' % VENV_BIN)
+        return SKIP
+    binary = spindle_bin()
+    if not os.access(binary, os.X_OK):
+        print('SKIP: no spindle daemon binary at %s (cargo build --release)' % binary)
+        return SKIP
+
+    strategies = ['linear', 'free'] if args.strategy == 'both' else [args.strategy]
+    work = tempfile.mkdtemp(prefix='spc-')
+    servers = {}
+    failed = False
+    try:
+        try:
+            inventory = fleet('up', args.name, COUNT).stdout.strip().splitlines()[-1]
+        except Skip as e:
+            print('SKIP: %s' % e)
+            return SKIP
+        with open(os.path.join(os.path.dirname(inventory), 'hosts.txt')) as f:
+            ips = f.read().split()
+        www = os.path.join(work, 'www')
+        os.makedirs(www)
+        with open(os.path.join(www, 'payload.txt'), 'w') as f:
+            f.write('payload served over http\n')
+        servers = start_http([host_side(ip) for ip in ips], www)
+        urls = {}
+        for i, ip in enumerate(ips):
+            gw = host_side(ip)
+            urls['t%d' % i] = 'http://%s:%d/payload.txt' % (gw, servers[gw].server_address[1])
+        extra = os.path.join(work, 'extra.json')
+        with open(extra, 'w') as f:
+            json.dump({'fetch_dir': os.path.join(work, 'fetched'), 'http_urls': urls}, f)
+        # A fourth host that refuses connections: both runs must call it UNREACHABLE.
+        dead = os.path.join(work, 'dead.ini')
+        with open(dead, 'w') as f:
+            f.write('[fleet]\ntdead ansible_host=%s ansible_port=1\n' % ips[0])
+        inventories = [inventory, dead]
+
+        for strategy in strategies:
+            print('strategy %s vs spindle_%s:' % (strategy, strategy))
+            stock = one_run(args.name, work, 'stock', strategy, inventories, extra)
+            spin = one_run(args.name, work, 'spindle', strategy, inventories, extra)
+            problems = compare(stock, spin)
+            if problems:
+                failed = True
+                print('MISMATCH (%d):' % len(problems))
+                for p in problems:
+                    print('- ' + p)
+            else:
+                hosts = by_host(stock['records'])
+                print('  equal: %d hosts, %s results, files and fetched files identical'
+                      % (len(hosts), '/'.join(str(len(v)) for _, v in sorted(hosts.items()))))
+        if failed and args.keep:
+            print('work dir kept: %s' % work)
+        return 1 if failed else 0
+    finally:
+        for srv in servers.values():
+            srv.shutdown()
+            srv.server_close()
+        fleet('down', args.name, check=False)
+        if args.keep:
+            print('work dir: %s' % work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
