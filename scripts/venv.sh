@@ -16,4 +16,4 @@ if ! "$VENV/bin/python" -c "import ansible" 2>/dev/null; then
   "$VENV/bin/pip" install -q "ansible-core>=2.18"
 fi
 "$VENV/bin/pip" install -q ./ansible_plugin
-echo "venv.sh: $("$VENV/bin/ansible" --version | head -1)"
+echo "venv.sh: $("$VENV/bin/ansible" --version | sed -n 1p)"
