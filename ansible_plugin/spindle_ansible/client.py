@@ -76,11 +76,14 @@ PathLike = Union[str, "os.PathLike[str]"]
 class SpindleError(Exception):
     """A failed request: ``kind`` (see docs/api.md), ``message``, ``host`` (or None)."""
 
-    def __init__(self, kind: str, message: str = "", host: Optional[str] = None):
+    def __init__(self, kind: str, message: str = "", host: Optional[str] = None,
+                 details: Optional[Mapping[str, Any]] = None):
         super().__init__(kind, message, host)
         self.kind = kind
         self.message = message
         self.host = host
+        # Extra fields of the daemon's error object (e.g. ``missing`` for missing_blobs).
+        self.details = dict(details or {})
 
     def __str__(self) -> str:
         text = self.kind
@@ -500,6 +503,7 @@ class Client:
             str(err.get("kind") or "unknown"),
             str(err.get("message") or ""),
             err.get("host") if err.get("host") is not None else label,
+            {k: v for k, v in err.items() if k not in ("kind", "message", "host")},
         )
 
     # -- convenience ----------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """spindle target-side agent: speaks the framed protocol of docs/protocol.md on its stdin/stdout.
 
 It is exec()'d from RAM by stage 1 (nothing is written on the target), answers CALLs
-(ping, exec, put_file, fetch_file, shutdown, log_level) and exits when its input closes,
+(ping, exec, put_file, fetch_file, run_module, blob_list, shutdown, log_level) and exits when its input closes,
 killing the process groups of the commands it still runs. Standard library only,
 Python 3.8 and later.
 """
@@ -10,7 +10,7 @@ import sys
 sys.dont_write_bytecode = True
 
 import base64, grp, hashlib, json, logging, os, platform, pwd, signal, socket  # noqa: E401
-import stat, struct, subprocess, tempfile, threading, traceback  # noqa: E401
+import stat, struct, subprocess, tempfile, threading, traceback, types  # noqa: E401
 
 PROTO = 1
 MAGIC = b"SP"
@@ -358,7 +358,51 @@ class Put(object):
 # Code blobs (module and module_utils sources) by sha256 hex, kept for the agent's life.
 BLOBS = {}
 
-THREADED = {"ping": op_ping, "exec": op_exec, "fetch_file": op_fetch_file}
+# ---- modules in the agent (src/agent/modrun.py, embedded by the controller as base64) ---
+_MODRUN = []
+MODULE_LOCK = threading.Lock()  # one in-process module run at a time (they share the process)
+TEMPLATE_STREAMS = []           # the interpreter's own stdout/stderr: encodings a fresh one gets
+
+
+def modrun():
+    if not _MODRUN:
+        src = globals().get("_SPINDLE_MODRUN_B64")
+        if src is None:
+            raise AgentError("internal", "this agent was started without the module runner")
+        mod = types.ModuleType("spindle_modrun")
+        exec(compile(base64.b64decode(src), "<spindle-modrun>", "exec"), mod.__dict__)
+        _MODRUN.append(mod)
+    return _MODRUN[0]
+
+
+def op_run_module(chan, call_id, call):
+    """Run an Ansible module from cached blobs: in this process (state restored) or forked."""
+    req, manifest = call.get("req"), call.get("manifest")
+    mode = call.get("mode", "inproc")
+    if not isinstance(req, dict) or not isinstance(manifest, dict) or mode not in ("inproc", "fork"):
+        raise AgentError("bad_request", "run_module needs req, manifest and mode inproc|fork")
+    interp = call.get("interpreter")
+    if interp and os.path.realpath(interp) != os.path.realpath(sys.executable):
+        return {"fallback": "interpreter %s is not the agent's %s" % (interp, sys.executable)}
+    files = {}
+    for path, digest in manifest.items():
+        data = BLOBS.get(digest)
+        if data is None:
+            raise AgentError("bad_request", "blob %s for %s is not on the agent" % (digest, path))
+        files[path] = data
+    out, err = TEMPLATE_STREAMS or (sys.__stdout__, sys.__stderr__)
+    with MODULE_LOCK:
+        r = modrun().run(req, files, mode, out, err)
+    return {"rc": r["rc"], "stdout_b64": base64.b64encode(r["stdout"]).decode("ascii"),
+            "stderr_b64": base64.b64encode(r["stderr"]).decode("ascii"), "seconds": r["seconds"]}
+
+
+def _after_fork_in_child():
+    # A forked module run must never write frames or log records into the parent's stream.
+    logging.getLogger().handlers = []
+
+THREADED = {"ping": op_ping, "exec": op_exec, "fetch_file": op_fetch_file,
+            "run_module": op_run_module}
 
 
 def run_call(chan, call_id, fn, call):
@@ -482,6 +526,9 @@ class Agent(object):
 
 def main():
     global UMASK
+    TEMPLATE_STREAMS[:] = [sys.stdout, sys.stderr]
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
     rfd, wfd = os.dup(0), os.dup(1)  # non-inheritable private frame descriptors
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)

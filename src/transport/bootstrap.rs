@@ -8,6 +8,19 @@ use std::sync::OnceLock;
 
 /// The agent's Python source, embedded at build time.
 pub const AGENT_SOURCE: &str = include_str!("../agent/agent.py");
+/// The module runner (`src/agent/modrun.py`), given to the agent as a base64 string and
+/// loaded by it on first `run_module`.
+pub const MODRUN_SOURCE: &str = include_str!("../agent/modrun.py");
+
+/// The full text the agent runs: the module runner as a base64 constant, then the agent.
+pub fn full_agent_source() -> &'static str {
+    static SRC: OnceLock<String> = OnceLock::new();
+    SRC.get_or_init(|| {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(MODRUN_SOURCE);
+        format!("_SPINDLE_MODRUN_B64 = \"{b64}\"\n{AGENT_SOURCE}")
+    })
+}
 
 /// Interpreters tried, in order, when none is configured.
 pub const DISCOVERY: &[&str] = &[
@@ -32,7 +45,7 @@ pub fn agent_blob() -> &'static [u8] {
     BLOB.get_or_init(|| {
         let mut z = ZlibEncoder::new(Vec::new(), Compression::best());
         // Writing to a Vec cannot fail.
-        let _ = z.write_all(AGENT_SOURCE.as_bytes());
+        let _ = z.write_all(full_agent_source().as_bytes());
         z.finish().unwrap_or_default()
     })
 }
@@ -72,6 +85,7 @@ mod tests {
         let mut d = flate2::read::ZlibDecoder::new(agent_blob());
         let mut s = String::new();
         std::io::Read::read_to_string(&mut d, &mut s).unwrap();
-        assert_eq!(s, AGENT_SOURCE);
+        assert_eq!(s, full_agent_source());
+        assert!(s.contains("_SPINDLE_MODRUN_B64"));
     }
 }

@@ -197,6 +197,19 @@ DOCUMENTATION = """
           choices: [ssh, local]
           vars:
             - name: ansible_spindle_transport
+      spindle_task_isolation:
+          description:
+            - How modules run on the target. C(inproc) runs them inside the persistent agent
+              (state restored after each run), C(fork) in a forked child of the agent,
+              C(off) as stock Ansible does (a new interpreter per task). A built-in list of
+              modules always forks.
+          type: string
+          default: inproc
+          choices: [inproc, fork, 'off']
+          env:
+            - name: SPINDLE_TASK_ISOLATION
+          vars:
+            - name: spindle_task_isolation
       spindle_socket:
           description: The spindle daemon's Unix socket; the spindle strategies set it.
           type: string
@@ -216,6 +229,7 @@ from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
 from spindle_ansible.client import Client, SpindleError, TargetSpec
+from spindle_ansible.modexec import run_in_agent
 
 display = Display()
 
@@ -377,6 +391,14 @@ class Connection(ConnectionBase):
         cwd = None
         if self.cwd and self._mode() == 'local':  # set by Ansible for transport 'local'
             cwd = to_text(self.cwd, errors='surrogate_or_strict')
+        if not escalate and cwd is None:
+            try:
+                ran = run_in_agent(self._client(), self._spec(), to_text(cmd), in_data,
+                                   self.get_option('spindle_task_isolation'))
+            except SpindleError as e:
+                raise self._failure(e, 'run_module') from None
+            if ran is not None:
+                return ran
         try:
             res = self._client().exec(self._spec(), shell=to_text(cmd), stdin=in_data, cwd=cwd)
         except SpindleError as e:

@@ -1,0 +1,109 @@
+"""Controller side of the prototype: take the AnsiballZ wrapper that Ansible built (stock
+module_common.modify_module, i.e. `in_data` of a pipelined `_low_level_execute_command`) and
+turn it into a spindle run_module request + the payload files.  Standard library only.
+
+Handles both wrapper dialects:
+  v2 = ansible-core 2.19/2.20/2.21  (`_ansiballz_main(zip_data=..., params=..., ...)` call at the end)
+  v1 = ansible-core <= 2.18         (`ZIPDATA = '...'`, `ANSIBALLZ_PARAMS = '...'` in `_ansiballz_main()`)
+"""
+import ast
+import base64
+import hashlib
+import io
+import shlex
+import zipfile
+
+
+class NotAnsiballz(Exception):
+    pass
+
+
+def _lit(node):
+    return ast.literal_eval(node)
+
+
+def _tb_lines(tree):
+    """Line numbers of the three wrapper frames a stock traceback shows (`File "<stdin>", line N`):
+    the top-level `_ansiballz_main(` call, its `invoke_module(` call, and the
+    `runpy.run_module(` (v1) / `_loader.run_module(` (v2) call inside invoke_module."""
+    lines = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            if isinstance(f, ast.Name) and f.id == '_ansiballz_main':
+                lines['module'] = node.lineno
+            elif isinstance(f, ast.Name) and f.id == 'invoke_module':
+                lines['main'] = node.lineno
+            elif isinstance(f, ast.Attribute) and f.attr == 'run_module':
+                # the first one in the source is in invoke_module (debug() comes later)
+                lines['invoke'] = min(node.lineno, lines.get('invoke', node.lineno))
+    if len(lines) == 3 and 2 < lines['invoke'] < lines['main'] < lines['module']:
+        return lines
+    return None
+
+
+def parse_wrapper(src):
+    if b'_ANSIBALLZ_WRAPPER = True' not in src[:4096]:
+        raise NotAnsiballz('not an AnsiballZ wrapper')
+    tree = ast.parse(src)
+    last = tree.body[-1]
+    # v2: if __name__ == "__main__": _ansiballz_main(zip_data=..., ...)
+    if isinstance(last, ast.If) and last.body and isinstance(last.body[0], ast.Expr):
+        call = last.body[0].value
+        if isinstance(call, ast.Call) and getattr(call.func, 'id', None) == '_ansiballz_main' and call.keywords:
+            kw = dict((k.arg, k.value) for k in call.keywords)
+            return dict(dialect='v2', tb_lines=_tb_lines(tree), ansible_module=_lit(kw['ansible_module']), module_fqn=_lit(kw['module_fqn']),
+                        profile=_lit(kw['profile']), rlimit_nofile=_lit(kw['rlimit_nofile']),
+                        params=_lit(kw['params']), extensions=_lit(kw['extensions']),
+                        zip=base64.b64decode(_lit(kw['zip_data'])))
+    # v1: def _ansiballz_main(): ... ZIPDATA = '...'; ANSIBALLZ_PARAMS = '...'
+    main = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == '_ansiballz_main']
+    if not main:
+        raise NotAnsiballz('unknown AnsiballZ dialect')
+    out = dict(dialect='v1', profile='legacy', extensions={}, rlimit_nofile=0, tb_lines=_tb_lines(tree))
+    for node in ast.walk(main[0]):
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            if name == 'ZIPDATA':
+                out['zip'] = base64.b64decode(_lit(node.value))
+            elif name == 'ANSIBALLZ_PARAMS' and isinstance(node.value, ast.Constant):
+                out['params'] = _lit(node.value)
+            elif name == 'requested_soft':   # ANSIBALLZ_RLIMIT_TEMPLATE: min(existing_hard, N)
+                out['rlimit_nofile'] = _lit(node.value.args[1])
+        elif isinstance(node, ast.Call) and getattr(node.func, 'attr', None) == 'run_module':
+            for k in node.keywords:
+                if k.arg == 'mod_name':
+                    out['module_fqn'] = _lit(k.value)
+        elif isinstance(node, ast.Call) and getattr(node.func, 'attr', None) == 'mkdtemp':
+            # tempfile.mkdtemp(prefix='ansible_' + 'NAME' + '_payload_')
+            out['ansible_module'] = _lit(node.keywords[0].value.left.right)
+    if b'import coverage' in src:
+        out['extensions'] = {'_coverage': 'v1'}  # coverage template present: not supported in-agent
+    return out
+
+
+def unpack(zip_bytes):
+    """zip -> {path inside the zip: bytes} (directories skipped)."""
+    zf = zipfile.ZipFile(io.BytesIO(zip_bytes))
+    return dict((n, zf.read(n)) for n in zf.namelist() if not n.endswith('/'))
+
+
+def manifest(files):
+    return dict((p, hashlib.sha256(b).hexdigest()) for p, b in files.items())
+
+
+def split_module_command(cmd):
+    """The command `_low_level_execute_command` got for a pipelined module, before become:
+    `[NAME=VALUE ...] interpreter [args]` (shell.env_prefix + build_module_command).
+    Here we also accept the captured final form `/bin/sh -c '... && sleep 0'`."""
+    argv = shlex.split(cmd)
+    if len(argv) == 3 and argv[1] == '-c':
+        inner = argv[2]
+        if inner.endswith(' && sleep 0'):
+            inner = inner[:-len(' && sleep 0')]
+        argv = shlex.split(inner)
+    env = {}
+    while argv and '=' in argv[0] and argv[0].split('=', 1)[0].replace('_', 'a').isalnum():
+        k, v = argv.pop(0).split('=', 1)
+        env[k] = v
+    return env, argv

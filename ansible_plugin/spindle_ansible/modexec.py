@@ -1,0 +1,69 @@
+"""Running Ansible modules inside the target's persistent agent instead of a new Python.
+
+The connection plugin calls :func:`run_in_agent` for a pipelined module execution (the
+AnsiballZ wrapper on stdin of ``<python>``). The wrapper Ansible built is taken apart
+(:mod:`spindle_ansible.ansiballz`): its zip (the module and exactly the module_utils Ansible
+resolved, collections included) becomes content-addressed blobs, its params and metadata the
+request. The daemon pushes to the target only blobs its stream lacks, inline with the call,
+so a cached task is one request and one reply. The agent runs the module with the payload's own
+runner (``src/agent/modrun.py``), in-process with its state restored, or forked.
+
+Anything this path does not handle returns ``None`` and the caller runs the stock command.
+"""
+
+import base64
+
+from spindle_ansible import ansiballz
+from spindle_ansible.client import SpindleError
+
+#: Modules that always run in a forked child of the agent (they fork, daemonize, hold
+#: process-wide locks or load libraries that keep global state).
+ALWAYS_FORK = frozenset((
+    'dnf', 'dnf5', 'yum', 'firewalld', 'service', 'systemd', 'systemd_service', 'sysvinit',
+    'reboot', 'async_wrapper', 'apt', 'package', 'package_facts',
+))
+
+ISOLATION = ('inproc', 'fork', 'off')
+
+
+def plan(cmd, in_data, isolation='inproc'):
+    """The agent request for this command, or None when it is not a plain pipelined module."""
+    if isolation == 'off' or not in_data or b'_ANSIBALLZ_WRAPPER = True' not in in_data[:4096]:
+        return None
+    try:
+        meta = ansiballz.parse_wrapper(in_data)
+        env, argv = ansiballz.split_module_command(cmd)
+    except Exception:
+        return None
+    if meta.get('extensions') or len(argv) != 1 or 'zip' not in meta or 'params' not in meta:
+        return None  # debugger/coverage extensions, interpreter flags: stock path
+    files = ansiballz.unpack(meta.pop('zip'))
+    manifest = ansiballz.manifest(files)
+    name = str(meta.get('ansible_module') or '')
+    mode = 'fork' if isolation == 'fork' or name in ALWAYS_FORK else 'inproc'
+    payload = {'op': 'run_module', 'req': dict(meta, env=env), 'manifest': manifest,
+               'mode': mode, 'interpreter': argv[0]}
+    blobs = dict((manifest[p], files[p]) for p in files)
+    return payload, blobs
+
+
+def run_in_agent(client, target, cmd, in_data, isolation='inproc'):
+    """``(rc, stdout, stderr)`` of the module run in the agent, or None to run it stock."""
+    planned = plan(cmd, in_data, isolation)
+    if planned is None:
+        return None
+    payload, blobs = planned
+    hashes = sorted(blobs)
+    for attempt in (1, 2):
+        try:
+            r = client.request('call', target, payload=payload, blobs=hashes)
+            break
+        except SpindleError as e:
+            if e.kind != 'missing_blobs' or attempt == 2:
+                raise
+            for h in e.details.get('missing') or hashes:
+                if h in blobs:
+                    client.request('blob_put', hash=h, data_b64=base64.b64encode(blobs[h]).decode('ascii'))
+    if r.get('fallback'):
+        return None
+    return r['rc'], base64.b64decode(r['stdout_b64']), base64.b64decode(r['stderr_b64'])

@@ -1,0 +1,538 @@
+"""Target side (agent) of the spindle module-execution prototype.  Standard library only, 3.8+.
+
+Runs an Ansible new-style Python module *inside this process* (or in a forked child of
+it), importing the module and its module_utils from an in-RAM dict ``path -> bytes``
+(the unpacked AnsiballZ zip), and returns ``(rc, stdout bytes, stderr bytes)`` exactly as
+``python3 <AnsiballZ wrapper>`` would have produced them.
+
+Two wrapper dialects are emulated:
+
+* ``v2`` (ansible-core 2.19, 2.20, 2.21): ``_ansiballz_main`` of
+  ``ansible/_internal/_ansiballz/_wrapper.py``; the module is started with the payload's own
+  ``ansible.module_utils._internal._ansiballz._loader.run_module`` (so ``basic._ANSIBLE_ARGS``,
+  ``basic._ANSIBLE_PROFILE`` and the error handling are exactly the payload's).
+* ``v1`` (ansible-core <= 2.18): ``ANSIBALLZ_TEMPLATE`` of ``executor/module_common.py``:
+  ``basic._ANSIBLE_ARGS = params`` then ``runpy.run_module(..., alter_sys=True)``.
+"""
+import atexit
+import hashlib
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import io
+import locale
+import os
+import platform
+import resource
+import runpy
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import warnings
+
+# --------------------------------------------------------------------------- RAM importer
+
+_CODE_CACHE = {}  # (sha256 of source, virtual filename) -> code object, for the agent's life
+# One virtual (never created) "zip" path for every payload: same shape as stock's
+# /tmp/ansible_<module>_payload_<random>/ansible_<module>_payload.zip, constant so that code
+# objects (co_filename) are shared by all modules and kept modules' __path__ stay valid.
+ROOT = os.path.join(tempfile.gettempdir(), 'ansible_spindle_payload_ram', 'ansible_spindle_payload.zip')
+
+
+class Payload(object):
+    """The files of one AnsiballZ zip, served from RAM under a virtual (non-existent) path."""
+
+    def __init__(self, files, root):
+        self.files = files      # 'ansible/module_utils/basic.py' -> bytes
+        self.root = root        # virtual "zip" path, like /tmp/ansible_x_payload_y/ansible_x_payload.zip
+        self.shas = {}
+
+    def sha(self, rel):
+        s = self.shas.get(rel)
+        if s is None:
+            s = self.shas[rel] = hashlib.sha256(self.files[rel]).hexdigest()
+        return s
+
+
+class _Loader(importlib.abc.InspectLoader):
+    def __init__(self, payload, rel, is_pkg):
+        self.payload, self.rel, self._is_pkg = payload, rel, is_pkg
+        self.path = payload.root + '/' + rel
+
+    # importlib protocol
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        exec(self.get_code(module.__name__), module.__dict__)
+
+    # InspectLoader / ExecutionLoader (runpy uses get_code and get_filename)
+    def get_code(self, fullname):
+        key = (self.payload.sha(self.rel), self.path)
+        code = _CODE_CACHE.get(key)
+        if code is None:
+            # zipimport compiles exactly like this (dont_inherit=True, no optimisation change)
+            code = _CODE_CACHE[key] = compile(self.payload.files[self.rel], self.path, 'exec', dont_inherit=True)
+        return code
+
+    def get_source(self, fullname):
+        return importlib.util.decode_source(self.payload.files[self.rel])
+
+    def is_package(self, fullname):
+        return self._is_pkg
+
+    def get_filename(self, fullname):
+        return self.path
+
+    # ResourceLoader (pkgutil.get_data, linecache fallbacks)
+    def get_data(self, path):
+        prefix = self.payload.root + '/'
+        if path.startswith(prefix) and path[len(prefix):] in self.payload.files:
+            return self.payload.files[path[len(prefix):]]
+        raise OSError(0, '', path)
+
+
+class _PathEntryFinder(object):
+    """What zipimport.zipimporter is for a real zip: a sys.path / __path__ entry finder."""
+
+    def __init__(self, payload, path):
+        self.payload = payload
+        self.prefix = path[len(payload.root):].strip('/')
+
+    def find_spec(self, fullname, target=None):
+        tail = fullname.rpartition('.')[2]
+        base = (self.prefix + '/' + tail) if self.prefix else tail
+        files = self.payload.files
+        if base + '/__init__.py' in files:
+            rel, pkg = base + '/__init__.py', True
+        elif base + '.py' in files:
+            rel, pkg = base + '.py', False
+        else:
+            return None
+        loader = _Loader(self.payload, rel, pkg)
+        return importlib.util.spec_from_file_location(
+            fullname, loader.path, loader=loader,
+            submodule_search_locations=[self.payload.root + '/' + base] if pkg else None)
+
+    def invalidate_caches(self):
+        pass
+
+
+class _PathHook(object):
+    """Installed once in sys.path_hooks; serves whatever payload is current."""
+
+    payload = None
+
+    def __call__(self, path):
+        p = self.payload
+        if p is not None and (path == p.root or path.startswith(p.root + '/')):
+            return _PathEntryFinder(p, path)
+        raise ImportError('not a spindle payload path')
+
+
+_HOOK = _PathHook()
+
+
+_KEPT = {}  # warm mode: module name -> (path in payload, sha256) of core module_utils kept loaded
+# Nothing may be singled out for unloading: a kept module holds references (module objects,
+# functions from `from x import f`) into what it imported, so the kept set must be closed under
+# imports.  Warm mode therefore keeps *all* of ansible-core's own module_utils and resets the
+# per-run state known to live in them (list below, checked against 2.18-2.21).
+_WARM_DENY = ()
+
+
+# the two package inits recursive_finder synthesizes (they carry the controller's __version__)
+_SYNTHETIC_PKGS = ('ansible/__init__.py', 'ansible/module_utils/__init__.py')
+
+
+def _reset_kept_globals():
+    m = sys.modules.get('ansible.module_utils.basic')
+    if m is not None:
+        for name in ('_ANSIBLE_ARGS', '_ANSIBLE_PROFILE', '_PARSED_MODULE_ARGS'):
+            if hasattr(m, name):
+                setattr(m, name, None)
+    m = sys.modules.get('ansible.module_utils.facts.timeout')
+    if m is not None:
+        m.GATHER_TIMEOUT = None                      # setup sets it; other fact users expect the default
+    m = sys.modules.get('ansible.module_utils.distro._distro')
+    if m is not None:
+        m._distro = m.LinuxDistribution()            # cached /etc/os-release, lsb_release output
+    m = sys.modules.get('ansible.module_utils.common.warnings')
+    if m is not None:
+        for name in ('_global_warnings', '_global_deprecations'):
+            getattr(m, name).clear()      # dict in 2.19+, list in 2.18
+    m = sys.modules.get('ansible.module_utils._internal._traceback')
+    if m is not None and hasattr(m, '_module_tracebacks_enabled_events'):
+        m._module_tracebacks_enabled_events = None
+
+
+def _validate_kept(payload):
+    for name, (rel, sha) in list(_KEPT.items()):
+        if rel not in payload.files or payload.sha(rel) != sha:
+            for n in list(_KEPT):
+                sys.modules.pop(n, None)
+            _KEPT.clear()
+            return
+
+
+def _payload_module_names():
+    return [n for n in list(sys.modules) if n == 'ansible' or n.startswith('ansible.')
+            or n == 'ansible_collections' or n.startswith('ansible_collections.')]
+
+
+# --------------------------------------------------------------------------- run one module
+
+class _AtExit(object):
+    """Collects atexit.register() calls made by the module (AnsibleModule.tmpdir cleanup...)."""
+
+    def __init__(self):
+        self.calls = []
+        self._reg, self._unreg = atexit.register, atexit.unregister
+
+    def register(self, func, *a, **kw):
+        self.calls.append((func, a, kw))
+        return func
+
+    def unregister(self, func):
+        self.calls = [c for c in self.calls if c[0] is not func]
+
+    def __enter__(self):
+        atexit.register, atexit.unregister = self.register, self.unregister
+        return self
+
+    def __exit__(self, *exc):
+        atexit.register, atexit.unregister = self._reg, self._unreg
+
+    def run(self):
+        # like the interpreter at exit: LIFO, errors reported and ignored
+        while self.calls:
+            func, a, kw = self.calls.pop()
+            try:
+                func(*a, **kw)
+            except SystemExit:
+                pass
+            except BaseException:
+                sys.stderr.write('Exception ignored in atexit callback: %r\n' % (func,))
+                traceback.print_exc()
+
+
+def _exit_code(exc):
+    """The process exit status the interpreter derives from SystemExit(code)."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xff
+    sys.stderr.write('%s\n' % (code,))
+    return 1
+
+
+def _std_streams(template_out, template_err, env):
+    """Fresh sys.stdin/stdout/stderr over fds 0/1/2 configured like a new interpreter's:
+    same encoding/errors as the agent's own (computed from the same locale), and unbuffered
+    iff PYTHONUNBUFFERED is non-empty in the run's environment."""
+    if env.get('PYTHONIOENCODING', os.environ.get('PYTHONIOENCODING')) != os.environ.get('PYTHONIOENCODING'):
+        raise NotImplementedError('PYTHONIOENCODING changed by the task: use a fresh interpreter')
+    unbuffered = bool(env.get('PYTHONUNBUFFERED'))
+
+    def writer(fd, template, line_buffering):
+        raw = io.FileIO(fd, 'w', closefd=False)
+        if unbuffered:
+            return io.TextIOWrapper(raw, encoding=template.encoding, errors=template.errors,
+                                    line_buffering=line_buffering, write_through=True)
+        return io.TextIOWrapper(io.BufferedWriter(raw), encoding=template.encoding,
+                                errors=template.errors, line_buffering=line_buffering)
+
+    stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, 'r', closefd=False)),
+                             encoding=template_out.encoding, errors=template_out.errors)
+    # CPython 3.9+: stderr is line buffered unless -u/PYTHONUNBUFFERED
+    return stdin, writer(1, template_out, False), writer(2, template_err, not unbuffered)
+
+
+def _shim(req):
+    """Code standing in for the wrapper frames, compiled as "<stdin>" with the wrapper's own
+    line numbers so that an uncaught exception prints exactly the stock traceback:
+      File "<stdin>", line <module>, in <module>
+      File "<stdin>", line <main>, in _ansiballz_main
+      File "<stdin>", line <invoke>, in invoke_module"""
+    if req['dialect'] == 'v2':
+        call = ('_loader.run_module(json_params=_p, profile=_profile, module_fqn=_fqn, '
+                'modlib_path=_modlib, extensions=_ext)')
+    else:
+        call = ('runpy.run_module(mod_name=_fqn, init_globals=dict(_module_fqn=_fqn, _modlib_path=_modlib), '
+                'run_name="__main__", alter_sys=True); '
+                'print(\'{"msg": "New-style module did not handle its own exit", "failed": true}\'); sys.exit(1)')
+    ln = req.get('tb_lines') or {'invoke': 3, 'main': 4, 'module': 5}
+    src = ['def _ansiballz_main():', '    def invoke_module():']
+    src += [''] * (ln['invoke'] - 1 - len(src)) + ['        ' + call]
+    src += [''] * (ln['main'] - 1 - len(src)) + ['    invoke_module()']
+    src += [''] * (ln['module'] - 1 - len(src)) + ['_ansiballz_main()']
+    return compile('\n'.join(src) + '\n', '<stdin>', 'exec', dont_inherit=True)
+
+
+def _prepare_wrapper(req, payload):
+    """What _ansiballz_main does before the module starts; returns the shim's globals."""
+    modlib_path = payload.root
+    # 2.19 _wrapper.py L49-L55 / 2.18 template: make sure cwd is usable
+    try:
+        os.getcwd()
+    except OSError:
+        try:
+            os.chdir(os.path.expanduser('~'))
+        except OSError:
+            os.chdir('/')
+    # 2.19 _wrapper.py L57-L70: RLIMIT_NOFILE soft limit
+    if req.get('rlimit_nofile'):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = min(hard, req['rlimit_nofile'])
+        if want != soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            except ValueError:
+                pass
+    # strip cwd from sys.path (scriptdir is None: the wrapper came on stdin), then the payload first
+    sys.path = [p for p in sys.path if p not in ('', '.')]
+    sys.path.insert(0, modlib_path)
+    g = {'__name__': '__main__', 'runpy': runpy, 'sys': sys, '_fqn': req['module_fqn'], '_modlib': modlib_path,
+         '_p': req['params'].encode('utf-8'), '_profile': req['profile'], '_ext': req.get('extensions') or {}}
+    if req['dialect'] == 'v2':
+        from ansible.module_utils._internal._ansiballz import _loader  # from the payload
+        g['_loader'] = _loader
+    else:
+        from ansible.module_utils import basic  # from the payload
+        basic._ANSIBLE_ARGS = g['_p']
+    return g
+
+
+_SIGNALS = [s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)]
+
+
+class ProcessState(object):
+    """Everything a module run may change in this process, saved and restored."""
+
+    def save(self):
+        self.environ = dict(os.environ)
+        self.cwd_fd = os.open('.', os.O_RDONLY)
+        self.umask = os.umask(0o022)
+        os.umask(self.umask)
+        self.locale = locale.setlocale(locale.LC_ALL)
+        self.rlimit = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.sys_attrs = dict((k, getattr(sys, k)) for k in (
+            'argv', 'path', 'meta_path', 'path_hooks', 'stdin', 'stdout', 'stderr',
+            'excepthook', 'displayhook'))
+        self.sys_lists = (list(sys.argv), list(sys.path), list(sys.meta_path), list(sys.path_hooks))
+        self.recursion = sys.getrecursionlimit()
+        self.signals = dict((s, signal.getsignal(s)) for s in _SIGNALS)
+        self.warn_filters = list(warnings.filters)
+        self.showwarning = warnings.showwarning
+        self.tempdir = tempfile.tempdir
+        self.threads = set(threading.enumerate())
+        self.modules = set(sys.modules) - set(_KEPT)
+        self.fds = dict((fd, os.dup(fd)) for fd in (0, 1, 2))
+        import socket
+        self.sock_timeout = socket.getdefaulttimeout()
+
+    def restore(self):
+        report = {}
+        import socket
+        socket.setdefaulttimeout(self.sock_timeout)
+        for fd, saved in self.fds.items():
+            os.dup2(saved, fd)
+            os.close(saved)
+        added_finders = [f for f in sys.meta_path if f not in self.sys_lists[2]]  # e.g. six's importer
+        for k, v in self.sys_attrs.items():
+            setattr(sys, k, v)
+        sys.argv[:], sys.path[:], sys.meta_path[:], sys.path_hooks[:] = self.sys_lists
+        for key in [k for k in sys.path_importer_cache if isinstance(k, str) and _HOOK.payload
+                    and k.startswith(_HOOK.payload.root)]:
+            del sys.path_importer_cache[key]
+        sys.setrecursionlimit(self.recursion)
+        changed = [s for s in _SIGNALS if signal.getsignal(s) is not self.signals[s]]
+        for s in changed:
+            try:
+                signal.signal(s, self.signals[s])
+            except (OSError, ValueError, TypeError):
+                pass
+        if signal.getitimer(signal.ITIMER_REAL)[0]:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            changed.append('itimer')
+        if changed:
+            report['signals'] = [str(s) for s in changed]
+        warnings.filters[:] = self.warn_filters
+        warnings.showwarning = self.showwarning
+        warnings._filters_mutated()
+        tempfile.tempdir = self.tempdir
+        if os.getuid() != self.uid or os.getgid() != self.gid or os.geteuid() != self.euid:
+            report['identity'] = 'changed'  # cannot be undone: the caller must retire this process
+        os.fchdir(self.cwd_fd)
+        os.close(self.cwd_fd)
+        os.umask(self.umask)
+        if os.environ != self.environ:
+            os.environ.clear()
+            os.environ.update(self.environ)
+        time.tzset()
+        try:
+            locale.setlocale(locale.LC_ALL, self.locale)
+        except locale.Error:
+            pass
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.rlimit)
+        # drop every module the payload brought (and any ansible* module found elsewhere),
+        # except, in warm mode, ansible-core's own module_utils (identical bytes on the controller)
+        for name in _payload_module_names():
+            mod = sys.modules[name]
+            loader = getattr(getattr(mod, '__spec__', None), 'loader', None)
+            if (self.warm and isinstance(loader, _Loader) and not name.startswith(_WARM_DENY)
+                    and (loader.rel in self.core or loader.rel in _SYNTHETIC_PKGS)):
+                _KEPT[name] = (loader.rel, loader.payload.sha(loader.rel))
+                continue
+            _KEPT.pop(name, None)
+            del sys.modules[name]
+            parent, _, child = name.rpartition('.')
+            if parent in _KEPT and getattr(sys.modules.get(parent), child, None) is mod:
+                delattr(sys.modules[parent], child)   # else `from parent import child` finds the stale one
+        _reset_kept_globals()
+        # a kept module's meta-path importer (ansible.module_utils.six adds one) must stay with it
+        sys.meta_path.extend(f for f in added_finders if type(f).__module__ in _KEPT)
+        new = set(sys.modules) - self.modules - set(_KEPT)
+        if new:
+            report['new_modules'] = sorted(new)  # stdlib / third-party modules the run imported; kept
+        left = [t for t in threading.enumerate() if t not in self.threads and t.is_alive()]
+        if left:
+            report['threads_left'] = [t.name for t in left]
+        return report
+
+    def __init__(self, warm=False, core=()):
+        self.uid, self.gid, self.euid = os.getuid(), os.getgid(), os.geteuid()
+        self.warm, self.core = warm, core
+
+
+def _prepare_fresh_process_view(req):
+    """What a brand-new interpreter would see that the agent may have cached."""
+    importlib.invalidate_caches()
+    tempfile.tempdir = None                   # re-derive from TMPDIR of this run's environment
+    platform._uname_cache = None              # hostname may have changed (hostname module)
+    if hasattr(platform, '_os_release_cache'):
+        platform._os_release_cache = None
+    for k, v in (req.get('env') or {}).items():
+        os.environ[k] = v
+    time.tzset()                              # TZ may come from the task environment
+
+
+def _finish_threads(before):
+    # interpreter shutdown joins non-daemon threads before atexit callbacks run
+    for t in threading.enumerate():
+        if t not in before and t.is_alive() and not t.daemon and t is not threading.current_thread():
+            t.join()
+
+
+def execute(req, payload, out_fd, err_fd, template_out, template_err, state=None):
+    """Run the module with fds 1/2 on out_fd/err_fd.  Returns the exit status.
+    With ``state`` (in-process mode) everything is restored afterwards."""
+    if state is not None:
+        state.save()
+    try:
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        run_env = dict(os.environ)
+        run_env.update(req.get('env') or {})
+        sys.stdin, sys.stdout, sys.stderr = _std_streams(template_out, template_err, run_env)
+        sys.argv = ['']                       # `python3` reading its program from stdin
+        _prepare_fresh_process_view(req)
+        if _HOOK not in sys.path_hooks:
+            sys.path_hooks.insert(0, _HOOK)
+        _HOOK.payload = payload
+        rc = 0
+        before = set(threading.enumerate())
+        with _AtExit() as ax:
+            try:
+                g = _prepare_wrapper(req, payload)
+                exec(_shim(req), g)
+            except SystemExit as e:
+                rc = _exit_code(e)
+            except BaseException:
+                # uncaught: the interpreter prints the traceback with sys.excepthook, status 1
+                etype, value, tb = sys.exc_info()
+                tb = tb.tb_next or tb                  # drop this frame: the traceback starts at "<stdin>"
+                value.__traceback__ = tb
+                rc = 1
+                try:
+                    sys.excepthook(etype, value, tb)   # e.g. 2.18 file.py routes AnsibleModuleError to fail_json
+                except SystemExit as e:                # ... which exits from inside the hook: that status wins
+                    rc = _exit_code(e)
+                except BaseException:
+                    traceback.print_exception(etype, value, tb)
+            finally:
+                _finish_threads(before)
+                ax.run()
+                for stream in (sys.stdout, sys.stderr):
+                    try:
+                        stream.flush()
+                    except Exception:
+                        pass
+    finally:
+        report = state.restore() if state is not None else {}
+    _HOOK.payload = None
+    return rc, report
+
+
+def _capture_file():
+    if hasattr(os, 'memfd_create'):
+        return os.memfd_create('spindle-capture')
+    fd, path = tempfile.mkstemp()
+    os.unlink(path)
+    return fd
+
+
+def _read_all(fd):
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while True:
+        b = os.read(fd, 1 << 20)
+        if not b:
+            break
+        chunks.append(b)
+    os.close(fd)
+    return b''.join(chunks)
+
+
+def run(req, files, mode='inproc', template_out=None, template_err=None, core=()):
+    """Run one module.  ``mode``: 'inproc' (in this process, state restored, every payload
+    module unloaded), 'warm' (same, but ansible-core's own module_utils listed in ``core`` stay
+    loaded between runs), or 'fork' (in a forked child)."""
+    template_out = template_out or sys.__stdout__
+    template_err = template_err or sys.__stderr__
+    payload = Payload(files, ROOT)
+    out_fd, err_fd = _capture_file(), _capture_file()
+    t0 = time.perf_counter()
+    if mode in ('inproc', 'warm'):
+        if mode == 'warm':
+            _validate_kept(payload)
+        else:
+            for n in list(_KEPT):
+                sys.modules.pop(n, None)
+            _KEPT.clear()
+        rc, report = execute(req, payload, out_fd, err_fd, template_out, template_err,
+                             ProcessState(warm=(mode == 'warm'), core=frozenset(core)))
+    else:
+        _validate_kept(payload)
+        pid = os.fork()
+        if pid == 0:  # child: never returns into the agent
+            rc = 70
+            try:
+                os.setpgid(0, 0)
+                rc, _ = execute(req, payload, out_fd, err_fd, template_out, template_err)
+            finally:
+                os._exit(rc)
+        _, status = os.waitpid(pid, 0)
+        rc = os.waitstatus_to_exitcode(status) if hasattr(os, 'waitstatus_to_exitcode') else (status >> 8)
+        report = {}
+    elapsed = time.perf_counter() - t0
+    return {'rc': rc, 'stdout': _read_all(out_fd), 'stderr': _read_all(err_fd),
+            'seconds': elapsed, 'report': report}
