@@ -335,11 +335,15 @@ class ProcessState(object):
         self.fds = dict((fd, os.dup(fd)) for fd in (0, 1, 2))
         import socket
         self.sock_timeout = socket.getdefaulttimeout()
+        # module_utils/urls.py open_url() calls urllib.request.install_opener(): process-global
+        self.url_opener = getattr(sys.modules.get('urllib.request'), '_opener', None)
 
     def restore(self):
         report = {}
         import socket
         socket.setdefaulttimeout(self.sock_timeout)
+        if 'urllib.request' in sys.modules:
+            sys.modules['urllib.request']._opener = self.url_opener
         for fd, saved in self.fds.items():
             os.dup2(saved, fd)
             os.close(saved)
