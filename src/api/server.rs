@@ -77,6 +77,8 @@ struct Proc {
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
     tail: Vec<u8>,
+    /// One socket both ways (in `stdout`; `stdin` is None).
+    duplex: bool,
     writing: bool,
     stdout_eof_at: Option<Instant>,
 }
@@ -186,7 +188,15 @@ impl Server {
                     self.client_flush(id);
                 }
             }
-            TAG_STDOUT => self.proc_stdout(id, now),
+            TAG_STDOUT => {
+                // A duplex socket (transport `unix`) is one fd for both directions.
+                if ev.readable {
+                    self.proc_stdout(id, now);
+                }
+                if ev.writable {
+                    self.proc_stdin(id);
+                }
+            }
             TAG_STDERR => self.proc_stderr(id),
             TAG_STDIN => self.proc_stdin(id),
             _ => {}
@@ -419,6 +429,7 @@ impl Server {
                 stdout: Some(stdout),
                 stderr: Some(stderr),
                 tail: Vec::new(),
+                duplex: false,
                 writing: true,
                 stdout_eof_at: None,
             },
@@ -426,44 +437,41 @@ impl Server {
     }
 
     /// Transport `unix`: the agent protocol over a Unix socket (the scale-test fleet
-    /// simulator serves thousands of targets this way). One socket, registered twice (a dup
-    /// for writing) so reads and writes keep separate interests like pipes.
+    /// simulator serves thousands of targets this way). One socket, one fd, registered once
+    /// for reading and, while bytes wait, writing: ten thousand streams fit in 10,000 fds.
     fn connect_unix(&mut self, t: TargetId, spec: &crate::transport::Spec) {
         let path = spec.host.clone().unwrap_or_default();
         let conn = UnixStream::connect(&path).and_then(|s| {
             s.set_nonblocking(true)?;
-            let w = s.try_clone()?;
-            Ok((OwnedFd::from(w), OwnedFd::from(s)))
+            Ok(OwnedFd::from(s))
         });
-        let (w, r) = match conn {
+        let sock = match conn {
             Ok(x) => x,
             Err(e) => {
-                return self
-                    .router
-                    .target_closed(t, &format!("Connection refused: {path}: {e}"))
+                let m = format!("Connection refused: {path}: {e}");
+                return self.router.target_closed(t, &m);
             }
         };
-        let ok = self
+        let both = Interest {
+            read: true,
+            write: true,
+        };
+        if self
             .backend
-            .add(w.as_fd(), key(t, TAG_STDIN), Interest::WRITE)
-            .is_ok()
-            && self
-                .backend
-                .add(r.as_fd(), key(t, TAG_STDOUT), Interest::READ)
-                .is_ok();
-        if !ok {
-            let _ = self.backend.delete(w.as_fd());
-            let _ = self.backend.delete(r.as_fd());
+            .add(sock.as_fd(), key(t, TAG_STDOUT), both)
+            .is_err()
+        {
             return self.router.target_closed(t, "cannot watch the socket");
         }
         self.procs.insert(
             t,
             Proc {
                 child: None,
-                stdin: Some(w),
-                stdout: Some(r),
+                stdin: None,
+                stdout: Some(sock),
                 stderr: None,
                 tail: Vec::new(),
+                duplex: true,
                 writing: true,
                 stdout_eof_at: None,
             },
@@ -474,30 +482,51 @@ impl Server {
         let Some(p) = self.procs.get_mut(&t) else {
             return;
         };
-        let Some(stdin) = p.stdin.as_mut() else {
+        let fd = if p.duplex {
+            p.stdout.as_ref()
+        } else {
+            p.stdin.as_ref()
+        };
+        let Some(fd) = fd else {
             return;
         };
-        if let Err(e) = self.router.flush_into(t, stdin.as_fd()) {
-            // The agent's side is gone; stdout EOF will follow and classify it.
+        if let Err(e) = self.router.flush_into(t, fd.as_fd()) {
+            // The agent's side is gone; EOF on its output will follow and classify it.
             tracing::debug!(target_id = t, "write to agent failed: {e}");
-            deregister(&mut *self.backend, &mut p.stdin);
-            return;
+            if !p.duplex {
+                deregister(&mut *self.backend, &mut p.stdin);
+                return;
+            }
         }
         let Some(p) = self.procs.get_mut(&t) else {
             return;
         };
-        let Some(stdin) = p.stdin.as_ref() else {
-            return;
-        };
         let want = self.router.wants_write(t);
-        if want != p.writing {
-            p.writing = want;
-            let i = if want {
-                Interest::WRITE
-            } else {
-                Interest::NONE
-            };
-            let _ = self.backend.modify(stdin.as_fd(), key(t, TAG_STDIN), i);
+        if want == p.writing {
+            return;
+        }
+        p.writing = want;
+        let (fd, k, i) = if p.duplex {
+            (
+                p.stdout.as_ref(),
+                key(t, TAG_STDOUT),
+                Interest {
+                    read: true,
+                    write: want,
+                },
+            )
+        } else {
+            (
+                p.stdin.as_ref(),
+                key(t, TAG_STDIN),
+                Interest {
+                    read: false,
+                    write: want,
+                },
+            )
+        };
+        if let Some(fd) = fd {
+            let _ = self.backend.modify(fd.as_fd(), k, i);
         }
     }
 
