@@ -4,7 +4,7 @@
 CARGO ?= cargo
 PY ?= python3
 
-.PHONY: demo test setup venv build build-debug lint unit-python test-rust test-ansible clean
+.PHONY: demo test setup venv build build-debug lint unit-python test-rust test-ansible test-scale clean
 
 setup:
 	bash scripts/setup.sh
@@ -39,8 +39,12 @@ test-ansible: venv build-debug
 build-debug:
 	$(CARGO) build
 
+# 2,000 simulated targets with a fault mix, both event-loop backends (~1 min after the build).
+test-scale:
+	bash scale-tests/ci.sh
+
 ## test: everything CI runs
-test: setup lint unit-python test-rust test-ansible
+test: setup lint unit-python test-rust test-ansible test-scale
 
 clean:
 	$(CARGO) clean
