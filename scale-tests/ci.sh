@@ -22,7 +22,7 @@ status=0
 for io in epoll uring; do
   echo "=== ci-$io: $STREAMS streams, fault mix, $DURATION s" >&2
   target/release/spindle-scale --io "$io" --streams "$STREAMS" --duration "$DURATION" \
-    --faults --call-timeout 2 --fail-rate 0.01 --client-disconnect --idle-secs 1 \
+    --faults --call-timeout 3 --fail-rate 0.01 --client-disconnect --idle-secs 1 \
     --service-ms 1 --workdir "$WORK/$io" --label "ci-$io" --out "$OUT/ci-$io.json" || {
     cp -r "$WORK/$io" "$OUT/ci-$io-logs" 2>/dev/null
     echo "ci-$io FAILED: see $OUT/ci-$io.json (failures, load.samples) and $OUT/ci-$io-logs/" >&2

@@ -234,6 +234,30 @@ impl Rig {
     }
 }
 
+/// Opens a few probe streams, counts the daemon's descriptors, closes them again; returns
+/// descriptors per stream (rounded up, at least 1).
+fn probe_fds_per_stream(rig: &Rig, fds0: usize) -> Result<usize, String> {
+    const PROBES: usize = 20;
+    let specs: Vec<Value> = (0..PROBES)
+        .map(|i| json!({"transport": "unix", "host": rig.ssock, "name": format!("fd-probe-{i}")}))
+        .collect();
+    let mut c = spindle::client::Client::connect(&rig.dsock).map_err(|e| e.to_string())?;
+    for t in &specs {
+        c.call(json!({"op": "ping", "target": t}))
+            .map_err(|e| format!("probe stream: {e}"))?;
+    }
+    let held = procs::fd_count(rig.daemon.pid).saturating_sub(fds0 + 1); // +1: this client
+    for t in &specs {
+        let _ = c.call(json!({"op": "close", "target": t}));
+    }
+    drop(c);
+    let end = Instant::now() + Duration::from_secs(3);
+    while procs::fd_count(rig.daemon.pid) > fds0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(held.div_ceil(PROBES).max(1))
+}
+
 /// The daemon's soft descriptor limit, from /proc/<pid>/limits.
 fn daemon_nofile(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
@@ -287,7 +311,10 @@ fn run(o: &Opts) -> Result<i32, String> {
     std::thread::sleep(Duration::from_millis(300));
     let (rss0, fds0) = (procs::rss_kib(pid), procs::fd_count(pid));
     let d_limit = daemon_nofile(pid).unwrap_or(soft);
-    let max_fit = (d_limit as usize).saturating_sub(fds0 + o.clients + 4) / 2;
+    // How many descriptors the daemon holds per stream, measured on a few probe streams.
+    let per_fd = probe_fds_per_stream(&rig, fds0)?;
+    let max_fit = ((d_limit as usize).saturating_sub(fds0 + o.clients + 4) / per_fd)
+        .min((d_limit as usize).saturating_sub(16)); // the simulator holds one per stream
     let n: usize = if o.streams == "max" {
         max_fit
     } else {
@@ -301,7 +328,7 @@ fn run(o: &Opts) -> Result<i32, String> {
     });
     eprintln!(
         "spindle-scale [{label}]: daemon pid {pid} ({}), {} streams, {} req/s each for {duration} s; \
-         fd limit {d_limit} (max that fits: {max_fit}); workdir {}",
+         fd limit {d_limit}, {per_fd} per stream (max that fits: {max_fit}); workdir {}",
         o.io,
         n,
         o.rate,
@@ -329,7 +356,8 @@ fn run(o: &Opts) -> Result<i32, String> {
         "service_ms": o.service_ms, "reply_bytes": o.reply_bytes, "fail_rate": o.fail_rate,
         "seed": o.seed, "faults": o.faults, "soak": o.soak.is_some(), "nice": o.nice,
         "fd": {"driver_soft": soft, "driver_hard": hard, "daemon_limit": d_limit,
-               "daemon_fds_baseline": fds0, "daemon_fds_idle": fds_idle, "max_streams_fit": max_fit},
+               "daemon_fds_baseline": fds0, "daemon_fds_idle": fds_idle,
+               "daemon_fds_per_stream": per_fd, "max_streams_fit": max_fit},
         "open": {"ok": open.ok, "failures": open.failures, "first_failure": open.first_failure,
                  "seconds": open_secs, "latency_ms": open.hist.as_ref().map(latency_json)},
         "rss": {"baseline_kib": rss0, "idle_kib": rss_idle, "per_stream_kib": per_stream},

@@ -41,7 +41,7 @@ fn run(io: &str) {
             "--faults",
             "default",
             "--call-timeout",
-            "1",
+            "2",
             "--fail-rate",
             "0.02",
         ])
