@@ -29,6 +29,9 @@ fn put_and_fetch_1gib_to_4_targets_in_bounded_memory() {
         return;
     };
     let dir = scratch("transfer_1g");
+    // Where the targets write: a directory they share with the controller (their /tmp,
+    // /var/tmp and /root are private, and this checkout may live under /tmp).
+    let shared = shared_dir("transfer_1g");
     let src = dir.join("big.bin");
     {
         // Pseudo-random, incompressible content (xorshift), written in 1 MiB blocks.
@@ -52,7 +55,7 @@ fn put_and_fetch_1gib_to_4_targets_in_bounded_memory() {
     // put to all four at once
     let mut ids = Vec::new();
     for (i, s) in fleet.specs.iter().enumerate() {
-        let dest = dir.join(format!("on_target_{i}.bin"));
+        let dest = shared.join(format!("on_target_{i}.bin"));
         ids.push(
             c.send(
                 json!({"op": "put", "target": target(s), "src": src, "dest": dest, "mode": 0o600}),
@@ -67,7 +70,7 @@ fn put_and_fetch_1gib_to_4_targets_in_bounded_memory() {
         assert_eq!(v["sha256"], want);
     }
     for i in 0..4 {
-        let p = dir.join(format!("on_target_{i}.bin"));
+        let p = shared.join(format!("on_target_{i}.bin"));
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
@@ -77,7 +80,7 @@ fn put_and_fetch_1gib_to_4_targets_in_bounded_memory() {
 
     // fetch back from all four at once
     for (i, s) in fleet.specs.iter().enumerate() {
-        let from = dir.join(format!("on_target_{i}.bin"));
+        let from = shared.join(format!("on_target_{i}.bin"));
         let to = dir.join(format!("fetched_{i}.bin"));
         c.send(json!({"op": "fetch", "target": target(s), "src": from, "dest": to}))
             .unwrap();
@@ -92,7 +95,7 @@ fn put_and_fetch_1gib_to_4_targets_in_bounded_memory() {
             want,
             "fetched_{i}"
         );
-        let _ = std::fs::remove_file(dir.join(format!("on_target_{i}.bin")));
+        let _ = std::fs::remove_file(shared.join(format!("on_target_{i}.bin")));
         let _ = std::fs::remove_file(dir.join(format!("fetched_{i}.bin")));
     }
     let st = c.call(json!({"op": "stats"})).unwrap();
@@ -107,4 +110,5 @@ fn put_and_fetch_1gib_to_4_targets_in_bounded_memory() {
     eprintln!("daemon peak RSS during 4 x 1 GiB put+fetch: {} KiB", rss);
     assert!(rss > 0 && rss < 64 * 1024, "peak RSS {rss} KiB");
     let _ = std::fs::remove_file(&src);
+    let _ = std::fs::remove_dir_all(&shared);
 }

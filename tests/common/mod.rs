@@ -21,6 +21,15 @@ pub fn scratch(name: &str) -> PathBuf {
     d
 }
 
+/// A directory on the shared file system that namespace targets see at the same path (their
+/// /tmp, /var/tmp and /root are private mounts, and the checkout may itself be under /tmp).
+pub fn shared_dir(name: &str) -> PathBuf {
+    let d = PathBuf::from("/var/lib/spindle-tests").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("shared test dir");
+    d
+}
+
 /// A running fleet of namespace sshd targets; torn down on drop.
 pub struct Fleet {
     pub name: String,
