@@ -8,7 +8,8 @@ subcommand will wrap this).  The model and its derivation are in docs/capacity.m
                                                           # largest, write capacity.json and a plot
     bench/capacity.py [--results DIR ...] --show          # the fitted coefficients
 
-Without --results it reads the newest bench/results/* directory that has results.json.
+Without --results it reads the newest bench/results/* directory with 3+ fleet sizes (else
+the newest one, else the committed bench/reports/default-*).
 
 Model, per (mode, workload family) (hostname20 and hostname100 are one family: the same task):
 
@@ -106,8 +107,22 @@ def nnls(X, y, names, priority=None):
 # -- data ---------------------------------------------------------------------------------------
 
 def newest_results():
-    dirs = sorted(d for d in glob.glob(os.path.join(BENCH, 'results', '*')) if os.path.exists(os.path.join(d, 'results.json')))
-    return dirs[-1:] if dirs else []
+    """The newest bench/results/* with 3+ fleet sizes, else the newest at all, else the
+    committed bench/reports/default-* (the figures in bench/README.md)."""
+    for pattern in (os.path.join(BENCH, 'results', '*'), os.path.join(BENCH, 'reports', 'default-*')):
+        dirs = sorted((d for d in glob.glob(pattern) if os.path.exists(os.path.join(d, 'results.json'))),
+                      key=os.path.getmtime)
+        if not dirs:
+            continue
+        for d in reversed(dirs):
+            try:
+                with open(os.path.join(d, 'results.json')) as f:
+                    if len(set(r['hosts'] for r in json.load(f)['runs'])) >= 3:
+                        return [d]
+            except (OSError, ValueError, KeyError):
+                continue
+        return dirs[-1:]
+    return []
 
 
 def load_runs(dirs):

@@ -201,6 +201,12 @@ def main():
                       + ", ".join(f"({x[0]:.0f}, {x[1]})" for x in s)
                       + f"; slope {f(g(r, 'rss', 'slope_kib_per_min'), 1)} KiB/min")
         md.append("")
+    repeats = sorted(load(d / "repeat"), key=lambda r: (r["io"], r["label"])) \
+        if (d / "repeat").is_dir() else []
+    if repeats:
+        md += ["## Repeated runs (results/repeat/)", "",
+               "Same load, run again to show how much other jobs on the machine move the tail.", ""]
+        md += perf_table(repeats) + [""]
     md += ["## Goals", ""]
     perf = by["perf"]
     if perf:
@@ -216,6 +222,12 @@ def main():
             md.append(f"- p99 ≤ {GOAL_P99_MS:g} ms at {top:,} streams × {r['rate_per_stream']:g} "
                       f"req/s ({r['io']}): {p99:.3f} ms → "
                       f"{'met' if p99 <= GOAL_P99_MS else 'NOT met'}{dist}.")
+            rep = [x for x in repeats if x["io"] == r["io"] and x["streams"] == top]
+            if rep:
+                ps = [g(x, "latency_ms", "p99", default=float("inf")) for x in rep]
+                ok = sum(p <= GOAL_P99_MS for p in ps)
+                md.append(f"  Repeats: p99 {', '.join(f'{p:.2f}' for p in ps)} ms → "
+                          f"met in {ok} of {len(ps)}.")
     md.append("")
     md += ["## Plots", "", "![RSS per stream](rss_per_stream.svg)",
            "![CPU per request](cpu_per_request.svg)", "![p99 latency](p99.svg)", ""]
