@@ -531,7 +531,10 @@ fn handle_reply(
     };
     *p.outcomes.entry((t.mode, outcome.clone())).or_default() += 1;
     let want = pend.expect.unwrap_or("ok");
-    if outcome != want {
+    // A target that stops reading first times calls out; once its outbound queue passes the
+    // daemon's bound, new calls are refused with `busy` (bounded memory): both are right.
+    let busy_ok = t.mode == FaultMode::SlowReader && outcome == "busy";
+    if outcome != want && !busy_ok {
         p.wrong += 1;
         *p.wrong_by_mode.entry(t.mode).or_default() += 1;
         let msg = format!("{}: wanted {want}, got {outcome}: {}", t.name, v);

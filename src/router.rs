@@ -38,6 +38,10 @@ pub type TargetId = usize;
 pub const MAX_INFLIGHT: usize = 1024;
 /// Outbound bytes below which file data is refilled.
 pub const LOW_WATER: usize = 512 * 1024;
+/// Outbound bytes queued to one target above which new calls are refused with `busy`: a
+/// target that stops reading cannot grow the daemon's memory (calls that timed out leave
+/// their CALL frames queued, so counting calls alone is not enough).
+pub const MAX_OUTBOUND: usize = 8 * 1024 * 1024;
 /// File data per DATA frame.
 pub const CHUNK: usize = 256 * 1024;
 /// Extra time the daemon waits past an exec's own timeout before giving up on the agent.
@@ -320,6 +324,13 @@ impl Router {
         let id = req.id;
         if self.targets[t].calls.len() >= MAX_INFLIGHT {
             let m = format!("{MAX_INFLIGHT} calls already in flight to this target");
+            return self.reply_err(client, id, "busy", &label, &m);
+        }
+        if self.targets[t].out.len() > MAX_OUTBOUND {
+            let m = format!(
+                "the target is not reading: over {} MiB already queued to it",
+                MAX_OUTBOUND >> 20
+            );
             return self.reply_err(client, id, "busy", &label, &m);
         }
         let mut deadline = req

@@ -106,3 +106,57 @@ fn agents_exit_when_the_daemon_dies() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn calls_to_a_target_that_stopped_reading_are_refused_not_buffered() {
+    use base64::Engine as _;
+    let dir = scratch("outbound_bound");
+    let daemon = Daemon::start(&dir);
+    let mut c = daemon.client();
+    let spec = &local_specs(1)[0];
+    let pid = c
+        .call(json!({"op": "ping", "target": target(spec)}))
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let rss_before = daemon.peak_rss_kib();
+    let stdin = base64::engine::general_purpose::STANDARD.encode(vec![b'x'; 64 * 1024]);
+    let n = 300; // ~26 MB of CALLs, far over the per-target bound
+    for _ in 0..n {
+        c.send(json!({"op": "exec", "target": target(spec), "argv": ["cat"], "stdin_b64": stdin, "call_timeout": 0.5}))
+            .unwrap();
+    }
+    let mut kinds = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let r = c.recv().unwrap();
+        let k = match r.result {
+            Err(spindle::client::ClientError::Api { kind, .. }) => kind,
+            Ok(_) => "ok".into(),
+            Err(e) => format!("{e}"),
+        };
+        *kinds.entry(k).or_insert(0) += 1;
+    }
+    let rss_after = daemon.peak_rss_kib();
+    eprintln!("outcomes {kinds:?}; daemon peak RSS {rss_before} -> {rss_after} KiB");
+    assert!(kinds.get("busy").copied().unwrap_or(0) > 0, "{kinds:?}");
+    assert_eq!(
+        kinds
+            .keys()
+            .filter(|k| *k != "busy" && *k != "timeout")
+            .count(),
+        0,
+        "{kinds:?}"
+    );
+    assert!(
+        rss_after < rss_before + 24 * 1024,
+        "memory grew: {rss_before} -> {rss_after} KiB"
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid.to_string()])
+        .status();
+}
