@@ -16,11 +16,17 @@ import base64
 from spindle_ansible import ansiballz
 from spindle_ansible.client import SpindleError
 
-#: Modules that always run in a forked child of the agent (they fork, daemonize, hold
-#: process-wide locks or load libraries that keep global state).
+#: Modules that can re-launch themselves under another interpreter, which needs the payload
+#: zip on disk: they take the stock command path (docs/module-execution.md).
+STOCK_ONLY = frozenset((
+    'apt', 'apt_repository', 'dnf', 'dnf5', 'package_facts', 'deb822_repository',
+))
+
+#: Modules that always run in a forked child of the agent (they daemonize, hold process-wide
+#: state in C libraries, or are known from Mitogen's experience to misbehave in-process).
 ALWAYS_FORK = frozenset((
-    'dnf', 'dnf5', 'yum', 'firewalld', 'service', 'systemd', 'systemd_service', 'sysvinit',
-    'reboot', 'async_wrapper', 'apt', 'package', 'package_facts',
+    'firewalld', 'service', 'sysvinit', 'systemd', 'systemd_service', 'reboot', 'expect',
+    'selinux', 'seboolean', 'sefcontext', 'seport', 'selogin',
 ))
 
 ISOLATION = ('inproc', 'fork', 'off')
@@ -37,9 +43,11 @@ def plan(cmd, in_data, isolation='inproc'):
         return None
     if meta.get('extensions') or len(argv) != 1 or 'zip' not in meta or 'params' not in meta:
         return None  # debugger/coverage extensions, interpreter flags: stock path
+    name = str(meta.get('ansible_module') or '')
+    if name in STOCK_ONLY:
+        return None
     files = ansiballz.unpack(meta.pop('zip'))
     manifest = ansiballz.manifest(files)
-    name = str(meta.get('ansible_module') or '')
     mode = 'fork' if isolation == 'fork' or name in ALWAYS_FORK else 'inproc'
     payload = {'op': 'run_module', 'req': dict(meta, env=env), 'manifest': manifest,
                'mode': mode, 'interpreter': argv[0]}
