@@ -447,7 +447,7 @@ cmd_up() {
 
   # --- files
   mkdir -p -m 0700 "$FLEET_DIR"
-  chmod 0700 "$FLEET_DIR"
+  chmod 0711 "$FLEET_DIR"  # traversable: sshd reads authorized_keys as the login user
   : >"$FLEET_DIR/.spindle-fleet"
   cp "$(state_file "$NAME")" "$FLEET_DIR/fleet.env"
   ssh-keygen -q -t ed25519 -N '' -C "spindle-fleet-$NAME-host" -f "$FLEET_DIR/ssh_host_ed25519_key"

@@ -27,6 +27,10 @@ declare -a NEEDS=(
   "find:findutils"
   "awk:mawk"
   "timeout:coreutils"
+  "/usr/bin/sudo:sudo"                # become tests (sudo with a password, nested agents)
+  "setfacl:acl"                       # stock Ansible becoming an unprivileged user (su tests)
+  "useradd:passwd"                    # become/password tests create their users
+  "chpasswd:passwd"
 )
 
 missing=()

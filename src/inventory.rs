@@ -129,6 +129,8 @@ fn apply(name: &str, vars: &HashMap<String, String>) -> Spec {
     let get = |k: &str| vars.get(k).cloned();
     let transport = match get("ansible_connection").as_deref() {
         Some("local") => TransportKind::Local,
+        Some("docker" | "community.docker.docker") => TransportKind::Docker,
+        Some("podman" | "containers.podman.podman") => TransportKind::Podman,
         _ => TransportKind::Ssh,
     };
     Spec {
@@ -147,7 +149,10 @@ fn apply(name: &str, vars: &HashMap<String, String>) -> Spec {
         connect_timeout: get("ansible_ssh_timeout")
             .or_else(|| get("ansible_timeout"))
             .and_then(|p| p.parse().ok()),
+        executable: get("ansible_podman_executable"),
+        extra_args: get("ansible_docker_extra_args").or_else(|| get("ansible_podman_extra_args")),
         name: Some(name.to_string()),
+        escalate: None,
     }
 }
 

@@ -39,6 +39,10 @@ enum Cmd {
         /// Copy put payload through user space instead of splice(2) (for comparison runs).
         #[arg(long)]
         no_splice: bool,
+        /// Become contexts (nested agents, one per become method/user/password) kept per
+        /// target; beyond it the least recently used idle one is closed.
+        #[arg(long, env = "SPINDLE_MAX_INTERPRETERS", default_value_t = spindle::router::DEFAULT_MAX_INTERPRETERS)]
+        max_interpreters: usize,
     },
     /// Run a command on every host (one argument: a shell command line; several: an argv).
     Run {
@@ -139,11 +143,13 @@ fn real_main(cli: Cli) -> Result<i32> {
             socket,
             io,
             no_splice,
+            max_interpreters,
         } => {
             let server = Server::bind(&ServeOptions {
                 socket: socket.clone(),
                 io,
                 splice: !no_splice,
+                max_interpreters,
             })?;
             eprintln!(
                 "spindle: serving on {} (io: {})",
@@ -306,6 +312,7 @@ fn with_fleet(
                 socket: path.clone(),
                 io: fleet.io,
                 splice: true,
+                max_interpreters: spindle::router::DEFAULT_MAX_INTERPRETERS,
             })?;
             (path, Some(h))
         }

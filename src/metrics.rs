@@ -20,6 +20,8 @@ pub struct Counters {
     pub connects: u64,
     /// Streams that failed or were closed.
     pub failures: u64,
+    /// Idle become contexts closed to stay within the interpreter limit.
+    pub recycled: u64,
 }
 
 /// Counters of one target stream (reported per target by `stats`).

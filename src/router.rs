@@ -46,6 +46,12 @@ pub const MAX_OUTBOUND: usize = 8 * 1024 * 1024;
 pub const CHUNK: usize = 256 * 1024;
 /// Extra time the daemon waits past an exec's own timeout before giving up on the agent.
 const EXEC_GRACE: Duration = Duration::from_secs(30);
+/// Default limit of become contexts (nested agents) per target; beyond it the least recently
+/// used idle one is closed (`SPINDLE_MAX_INTERPRETERS`, `serve --max-interpreters`).
+pub const DEFAULT_MAX_INTERPRETERS: usize = 20;
+/// Extra time past its own timeout the daemon gives a become context's start, so the agent's
+/// precise error (wrong password, prompt timeout) arrives before the daemon's own deadline.
+const SPAWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What the I/O layer must do.
 #[derive(Debug, PartialEq, Eq)]
@@ -77,6 +83,13 @@ enum Op {
         dest: PathBuf,
         received: u64,
     },
+    /// Starting the become context `child` (its key guards against a reused slab slot).
+    Spawn {
+        child: TargetId,
+        key: String,
+    },
+    /// Closing a become context; the reply is not awaited by anyone.
+    CloseContext,
 }
 
 #[derive(Debug)]
@@ -110,6 +123,14 @@ struct Target {
     puts: VecDeque<u32>,
     sent_blobs: HashSet<String>,
     counters: TargetCounters,
+    /// For a become context: the stream whose agent started it (frames travel on it).
+    parent: Option<TargetId>,
+    /// Context id on the target: `CTX_AGENT` for a stream's own agent, > 1 for a nested one.
+    ctx: u32,
+    /// Become contexts of this stream, by context id.
+    children: HashMap<u32, TargetId>,
+    next_ctx: u32,
+    last_used: Instant,
 }
 
 /// All target streams and calls.
@@ -127,6 +148,8 @@ pub struct Router {
     pub backend: &'static str,
     /// Daemon-wide counters.
     pub counters: Counters,
+    /// Become contexts per target before the least recently used idle one is closed.
+    pub max_interpreters: usize,
 }
 
 impl Default for Router {
@@ -135,11 +158,11 @@ impl Default for Router {
     }
 }
 
-fn header(kind: Kind, flags: u8, handle: u32) -> FrameHeader {
+fn header(kind: Kind, flags: u8, handle: u32, dst: u32) -> FrameHeader {
     FrameHeader {
         kind,
         flags,
-        dst: proto::CTX_AGENT,
+        dst,
         src: proto::CTX_CONTROLLER,
         handle,
         reply_to: 0,
@@ -159,6 +182,7 @@ impl Router {
             transfer: TransferCounters::default(),
             splice: true,
             counters: Counters::default(),
+            max_interpreters: DEFAULT_MAX_INTERPRETERS,
         }
     }
 
@@ -168,8 +192,45 @@ impl Router {
     }
 
     /// Targets whose outbound bytes grew since the last call (may repeat).
+    /// Become contexts have no pipe of their own: their bytes move to their stream's queue
+    /// and the stream is reported instead.
     pub fn take_touched(&mut self) -> Vec<TargetId> {
-        std::mem::take(&mut self.touched)
+        let mut touched = std::mem::take(&mut self.touched);
+        for t in touched.iter_mut() {
+            if let Some(p) = self.targets.get(*t).and_then(|x| x.parent) {
+                self.pump(*t);
+                *t = p;
+            }
+        }
+        touched
+    }
+
+    /// Moves a become context's queued bytes and file ranges to its stream's queue.
+    fn pump(&mut self, t: TargetId) {
+        let Some(p) = self.targets.get(t).and_then(|x| x.parent) else {
+            return;
+        };
+        // Until its HELLO, the context does not exist on the target yet: hold its frames.
+        let ready = |x: &Target| x.phase == Phase::Ready && !x.out.is_empty();
+        if !self.targets.get(t).is_some_and(ready) || !self.targets.contains(p) {
+            return;
+        }
+        let mut moved = std::mem::take(&mut self.targets[t].out);
+        self.targets[p].out.append(&mut moved);
+        self.targets[t].out = moved;
+        self.touched.push(p);
+    }
+
+    /// Bytes queued on the pipe that carries `t` (its stream's queue for a become context).
+    fn queued(&self, t: TargetId) -> usize {
+        let Some(x) = self.targets.get(t) else {
+            return 0;
+        };
+        let root = x
+            .parent
+            .and_then(|p| self.targets.get(p))
+            .map_or(0, |r| r.out.len());
+        root + x.out.len()
     }
 
     /// The spec of a target (for spawning).
@@ -200,7 +261,11 @@ impl Router {
                     total += n;
                     x.counters.bytes_out += n as u64;
                     self.counters.bytes_out += n as u64;
+                    let children: Vec<TargetId> = x.children.values().copied().collect();
                     self.refill(t);
+                    for c in children {
+                        self.refill(c);
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     let m = format!("put aborted: {e}");
@@ -223,11 +288,17 @@ impl Router {
         let id = req.id;
         match req.op.as_str() {
             "stats" => {
-                let targets: BTreeMap<String, TargetCounters> = self
-                    .by_key
-                    .values()
-                    .map(|&t| (self.targets[t].label.clone(), self.targets[t].counters))
-                    .collect();
+                // Keyed by label; become contexts sharing one (other flags or password) get
+                // their context id appended.
+                let mut targets: BTreeMap<String, TargetCounters> = BTreeMap::new();
+                for &t in self.by_key.values() {
+                    let x = &self.targets[t];
+                    let mut label = x.label.clone();
+                    if targets.contains_key(&label) {
+                        label = format!("{label} [ctx {}]", x.ctx);
+                    }
+                    targets.insert(label, x.counters);
+                }
                 let v = json!({"streams": self.streams(), "io": self.backend, "counters": self.counters, "transfer": self.transfer,
                     "blobs": {"count": self.cache.len(), "bytes": self.cache.bytes()},
                     "targets": targets});
@@ -276,6 +347,11 @@ impl Router {
         }) {
             return self.reply_err(client, id, "bad_request", &spec.label(), &e.to_string());
         }
+        if let Some(b) = &spec.escalate {
+            if let Err(m) = b.validate() {
+                return self.reply_err(client, id, "bad_request", &spec.label(), &m);
+            }
+        }
         if req.op == "close" {
             if let Some(&t) = self.by_key.get(&spec.key()) {
                 self.fail_target(t, "connection_lost", "stream closed by request");
@@ -293,16 +369,35 @@ impl Router {
         if let Some(&t) = self.by_key.get(&key) {
             return t;
         }
+        let parent = if spec.escalate.is_some() {
+            Some(self.target_for(spec.parent(), now))
+        } else {
+            None
+        };
         let mut out = Outbound::new(self.splice);
-        if spec.transport != crate::transport::TransportKind::Unix {
+        if parent.is_none() && spec.transport != crate::transport::TransportKind::Unix {
             out.with_bytes(|b| b.extend_from_slice(crate::transport::bootstrap::agent_blob()));
         }
-        let deadline = now + Duration::from_secs(spec.connect_timeout_secs());
+        let mut wait = Duration::from_secs(spec.connect_timeout_secs());
+        if parent.is_some() {
+            wait = wait * 2 + SPAWN_GRACE; // the stream's own start, then the escalation
+        }
+        let ctx = match parent {
+            Some(p) => {
+                self.evict_idle_context(p);
+                let r = &mut self.targets[p];
+                r.next_ctx = r.next_ctx.wrapping_add(1).max(proto::CTX_AGENT + 1);
+                r.next_ctx
+            }
+            None => proto::CTX_AGENT,
+        };
         let t = self.targets.insert(Target {
             label: spec.label(),
             spec,
             key: key.clone(),
-            phase: Phase::Connecting { deadline },
+            phase: Phase::Connecting {
+                deadline: now + wait,
+            },
             decoder: Decoder::default(),
             out,
             hello: None,
@@ -311,12 +406,76 @@ impl Router {
             puts: VecDeque::new(),
             sent_blobs: HashSet::new(),
             counters: TargetCounters::default(),
+            parent,
+            ctx,
+            children: HashMap::new(),
+            next_ctx: proto::CTX_AGENT,
+            last_used: now,
         });
-        self.by_key.insert(key, t);
+        self.by_key.insert(key.clone(), t);
         self.counters.connects += 1;
         tracing::debug!(target_id = t, host = %self.targets[t].label, "opening stream");
-        self.actions.push_back(Action::Spawn(t));
+        match parent {
+            None => self.actions.push_back(Action::Spawn(t)),
+            Some(p) => {
+                self.targets[p].children.insert(ctx, t);
+                let secs = self.targets[t].spec.connect_timeout_secs();
+                let b = self.targets[t].spec.escalate.clone().unwrap_or_default();
+                let payload = json!({"op": "spawn_context", "ctx": ctx, "cmd": b.cmd,
+                    "success": b.success, "password": b.password, "prompt": b.prompt,
+                    "timeout": secs});
+                self.internal_call(p, payload, Op::Spawn { child: t, key });
+            }
+        }
         t
+    }
+
+    /// Queues a CALL of the daemon's own (no client waits for its reply).
+    fn internal_call(&mut self, t: TargetId, payload: serde_json::Value, op: Op) {
+        let x = &mut self.targets[t];
+        let handle = x.next_handle;
+        x.next_handle = x.next_handle.wrapping_add(1).max(1);
+        let body = serde_json::to_vec(&payload).unwrap_or_default();
+        let h = header(Kind::Call, 0, handle, x.ctx);
+        x.out.with_bytes(|b| encode_frame(b, &h, &body));
+        x.counters.frames_out += 1;
+        self.counters.frames_out += 1;
+        let call = Call {
+            client: None,
+            id: 0,
+            op,
+            reply: Vec::new(),
+            overflow: false,
+            local_error: None,
+            deadline: None,
+        };
+        x.calls.insert(handle, call);
+        self.touched.push(t);
+    }
+
+    /// Keeps at most `max_interpreters` become contexts on stream `p`: closes the least
+    /// recently used one that has no call in flight (a busy one is never closed).
+    fn evict_idle_context(&mut self, p: TargetId) {
+        let children: Vec<TargetId> = self.targets[p].children.values().copied().collect();
+        if children.len() < self.max_interpreters.max(1) {
+            return;
+        }
+        let victim = children
+            .into_iter()
+            .filter_map(|c| self.targets.get(c).map(|x| (c, x)))
+            .filter(|(_, x)| x.calls.is_empty() && x.phase == Phase::Ready)
+            .min_by_key(|(_, x)| x.last_used)
+            .map(|(c, _)| c);
+        if let Some(c) = victim {
+            tracing::debug!(host = %self.targets[c].label, "closing the least recently used become context");
+            self.counters.recycled += 1;
+            self.close_target(
+                c,
+                "recycled",
+                "closed to stay within the interpreter limit",
+                false,
+            );
+        }
     }
 
     fn start_call(&mut self, t: TargetId, client: ClientId, req: Request, now: Instant) {
@@ -326,7 +485,8 @@ impl Router {
             let m = format!("{MAX_INFLIGHT} calls already in flight to this target");
             return self.reply_err(client, id, "busy", &label, &m);
         }
-        if self.targets[t].out.len() > MAX_OUTBOUND {
+        self.targets[t].last_used = now;
+        if self.queued(t) > MAX_OUTBOUND {
             let m = format!(
                 "the target is not reading: over {} MiB already queued to it",
                 MAX_OUTBOUND >> 20
@@ -474,8 +634,8 @@ impl Router {
             } else {
                 0
             };
-            x.out
-                .with_bytes(|b| encode_frame(b, &header(Kind::Call, fl, handle), part));
+            let h = header(Kind::Call, fl, handle, x.ctx);
+            x.out.with_bytes(|b| encode_frame(b, &h, part));
             frames += 1;
         }
         self.counters.frames_out += frames;
@@ -503,10 +663,16 @@ impl Router {
     /// Queues file data of active puts (as file ranges, not bytes) while the outbound queue is
     /// below LOW_WATER.
     fn refill(&mut self, t: TargetId) {
+        let base = self.queued(t) - self.targets.get(t).map_or(0, |x| x.out.len());
+        self.refill_below(t, base);
+        self.pump(t);
+    }
+
+    fn refill_below(&mut self, t: TargetId, base: usize) {
         let Some(x) = self.targets.get_mut(t) else {
             return;
         };
-        while x.out.len() < LOW_WATER {
+        while base + x.out.len() < LOW_WATER {
             let Some(&handle) = x.puts.front() else {
                 return;
             };
@@ -527,7 +693,7 @@ impl Router {
             *remaining -= n as u64;
             let done = *remaining == 0;
             let fl = if done { flags::EOF } else { 0 };
-            let h = header(Kind::Data, fl, handle);
+            let h = header(Kind::Data, fl, handle, x.ctx);
             x.out.with_bytes(|b| {
                 let at = b.len();
                 encode_frame(b, &h, &[]);
@@ -548,7 +714,8 @@ impl Router {
         }
     }
 
-    /// Handles bytes read from a target's stdout.
+    /// Handles bytes read from a target's stdout. Frames from a become context (`src` > 1)
+    /// are handled as that context's after the stream's own.
     pub fn target_bytes(&mut self, t: TargetId, bytes: &[u8], _now: Instant) {
         let Some(x) = self.targets.get_mut(t) else {
             return;
@@ -558,11 +725,14 @@ impl Router {
         }
         self.counters.bytes_in += bytes.len() as u64;
         x.counters.bytes_in += bytes.len() as u64;
-        x.decoder.push(bytes);
+        // The decoder is moved out while frames borrow from it and the target is updated.
+        let mut decoder = std::mem::take(&mut x.decoder);
+        decoder.push(bytes);
         let mut done: Vec<(u32, u8, Vec<u8>)> = Vec::new();
+        let mut nested: Vec<(TargetId, FrameHeader, Vec<u8>)> = Vec::new();
         let mut fatal: Option<(String, String)> = None;
         loop {
-            let (h, payload) = match x.decoder.next_frame() {
+            let (h, payload) = match decoder.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
@@ -572,61 +742,55 @@ impl Router {
                 }
             };
             self.counters.frames_in += 1;
+            if h.src > proto::CTX_AGENT {
+                match x.children.get(&h.src) {
+                    Some(&c) => nested.push((c, h, payload.to_vec())),
+                    None => {
+                        tracing::debug!(host = %x.label, ctx = h.src, "frame from a closed context")
+                    }
+                }
+                continue;
+            }
             x.counters.frames_in += 1;
-            match h.kind {
-                Kind::Hello => match parse_hello(payload) {
-                    Ok(()) => {
-                        x.hello = Some(payload.to_vec());
-                        x.phase = Phase::Ready;
-                        tracing::debug!(host = %x.label, hello = %String::from_utf8_lossy(payload), "agent up");
-                    }
-                    Err(m) => {
-                        fatal = Some(("protocol".into(), m));
-                        break;
-                    }
-                },
-                Kind::Reply => {
-                    let Some(c) = x.calls.get_mut(&h.reply_to) else {
-                        tracing::debug!(host = %x.label, reply_to = h.reply_to, "reply for no call (timed out?)");
-                        continue;
-                    };
-                    if c.reply.len() + payload.len() > api::MAX_MESSAGE {
-                        c.overflow = true;
-                        c.reply = Vec::new();
-                    } else if !c.overflow {
-                        c.reply.extend_from_slice(payload);
-                    }
-                    if h.flags & flags::MORE == 0 {
-                        let body = std::mem::take(&mut c.reply);
-                        done.push((h.reply_to, h.flags, body));
-                    }
-                }
-                Kind::Data => {
-                    let Some(c) = x.calls.get_mut(&h.handle) else {
-                        continue;
-                    };
-                    if let Op::Fetch { file, received, .. } = &mut c.op {
-                        *received += payload.len() as u64;
-                        if let Some(f) = file {
-                            if let Err(e) = f.write_all(payload) {
-                                c.local_error =
-                                    Some(format!("writing the destination failed: {e}"));
-                                *file = None;
-                            }
-                        }
-                    }
-                }
-                Kind::Log => log_record(&x.label, payload),
-                Kind::Call => {
-                    tracing::warn!(host = %x.label, "agent sent a CALL frame; ignored");
-                }
+            if let Err(f) = on_frame(x, &h, payload, &mut done) {
+                fatal = Some(f);
+                break;
             }
         }
+        x.decoder = decoder;
         for (handle, fl, body) in done {
             self.complete(t, handle, fl, body);
         }
         if let Some((kind, m)) = fatal {
             self.fail_target(t, &kind, &m);
+        }
+        for (c, h, payload) in nested {
+            self.context_frame(c, &h, &payload);
+        }
+    }
+
+    /// One frame relayed from become context `c`.
+    fn context_frame(&mut self, c: TargetId, h: &FrameHeader, payload: &[u8]) {
+        let Some(x) = self.targets.get_mut(c) else {
+            return;
+        };
+        if x.phase == Phase::Dead {
+            return;
+        }
+        x.counters.frames_in += 1;
+        x.counters.bytes_in += (proto::HEADER_LEN + payload.len()) as u64;
+        let was_ready = x.phase == Phase::Ready;
+        let mut done = Vec::new();
+        let res = on_frame(x, h, payload, &mut done);
+        let now_ready = x.phase == Phase::Ready;
+        for (handle, fl, body) in done {
+            self.complete(c, handle, fl, body);
+        }
+        match res {
+            Err((kind, m)) => self.fail_target(c, &kind, &m),
+            // Calls queued while it started were held back: it exists on the target now.
+            Ok(()) if now_ready && !was_ready => self.pump(c),
+            Ok(()) => {}
         }
     }
 
@@ -635,6 +799,23 @@ impl Router {
         let Some(c) = x.calls.remove(&handle) else {
             return;
         };
+        match &c.op {
+            Op::Spawn { child, key } => {
+                let alive = self
+                    .targets
+                    .get(*child)
+                    .is_some_and(|x| &x.key == key && x.phase != Phase::Dead);
+                if fl & flags::ERROR != 0 && alive {
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let kind = v["error"].as_str().unwrap_or("unknown");
+                    let text = v["message"].as_str().unwrap_or("");
+                    self.fail_target(*child, "become_failed", &format!("{kind}: {text}"));
+                }
+                return;
+            }
+            Op::CloseContext => return,
+            _ => {}
+        }
         let label = x.label.clone();
         let hello = x.hello.clone();
         let msg = if let Some(m) = c.local_error {
@@ -666,6 +847,7 @@ impl Router {
                     api::ok_value(c.id, &v)
                 }
                 Op::Exec | Op::Call | Op::Put { .. } => api::ok_raw(c.id, &body),
+                Op::Spawn { .. } | Op::CloseContext => return,
                 Op::Fetch {
                     file,
                     tmp,
@@ -723,18 +905,28 @@ impl Router {
 
     /// Fails every call of a target and schedules its process to be killed.
     fn fail_target(&mut self, t: TargetId, kind: &str, message: &str) {
+        self.close_target(t, kind, message, true);
+    }
+
+    /// Ends a stream or become context: its calls (and its contexts' calls) fail with `kind`;
+    /// a context is closed on its stream's agent. `warn` logs it as a failure.
+    fn close_target(&mut self, t: TargetId, kind: &str, message: &str, warn: bool) {
         let Some(x) = self.targets.get_mut(t) else {
             return;
         };
         if x.phase == Phase::Dead {
             return;
         }
-        tracing::warn!(host = %x.label, kind, message, "target failed");
+        if warn {
+            tracing::warn!(host = %x.label, kind, message, "target failed");
+            self.counters.failures += 1;
+        }
         x.phase = Phase::Dead;
-        self.counters.failures += 1;
         if self.by_key.get(&x.key) == Some(&t) {
             self.by_key.remove(&x.key);
         }
+        let children: Vec<TargetId> = x.children.drain().map(|(_, c)| c).collect();
+        let (parent, ctx) = (x.parent, x.ctx);
         let label = x.label.clone();
         let calls: Vec<Call> = x.calls.drain().map(|(_, c)| c).collect();
         x.puts.clear();
@@ -748,7 +940,18 @@ impl Router {
                 self.actions.push_back(Action::Reply(client, msg));
             }
         }
+        // A context has no process of its own: the I/O layer only releases it.
         self.actions.push_back(Action::Kill(t));
+        for c in children {
+            self.close_target(c, kind, message, false);
+        }
+        if let Some(p) = parent {
+            if self.targets.get(p).is_some_and(|r| r.phase != Phase::Dead) {
+                self.targets[p].children.remove(&ctx);
+                let payload = json!({"op": "close_context", "ctx": ctx});
+                self.internal_call(p, payload, Op::CloseContext);
+            }
+        }
     }
 
     /// Forgets a dead target after the I/O layer has released its process.
@@ -787,8 +990,8 @@ impl Router {
             };
             if matches!(c.op, Op::Put { .. }) {
                 x.puts.retain(|p| *p != h);
-                x.out
-                    .with_bytes(|b| encode_frame(b, &header(Kind::Data, flags::ABORT, h), &[]));
+                let hd = header(Kind::Data, flags::ABORT, h, x.ctx);
+                x.out.with_bytes(|b| encode_frame(b, &hd, &[]));
                 self.touched.push(t);
             }
             if let Op::Fetch { tmp, .. } = &c.op {
@@ -817,6 +1020,65 @@ impl Router {
         self.actions
             .push_back(Action::Reply(client, api::error(id, kind, host, m)));
     }
+}
+
+/// One frame for target (or become context) `x`. Completed replies go to `done`; an error
+/// means the stream cannot continue.
+fn on_frame(
+    x: &mut Target,
+    h: &FrameHeader,
+    payload: &[u8],
+    done: &mut Vec<(u32, u8, Vec<u8>)>,
+) -> Result<(), (String, String)> {
+    match h.kind {
+        Kind::Hello => {
+            parse_hello(payload).map_err(|m| ("protocol".to_string(), m))?;
+            x.hello = Some(payload.to_vec());
+            x.phase = Phase::Ready;
+            tracing::debug!(host = %x.label, hello = %String::from_utf8_lossy(payload), "agent up");
+        }
+        // A become context ended; its stream's agent says so in its name.
+        Kind::Reply if h.reply_to == 0 && h.flags & flags::EOF != 0 && x.parent.is_some() => {
+            let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+            let m = v["message"].as_str().unwrap_or("become context ended");
+            return Err(("connection_lost".into(), m.to_string()));
+        }
+        Kind::Reply => {
+            let Some(c) = x.calls.get_mut(&h.reply_to) else {
+                tracing::debug!(host = %x.label, reply_to = h.reply_to, "reply for no call (timed out?)");
+                return Ok(());
+            };
+            if c.reply.len() + payload.len() > api::MAX_MESSAGE {
+                c.overflow = true;
+                c.reply = Vec::new();
+            } else if !c.overflow {
+                c.reply.extend_from_slice(payload);
+            }
+            if h.flags & flags::MORE == 0 {
+                let body = std::mem::take(&mut c.reply);
+                done.push((h.reply_to, h.flags, body));
+            }
+        }
+        Kind::Data => {
+            let Some(c) = x.calls.get_mut(&h.handle) else {
+                return Ok(());
+            };
+            if let Op::Fetch { file, received, .. } = &mut c.op {
+                *received += payload.len() as u64;
+                if let Some(f) = file {
+                    if let Err(e) = f.write_all(payload) {
+                        c.local_error = Some(format!("writing the destination failed: {e}"));
+                        *file = None;
+                    }
+                }
+            }
+        }
+        Kind::Log => log_record(&x.label, payload),
+        Kind::Call => {
+            tracing::warn!(host = %x.label, "agent sent a CALL frame; ignored");
+        }
+    }
+    Ok(())
 }
 
 fn suffix(last: &str) -> String {

@@ -83,6 +83,13 @@ impl Outbound {
         }
     }
 
+    /// Moves everything queued in `other` to the end of this queue (a become context's
+    /// frames joining its stream's).
+    pub fn append(&mut self, other: &mut Outbound) {
+        self.queued += std::mem::take(&mut other.queued);
+        self.chunks.append(&mut other.chunks);
+    }
+
     /// Bytes queued.
     pub fn len(&self) -> usize {
         self.queued

@@ -106,7 +106,7 @@ class TargetSpec:
     """
 
     host: Optional[str] = None
-    transport: Optional[str] = None  # "ssh" (daemon default) or "local"
+    transport: Optional[str] = None  # "ssh" (daemon default), "local", "docker", "podman"
     port: Optional[int] = None
     user: Optional[str] = None
     identity_file: Optional[str] = None
@@ -117,13 +117,18 @@ class TargetSpec:
     password: Optional[str] = field(default=None, repr=False)
     python: Optional[str] = None
     connect_timeout: Optional[int] = None
+    executable: Optional[str] = None  # docker/podman: the engine's client binary
+    extra_args: Optional[str] = None  # docker/podman: arguments before "exec"
     name: Optional[str] = None
+    #: A become context (docs/api.md): method, user, flags, password, cmd, success, prompt.
+    become: Optional[Dict[str, Any]] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.transport not in (None, "ssh", "local"):
-            raise ValueError("transport must be 'ssh' or 'local', not %r" % (self.transport,))
+        if self.transport not in (None, "ssh", "local", "docker", "podman"):
+            raise ValueError("transport must be 'ssh', 'local', 'docker' or 'podman', not %r"
+                             % (self.transport,))
         if self.transport != "local" and not self.host:
-            raise ValueError("an ssh target needs a host")
+            raise ValueError("an %s target needs a host" % (self.transport or "ssh"))
 
     @classmethod
     def local(cls, name: Optional[str] = None, python: Optional[str] = None) -> "TargetSpec":

@@ -1,16 +1,19 @@
 """spindle target-side agent: speaks the framed protocol of docs/protocol.md on its stdin/stdout.
 
 It is exec()'d from RAM by stage 1 (nothing is written on the target), answers CALLs
-(ping, exec, put_file, fetch_file, run_module, blob_list, shutdown, log_level) and exits when its input closes,
+(ping, exec, put_file, fetch_file, run_module, blob_list, spawn_context, close_context,
+shutdown, log_level) and exits when its input closes,
 killing the process groups of the commands it still runs. Standard library only,
 Python 3.8 and later.
 """
 import sys
 
+# Stage 1 leaves the compressed agent in the global `b`: kept to start nested agents.
+_BOOT_BLOB = globals().get("b") if isinstance(globals().get("b"), bytes) else None
 sys.dont_write_bytecode = True
 
 import base64, grp, hashlib, json, logging, os, platform, pwd, signal, socket  # noqa: E401
-import stat, struct, subprocess, tempfile, threading, traceback, types  # noqa: E401
+import stat, struct, subprocess, tempfile, threading, time, traceback, types  # noqa: E401
 
 PROTO = 1
 MAGIC = b"SP"
@@ -80,11 +83,11 @@ class Channel(object):
         return out
 
     def read_frame(self):
-        """Return (kind, flags, handle, reply_to, payload), or None at end of input."""
+        """Return (kind, flags, handle, reply_to, payload, dst), or None at end of input."""
         head = self._read_exact(HEADER.size)
         if head is None:
             return None
-        magic, kind, flags, length, _dst, _src, handle, reply_to = HEADER.unpack(bytes(head))
+        magic, kind, flags, length, dst, _src, handle, reply_to = HEADER.unpack(bytes(head))
         if magic != MAGIC:
             raise FrameError("bad magic %r" % (magic,))
         if kind not in (HELLO, CALL, REPLY, DATA, LOG):
@@ -94,10 +97,11 @@ class Channel(object):
         payload = self._read_exact(length) if length else bytearray()
         if payload is None:
             return None  # truncated frame: the connection closed
-        return kind, flags, handle, reply_to, payload
+        return kind, flags, handle, reply_to, payload, dst
 
-    def send(self, kind, flags, handle, reply_to, payload=b""):
-        head = HEADER.pack(MAGIC, kind, flags, len(payload), CONTROLLER, SELF, handle, reply_to)
+    def send(self, kind, flags, handle, reply_to, payload=b"", src=SELF):
+        """Write one frame to the controller; `src` names a nested context when relaying."""
+        head = HEADER.pack(MAGIC, kind, flags, len(payload), CONTROLLER, src, handle, reply_to)
         try:
             with self.lock:
                 if len(payload) <= 65536:
@@ -358,6 +362,254 @@ class Put(object):
 # Code blobs (module and module_utils sources) by sha256 hex, kept for the agent's life.
 BLOBS = {}
 
+# ---- nested contexts (become) ------------------------------------------------------------
+# A context is a second agent started through a privilege-escalation command (sudo, su, doas,
+# ... as Ansible's become plugin built it on the controller). Its frames travel over this
+# agent's stream: the controller addresses it by `dst`, and this agent relays its output with
+# `src` set to the context id. Passwords are typed here, on the stdin pipe when the prompt
+# came on stderr (sudo -S) or on the child's controlling pty when it came there (su, doas).
+
+CONTEXTS = {}
+CONTEXTS_LOCK = threading.Lock()
+BOOT_PLACEHOLDER = "__SPINDLE_BOOT__"
+# Stage 1 for a nested agent: no quote, dollar, backquote or backslash, so it survives any
+# depth of the become plugins' shell quoting; `b` stays a global for the next level.
+CHILD_STAGE1 = ("import os,zlib\nn=%d;b=bytes()\nwhile len(b)<n:\n c=os.read(0,n-len(b))\n"
+                " if not c:raise SystemExit(1)\n b+=c\nexec(zlib.decompress(b))\n")
+SAFE_PATH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./+-")
+TAIL = 4096
+
+
+def _tail(data):
+    return data[-TAIL:].decode("utf-8", "replace")
+
+
+class Context(object):
+    """A running nested agent: its stdin (frames in) and a relay thread for its output."""
+
+    def __init__(self, ctx, pid, wfd, rfd, efd, ptys, pending):
+        self.ctx, self.pid, self.wfd = ctx, pid, wfd
+        self.master, self.ptys = ptys[0], ptys  # (master, slave): kept open while it runs
+        self.lock = threading.Lock()
+        self.closed = False
+        self.stderr = bytearray()
+        self.reader = Channel(rfd, -1)
+        self.reader.buf += pending  # bytes read after the success marker: its first frames
+        self.efd = efd
+
+    def start(self, chan):
+        self.drainer = threading.Thread(target=self._drain, name="context-%d-err" % self.ctx)
+        relay = threading.Thread(target=self._relay, args=(chan,), name="context-%d" % self.ctx)
+        for t in (self.drainer, relay):
+            t.daemon = True
+            t.start()
+
+    def forward(self, kind, flags, handle, reply_to, payload):
+        head = HEADER.pack(MAGIC, kind, flags, len(payload), SELF, CONTROLLER, handle, reply_to)
+        with self.lock:
+            if self.closed:
+                return
+            try:
+                write_all(self.wfd, head)
+                write_all(self.wfd, payload)
+            except OSError as exc:
+                log.warning("context %d: write failed: %s", self.ctx, exc)
+
+    def close(self):
+        """Close its input: the nested agent exits (it may run as another user: no kill)."""
+        with self.lock:
+            if not self.closed:
+                self.closed = True
+                try:
+                    os.close(self.wfd)
+                except OSError:
+                    pass
+
+    def _drain(self):
+        # Its stderr (and anything written on its pty) is copied to ours, tail kept; ends
+        # when its stderr closes (the pty stays open: we hold the slave).
+        import select
+        fds = [self.efd, self.master]
+        while self.efd in fds:
+            try:
+                ready, _, _ = select.select(fds, [], [])
+            except (OSError, ValueError):
+                return
+            for fd in ready:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    fds.remove(fd)
+                    continue
+                self.stderr += data
+                del self.stderr[:-TAIL]
+                if fd == self.efd:
+                    try:
+                        os.write(2, data)
+                    except OSError:
+                        pass
+
+    def _relay(self, chan):
+        reason = "nested agent ended"
+        try:
+            while True:
+                frame = self.reader.read_frame()
+                if frame is None:
+                    break
+                kind, flags, handle, reply_to, payload, _dst = frame
+                chan.send(kind, flags, handle, reply_to, payload, src=self.ctx)
+        except (FrameError, OSError) as exc:
+            reason = "nested agent stream broken: %s" % exc
+        self.close()
+        with CONTEXTS_LOCK:
+            CONTEXTS.pop(self.ctx, None)
+        try:
+            os.waitpid(self.pid, 0)
+        except OSError:
+            pass
+        self.drainer.join(5)
+        for fd in (self.reader.rfd, self.efd) + self.ptys:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        text = _tail(bytes(self.stderr)).strip()
+        msg = {"error": "connection_lost", "message": reason + (": " + text if text else "")}
+        chan.send(REPLY, ERROR | EOF, 0, 0, dumps(msg), src=self.ctx)
+
+
+def _spawn_child(cmd):
+    """Fork `/bin/sh -c cmd` in a new session whose controlling terminal is a fresh pty."""
+    import fcntl, pty, termios  # noqa: E401
+    master, slave = pty.openpty()
+    attrs = termios.tcgetattr(slave)
+    attrs[3] &= ~termios.ECHO  # a password typed on the pty is never echoed back
+    termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: only async-signal-safe-ish calls until exec
+        try:
+            os.setsid()
+            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+            os.dup2(in_r, 0)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            os.closerange(3, 65536)
+            os.execv("/bin/sh", ["/bin/sh", "-c", cmd])
+        finally:
+            os._exit(127)
+    for fd in (in_r, out_w, err_w):
+        os.close(fd)
+    # The slave stays open here too: when its last descriptor closes, the master sees EIO
+    # and closing the master would hang up (SIGHUP) the child's session.
+    return pid, in_w, out_r, err_r, (master, slave)
+
+
+def op_spawn_context(chan, call_id, call):
+    """Start a nested agent through a become command; reply once it runs (or why not)."""
+    import re, select  # noqa: E401
+    ctx, cmd, success = call.get("ctx"), call.get("cmd"), call.get("success")
+    password, prompt = call.get("password"), call.get("prompt")
+    timeout = call.get("timeout", 30)
+    if not (isinstance(ctx, int) and ctx > SELF and isinstance(cmd, str)
+            and BOOT_PLACEHOLDER in cmd and isinstance(success, str) and success
+            and isinstance(timeout, (int, float))):
+        raise AgentError("bad_request", "spawn_context needs ctx > 1, cmd with %s, success"
+                         % BOOT_PLACEHOLDER)
+    if password is not None and not isinstance(password, str):
+        raise AgentError("bad_request", "password must be a string")
+    try:
+        prompt_re = re.compile(prompt) if prompt else None
+    except (re.error, TypeError) as exc:
+        raise AgentError("bad_request", "bad prompt pattern: %s" % exc)
+    if _BOOT_BLOB is None:
+        raise AgentError("internal", "this agent does not hold its own code (not started by stage 1)")
+    if not sys.executable or not set(sys.executable) <= SAFE_PATH:
+        raise AgentError("internal", "interpreter path %r cannot be quoted safely" % sys.executable)
+    with CONTEXTS_LOCK:
+        if ctx in CONTEXTS:
+            raise AgentError("bad_request", "context %d already exists" % ctx)
+    # Our interpreter if the become user may run it (a per-user install may be private),
+    # else the first python3 on that user's PATH.
+    stage1 = CHILD_STAGE1 % len(_BOOT_BLOB)
+    boot = 'if [ -x %s ]; then exec %s -c "%s"; fi; exec python3 -c "%s"' % (
+        sys.executable, sys.executable, stage1, stage1)
+    pid, wfd, rfd, efd, ptys = _spawn_child(cmd.replace(BOOT_PLACEHOLDER, boot))
+    master = ptys[0]
+    out, err, tty = bytearray(), bytearray(), bytearray()
+    marker = success.encode("utf-8")
+    answered, reason = False, None
+    deadline = time.monotonic() + timeout
+    open_fds = [rfd, efd, master]
+    while reason is None:
+        at = out.find(marker)
+        if at >= 0 and out.find(b"\n", at) >= 0:
+            break
+        left = deadline - time.monotonic()
+        if left <= 0:
+            reason = "timeout"
+            break
+        if not open_fds or rfd not in open_fds:
+            reason = "exited"
+            break
+        ready, _, _ = select.select(open_fds, [], [], left)
+        for fd in ready:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                data = b""
+            if not data:
+                open_fds.remove(fd)
+                continue
+            buf = out if fd == rfd else err if fd == efd else tty
+            buf += data
+            if fd == rfd or prompt_re is None:
+                continue
+            if not prompt_re.search(buf.decode("utf-8", "replace")):
+                continue
+            if password is None:
+                reason = "missing_password"
+            elif answered:
+                reason = "incorrect_password"
+            else:
+                answered = True
+                try:
+                    write_all(wfd if fd == efd else master, password.encode("utf-8") + b"\n")
+                except OSError:
+                    pass
+                del buf[:]
+    if reason is not None:
+        for fd in (wfd, rfd, efd) + ptys:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:  # it may run as another user: closing its pipes and pty ends it (SIGHUP)
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+        text = (_tail(bytes(err)) + _tail(bytes(tty))).strip()
+        raise AgentError(reason, text or "(no output)")
+    end = out.find(b"\n", out.find(marker)) + 1
+    try:
+        write_all(wfd, _BOOT_BLOB)
+    except OSError as exc:
+        raise AgentError("exited", "nested agent did not read its code: %s" % exc)
+    context = Context(ctx, pid, wfd, rfd, efd, ptys, bytes(out[end:]))
+    with CONTEXTS_LOCK:
+        CONTEXTS[ctx] = context
+    context.start(chan)
+    return {"ctx": ctx, "pid": pid}
+
+
 # ---- modules in the agent (src/agent/modrun.py, embedded by the controller as base64) ---
 _MODRUN = []
 MODULE_LOCK = threading.Lock()  # one in-process module run at a time (they share the process)
@@ -402,7 +654,7 @@ def _after_fork_in_child():
     logging.getLogger().handlers = []
 
 THREADED = {"ping": op_ping, "exec": op_exec, "fetch_file": op_fetch_file,
-            "run_module": op_run_module}
+            "run_module": op_run_module, "spawn_context": op_spawn_context}
 
 
 def run_call(chan, call_id, fn, call):
@@ -472,6 +724,11 @@ class Agent(object):
             self.chan.reply(call_id, {})
         elif op == "blob_list":
             self.chan.reply(call_id, {"hashes": sorted(BLOBS)})
+        elif op == "close_context":
+            ctx = CONTEXTS.get(call.get("ctx"))
+            if ctx is not None:
+                ctx.close()
+            self.chan.reply(call_id, {"closed": ctx is not None})
         elif op == "shutdown":
             log.info("shutdown requested")
             self.chan.reply(call_id, {})
@@ -510,7 +767,14 @@ class Agent(object):
             if frame is None:
                 log.debug("input closed, exiting")
                 die(0)
-            kind, flags, handle, _reply_to, payload = frame
+            kind, flags, handle, reply_to, payload, dst = frame
+            if dst not in (SELF, CONTROLLER):  # for a nested context (become): relay it
+                ctx = CONTEXTS.get(dst)
+                if ctx is None:
+                    log.debug("frame for context %d, which is gone: dropped", dst)
+                else:
+                    ctx.forward(kind, flags, handle, reply_to, payload)
+                continue
             try:
                 if kind == CALL:
                     self.on_call(handle, payload, flags)

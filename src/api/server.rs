@@ -59,6 +59,8 @@ pub struct ServeOptions {
     pub io: IoBackend,
     /// Move `put` payload with splice(2); false forces read/write (for comparison runs).
     pub splice: bool,
+    /// Become contexts kept per target (see [`crate::router::DEFAULT_MAX_INTERPRETERS`]).
+    pub max_interpreters: usize,
 }
 
 struct Client {
@@ -126,6 +128,7 @@ impl Server {
         let mut router = Router::new();
         router.backend = backend.name();
         router.splice = opts.splice;
+        router.max_interpreters = opts.max_interpreters;
         Ok(Server {
             backend,
             listener,

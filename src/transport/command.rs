@@ -70,6 +70,38 @@ pub fn command(spec: &Spec, askpass: Option<&std::path::Path>) -> Result<Launch,
             argv: vec!["/bin/sh".into(), "-c".into(), stage0],
             env: Vec::new(),
         }),
+        TransportKind::Docker | TransportKind::Podman => {
+            let engine = if spec.transport == TransportKind::Docker {
+                "docker"
+            } else {
+                "podman"
+            };
+            let bad = |reason: String| CommandError::BadSpec {
+                host: spec.label(),
+                reason,
+            };
+            let container = spec.host.as_deref().unwrap_or_default();
+            if container.is_empty()
+                || container.starts_with('-')
+                || container.chars().any(char::is_whitespace)
+            {
+                return Err(bad(format!("invalid container name {container:?}")));
+            }
+            let mut argv = vec![spec.executable.clone().unwrap_or_else(|| engine.into())];
+            argv.extend(words(spec, "extra_args", &spec.extra_args)?);
+            argv.extend(["exec".into(), "-i".into()]);
+            if let Some(u) = &spec.user {
+                if u.is_empty() || u.starts_with('-') {
+                    return Err(bad(format!("invalid user name {u:?}")));
+                }
+                argv.extend(["-u".into(), u.clone()]);
+            }
+            argv.extend([container.into(), "/bin/sh".into(), "-c".into(), stage0]);
+            Ok(Launch {
+                argv,
+                env: Vec::new(),
+            })
+        }
         TransportKind::Ssh => {
             let bad = |reason: &str| CommandError::BadSpec {
                 host: spec.label(),
@@ -186,9 +218,64 @@ mod tests {
                 host: None,
                 ..Default::default()
             },
+            Spec {
+                transport: TransportKind::Docker,
+                host: Some("--privileged".into()),
+                ..Default::default()
+            },
+            Spec {
+                transport: TransportKind::Podman,
+                host: Some("c1".into()),
+                user: Some("-u0".into()),
+                ..Default::default()
+            },
+            Spec {
+                transport: TransportKind::Docker,
+                host: None,
+                ..Default::default()
+            },
         ] {
             assert!(command(&spec, None).is_err(), "{spec:?}");
         }
+    }
+
+    #[test]
+    fn container_exec_argv() {
+        let spec = Spec {
+            transport: TransportKind::Docker,
+            host: Some("web-1".into()),
+            user: Some("app".into()),
+            extra_args: Some("--context 'prod east'".into()),
+            ..Default::default()
+        };
+        let argv = command(&spec, None).unwrap().argv;
+        assert_eq!(
+            argv[..9],
+            [
+                "docker",
+                "--context",
+                "prod east",
+                "exec",
+                "-i",
+                "-u",
+                "app",
+                "web-1",
+                "/bin/sh"
+            ]
+        );
+        assert_eq!(argv[9], "-c");
+        assert!(argv[10].contains("python3"), "{}", argv[10]);
+        let spec = Spec {
+            transport: TransportKind::Podman,
+            host: Some("db".into()),
+            executable: Some("/usr/local/bin/podman".into()),
+            ..Default::default()
+        };
+        let argv = command(&spec, None).unwrap().argv;
+        assert_eq!(
+            argv[..5],
+            ["/usr/local/bin/podman", "exec", "-i", "db", "/bin/sh"]
+        );
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub enum TransportKind {
     /// The agent protocol on a Unix socket at `host` (no bootstrap; used by the scale-test
     /// fleet simulator, which answers as thousands of agents).
     Unix,
+    /// `docker exec -i` into the running container named by `host`.
+    Docker,
+    /// `podman exec -i` into the running container named by `host`.
+    Podman,
 }
 
 /// A connection spec: everything that identifies one target stream. See `docs/api.md`.
@@ -65,26 +69,108 @@ pub struct Spec {
     /// Seconds from spawn to HELLO (default 30).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<u64>,
+    /// Container transports: the engine's client binary (default `docker` / `podman`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
+    /// Container transports: arguments before `exec` (shell word rules), like Ansible's
+    /// `docker_extra_args` / `podman_extra_args`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_args: Option<String>,
     /// Label used in errors and reports (Ansible's inventory_hostname).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Privilege escalation: the stream is a nested agent started by the agent of this spec
+    /// without `become` (see [`Become`]).
+    #[serde(default, rename = "become", skip_serializing_if = "Option::is_none")]
+    pub escalate: Option<Become>,
+}
+
+/// Placeholder in [`Become::cmd`] that the target's agent replaces with the command starting
+/// the nested agent (its interpreter and stage 1).
+pub const BOOT_PLACEHOLDER: &str = "__SPINDLE_BOOT__";
+
+/// A become (sudo, su, doas, ...) context: a second agent on the target, started through the
+/// command Ansible's become plugin built, reused for every task with the same method, user,
+/// flags and password. See `docs/protocol.md` (nested contexts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Become {
+    /// Method name (`sudo`, `su`, ...).
+    pub method: String,
+    /// User to become.
+    #[serde(default)]
+    pub user: String,
+    /// Everything else that changes what the command does (executable, flags), as one string.
+    #[serde(default)]
+    pub flags: String,
+    /// Password typed when the prompt appears (never logged; hashed in the stream key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// The shell command, containing [`BOOT_PLACEHOLDER`]. Not part of the stream identity.
+    pub cmd: String,
+    /// Marker the command prints on stdout once escalation succeeded. Not part of the identity.
+    pub success: String,
+    /// Regular expression (Python `re`) matching the password prompt. Not part of the identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+}
+
+impl Become {
+    /// Checks what the agent cannot recover from.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.cmd.contains(BOOT_PLACEHOLDER) {
+            return Err(format!("become.cmd must contain {BOOT_PLACEHOLDER}"));
+        }
+        if self.success.trim().is_empty() || self.success.contains('\n') {
+            return Err("become.success must be a non-empty single line".into());
+        }
+        if self.method.is_empty() {
+            return Err("become.method must be set".into());
+        }
+        Ok(())
+    }
 }
 
 impl Spec {
     /// The stream identity: every field but `connect_timeout`. (`name` is part of it: two
     /// inventory hosts are two connections, as in Ansible.)
+    /// A become context's identity leaves out its per-task command text and hashes the
+    /// password.
     pub fn key(&self) -> String {
+        use sha2::Digest as _;
         let mut k = self.clone();
         k.connect_timeout = None;
+        if let Some(b) = &mut k.escalate {
+            b.cmd.clear();
+            b.success.clear();
+            b.prompt = None;
+            b.password = b.password.as_ref().map(|p| {
+                let d = sha2::Sha256::digest(p.as_bytes());
+                d.iter().map(|x| format!("{x:02x}")).collect()
+            });
+        }
         serde_json::to_string(&k).unwrap_or_default()
     }
 
-    /// The label for messages.
+    /// The spec of the stream that starts this become context (itself without `become`).
+    pub fn parent(&self) -> Spec {
+        Spec {
+            escalate: None,
+            ..self.clone()
+        }
+    }
+
+    /// The label for messages: the host, plus `(method:user)` for a become context.
     pub fn label(&self) -> String {
-        self.name
+        let host = self
+            .name
             .clone()
             .or_else(|| self.host.clone())
-            .unwrap_or_else(|| "localhost".into())
+            .unwrap_or_else(|| "localhost".into());
+        match &self.escalate {
+            Some(b) => format!("{host} ({}:{})", b.method, b.user),
+            None => host,
+        }
     }
 
     /// Connect timeout in seconds.

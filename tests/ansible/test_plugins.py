@@ -47,6 +47,20 @@ ROUTING_CHECK = textwrap.dedent('''
 ''')
 
 
+FAKE_ENGINE = r'''#!/bin/sh
+# stand-in for docker/podman: [global args] exec -i [-u USER] CONTAINER CMD...
+echo "$(basename "$0") $*" | cut -c1-200 >> "$(dirname "$0")/calls.log"
+while [ $# -gt 0 ]; do case $1 in exec) shift; break;; *) shift;; esac; done
+[ "$1" = -i ] || { echo "fake engine: want exec -i" >&2; exit 2; }
+shift
+if [ "$1" = -u ]; then shift 2; fi
+case $1 in
+  box-*) shift; exec "$@" ;;
+  *) echo "Error response from daemon: No such container: $1" >&2; exit 1 ;;
+esac
+'''
+
+
 def _env(home):
     env = {k: v for k, v in os.environ.items() if not k.startswith(('ANSIBLE_', 'SPINDLE_'))}
     env.update({
@@ -92,6 +106,53 @@ class PluginTests(unittest.TestCase):
     def test_connection_routing(self):
         out = self.run_venv(os.path.join(VENV_BIN, 'python'), '-c', ROUTING_CHECK)
         self.assertIn('routing ok', out)
+
+    def test_container_connections_routed(self):
+        """Hosts with ansible_connection docker / containers.podman.podman run through spindle's
+        container transports. No container engine runs here: stand-in `docker`/`podman` on
+        PATH check their argv and run the command on this machine (the rest is real)."""
+        binary = os.environ.get('SPINDLE_BIN') or os.path.join(REPO, 'target', 'debug', 'spindle')
+        if not os.access(binary, os.X_OK):
+            self.skipTest('no spindle binary')
+        bindir = os.path.join(self.home, 'bin')
+        os.mkdir(bindir)
+        for engine in ('docker', 'podman'):
+            path = os.path.join(bindir, engine)
+            with open(path, 'w') as f:
+                f.write(FAKE_ENGINE)
+            os.chmod(path, 0o755)
+        out_dir = os.path.join(self.home, 'out')
+        os.mkdir(out_dir)
+        with open(os.path.join(self.home, 'inv.ini'), 'w') as f:
+            f.write('box-c1 ansible_connection=docker\n'
+                    'box-c2 ansible_connection=containers.podman.podman ansible_user=root\n'
+                    '[all:vars]\nansible_python_interpreter=/usr/bin/python3\n')
+        with open(os.path.join(self.home, 'play.yml'), 'w') as f:
+            f.write(textwrap.dedent('''
+                - hosts: all
+                  gather_facts: false
+                  tasks:
+                    - ping:
+                    - command: echo {{ inventory_hostname }}
+                      register: r
+                    - assert: {that: ["r.stdout == inventory_hostname"]}
+                    - copy: {content: "from {{ inventory_hostname }}\\n", dest: "%s/{{ inventory_hostname }}"}
+            ''' % out_dir))
+        env = _env(self.home)
+        env.update({'ANSIBLE_STRATEGY': 'spindle_linear', 'SPINDLE_BIN': binary,
+                    'PATH': bindir + os.pathsep + os.environ.get('PATH', ''),
+                    'ANSIBLE_PIPELINING': 'True'})
+        p = subprocess.run([os.path.join(VENV_BIN, 'ansible-playbook'), '-i', 'inv.ini', 'play.yml'],
+                           env=env, cwd=self.home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           universal_newlines=True)
+        self.assertEqual(p.returncode, 0, p.stdout)
+        for host in ('box-c1', 'box-c2'):
+            with open(os.path.join(out_dir, host)) as f:
+                self.assertEqual(f.read(), 'from %s\n' % host)
+        with open(os.path.join(bindir, 'calls.log')) as f:
+            log = f.read()
+        self.assertIn('docker exec -i box-c1 /bin/sh -c', log)
+        self.assertIn('podman exec -i -u root box-c2 /bin/sh -c', log)
 
     def test_conformance(self):
         p = subprocess.run([sys.executable, os.path.join(HERE, 'run_conformance.py')],

@@ -106,10 +106,16 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(dir: &Path) -> Daemon {
+        Daemon::start_with(dir, &[])
+    }
+
+    /// A daemon with extra `serve` arguments.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Daemon {
         let socket = dir.join("spindle.sock");
         let child = Command::new(env!("CARGO_BIN_EXE_spindle"))
             .args(["serve", "--socket"])
             .arg(&socket)
+            .args(extra)
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn spindle serve");

@@ -498,3 +498,90 @@ class AgentTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class NestedContextTest(unittest.TestCase):
+    """spawn_context: a second agent started through a (become-like) command, relayed."""
+
+    def setUp(self):
+        self.agent = AgentProc()
+        self.agent.take(lambda f: f.kind == HELLO)
+
+    def tearDown(self):
+        self.agent.close()
+
+    def spawn(self, cmd, ctx=2, **extra):
+        args = dict(ctx=ctx, cmd=cmd, success="SPINDLE-OK-1", timeout=5)
+        args.update(extra)
+        return self.agent.reply(self.agent.call("spawn_context", **args))
+
+    def ctx_call(self, ctx, op, **args):
+        call_id = self.agent.next_id
+        self.agent.next_id += 1
+        args["op"] = op
+        self.agent.write(encode(CALL, handle=call_id, payload=args, dst=ctx))
+        frame = self.agent.take(lambda f: f.kind == REPLY and f.reply_to == call_id)
+        self.assertEqual(frame.src, ctx)
+        return frame.flags, frame.json()
+
+    def test_spawn_relay_and_close(self):
+        flags, obj, _ = self.spawn("echo SPINDLE-OK-1; __SPINDLE_BOOT__")
+        self.assertFalse(flags & ERROR, obj)
+        hello = self.agent.take(lambda f: f.kind == HELLO and f.src == 2)
+        self.assertEqual(hello.json()["pid"], obj["pid"])
+        flags, res = self.ctx_call(2, "exec", argv=["sh", "-c", "echo $$; echo err >&2"])
+        self.assertFalse(flags & ERROR, res)
+        self.assertEqual(base64.b64decode(res["stderr_b64"]), b"err\n")
+        # A second context beside it; the first still answers.
+        flags, obj2, _ = self.spawn("echo SPINDLE-OK-1; __SPINDLE_BOOT__", ctx=3)
+        self.assertFalse(flags & ERROR, obj2)
+        self.assertTrue(self.ctx_call(3, "ping")[1]["pong"])
+        self.assertTrue(self.ctx_call(2, "ping")[1]["pong"])
+        self.assertEqual(self.agent.ok("close_context", ctx=2), {"closed": True})
+        end = self.agent.take(lambda f: f.kind == REPLY and f.src == 2 and f.flags & EOF)
+        self.assertTrue(end.flags & ERROR)
+        self.assertEqual(end.json()["error"], "connection_lost")
+        self.assertTrue(self.ctx_call(3, "ping")[1]["pong"])
+        self.assertTrue(self.agent.ok("ping")["pong"])
+
+    def test_password_on_stderr_goes_to_stdin(self):
+        cmd = ("printf 'Password: ' >&2; read pw; "
+               "if [ \"$pw\" = s3cret ]; then echo SPINDLE-OK-1; __SPINDLE_BOOT__; fi; "
+               "echo 'Sorry, try again.' >&2; printf 'Password: ' >&2; read pw; exit 1")
+        flags, obj, _ = self.spawn(cmd, password="s3cret", prompt="Password: ?$")
+        self.assertFalse(flags & ERROR, obj)
+        self.assertTrue(self.ctx_call(2, "ping")[1]["pong"])
+        flags, obj, _ = self.spawn(cmd, ctx=3, password="wrong", prompt="Password: ?$")
+        self.assertTrue(flags & ERROR)
+        self.assertEqual(obj["error"], "incorrect_password")
+        self.assertNotIn("wrong", obj["message"])
+        flags, obj, _ = self.spawn(cmd, ctx=4, prompt="Password: ?$")
+        self.assertEqual(obj["error"], "missing_password")
+
+    def test_password_on_tty(self):
+        cmd = ("printf 'Passwort: ' >/dev/tty; read pw </dev/tty; "
+               "if [ \"$pw\" = s3cret ]; then echo SPINDLE-OK-1; __SPINDLE_BOOT__; fi; "
+               "echo 'su: Authentication failure' >&2; exit 1")
+        flags, obj, _ = self.spawn(cmd, password="s3cret", prompt="(?i)(Password|Passwort)\\s*:")
+        self.assertFalse(flags & ERROR, obj)
+        self.assertTrue(self.ctx_call(2, "ping")[1]["pong"])
+        flags, obj, _ = self.spawn(cmd, ctx=3, password="nope", prompt="(?i)Passwort\\s*:")
+        self.assertEqual(obj["error"], "exited")
+        self.assertIn("Authentication failure", obj["message"])
+        self.assertNotIn("nope", obj["message"])
+
+    def test_failures(self):
+        flags, obj, _ = self.spawn("sleep 30; __SPINDLE_BOOT__", timeout=0.5)
+        self.assertEqual(obj["error"], "timeout")
+        flags, obj, _ = self.spawn("echo 'sudo: a password is required' >&2; exit 1; "
+                                   "__SPINDLE_BOOT__", ctx=3)
+        self.assertEqual(obj["error"], "exited")
+        self.assertIn("a password is required", obj["message"])
+        self.assertEqual(self.spawn("echo no placeholder", ctx=4)[1]["error"], "bad_request")
+        self.assertEqual(self.spawn("__SPINDLE_BOOT__", ctx=1)[1]["error"], "bad_request")
+        self.assertTrue(self.agent.ok("ping")["pong"])
+
+    def test_frames_for_unknown_context_are_dropped(self):
+        self.agent.write(encode(CALL, handle=99, payload={"op": "ping"}, dst=7))
+        self.assertTrue(self.agent.ok("ping")["pong"])
+        self.assertEqual(self.agent.peek(lambda f: f.reply_to == 99), [])

@@ -26,8 +26,13 @@ DOCUMENTATION = """
     notes:
         - The ssh plugin's default O(ssh_args) (ControlMaster/ControlPersist) is not applied,
           since spindle keeps one connection per target itself; a value you set is honoured.
-        - Privilege escalation (become) works when it needs no password. Become passwords
-          arrive in a later milestone; a task that sets one fails with a clear error.
+        - Privilege escalation (become) runs in a nested agent on the target, one per become
+          method, user, flags and password, started once through the command the become
+          plugin builds (sudo, su, doas, ...) and reused by later tasks; a password is typed
+          by the target's agent when the prompt appears (on the command's stdin for
+          C(sudo -S), on its terminal for C(su)). Idle nested agents beyond
+          E(SPINDLE_MAX_INTERPRETERS) (default 20) per target are closed, least recently
+          used first.
         - O(timeout) bounds the whole connection set-up (ssh connect, authentication and the
           agent's start), not only the TCP connect.
     extends_documentation_fragment:
@@ -190,13 +195,33 @@ DOCUMENTATION = """
           type: integer
       spindle_transport:
           description:
-              - How the daemon reaches the target, C(ssh) or C(local) (the controller itself).
-              - The spindle strategies use C(local) for hosts whose connection was C(local).
+              - How the daemon reaches the target, C(ssh), C(local) (the controller itself),
+                or C(docker)/C(podman) (C(exec -i) into the running container named by
+                O(host), as O(remote_user) when set).
+              - The spindle strategies set it from the host's connection (C(local),
+                C(docker), C(community.docker.docker), C(podman), C(containers.podman.podman)).
           default: ssh
           type: string
-          choices: [ssh, local]
+          choices: [ssh, local, docker, podman]
           vars:
             - name: ansible_spindle_transport
+      spindle_container_executable:
+          description: docker/podman transports, the engine's client binary (default C(docker) or C(podman)).
+          type: string
+          env:
+            - name: ANSIBLE_PODMAN_EXECUTABLE
+          vars:
+            - name: ansible_podman_executable
+            - name: ansible_docker_executable
+      spindle_container_extra_args:
+          description: docker/podman transports, extra arguments placed before C(exec) (like the docker and podman plugins' C(extra_args)).
+          type: string
+          env:
+            - name: ANSIBLE_DOCKER_EXTRA_ARGS
+            - name: ANSIBLE_PODMAN_EXTRA_ARGS
+          vars:
+            - name: ansible_docker_extra_args
+            - name: ansible_podman_extra_args
       spindle_task_isolation:
           description:
             - How modules run on the target. C(inproc) runs them inside the persistent agent
@@ -219,8 +244,11 @@ DOCUMENTATION = """
             - name: ansible_spindle_socket
 """
 
+import copy
 import getpass
 import os
+import re
+import shlex
 import stat
 
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
@@ -237,6 +265,11 @@ display = Display()
 UNREACHABLE_KINDS = frozenset(
     ("unreachable", "auth_failed", "host_key_mismatch", "no_python", "timeout", "connection_lost")
 )
+
+#: Where the target's agent puts the command starting the nested agent (become).
+BOOT_PLACEHOLDER = '__SPINDLE_BOOT__'
+#: Wrapped commands remembered per connection (the last few tasks' commands).
+_BECOME_MEMORY = 16
 
 def _read_umask():
     try:  # Linux: no set-and-restore race with other threads
@@ -277,6 +310,27 @@ class Connection(ConnectionBase):
         # Set by the spindle strategies when they route a 'local' connection here.
         self._spindle_forced_transport = None
         self.cwd = None
+        self._become_inner = {}  # command as the become plugin wrapped it -> as it was
+
+    def set_become_plugin(self, plugin):
+        """Keep Ansible's become plugin, remembering each command it wraps: spindle runs the
+        unwrapped command in a nested agent that already runs as the become user."""
+        super(Connection, self).set_become_plugin(plugin)
+        if plugin is None or getattr(plugin, '_spindle_wrapped', False):
+            return
+        original = plugin.build_become_command
+        memory = self._become_inner
+
+        def build_become_command(cmd, shell):
+            wrapped = original(cmd, shell)
+            if cmd and wrapped != cmd:
+                while len(memory) >= _BECOME_MEMORY:
+                    memory.pop(next(iter(memory)))
+                memory[wrapped] = cmd
+            return wrapped
+
+        plugin.build_become_command = build_become_command
+        plugin._spindle_wrapped = True
 
     def spindle_route(self, transport):
         """Used by the spindle strategies: serve a host whose connection was ``transport``.
@@ -306,6 +360,16 @@ class Connection(ConnectionBase):
         host = self.get_option('host') or self._play_context.remote_addr
         if self._mode() == 'local':
             return TargetSpec(transport='local', name=host)
+        if self._mode() in ('docker', 'podman'):
+            timeout = self.get_option('timeout')
+            return TargetSpec(
+                host=host,
+                transport=self._mode(),
+                user=self.get_option('remote_user') or None,
+                executable=self.get_option('spindle_container_executable') or None,
+                extra_args=self.get_option('spindle_container_extra_args') or None,
+                connect_timeout=int(timeout) if timeout else None,
+            )
         ssh_args = self.get_option('ssh_args') or ''
         if self.get_option('host_key_checking') is False:
             ssh_args = (ssh_args + ' -o StrictHostKeyChecking=no').strip()
@@ -334,33 +398,74 @@ class Connection(ConnectionBase):
                                             % (host, err.kind, err.message))
         return AnsibleError("spindle: %s failed on %s: %s: %s" % (what, host, err.kind, err.message))
 
-    def _check_become(self):
-        become = self.become
+    def _unwrap_become(self, cmd):
+        """``cmd`` without the become wrapping, or None. Ansible may wrap the become command
+        once more in its executable (``/bin/sh -c '<become cmd> && sleep 0'``)."""
+        memory = self._become_inner
+        if cmd in memory:
+            return memory[cmd]
         try:
-            password = become.get_option('become_pass', playcontext=self._play_context)
-        except (KeyError, AttributeError):
-            password = getattr(self._play_context, 'become_pass', None)
-        if password:
-            raise AnsibleError(
-                "spindle: become with a password (%s) is not supported yet; become passwords "
-                "arrive in a later milestone. Use passwordless %s, or the ssh connection for "
-                "this host." % (become.name, become.name)
-            )
+            words = shlex.split(cmd)
+        except ValueError:
+            return None
+        if len(words) == 3 and words[1] == '-c':
+            for wrapped, inner in memory.items():
+                if wrapped in words[2]:
+                    return '%s -c %s' % (words[0], shlex.quote(words[2].replace(wrapped, inner)))
+        return None
 
-    def _strip_become_success(self, stdout, stderr):
-        """Remove the become success line, as the ssh plugin does; raise on its errors."""
+    def _become_password(self, become):
+        try:
+            return become.get_option('become_pass', playcontext=self._play_context)
+        except (KeyError, AttributeError):
+            return getattr(self._play_context, 'become_pass', None)
+
+    def _become_spec(self):
+        """The daemon's ``become`` for this task: the become plugin's own command line
+        around the boot placeholder, its success marker and password prompt."""
+        become = copy.copy(self.become)  # building sets attributes: leave Ansible's alone
+        cmd = type(become).build_become_command(become, BOOT_PLACEHOLDER, self._shell)
+        name = become.name
+        if name == 'su':
+            prompts = become.get_option('prompt_l10n') or become.SU_PROMPT_LOCALIZATIONS
+            prompt = r"(?i)(?:%s)\s*[:：]" % "|".join(re.escape(p) for p in prompts)
+        elif isinstance(getattr(become, 'prompt', None), str) and become.prompt:
+            prompt = re.escape(become.prompt)
+        else:
+            prompt = r"(?i)password[^\n:]*[:：]\s*$"
+        options = []
+        for opt in ('become_exe', 'become_flags'):
+            try:
+                options.append(str(become.get_option(opt) or ''))
+            except KeyError:
+                options.append('')
+        try:
+            user = become.get_option('become_user') or ''
+        except KeyError:
+            user = ''
+        return {'method': name, 'user': user, 'flags': '|'.join(options),
+                'password': self._become_password(become) or None, 'cmd': cmd,
+                'success': become.success, 'prompt': prompt}
+
+    def _become_failure(self, err):
+        """The Ansible error for a become context that did not start (stock's wording)."""
         become = self.become
-        if become.success:
-            lines = stdout.splitlines(True)
-            for i, line in enumerate(lines):
-                if become.check_success(line):
-                    return b''.join(lines[:i] + lines[i + 1:])
-        for line in (stdout + b'\n' + stderr).splitlines():
-            if become.check_incorrect_password(line):
-                raise AnsibleError('Incorrect %s password' % become.name)
-            if become.check_missing_password(line):
-                raise AnsibleError('Missing %s password' % become.name)
-        return stdout
+        reason, _, output = (err.message or '').partition(': ')
+        if reason == 'incorrect_password':
+            return AnsibleError('Incorrect %s password' % become.name)
+        if reason == 'missing_password':
+            return AnsibleError('Missing %s password' % become.name)
+        if reason == 'timeout':
+            return AnsibleError('Timeout (%ss) waiting for privilege escalation prompt: %s'
+                                % (self.get_option('timeout'), output))
+        b_output = to_bytes(output)
+        if become.check_incorrect_password(b_output):
+            return AnsibleError('Incorrect %s password' % become.name)
+        if become.check_missing_password(b_output):
+            return AnsibleError('Missing %s password' % become.name)
+        host = err.host or self._play_context.remote_addr
+        return AnsibleError('spindle: privilege escalation (%s) failed on %s: %s'
+                            % (become.name, host, err.message))
 
     # -- ConnectionBase ----------------------------------------------------------------
 
@@ -385,28 +490,34 @@ class Connection(ConnectionBase):
         # Ansible wrapped cmd in the become command iff it carries this run's success marker.
         become = self.become
         escalate = bool(sudoable and become and become.success and become.success in to_text(cmd))
+        spec = self._spec()
         if escalate:
-            self._check_become()
-        display.vvv("SPINDLE EXEC %s" % to_text(cmd), host=self._play_context.remote_addr)
+            inner = self._unwrap_become(to_text(cmd))
+            if inner is None:
+                raise AnsibleError("spindle: cannot run %r with %s: the command was not built by "
+                                   "this task's become plugin" % (to_text(cmd), become.name))
+            cmd = inner
+            spec.become = self._become_spec()
+            display.vvv("SPINDLE EXEC (%s to %s) %s" % (become.name, spec.become['user'],
+                                                        to_text(cmd)),
+                        host=self._play_context.remote_addr)
+        else:
+            display.vvv("SPINDLE EXEC %s" % to_text(cmd), host=self._play_context.remote_addr)
         cwd = None
         if self.cwd and self._mode() == 'local':  # set by Ansible for transport 'local'
             cwd = to_text(self.cwd, errors='surrogate_or_strict')
-        if not escalate and cwd is None:
-            try:
-                ran = run_in_agent(self._client(), self._spec(), to_text(cmd), in_data,
-                                   self.get_option('spindle_task_isolation'))
-            except SpindleError as e:
-                raise self._failure(e, 'run_module') from None
-            if ran is not None:
-                return ran
         try:
-            res = self._client().exec(self._spec(), shell=to_text(cmd), stdin=in_data, cwd=cwd)
+            if cwd is None:
+                ran = run_in_agent(self._client(), spec, to_text(cmd), in_data,
+                                   self.get_option('spindle_task_isolation'))
+                if ran is not None:
+                    return ran
+            res = self._client().exec(spec, shell=to_text(cmd), stdin=in_data, cwd=cwd)
         except SpindleError as e:
+            if e.kind == 'become_failed':
+                raise self._become_failure(e) from None
             raise self._failure(e, 'exec') from None
-        stdout = res.stdout
-        if escalate:
-            stdout = self._strip_become_success(stdout, res.stderr)
-        return res.rc, stdout, res.stderr
+        return res.rc, res.stdout, res.stderr
 
     def put_file(self, in_path, out_path):
         super(Connection, self).put_file(in_path, out_path)

@@ -9,9 +9,9 @@
   the run (connections persist across plays) and is stopped when the controller process
   exits (``atexit``; the kernel also signals it if the controller dies);
 * while the play runs, wraps the connection loader so that a request for the ``ssh``
-  (also ``smart``) or ``local`` connection returns the ``spindle`` connection (for
-  ``local``: with transport ``local``).  Other connections (paramiko, docker, podman,
-  winrm, network ones) are left to their own plugins.  The wrap is idempotent and undone
+  (also ``smart``), ``local``, ``docker`` or ``podman`` connection (also by their
+  collection names) returns the ``spindle`` connection with that transport.  Other
+  connections (paramiko, winrm, network ones, ...) are left to their own plugins.  The wrap is idempotent and undone
   when the play ends.
 """
 
@@ -41,9 +41,12 @@ CONNECTION_DIR = os.path.join(PLUGINS_DIR, 'connection')
 
 #: requested connection name -> spindle transport
 ROUTES = {}
-for _name, _transport in (('ssh', 'ssh'), ('smart', 'ssh'), ('local', 'local')):
+for _name, _transport in (('ssh', 'ssh'), ('smart', 'ssh'), ('local', 'local'),
+                          ('docker', 'docker'), ('podman', 'podman')):
     for _prefix in ('', 'ansible.builtin.', 'ansible.legacy.'):
         ROUTES[_prefix + _name] = _transport
+ROUTES['community.docker.docker'] = 'docker'
+ROUTES['containers.podman.podman'] = 'podman'
 
 _START_TIMEOUT = 15.0
 
