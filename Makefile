@@ -4,13 +4,17 @@
 CARGO ?= cargo
 PY ?= python3
 
-.PHONY: demo test setup venv build build-debug lint unit-python test-rust test-ansible test-scale clean
+.PHONY: demo test setup venv wheel build build-debug lint unit-python test-rust test-ansible test-scale clean
 
 setup:
 	bash scripts/setup.sh
 
 venv: setup
 	bash scripts/venv.sh
+
+## wheel: target/wheels/spindle_ansible-*.whl, the plugins and the spindle binary (venv.sh
+## builds it with maturin and installs it into .venv)
+wheel: venv
 
 build:
 	$(CARGO) build --release

@@ -3,8 +3,7 @@
 ``SpindleStrategyMixin.run`` (mixed into Ansible's linear and free strategies):
 
 * makes sure a spindle daemon runs: the one named by ``SPINDLE_SOCKET`` if the user set it,
-  else one started here (binary: ``SPINDLE_BIN``, else ``spindle`` next to
-  ``sys.executable``, else ``spindle`` on ``PATH``) on a private socket, exported as
+  else one started here (binary: see ``find_binary``) on a private socket, exported as
   ``SPINDLE_SOCKET`` for the forked workers.  A daemon started here serves every play of
   the run (connections persist across plays) and is stopped when the controller process
   exits (``atexit``; the kernel also signals it if the controller dies);
@@ -22,10 +21,12 @@ import json
 import os
 import shutil
 import signal
+import site
 import socket
 import struct
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 
@@ -53,23 +54,62 @@ _START_TIMEOUT = 15.0
 
 # -- the daemon ---------------------------------------------------------------------------
 
+def install_dirs():
+    """Where ``pip install spindle-ansible`` puts the ``spindle`` binary for the running Python.
+
+    The wheel ships it as a script, so it lands in the scripts directory of the scheme it
+    was installed with: ``sysconfig``'s for this Python (a venv's ``bin/``, next to
+    ``ansible-playbook``), the user scheme's (``~/.local/bin``) if this package was
+    installed with ``--user``; and, for interpreters whose scheme says otherwise, the
+    directory of ``sys.executable``.  In that order, without duplicates.
+    """
+    dirs = [sysconfig.get_path('scripts')]
+    try:
+        user_site = site.getusersitepackages()
+    except AttributeError:  # a site module without user sites (some embedders)
+        user_site = None
+    if user_site and os.path.abspath(__file__).startswith(os.path.join(user_site, '')):
+        scheme = getattr(sysconfig, 'get_preferred_scheme', lambda _: 'posix_user')('user')
+        dirs.append(sysconfig.get_path('scripts', scheme))
+    dirs.append(os.path.dirname(sys.executable))
+    out = []
+    for d in dirs:
+        if d and os.path.abspath(d) not in out:
+            out.append(os.path.abspath(d))
+    return out
+
+
+def _executable(path):
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
 def find_binary():
-    """The spindle binary to run, or an AnsibleError saying where it was looked for."""
+    """The spindle binary to run, or an AnsibleError listing every place it looked.
+
+    1. ``SPINDLE_BIN`` if set (and then only there: a wrong path is an error, not a fallback);
+    2. ``spindle`` in ``install_dirs()``: where the spindle-ansible wheel installed it;
+    3. ``spindle`` on ``PATH``.
+    """
     env = os.environ.get('SPINDLE_BIN')
     if env:
-        if os.path.isfile(env) and os.access(env, os.X_OK):
+        if _executable(env):
             return env
         raise AnsibleError("spindle: SPINDLE_BIN=%s is not an executable file" % env)
-    beside = os.path.join(os.path.dirname(sys.executable), 'spindle')
-    if os.path.isfile(beside) and os.access(beside, os.X_OK):
-        return beside
+    tried = ['SPINDLE_BIN (not set)']
+    for d in install_dirs():
+        candidate = os.path.join(d, 'spindle')
+        if _executable(candidate):
+            return candidate
+        tried.append(candidate)
     found = shutil.which('spindle')
     if found:
         return found
+    tried.append('spindle on PATH (%s)' % os.environ.get('PATH', os.defpath))
     raise AnsibleError(
-        "spindle: cannot find the spindle daemon binary: set SPINDLE_BIN to its path, or install "
-        "it as %s or somewhere on PATH (or start `spindle serve --socket PATH` yourself and set "
-        "SPINDLE_SOCKET)" % beside
+        "spindle: cannot find the spindle daemon binary; tried: %s. Install the spindle-ansible "
+        "wheel (it ships the binary) into the environment of the Python running Ansible (%s), "
+        "or set SPINDLE_BIN to the binary's path, or start `spindle serve --socket PATH` "
+        "yourself and set SPINDLE_SOCKET" % (', '.join(tried), sys.executable)
     )
 
 

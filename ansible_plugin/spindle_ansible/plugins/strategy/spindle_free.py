@@ -11,9 +11,10 @@ DOCUMENTATION = """
           can, without waiting for the other hosts), but hosts whose connection is C(ssh),
           C(smart) or C(local) use the C(spindle) connection plugin, so every task reuses one
           persistent connection and Python agent per target.
-        - Starts a spindle daemon for the run (binary from E(SPINDLE_BIN), else C(spindle) next
-          to the Python running Ansible, else on E(PATH)) and stops it when Ansible exits, unless
-          E(SPINDLE_SOCKET) names a daemon that is already running.
+        - Starts a spindle daemon for the run (binary from E(SPINDLE_BIN), else the C(spindle)
+          that the spindle-ansible wheel installed in the scripts directory of the Python
+          running Ansible, e.g. the venv's C(bin/), else on E(PATH)) and stops it when Ansible
+          exits, unless E(SPINDLE_SOCKET) names a daemon that is already running.
         - Other connections (paramiko, docker, podman, winrm, network) are not routed yet and
           run with their own plugins.
     author: spindle
