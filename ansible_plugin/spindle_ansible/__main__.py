@@ -6,14 +6,18 @@ import sys
 
 
 def config_lines():
-    """The [defaults] section that points Ansible at this package's plugins."""
+    """The [defaults] section that points Ansible at this package's plugins: the ``spindle``
+    callback (works with any strategy); the spindle strategies and the connection plugin's
+    directory are listed too, for ``strategy = spindle_linear`` and ``ansible-doc``."""
     plugins = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'plugins')
     return "\n".join([
         "[defaults]",
-        "strategy_plugins = %s" % os.path.join(plugins, 'strategy'),
-        "connection_plugins = %s" % os.path.join(plugins, 'connection'),
         "callback_plugins = %s" % os.path.join(plugins, 'callback'),
-        "strategy = spindle_linear",
+        "callbacks_enabled = spindle",
+        "; optional: ansible-doc for the connection plugin, or the strategy entry point instead",
+        "; of the callback (strategy = spindle_linear | spindle_free)",
+        "connection_plugins = %s" % os.path.join(plugins, 'connection'),
+        "strategy_plugins = %s" % os.path.join(plugins, 'strategy'),
     ])
 
 

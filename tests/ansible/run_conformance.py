@@ -3,9 +3,10 @@
 the same results.
 
 Brings up a netns fleet of 3 sshd targets (containers/netns-fleet.sh), then for each
-strategy pair (stock ``linear`` vs ``spindle_linear``, stock ``free`` vs ``spindle_free``)
-runs tests/ansible/conformance.yml twice: stock (connection ssh, ANSIBLE_PIPELINING=True)
-and spindle (the strategy plugin via an ansible.cfg written here), each with the
+strategy pair runs tests/ansible/conformance.yml twice: stock (connection ssh,
+ANSIBLE_PIPELINING=True) and spindle, through its two entry points: stock ``linear`` with the
+``spindle`` callback enabled, and the ``spindle_free`` strategy (ansible.cfg written here),
+each with the
 ``spindle_record`` callback.  After each run it also collects what the play left on every
 target (under /tmp/spindle-conf: content, mode, type) and in the controller fetch dir, then
 cleans both.  Records, files and exit codes must be equal per host, and the spindle run must
@@ -106,7 +107,11 @@ def spindle_bin():
 def write_cfg(path, kind, strategy):
     lines = ['[defaults]', 'callback_plugins = %s' % os.path.join(PLUGINS, 'callback'),
              'callbacks_enabled = spindle_record', 'retry_files_enabled = False']
-    if kind == 'spindle':
+    if kind == 'spindle' and strategy == 'linear':
+        # The callback entry point: Ansible's own linear strategy, routed by the callback.
+        lines[2] = 'callbacks_enabled = spindle_record, spindle'
+        lines += ['strategy = linear']
+    elif kind == 'spindle':
         lines += ['strategy_plugins = %s' % os.path.join(PLUGINS, 'strategy'),
                   'connection_plugins = %s' % os.path.join(PLUGINS, 'connection'),
                   'strategy = spindle_%s' % strategy]
@@ -267,7 +272,8 @@ def main(argv=None):
         inventories = [inventory, dead]
 
         for strategy in strategies:
-            print('strategy %s vs spindle_%s:' % (strategy, strategy))
+            print('strategy %s vs %s:' % (strategy, 'linear + callback spindle'
+                                             if strategy == 'linear' else 'spindle_' + strategy))
             stock = one_run(args.name, work, 'stock', strategy, inventories, extra)
             spin = one_run(args.name, work, 'spindle', strategy, inventories, extra)
             problems = compare(stock, spin)

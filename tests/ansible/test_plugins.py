@@ -91,14 +91,15 @@ class PluginTests(unittest.TestCase):
     def test_ansible_doc(self):
         doc = os.path.join(VENV_BIN, 'ansible-doc')
         for kind, name in (('strategy', 'spindle_linear'), ('strategy', 'spindle_free'),
-                           ('connection', 'spindle'), ('callback', 'spindle_record')):
+                           ('connection', 'spindle'), ('callback', 'spindle_record'),
+                           ('callback', 'spindle')):
             out = self.run_venv(doc, '-t', kind, name)
             self.assertIn(name, out)
         self.assertIn('spindle_socket', self.run_venv(doc, '-t', 'connection', 'spindle'))
 
     def test_config_lines(self):
         out = self.run_venv(os.path.join(VENV_BIN, 'python'), '-m', 'spindle_ansible')
-        self.assertIn('strategy = spindle_linear', out)
+        self.assertIn('callbacks_enabled = spindle', out)
         for line in out.splitlines():
             if line.endswith(('/strategy', '/connection', '/callback')):
                 self.assertTrue(os.path.isdir(line.split(' = ', 1)[1]), line)

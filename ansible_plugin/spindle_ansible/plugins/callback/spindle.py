@@ -1,0 +1,59 @@
+"""Ansible callback ``spindle``: the entry point that needs no third-party strategy.
+
+Enabled in ansible.cfg (``callbacks_enabled = spindle``), it does in the controller process
+what the ``spindle_linear``/``spindle_free`` strategies do, with whatever strategy the play
+uses (linear, free, host_pinned, ...): at the first play it makes sure a spindle daemon runs
+and routes ssh/smart/local/docker/podman connections to the ``spindle`` connection plugin;
+the routing is undone when the playbook ends and the daemon stops when Ansible exits. Worker
+processes are forked from the controller after that, so they inherit the routing.
+"""
+
+from __future__ import annotations
+
+DOCUMENTATION = """
+    name: spindle
+    type: aggregate
+    short_description: run tasks through the spindle daemon, with any strategy
+    description:
+        - Routes hosts whose connection is C(ssh), C(smart), C(local), C(docker) or C(podman)
+          to the C(spindle) connection plugin, so every task reuses one persistent connection
+          and Python agent per target, whatever the play's strategy.
+        - Starts a spindle daemon for the run (binary from E(SPINDLE_BIN), else the C(spindle)
+          that the spindle-ansible wheel installed beside the Python running Ansible, else on
+          E(PATH)) and stops it when Ansible exits, unless E(SPINDLE_SOCKET) names a daemon that
+          is already running.
+        - Does the same as the C(spindle_linear) and C(spindle_free) strategies, without a
+          third-party strategy plugin (ansible-core deprecates those).
+    author: spindle
+    version_added: historical
+    requirements:
+        - enable in configuration (callbacks_enabled = spindle, callback_plugins pointing here)
+"""
+
+from ansible.plugins.callback import CallbackBase
+
+from spindle_ansible.plugins.strategy import LoaderPatch, ensure_daemon
+
+
+class CallbackModule(CallbackBase):
+    """Daemon and connection routing for the whole playbook run."""
+
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = 'aggregate'
+    CALLBACK_NAME = 'spindle'
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self, *args, **kwargs):
+        super(CallbackModule, self).__init__(*args, **kwargs)
+        self._patch = None
+
+    def v2_playbook_on_play_start(self, play):
+        # Sent by the task queue manager before the play's strategy queues any task.
+        ensure_daemon()
+        if self._patch is None:
+            self._patch = LoaderPatch().apply()
+
+    def v2_playbook_on_stats(self, stats):
+        if self._patch is not None:
+            self._patch.restore()
+            self._patch = None
