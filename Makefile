@@ -4,7 +4,7 @@
 CARGO ?= cargo
 PY ?= python3
 
-.PHONY: demo test setup venv wheel build build-debug lint unit-python test-rust test-ansible test-scale clean
+.PHONY: demo test setup venv wheel build build-debug lint unit-python test-rust test-ansible test-scale test-bench bench clean
 
 setup:
 	bash scripts/setup.sh
@@ -47,8 +47,19 @@ build-debug:
 test-scale:
 	bash scale-tests/ci.sh
 
+# The bench harness's quick suite (stock, stock-nopipe, Mitogen, spindle on 1 and 3 netns
+# targets, ~4 min), then a check that every output exists and parses; no timing thresholds.
+# Needs root for the fleet (else it prints `check: SKIP` and passes). Uses the debug binary
+# that test-ansible builds anyway.
+test-bench: venv build-debug
+	$(PY) bench/run --suite quick --check --spindle-bin $(CURDIR)/target/debug/spindle
+
+# criterion micro-benchmarks (frame codec, router dispatch, blob cache); bench/README.md.
+bench:
+	$(CARGO) bench --bench hot_paths
+
 ## test: everything CI runs
-test: setup lint unit-python test-rust test-ansible test-scale
+test: setup lint unit-python test-rust test-ansible test-scale test-bench
 
 clean:
 	$(CARGO) clean

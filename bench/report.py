@@ -312,7 +312,7 @@ def write_report(out):
     if os.path.exists(cap):
         with open(cap) as f:
             c = json.load(f)
-        L.append('## Capacity model check (bench/capacity.py)')
+        L.append('## Capacity model check (`spindle capacity --validate`, docs/capacity.md)')
         L.append('')
         L.append('Fitted on fleet sizes %s, predicting %s:' % (c.get('fit_sizes'), c.get('held_out')))
         L.append('')

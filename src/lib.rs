@@ -4,10 +4,12 @@
 //! call. `ls src/` is the architecture: [`proto`] (wire format), [`reactor`] (event loop
 //! backends), [`router`] (sans-IO stream and call state), [`transport`] (starting agents),
 //! [`api`] (the daemon's Unix-socket API and server loop), [`client`] (a blocking API client),
-//! [`inventory`] (host lists for the CLI), [`metrics`].
+//! [`inventory`] (host lists for the CLI), [`metrics`]; [`capacity`] (the capacity model over
+//! bench results).
 
 pub mod api;
 pub mod cache;
+pub mod capacity;
 pub mod client;
 pub mod fanout;
 pub mod inventory;

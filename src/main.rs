@@ -1,5 +1,6 @@
 //! The `spindle` command: `serve` (the daemon), and ad-hoc fan-out without Ansible (`run`,
-//! `ping`, `put`, `fetch`), plus `stats`. Errors become `anyhow` here, at the edge.
+//! `ping`, `put`, `fetch`), plus `stats` and `capacity` (the capacity model over bench results).
+//! Errors become `anyhow` here, at the edge.
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -87,6 +88,57 @@ enum Cmd {
         #[arg(long, env = "SPINDLE_SOCKET")]
         socket: PathBuf,
     },
+    /// Predict wall time, controller CPU and memory, and bytes for N hosts x T tasks, from
+    /// bench/run results (model: docs/capacity.md).
+    #[command(after_help = "Examples:\n  \
+        spindle capacity --results bench/reports/default-3 --hosts 500 --tasks 100 --rtt 50 --forks 50 --mode spindle\n  \
+        spindle capacity --results bench/reports/default-3 --validate\n  \
+        spindle capacity --results bench/reports/default-3 --show")]
+    Capacity(CapacityArgs),
+}
+
+#[derive(Args)]
+struct CapacityArgs {
+    /// A bench/run results directory (results.json, or runs/*.json); repeat to fit on several.
+    #[arg(long = "results", value_name = "DIR", required = true)]
+    results: Vec<PathBuf>,
+    /// Hosts in the play.
+    #[arg(long, required_unless_present_any = ["validate", "show"])]
+    hosts: Option<u32>,
+    /// Tasks per host.
+    #[arg(long, required_unless_present_any = ["validate", "show"])]
+    tasks: Option<f64>,
+    /// Round-trip time to the targets, ms.
+    #[arg(long, default_value_t = 0.0)]
+    rtt: f64,
+    /// Ansible forks (default: as many as hosts).
+    #[arg(long)]
+    forks: Option<u32>,
+    /// Controller cores (default: those of the machine the results come from).
+    #[arg(long)]
+    cores: Option<f64>,
+    /// The targets have their own CPUs (the bench fleet shares the controller's): their CPU
+    /// no longer slows the controller down.
+    #[arg(long)]
+    separate_targets: bool,
+    /// One mode: stock, stock-nopipe, mitogen, spindle (default: every fitted mode).
+    #[arg(long)]
+    mode: Option<String>,
+    /// Workload family: hostname, mixed, bigcopy, manyfiles100, ...
+    #[arg(long, default_value = "hostname")]
+    workload: String,
+    /// Held-out check: fit on the smaller fleets, predict the largest, print the errors.
+    #[arg(long, conflicts_with = "show")]
+    validate: bool,
+    /// With --validate: the fleet size to predict (default: the largest measured).
+    #[arg(long, requires = "validate", value_name = "HOSTS")]
+    hold_out: Option<u32>,
+    /// Print the fitted coefficients.
+    #[arg(long)]
+    show: bool,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -159,6 +211,7 @@ fn real_main(cli: Cli) -> Result<i32> {
             server.run()?;
             Ok(0)
         }
+        Cmd::Capacity(a) => capacity(&a),
         Cmd::Stats { socket } => {
             let mut c = Client::connect(&socket)
                 .with_context(|| format!("connecting to {}", socket.display()))?;
@@ -246,6 +299,90 @@ fn real_main(cli: Cli) -> Result<i32> {
             })
         }
     }
+}
+
+fn capacity(a: &CapacityArgs) -> Result<i32> {
+    use spindle::capacity::{self, table, Query};
+    let runs = capacity::load_runs(&a.results)?;
+    if a.validate {
+        let v = capacity::validate(&runs, a.hold_out)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            print!("{}", table::validation(&v));
+        }
+        return Ok(0);
+    }
+    let models = capacity::fit(&runs)?;
+    if a.show {
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&models)?);
+        } else {
+            print!("{}", table::coefficients(&models));
+        }
+        return Ok(0);
+    }
+    let (Some(hosts), Some(tasks)) = (a.hosts, a.tasks) else {
+        bail!("--hosts and --tasks are required (or --validate / --show)");
+    };
+    let non_negative = |x: f64| x.is_finite() && x >= 0.0;
+    if hosts == 0 || a.forks == Some(0) || !non_negative(tasks) || !non_negative(a.rtt) {
+        bail!("--hosts and --forks must be at least 1, --tasks and --rtt at least 0");
+    }
+    if a.cores.is_some_and(|c| !c.is_finite() || c <= 0.0) {
+        bail!("--cores must be positive");
+    }
+    let q = Query {
+        forks: a.forks,
+        cores: a.cores,
+        separate_targets: a.separate_targets,
+        ..Query::new(hosts, tasks, a.rtt)
+    };
+    let rows: Vec<_> = models
+        .iter()
+        .filter(|m| m.family == a.workload && a.mode.as_ref().map_or(true, |x| *x == m.mode))
+        .map(|m| (m, m.predict(&q)))
+        .collect();
+    if rows.is_empty() {
+        let fitted: Vec<String> = models
+            .iter()
+            .map(|m| format!("{}/{}", m.mode, m.family))
+            .collect();
+        bail!(
+            "no fitted model for workload {:?}{} (fitted: {})",
+            a.workload,
+            a.mode
+                .as_ref()
+                .map_or(String::new(), |m| format!(" mode {m}")),
+            fitted.join(", ")
+        );
+    }
+    let cores = a.cores.unwrap_or(rows[0].0.cores);
+    if a.json {
+        let preds: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(m, p)| {
+                let mut v = serde_json::to_value(p).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("mode".into(), json!(m.mode));
+                    o.insert("workload".into(), json!(m.family));
+                    o.insert("fitted_on_hosts".into(), json!(m.hosts));
+                    o.insert("fitted_on_rtts_ms".into(), json!(m.rtts));
+                }
+                v
+            })
+            .collect();
+        let out = json!({
+            "query": {"hosts": hosts, "tasks": tasks, "rtt_ms": a.rtt, "forks": a.forks.unwrap_or(hosts),
+                      "cores": cores, "separate_targets": a.separate_targets, "workload": a.workload},
+            "predictions": preds,
+            "results": a.results,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!("{}", table::predictions(&q, &a.workload, cores, &rows));
+    }
+    Ok(0)
 }
 
 fn print_failure(o: &Outcome) {
