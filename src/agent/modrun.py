@@ -316,7 +316,17 @@ class ProcessState(object):
 
     def save(self):
         self.environ = dict(os.environ)
-        self.cwd_fd = os.open('.', os.O_RDONLY)
+        # The cwd may be out of reach for this user (a become context started in the login
+        # user's private home): then only its path is kept, and restoring it is best effort,
+        # as a module that finds it unusable moves elsewhere on its own (AnsibleModule).
+        try:
+            self.cwd_fd = os.open('.', getattr(os, 'O_PATH', os.O_RDONLY) | os.O_DIRECTORY)
+        except OSError:
+            self.cwd_fd = None
+        try:
+            self.cwd_path = os.getcwd()
+        except OSError:
+            self.cwd_path = None
         self.umask = os.umask(0o022)
         os.umask(self.umask)
         self.locale = locale.setlocale(locale.LC_ALL)
@@ -372,8 +382,14 @@ class ProcessState(object):
         tempfile.tempdir = self.tempdir
         if os.getuid() != self.uid or os.getgid() != self.gid or os.geteuid() != self.euid:
             report['identity'] = 'changed'  # cannot be undone: the caller must retire this process
-        os.fchdir(self.cwd_fd)
-        os.close(self.cwd_fd)
+        if self.cwd_fd is not None:
+            os.fchdir(self.cwd_fd)
+            os.close(self.cwd_fd)
+        elif self.cwd_path is not None:
+            try:
+                os.chdir(self.cwd_path)
+            except OSError:
+                pass
         os.umask(self.umask)
         if os.environ != self.environ:
             os.environ.clear()

@@ -250,6 +250,7 @@ import os
 import re
 import shlex
 import stat
+import time
 
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
 from ansible.module_utils.common.text.converters import to_bytes, to_text
@@ -506,18 +507,30 @@ class Connection(ConnectionBase):
         cwd = None
         if self.cwd and self._mode() == 'local':  # set by Ansible for transport 'local'
             cwd = to_text(self.cwd, errors='surrogate_or_strict')
+        started = time.monotonic()
         try:
             if cwd is None:
                 ran = run_in_agent(self._client(), spec, to_text(cmd), in_data,
                                    self.get_option('spindle_task_isolation'))
                 if ran is not None:
+                    self._timing('module run in the agent', started, spec)
                     return ran
             res = self._client().exec(spec, shell=to_text(cmd), stdin=in_data, cwd=cwd)
         except SpindleError as e:
+            self._timing('failed (%s)' % e.kind, started, spec)
             if e.kind == 'become_failed':
                 raise self._become_failure(e) from None
             raise self._failure(e, 'exec') from None
+        self._timing('command (rc %s)' % res.rc, started, spec)
         return res.rc, res.stdout, res.stderr
+
+    def _timing(self, what, started, spec=None):
+        """-vvv: how long spindle took for this step (daemon round trip included)."""
+        where = ''
+        if spec is not None and spec.become:
+            where = ' as %s via %s' % (spec.become['user'], spec.become['method'])
+        display.vvv("SPINDLE %s%s: %.1f ms" % (what, where, (time.monotonic() - started) * 1000.0),
+                    host=self._play_context.remote_addr)
 
     def put_file(self, in_path, out_path):
         super(Connection, self).put_file(in_path, out_path)
@@ -525,8 +538,10 @@ class Connection(ConnectionBase):
                     host=self._play_context.remote_addr)
         if not os.path.exists(to_bytes(in_path, errors='surrogate_or_strict')):
             raise AnsibleFileNotFound("file or module does not exist: %s" % to_text(in_path))
+        started = time.monotonic()
         try:
             self._client().put(self._spec(), to_text(in_path), to_text(out_path))
+            self._timing('put', started)
         except SpindleError as e:
             raise self._failure(e, 'transfer of %s to %s' % (in_path, out_path)) from None
 
@@ -538,8 +553,10 @@ class Connection(ConnectionBase):
             prior = stat.S_IMODE(os.stat(out_path).st_mode)
         except OSError:
             prior = None
+        started = time.monotonic()
         try:
             res = self._client().fetch(self._spec(), to_text(in_path), to_text(out_path))
+            self._timing('fetch', started)
         except SpindleError as e:
             raise self._failure(e, 'fetch of %s to %s' % (in_path, out_path)) from None
         # The daemon renames a fresh file into place; give it the mode the stock plugin

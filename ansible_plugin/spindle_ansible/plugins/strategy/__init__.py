@@ -180,9 +180,11 @@ class Daemon(object):
         self.log_path = os.path.join(self.dir, 'daemon.log')
         self.owner = os.getpid()
         argv = [binary, 'serve', '--socket', self.socket]
+        # -vvv: the daemon's log on our stderr at info (agent log lines, failures);
+        # -vvvv debug (calls, streams); -vvvvv trace.
         inherit = display.verbosity >= 3
-        if display.verbosity >= 4:
-            argv.append('-' + 'v' * min(display.verbosity - 3, 3))
+        if display.verbosity >= 3:
+            argv.append('-' + 'v' * min(display.verbosity - 2, 3))
         display.vvv("spindle: starting %s" % ' '.join(argv))
         log = None if inherit else open(self.log_path, 'wb')
         try:
