@@ -55,23 +55,30 @@ def plan(cmd, in_data, isolation='inproc'):
     return payload, blobs
 
 
-def run_in_agent(client, target, cmd, in_data, isolation='inproc'):
-    """``(rc, stdout, stderr)`` of the module run in the agent, or None to run it stock."""
-    planned = plan(cmd, in_data, isolation)
-    if planned is None:
-        return None
-    payload, blobs = planned
+def call_with_blobs(client, target, payload, blobs):
+    """The daemon's ``call`` with code blobs (hash -> bytes): the daemon pushes to the target
+    those its stream lacks; blobs the daemon itself lacks are uploaded once and the call
+    retried."""
     hashes = sorted(blobs)
     for attempt in (1, 2):
         try:
-            r = client.request('call', target, payload=payload, blobs=hashes)
-            break
+            return client.request('call', target, payload=payload, blobs=hashes)
         except SpindleError as e:
             if e.kind != 'missing_blobs' or attempt == 2:
                 raise
             for h in e.details.get('missing') or hashes:
                 if h in blobs:
                     client.request('blob_put', hash=h, data_b64=base64.b64encode(blobs[h]).decode('ascii'))
+    raise AssertionError('unreachable')
+
+
+def run_in_agent(client, target, cmd, in_data, isolation='inproc'):
+    """``(rc, stdout, stderr)`` of the module run in the agent, or None to run it stock."""
+    planned = plan(cmd, in_data, isolation)
+    if planned is None:
+        return None
+    payload, blobs = planned
+    r = call_with_blobs(client, target, payload, blobs)
     if r.get('fallback'):
         return None
     return r['rc'], base64.b64decode(r['stdout_b64']), base64.b64decode(r['stderr_b64'])

@@ -1,7 +1,7 @@
-"""One round trip per task once code is cached: command, shell, file, stat and setup tasks run
-in the persistent agent with exactly one CALL frame out and one REPLY frame in (read from the
-daemon's per-target counters), and nothing is written on the target for tasks that do not
-ask for writes.
+"""One round trip per task once code is cached: command, shell, file, stat, setup, copy and
+template tasks run in the persistent agent with exactly one CALL frame out and one REPLY frame
+in (read from the daemon's per-target counters), and no file appears on the target that the
+tasks did not ask for (copy and template write their destination, nothing else).
 
 Real sshd target (netns fleet), real ansible-core from the venv, the daemon started here and
 shared with ansible-playbook through SPINDLE_SOCKET so its counters can be read between tasks.
@@ -28,6 +28,9 @@ TASKS = {
     'file': "file: path=/etc/hostname state=file",
     'stat': "stat: path=/etc/hostname",
     'setup': "setup: gather_subset=min",
+    # New content every run: the copy module runs (not only the file module).
+    'copy': 'copy: {content: "{{ 999999999 | random }}", dest: /tmp/rtt-copy.txt, mode: "0600"}',
+    'template': "template: {src: rtt.j2, dest: /tmp/rtt-template.txt}",
 }
 
 
@@ -45,6 +48,8 @@ class RoundTrips(unittest.TestCase):
         self.inventory = up.stdout.decode().strip().splitlines()[-1]
         self.work = tempfile.mkdtemp(prefix='spindle-rtt-', dir=os.path.join(REPO, 'target'))
         self.addCleanup(shutil.rmtree, self.work, True)
+        with open(os.path.join(self.work, 'rtt.j2'), 'w') as f:
+            f.write('{{ inventory_hostname }} {{ 999999999 | random }}\n')
         self.sock = os.path.join(self.work, 's.sock')
         self.daemon = subprocess.Popen([BIN, 'serve', '--socket', self.sock], stderr=subprocess.DEVNULL)
         self.addCleanup(self.daemon.wait)

@@ -585,3 +585,39 @@ class NestedContextTest(unittest.TestCase):
         self.agent.write(encode(CALL, handle=99, payload={"op": "ping"}, dst=7))
         self.assertTrue(self.agent.ok("ping")["pong"])
         self.assertEqual(self.agent.peek(lambda f: f.reply_to == 99), [])
+
+
+class CopyFastTest(unittest.TestCase):
+    """copy_fast answers "stock" (nothing changed) where Ansible's copy action takes other
+    steps; the module runs themselves are exercised through Ansible (tests/ansible)."""
+
+    def setUp(self):
+        self.agent = AgentProc()
+        self.agent.take(lambda f: f.kind == HELLO)
+        self.tmp = tempfile.mkdtemp(prefix="spindle-copyfast-", dir=os.environ.get("SPINDLE_TEST_TMP"))
+
+    def tearDown(self):
+        self.agent.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def call(self, dest, staged, follow=True):
+        return self.agent.ok("copy_fast", dest=dest, follow=follow, checksum="0" * 40,
+                             staged=staged, data_b64=base64.b64encode(b"x").decode(),
+                             copy={"req": {}, "manifest": {}}, file={"req": {}, "manifest": {}})
+
+    def test_directory_destination_is_left_to_the_action(self):
+        r = self.call(self.tmp, os.path.join(self.tmp, "t", "s", ".source"))
+        self.assertEqual(r, {"outcome": "stock"})
+        self.assertEqual(os.listdir(self.tmp), [])
+
+    def test_unusable_staging_dir_is_left_to_the_action(self):
+        blocker = os.path.join(self.tmp, "file")
+        with open(blocker, "w") as f:
+            f.write("not a dir")
+        r = self.call(os.path.join(self.tmp, "dest"), os.path.join(blocker, "s", ".source"))
+        self.assertEqual(r, {"outcome": "stock"})
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "dest")))
+
+    def test_bad_request(self):
+        obj = self.agent.error("copy_fast", dest=1)
+        self.assertEqual(obj["error"], "bad_request")

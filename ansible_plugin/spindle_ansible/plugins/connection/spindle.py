@@ -244,6 +244,7 @@ DOCUMENTATION = """
             - name: ansible_spindle_socket
 """
 
+import base64
 import copy
 import getpass
 import os
@@ -258,7 +259,7 @@ from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
 from spindle_ansible.client import Client, SpindleError, TargetSpec
-from spindle_ansible.modexec import run_in_agent
+from spindle_ansible.modexec import call_with_blobs, plan, run_in_agent
 
 display = Display()
 
@@ -312,6 +313,10 @@ class Connection(ConnectionBase):
         self._spindle_forced_transport = None
         self.cwd = None
         self._become_inner = {}  # command as the become plugin wrapped it -> as it was
+        # Set by spindle_ansible.copyfast while it lets Ansible build module invocations:
+        # called with (cmd, in_data, spec) before anything is sent; a non-None return is
+        # the command's (rc, stdout, stderr).
+        self._spindle_intercept = None
 
     def set_become_plugin(self, plugin):
         """Keep Ansible's become plugin, remembering each command it wraps: spindle runs the
@@ -504,6 +509,10 @@ class Connection(ConnectionBase):
                         host=self._play_context.remote_addr)
         else:
             display.vvv("SPINDLE EXEC %s" % to_text(cmd), host=self._play_context.remote_addr)
+        if self._spindle_intercept is not None:
+            intercepted = self._spindle_intercept(cmd, in_data, spec)
+            if intercepted is not None:
+                return intercepted
         cwd = None
         if self.cwd and self._mode() == 'local':  # set by Ansible for transport 'local'
             cwd = to_text(self.cwd, errors='surrogate_or_strict')
@@ -523,6 +532,38 @@ class Connection(ConnectionBase):
             raise self._failure(e, 'exec') from None
         self._timing('command (rc %s)' % res.rc, started, spec)
         return res.rc, res.stdout, res.stderr
+
+    def spindle_copy_fast(self, copy_run, file_run, dest, follow, checksum, staged, data):
+        """One ``copy_fast`` call (see :mod:`spindle_ansible.copyfast`): ``copy_run`` and
+        ``file_run`` are captured ``(cmd, in_data, spec)`` module invocations. Returns the
+        agent's answer with ``output`` = the chosen module's (rc, stdout, stderr), or None
+        when this path does not apply (the caller runs the stock action)."""
+        if self.cwd and self._mode() == 'local':
+            return None
+        spec = copy_run[2]  # the same task and connection built both (become included)
+        isolation = self.get_option('spindle_task_isolation')
+        plans = [plan(to_text(cmd), in_data, isolation) for cmd, in_data, _ in (copy_run, file_run)]
+        if None in plans:
+            return None
+        blobs = {}
+        runs = []
+        for payload, run_blobs in plans:
+            blobs.update(run_blobs)
+            runs.append(dict((k, v) for k, v in payload.items() if k != 'op'))
+        payload = {'op': 'copy_fast', 'dest': dest, 'follow': follow, 'checksum': checksum,
+                   'staged': staged, 'data_b64': base64.b64encode(data).decode('ascii'),
+                   'copy': runs[0], 'file': runs[1]}
+        started = time.monotonic()
+        try:
+            r = call_with_blobs(self._client(), spec, payload, blobs)
+        except SpindleError as e:
+            if e.kind == 'become_failed':
+                raise self._become_failure(e) from None
+            raise self._failure(e, 'copy') from None
+        self._timing('copy in one call (%s)' % r.get('outcome'), started, spec)
+        if r.get('outcome') in ('copy', 'file'):
+            r['output'] = (r['rc'], base64.b64decode(r['stdout_b64']), base64.b64decode(r['stderr_b64']))
+        return r
 
     def _timing(self, what, started, spec=None):
         """-vvv: how long spindle took for this step (daemon round trip included)."""

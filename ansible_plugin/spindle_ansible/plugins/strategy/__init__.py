@@ -31,7 +31,7 @@ import tempfile
 import time
 
 from ansible.errors import AnsibleError
-from ansible.plugins.loader import connection_loader
+from ansible.plugins.loader import action_loader, connection_loader
 from ansible.utils.display import Display
 
 display = Display()
@@ -310,12 +310,28 @@ def _routed_get(routed_get_with_context):
     return get
 
 
-class LoaderPatch(object):
-    """Routes ssh/smart/local to spindle on ``connection_loader`` until ``restore()``."""
+def _routed_action_get(action_get):
+    from spindle_ansible.copyfast import route_action
 
-    def __init__(self, loader=connection_loader):
+    def get(name, *args, **kwargs):
+        obj = action_get(name, *args, **kwargs)
+        if kwargs.get('class_only'):
+            return obj
+        return route_action(name, obj, kwargs.get('connection'))
+
+    get.spindle_routed = True
+    return get
+
+
+class LoaderPatch(object):
+    """Routes ssh/smart/local/docker/podman to spindle on ``connection_loader`` (and gives
+    the copy action spindle's one-round-trip ``_copy_file``) until ``restore()``."""
+
+    def __init__(self, loader=connection_loader, actions=action_loader):
         self.loader = loader
+        self.actions = actions
         self.saved = None
+        self.saved_action_get = None
 
     def apply(self):
         loader = self.loader
@@ -327,6 +343,9 @@ class LoaderPatch(object):
         routed = _route(loader.get_with_context)
         loader.get_with_context = routed
         loader.get = _routed_get(routed)
+        if self.actions is not None and not getattr(self.actions.get, 'spindle_routed', False):
+            self.saved_action_get = self.actions.__dict__.get('get')
+            self.actions.get = _routed_action_get(self.actions.get)
         return self
 
     def restore(self):
@@ -337,7 +356,13 @@ class LoaderPatch(object):
                 setattr(self.loader, key, self.saved[key])
             else:
                 self.loader.__dict__.pop(key, None)
+        if self.actions is not None and getattr(self.actions.get, 'spindle_routed', False):
+            if self.saved_action_get is not None:
+                self.actions.get = self.saved_action_get
+            else:
+                self.actions.__dict__.pop('get', None)
         self.saved = None
+        self.saved_action_get = None
 
 
 class SpindleStrategyMixin(object):
