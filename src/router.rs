@@ -538,7 +538,7 @@ impl Router {
                     }
                 };
                 let p = json!({"op": "put_file", "path": dest, "size": size, "mode": req.mode,
-                    "owner": req.owner, "group": req.group});
+                    "owner": req.owner, "group": req.group, "apply_umask": req.apply_umask});
                 (
                     p,
                     Op::Put {

@@ -584,12 +584,14 @@ class Client:
         owner: Optional[str] = None,
         group: Optional[str] = None,
         *,
+        apply_umask: bool = False,
         call_timeout=_DEFAULT
     ) -> Dict[str, Any]:
         """Copy controller file ``src`` to ``dest`` on the target; ``{"path", "size", "sha256"}``.
 
         ``src`` is made absolute here (the daemon has its own working directory).
-        ``mode`` is an int or an octal string (``"0644"``); it is sent as an int.
+        ``mode`` is an int or an octal string (``"0644"``); it is sent as an int. With
+        ``apply_umask`` the target's umask applies to it, as for a file sftp creates.
         """
         return self.request(
             "put",
@@ -600,6 +602,7 @@ class Client:
             mode=_mode_int(mode),
             owner=owner,
             group=group,
+            apply_umask=apply_umask or None,
         )
 
     def fetch(self, target, src: PathLike, dest: PathLike, *, call_timeout=_DEFAULT) -> Dict[str, Any]:

@@ -299,6 +299,8 @@ class Put(object):
             if mode is not None and (not isinstance(mode, int) or not 0 <= mode <= 0o7777):
                 raise AgentError("bad_request", "mode must be an integer permission value")
             self.mode = (0o666 & ~UMASK) if mode is None else mode
+            if mode is not None and call.get("apply_umask"):
+                self.mode = mode & ~UMASK
             self.uid = _owner_id(call.get("owner"), pwd.getpwnam, "user")
             self.gid = _owner_id(call.get("group"), grp.getgrnam, "group")
             base = os.path.basename(self.path)

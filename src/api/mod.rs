@@ -49,6 +49,9 @@ pub struct Request {
     /// put: file mode.
     #[serde(default)]
     pub mode: Option<u32>,
+    /// put: the target's umask applies to `mode` (as for a file created by sftp).
+    #[serde(default)]
+    pub apply_umask: Option<bool>,
     /// put: owner name.
     #[serde(default)]
     pub owner: Option<String>,

@@ -579,9 +579,15 @@ class Connection(ConnectionBase):
                     host=self._play_context.remote_addr)
         if not os.path.exists(to_bytes(in_path, errors='surrogate_or_strict')):
             raise AnsibleFileNotFound("file or module does not exist: %s" % to_text(in_path))
+        # Like the ssh plugin's sftp: a new file gets the local file's permissions less the
+        # target's umask (the local plugin's copyfile leaves the default mode).
+        mode = None
+        if self._mode() != 'local':
+            mode = stat.S_IMODE(os.stat(to_bytes(in_path, errors='surrogate_or_strict')).st_mode) & 0o777
         started = time.monotonic()
         try:
-            self._client().put(self._spec(), to_text(in_path), to_text(out_path))
+            self._client().put(self._spec(), to_text(in_path), to_text(out_path), mode=mode,
+                               apply_umask=True)
             self._timing('put', started)
         except SpindleError as e:
             raise self._failure(e, 'transfer of %s to %s' % (in_path, out_path)) from None
