@@ -133,6 +133,8 @@ def run_env(work, cfg, record):
         'XDG_RUNTIME_DIR': os.path.join(work, 'run'),  # where the strategy puts its daemon
         'SPINDLE_RECORD': record,
         'SPINDLE_BIN': spindle_bin(),
+        # the playbook's library/ plus the binary module built for this run
+        'ANSIBLE_LIBRARY': os.pathsep.join([os.path.join(HERE, 'library'), os.path.join(work, 'library')]),
         'PYTHONPATH': os.pathsep.join([PKG_ROOT] + [p for p in [os.environ.get('PYTHONPATH')] if p]),
     })
     return env
@@ -154,6 +156,40 @@ def clean_state(name, fetch_dir):
         fleet('exec', name, i, 'rm', '-rf', TARGET_DIR)
     shutil.rmtree(fetch_dir, ignore_errors=True)
     os.makedirs(fetch_dir)
+
+
+BINARY_MODULE_C = r"""
+/* A binary Ansible module: argv[1] is a file holding the arguments as JSON. */
+#include <stdio.h>
+#include <sys/stat.h>
+int main(int argc, char **argv) {
+    struct stat st;
+    long n = 0;
+    int c;
+    FILE *f = argc > 1 ? fopen(argv[1], "r") : NULL;
+    if (!f || fstat(fileno(f), &st) != 0) {
+        printf("{\"failed\": true, \"msg\": \"no args file\"}\n");
+        return 1;
+    }
+    while ((c = fgetc(f)) != EOF) n += (c == '{');
+    printf("{\"changed\": false, \"msg\": \"binary: %ld objects, mode %o\"}\n", n, (unsigned)(st.st_mode & 0777));
+    return 0;
+}
+"""
+
+
+def build_binary_module(work):
+    """Compile library/spx_binary for this run (cc on the controller; the targets share its
+    filesystem and libc). Returns False when there is no C compiler."""
+    cc = shutil.which('cc') or shutil.which('gcc')
+    lib = os.path.join(work, 'library')
+    os.makedirs(lib, exist_ok=True)
+    if not cc:
+        return False
+    src = os.path.join(work, 'spx_binary.c')
+    with open(src, 'w') as f:
+        f.write(BINARY_MODULE_C)
+    return subprocess.run([cc, '-O1', '-o', os.path.join(lib, 'spx_binary'), src]).returncode == 0
 
 
 def one_run(name, work, kind, strategy, inventories, extra):
@@ -263,8 +299,12 @@ def main(argv=None):
             gw = host_side(ip)
             urls['t%d' % i] = 'http://%s:%d/payload.txt' % (gw, servers[gw].server_address[1])
         extra = os.path.join(work, 'extra.json')
+        have_binary = build_binary_module(work)
+        if not have_binary:
+            print('note: no C compiler here: the binary module task is skipped in both runs')
         with open(extra, 'w') as f:
-            json.dump({'fetch_dir': os.path.join(work, 'fetched'), 'http_urls': urls}, f)
+            json.dump({'fetch_dir': os.path.join(work, 'fetched'), 'http_urls': urls,
+                       'binary_module': have_binary}, f)
         # A fourth host that refuses connections: both runs must call it UNREACHABLE.
         dead = os.path.join(work, 'dead.ini')
         with open(dead, 'w') as f:
