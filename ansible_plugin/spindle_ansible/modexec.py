@@ -12,6 +12,8 @@ Anything this path does not handle returns ``None`` and the caller runs the stoc
 """
 
 import base64
+import hashlib
+import os
 
 from spindle_ansible import ansiballz
 from spindle_ansible.client import SpindleError
@@ -29,10 +31,42 @@ ALWAYS_FORK = frozenset((
     'selinux', 'seboolean', 'sefcontext', 'seport', 'selogin',
 ))
 
-ISOLATION = ('inproc', 'fork', 'off')
+ISOLATION = ('warm', 'inproc', 'fork', 'off')
+
+_SYNTHETIC = 'ansible/module_utils/__init__.py'  # made by Ansible's module finder
+_CORE_SHA = {}  # payload path -> sha256 of the controller's installed ansible-core file (or None)
 
 
-def plan(cmd, in_data, isolation='inproc'):
+def _installed_sha(rel):
+    if rel not in _CORE_SHA:
+        import ansible
+        site = os.path.dirname(os.path.dirname(os.path.abspath(ansible.__file__)))
+        try:
+            with open(os.path.join(site, rel), 'rb') as f:
+                _CORE_SHA[rel] = hashlib.sha256(f.read()).hexdigest()
+        except OSError:
+            _CORE_SHA[rel] = None
+    return _CORE_SHA[rel]
+
+
+def core_files(manifest):
+    """The payload's ansible-core module_utils (bytes identical to the installed ansible-core),
+    which warm mode keeps loaded in the agent; None when a custom file shadows a core one
+    (then nothing is kept: docs/module-execution.md, warm mode)."""
+    core = []
+    for rel, digest in manifest.items():
+        if rel == _SYNTHETIC or not rel.startswith('ansible/module_utils/'):
+            continue
+        installed = _installed_sha(rel)
+        if installed is None:
+            continue
+        if installed != digest:
+            return None
+        core.append(rel)
+    return sorted(core)
+
+
+def plan(cmd, in_data, isolation='warm'):
     """The agent request for this command, or None when it is not a plain pipelined module."""
     if isolation == 'off' or not in_data or b'_ANSIBALLZ_WRAPPER = True' not in in_data[:4096]:
         return None
@@ -49,8 +83,15 @@ def plan(cmd, in_data, isolation='inproc'):
     files = ansiballz.unpack(meta.pop('zip'))
     manifest = ansiballz.manifest(files)
     mode = 'fork' if isolation == 'fork' or name in ALWAYS_FORK else 'inproc'
+    core = None
+    if mode == 'inproc' and isolation == 'warm':
+        core = core_files(manifest)
+        if core:
+            mode = 'warm'
     payload = {'op': 'run_module', 'req': dict(meta, env=env), 'manifest': manifest,
                'mode': mode, 'interpreter': argv[0]}
+    if mode == 'warm':
+        payload['core'] = core
     blobs = dict((manifest[p], files[p]) for p in files)
     return payload, blobs
 
@@ -72,7 +113,7 @@ def call_with_blobs(client, target, payload, blobs):
     raise AssertionError('unreachable')
 
 
-def run_in_agent(client, target, cmd, in_data, isolation='inproc'):
+def run_in_agent(client, target, cmd, in_data, isolation='warm'):
     """``(rc, stdout, stderr)`` of the module run in the agent, or None to run it stock."""
     planned = plan(cmd, in_data, isolation)
     if planned is None:

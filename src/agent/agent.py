@@ -636,9 +636,10 @@ def op_run_module(chan, call_id, call):
 
 def _run_module(call):
     req, manifest = call.get("req"), call.get("manifest")
-    mode = call.get("mode", "inproc")
-    if not isinstance(req, dict) or not isinstance(manifest, dict) or mode not in ("inproc", "fork"):
-        raise AgentError("bad_request", "run_module needs req, manifest and mode inproc|fork")
+    mode, core = call.get("mode", "inproc"), call.get("core") or []
+    if not isinstance(req, dict) or not isinstance(manifest, dict) \
+            or mode not in ("inproc", "warm", "fork") or not isinstance(core, list):
+        raise AgentError("bad_request", "run_module needs req, manifest, mode inproc|warm|fork")
     interp = call.get("interpreter")
     if interp and os.path.realpath(interp) != os.path.realpath(sys.executable):
         return {"fallback": "interpreter %s is not the agent's %s" % (interp, sys.executable)}
@@ -650,7 +651,7 @@ def _run_module(call):
         files[path] = data
     out, err = TEMPLATE_STREAMS or (sys.__stdout__, sys.__stderr__)
     with MODULE_LOCK:
-        r = modrun().run(req, files, mode, out, err)
+        r = modrun().run(req, files, mode, out, err, core)
     return {"rc": r["rc"], "stdout_b64": base64.b64encode(r["stdout"]).decode("ascii"),
             "stderr_b64": base64.b64encode(r["stderr"]).decode("ascii"), "seconds": r["seconds"]}
 

@@ -224,13 +224,17 @@ DOCUMENTATION = """
             - name: ansible_podman_extra_args
       spindle_task_isolation:
           description:
-            - How modules run on the target. C(inproc) runs them inside the persistent agent
-              (state restored after each run), C(fork) in a forked child of the agent,
-              C(off) as stock Ansible does (a new interpreter per task). A built-in list of
-              modules always forks.
+            - How modules run on the target. C(warm) runs them inside the persistent agent
+              with process state restored after each run and the module and its other code
+              unloaded, keeping only ansible-core's own module_utils loaded (their per-run
+              globals reset), which saves re-importing them every task. C(inproc) is the same
+              but unloads everything after each run. C(fork) runs each module in a forked
+              child of the agent, C(off) as stock Ansible does (a new interpreter per task).
+              A built-in list of modules always forks; a custom module_utils that shadows a
+              core one turns C(warm) into C(inproc) for that task.
           type: string
-          default: inproc
-          choices: [inproc, fork, 'off']
+          default: warm
+          choices: [warm, inproc, fork, 'off']
           env:
             - name: SPINDLE_TASK_ISOLATION
           vars:
