@@ -85,8 +85,9 @@ struct Proc {
     duplex: bool,
     writing: bool,
     stdout_eof_at: Option<Instant>,
-    /// A `unix` socket whose connect has not completed (its fd is in `stdout`).
-    connecting: Option<Connecting>,
+    /// A `unix` socket whose connect has not completed (its fd is in `stdout`). Boxed: a
+    /// socket address is ~110 bytes, and every stream's `Proc` would carry it.
+    connecting: Option<Box<Connecting>>,
 }
 
 /// A nonblocking `connect` that did not complete at once.
@@ -507,23 +508,23 @@ impl Server {
         };
         let connecting = match step {
             ConnectStep::Done => None,
-            ConnectStep::InProgress => Some(Connecting {
+            ConnectStep::InProgress => Some(Box::new(Connecting {
                 addr,
                 retry_at: None,
                 backoff: CONNECT_RETRY_MIN,
-            }),
-            ConnectStep::Retry => Some(Connecting {
+            })),
+            ConnectStep::Retry => Some(Box::new(Connecting {
                 addr,
                 retry_at: Some(Instant::now() + CONNECT_RETRY_MIN),
                 backoff: CONNECT_RETRY_MIN,
-            }),
+            })),
         };
         let interest = match &connecting {
             None => Some(Interest {
                 read: true,
                 write: true,
             }),
-            Some(Connecting { retry_at: None, .. }) => Some(Interest::WRITE),
+            Some(c) if c.retry_at.is_none() => Some(Interest::WRITE),
             Some(_) => None,
         };
         if let Some(i) = interest {
