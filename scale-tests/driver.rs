@@ -12,7 +12,7 @@ mod procs;
 mod shared;
 
 use clap::Parser;
-use load::{Live, LoadCfg, Target};
+use load::{Live, LoadCfg, LoadOp, Target};
 use procs::Proc;
 use serde_json::{json, Value};
 use shared::FaultMode;
@@ -40,6 +40,20 @@ struct Opts {
     /// Event-loop backend of the daemon the driver starts.
     #[arg(long, default_value = "epoll")]
     io: String,
+    /// Targets: `unix` (the fleet simulator) or `local` (one real Python agent per stream,
+    /// spawned by the daemon; no simulator, no fault injection).
+    #[arg(long, default_value = "unix")]
+    transport: String,
+    /// Load request: `sim` (exec to the simulator; default for `unix`), `ping` (a round trip
+    /// through the agent, no fork; default for `local`) or `echo` (exec `echo TOKEN`).
+    #[arg(long)]
+    op: Option<String>,
+    /// Interpreter of `local` agents (default: the daemon's discovery).
+    #[arg(long)]
+    python: Option<String>,
+    /// `connect_timeout` of `local` targets, seconds (hundreds of agents bootstrap at once).
+    #[arg(long, default_value_t = 120)]
+    connect_timeout: u64,
     /// Fault mix, e.g. `die=1%,hang=1%,garbage=1%,oversize=0.5%,slow-reader=0.5%`; the flag
     /// alone means that default mix.
     #[arg(long, num_args = 0..=1, default_missing_value = "default")]
@@ -169,6 +183,7 @@ fn start(o: &Opts) -> Result<Rig, String> {
     std::fs::create_dir_all(&workdir).map_err(|e| format!("{}: {e}", workdir.display()))?;
     let (sim, ssock) = match &o.sim_socket {
         Some(s) => (None, s.clone()),
+        None if o.transport == "local" => (None, PathBuf::new()),
         None => {
             let ssock = workdir.join("sim.sock");
             let bin = o
@@ -236,10 +251,17 @@ impl Rig {
 
 /// Opens a few probe streams, counts the daemon's descriptors, closes them again; returns
 /// descriptors per stream (rounded up, at least 1).
-fn probe_fds_per_stream(rig: &Rig, fds0: usize) -> Result<usize, String> {
-    const PROBES: usize = 20;
-    let specs: Vec<Value> = (0..PROBES)
-        .map(|i| json!({"transport": "unix", "host": rig.ssock, "name": format!("fd-probe-{i}")}))
+fn probe_fds_per_stream(rig: &Rig, fds0: usize, local: bool) -> Result<usize, String> {
+    let probes = if local { 4 } else { 20 };
+    let specs: Vec<Value> = (0..probes)
+        .map(|i| {
+            let name = format!("fd-probe-{i}");
+            if local {
+                json!({"transport": "local", "name": name})
+            } else {
+                json!({"transport": "unix", "host": rig.ssock, "name": name})
+            }
+        })
         .collect();
     let mut c = spindle::client::Client::connect(&rig.dsock).map_err(|e| e.to_string())?;
     for t in &specs {
@@ -255,7 +277,7 @@ fn probe_fds_per_stream(rig: &Rig, fds0: usize) -> Result<usize, String> {
     while procs::fd_count(rig.daemon.pid) > fds0 && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(held.div_ceil(PROBES).max(1))
+    Ok(held.div_ceil(probes).max(1))
 }
 
 /// The daemon's soft descriptor limit, from /proc/<pid>/limits.
@@ -301,6 +323,23 @@ fn run(o: &Opts) -> Result<i32, String> {
         Some(m) => shared::parse_mix(m)?,
         None => Vec::new(),
     };
+    let local = match o.transport.as_str() {
+        "unix" => false,
+        "local" => true,
+        t => return Err(format!("--transport {t:?}: expected unix or local")),
+    };
+    let op = match (&o.op, local) {
+        (Some(x), _) => LoadOp::parse(x)?,
+        (None, true) => LoadOp::Ping,
+        (None, false) => LoadOp::SimExec,
+    };
+    if local
+        && (!mix.is_empty() || o.client_disconnect || o.fail_rate > 0.0 || op == LoadOp::SimExec)
+    {
+        return Err("--transport local runs healthy real agents: no --faults, \
+                    --client-disconnect, --fail-rate or --op sim"
+            .into());
+    }
     let duration = o.soak.unwrap_or(o.duration);
     let mut rig = start(o)?;
     let pid = rig.daemon.pid;
@@ -312,7 +351,7 @@ fn run(o: &Opts) -> Result<i32, String> {
     let (rss0, fds0) = (procs::rss_kib(pid), procs::fd_count(pid));
     let d_limit = daemon_nofile(pid).unwrap_or(soft);
     // How many descriptors the daemon holds per stream, measured on a few probe streams.
-    let per_fd = probe_fds_per_stream(&rig, fds0)?;
+    let per_fd = probe_fds_per_stream(&rig, fds0, local)?;
     let max_fit = ((d_limit as usize).saturating_sub(fds0 + o.clients + 4) / per_fd)
         .min((d_limit as usize).saturating_sub(16)); // the simulator holds one per stream
     let n: usize = if o.streams == "max" {
@@ -324,7 +363,8 @@ fn run(o: &Opts) -> Result<i32, String> {
     };
     let label = o.label.clone().unwrap_or_else(|| {
         let f = if mix.is_empty() { "" } else { "-faults" };
-        format!("{}-{n}{f}", o.io)
+        let r = if local { "-real" } else { "" };
+        format!("{}{r}-{n}{f}", o.io)
     });
     eprintln!(
         "spindle-scale [{label}]: daemon pid {pid} ({}), {} streams, {} req/s each for {duration} s; \
@@ -334,10 +374,15 @@ fn run(o: &Opts) -> Result<i32, String> {
         o.rate,
         rig.workdir.display()
     );
-    let ts = Arc::new(load::targets(n, &rig.ssock, &mix, o.seed));
+    let ts = Arc::new(if local {
+        load::local_targets(n, o.python.as_deref(), o.connect_timeout)
+    } else {
+        load::targets(n, &rig.ssock, &mix, o.seed)
+    });
 
     let t_open = Instant::now();
     let open = load::open_all(&rig.dsock, &ts, o.clients, o.open_window);
+    let agents0 = procs::children(pid);
     let open_secs = t_open.elapsed().as_secs_f64();
     eprintln!(
         "spindle-scale [{label}]: opened {}/{n} streams in {open_secs:.1} s{}",
@@ -351,7 +396,8 @@ fn run(o: &Opts) -> Result<i32, String> {
     let (rss_idle, fds_idle) = (procs::rss_kib(pid), procs::fd_count(pid));
     let per_stream = (rss_idle as f64 - rss0 as f64) / n.max(1) as f64;
     let mut report = json!({
-        "label": label, "io": o.io, "streams": n, "rate_per_stream": o.rate,
+        "label": label, "io": o.io, "transport": o.transport, "op": op.name(),
+        "streams": n, "rate_per_stream": o.rate,
         "duration_s": duration, "clients": o.clients, "call_timeout_s": o.call_timeout,
         "service_ms": o.service_ms, "reply_bytes": o.reply_bytes, "fail_rate": o.fail_rate,
         "seed": o.seed, "faults": o.faults, "soak": o.soak.is_some(), "nice": o.nice,
@@ -362,6 +408,11 @@ fn run(o: &Opts) -> Result<i32, String> {
                  "seconds": open_secs, "latency_ms": open.hist.as_ref().map(latency_json)},
         "rss": {"baseline_kib": rss0, "idle_kib": rss_idle, "per_stream_kib": per_stream},
     });
+    if local {
+        let kib: u64 = agents0.iter().map(|&a| procs::rss_kib(a)).sum();
+        report["agents"] = json!({"count": agents0.len(), "rss_total_kib": kib,
+            "rss_per_agent_kib": kib as f64 / agents0.len().max(1) as f64});
+    }
     let mut failures: Vec<String> = Vec::new();
     if open.ok < n {
         let msg = format!(
@@ -386,11 +437,13 @@ fn run(o: &Opts) -> Result<i32, String> {
         seed: o.seed,
         fail_rate: o.fail_rate,
         slow_stdin_b64: o.slow_stdin_bytes,
+        op,
     };
     let live = Arc::new(Live::default());
     let stop = Arc::new(AtomicBool::new(false));
     let samples: Arc<Mutex<Vec<(f64, u64, usize)>>> = Arc::default();
     let (cpu_d0, cpu_s0) = (procs::cpu_ticks(pid), sim_ticks(&rig));
+    let cpu_a0: u64 = agents0.iter().map(|&a| procs::cpu_ticks(a)).sum();
     let cpu_self0 = procs::self_cpu_secs();
     let (busy0, load0) = (procs::machine_busy_ticks(), procs::loadavg());
     let spid = rig.sim.as_ref().map_or(0, |s| s.pid);
@@ -420,9 +473,11 @@ fn run(o: &Opts) -> Result<i32, String> {
     let load_wall = t_load.elapsed().as_secs_f64();
     let cpu_d = (procs::cpu_ticks(pid) - cpu_d0) as f64 / procs::USER_HZ;
     let cpu_s = sim_ticks(&rig).saturating_sub(cpu_s0) as f64 / procs::USER_HZ;
+    let cpu_a_ticks: u64 = agents0.iter().map(|&a| procs::cpu_ticks(a)).sum();
+    let cpu_a = cpu_a_ticks.saturating_sub(cpu_a0) as f64 / procs::USER_HZ;
     let cpu_self = procs::self_cpu_secs() - cpu_self0;
     let busy = procs::machine_busy_ticks().saturating_sub(busy0) as f64 / procs::USER_HZ;
-    let other = ((busy - cpu_d - cpu_s - cpu_self) / load_wall).max(0.0);
+    let other = ((busy - cpu_d - cpu_s - cpu_a - cpu_self) / load_wall).max(0.0);
     let wait_d = procs::runqueue_wait_ns(pid).saturating_sub(wait_d0) as f64 / 1e9;
     let wait_s = procs::runqueue_wait_ns(spid).saturating_sub(wait_s0) as f64 / 1e9;
     let disturbed = other > 0.2 || wait_d / load_wall > 0.02;
@@ -496,9 +551,23 @@ fn run(o: &Opts) -> Result<i32, String> {
         "daemon_util": cpu_d / load_wall, "sim_util": cpu_s / load_wall,
         "driver_util": cpu_self / load_wall, "other_processes_util": other,
         "loadavg_before": load0, "loadavg_after": procs::loadavg(),
-        "daemon_runqueue_wait_s": wait_d, "sim_runqueue_wait_s": wait_s, "disturbed": disturbed, "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "daemon_runqueue_wait_s": wait_d, "sim_runqueue_wait_s": wait_s, "disturbed": disturbed,
+        "agents_util": cpu_a / load_wall, "agents_us_per_request": cpu_a * 1e6 / requests, "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
     });
     report["rss"]["end_kib"] = rss_end.into();
+    if local {
+        let now = procs::children(pid);
+        let kib: u64 = now.iter().map(|&a| procs::rss_kib(a)).sum();
+        report["agents"]["count_end"] = now.len().into();
+        report["agents"]["rss_total_end_kib"] = kib.into();
+        if now.len() != agents0.len() {
+            failures.push(format!(
+                "{} agents at the start of the load, {} at the end",
+                agents0.len(),
+                now.len()
+            ));
+        }
+    }
     report["rss"]["hwm_kib"] = hwm.into();
     report["rss"]["samples"] = json!(samples);
     report["rss"]["slope_kib_per_min"] = json!(slope_kib_per_min(&pts));

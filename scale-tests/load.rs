@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,63 @@ pub struct Target {
     pub spec: String,
     /// Its fault mode (the simulator socket it points at).
     pub mode: FaultMode,
+    /// The agent's pid from the open phase's `ping` (0 = unknown); `ping` load checks that
+    /// every reply comes from this process (a cross-wired reply would carry another pid).
+    pub agent_pid: AtomicU32,
+}
+
+/// What each load request asks a target to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadOp {
+    /// `exec ["sim", TOKEN]` to the fleet simulator (stdout starts with the token).
+    SimExec,
+    /// `ping`: one round trip through a real agent, in its process (no fork); the reply's
+    /// `pid` must be the target's agent.
+    Ping,
+    /// `exec ["echo", TOKEN]` on a real agent: one fork+exec per request on the target side.
+    Echo,
+}
+
+impl LoadOp {
+    /// Parses `ping` / `echo` / `sim`.
+    pub fn parse(s: &str) -> Result<LoadOp, String> {
+        match s {
+            "ping" => Ok(LoadOp::Ping),
+            "echo" => Ok(LoadOp::Echo),
+            "sim" => Ok(LoadOp::SimExec),
+            _ => Err(format!("--op {s:?}: expected ping, echo or sim")),
+        }
+    }
+
+    /// Name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            LoadOp::SimExec => "sim-exec",
+            LoadOp::Ping => "ping",
+            LoadOp::Echo => "echo",
+        }
+    }
+}
+
+/// `n` real agents over the `local` transport (`spindle` spawns `python3` for each); each is
+/// its own stream because the stream key includes the name (`real-N`).
+pub fn local_targets(n: usize, python: Option<&str>, connect_timeout: u64) -> Vec<Target> {
+    (0..n)
+        .map(|i| {
+            let name = format!("real-{i}");
+            let mut spec = serde_json::json!({"transport": "local", "name": name,
+                "connect_timeout": connect_timeout});
+            if let Some(p) = python {
+                spec["python"] = p.into();
+            }
+            Target {
+                name,
+                spec: spec.to_string(),
+                mode: FaultMode::Healthy,
+                agent_pid: AtomicU32::new(0),
+            }
+        })
+        .collect()
 }
 
 /// Builds `n` targets; `mix` fault fractions are assigned to whole targets by a seeded
@@ -62,6 +119,7 @@ pub fn targets(n: usize, sim: &Path, mix: &[(FaultMode, f64)], seed: u64) -> Vec
                 name,
                 spec: spec.to_string(),
                 mode,
+                agent_pid: AtomicU32::new(0),
             }
         })
         .collect()
@@ -82,12 +140,11 @@ pub struct OpenResult {
 
 /// Pings every target (target `i` over connection `i % clients`, up to `window` in flight per
 /// connection) so that the daemon opens one stream per target.
-pub fn open_all(sock: &Path, ts: &[Target], clients: usize, window: usize) -> OpenResult {
-    let specs: Arc<Vec<String>> = Arc::new(ts.iter().map(|t| t.spec.clone()).collect());
+pub fn open_all(sock: &Path, ts: &Arc<Vec<Target>>, clients: usize, window: usize) -> OpenResult {
     let handles: Vec<_> = (0..clients)
         .map(|c| {
-            let (sock, specs) = (sock.to_path_buf(), specs.clone());
-            std::thread::spawn(move || open_some(&sock, &specs, c, clients, window))
+            let (sock, ts) = (sock.to_path_buf(), ts.clone());
+            std::thread::spawn(move || open_some(&sock, &ts, c, clients, window))
         })
         .collect();
     let mut r = OpenResult {
@@ -108,7 +165,7 @@ pub fn open_all(sock: &Path, ts: &[Target], clients: usize, window: usize) -> Op
     r
 }
 
-fn open_some(sock: &Path, specs: &[String], c: usize, k: usize, window: usize) -> OpenResult {
+fn open_some(sock: &Path, ts: &[Target], c: usize, k: usize, window: usize) -> OpenResult {
     let mut r = OpenResult {
         hist: Histogram::new(3).ok(),
         ..Default::default()
@@ -124,21 +181,21 @@ fn open_some(sock: &Path, specs: &[String], c: usize, k: usize, window: usize) -
             return r;
         }
     };
-    let mine: Vec<&String> = specs.iter().skip(c).step_by(k).collect();
-    let mut sent_at: HashMap<u64, Instant> = HashMap::new();
+    let mine: Vec<&Target> = ts.iter().skip(c).step_by(k).collect();
+    let mut sent_at: HashMap<u64, (Instant, &Target)> = HashMap::new();
     let mut next = 0;
     while next < mine.len() || !sent_at.is_empty() {
         while next < mine.len() && sent_at.len() < window {
-            let spec: Value = serde_json::from_str(mine[next]).unwrap_or_default();
+            let spec: Value = serde_json::from_str(&mine[next].spec).unwrap_or_default();
             match cl.send(serde_json::json!({"op": "ping", "target": spec})) {
-                Ok(id) => sent_at.insert(id, Instant::now()),
+                Ok(id) => sent_at.insert(id, (Instant::now(), mine[next])),
                 Err(e) => return fail_rest(r, e.to_string(), mine.len() - next),
             };
             next += 1;
         }
         match cl.recv() {
             Ok(reply) => {
-                let Some(t0) = sent_at.remove(&reply.id) else {
+                let Some((t0, t)) = sent_at.remove(&reply.id) else {
                     fail(
                         &mut r,
                         "unknown_reply".into(),
@@ -149,6 +206,8 @@ fn open_some(sock: &Path, specs: &[String], c: usize, k: usize, window: usize) -
                 match reply.result {
                     Ok(v) if v["pong"] == true && v["hello"]["hostname"].is_string() => {
                         r.ok += 1;
+                        let pid = v["pid"].as_u64().unwrap_or(0);
+                        t.agent_pid.store(u32::try_from(pid).unwrap_or(0), Relaxed);
                         if let Some(h) = r.hist.as_mut() {
                             let _ = h.record(t0.elapsed().as_micros() as u64);
                         }
@@ -191,6 +250,8 @@ pub struct LoadCfg {
     pub fail_rate: f64,
     /// base64 characters of stdin sent to slow-reader targets (to back their socket up).
     pub slow_stdin_b64: usize,
+    /// What each request does.
+    pub op: LoadOp,
 }
 
 struct Pending {
@@ -434,10 +495,18 @@ fn send(
             } else {
                 String::new()
             };
-            let body = format!(
-                "{{\"id\":{id},\"op\":\"exec\",\"target\":{},\"argv\":[\"sim\",\"{token}\"],\"call_timeout\":{}{extra}}}",
-                t.spec, cfg.call_timeout
-            );
+            let body = match cfg.op {
+                LoadOp::Ping => format!(
+                    "{{\"id\":{id},\"op\":\"ping\",\"target\":{},\"call_timeout\":{}}}",
+                    t.spec, cfg.call_timeout
+                ),
+                LoadOp::SimExec | LoadOp::Echo => format!(
+                    "{{\"id\":{id},\"op\":\"exec\",\"target\":{},\"argv\":[\"{}\",\"{token}\"],\"call_timeout\":{}{extra}}}",
+                    t.spec,
+                    if cfg.op == LoadOp::Echo { "echo" } else { "sim" },
+                    cfg.call_timeout
+                ),
+            };
             frame_message(&mut batch, body.as_bytes());
             guard.insert(
                 id,
@@ -471,7 +540,7 @@ fn receive(
     ts: &[Target],
     sh: &Shared,
     live: &Live,
-    _cfg: &LoadCfg,
+    cfg: &LoadCfg,
 ) -> RecvPart {
     let mut p = RecvPart {
         hist: Histogram::new(3).ok(),
@@ -487,7 +556,7 @@ fn receive(
         dec.push(&buf[..n]);
         let now = Instant::now();
         while let Ok(Some(body)) = dec.next_message() {
-            handle_reply(&body, c, ts, sh, live, now, &mut p);
+            handle_reply(&body, c, ts, sh, live, cfg, now, &mut p);
         }
     }
 }
@@ -499,12 +568,14 @@ fn problem(p: &mut RecvPart, live: &Live, s: String) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn handle_reply(
     body: &[u8],
     c: usize,
     ts: &[Target],
     sh: &Shared,
     live: &Live,
+    cfg: &LoadCfg,
     now: Instant,
     p: &mut RecvPart,
 ) {
@@ -540,7 +611,23 @@ fn handle_reply(
         let msg = format!("{}: wanted {want}, got {outcome}: {}", t.name, v);
         return problem(p, live, msg);
     }
-    if outcome == "ok" {
+    if outcome == "ok" && cfg.op == LoadOp::Ping {
+        let (want, got) = (
+            t.agent_pid.load(Relaxed) as u64,
+            v["result"]["pid"].as_u64(),
+        );
+        if v["result"]["pong"] != true || (want != 0 && got != Some(want)) {
+            p.mismatched += 1;
+            return problem(
+                p,
+                live,
+                format!(
+                    "{}: ping {id} answered by pid {got:?}, agent is {want}",
+                    t.name
+                ),
+            );
+        }
+    } else if outcome == "ok" {
         let out = v["result"]["stdout_b64"].as_str().unwrap_or("");
         let raw = base64::engine::general_purpose::STANDARD
             .decode(out)

@@ -188,3 +188,19 @@ pub fn runqueue_wait_ns(pid: u32) -> u64 {
         .and_then(|s| s.split_whitespace().nth(1).and_then(|x| x.parse().ok()))
         .unwrap_or(0)
 }
+
+/// Direct children of a process (the daemon's agents for `local` targets), from
+/// /proc/<pid>/task/*/children.
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let s = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(s.split_whitespace().filter_map(|x| x.parse::<u32>().ok()));
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}

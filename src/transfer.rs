@@ -9,6 +9,35 @@
 //! why once, and counts those bytes as copied through user space.
 //!
 //! The router owns an `Outbound` per target and stays sans-IO; the server calls `write_to`.
+//!
+//! ## Why not `IORING_OP_SPLICE` under `--io uring`
+//!
+//! With the io_uring backend the payload still moves by the `splice(2)` syscall, on purpose.
+//! Issuing it as an io_uring op is feasible without touching the router (a per-`Outbound`
+//! token, the op pushed to the reactor's ring, its completion handed back to the stream by
+//! the server before it calls `flush_into` again), but it costs more than it saves:
+//!
+//! - The kernel never runs `IORING_OP_SPLICE` inline: `io_splice` refuses the nonblocking
+//!   attempt (`IO_URING_F_NONBLOCK` → `-EAGAIN`, or `REQ_F_FORCE_ASYNC` in newer kernels), so
+//!   every op is handed to an io-wq worker thread and its completion handed back: two thread
+//!   switches per op where the syscall has none. Without `SPLICE_F_NONBLOCK` a worker also
+//!   blocks on a full pipe, i.e. one kernel thread per stream waiting on a slow target;
+//!   with it, the op fails `EAGAIN` and the readiness poll is needed anyway.
+//! - What it would save is the syscall entry of `splice(2)` (the readiness wait is already
+//!   batched in the ring's one `io_uring_enter` per loop turn).
+//!
+//! Measured (`cargo test --release --lib transfer::uring_splice_cost -- --ignored
+//! --nocapture`: 2 GiB from the page cache into a 64 KiB pipe drained by a reader thread, one
+//! splice in flight as a stream would have; 2 cores, kernel 6.18, shared machine, load
+//! average 11–28): `splice(2)` + `poll` 7.0–7.6 µs of process CPU per 64 KiB splice
+//! (reader included), 1–2 context switches per splice, 0.36–0.49 s wall; `IORING_OP_SPLICE`
+//! 11.9–13.7 µs per splice (io-wq workers included, 2 alive), 3.3–3.4 context switches per
+//! splice, 0.59–0.86 s wall. That is +5–6 µs per 64 KiB on top of a daemon that spends
+//! 0.45 s of CPU to put 1 GiB (4 targets × 256 MiB, `SPINDLE_IO=uring bench/zero_copy.sh 4
+//! 256`, 0 bytes copied; read/write fallback 0.62 s): ~16,400 splices, so about +0.08 s
+//! (+18%) of daemon CPU for at most ~0.02 s of syscall entries saved. The lever that does
+//! cut per-byte cost on both backends is fewer, larger splices (a bigger transport pipe,
+//! `F_SETPIPE_SZ`), not a different way to issue them.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -234,6 +263,186 @@ mod tests {
         assert_eq!(got, "<hdr>456789ab<end>");
         assert_eq!(stats.file_bytes_spliced, 8);
         assert_eq!(stats.file_bytes_copied, 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Measures what issuing the payload splice as `IORING_OP_SPLICE` would cost against the
+/// `splice(2)` syscall `Outbound::write_to` uses (see the module doc for the figures):
+///
+/// `cargo test --release --lib transfer::uring_splice_cost -- --ignored --nocapture`
+#[cfg(test)]
+mod uring_splice_cost {
+    use std::fs::File;
+    use std::io::{Read, Write};
+    use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+    use std::time::Instant;
+
+    const SIZE: usize = 256 << 20;
+    /// Passes over the file per measurement (2 GiB moved: CPU time has 10 ms resolution).
+    const PASSES: usize = 8;
+    const ROUNDS: usize = 3;
+
+    /// Process CPU seconds: every thread, io-wq workers included (they are threads of the
+    /// process, named `iou-wrk-*`).
+    fn cpu_secs() -> f64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        (f[11] + f[12]) as f64 / 100.0
+    }
+
+    fn switches(status: &str) -> u64 {
+        status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// Context switches of this process's live threads, and how many are io-wq workers.
+    fn task_switches() -> (u64, usize) {
+        let (mut n, mut workers) = (0, 0);
+        for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let st = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            workers += usize::from(st.lines().next().is_some_and(|l| l.contains("iou-wrk")));
+            n += switches(&st);
+        }
+        (n, workers)
+    }
+
+    /// A reader thread draining the pipe (as ssh would): bytes read and its own context
+    /// switches (read before it exits, when /proc no longer lists it).
+    fn drain(r: OwnedFd) -> std::thread::JoinHandle<(usize, u64)> {
+        std::thread::spawn(move || {
+            let mut f = File::from(r);
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut n = 0;
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => n += k,
+                }
+            }
+            let st = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
+            (n, switches(&st))
+        })
+    }
+
+    /// Current path: wait for writability, then `splice(2)` with SPLICE_F_NONBLOCK.
+    fn by_syscall(file: &File) -> (usize, u64) {
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        rustix::io::ioctl_fionbio(&w, true).unwrap();
+        let reader = drain(r);
+        let mut calls = 0;
+        for _ in 0..PASSES {
+            let mut off = 0u64;
+            while (off as usize) < SIZE {
+                let mut fds = [rustix::event::PollFd::new(
+                    &w,
+                    rustix::event::PollFlags::OUT,
+                )];
+                rustix::event::poll(&mut fds, -1).unwrap();
+                let mut o = off;
+                let flags = rustix::pipe::SpliceFlags::NONBLOCK | rustix::pipe::SpliceFlags::MOVE;
+                match rustix::pipe::splice(
+                    file.as_fd(),
+                    Some(&mut o),
+                    &w,
+                    None,
+                    SIZE - off as usize,
+                    flags,
+                ) {
+                    Ok(n) => off += n as u64,
+                    Err(rustix::io::Errno::AGAIN) => {}
+                    Err(e) => panic!("splice: {e}"),
+                }
+                calls += 1;
+            }
+        }
+        drop(w);
+        let (n, cs) = reader.join().unwrap();
+        assert_eq!(n, SIZE * PASSES);
+        (calls, cs)
+    }
+
+    /// Candidate path: one `IORING_OP_SPLICE` in flight per stream (no readiness wait needed:
+    /// the op waits for pipe space itself).
+    fn by_uring(file: &File) -> (usize, u64) {
+        use io_uring::{opcode, types, IoUring};
+        let mut ring = IoUring::new(8).unwrap();
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let reader = drain(r);
+        let mut ops = 0;
+        for _ in 0..PASSES {
+            let mut off = 0u64;
+            while (off as usize) < SIZE {
+                let e = opcode::Splice::new(
+                    types::Fd(file.as_raw_fd()),
+                    off as i64,
+                    types::Fd(w.as_raw_fd()),
+                    -1,
+                    (SIZE - off as usize).min(1 << 30) as u32,
+                )
+                .flags(rustix::pipe::SpliceFlags::MOVE.bits())
+                .build();
+                // SAFETY: a splice entry references only two fds (no user memory); both stay open
+                // until its completion is reaped below.
+                unsafe { ring.submission().push(&e).unwrap() };
+                ring.submit_and_wait(1).unwrap();
+                let cqe = ring.completion().next().unwrap();
+                assert!(cqe.result() > 0, "splice op: {}", cqe.result());
+                off += cqe.result() as u64;
+                ops += 1;
+            }
+        }
+        let (_, workers) = task_switches();
+        assert!(workers > 0, "IORING_OP_SPLICE ran in io-wq worker threads");
+        drop(w);
+        let (n, cs) = reader.join().unwrap();
+        assert_eq!(n, SIZE * PASSES);
+        (ops, cs)
+    }
+
+    #[test]
+    #[ignore = "measurement; run with --release --ignored --nocapture"]
+    fn uring_splice_cost() {
+        let dir = std::env::temp_dir().join(format!("spindle-uring-splice-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("src.bin");
+        let mut f = File::create(&path).unwrap();
+        let chunk: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
+        for _ in 0..SIZE >> 20 {
+            f.write_all(&chunk).unwrap();
+        }
+        drop(f);
+        let file = File::open(&path).unwrap();
+        by_syscall(&file); // warm the page cache
+        for round in 0..ROUNDS {
+            for (name, run) in [
+                ("splice(2) + poll", by_syscall as fn(&File) -> (usize, u64)),
+                ("IORING_OP_SPLICE", by_uring),
+            ] {
+                let (c0, (s0, _)) = (cpu_secs(), task_switches());
+                let t0 = Instant::now();
+                let (calls, reader_cs) = run(&file);
+                let wall = t0.elapsed().as_secs_f64();
+                let (c1, (s1, workers)) = (cpu_secs(), task_switches());
+                let cs = s1.saturating_sub(s0) + reader_cs;
+                println!(
+                    "round {round} {name:18} {} MiB: {calls:6} splices, wall {wall:.3} s, \
+                     process CPU {:.2} s ({:.2} µs/splice), context switches {cs} \
+                     ({:.2}/splice; io-wq workers alive {workers})",
+                    (SIZE * PASSES) >> 20,
+                    c1 - c0,
+                    (c1 - c0) * 1e6 / calls as f64,
+                    cs as f64 / calls as f64,
+                );
+            }
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,7 +1,8 @@
 //! A small scale test through the fleet simulator: 200 targets with the fault mix (die, hang,
 //! garbage, oversize, slow-reader), remote errors and a client that disconnects mid-request,
 //! on the backend named by SPINDLE_IO (both when unset). Asserts zero lost or duplicated
-//! replies and the right error kind for every faulty target. The full runs are scale-tests/.
+//! replies and the right error kind for every faulty target; and 20 real Python agents over
+//! the `local` transport (the driver's real-process mode). The full runs are scale-tests/.
 
 use serde_json::Value;
 use std::path::PathBuf;
@@ -117,6 +118,60 @@ fn fault_mix_through_the_simulator() {
         _ => {
             run("epoll");
             run("uring");
+        }
+    }
+}
+
+/// The driver's real-process mode: 20 real Python agents over the `local` transport, `ping`
+/// and `echo` loads; zero lost, duplicated or cross-wired replies (each `ping` reply must
+/// carry its own agent's pid) and every agent alive at the end.
+fn run_real(io: &str) {
+    for op in ["ping", "echo"] {
+        let dir = workdir(&format!("real-{io}-{op}"));
+        let out = dir.join("result.json");
+        let status = Command::new(env!("CARGO_BIN_EXE_spindle-scale"))
+            .args(["--io", io, "--transport", "local", "--op", op])
+            .args(["--streams", "20", "--rate", "5", "--duration", "3"])
+            .args([
+                "--idle-secs",
+                "0.2",
+                "--label",
+                &format!("test-real-{io}-{op}"),
+            ])
+            .arg("--spindle-bin")
+            .arg(env!("CARGO_BIN_EXE_spindle"))
+            .arg("--workdir")
+            .arg(&dir)
+            .arg("--out")
+            .arg(&out)
+            .status()
+            .expect("run spindle-scale");
+        let text = std::fs::read_to_string(&out).expect("driver wrote its results");
+        let r: Value = serde_json::from_str(&text).expect("results are JSON");
+        assert_eq!(r["open"]["ok"], 20, "every agent starts: {}", r["open"]);
+        let load = &r["load"];
+        assert!(
+            load["sent"].as_u64().unwrap_or(0) >= 280,
+            "load ran: {load}"
+        );
+        for k in ["lost", "duplicates", "unknown", "mismatched", "wrong_kind"] {
+            assert_eq!(load[k], 0, "{op} {k}: {load}");
+        }
+        assert_eq!(r["agents"]["count"], 20, "{}", r["agents"]);
+        assert_eq!(r["agents"]["count_end"], 20, "{}", r["agents"]);
+        assert!(status.success(), "driver failed: {}", r["failures"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn real_agents_over_the_local_transport() {
+    match std::env::var("SPINDLE_IO").ok().as_deref() {
+        Some("epoll") => run_real("epoll"),
+        Some("uring") => run_real("uring"),
+        _ => {
+            run_real("epoll");
+            run_real("uring");
         }
     }
 }

@@ -5,7 +5,7 @@
 use super::{MessageDecoder, Request};
 use crate::reactor::{new_backend, Backend, Interest, IoBackend, Ready};
 use crate::router::{Action, ClientId, Router, TargetId};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -26,6 +26,10 @@ const STDERR_TAIL: usize = 8 * 1024;
 /// How long to wait for stderr to close after stdout did, before classifying the failure.
 const STDERR_GRACE: Duration = Duration::from_millis(500);
 const TICK: Duration = Duration::from_millis(100);
+/// First retry delay of a `unix` connect refused with EAGAIN (listener backlog full); doubles
+/// up to [`CONNECT_RETRY_MAX`] until it connects or the router's connect timeout fails it.
+const CONNECT_RETRY_MIN: Duration = Duration::from_millis(2);
+const CONNECT_RETRY_MAX: Duration = Duration::from_millis(50);
 
 fn key(id: usize, tag: usize) -> usize {
     (id << 3) | tag
@@ -83,6 +87,27 @@ struct Proc {
     duplex: bool,
     writing: bool,
     stdout_eof_at: Option<Instant>,
+    /// A `unix` socket whose connect has not completed (its fd is in `stdout`). Boxed: a
+    /// socket address is ~110 bytes, and every stream's `Proc` would carry it.
+    connecting: Option<Box<Connecting>>,
+}
+
+/// A nonblocking `connect` that did not complete at once.
+struct Connecting {
+    addr: rustix::net::SocketAddrUnix,
+    /// EAGAIN (Unix listener backlog full): the socket stays unconnected and unregistered
+    /// (polling it reports hang-up, not "connect possible"), so connect is retried at this
+    /// time. `None`: EINPROGRESS, the socket is registered for writability and SO_ERROR
+    /// tells the outcome.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+/// What one nonblocking connect attempt gave.
+enum ConnectStep {
+    Done,
+    InProgress,
+    Retry,
 }
 
 /// The running daemon.
@@ -96,6 +121,8 @@ pub struct Server {
     uid: u32,
     askpass: Option<PathBuf>,
     zombies: Vec<Child>,
+    /// `unix` targets waiting to retry a connect (see [`Connecting::retry_at`]).
+    retrying: HashSet<TargetId>,
     shutdown: bool,
     buf: Vec<u8>,
 }
@@ -139,6 +166,7 @@ impl Server {
             uid: rustix::process::getuid().as_raw(),
             askpass: std::env::current_exe().ok(),
             zombies: Vec::new(),
+            retrying: HashSet::new(),
             shutdown: false,
             buf: vec![0u8; 256 * 1024],
         })
@@ -155,8 +183,15 @@ impl Server {
         let mut last_tick = Instant::now();
         loop {
             events.clear();
-            self.backend.wait(Some(TICK), &mut events)?;
+            let timeout = self.next_retry().map_or(TICK, |at| {
+                at.saturating_duration_since(Instant::now()).min(TICK)
+            });
+            self.backend.wait(Some(timeout), &mut events)?;
             let now = Instant::now();
+            if !self.retrying.is_empty() {
+                self.retry_connects(now);
+                self.drain_actions();
+            }
             for ev in &events {
                 self.dispatch(*ev, now);
                 self.drain_actions();
@@ -192,6 +227,9 @@ impl Server {
                 }
             }
             TAG_STDOUT => {
+                if self.procs.get(&id).is_some_and(|p| p.connecting.is_some()) {
+                    return self.connect_ready(id);
+                }
                 // A duplex socket (transport `unix`) is one fd for both directions.
                 if ev.readable {
                     self.proc_stdout(id, now);
@@ -435,6 +473,7 @@ impl Server {
                 duplex: false,
                 writing: true,
                 stdout_eof_at: None,
+                connecting: None,
             },
         );
     }
@@ -442,29 +481,71 @@ impl Server {
     /// Transport `unix`: the agent protocol over a Unix socket (the scale-test fleet
     /// simulator serves thousands of targets this way). One socket, one fd, registered once
     /// for reading and, while bytes wait, writing: ten thousand streams fit in 10,000 fds.
+    ///
+    /// The connect never blocks the loop: the socket is nonblocking, and a listener that
+    /// does not accept (backlog full: EAGAIN) is retried with backoff, an EINPROGRESS connect
+    /// waits for writability and reads SO_ERROR. Either way the router's connect timeout
+    /// bounds the wait (its `Kill` drops the half-made stream).
     fn connect_unix(&mut self, t: TargetId, spec: &crate::transport::Spec) {
+        use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
         let path = spec.host.clone().unwrap_or_default();
-        let conn = UnixStream::connect(&path).and_then(|s| {
-            s.set_nonblocking(true)?;
-            Ok(OwnedFd::from(s))
+        let made = SocketAddrUnix::new(path.as_str()).and_then(|addr| {
+            let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+            let fd =
+                rustix::net::socket_with(AddressFamily::UNIX, SocketType::STREAM, flags, None)?;
+            Ok((addr, fd))
         });
-        let sock = match conn {
+        let (addr, sock) = match made {
             Ok(x) => x,
+            Err(e) => {
+                let m = format!("Connection refused: {path}: {}", io::Error::from(e));
+                return self.router.target_closed(t, &m);
+            }
+        };
+        let step = match try_connect(&sock, &addr) {
+            Ok(s) => s,
             Err(e) => {
                 let m = format!("Connection refused: {path}: {e}");
                 return self.router.target_closed(t, &m);
             }
         };
-        let both = Interest {
-            read: true,
-            write: true,
+        let connecting = match step {
+            ConnectStep::Done => None,
+            ConnectStep::InProgress => Some(Box::new(Connecting {
+                addr,
+                retry_at: None,
+                backoff: CONNECT_RETRY_MIN,
+            })),
+            ConnectStep::Retry => Some(Box::new(Connecting {
+                addr,
+                retry_at: Some(Instant::now() + CONNECT_RETRY_MIN),
+                backoff: CONNECT_RETRY_MIN,
+            })),
         };
-        if self
-            .backend
-            .add(sock.as_fd(), key(t, TAG_STDOUT), both)
-            .is_err()
-        {
-            return self.router.target_closed(t, "cannot watch the socket");
+        let interest = match &connecting {
+            None => Some(Interest {
+                read: true,
+                write: true,
+            }),
+            Some(c) if c.retry_at.is_none() => Some(Interest::WRITE),
+            Some(_) => None,
+        };
+        if let Some(i) = interest {
+            if self
+                .backend
+                .add(sock.as_fd(), key(t, TAG_STDOUT), i)
+                .is_err()
+            {
+                return self.router.target_closed(t, "cannot watch the socket");
+            }
+        }
+        if connecting.as_ref().is_some_and(|c| c.retry_at.is_some()) {
+            tracing::debug!(
+                target_id = t,
+                path,
+                "unix connect: listener backlog full; retrying"
+            );
+            self.retrying.insert(t);
         }
         self.procs.insert(
             t,
@@ -477,14 +558,132 @@ impl Server {
                 duplex: true,
                 writing: true,
                 stdout_eof_at: None,
+                connecting,
             },
         );
+    }
+
+    /// When the earliest connect retry is due.
+    fn next_retry(&self) -> Option<Instant> {
+        self.retrying
+            .iter()
+            .filter_map(|t| self.procs.get(t)?.connecting.as_ref()?.retry_at)
+            .min()
+    }
+
+    /// Calls connect again on every `unix` socket whose retry is due.
+    fn retry_connects(&mut self, now: Instant) {
+        let due: Vec<TargetId> = self
+            .retrying
+            .iter()
+            .copied()
+            .filter(
+                |t| match self.procs.get(t).and_then(|p| p.connecting.as_ref()) {
+                    Some(c) => c.retry_at.is_some_and(|at| at <= now),
+                    None => false,
+                },
+            )
+            .collect();
+        // Forget targets that were killed (connect timeout) or connected meanwhile.
+        let procs = &self.procs;
+        self.retrying.retain(|t| {
+            procs
+                .get(t)
+                .and_then(|p| p.connecting.as_ref())
+                .is_some_and(|c| c.retry_at.is_some())
+        });
+        for t in due {
+            self.connect_step(t, now);
+        }
+    }
+
+    /// The socket of a connecting `unix` target became writable (EINPROGRESS finished).
+    fn connect_ready(&mut self, t: TargetId) {
+        let Some(p) = self.procs.get(&t) else { return };
+        let Some(fd) = p.stdout.as_ref() else { return };
+        let res = match rustix::net::sockopt::get_socket_error(fd) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) | Err(e) => Err(io::Error::from(e)),
+        };
+        match res {
+            Ok(()) => self.connected(t),
+            Err(e) => self.connect_failed(t, &e),
+        }
+    }
+
+    /// One more connect attempt after EAGAIN.
+    fn connect_step(&mut self, t: TargetId, now: Instant) {
+        let Some(p) = self.procs.get_mut(&t) else {
+            return;
+        };
+        let (Some(fd), Some(c)) = (p.stdout.as_ref(), p.connecting.as_mut()) else {
+            return;
+        };
+        match try_connect(fd, &c.addr) {
+            Ok(ConnectStep::Done) => self.connected(t),
+            Ok(ConnectStep::Retry) => {
+                c.backoff = (c.backoff * 2).min(CONNECT_RETRY_MAX);
+                c.retry_at = Some(now + c.backoff);
+                self.retrying.insert(t);
+            }
+            Ok(ConnectStep::InProgress) => {
+                c.retry_at = None;
+                self.retrying.remove(&t);
+                if self
+                    .backend
+                    .add(fd.as_fd(), key(t, TAG_STDOUT), Interest::WRITE)
+                    .is_err()
+                {
+                    self.router.target_closed(t, "cannot watch the socket");
+                }
+            }
+            Err(e) => self.connect_failed(t, &e),
+        }
+    }
+
+    /// The connect completed: watch the socket both ways (bytes may already wait).
+    fn connected(&mut self, t: TargetId) {
+        let Some(p) = self.procs.get_mut(&t) else {
+            return;
+        };
+        let Some(c) = p.connecting.take() else { return };
+        self.retrying.remove(&t);
+        let Some(fd) = p.stdout.as_ref() else { return };
+        p.writing = true;
+        let both = Interest {
+            read: true,
+            write: true,
+        };
+        let k = key(t, TAG_STDOUT);
+        let res = if c.retry_at.is_some() {
+            self.backend.add(fd.as_fd(), k, both)
+        } else {
+            self.backend.modify(fd.as_fd(), k, both)
+        };
+        tracing::debug!(target_id = t, "unix connect completed");
+        if res.is_err() {
+            self.router.target_closed(t, "cannot watch the socket");
+        }
+    }
+
+    fn connect_failed(&mut self, t: TargetId, e: &io::Error) {
+        let path = self
+            .router
+            .spec(t)
+            .and_then(|s| s.host.clone())
+            .unwrap_or_default();
+        self.retrying.remove(&t);
+        let m = format!("Connection refused: {path}: {e}");
+        self.router.target_closed(t, &m);
     }
 
     fn proc_stdin(&mut self, t: TargetId) {
         let Some(p) = self.procs.get_mut(&t) else {
             return;
         };
+        if p.connecting.is_some() {
+            return; // `connected` turns write interest on
+        }
         let fd = if p.duplex {
             p.stdout.as_ref()
         } else {
@@ -615,6 +814,7 @@ impl Server {
     }
 
     fn kill(&mut self, t: TargetId) {
+        self.retrying.remove(&t);
         if let Some(mut p) = self.procs.remove(&t) {
             deregister(&mut *self.backend, &mut p.stdin);
             deregister(&mut *self.backend, &mut p.stdout);
@@ -646,6 +846,22 @@ impl Server {
         for mut z in self.zombies.drain(..) {
             let _ = z.wait();
         }
+    }
+}
+
+/// One nonblocking connect attempt. EAGAIN (a Unix listener's backlog is full) asks for a
+/// retry: Unix sockets have no pending-connect state to wait on.
+fn try_connect(fd: &OwnedFd, addr: &rustix::net::SocketAddrUnix) -> io::Result<ConnectStep> {
+    use rustix::io::Errno;
+    loop {
+        return match rustix::net::connect_unix(fd, addr) {
+            Ok(()) => Ok(ConnectStep::Done),
+            Err(Errno::ISCONN) => Ok(ConnectStep::Done),
+            Err(Errno::INPROGRESS) | Err(Errno::ALREADY) => Ok(ConnectStep::InProgress),
+            Err(Errno::AGAIN) => Ok(ConnectStep::Retry),
+            Err(Errno::INTR) => continue,
+            Err(e) => Err(e.into()),
+        };
     }
 }
 
