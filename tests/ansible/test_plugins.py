@@ -155,6 +155,41 @@ class PluginTests(unittest.TestCase):
         self.assertIn('docker exec -i box-c1 /bin/sh -c', log)
         self.assertIn('podman exec -i -u root box-c2 /bin/sh -c', log)
 
+    def test_local_actions_run_concurrently(self):
+        """delegate_to localhost from several hosts: the commands overlap in time (forks
+        local actions at once), as with stock Ansible."""
+        binary = os.environ.get('SPINDLE_BIN') or os.path.join(REPO, 'target', 'debug', 'spindle')
+        if not os.access(binary, os.X_OK):
+            self.skipTest('no spindle binary')
+        with open(os.path.join(self.home, 'inv.ini'), 'w') as f:
+            f.write('h1\nh2\nh3\n[all:vars]\nansible_connection=local\n'
+                    'ansible_python_interpreter=/usr/bin/python3\n')
+        with open(os.path.join(self.home, 'play.yml'), 'w') as f:
+            f.write(textwrap.dedent('''
+                - hosts: all
+                  gather_facts: false
+                  tasks:
+                    - shell: "date +%s.%N; sleep 1.5; date +%s.%N"
+                      delegate_to: localhost
+                      register: r
+                    - copy: {content: "{{ r.stdout }}", dest: "{{ playbook_dir }}/span-{{ inventory_hostname }}"}
+                      delegate_to: localhost
+            '''))
+        env = _env(self.home)
+        env.update({'ANSIBLE_STRATEGY': 'linear', 'ANSIBLE_CALLBACKS_ENABLED': 'spindle',
+                    'SPINDLE_BIN': binary, 'ANSIBLE_PIPELINING': 'True', 'ANSIBLE_FORKS': '5'})
+        p = subprocess.run([os.path.join(VENV_BIN, 'ansible-playbook'), '-i', 'inv.ini', 'play.yml'],
+                           env=env, cwd=self.home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           universal_newlines=True)
+        self.assertEqual(p.returncode, 0, p.stdout)
+        spans = []
+        for host in ('h1', 'h2', 'h3'):
+            with open(os.path.join(self.home, 'span-' + host)) as f:
+                start, end = (float(x) for x in f.read().split())
+            spans.append((start, end))
+        self.assertLess(max(s for s, _ in spans), min(e for _, e in spans),
+                        'the delegated commands ran one after another: %r' % spans)
+
     def test_conformance(self):
         p = subprocess.run([sys.executable, os.path.join(HERE, 'run_conformance.py')],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
