@@ -28,6 +28,7 @@ declare -a NEEDS=(
   "awk:mawk"
   "timeout:coreutils"
   "/usr/bin/sudo:sudo"                # become tests (sudo with a password, nested agents)
+  "/usr/bin/doas:opendoas"            # become tests (doas, password typed on the pty)
   "setfacl:acl"                       # stock Ansible becoming an unprivileged user (su tests)
   "useradd:passwd"                    # become/password tests create their users
   "chpasswd:passwd"

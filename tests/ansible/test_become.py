@@ -28,6 +28,8 @@ FLEET = os.path.join(REPO, 'containers', 'netns-fleet.sh')
 BIN = os.environ.get('SPINDLE_BIN') or os.path.join(REPO, 'target', 'debug', 'spindle')
 USERS = {'spindle-op': 'op-pass-1', 'spindle-app': 'app-pass-2'}
 SUDOERS = '/etc/sudoers.d/spindle-tests'
+DOAS_CONF = '/etc/doas.conf'
+BECOME_PLUGINS = os.path.join(HERE, 'become_plugins')  # doas: ansible-core ships no plugin
 
 PLAY = """
 - hosts: all
@@ -71,13 +73,25 @@ PLAY = """
       become_user: spindle-app
       vars: {ansible_become_password: wrong-pass}
       ignore_errors: true
+    # (no doas-missing task: stock Ansible reports doas's refusal as a module deserialization
+    # failure, spindle as "Missing doas password"; sudo-missing covers the mechanism)
+    - name: doas-root
+      command: id -un
+      become: true
+      become_method: doas
+    - name: doas-wrong
+      command: id -un
+      become: true
+      become_method: doas
+      vars: {ansible_become_password: wrong-pass}
+      ignore_errors: true
     - {name: no-become, command: id -un}
     - {name: sudo-cleanup, file: {path: /root/spindle-become.txt, state: absent}, become: true}
 """
 
 KEYS = ('failed', 'changed', 'rc', 'stdout', 'stderr', 'msg', 'skipped', 'unreachable')
 # Contexts that fail to start (wrong or missing password) per host and run.
-FAILING_CONTEXTS = 3
+FAILING_CONTEXTS = 4
 
 
 def _run(argv, **kw):
@@ -91,7 +105,8 @@ class Become(unittest.TestCase):
             self.skipTest('needs root')
         if not os.access(os.path.join(VENV_BIN, 'ansible-playbook'), os.X_OK) or not os.access(BIN, os.X_OK):
             self.skipTest('venv (scripts/venv.sh) or spindle binary missing')
-        for tool in ('/usr/bin/sudo', '/usr/sbin/useradd', '/usr/sbin/chpasswd', '/usr/bin/setfacl'):
+        for tool in ('/usr/bin/sudo', '/usr/bin/doas', '/usr/sbin/useradd', '/usr/sbin/chpasswd',
+                     '/usr/bin/setfacl'):
             if not os.access(tool, os.X_OK):
                 print('SKIP: %s missing (scripts/setup.sh installs it)' % tool)
                 self.skipTest('%s missing' % tool)
@@ -105,6 +120,11 @@ class Become(unittest.TestCase):
         with open(SUDOERS, 'w') as f:  # timestamp_timeout=0: every sudo asks again
             f.write('spindle-op ALL=(ALL:ALL) ALL\nDefaults:spindle-op timestamp_timeout=0\n')
         os.chmod(SUDOERS, 0o440)
+        if os.path.exists(DOAS_CONF):
+            self.skipTest('%s exists: not overwriting it' % DOAS_CONF)
+        with open(DOAS_CONF, 'w') as f:  # a password every time (no persist)
+            f.write('permit spindle-op as root\n')
+        os.chmod(DOAS_CONF, 0o400)
         up = subprocess.run(['bash', FLEET, 'up', 'becm', '2'], stdout=subprocess.PIPE)
         if up.returncode == 77:
             print('SKIP: netns fleet unavailable here')
@@ -120,10 +140,11 @@ class Become(unittest.TestCase):
     def _remove_users(self):
         for user in USERS:
             _run(['userdel', '-r', '-f', user])
-        try:
-            os.unlink(SUDOERS)
-        except OSError:
-            pass
+        for path in (SUDOERS, DOAS_CONF):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
     def env(self, spindle, sock=None):
         env = {k: v for k, v in os.environ.items() if not k.startswith(('ANSIBLE_', 'SPINDLE_'))}
@@ -132,6 +153,7 @@ class Become(unittest.TestCase):
             'ANSIBLE_PIPELINING': 'True', 'ANSIBLE_DEPRECATION_WARNINGS': 'False',
             'ANSIBLE_CALLBACK_PLUGINS': os.path.join(PLUGINS, 'callback'),
             'ANSIBLE_CALLBACKS_ENABLED': 'spindle_record',
+            'ANSIBLE_BECOME_PLUGINS': BECOME_PLUGINS,
             'PYTHONPATH': os.path.join(REPO, 'ansible_plugin'),
         })
         if spindle:
@@ -186,7 +208,7 @@ class Become(unittest.TestCase):
         second = self.play(env)
         after_second = self.stats(sock)
 
-        self.assertEqual(len(stock), 16 * 2, self.outputs[0])
+        self.assertEqual(len(stock), 18 * 2, self.outputs[0])
         for runs in (stock, first, second):  # stock raw runs on a pty (-tt): CRLF, merged
             for (task, _), res in runs.items():  # streams, ssh's "Shared connection" note
                 if task == 'raw-sudo':
@@ -202,12 +224,15 @@ class Become(unittest.TestCase):
         self.assertIn('Incorrect sudo password', by_task['sudo-wrong']['msg'])
         self.assertIn('Missing sudo password', by_task['sudo-missing']['msg'])
         self.assertIn('Incorrect su password', by_task['su-wrong']['msg'])
+        self.assertEqual(by_task['doas-root']['stdout'], 'root')
+        self.assertIn('Incorrect doas password', by_task['doas-wrong']['msg'])
 
         # Nested agents: (sudo root), (sudo root, other flags), (sudo spindle-app),
-        # (su spindle-app) per host, reused by the second run; only the failing ones restart.
+        # (su spindle-app), (doas root) per host, reused by the second run; only the failing
+        # ones restart.
         labels = [k for k in after_second['targets'] if '(' in k]
         print('contexts:', sorted(labels))
-        self.assertEqual(len(labels), 4 * 2, labels)
+        self.assertEqual(len(labels), 5 * 2, labels)
         started = after_second['counters']['connects'] - after_first['counters']['connects']
         self.assertEqual(started, FAILING_CONTEXTS * 2, 'second run re-started contexts')
         for host in set(k.split(' ')[0] for k in labels):  # the default-flags sudo context
