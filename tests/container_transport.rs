@@ -9,18 +9,8 @@ use serde_json::json;
 use spindle::client::ClientError;
 use std::os::unix::fs::PermissionsExt;
 
-const FAKE_ENGINE: &str = r#"#!/bin/sh
-# stand-in for docker/podman: [global args] exec -i [-u USER] CONTAINER CMD...
-echo "$0 $*" | cut -c1-200 >> "$(dirname "$0")/calls.log"
-while [ $# -gt 0 ]; do case $1 in exec) shift; break;; *) shift;; esac; done
-[ "$1" = -i ] || { echo "fake engine: want exec -i" >&2; exit 2; }
-shift
-if [ "$1" = -u ]; then shift 2; fi
-case $1 in
-  box-*) shift; exec "$@" ;;
-  *) echo "Error response from daemon: No such container: $1" >&2; exit 1 ;;
-esac
-"#;
+/// Stand-in for docker/podman, shared with tests/ansible/test_plugins.py.
+const FAKE_ENGINE: &str = include_str!("fixtures/fake-container-engine.sh");
 
 #[test]
 fn docker_and_podman_exec_into_the_container() {

@@ -382,6 +382,14 @@ SAFE_PATH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234
 TAIL = 4096
 
 
+def _read_some(fd):
+    """Up to 64 KiB from fd; b"" at end of input or on error (EIO: a pty's other side closed)."""
+    try:
+        return os.read(fd, 65536)
+    except OSError:
+        return b""
+
+
 def _tail(data):
     return data[-TAIL:].decode("utf-8", "replace")
 
@@ -438,10 +446,7 @@ class Context(object):
             except (OSError, ValueError):
                 return
             for fd in ready:
-                try:
-                    data = os.read(fd, 65536)
-                except OSError:
-                    data = b""
+                data = _read_some(fd)
                 if not data:
                     fds.remove(fd)
                     continue
@@ -560,10 +565,7 @@ def op_spawn_context(chan, call_id, call):
             break
         ready, _, _ = select.select(open_fds, [], [], left)
         for fd in ready:
-            try:
-                data = os.read(fd, 65536)
-            except OSError:
-                data = b""
+            data = _read_some(fd)
             if not data:
                 open_fds.remove(fd)
                 continue

@@ -47,18 +47,9 @@ ROUTING_CHECK = textwrap.dedent('''
 ''')
 
 
-FAKE_ENGINE = r'''#!/bin/sh
-# stand-in for docker/podman: [global args] exec -i [-u USER] CONTAINER CMD...
-echo "$(basename "$0") $*" | cut -c1-200 >> "$(dirname "$0")/calls.log"
-while [ $# -gt 0 ]; do case $1 in exec) shift; break;; *) shift;; esac; done
-[ "$1" = -i ] || { echo "fake engine: want exec -i" >&2; exit 2; }
-shift
-if [ "$1" = -u ]; then shift 2; fi
-case $1 in
-  box-*) shift; exec "$@" ;;
-  *) echo "Error response from daemon: No such container: $1" >&2; exit 1 ;;
-esac
-'''
+# Stand-in for docker/podman (shared with tests/container_transport.rs).
+with open(os.path.join(os.path.dirname(HERE), 'fixtures', 'fake-container-engine.sh')) as _f:
+    FAKE_ENGINE = _f.read()
 
 
 def _env(home):
