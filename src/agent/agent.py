@@ -83,11 +83,11 @@ class Channel(object):
         return out
 
     def read_frame(self):
-        """Return (kind, flags, handle, reply_to, payload, dst), or None at end of input."""
+        """Return (kind, flags, handle, reply_to, payload, dst, src), or None at end of input."""
         head = self._read_exact(HEADER.size)
         if head is None:
             return None
-        magic, kind, flags, length, dst, _src, handle, reply_to = HEADER.unpack(bytes(head))
+        magic, kind, flags, length, dst, src, handle, reply_to = HEADER.unpack(bytes(head))
         if magic != MAGIC:
             raise FrameError("bad magic %r" % (magic,))
         if kind not in (HELLO, CALL, REPLY, DATA, LOG):
@@ -97,7 +97,7 @@ class Channel(object):
         payload = self._read_exact(length) if length else bytearray()
         if payload is None:
             return None  # truncated frame: the connection closed
-        return kind, flags, handle, reply_to, payload, dst
+        return kind, flags, handle, reply_to, payload, dst, src
 
     def send(self, kind, flags, handle, reply_to, payload=b"", src=SELF):
         """Write one frame to the controller; `src` names a nested context when relaying."""
@@ -371,6 +371,12 @@ BLOBS = {}
 
 CONTEXTS = {}
 CONTEXTS_LOCK = threading.Lock()
+# Deeper contexts (a via hop's children, their become contexts, ...): context id -> the id of
+# the direct child they were seen behind. Context ids are unique per root stream (the
+# controller allocates them), so a hop learns a route from the first frame that comes up
+# with that `src` and forwards frames for it unchanged. The first claim wins: a subtree cannot
+# take over a route another child already holds.
+ROUTES = {}
 BOOT_PLACEHOLDER = "__SPINDLE_BOOT__"
 # Stage 1 for a nested agent: no quote, dollar, backquote or backslash, so it survives any
 # depth of the become plugins' shell quoting; `b` stays a global for the next level.
@@ -404,8 +410,9 @@ class Context(object):
             t.daemon = True
             t.start()
 
-    def forward(self, kind, flags, handle, reply_to, payload):
-        head = HEADER.pack(MAGIC, kind, flags, len(payload), SELF, CONTROLLER, handle, reply_to)
+    def forward(self, kind, flags, handle, reply_to, payload, dst=SELF):
+        """Write one frame to the nested agent: for itself (dst 1) or for a context behind it."""
+        head = HEADER.pack(MAGIC, kind, flags, len(payload), dst, CONTROLLER, handle, reply_to)
         with self.lock:
             if self.closed:
                 return
@@ -458,13 +465,25 @@ class Context(object):
                 frame = self.reader.read_frame()
                 if frame is None:
                     break
-                kind, flags, handle, reply_to, payload, _dst = frame
-                chan.send(kind, flags, handle, reply_to, payload, src=self.ctx)
+                kind, flags, handle, reply_to, payload, _dst, src = frame
+                if src > SELF:  # from a context behind it: keep its id, learn the route
+                    with CONTEXTS_LOCK:
+                        if src not in CONTEXTS:
+                            ROUTES.setdefault(src, self.ctx)
+                    if ROUTES.get(src) != self.ctx:
+                        log.warning("context %d claimed id %d of another route: dropped",
+                                    self.ctx, src)
+                        continue
+                else:
+                    src = self.ctx
+                chan.send(kind, flags, handle, reply_to, payload, src=src)
         except (FrameError, OSError) as exc:
             reason = "nested agent stream broken: %s" % exc
         self.close()
         with CONTEXTS_LOCK:
             CONTEXTS.pop(self.ctx, None)
+            for k in [k for k, v in ROUTES.items() if v == self.ctx]:
+                del ROUTES[k]
         try:
             os.waitpid(self.pid, 0)
         except OSError:
@@ -514,7 +533,7 @@ def op_spawn_context(chan, call_id, call):
     import re, select  # noqa: E401
     ctx, cmd, success = call.get("ctx"), call.get("cmd"), call.get("success")
     password, prompt = call.get("password"), call.get("prompt")
-    timeout = call.get("timeout", 30)
+    timeout, python = call.get("timeout", 30), call.get("python")
     if not (isinstance(ctx, int) and ctx > SELF and isinstance(cmd, str)
             and BOOT_PLACEHOLDER in cmd and isinstance(success, str) and success
             and isinstance(timeout, (int, float))):
@@ -522,6 +541,9 @@ def op_spawn_context(chan, call_id, call):
                          % BOOT_PLACEHOLDER)
     if password is not None and not isinstance(password, str):
         raise AgentError("bad_request", "password must be a string")
+    if python is not None and not (isinstance(python, str) and python
+                                   and set(python) <= SAFE_PATH and python[0] != "-"):
+        raise AgentError("bad_request", "python must be a plain interpreter path or name")
     try:
         prompt_re = re.compile(prompt) if prompt else None
     except (re.error, TypeError) as exc:
@@ -536,8 +558,11 @@ def op_spawn_context(chan, call_id, call):
     # Our interpreter if the become user may run it (a per-user install may be private),
     # else the first python3 on that user's PATH.
     stage1 = CHILD_STAGE1 % len(_BOOT_BLOB)
-    boot = 'if [ -x %s ]; then exec %s -c "%s"; fi; exec python3 -c "%s"' % (
-        sys.executable, sys.executable, stage1, stage1)
+    if python:  # named by the controller (a via hop's target: ansible_python_interpreter)
+        boot = 'exec %s -c "%s"' % (python, stage1)
+    else:
+        boot = 'if [ -x %s ]; then exec %s -c "%s"; fi; exec python3 -c "%s"' % (
+            sys.executable, sys.executable, stage1, stage1)
     pid, wfd, rfd, efd, ptys = _spawn_child(cmd.replace(BOOT_PLACEHOLDER, boot))
     master = ptys[0]
     out, err, tty = bytearray(), bytearray(), bytearray()
@@ -767,13 +792,17 @@ class Agent(object):
             if frame is None:
                 log.debug("input closed, exiting")
                 die(0)
-            kind, flags, handle, reply_to, payload, dst = frame
-            if dst not in (SELF, CONTROLLER):  # for a nested context (become): relay it
+            kind, flags, handle, reply_to, payload, dst, _src = frame
+            if dst not in (SELF, CONTROLLER):  # for a nested context (become, via): relay it
                 ctx = CONTEXTS.get(dst)
+                if ctx is not None:
+                    ctx.forward(kind, flags, handle, reply_to, payload)
+                    continue
+                ctx = CONTEXTS.get(ROUTES.get(dst))  # deeper: to the child it is behind
                 if ctx is None:
                     log.debug("frame for context %d, which is gone: dropped", dst)
                 else:
-                    ctx.forward(kind, flags, handle, reply_to, payload)
+                    ctx.forward(kind, flags, handle, reply_to, payload, dst=dst)
                 continue
             try:
                 if kind == CALL:

@@ -515,7 +515,8 @@ class NestedContextTest(unittest.TestCase):
         args.update(extra)
         return self.agent.reply(self.agent.call("spawn_context", **args))
 
-    def ctx_call(self, ctx, op, **args):
+    def ctx_call(self, dst, op, **args):
+        ctx = dst
         call_id = self.agent.next_id
         self.agent.next_id += 1
         args["op"] = op
@@ -580,6 +581,33 @@ class NestedContextTest(unittest.TestCase):
         self.assertEqual(self.spawn("echo no placeholder", ctx=4)[1]["error"], "bad_request")
         self.assertEqual(self.spawn("__SPINDLE_BOOT__", ctx=1)[1]["error"], "bad_request")
         self.assertTrue(self.agent.ok("ping")["pong"])
+
+    def test_relay_through_two_levels(self):
+        """A context spawned by a context (a via hop's child): ids are kept end to end."""
+        self.assertFalse(self.spawn("echo SPINDLE-OK-1; __SPINDLE_BOOT__")[0] & ERROR)
+        self.agent.take(lambda f: f.kind == HELLO and f.src == 2)
+        flags, obj = self.ctx_call(2, "spawn_context", ctx=5, success="SPINDLE-OK-1",
+                                   cmd="echo SPINDLE-OK-1; __SPINDLE_BOOT__", timeout=5)
+        self.assertFalse(flags & ERROR, obj)
+        hello = self.agent.take(lambda f: f.kind == HELLO and f.src == 5)
+        self.assertEqual(hello.json()["pid"], obj["pid"])
+        flags, res = self.ctx_call(5, "ping")
+        self.assertEqual(res["pid"], obj["pid"])
+        # A third level behind it.
+        flags, obj7 = self.ctx_call(5, "spawn_context", ctx=7, success="SPINDLE-OK-1",
+                                    cmd="echo SPINDLE-OK-1; __SPINDLE_BOOT__", timeout=5)
+        self.assertFalse(flags & ERROR, obj7)
+        # Hops learn the route from the first frame that comes up (its HELLO).
+        self.agent.take(lambda f: f.kind == HELLO and f.src == 7)
+        self.assertEqual(self.ctx_call(7, "ping")[1]["pid"], obj7["pid"])
+        # The first hop ends (and with it, everything behind it; the controller knows the
+        # tree): its routes are forgotten, frames for the deeper ids are dropped.
+        self.assertEqual(self.agent.ok("close_context", ctx=2), {"closed": True})
+        end = self.agent.take(lambda f: f.kind == REPLY and f.src == 2 and f.flags & EOF)
+        self.assertEqual(end.json()["error"], "connection_lost")
+        self.agent.write(encode(CALL, handle=99, payload={"op": "ping"}, dst=7))
+        self.assertTrue(self.agent.ok("ping")["pong"])
+        self.assertEqual(self.agent.peek(lambda f: f.reply_to == 99), [])
 
     def test_frames_for_unknown_context_are_dropped(self):
         self.agent.write(encode(CALL, handle=99, payload={"op": "ping"}, dst=7))
