@@ -153,6 +153,7 @@ fn apply(name: &str, vars: &HashMap<String, String>) -> Spec {
         extra_args: get("ansible_docker_extra_args").or_else(|| get("ansible_podman_extra_args")),
         name: Some(name.to_string()),
         escalate: None,
+        via: None,
     }
 }
 

@@ -123,12 +123,17 @@ struct Target {
     puts: VecDeque<u32>,
     sent_blobs: HashSet<String>,
     counters: TargetCounters,
-    /// For a become context: the stream whose agent started it (frames travel on it).
+    /// For a context (become, or a target behind a via hop): the target whose agent started
+    /// it, itself a stream or a context. Frames travel on the root stream of that chain.
     parent: Option<TargetId>,
-    /// Context id on the target: `CTX_AGENT` for a stream's own agent, > 1 for a nested one.
+    /// Context id on the root stream: `CTX_AGENT` for a stream's own agent, > 1 for a nested
+    /// one (unique per root stream, at any depth).
     ctx: u32,
-    /// Become contexts of this stream, by context id.
+    /// Contexts this target's agent started, by context id.
     children: HashMap<u32, TargetId>,
+    /// On a root stream: every context under it at any depth, by context id (frames coming
+    /// up carry it as `src`).
+    routes: HashMap<u32, TargetId>,
     next_ctx: u32,
     last_used: Instant,
 }
@@ -197,19 +202,32 @@ impl Router {
     pub fn take_touched(&mut self) -> Vec<TargetId> {
         let mut touched = std::mem::take(&mut self.touched);
         for t in touched.iter_mut() {
-            if let Some(p) = self.targets.get(*t).and_then(|x| x.parent) {
+            if self.targets.get(*t).is_some_and(|x| x.parent.is_some()) {
                 self.pump(*t);
-                *t = p;
+                *t = self.root_of(*t);
             }
         }
         touched
     }
 
-    /// Moves a become context's queued bytes and file ranges to its stream's queue.
+    /// The stream (process) that carries `t`'s frames: `t` itself, or the root of its chain
+    /// of parents.
+    fn root_of(&self, mut t: TargetId) -> TargetId {
+        while let Some(p) = self.targets.get(t).and_then(|x| x.parent) {
+            if !self.targets.contains(p) {
+                break;
+            }
+            t = p;
+        }
+        t
+    }
+
+    /// Moves a context's queued bytes and file ranges to its root stream's queue.
     fn pump(&mut self, t: TargetId) {
-        let Some(p) = self.targets.get(t).and_then(|x| x.parent) else {
+        if self.targets.get(t).and_then(|x| x.parent).is_none() {
             return;
-        };
+        }
+        let p = self.root_of(t);
         // Until its HELLO, the context does not exist on the target yet: hold its frames.
         let ready = |x: &Target| x.phase == Phase::Ready && !x.out.is_empty();
         if !self.targets.get(t).is_some_and(ready) || !self.targets.contains(p) {
@@ -226,10 +244,10 @@ impl Router {
         let Some(x) = self.targets.get(t) else {
             return 0;
         };
-        let root = x
-            .parent
-            .and_then(|p| self.targets.get(p))
-            .map_or(0, |r| r.out.len());
+        let root = match x.parent {
+            Some(_) => self.targets.get(self.root_of(t)).map_or(0, |r| r.out.len()),
+            None => 0,
+        };
         root + x.out.len()
     }
 
@@ -261,7 +279,7 @@ impl Router {
                     total += n;
                     x.counters.bytes_out += n as u64;
                     self.counters.bytes_out += n as u64;
-                    let children: Vec<TargetId> = x.children.values().copied().collect();
+                    let children: Vec<TargetId> = x.routes.values().copied().collect();
                     self.refill(t);
                     for c in children {
                         self.refill(c);
@@ -347,10 +365,8 @@ impl Router {
         }) {
             return self.reply_err(client, id, "bad_request", &spec.label(), &e.to_string());
         }
-        if let Some(b) = &spec.escalate {
-            if let Err(m) = b.validate() {
-                return self.reply_err(client, id, "bad_request", &spec.label(), &m);
-            }
+        if let Err(m) = validate_chain(&spec) {
+            return self.reply_err(client, id, "bad_request", &spec.label(), &m);
         }
         if req.op == "close" {
             if let Some(&t) = self.by_key.get(&spec.key()) {
@@ -371,6 +387,8 @@ impl Router {
         }
         let parent = if spec.escalate.is_some() {
             Some(self.target_for(spec.parent(), now))
+        } else if let Some(hop) = &spec.via {
+            Some(self.target_for((**hop).clone(), now))
         } else {
             None
         };
@@ -378,16 +396,30 @@ impl Router {
         if parent.is_none() && spec.transport != crate::transport::TransportKind::Unix {
             out.with_bytes(|b| b.extend_from_slice(crate::transport::bootstrap::agent_blob()));
         }
-        let mut wait = Duration::from_secs(spec.connect_timeout_secs());
-        if parent.is_some() {
-            wait = wait * 2 + SPAWN_GRACE; // the stream's own start, then the escalation
+        // A context starts once its parent runs: its own time counts from the parent's
+        // deadline (every hop of a chain gets its full connect timeout).
+        let mut deadline = now + Duration::from_secs(spec.connect_timeout_secs());
+        if let Some(p) = parent {
+            let from = match self.targets[p].phase {
+                Phase::Connecting { deadline } => deadline.max(now),
+                _ => now,
+            };
+            deadline = from + Duration::from_secs(spec.connect_timeout_secs()) + SPAWN_GRACE;
         }
         let ctx = match parent {
             Some(p) => {
-                self.evict_idle_context(p);
-                let r = &mut self.targets[p];
-                r.next_ctx = r.next_ctx.wrapping_add(1).max(proto::CTX_AGENT + 1);
-                r.next_ctx
+                if spec.escalate.is_some() {
+                    self.evict_idle_context(p);
+                }
+                // Context ids are unique on the root stream, whatever the depth.
+                let root = self.root_of(p);
+                let r = &mut self.targets[root];
+                loop {
+                    r.next_ctx = r.next_ctx.wrapping_add(1).max(proto::CTX_AGENT + 1);
+                    if !r.routes.contains_key(&r.next_ctx) {
+                        break r.next_ctx;
+                    }
+                }
             }
             None => proto::CTX_AGENT,
         };
@@ -395,9 +427,7 @@ impl Router {
             label: spec.label(),
             spec,
             key: key.clone(),
-            phase: Phase::Connecting {
-                deadline: now + wait,
-            },
+            phase: Phase::Connecting { deadline },
             decoder: Decoder::default(),
             out,
             hello: None,
@@ -409,6 +439,7 @@ impl Router {
             parent,
             ctx,
             children: HashMap::new(),
+            routes: HashMap::new(),
             next_ctx: proto::CTX_AGENT,
             last_used: now,
         });
@@ -419,11 +450,29 @@ impl Router {
             None => self.actions.push_back(Action::Spawn(t)),
             Some(p) => {
                 self.targets[p].children.insert(ctx, t);
-                let secs = self.targets[t].spec.connect_timeout_secs();
-                let b = self.targets[t].spec.escalate.clone().unwrap_or_default();
-                let payload = json!({"op": "spawn_context", "ctx": ctx, "cmd": b.cmd,
-                    "success": b.success, "password": b.password, "prompt": b.prompt,
-                    "timeout": secs});
+                let root = self.root_of(p);
+                self.targets[root].routes.insert(ctx, t);
+                let spec = &self.targets[t].spec;
+                let secs = spec.connect_timeout_secs();
+                let payload = match &spec.escalate {
+                    Some(b) => json!({"op": "spawn_context", "ctx": ctx, "cmd": b.cmd,
+                        "success": b.success, "password": b.password, "prompt": b.prompt,
+                        "timeout": secs}),
+                    None => {
+                        // A via hop: its agent runs the transport command for this target.
+                        let marker = format!("SPINDLE-VIA-{ctx}");
+                        let cmd = crate::transport::hop_command(spec, &marker).unwrap_or_default();
+                        let python = spec.python.as_deref().filter(|p| {
+                            !p.starts_with('-')
+                                && p.chars()
+                                    .all(|c| c.is_ascii_alphanumeric() || "_./+-".contains(c))
+                        });
+                        let prompt = spec.password.as_ref().map(|_| r"(?i)password:\s*$");
+                        json!({"op": "spawn_context", "ctx": ctx, "cmd": cmd,
+                            "success": marker, "password": spec.password, "prompt": prompt,
+                            "timeout": secs, "python": python})
+                    }
+                };
                 self.internal_call(p, payload, Op::Spawn { child: t, key });
             }
         }
@@ -455,8 +504,19 @@ impl Router {
 
     /// Keeps at most `max_interpreters` become contexts on stream `p`: closes the least
     /// recently used one that has no call in flight (a busy one is never closed).
+    /// Targets behind a via hop are not interpreters of the hop: they are neither counted
+    /// nor closed, and a context that has contexts of its own is never closed.
     fn evict_idle_context(&mut self, p: TargetId) {
-        let children: Vec<TargetId> = self.targets[p].children.values().copied().collect();
+        let children: Vec<TargetId> = self.targets[p]
+            .children
+            .values()
+            .copied()
+            .filter(|&c| {
+                self.targets
+                    .get(c)
+                    .is_some_and(|x| x.spec.escalate.is_some())
+            })
+            .collect();
         if children.len() < self.max_interpreters.max(1) {
             return;
         }
@@ -464,6 +524,7 @@ impl Router {
             .into_iter()
             .filter_map(|c| self.targets.get(c).map(|x| (c, x)))
             .filter(|(_, x)| x.calls.is_empty() && x.phase == Phase::Ready)
+            .filter(|(_, x)| x.children.is_empty())
             .min_by_key(|(_, x)| x.last_used)
             .map(|(c, _)| c);
         if let Some(c) = victim {
@@ -743,7 +804,7 @@ impl Router {
             };
             self.counters.frames_in += 1;
             if h.src > proto::CTX_AGENT {
-                match x.children.get(&h.src) {
+                match x.routes.get(&h.src) {
                     Some(&c) => nested.push((c, h, payload.to_vec())),
                     None => {
                         tracing::debug!(host = %x.label, ctx = h.src, "frame from a closed context")
@@ -809,7 +870,22 @@ impl Router {
                     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                     let kind = v["error"].as_str().unwrap_or("unknown");
                     let text = v["message"].as_str().unwrap_or("");
-                    self.fail_target(*child, "become_failed", &format!("{kind}: {text}"));
+                    let child = *child;
+                    let spec = &self.targets[child].spec;
+                    if spec.escalate.is_none() && spec.via.is_some() {
+                        // The hop ran ssh (or another transport): classify its output.
+                        let hop = spec.via.as_ref().map(|v| v.label()).unwrap_or_default();
+                        let class = match (kind, classify(text, false)) {
+                            ("timeout", _) => "timeout",
+                            (_, FailKind::ConnectionLost) => "unreachable",
+                            (_, k) => k.as_str(),
+                        };
+                        let last = text.lines().rev().find(|l| !l.trim().is_empty());
+                        let m = format!("via {hop}: {kind}: {}", last.unwrap_or(text).trim());
+                        self.fail_target(child, class, &m);
+                    } else {
+                        self.fail_target(child, "become_failed", &format!("{kind}: {text}"));
+                    }
                 }
                 return;
             }
@@ -946,6 +1022,12 @@ impl Router {
             self.close_target(c, kind, message, false);
         }
         if let Some(p) = parent {
+            let root = self.root_of(p);
+            if let Some(r) = self.targets.get_mut(root) {
+                if r.routes.get(&ctx) == Some(&t) {
+                    r.routes.remove(&ctx);
+                }
+            }
             if self.targets.get(p).is_some_and(|r| r.phase != Phase::Dead) {
                 self.targets[p].children.remove(&ctx);
                 let payload = json!({"op": "close_context", "ctx": ctx});
@@ -1019,6 +1101,40 @@ impl Router {
     fn reply_err(&mut self, client: ClientId, id: u64, kind: &str, host: &str, m: &str) {
         self.actions
             .push_back(Action::Reply(client, api::error(id, kind, host, m)));
+    }
+}
+
+/// Checks a spec and every hop of its `via` chain before anything starts.
+fn validate_chain(spec: &Spec) -> Result<(), String> {
+    if spec.via_depth() > crate::transport::MAX_VIA_DEPTH {
+        return Err(format!(
+            "more than {} hops in the via chain",
+            crate::transport::MAX_VIA_DEPTH
+        ));
+    }
+    let mut s = spec;
+    loop {
+        if let Some(b) = &s.escalate {
+            b.validate()?;
+        }
+        if s.via.is_some() && s.escalate.is_none() {
+            crate::transport::hop_command(s, "M").map_err(|e| e.to_string())?;
+        }
+        match &s.via {
+            Some(v) => s = v,
+            None => break,
+        }
+    }
+    // The first hop is started by the daemon (a password is checked again at spawn time,
+    // with the askpass helper).
+    match crate::transport::command(s, None) {
+        Err(crate::transport::CommandError::BadSpec { reason, .. })
+            if reason.contains("askpass") =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+        Ok(_) => Ok(()),
     }
 }
 
