@@ -387,10 +387,9 @@ impl Router {
         }
         let parent = if spec.escalate.is_some() {
             Some(self.target_for(spec.parent(), now))
-        } else if let Some(hop) = &spec.via {
-            Some(self.target_for((**hop).clone(), now))
         } else {
-            None
+            let hop = spec.via.as_deref().cloned();
+            hop.map(|h| self.target_for(h, now))
         };
         let mut out = Outbound::new(self.splice);
         if parent.is_none() && spec.transport != crate::transport::TransportKind::Unix {
