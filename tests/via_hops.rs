@@ -257,12 +257,8 @@ fn gateway_bastions_web_fleet() {
         assert_eq!(p["sha256"], sha);
         assert_eq!(p["size"], data.len());
     }
-    for w in 3..3 + WEB {
-        let got = sh(
-            &mut c,
-            &direct[w],
-            "sha256sum /tmp/via-payload | cut -d' ' -f1",
-        );
+    for t in &direct[3..3 + WEB] {
+        let got = sh(&mut c, t, "sha256sum /tmp/via-payload | cut -d' ' -f1");
         assert_eq!(Some(got.trim()), sha.as_str());
     }
     eprintln!(
