@@ -609,6 +609,40 @@ class NestedContextTest(unittest.TestCase):
         self.assertTrue(self.agent.ok("ping")["pong"])
         self.assertEqual(self.agent.peek(lambda f: f.reply_to == 99), [])
 
+    def test_cache_put_and_relay_put(self):
+        """A hop keeps a file in RAM once and sends it to a child as the child's put_file."""
+        self.assertFalse(self.spawn("echo SPINDLE-OK-1; __SPINDLE_BOOT__")[0] & ERROR)
+        self.agent.take(lambda f: f.kind == HELLO and f.src == 2)
+        data = os.urandom(600 * 1024 + 3)
+        sha = hashlib.sha256(data).hexdigest()
+        a = self.agent
+        call_id = a.call("cache_put", sha256=sha, size=len(data))
+        a.write(encode(DATA, 0, call_id, payload=data[:100]))
+        a.write(encode(DATA, EOF, call_id, payload=data[100:]))
+        flags, obj, _ = a.reply(call_id)
+        self.assertFalse(flags & ERROR, obj)
+        tmp = tempfile.mkdtemp(dir=os.environ.get("SPINDLE_TEST_TMP"))
+        self.addCleanup(shutil.rmtree, tmp, True)
+        for n in (1, 2):
+            dest = os.path.join(tmp, "f%d" % n)
+            handle = 500 + n
+            res = a.ok("relay_put", ctx=2, sha256=sha, handle=handle,
+                       call={"op": "put_file", "path": dest, "size": len(data), "mode": 0o640})
+            self.assertEqual(res["size"], len(data))
+            frame = a.take(lambda f, h=handle: f.kind == REPLY and f.reply_to == h)
+            self.assertEqual(frame.src, 2)
+            self.assertEqual(frame.json()["sha256"], sha)
+            with open(dest, "rb") as f:
+                self.assertEqual(f.read(), data)
+        self.assertEqual(a.ok("cache_drop", sha256=sha), {"dropped": True})
+        self.assertEqual(a.error("relay_put", ctx=2, sha256=sha, handle=9,
+                                 call={"op": "put_file", "path": "x"})["error"], "not_found")
+        # A wrong hash is refused.
+        call_id = a.call("cache_put", sha256="0" * 64, size=3)
+        a.write(encode(DATA, EOF, call_id, payload=b"abc"))
+        flags, obj, _ = a.reply(call_id)
+        self.assertTrue(flags & ERROR)
+
     def test_frames_for_unknown_context_are_dropped(self):
         self.agent.write(encode(CALL, handle=99, payload={"op": "ping"}, dst=7))
         self.assertTrue(self.agent.ok("ping")["pong"])
