@@ -75,6 +75,21 @@ fn local_chain_three_deep() {
     assert!(ancestors(p2).contains(&p1), "leaf not under hop1");
     assert!(ancestors(p1).contains(&p0), "hop1 not under hop0");
     assert_eq!(sh(&mut c, &leaf, "echo $((6*7))"), "42\n");
+    // Files through two hop caches (large) and plain (small), then one replaced in place.
+    let files = shared_dir("via_local_chain");
+    for (i, size) in [(0, 100), (1, 300 * 1024), (2, 300 * 1024)] {
+        let src = files.join(format!("src{i}"));
+        let data: Vec<u8> = (0..size).map(|k| (k * 13 % 256) as u8 ^ i as u8).collect();
+        std::fs::write(&src, &data).expect("write");
+        let dest = files.join(format!("dest{i}"));
+        for t in [&leaf, &hop1] {
+            let r = c
+                .call(json!({"op": "put", "target": t, "src": src, "dest": dest, "mode": 0o600}))
+                .expect("put");
+            assert_eq!(r["size"], size);
+            assert_eq!(std::fs::read(&dest).expect("dest"), data);
+        }
+    }
     let stats = c.call(json!({"op": "stats"})).expect("stats");
     assert!(
         stats["targets"].get("local2 via local1").is_some(),
@@ -239,7 +254,7 @@ fn gateway_bastions_web_fleet() {
 
     // put through the hops: the file arrives whole (checked over the direct connection).
     let src = shared_dir("via_fleet").join("payload");
-    let data: Vec<u8> = (0..3 * 1024 * 1024 + 17)
+    let data: Vec<u8> = (0..10 * 1024 * 1024 + 17)
         .map(|i| (i * 7 % 251) as u8)
         .collect();
     std::fs::write(&src, &data).expect("payload");
@@ -265,6 +280,11 @@ fn gateway_bastions_web_fleet() {
         "via: {} bytes to {WEB} hosts behind the gateway: {crossed} bytes on the controller-gateway link ({:.2}x the file)",
         data.len(),
         crossed as f64 / data.len() as f64
+    );
+    // The hops' file caches: the file crosses each link once, not once per target.
+    assert!(
+        (crossed as f64) < 1.5 * data.len() as f64,
+        "{crossed} bytes crossed the controller-gateway link"
     );
     // fetch back through the hops.
     let back = dir.join("back");
