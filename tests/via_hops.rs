@@ -294,6 +294,82 @@ fn gateway_bastions_web_fleet() {
     .expect("fetch");
     assert_eq!(std::fs::read(&back).expect("fetched"), data);
 
+    // A throttled last hop: a bastion relays at the pace of its slow link to one web host,
+    // and its memory (and the gateway's) stays flat.
+    let tc = Command::new("tc")
+        .args([
+            "-n",
+            &format!("sp-{name}-1"),
+            "qdisc",
+            "add",
+            "dev",
+            "vv1x3",
+            "root",
+        ])
+        .args([
+            "tbf", "rate", "16mbit", "burst", "32kbit", "latency", "400ms",
+        ])
+        .status();
+    if tc.is_ok_and(|s| s.success()) {
+        let slow_src = shared_dir("via_fleet_slow").join("payload");
+        let slow: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&slow_src, &slow).expect("payload");
+        let pids = [
+            ping(&mut c, &gw)["pid"].as_u64().expect("pid"),
+            ping(&mut c, &bastions[0])["pid"].as_u64().expect("pid"),
+        ];
+        let anon = |p: u64| -> u64 {
+            let s = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+            s.lines()
+                .find_map(|l| l.strip_prefix("RssAnon:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let before: Vec<u64> = pids.iter().map(|&p| anon(p)).collect();
+        let id = c
+            .send(json!({"op": "put", "target": webs[0], "src": slow_src, "dest": "/tmp/slow"}))
+            .expect("send");
+        let t0 = std::time::Instant::now();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut peak = [0u64; 2];
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    for (k, &p) in pids.iter().enumerate() {
+                        peak[k] = peak[k].max(anon(p));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                peak
+            })
+        };
+        // Meanwhile the other web hosts behind the same bastion answer.
+        assert_eq!(sh(&mut c, &webs[1], "echo fast"), "fast\n");
+        let r = c.recv().expect("recv");
+        assert_eq!(r.id, id);
+        let took = t0.elapsed();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let peak = sampler.join().expect("sampler");
+        assert_eq!(r.result.expect("slow put")["size"], slow.len());
+        eprintln!(
+            "via: 4 MiB over a 16 Mbit/s last hop in {took:?}; RssAnon KiB gateway {} -> peak {}, bastion {} -> peak {}",
+            before[0], peak[0], before[1], peak[1]
+        );
+        assert!(
+            took.as_secs_f64() > 1.5,
+            "the link was not throttled ({took:?})"
+        );
+        for k in 0..2 {
+            assert!(
+                peak[k] < before[k] + 4096,
+                "hop memory grew: {before:?} -> {peak:?}"
+            );
+        }
+    } else {
+        eprintln!("via: tc tbf unavailable, throttled hop not tested");
+    }
+
     // Kill bastion 1's agent: only the web hosts behind it fail; the rest carry on.
     let b1 = ping(&mut c, &bastions[0])["pid"].as_u64().expect("pid");
     let gw_pid = ping(&mut c, &gw)["pid"].as_u64().expect("pid");
