@@ -427,7 +427,23 @@ impl Router {
         }
         if req.op == "close" {
             if let Some(&t) = self.by_key.get(&spec.key()) {
-                self.fail_target(t, "connection_lost", "stream closed by request");
+                // A hop that carries other targets stays (their streams depend on it): only
+                // its own become contexts are closed (Ansible's reset_connection on a
+                // bastion must not cut the hosts behind it).
+                let x = &self.targets[t];
+                let (carried, own): (Vec<TargetId>, Vec<TargetId>) = x
+                    .children
+                    .values()
+                    .copied()
+                    .filter(|&c| self.targets.get(c).is_some_and(|y| y.phase != Phase::Dead))
+                    .partition(|&c| self.targets[c].spec.escalate.is_none());
+                if carried.is_empty() {
+                    self.fail_target(t, "connection_lost", "stream closed by request");
+                } else {
+                    for c in own {
+                        self.close_target(c, "connection_lost", "stream closed by request", false);
+                    }
+                }
             }
             self.actions
                 .push_back(Action::Reply(client, api::ok_raw(id, b"{}")));

@@ -97,6 +97,13 @@ fn local_chain_three_deep() {
     );
     assert_eq!(stats["streams"], 3, "{stats}");
 
+    // Closing a hop that carries other targets (Ansible's reset_connection on a bastion)
+    // leaves it and them running.
+    c.call(json!({"op": "close", "target": hop1}))
+        .expect("close");
+    assert_eq!(ping(&mut c, &hop1)["pid"].as_u64(), Some(p1));
+    assert_eq!(ping(&mut c, &leaf)["pid"].as_u64(), Some(p2));
+
     // A hop that fails takes what is behind it along, and nothing else.
     let gone = c.call(json!({"op": "exec", "target": hop1, "shell": "kill -9 $PPID; sleep 5"}));
     assert!(matches!(gone, Err(ClientError::Api { ref kind, .. }) if kind == "connection_lost"));

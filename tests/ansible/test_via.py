@@ -180,6 +180,18 @@ class Via(unittest.TestCase):
         self.assertEqual(again[('command', 't1')], direct[('command', 't1')])
 
 
+class ConformanceVia(unittest.TestCase):
+    def test_conformance_through_a_hop(self):
+        """The conformance playbook with t1, t2 behind t0 (spindle) equals direct stock runs."""
+        import sys
+        p = subprocess.run([sys.executable, os.path.join(HERE, 'run_conformance.py'), '--via',
+                            '--name', 'cvia'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           universal_newlines=True, env=dict(os.environ, SPINDLE_BIN=BIN))
+        print(p.stdout)
+        if p.returncode == 77:
+            self.skipTest(p.stdout.strip().splitlines()[-1] if p.stdout.strip() else 'cannot run')
+        self.assertEqual(p.returncode, 0, 'stock and spindle_via runs differ:\n%s' % p.stdout)
+
 class ProxyJump(unittest.TestCase):
     def test_parse(self):
         import sys
