@@ -476,7 +476,9 @@ impl Router {
                 Phase::Connecting { deadline } => deadline.max(now),
                 _ => now,
             };
-            deadline = from + Duration::from_secs(spec.connect_timeout_secs()) + SPAWN_GRACE;
+            let own = Duration::from_secs(spec.connect_timeout_secs());
+            // (and at least twice its timeout from now, as become contexts always had)
+            deadline = (from + own).max(now + own * 2) + SPAWN_GRACE;
         }
         let ctx = match parent {
             Some(p) => {
