@@ -111,7 +111,7 @@ pub fn parse(text: &str, path: &str) -> Result<Vec<Spec>, InventoryError> {
             Section::Other => {}
         }
     }
-    Ok(hosts
+    let resolved: Vec<(Spec, Option<String>)> = hosts
         .into_iter()
         .map(|(name, groups, vars)| {
             let mut all: HashMap<String, String> =
@@ -120,9 +120,43 @@ pub fn parse(text: &str, path: &str) -> Result<Vec<Spec>, InventoryError> {
                 all.extend(group_vars.get(g).cloned().unwrap_or_default());
             }
             all.extend(vars);
-            apply(&name, &all)
+            let via = all.get("spindle_via").cloned().filter(|v| v != &name);
+            (apply(&name, &all), via)
         })
-        .collect())
+        .collect();
+    // spindle_via: the hop is another host of the inventory, with its own hop, recursively.
+    let by_name: HashMap<String, usize> = resolved
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (s, _))| s.name.clone().map(|n| (n, i)))
+        .collect();
+    let with_via = |i: usize| -> Result<Spec, InventoryError> {
+        let mut chain = vec![i];
+        let mut at = i;
+        while let Some(hop) = &resolved[at].1 {
+            let bad = |reason: String| InventoryError::Syntax {
+                path: path.into(),
+                line: 0,
+                reason,
+            };
+            let &j = by_name
+                .get(hop)
+                .ok_or_else(|| bad(format!("spindle_via={hop} is not a host of the inventory")))?;
+            if chain.contains(&j) || chain.len() > crate::transport::MAX_VIA_DEPTH {
+                return Err(bad(format!("spindle_via loop or chain too long at {hop}")));
+            }
+            chain.push(j);
+            at = j;
+        }
+        let mut spec: Option<Spec> = None;
+        for &k in chain.iter().rev() {
+            let mut s = resolved[k].0.clone();
+            s.via = spec.map(Box::new);
+            spec = Some(s);
+        }
+        Ok(spec.unwrap_or_default())
+    };
+    (0..resolved.len()).map(with_via).collect()
 }
 
 fn apply(name: &str, vars: &HashMap<String, String>) -> Spec {
@@ -153,12 +187,27 @@ fn apply(name: &str, vars: &HashMap<String, String>) -> Spec {
         extra_args: get("ansible_docker_extra_args").or_else(|| get("ansible_podman_extra_args")),
         name: Some(name.to_string()),
         escalate: None,
+        via: None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spindle_via_chains() {
+        let inv = "[dc1]\nweb1\n[dc1:vars]\nspindle_via=bastion\n[bastions]\nbastion spindle_via=gw\ngw\n";
+        let s = parse(inv, "inv").unwrap();
+        let web = &s[0];
+        let hop = web.via.as_deref().unwrap();
+        assert_eq!(hop.name.as_deref(), Some("bastion"));
+        assert_eq!(hop.via.as_deref().unwrap().name.as_deref(), Some("gw"));
+        assert!(hop.via.as_deref().unwrap().via.is_none());
+        assert_eq!(web.label(), "web1 via bastion");
+        assert!(parse("a spindle_via=b\nb spindle_via=a\n", "inv").is_err());
+        assert!(parse("a spindle_via=nowhere\n", "inv").is_err());
+    }
 
     #[test]
     fn ini_groups_and_vars() {

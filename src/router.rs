@@ -49,6 +49,11 @@ const EXEC_GRACE: Duration = Duration::from_secs(30);
 /// Default limit of become contexts (nested agents) per target; beyond it the least recently
 /// used idle one is closed (`SPINDLE_MAX_INTERPRETERS`, `serve --max-interpreters`).
 pub const DEFAULT_MAX_INTERPRETERS: usize = 20;
+/// Files at least this large sent to a target behind a via hop go through the hop's file
+/// cache (they cross each link once for all the targets behind it).
+pub const HOP_CACHE_MIN: u64 = 64 * 1024;
+/// Bytes of files a hop's agent keeps in RAM at most (least recently used dropped first).
+pub const HOP_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 /// Extra time past its own timeout the daemon gives a become context's start, so the agent's
 /// precise error (wrong password, prompt timeout) arrives before the daemon's own deadline.
 const SPAWN_GRACE: Duration = Duration::from_secs(5);
@@ -76,6 +81,23 @@ enum Op {
         file: Option<Arc<File>>,
         offset: u64,
         remaining: u64,
+        /// A `cache_put` filling this hop's file cache (no client): the content's sha256.
+        fill: Option<String>,
+    },
+    /// A put whose CALL and data a hop sends from its file cache (`relay_put`); the reply
+    /// comes from the target as for any put. The file is kept for a fallback to a plain put.
+    RelayedPut,
+    /// A `cache_put` to this hop sent by the hop above it (the reply says it is cached).
+    HopFill {
+        sha: String,
+    },
+    /// A `relay_put` on a hop, sending a cached file to child `to` as call `handle`.
+    Relay {
+        to: TargetId,
+        key: String,
+        handle: u32,
+        sha: String,
+        fill: bool,
     },
     Fetch {
         file: Option<File>,
@@ -88,8 +110,31 @@ enum Op {
         child: TargetId,
         key: String,
     },
-    /// Closing a become context; the reply is not awaited by anyone.
+    /// Closing a become context (or dropping a cached file); the reply is not awaited.
     CloseContext,
+}
+
+/// A file in a hop's cache, as the daemon knows it.
+#[derive(Debug)]
+enum HopFile {
+    /// Being sent to the hop; these relays go out once it is there.
+    Filling { size: u64, waiting: Vec<Relay> },
+    /// In the hop's RAM; `seq` orders use (least recently used dropped first).
+    Ready { size: u64, seq: u64 },
+}
+
+/// A cached file to send from a hop to its child `to`: a target's put, or the child hop's
+/// own cache fill.
+#[derive(Debug)]
+struct Relay {
+    to: TargetId,
+    key: String,
+    handle: u32,
+    call: serde_json::Value,
+    file: Arc<File>,
+    size: u64,
+    sha: String,
+    fill: bool,
 }
 
 #[derive(Debug)]
@@ -123,12 +168,19 @@ struct Target {
     puts: VecDeque<u32>,
     sent_blobs: HashSet<String>,
     counters: TargetCounters,
-    /// For a become context: the stream whose agent started it (frames travel on it).
+    /// For a context (become, or a target behind a via hop): the target whose agent started
+    /// it, itself a stream or a context. Frames travel on the root stream of that chain.
     parent: Option<TargetId>,
-    /// Context id on the target: `CTX_AGENT` for a stream's own agent, > 1 for a nested one.
+    /// Context id on the root stream: `CTX_AGENT` for a stream's own agent, > 1 for a nested
+    /// one (unique per root stream, at any depth).
     ctx: u32,
-    /// Become contexts of this stream, by context id.
+    /// Contexts this target's agent started, by context id.
     children: HashMap<u32, TargetId>,
+    /// On a root stream: every context under it at any depth, by context id (frames coming
+    /// up carry it as `src`).
+    routes: HashMap<u32, TargetId>,
+    /// On a via hop: files its agent keeps for the targets behind it, by sha256.
+    hop_files: HashMap<String, HopFile>,
     next_ctx: u32,
     last_used: Instant,
 }
@@ -150,6 +202,13 @@ pub struct Router {
     pub counters: Counters,
     /// Become contexts per target before the least recently used idle one is closed.
     pub max_interpreters: usize,
+    /// Send files for targets behind a via hop through the hop's file cache.
+    pub hop_cache: bool,
+    /// Use order of hop cache entries.
+    hop_seq: u64,
+    /// sha256 of local files by (device, inode, size, mtime), so a file sent to many targets
+    /// is read for hashing once.
+    hashes: HashMap<(u64, u64, u64, i64, i64), String>,
 }
 
 impl Default for Router {
@@ -183,6 +242,9 @@ impl Router {
             splice: true,
             counters: Counters::default(),
             max_interpreters: DEFAULT_MAX_INTERPRETERS,
+            hop_cache: true,
+            hop_seq: 0,
+            hashes: HashMap::new(),
         }
     }
 
@@ -197,19 +259,32 @@ impl Router {
     pub fn take_touched(&mut self) -> Vec<TargetId> {
         let mut touched = std::mem::take(&mut self.touched);
         for t in touched.iter_mut() {
-            if let Some(p) = self.targets.get(*t).and_then(|x| x.parent) {
+            if self.targets.get(*t).is_some_and(|x| x.parent.is_some()) {
                 self.pump(*t);
-                *t = p;
+                *t = self.root_of(*t);
             }
         }
         touched
     }
 
-    /// Moves a become context's queued bytes and file ranges to its stream's queue.
+    /// The stream (process) that carries `t`'s frames: `t` itself, or the root of its chain
+    /// of parents.
+    fn root_of(&self, mut t: TargetId) -> TargetId {
+        while let Some(p) = self.targets.get(t).and_then(|x| x.parent) {
+            if !self.targets.contains(p) {
+                break;
+            }
+            t = p;
+        }
+        t
+    }
+
+    /// Moves a context's queued bytes and file ranges to its root stream's queue.
     fn pump(&mut self, t: TargetId) {
-        let Some(p) = self.targets.get(t).and_then(|x| x.parent) else {
+        if self.targets.get(t).and_then(|x| x.parent).is_none() {
             return;
-        };
+        }
+        let p = self.root_of(t);
         // Until its HELLO, the context does not exist on the target yet: hold its frames.
         let ready = |x: &Target| x.phase == Phase::Ready && !x.out.is_empty();
         if !self.targets.get(t).is_some_and(ready) || !self.targets.contains(p) {
@@ -226,10 +301,10 @@ impl Router {
         let Some(x) = self.targets.get(t) else {
             return 0;
         };
-        let root = x
-            .parent
-            .and_then(|p| self.targets.get(p))
-            .map_or(0, |r| r.out.len());
+        let root = match x.parent {
+            Some(_) => self.targets.get(self.root_of(t)).map_or(0, |r| r.out.len()),
+            None => 0,
+        };
         root + x.out.len()
     }
 
@@ -261,7 +336,7 @@ impl Router {
                     total += n;
                     x.counters.bytes_out += n as u64;
                     self.counters.bytes_out += n as u64;
-                    let children: Vec<TargetId> = x.children.values().copied().collect();
+                    let children: Vec<TargetId> = x.routes.values().copied().collect();
                     self.refill(t);
                     for c in children {
                         self.refill(c);
@@ -347,14 +422,28 @@ impl Router {
         }) {
             return self.reply_err(client, id, "bad_request", &spec.label(), &e.to_string());
         }
-        if let Some(b) = &spec.escalate {
-            if let Err(m) = b.validate() {
-                return self.reply_err(client, id, "bad_request", &spec.label(), &m);
-            }
+        if let Err(m) = validate_chain(&spec) {
+            return self.reply_err(client, id, "bad_request", &spec.label(), &m);
         }
         if req.op == "close" {
             if let Some(&t) = self.by_key.get(&spec.key()) {
-                self.fail_target(t, "connection_lost", "stream closed by request");
+                // A hop that carries other targets stays (their streams depend on it): only
+                // its own become contexts are closed (Ansible's reset_connection on a
+                // bastion must not cut the hosts behind it).
+                let x = &self.targets[t];
+                let (carried, own): (Vec<TargetId>, Vec<TargetId>) = x
+                    .children
+                    .values()
+                    .copied()
+                    .filter(|&c| self.targets.get(c).is_some_and(|y| y.phase != Phase::Dead))
+                    .partition(|&c| self.targets[c].spec.escalate.is_none());
+                if carried.is_empty() {
+                    self.fail_target(t, "connection_lost", "stream closed by request");
+                } else {
+                    for c in own {
+                        self.close_target(c, "connection_lost", "stream closed by request", false);
+                    }
+                }
             }
             self.actions
                 .push_back(Action::Reply(client, api::ok_raw(id, b"{}")));
@@ -372,22 +461,39 @@ impl Router {
         let parent = if spec.escalate.is_some() {
             Some(self.target_for(spec.parent(), now))
         } else {
-            None
+            let hop = spec.via.as_deref().cloned();
+            hop.map(|h| self.target_for(h, now))
         };
         let mut out = Outbound::new(self.splice);
         if parent.is_none() && spec.transport != crate::transport::TransportKind::Unix {
             out.with_bytes(|b| b.extend_from_slice(crate::transport::bootstrap::agent_blob()));
         }
-        let mut wait = Duration::from_secs(spec.connect_timeout_secs());
-        if parent.is_some() {
-            wait = wait * 2 + SPAWN_GRACE; // the stream's own start, then the escalation
+        // A context starts once its parent runs: its own time counts from the parent's
+        // deadline (every hop of a chain gets its full connect timeout).
+        let mut deadline = now + Duration::from_secs(spec.connect_timeout_secs());
+        if let Some(p) = parent {
+            let from = match self.targets[p].phase {
+                Phase::Connecting { deadline } => deadline.max(now),
+                _ => now,
+            };
+            let own = Duration::from_secs(spec.connect_timeout_secs());
+            // (and at least twice its timeout from now, as become contexts always had)
+            deadline = (from + own).max(now + own * 2) + SPAWN_GRACE;
         }
         let ctx = match parent {
             Some(p) => {
-                self.evict_idle_context(p);
-                let r = &mut self.targets[p];
-                r.next_ctx = r.next_ctx.wrapping_add(1).max(proto::CTX_AGENT + 1);
-                r.next_ctx
+                if spec.escalate.is_some() {
+                    self.evict_idle_context(p);
+                }
+                // Context ids are unique on the root stream, whatever the depth.
+                let root = self.root_of(p);
+                let r = &mut self.targets[root];
+                loop {
+                    r.next_ctx = r.next_ctx.wrapping_add(1).max(proto::CTX_AGENT + 1);
+                    if !r.routes.contains_key(&r.next_ctx) {
+                        break r.next_ctx;
+                    }
+                }
             }
             None => proto::CTX_AGENT,
         };
@@ -395,9 +501,7 @@ impl Router {
             label: spec.label(),
             spec,
             key: key.clone(),
-            phase: Phase::Connecting {
-                deadline: now + wait,
-            },
+            phase: Phase::Connecting { deadline },
             decoder: Decoder::default(),
             out,
             hello: None,
@@ -409,6 +513,8 @@ impl Router {
             parent,
             ctx,
             children: HashMap::new(),
+            routes: HashMap::new(),
+            hop_files: HashMap::new(),
             next_ctx: proto::CTX_AGENT,
             last_used: now,
         });
@@ -419,11 +525,29 @@ impl Router {
             None => self.actions.push_back(Action::Spawn(t)),
             Some(p) => {
                 self.targets[p].children.insert(ctx, t);
-                let secs = self.targets[t].spec.connect_timeout_secs();
-                let b = self.targets[t].spec.escalate.clone().unwrap_or_default();
-                let payload = json!({"op": "spawn_context", "ctx": ctx, "cmd": b.cmd,
-                    "success": b.success, "password": b.password, "prompt": b.prompt,
-                    "timeout": secs});
+                let root = self.root_of(p);
+                self.targets[root].routes.insert(ctx, t);
+                let spec = &self.targets[t].spec;
+                let secs = spec.connect_timeout_secs();
+                let payload = match &spec.escalate {
+                    Some(b) => json!({"op": "spawn_context", "ctx": ctx, "cmd": b.cmd,
+                        "success": b.success, "password": b.password, "prompt": b.prompt,
+                        "timeout": secs}),
+                    None => {
+                        // A via hop: its agent runs the transport command for this target.
+                        let marker = format!("SPINDLE-VIA-{ctx}");
+                        let cmd = crate::transport::hop_command(spec, &marker).unwrap_or_default();
+                        let python = spec.python.as_deref().filter(|p| {
+                            !p.starts_with('-')
+                                && p.chars()
+                                    .all(|c| c.is_ascii_alphanumeric() || "_./+-".contains(c))
+                        });
+                        let prompt = spec.password.as_ref().map(|_| r"(?i)password:\s*$");
+                        json!({"op": "spawn_context", "ctx": ctx, "cmd": cmd,
+                            "success": marker, "password": spec.password, "prompt": prompt,
+                            "timeout": secs, "python": python})
+                    }
+                };
                 self.internal_call(p, payload, Op::Spawn { child: t, key });
             }
         }
@@ -455,8 +579,19 @@ impl Router {
 
     /// Keeps at most `max_interpreters` become contexts on stream `p`: closes the least
     /// recently used one that has no call in flight (a busy one is never closed).
+    /// Targets behind a via hop are not interpreters of the hop: they are neither counted
+    /// nor closed, and a context that has contexts of its own is never closed.
     fn evict_idle_context(&mut self, p: TargetId) {
-        let children: Vec<TargetId> = self.targets[p].children.values().copied().collect();
+        let children: Vec<TargetId> = self.targets[p]
+            .children
+            .values()
+            .copied()
+            .filter(|&c| {
+                self.targets
+                    .get(c)
+                    .is_some_and(|x| x.spec.escalate.is_some())
+            })
+            .collect();
         if children.len() < self.max_interpreters.max(1) {
             return;
         }
@@ -464,6 +599,7 @@ impl Router {
             .into_iter()
             .filter_map(|c| self.targets.get(c).map(|x| (c, x)))
             .filter(|(_, x)| x.calls.is_empty() && x.phase == Phase::Ready)
+            .filter(|(_, x)| x.children.is_empty())
             .min_by_key(|(_, x)| x.last_used)
             .map(|(c, _)| c);
         if let Some(c) = victim {
@@ -539,12 +675,19 @@ impl Router {
                 };
                 let p = json!({"op": "put_file", "path": dest, "size": size, "mode": req.mode,
                     "owner": req.owner, "group": req.group, "apply_umask": req.apply_umask});
+                let file = Arc::new(file);
+                if let Some(hop) = self.cache_hop(t, size) {
+                    if let Some(sha) = self.file_sha(&file) {
+                        return self.relayed_put(t, hop, client, id, deadline, p, file, size, sha);
+                    }
+                }
                 (
                     p,
                     Op::Put {
-                        file: Some(Arc::new(file)),
+                        file: Some(file),
                         offset: 0,
                         remaining: size,
+                        fill: None,
                     },
                 )
             }
@@ -684,6 +827,7 @@ impl Router {
                 file: Some(f),
                 offset,
                 remaining,
+                ..
             } = &mut call.op
             else {
                 x.puts.pop_front();
@@ -704,11 +848,9 @@ impl Router {
             self.counters.frames_out += 1;
             x.counters.frames_out += 1;
             if done {
-                call.op = Op::Put {
-                    file: None,
-                    offset: 0,
-                    remaining: 0,
-                };
+                if let Op::Put { file, .. } = &mut call.op {
+                    *file = None;
+                }
                 x.puts.pop_front();
             }
         }
@@ -743,7 +885,7 @@ impl Router {
             };
             self.counters.frames_in += 1;
             if h.src > proto::CTX_AGENT {
-                match x.children.get(&h.src) {
+                match x.routes.get(&h.src) {
                     Some(&c) => nested.push((c, h, payload.to_vec())),
                     None => {
                         tracing::debug!(host = %x.label, ctx = h.src, "frame from a closed context")
@@ -809,11 +951,59 @@ impl Router {
                     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                     let kind = v["error"].as_str().unwrap_or("unknown");
                     let text = v["message"].as_str().unwrap_or("");
-                    self.fail_target(*child, "become_failed", &format!("{kind}: {text}"));
+                    let child = *child;
+                    let spec = &self.targets[child].spec;
+                    if spec.escalate.is_none() && spec.via.is_some() {
+                        // The hop ran ssh (or another transport): classify its output.
+                        let hop = spec.via.as_ref().map(|v| v.label()).unwrap_or_default();
+                        let class = match (kind, classify(text, false)) {
+                            ("timeout", _) => "timeout",
+                            (_, FailKind::ConnectionLost) => "unreachable",
+                            (_, k) => k.as_str(),
+                        };
+                        let last = text.lines().rev().find(|l| !l.trim().is_empty());
+                        let m = format!("via {hop}: {kind}: {}", last.unwrap_or(text).trim());
+                        self.fail_target(child, class, &m);
+                    } else {
+                        self.fail_target(child, "become_failed", &format!("{kind}: {text}"));
+                    }
                 }
                 return;
             }
             Op::CloseContext => return,
+            Op::HopFill { sha }
+            | Op::Put {
+                fill: Some(sha), ..
+            } => {
+                let sha = sha.clone();
+                return self.hop_filled(t, &sha, fl & flags::ERROR == 0);
+            }
+            Op::Relay {
+                to,
+                key,
+                handle,
+                sha,
+                fill,
+            } => {
+                if fl & flags::ERROR != 0 {
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let m = format!("relay from the hop failed: {}", v["message"]);
+                    tracing::debug!(hop = %x.label, "{m}");
+                    if *fill {
+                        self.hop_filled(*to, sha, false);
+                    } else if self.targets.get(*to).is_some_and(|y| &y.key == key) {
+                        let y = &mut self.targets[*to];
+                        if let Some(call) = y.calls.remove(handle) {
+                            let label = y.label.clone();
+                            if let Some(client) = call.client {
+                                let msg = api::error(call.id, "remote", &label, &m);
+                                self.actions.push_back(Action::Reply(client, msg));
+                            }
+                        }
+                    }
+                }
+                return;
+            }
             _ => {}
         }
         let label = x.label.clone();
@@ -846,8 +1036,10 @@ impl Router {
                     }
                     api::ok_value(c.id, &v)
                 }
-                Op::Exec | Op::Call | Op::Put { .. } => api::ok_raw(c.id, &body),
-                Op::Spawn { .. } | Op::CloseContext => return,
+                Op::Exec | Op::Call | Op::Put { .. } | Op::RelayedPut => api::ok_raw(c.id, &body),
+                Op::Spawn { .. } | Op::CloseContext | Op::HopFill { .. } | Op::Relay { .. } => {
+                    return
+                }
                 Op::Fetch {
                     file,
                     tmp,
@@ -946,6 +1138,12 @@ impl Router {
             self.close_target(c, kind, message, false);
         }
         if let Some(p) = parent {
+            let root = self.root_of(p);
+            if let Some(r) = self.targets.get_mut(root) {
+                if r.routes.get(&ctx) == Some(&t) {
+                    r.routes.remove(&ctx);
+                }
+            }
             if self.targets.get(p).is_some_and(|r| r.phase != Phase::Dead) {
                 self.targets[p].children.remove(&ctx);
                 let payload = json!({"op": "close_context", "ctx": ctx});
@@ -1019,6 +1217,323 @@ impl Router {
     fn reply_err(&mut self, client: ClientId, id: u64, kind: &str, host: &str, m: &str) {
         self.actions
             .push_back(Action::Reply(client, api::error(id, kind, host, m)));
+    }
+}
+
+impl Router {
+    /// The via hop whose file cache a put of `size` bytes to `t` goes through, if any.
+    fn cache_hop(&self, t: TargetId, size: u64) -> Option<TargetId> {
+        let x = self.targets.get(t)?;
+        if !self.hop_cache
+            || x.spec.via.is_none()
+            || x.spec.escalate.is_some()
+            || !(HOP_CACHE_MIN..=HOP_CACHE_BYTES / 4).contains(&size)
+        {
+            return None;
+        }
+        let p = x.parent?;
+        self.targets.get(p).filter(|h| h.phase != Phase::Dead)?;
+        Some(p)
+    }
+
+    /// The sha256 of an open local file (cached by identity and modification time).
+    fn file_sha(&mut self, file: &File) -> Option<String> {
+        use sha2::Digest as _;
+        use std::os::unix::fs::MetadataExt as _;
+        let md = file.metadata().ok()?;
+        let id = (md.dev(), md.ino(), md.size(), md.mtime(), md.mtime_nsec());
+        if let Some(h) = self.hashes.get(&id) {
+            return Some(h.clone());
+        }
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut d = sha2::Sha256::new();
+        let mut pos = 0u64;
+        loop {
+            let n = std::os::unix::fs::FileExt::read_at(file, &mut buf, pos).ok()?;
+            if n == 0 {
+                break;
+            }
+            d.update(&buf[..n]);
+            pos += n as u64;
+        }
+        if pos != md.size() {
+            return None;
+        }
+        let h: String = d.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        if self.hashes.len() >= 4096 {
+            self.hashes.clear();
+        }
+        self.hashes.insert(id, h.clone());
+        Some(h)
+    }
+
+    /// Starts a put to `t` that its hop sends from its file cache.
+    #[allow(clippy::too_many_arguments)]
+    fn relayed_put(
+        &mut self,
+        t: TargetId,
+        hop: TargetId,
+        client: ClientId,
+        id: u64,
+        deadline: Option<Instant>,
+        payload: serde_json::Value,
+        file: Arc<File>,
+        size: u64,
+        sha: String,
+    ) {
+        let x = &mut self.targets[t];
+        let handle = x.next_handle;
+        x.next_handle = x.next_handle.wrapping_add(1).max(1);
+        x.counters.calls += 1;
+        self.counters.calls += 1;
+        let call = Call {
+            client: Some(client),
+            id,
+            op: Op::RelayedPut,
+            reply: Vec::new(),
+            overflow: false,
+            local_error: None,
+            deadline,
+        };
+        x.calls.insert(handle, call);
+        tracing::debug!(host = %x.label, handle, "put through the hop's file cache");
+        let r = Relay {
+            to: t,
+            key: x.key.clone(),
+            handle,
+            call: payload,
+            file,
+            size,
+            sha,
+            fill: false,
+        };
+        self.relay_via(hop, r);
+    }
+
+    /// Sends `r` from `hop`'s file cache, filling the cache first (from the hop above it, or
+    /// from the controller) if needed.
+    fn relay_via(&mut self, hop: TargetId, r: Relay) {
+        self.hop_seq += 1;
+        let seq = self.hop_seq;
+        let Some(h) = self.targets.get_mut(hop).filter(|h| h.phase != Phase::Dead) else {
+            return self.relay_fallback(r);
+        };
+        match h.hop_files.get_mut(&r.sha) {
+            Some(HopFile::Ready { seq: s, .. }) => {
+                *s = seq;
+                return self.send_relay(hop, r);
+            }
+            Some(HopFile::Filling { waiting, .. }) => return waiting.push(r),
+            None => {}
+        }
+        if !self.make_room(hop, r.size) {
+            return self.relay_fallback(r);
+        }
+        let (sha, size, file) = (r.sha.clone(), r.size, r.file.clone());
+        let h = &mut self.targets[hop];
+        h.hop_files.insert(
+            sha.clone(),
+            HopFile::Filling {
+                size,
+                waiting: vec![r],
+            },
+        );
+        let call = json!({"op": "cache_put", "sha256": sha, "size": size});
+        let handle = h.next_handle;
+        h.next_handle = h.next_handle.wrapping_add(1).max(1);
+        let up = self.cache_hop(hop, size);
+        let h = &mut self.targets[hop];
+        let new_call = |op| Call {
+            client: None,
+            id: 0,
+            op,
+            reply: Vec::new(),
+            overflow: false,
+            local_error: None,
+            deadline: None,
+        };
+        match up {
+            // The hop above sends it from its own cache: each link carries it once.
+            Some(up) => {
+                h.calls
+                    .insert(handle, new_call(Op::HopFill { sha: sha.clone() }));
+                let key = h.key.clone();
+                let fill = Relay {
+                    to: hop,
+                    key,
+                    handle,
+                    call,
+                    file,
+                    size,
+                    sha,
+                    fill: true,
+                };
+                self.relay_via(up, fill);
+            }
+            // The first hop: from the controller, streamed like a put.
+            None => {
+                let op = Op::Put {
+                    file: Some(file),
+                    offset: 0,
+                    remaining: size,
+                    fill: Some(sha),
+                };
+                h.calls.insert(handle, new_call(op));
+                let body = serde_json::to_vec(&call).unwrap_or_default();
+                let hd = header(Kind::Call, 0, handle, h.ctx);
+                h.out.with_bytes(|b| encode_frame(b, &hd, &body));
+                h.counters.frames_out += 1;
+                self.counters.frames_out += 1;
+                h.puts.push_back(handle);
+                self.touched.push(hop);
+                self.refill(hop);
+            }
+        }
+    }
+
+    /// Drops least recently used files from `hop`'s cache until `size` more bytes fit.
+    fn make_room(&mut self, hop: TargetId, size: u64) -> bool {
+        loop {
+            let h = &self.targets[hop];
+            let used: u64 = h
+                .hop_files
+                .values()
+                .map(|f| match f {
+                    HopFile::Filling { size, .. } | HopFile::Ready { size, .. } => *size,
+                })
+                .sum();
+            if used + size <= HOP_CACHE_BYTES {
+                return true;
+            }
+            let victim = h
+                .hop_files
+                .iter()
+                .filter_map(|(k, f)| match f {
+                    HopFile::Ready { seq, .. } => Some((*seq, k.clone())),
+                    HopFile::Filling { .. } => None,
+                })
+                .min();
+            let Some((_, sha)) = victim else {
+                return false;
+            };
+            self.targets[hop].hop_files.remove(&sha);
+            let payload = json!({"op": "cache_drop", "sha256": sha});
+            self.internal_call(hop, payload, Op::CloseContext);
+        }
+    }
+
+    fn send_relay(&mut self, hop: TargetId, r: Relay) {
+        let Some(ctx) = self
+            .targets
+            .get(r.to)
+            .filter(|y| y.key == r.key && y.phase != Phase::Dead)
+            .map(|y| y.ctx)
+        else {
+            return;
+        };
+        let payload = json!({"op": "relay_put", "ctx": ctx, "sha256": r.sha,
+            "handle": r.handle, "call": r.call});
+        let op = Op::Relay {
+            to: r.to,
+            key: r.key,
+            handle: r.handle,
+            sha: r.sha,
+            fill: r.fill,
+        };
+        self.internal_call(hop, payload, op);
+    }
+
+    /// A hop's cache fill finished: waiting relays go out, or (it failed) fall back.
+    fn hop_filled(&mut self, hop: TargetId, sha: &str, ok: bool) {
+        let Some(h) = self.targets.get_mut(hop) else {
+            return;
+        };
+        let Some(HopFile::Filling { size, waiting }) = h.hop_files.remove(sha) else {
+            return;
+        };
+        if ok {
+            self.hop_seq += 1;
+            let seq = self.hop_seq;
+            h.hop_files
+                .insert(sha.to_string(), HopFile::Ready { size, seq });
+            for r in waiting {
+                self.send_relay(hop, r);
+            }
+        } else {
+            tracing::debug!(hop = %h.label, "file cache fill failed: plain puts instead");
+            for r in waiting {
+                self.relay_fallback(r);
+            }
+        }
+    }
+
+    /// A relay that cannot go through the hop's cache: a target's put is sent as a plain
+    /// put; a child hop's fill fails (and its waiting relays fall back in turn).
+    fn relay_fallback(&mut self, r: Relay) {
+        if r.fill {
+            if let Some(y) = self.targets.get_mut(r.to).filter(|y| y.key == r.key) {
+                y.calls.remove(&r.handle);
+            }
+            return self.hop_filled(r.to, &r.sha, false);
+        }
+        let Some(y) = self
+            .targets
+            .get_mut(r.to)
+            .filter(|y| y.key == r.key && y.phase != Phase::Dead)
+        else {
+            return;
+        };
+        let Some(call) = y.calls.get_mut(&r.handle) else {
+            return;
+        };
+        call.op = Op::Put {
+            file: Some(r.file),
+            offset: 0,
+            remaining: r.size,
+            fill: None,
+        };
+        let body = serde_json::to_vec(&r.call).unwrap_or_default();
+        let hd = header(Kind::Call, 0, r.handle, y.ctx);
+        y.out.with_bytes(|b| encode_frame(b, &hd, &body));
+        y.counters.frames_out += 1;
+        self.counters.frames_out += 1;
+        y.puts.push_back(r.handle);
+        self.touched.push(r.to);
+        self.refill(r.to);
+    }
+}
+
+/// Checks a spec and every hop of its `via` chain before anything starts.
+fn validate_chain(spec: &Spec) -> Result<(), String> {
+    if spec.via_depth() > crate::transport::MAX_VIA_DEPTH {
+        return Err(format!(
+            "more than {} hops in the via chain",
+            crate::transport::MAX_VIA_DEPTH
+        ));
+    }
+    let mut s = spec;
+    loop {
+        if let Some(b) = &s.escalate {
+            b.validate()?;
+        }
+        if s.via.is_some() && s.escalate.is_none() {
+            crate::transport::hop_command(s, "M").map_err(|e| e.to_string())?;
+        }
+        match &s.via {
+            Some(v) => s = v,
+            None => break,
+        }
+    }
+    // The first hop is started by the daemon (a password is checked again at spawn time,
+    // with the askpass helper).
+    match crate::transport::command(s, None) {
+        Err(crate::transport::CommandError::BadSpec { reason, .. })
+            if reason.contains("askpass") =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+        Ok(_) => Ok(()),
     }
 }
 

@@ -122,6 +122,9 @@ class TargetSpec:
     name: Optional[str] = None
     #: A become context (docs/api.md): method, user, flags, password, cmd, success, prompt.
     become: Optional[Dict[str, Any]] = field(default=None, repr=False)
+    #: Connection delegation (docs/api.md): the spec (as a dict) of the hop this target is
+    #: reached through; it may have its own ``via``.
+    via: Optional[Dict[str, Any]] = None
 
     def __post_init__(self) -> None:
         if self.transport not in (None, "ssh", "local", "docker", "podman"):

@@ -83,11 +83,11 @@ class Channel(object):
         return out
 
     def read_frame(self):
-        """Return (kind, flags, handle, reply_to, payload, dst), or None at end of input."""
+        """Return (kind, flags, handle, reply_to, payload, dst, src), or None at end of input."""
         head = self._read_exact(HEADER.size)
         if head is None:
             return None
-        magic, kind, flags, length, dst, _src, handle, reply_to = HEADER.unpack(bytes(head))
+        magic, kind, flags, length, dst, src, handle, reply_to = HEADER.unpack(bytes(head))
         if magic != MAGIC:
             raise FrameError("bad magic %r" % (magic,))
         if kind not in (HELLO, CALL, REPLY, DATA, LOG):
@@ -97,7 +97,7 @@ class Channel(object):
         payload = self._read_exact(length) if length else bytearray()
         if payload is None:
             return None  # truncated frame: the connection closed
-        return kind, flags, handle, reply_to, payload, dst
+        return kind, flags, handle, reply_to, payload, dst, src
 
     def send(self, kind, flags, handle, reply_to, payload=b"", src=SELF):
         """Write one frame to the controller; `src` names a nested context when relaying."""
@@ -373,6 +373,12 @@ BLOBS = {}
 
 CONTEXTS = {}
 CONTEXTS_LOCK = threading.Lock()
+# Deeper contexts (a via hop's children, their become contexts, ...): context id -> the id of
+# the direct child they were seen behind. Context ids are unique per root stream (the
+# controller allocates them), so a hop learns a route from the first frame that comes up
+# with that `src` and forwards frames for it unchanged. The first claim wins: a subtree cannot
+# take over a route another child already holds.
+ROUTES = {}
 BOOT_PLACEHOLDER = "__SPINDLE_BOOT__"
 # Stage 1 for a nested agent: no quote, dollar, backquote or backslash, so it survives any
 # depth of the become plugins' shell quoting; `b` stays a global for the next level.
@@ -414,8 +420,9 @@ class Context(object):
             t.daemon = True
             t.start()
 
-    def forward(self, kind, flags, handle, reply_to, payload):
-        head = HEADER.pack(MAGIC, kind, flags, len(payload), SELF, CONTROLLER, handle, reply_to)
+    def forward(self, kind, flags, handle, reply_to, payload, dst=SELF):
+        """Write one frame to the nested agent: for itself (dst 1) or for a context behind it."""
+        head = HEADER.pack(MAGIC, kind, flags, len(payload), dst, CONTROLLER, handle, reply_to)
         with self.lock:
             if self.closed:
                 return
@@ -465,13 +472,25 @@ class Context(object):
                 frame = self.reader.read_frame()
                 if frame is None:
                     break
-                kind, flags, handle, reply_to, payload, _dst = frame
-                chan.send(kind, flags, handle, reply_to, payload, src=self.ctx)
+                kind, flags, handle, reply_to, payload, _dst, src = frame
+                if src > SELF:  # from a context behind it: keep its id, learn the route
+                    with CONTEXTS_LOCK:
+                        if src not in CONTEXTS:
+                            ROUTES.setdefault(src, self.ctx)
+                    if ROUTES.get(src) != self.ctx:
+                        log.warning("context %d claimed id %d of another route: dropped",
+                                    self.ctx, src)
+                        continue
+                else:
+                    src = self.ctx
+                chan.send(kind, flags, handle, reply_to, payload, src=src)
         except (FrameError, OSError) as exc:
             reason = "nested agent stream broken: %s" % exc
         self.close()
         with CONTEXTS_LOCK:
             CONTEXTS.pop(self.ctx, None)
+            for k in [k for k, v in ROUTES.items() if v == self.ctx]:
+                del ROUTES[k]
         try:
             os.waitpid(self.pid, 0)
         except OSError:
@@ -521,7 +540,7 @@ def op_spawn_context(chan, call_id, call):
     import re, select  # noqa: E401
     ctx, cmd, success = call.get("ctx"), call.get("cmd"), call.get("success")
     password, prompt = call.get("password"), call.get("prompt")
-    timeout = call.get("timeout", 30)
+    timeout, python = call.get("timeout", 30), call.get("python")
     if not (isinstance(ctx, int) and ctx > SELF and isinstance(cmd, str)
             and BOOT_PLACEHOLDER in cmd and isinstance(success, str) and success
             and isinstance(timeout, (int, float))):
@@ -529,6 +548,9 @@ def op_spawn_context(chan, call_id, call):
                          % BOOT_PLACEHOLDER)
     if password is not None and not isinstance(password, str):
         raise AgentError("bad_request", "password must be a string")
+    if python is not None and not (isinstance(python, str) and python
+                                   and set(python) <= SAFE_PATH and python[0] != "-"):
+        raise AgentError("bad_request", "python must be a plain interpreter path or name")
     try:
         prompt_re = re.compile(prompt) if prompt else None
     except (re.error, TypeError) as exc:
@@ -543,8 +565,11 @@ def op_spawn_context(chan, call_id, call):
     # Our interpreter if the become user may run it (a per-user install may be private),
     # else the first python3 on that user's PATH.
     stage1 = CHILD_STAGE1 % len(_BOOT_BLOB)
-    boot = 'if [ -x %s ]; then exec %s -c "%s"; fi; exec python3 -c "%s"' % (
-        sys.executable, sys.executable, stage1, stage1)
+    if python:  # named by the controller (a via hop's target: ansible_python_interpreter)
+        boot = 'exec %s -c "%s"' % (python, stage1)
+    else:
+        boot = 'if [ -x %s ]; then exec %s -c "%s"; fi; exec python3 -c "%s"' % (
+            sys.executable, sys.executable, stage1, stage1)
     pid, wfd, rfd, efd, ptys = _spawn_child(cmd.replace(BOOT_PLACEHOLDER, boot))
     master = ptys[0]
     out, err, tty = bytearray(), bytearray(), bytearray()
@@ -612,6 +637,95 @@ def op_spawn_context(chan, call_id, call):
         CONTEXTS[ctx] = context
     context.start(chan)
     return {"ctx": ctx, "pid": pid}
+
+
+# ---- file cache on a via hop -------------------------------------------------------------
+# A file sent to many targets behind this agent crosses the link to it once: the controller
+# stores it here (cache_put, in RAM: a memfd, never on disk) and asks this agent to send it
+# to each child (relay_put) as that child's own put_file. The controller bounds what is
+# cached per hop and drops entries (cache_drop); a relay writes into the child's pipe as the
+# child reads, so a slow child slows only its own relay thread.
+
+FILE_CACHE = {}  # sha256 hex -> (fd, size)
+FILE_CACHE_LOCK = threading.Lock()
+STARTING = set()  # contexts whose spawn_context runs (a relay_put for one waits for it)
+STARTING_COND = threading.Condition()
+
+
+class CachePut(Put):
+    """A cache_put transfer: like put_file, into a memfd kept under its sha256."""
+
+    def __init__(self, call):
+        self.fd, self.tmp, self.error = None, None, None
+        self.digest, self.received = hashlib.sha256(), 0
+        self.sha, self.size = call.get("sha256"), call.get("size")
+        try:
+            if not (isinstance(self.sha, str) and len(self.sha) == 64
+                    and isinstance(self.size, int) and self.size >= 0):
+                raise AgentError("bad_request", "cache_put needs sha256 and size")
+            if not hasattr(os, "memfd_create"):
+                raise AgentError("io", "no memfd_create here: files are not cached on this hop")
+            try:
+                self.fd = os.memfd_create("spindle-cache")
+            except OSError as exc:
+                raise os_error(exc)
+        except AgentError as exc:
+            self.fail(exc)
+
+    def finish(self):
+        if self.error is None and self.received != self.size:
+            self.fail(AgentError("io", "received %d bytes, declared size %d"
+                                 % (self.received, self.size)))
+        if self.error is None and self.digest.hexdigest() != self.sha:
+            self.fail(AgentError("io", "content does not match sha256 %s" % self.sha))
+        if self.error is not None:
+            raise self.error
+        with FILE_CACHE_LOCK:
+            old = FILE_CACHE.pop(self.sha, None)
+            FILE_CACHE[self.sha] = (self.fd, self.size)
+        if old is not None:
+            os.close(old[0])
+        self.fd = None
+        return {"sha256": self.sha, "size": self.size}
+
+
+def op_cache_drop(chan, call_id, call):
+    with FILE_CACHE_LOCK:
+        entry = FILE_CACHE.pop(call.get("sha256"), None)
+    if entry is not None:
+        os.close(entry[0])
+    return {"dropped": entry is not None}
+
+
+def op_relay_put(chan, call_id, call):
+    """Send a cached file to direct child `ctx` as CALL `call` (handle `handle`) + DATA."""
+    ctx, sha, handle, inner = call.get("ctx"), call.get("sha256"), call.get("handle"), call.get("call")
+    if not (isinstance(handle, int) and 0 < handle < 2 ** 32 and isinstance(inner, dict)):
+        raise AgentError("bad_request", "relay_put needs ctx, sha256, handle and call")
+    with STARTING_COND:  # queued behind its spawn_context, which runs in another thread
+        STARTING_COND.wait_for(lambda: ctx not in STARTING, timeout=600)
+    context = CONTEXTS.get(ctx)
+    if context is None:
+        raise AgentError("not_found", "no context %r here" % (ctx,))
+    with FILE_CACHE_LOCK:
+        entry = FILE_CACHE.get(sha)
+        fd = os.dup(entry[0]) if entry is not None else None  # survives a concurrent drop
+    if fd is None:
+        raise AgentError("not_found", "file %s is not cached here" % (sha,))
+    try:
+        size = entry[1]
+        context.forward(CALL, 0, handle, 0, dumps(inner))
+        offset = 0
+        while True:
+            chunk = os.pread(fd, min(FETCH_CHUNK, size - offset), offset) if offset < size else b""
+            offset += len(chunk)
+            last = offset >= size or not chunk
+            context.forward(DATA, EOF if last else 0, handle, 0, chunk)
+            if last:
+                break
+    finally:
+        os.close(fd)
+    return {"size": size}
 
 
 # ---- modules in the agent (src/agent/modrun.py, embedded by the controller as base64) ---
@@ -737,7 +851,8 @@ def _after_fork_in_child():
 
 THREADED = {"ping": op_ping, "exec": op_exec, "fetch_file": op_fetch_file,
             "run_module": op_run_module, "spawn_context": op_spawn_context,
-            "copy_fast": op_copy_fast}
+            "copy_fast": op_copy_fast,
+            "relay_put": op_relay_put, "cache_drop": op_cache_drop}
 
 
 def run_call(chan, call_id, fn, call):
@@ -789,15 +904,32 @@ class Agent(object):
             return self.chan.reply_error(call_id, "bad_request", str(exc))
         op = call["op"]
         log.debug("call %s handle %d", op, call_id)
-        if op in THREADED:
+        if op == "spawn_context":
+            with STARTING_COND:
+                STARTING.add(call.get("ctx"))
+            fn = THREADED[op]
+
+            def spawn(chan, call_id, call):
+                try:
+                    return fn(chan, call_id, call)
+                finally:
+                    with STARTING_COND:
+                        STARTING.discard(call.get("ctx"))
+                        STARTING_COND.notify_all()
+            t = threading.Thread(target=run_call, args=(self.chan, call_id, spawn, call),
+                                 name="%s-%d" % (op, call_id))
+            t.daemon = True
+            t.start()
+        elif op in THREADED:
             t = threading.Thread(target=run_call, args=(self.chan, call_id, THREADED[op], call),
                                  name="%s-%d" % (op, call_id))
             t.daemon = True
             t.start()
-        elif op == "put_file":
+        elif op in ("put_file", "cache_put"):
             if call_id in self.puts:
                 return self.chan.reply_error(call_id, "bad_request", "handle already in use")
-            self.puts[call_id] = Put(call)  # errors are kept and replied after EOF/ABORT
+            # errors are kept and replied after EOF/ABORT
+            self.puts[call_id] = Put(call) if op == "put_file" else CachePut(call)
         elif op == "log_level":
             level = LEVELS.get(str(call.get("level")).upper())
             if level is None:
@@ -850,13 +982,17 @@ class Agent(object):
             if frame is None:
                 log.debug("input closed, exiting")
                 die(0)
-            kind, flags, handle, reply_to, payload, dst = frame
-            if dst not in (SELF, CONTROLLER):  # for a nested context (become): relay it
+            kind, flags, handle, reply_to, payload, dst, _src = frame
+            if dst not in (SELF, CONTROLLER):  # for a nested context (become, via): relay it
                 ctx = CONTEXTS.get(dst)
+                if ctx is not None:
+                    ctx.forward(kind, flags, handle, reply_to, payload)
+                    continue
+                ctx = CONTEXTS.get(ROUTES.get(dst))  # deeper: to the child it is behind
                 if ctx is None:
                     log.debug("frame for context %d, which is gone: dropped", dst)
                 else:
-                    ctx.forward(kind, flags, handle, reply_to, payload)
+                    ctx.forward(kind, flags, handle, reply_to, payload, dst=dst)
                 continue
             try:
                 if kind == CALL:

@@ -156,6 +156,9 @@ impl Server {
         router.backend = backend.name();
         router.splice = opts.splice;
         router.max_interpreters = opts.max_interpreters;
+        // SPINDLE_NO_HOP_CACHE=1: files for targets behind a via hop are sent once per target
+        // (for comparison runs).
+        router.hop_cache = std::env::var_os("SPINDLE_NO_HOP_CACHE").is_none();
         Ok(Server {
             backend,
             listener,

@@ -176,6 +176,53 @@ pub fn command(spec: &Spec, askpass: Option<&std::path::Path>) -> Result<Launch,
     }
 }
 
+/// The shell command line a hop's agent runs to start the agent of `spec` behind it (see
+/// `spawn_context` in docs/protocol.md): the same argv as a direct start, with the remote
+/// command `echo MARKER; __SPINDLE_BOOT__` (the hop's agent puts its own stage 1 in place of
+/// the placeholder), every word shell-quoted. With a password, ssh asks for it on the hop
+/// agent's pty, which types it (no askpass helper on a hop).
+pub fn hop_command(spec: &Spec, marker: &str) -> Result<String, CommandError> {
+    let bad = |reason: String| CommandError::BadSpec {
+        host: spec.label(),
+        reason,
+    };
+    if spec.transport == TransportKind::Unix {
+        return Err(bad(
+            "the unix transport cannot be reached through a hop".into()
+        ));
+    }
+    if marker.is_empty()
+        || !marker
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(bad(format!("bad marker {marker:?}")));
+    }
+    let direct = Spec {
+        password: None,
+        escalate: None,
+        via: None,
+        ..spec.clone()
+    };
+    let mut argv = command(&direct, None)?.argv;
+    if spec.password.is_some() && spec.transport == TransportKind::Ssh {
+        if let Some(i) = argv.iter().position(|a| a == "BatchMode=yes") {
+            argv[i] = "BatchMode=no".into();
+            let extra = [
+                "-o",
+                "NumberOfPasswordPrompts=1",
+                "-o",
+                "PreferredAuthentications=password,keyboard-interactive",
+            ];
+            argv.splice(i + 1..i + 1, extra.iter().map(|s| s.to_string()));
+        }
+    }
+    argv.pop(); // stage 0: the hop's agent starts the interpreter itself
+    argv.push(format!("echo {marker}; {}", super::BOOT_PLACEHOLDER));
+    shlex::try_join(argv.iter().map(|s| s.as_str()))
+        .map_err(|e| bad(format!("cannot quote the hop command: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +323,51 @@ mod tests {
             argv[..5],
             ["/usr/local/bin/podman", "exec", "-i", "db", "/bin/sh"]
         );
+    }
+
+    #[test]
+    fn hop_command_is_one_quoted_line() {
+        let spec = Spec {
+            host: Some("web1".into()),
+            port: Some(2222),
+            user: Some("deploy".into()),
+            identity_file: Some("/keys/a key".into()),
+            ssh_common_args: Some("-o 'ProxyCommand=nc %h %p'".into()),
+            via: Some(Box::new(Spec {
+                host: Some("bastion".into()),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let line = hop_command(&spec, "SPINDLE-VIA-3").unwrap();
+        let words = shlex::split(&line).unwrap();
+        assert_eq!(words[0], "ssh");
+        assert!(words.contains(&"BatchMode=yes".to_string()));
+        assert!(words.contains(&"/keys/a key".to_string()));
+        assert!(words.contains(&"ProxyCommand=nc %h %p".to_string()));
+        assert_eq!(words[words.len() - 2], "web1");
+        assert_eq!(
+            words[words.len() - 1],
+            "echo SPINDLE-VIA-3; __SPINDLE_BOOT__"
+        );
+        assert!(
+            line.ends_with("'echo SPINDLE-VIA-3; __SPINDLE_BOOT__'"),
+            "{line}"
+        );
+        let pw = Spec {
+            password: Some("s3cret".into()),
+            ..spec.clone()
+        };
+        let words = shlex::split(&hop_command(&pw, "M").unwrap()).unwrap();
+        assert!(words.contains(&"BatchMode=no".to_string()));
+        assert!(!words.iter().any(|w| w.contains("s3cret")));
+        let unix = Spec {
+            transport: TransportKind::Unix,
+            host: Some("/s".into()),
+            ..Default::default()
+        };
+        assert!(hop_command(&unix, "M").is_err());
+        assert!(hop_command(&spec, "a b").is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ pub mod bootstrap;
 pub mod classify;
 mod command;
 
-pub use command::{command, CommandError, Launch};
+pub use command::{command, hop_command, CommandError, Launch};
 
 use serde::{Deserialize, Serialize};
 
@@ -83,7 +83,15 @@ pub struct Spec {
     /// without `become` (see [`Become`]).
     #[serde(default, rename = "become", skip_serializing_if = "Option::is_none")]
     pub escalate: Option<Become>,
+    /// Connection delegation: the target is reached through this hop (bastion, jump host),
+    /// itself any spec (with its own `via`, recursively). The hop's agent starts this target's
+    /// transport command (ssh, ...) and relays its frames; see `docs/api.md`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Box<Spec>>,
 }
+
+/// Most hops allowed in one `via` chain.
+pub const MAX_VIA_DEPTH: usize = 8;
 
 /// Placeholder in [`Become::cmd`] that the target's agent replaces with the command starting
 /// the nested agent (its interpreter and stage 1).
@@ -137,9 +145,15 @@ impl Spec {
     /// A become context's identity leaves out its per-task command text and hashes the
     /// password.
     pub fn key(&self) -> String {
+        serde_json::to_string(&self.identity()).unwrap_or_default()
+    }
+
+    /// The spec with what is not identity left out (recursively through `via`).
+    fn identity(&self) -> Spec {
         use sha2::Digest as _;
         let mut k = self.clone();
         k.connect_timeout = None;
+        k.via = self.via.as_ref().map(|v| Box::new(v.identity()));
         if let Some(b) = &mut k.escalate {
             b.cmd.clear();
             b.success.clear();
@@ -149,7 +163,18 @@ impl Spec {
                 d.iter().map(|x| format!("{x:02x}")).collect()
             });
         }
-        serde_json::to_string(&k).unwrap_or_default()
+        k
+    }
+
+    /// Number of hops in the `via` chain.
+    pub fn via_depth(&self) -> usize {
+        let mut n = 0;
+        let mut s = self;
+        while let Some(v) = &s.via {
+            n += 1;
+            s = v;
+        }
+        n
     }
 
     /// The spec of the stream that starts this become context (itself without `become`).
@@ -167,8 +192,15 @@ impl Spec {
             .clone()
             .or_else(|| self.host.clone())
             .unwrap_or_else(|| "localhost".into());
-        match &self.escalate {
+        let host = match &self.escalate {
             Some(b) => format!("{host} ({}:{})", b.method, b.user),
+            None => host,
+        };
+        match &self.via {
+            Some(v) => {
+                let hop = v.name.clone().or_else(|| v.host.clone());
+                format!("{host} via {}", hop.unwrap_or_else(|| "localhost".into()))
+            }
             None => host,
         }
     }

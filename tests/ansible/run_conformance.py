@@ -10,13 +10,15 @@ each with the
 ``spindle_record`` callback.  After each run it also collects what the play left on every
 target (under /tmp/spindle-conf: content, mode, type) and in the controller fetch dir, then
 cleans both.  Records, files and exit codes must be equal per host, and the spindle run must
-leave no daemon behind; on mismatch it prints a readable diff and exits 1.  Exit 77: cannot
+leave no daemon behind; on mismatch it prints a readable diff and exits 1.  ``--via``: the
+spindle runs reach t1 and t2 through t0 (``spindle_via=t0``; t0's namespace is joined to
+theirs by veth pairs), the stock runs connect directly.  Exit 77: cannot
 run here (no fleet, venv or daemon binary).
 
 Everything lives in a work dir that is removed at the end (``--keep`` keeps it); nothing is
 written to $HOME.  Ansible comes from the venv .venv, or $SPINDLE_VENV (as in
 scripts/venv.sh).  Usage: ``python3 tests/ansible/run_conformance.py [--strategy
-linear|free|both] [--name NAME] [--keep]``.
+linear|free|both] [--name NAME] [--via] [--keep]``.
 """
 
 import argparse
@@ -192,6 +194,17 @@ def build_binary_module(work):
     return subprocess.run([cc, '-O1', '-o', os.path.join(lib, 'spx_binary'), src]).returncode == 0
 
 
+def link(name, a, a_ip, b, b_ip):
+    """A veth pair between fleet targets a and b with host routes to each other's address."""
+    na, nb = 'sp-%s-%d' % (name, a), 'sp-%s-%d' % (name, b)
+    ia, ib = 'vv%dx%d' % (a, b), 'vv%dx%d' % (b, a)
+    for cmd in (['link', 'add', ia, 'netns', na, 'type', 'veth', 'peer', 'name', ib, 'netns', nb],
+                ['-n', na, 'link', 'set', ia, 'up'], ['-n', nb, 'link', 'set', ib, 'up'],
+                ['-n', na, 'route', 'add', b_ip + '/32', 'dev', ia],
+                ['-n', nb, 'route', 'add', a_ip + '/32', 'dev', ib]):
+        subprocess.run(['ip'] + cmd, check=True)
+
+
 def one_run(name, work, kind, strategy, inventories, extra):
     tag = '%s-%s' % (kind, strategy)
     cfg = os.path.join(work, tag + '.cfg')
@@ -267,6 +280,7 @@ def main(argv=None):
     ap.add_argument('--strategy', choices=('linear', 'free', 'both'), default='both')
     ap.add_argument('--name', default='acnf', help='fleet name ([a-z0-9]{1,5})')
     ap.add_argument('--keep', action='store_true', help='keep the work dir (logs, records)')
+    ap.add_argument('--via', action='store_true', help='spindle reaches t1, t2 through t0')
     args = ap.parse_args(argv)
 
     if not os.access(os.path.join(VENV_BIN, 'ansible-playbook'), os.X_OK):
@@ -310,12 +324,20 @@ def main(argv=None):
         with open(dead, 'w') as f:
             f.write('[fleet]\ntdead ansible_host=%s ansible_port=1\n' % ips[0])
         inventories = [inventory, dead]
+        spindle_inventories = inventories
+        if args.via:
+            for i in range(1, COUNT):
+                link(args.name, 0, ips[0], i, ips[i])
+            via = os.path.join(work, 'via.ini')
+            with open(via, 'w') as f:
+                f.write('[fleet]\n' + ''.join('t%d spindle_via=t0\n' % i for i in range(1, COUNT)))
+            spindle_inventories = inventories + [via]
 
         for strategy in strategies:
             print('strategy %s vs %s:' % (strategy, 'linear + callback spindle'
                                              if strategy == 'linear' else 'spindle_' + strategy))
             stock = one_run(args.name, work, 'stock', strategy, inventories, extra)
-            spin = one_run(args.name, work, 'spindle', strategy, inventories, extra)
+            spin = one_run(args.name, work, 'spindle', strategy, spindle_inventories, extra)
             problems = compare(stock, spin)
             if problems:
                 failed = True

@@ -515,7 +515,8 @@ class NestedContextTest(unittest.TestCase):
         args.update(extra)
         return self.agent.reply(self.agent.call("spawn_context", **args))
 
-    def ctx_call(self, ctx, op, **args):
+    def ctx_call(self, dst, op, **args):
+        ctx = dst
         call_id = self.agent.next_id
         self.agent.next_id += 1
         args["op"] = op
@@ -580,6 +581,67 @@ class NestedContextTest(unittest.TestCase):
         self.assertEqual(self.spawn("echo no placeholder", ctx=4)[1]["error"], "bad_request")
         self.assertEqual(self.spawn("__SPINDLE_BOOT__", ctx=1)[1]["error"], "bad_request")
         self.assertTrue(self.agent.ok("ping")["pong"])
+
+    def test_relay_through_two_levels(self):
+        """A context spawned by a context (a via hop's child): ids are kept end to end."""
+        self.assertFalse(self.spawn("echo SPINDLE-OK-1; __SPINDLE_BOOT__")[0] & ERROR)
+        self.agent.take(lambda f: f.kind == HELLO and f.src == 2)
+        flags, obj = self.ctx_call(2, "spawn_context", ctx=5, success="SPINDLE-OK-1",
+                                   cmd="echo SPINDLE-OK-1; __SPINDLE_BOOT__", timeout=5)
+        self.assertFalse(flags & ERROR, obj)
+        hello = self.agent.take(lambda f: f.kind == HELLO and f.src == 5)
+        self.assertEqual(hello.json()["pid"], obj["pid"])
+        flags, res = self.ctx_call(5, "ping")
+        self.assertEqual(res["pid"], obj["pid"])
+        # A third level behind it.
+        flags, obj7 = self.ctx_call(5, "spawn_context", ctx=7, success="SPINDLE-OK-1",
+                                    cmd="echo SPINDLE-OK-1; __SPINDLE_BOOT__", timeout=5)
+        self.assertFalse(flags & ERROR, obj7)
+        # Hops learn the route from the first frame that comes up (its HELLO).
+        self.agent.take(lambda f: f.kind == HELLO and f.src == 7)
+        self.assertEqual(self.ctx_call(7, "ping")[1]["pid"], obj7["pid"])
+        # The first hop ends (and with it, everything behind it; the controller knows the
+        # tree): its routes are forgotten, frames for the deeper ids are dropped.
+        self.assertEqual(self.agent.ok("close_context", ctx=2), {"closed": True})
+        end = self.agent.take(lambda f: f.kind == REPLY and f.src == 2 and f.flags & EOF)
+        self.assertEqual(end.json()["error"], "connection_lost")
+        self.agent.write(encode(CALL, handle=99, payload={"op": "ping"}, dst=7))
+        self.assertTrue(self.agent.ok("ping")["pong"])
+        self.assertEqual(self.agent.peek(lambda f: f.reply_to == 99), [])
+
+    def test_cache_put_and_relay_put(self):
+        """A hop keeps a file in RAM once and sends it to a child as the child's put_file."""
+        self.assertFalse(self.spawn("echo SPINDLE-OK-1; __SPINDLE_BOOT__")[0] & ERROR)
+        self.agent.take(lambda f: f.kind == HELLO and f.src == 2)
+        data = os.urandom(600 * 1024 + 3)
+        sha = hashlib.sha256(data).hexdigest()
+        a = self.agent
+        call_id = a.call("cache_put", sha256=sha, size=len(data))
+        a.write(encode(DATA, 0, call_id, payload=data[:100]))
+        a.write(encode(DATA, EOF, call_id, payload=data[100:]))
+        flags, obj, _ = a.reply(call_id)
+        self.assertFalse(flags & ERROR, obj)
+        tmp = tempfile.mkdtemp(dir=os.environ.get("SPINDLE_TEST_TMP"))
+        self.addCleanup(shutil.rmtree, tmp, True)
+        for n in (1, 2):
+            dest = os.path.join(tmp, "f%d" % n)
+            handle = 500 + n
+            res = a.ok("relay_put", ctx=2, sha256=sha, handle=handle,
+                       call={"op": "put_file", "path": dest, "size": len(data), "mode": 0o640})
+            self.assertEqual(res["size"], len(data))
+            frame = a.take(lambda f, h=handle: f.kind == REPLY and f.reply_to == h)
+            self.assertEqual(frame.src, 2)
+            self.assertEqual(frame.json()["sha256"], sha)
+            with open(dest, "rb") as f:
+                self.assertEqual(f.read(), data)
+        self.assertEqual(a.ok("cache_drop", sha256=sha), {"dropped": True})
+        self.assertEqual(a.error("relay_put", ctx=2, sha256=sha, handle=9,
+                                 call={"op": "put_file", "path": "x"})["error"], "not_found")
+        # A wrong hash is refused.
+        call_id = a.call("cache_put", sha256="0" * 64, size=3)
+        a.write(encode(DATA, EOF, call_id, payload=b"abc"))
+        flags, obj, _ = a.reply(call_id)
+        self.assertTrue(flags & ERROR)
 
     def test_frames_for_unknown_context_are_dropped(self):
         self.agent.write(encode(CALL, handle=99, payload={"op": "ping"}, dst=7))

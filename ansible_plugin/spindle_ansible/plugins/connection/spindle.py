@@ -239,6 +239,23 @@ DOCUMENTATION = """
             - name: SPINDLE_TASK_ISOLATION
           vars:
             - name: spindle_task_isolation
+      spindle_via:
+          description:
+            - Connection delegation. The inventory name of a host through which this host is
+              reached (a bastion, a jump host); that host's agent starts this host's ssh
+              command and relays its traffic. The hop's own connection is built from its own
+              variables (C(ansible_host), C(ansible_port), C(ansible_user), its private key,
+              ssh args, C(ansible_connection)) and may have its own O(spindle_via), so chains
+              of any depth (up to 8 hops) work.
+            - Without it, a C(ProxyJump) (C(-J host) or C(-o ProxyJump=host)) in the ssh
+              arguments names the hop the same way, when the jump host is an inventory host
+              (else ssh itself does the jump, as usual).
+            - The key file and ssh options of the target are used by ssh on the hop, so paths
+              must be valid there.
+          type: string
+          vars:
+            - name: spindle_via
+            - name: ansible_spindle_via
       spindle_socket:
           description: The spindle daemon's Unix socket; the spindle strategies set it.
           type: string
@@ -251,12 +268,14 @@ DOCUMENTATION = """
 import base64
 import copy
 import getpass
+import json
 import os
 import re
 import shlex
 import stat
 import time
 
+from ansible import constants as C
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
 from ansible.module_utils.common.text.converters import to_bytes, to_text
 from ansible.plugins.connection import ConnectionBase
@@ -274,6 +293,52 @@ UNREACHABLE_KINDS = frozenset(
 
 #: Where the target's agent puts the command starting the nested agent (become).
 BOOT_PLACEHOLDER = '__SPINDLE_BOOT__'
+#: Longest spindle_via chain.
+MAX_VIA_DEPTH = 8
+#: ansible_connection values a hop may use -> spindle transport.
+HOP_TRANSPORTS = {}
+for _name, _transport in (('ssh', 'ssh'), ('smart', 'ssh'), ('local', 'local'),
+                          ('docker', 'docker'), ('podman', 'podman')):
+    for _prefix in ('', 'ansible.builtin.', 'ansible.legacy.'):
+        HOP_TRANSPORTS[_prefix + _name] = _transport
+HOP_TRANSPORTS['community.docker.docker'] = 'docker'
+HOP_TRANSPORTS['containers.podman.podman'] = 'podman'
+
+
+def proxy_jump(*arg_strings):
+    """The ProxyJump destination named in ssh argument strings (``-J x``, ``-Jx``,
+    ``-o ProxyJump=x``, ``-oProxyJump x``), or None, and the arguments without it."""
+    found, kept = None, []
+    for s in arg_strings:
+        words = shlex.split(s) if s else []
+        out, i = [], 0
+        while i < len(words):
+            w = words[i]
+            nxt = words[i + 1] if i + 1 < len(words) else None
+            if w == '-J' and nxt is not None:
+                found, i = nxt, i + 2
+                continue
+            if w.startswith('-J') and len(w) > 2:
+                found, i = w[2:], i + 1
+                continue
+            opt, skip = None, 1
+            if w == '-o' and nxt is not None:
+                opt, skip = nxt, 2
+            elif w.startswith('-o') and len(w) > 2:
+                opt = w[2:]
+            if opt is not None:
+                key, _, value = opt.replace('=', ' ', 1).partition(' ')
+                if key.lower() == 'proxyjump' and value.strip():
+                    found, i = value.strip(), i + skip
+                    continue
+            out.append(w)
+            i += 1
+        kept.append(' '.join(shlex.quote(w) for w in out) if s else s)
+    if found is not None and found.lower() == 'none':
+        found = None
+    return found, kept
+
+
 #: Wrapped commands remembered per connection (the last few tasks' commands).
 _BECOME_MEMORY = 16
 
@@ -321,6 +386,8 @@ class Connection(ConnectionBase):
         # called with (cmd, in_data, spec) before anything is sent; a non-None return is
         # the command's (rc, stdout, stderr).
         self._spindle_intercept = None
+        self._spindle_hostvars = None  # the task's hostvars: spindle_via hops' variables
+        self._spindle_inventory_name = None
 
     def set_become_plugin(self, plugin):
         """Keep Ansible's become plugin, remembering each command it wraps: spindle runs the
@@ -366,37 +433,121 @@ class Connection(ConnectionBase):
             )
         return client_for(path)
 
+    def _resolve_option_variables(self, variables, templar):
+        # Keep the task's ``hostvars`` (not templated: each hop's variables are templated on
+        # access, and only the few this plugin reads) to build spindle_via hops' specs.
+        self._spindle_hostvars = variables.get('hostvars')
+        self._spindle_inventory_name = variables.get('inventory_hostname')
+        return super(Connection, self)._resolve_option_variables(variables, templar)
+
     def _spec(self):
-        host = self.get_option('host') or self._play_context.remote_addr
-        if self._mode() == 'local':
-            return TargetSpec(transport='local', name=host)
-        if self._mode() in ('docker', 'podman'):
-            timeout = self.get_option('timeout')
+        spec = self._spec_from(self.get_option, self._mode())
+        if spec.transport == 'local':
+            return spec
+        via = self.get_option('spindle_via')
+        if not via and spec.transport == 'ssh':
+            jump, kept = proxy_jump(spec.ssh_args, spec.ssh_common_args, spec.ssh_extra_args)
+            if jump and self._hop_host(jump) is not None:
+                via = jump
+                spec.ssh_args, spec.ssh_common_args, spec.ssh_extra_args = (
+                    k or None for k in kept)
+        me = to_text(self._spindle_inventory_name or self._play_context.remote_addr)
+        if via and to_text(via) != me:  # a hop is not its own hop (-e spindle_via=gateway)
+            spec.via = self._hop_spec(via, [me]).to_dict()
+        return spec
+
+    def _hop_host(self, name):
+        """The inventory name for a ProxyJump destination ``[user@]host[:port]``, if any."""
+        hv = self._spindle_hostvars
+        if hv is None or ',' in name:
+            return None
+        host = name.rsplit('@', 1)[-1]
+        if host.count(':') == 1:
+            host = host.split(':', 1)[0]
+        return host if host in hv else None
+
+    def _hop_spec(self, name, chain):
+        """The TargetSpec of hop ``name`` from its own (templated) host variables."""
+        name = to_text(name)
+        if name in chain:
+            raise AnsibleError("spindle_via loop: %s" % ' -> '.join(chain + [name]))
+        if len(chain) > MAX_VIA_DEPTH:
+            raise AnsibleError("spindle_via: more than %d hops: %s"
+                               % (MAX_VIA_DEPTH, ' -> '.join(chain + [name])))
+        hv = self._spindle_hostvars
+        if hv is None:
+            raise AnsibleError("spindle_via=%s: the host variables of other hosts are not "
+                               "available to this connection" % name)
+        if name not in hv:
+            jump = self._hop_host(name)
+            if jump is None:
+                raise AnsibleError("spindle_via=%s is not a host of the inventory" % name)
+            name = jump
+        hvars = hv[name]
+        defs = C.config.get_configuration_definitions('connection', self._load_name) or {}
+
+        def option(opt):
+            # Ansible's precedence for one host: its variables (the later names of an
+            # option's list win), else ini/env/default.
+            value = None
+            for var in (defs.get(opt) or {}).get('vars') or []:
+                vname = var.get('name') if isinstance(var, dict) else var
+                if vname and vname in hvars and not vname.startswith('delegated_vars'):
+                    value = hvars[vname]
+            if value is None and opt == 'host':
+                value = name
+            if value is None:
+                try:
+                    value = C.config.get_config_value(opt, plugin_type='connection',
+                                                      plugin_name=self._load_name)
+                except Exception:
+                    value = None
+            return value
+
+        conn = hvars['ansible_connection'] if 'ansible_connection' in hvars else 'ssh'
+        mode = HOP_TRANSPORTS.get(to_text(conn))
+        if mode is None:
+            raise AnsibleError("spindle_via=%s: its connection %r cannot carry other hosts "
+                               "(ssh, local, docker or podman can)" % (name, conn))
+        spec = self._spec_from(option, mode, name=name)
+        via = option('spindle_via')
+        if via and to_text(via) != name:
+            spec.via = self._hop_spec(via, chain + [name]).to_dict()
+        return spec
+
+    def _spec_from(self, option, mode, name=None):
+        """A TargetSpec from option values; ``option(name)`` gives one (``get_option`` for
+        this host, the hop's variables for a spindle_via hop)."""
+        host = option('host') or self._play_context.remote_addr
+        if mode == 'local':
+            return TargetSpec(transport='local', name=name or host)
+        if mode in ('docker', 'podman'):
+            timeout = option('timeout')
             return TargetSpec(
                 host=host,
-                transport=self._mode(),
-                user=self.get_option('remote_user') or None,
-                executable=self.get_option('spindle_container_executable') or None,
-                extra_args=self.get_option('spindle_container_extra_args') or None,
+                transport=mode,
+                user=option('remote_user') or None,
+                executable=option('spindle_container_executable') or None,
+                extra_args=option('spindle_container_extra_args') or None,
                 connect_timeout=int(timeout) if timeout else None,
             )
-        ssh_args = self.get_option('ssh_args') or ''
-        if self.get_option('host_key_checking') is False:
+        ssh_args = option('ssh_args') or ''
+        if option('host_key_checking') is False:
             ssh_args = (ssh_args + ' -o StrictHostKeyChecking=no').strip()
-        key = self.get_option('private_key_file')
-        timeout = self.get_option('timeout')
-        port = self.get_option('port')
+        key = option('private_key_file')
+        timeout = option('timeout')
+        port = option('port')
         return TargetSpec(
             host=host,
             transport='ssh',
             port=int(port) if port else None,
-            user=self.get_option('remote_user') or None,
+            user=option('remote_user') or None,
             identity_file=os.path.expanduser(key) if key else None,
-            ssh_executable=self.get_option('ssh_executable') or None,
+            ssh_executable=option('ssh_executable') or None,
             ssh_args=ssh_args or None,
-            ssh_common_args=self.get_option('ssh_common_args') or None,
-            ssh_extra_args=self.get_option('ssh_extra_args') or None,
-            password=self.get_option('password') or None,
+            ssh_common_args=option('ssh_common_args') or None,
+            ssh_extra_args=option('ssh_extra_args') or None,
+            password=option('password') or None,
             connect_timeout=int(timeout) if timeout else None,
         )
 
