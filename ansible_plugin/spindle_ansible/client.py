@@ -97,6 +97,11 @@ class SpindleError(Exception):
         return "SpindleError(%r, %r, %r)" % (self.kind, self.message, self.host)
 
 
+#: The daemon's transports (docs/api.md); None means its default, ssh.
+TRANSPORTS = (None, "ssh", "local", "docker", "podman", "buildah", "lxc", "lxd", "kubectl",
+              "chroot", "setns", "jail", "machinectl")
+
+
 @dataclass
 class TargetSpec:
     """A connection spec (docs/api.md, "Connection spec").
@@ -127,9 +132,9 @@ class TargetSpec:
     via: Optional[Dict[str, Any]] = None
 
     def __post_init__(self) -> None:
-        if self.transport not in (None, "ssh", "local", "docker", "podman"):
-            raise ValueError("transport must be 'ssh', 'local', 'docker' or 'podman', not %r"
-                             % (self.transport,))
+        if self.transport not in TRANSPORTS:
+            raise ValueError("transport must be one of %s, not %r"
+                             % (", ".join(t for t in TRANSPORTS if t), self.transport))
         if self.transport != "local" and not self.host:
             raise ValueError("an %s target needs a host" % (self.transport or "ssh"))
 

@@ -15,7 +15,11 @@ pub enum CommandError {
     },
 }
 
-fn words(spec: &Spec, field: &str, v: &Option<String>) -> Result<Vec<String>, CommandError> {
+pub(super) fn words(
+    spec: &Spec,
+    field: &str,
+    v: &Option<String>,
+) -> Result<Vec<String>, CommandError> {
     match v {
         None => Ok(Vec::new()),
         Some(s) => shlex::split(s).ok_or_else(|| CommandError::BadSpec {
@@ -70,38 +74,19 @@ pub fn command(spec: &Spec, askpass: Option<&std::path::Path>) -> Result<Launch,
             argv: vec!["/bin/sh".into(), "-c".into(), stage0],
             env: Vec::new(),
         }),
-        TransportKind::Docker | TransportKind::Podman => {
-            let engine = if spec.transport == TransportKind::Docker {
-                "docker"
-            } else {
-                "podman"
-            };
-            let bad = |reason: String| CommandError::BadSpec {
-                host: spec.label(),
-                reason,
-            };
-            let container = spec.host.as_deref().unwrap_or_default();
-            if container.is_empty()
-                || container.starts_with('-')
-                || container.chars().any(char::is_whitespace)
-            {
-                return Err(bad(format!("invalid container name {container:?}")));
-            }
-            let mut argv = vec![spec.executable.clone().unwrap_or_else(|| engine.into())];
-            argv.extend(words(spec, "extra_args", &spec.extra_args)?);
-            argv.extend(["exec".into(), "-i".into()]);
-            if let Some(u) = &spec.user {
-                if u.is_empty() || u.starts_with('-') {
-                    return Err(bad(format!("invalid user name {u:?}")));
-                }
-                argv.extend(["-u".into(), u.clone()]);
-            }
-            argv.extend([container.into(), "/bin/sh".into(), "-c".into(), stage0]);
-            Ok(Launch {
-                argv,
-                env: Vec::new(),
-            })
-        }
+        TransportKind::Docker
+        | TransportKind::Podman
+        | TransportKind::Buildah
+        | TransportKind::Lxc
+        | TransportKind::Lxd
+        | TransportKind::Kubectl
+        | TransportKind::Chroot
+        | TransportKind::Setns
+        | TransportKind::Jail
+        | TransportKind::Machinectl => Ok(Launch {
+            argv: super::enter::argv(spec, stage0)?,
+            env: Vec::new(),
+        }),
         TransportKind::Ssh => {
             let bad = |reason: &str| CommandError::BadSpec {
                 host: spec.label(),

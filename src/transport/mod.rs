@@ -6,6 +6,7 @@
 pub mod bootstrap;
 pub mod classify;
 mod command;
+mod enter;
 
 pub use command::{command, hop_command, CommandError, Launch};
 
@@ -27,6 +28,22 @@ pub enum TransportKind {
     Docker,
     /// `podman exec -i` into the running container named by `host`.
     Podman,
+    /// `buildah run` in the working container named by `host`.
+    Buildah,
+    /// `lxc-attach --name host` (LXC).
+    Lxc,
+    /// `lxc exec host` (LXD / Incus client).
+    Lxd,
+    /// `kubectl exec -i host` (pod; namespace and container in `extra_args`).
+    Kubectl,
+    /// `chroot host` (an absolute directory on this machine).
+    Chroot,
+    /// `nsenter --target host` into the mount, UTS, IPC, net and PID namespaces of a process.
+    Setns,
+    /// `jexec host` (FreeBSD jail).
+    Jail,
+    /// `systemd-run --machine=host --pipe` (systemd-nspawn machine).
+    Machinectl,
 }
 
 /// A connection spec: everything that identifies one target stream. See `docs/api.md`.

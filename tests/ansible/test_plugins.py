@@ -181,6 +181,59 @@ class PluginTests(unittest.TestCase):
         self.assertLess(max(s for s, _ in spans), min(e for _, e in spans),
                         'the delegated commands ran one after another: %r' % spans)
 
+    def test_chroot_connection_routed(self):
+        """Hosts with ansible_connection community.general.chroot run through spindle's chroot
+        transport (the collection itself is not installed here: spindle's routing does not
+        need it). The chroot is a tree of read-only bind mounts with a tmpfs /tmp."""
+        binary = os.environ.get('SPINDLE_BIN') or os.path.join(REPO, 'target', 'debug', 'spindle')
+        if not os.access(binary, os.X_OK) or os.geteuid() != 0:
+            print('SKIP: needs root (bind mounts, chroot) and the spindle binary')
+            self.skipTest('needs root and the spindle binary')
+        tree = os.path.join(self.home, 'tree')
+        make = ('set -e; mkdir -p {r}/usr {r}/etc {r}/dev {r}/tmp; '
+                'for l in bin sbin lib lib64; do [ -e /$l ] && ln -sfn usr/$l {r}/$l; done; '
+                'mount --bind /usr {r}/usr && mount -o remount,bind,ro {r}/usr; '
+                'mount --bind /etc {r}/etc && mount -o remount,bind,ro {r}/etc; '
+                '[ -e {r}/dev/null ] || mknod -m 666 {r}/dev/null c 1 3; mount -t tmpfs -o size=16m spindle-chroot {r}/tmp; '
+                'echo inside > {r}/marker.txt').format(r=tree)
+        self.addCleanup(subprocess.run, ['sh', '-c', 'for m in tmp etc usr; do umount -l %s/$m; done'
+                                         % tree], stderr=subprocess.DEVNULL)
+        subprocess.run(['sh', '-c', make], check=True)
+        with open(os.path.join(self.home, 'inv.ini'), 'w') as f:
+            f.write('%s ansible_connection=community.general.chroot '
+                    'ansible_python_interpreter=/usr/bin/python3\n' % tree)
+        with open(os.path.join(self.home, 't.j2'), 'w') as f:
+            f.write('rendered for {{ inventory_hostname | basename }}\n')
+        with open(os.path.join(self.home, 'play.yml'), 'w') as f:
+            f.write(textwrap.dedent('''
+                - hosts: all
+                  gather_facts: false
+                  tasks:
+                    - command: cat /marker.txt
+                      register: marker
+                    - copy: {content: "copied\\n", dest: /tmp/copied.txt, mode: "0600"}
+                    - template: {src: t.j2, dest: /tmp/rendered.txt}
+                    - file: {path: /tmp/dir, state: directory}
+                    - stat: {path: /tmp/copied.txt}
+                      register: st
+                    - shell: cat /tmp/copied.txt /tmp/rendered.txt; test -e /work || echo no-host-fs
+                      register: out
+                    - assert:
+                        that:
+                          - marker.stdout == "inside"
+                          - st.stat.mode == "0600"
+                          - out.stdout_lines == ["copied", "rendered for tree", "no-host-fs"]
+            '''))
+        env = _env(self.home)
+        env.update({'ANSIBLE_STRATEGY': 'linear', 'ANSIBLE_CALLBACKS_ENABLED': 'spindle',
+                    'SPINDLE_BIN': binary, 'ANSIBLE_PIPELINING': 'True'})
+        p = subprocess.run([os.path.join(VENV_BIN, 'ansible-playbook'), '-i', 'inv.ini', 'play.yml'],
+                           env=env, cwd=self.home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           universal_newlines=True)
+        self.assertEqual(p.returncode, 0, p.stdout)
+        with open(os.path.join(tree, 'tmp', 'copied.txt')) as f:
+            self.assertEqual(f.read(), 'copied\n')
+
     def test_conformance(self):
         p = subprocess.run([sys.executable, os.path.join(HERE, 'run_conformance.py')],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

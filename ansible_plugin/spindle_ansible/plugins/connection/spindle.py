@@ -202,7 +202,7 @@ DOCUMENTATION = """
                 C(docker), C(community.docker.docker), C(podman), C(containers.podman.podman)).
           default: ssh
           type: string
-          choices: [ssh, local, docker, podman]
+          choices: [ssh, local, docker, podman, chroot]
           vars:
             - name: ansible_spindle_transport
       spindle_container_executable:
@@ -521,6 +521,10 @@ class Connection(ConnectionBase):
         host = option('host') or self._play_context.remote_addr
         if mode == 'local':
             return TargetSpec(transport='local', name=name or host)
+        if mode == 'chroot':  # like the chroot plugin: host is the directory, no user
+            timeout = option('timeout')
+            return TargetSpec(host=host, transport='chroot', name=name,
+                              connect_timeout=int(timeout) if timeout else None)
         if mode in ('docker', 'podman'):
             timeout = option('timeout')
             return TargetSpec(

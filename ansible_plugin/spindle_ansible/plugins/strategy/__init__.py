@@ -48,6 +48,7 @@ for _name, _transport in (('ssh', 'ssh'), ('smart', 'ssh'), ('local', 'local'),
         ROUTES[_prefix + _name] = _transport
 ROUTES['community.docker.docker'] = 'docker'
 ROUTES['containers.podman.podman'] = 'podman'
+ROUTES['community.general.chroot'] = 'chroot'
 
 _START_TIMEOUT = 15.0
 
