@@ -52,7 +52,7 @@ test-scale:
 # Needs root for the fleet (else it prints `check: SKIP` and passes). Uses the debug binary
 # that test-ansible builds anyway.
 test-bench: venv build-debug
-	$(PY) bench/run --suite quick --check --spindle-bin $(CURDIR)/target/debug/spindle
+	$(PY) bench/run --suite quick --check --require-modes stock,spindle --spindle-bin $(CURDIR)/target/debug/spindle
 
 # criterion micro-benchmarks (frame codec, router dispatch, blob cache); bench/README.md.
 bench:

@@ -14,8 +14,8 @@ def config_lines():
         "[defaults]",
         "callback_plugins = %s" % os.path.join(plugins, 'callback'),
         "callbacks_enabled = spindle",
-        "; optional: ansible-doc for the connection plugin, or the strategy entry point instead",
-        "; of the callback (strategy = spindle_linear | spindle_free)",
+        "; optional: ansible-doc for the connection plugin; the strategies spindle_linear and",
+        "; spindle_free (an alternative to the callback: set them as the strategy)",
         "connection_plugins = %s" % os.path.join(plugins, 'connection'),
         "strategy_plugins = %s" % os.path.join(plugins, 'strategy'),
     ])
