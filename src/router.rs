@@ -148,6 +148,20 @@ struct Call {
     deadline: Option<Instant>,
 }
 
+impl Call {
+    fn new(client: Option<ClientId>, id: u64, op: Op, deadline: Option<Instant>) -> Call {
+        Call {
+            client,
+            id,
+            op,
+            reply: Vec::new(),
+            overflow: false,
+            local_error: None,
+            deadline,
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Phase {
     Connecting { deadline: Instant },
@@ -183,6 +197,15 @@ struct Target {
     hop_files: HashMap<String, HopFile>,
     next_ctx: u32,
     last_used: Instant,
+}
+
+impl Target {
+    /// The next call handle on this stream (never 0).
+    fn take_handle(&mut self) -> u32 {
+        let h = self.next_handle;
+        self.next_handle = self.next_handle.wrapping_add(1).max(1);
+        h
+    }
 }
 
 /// All target streams and calls.
@@ -557,22 +580,13 @@ impl Router {
     /// Queues a CALL of the daemon's own (no client waits for its reply).
     fn internal_call(&mut self, t: TargetId, payload: serde_json::Value, op: Op) {
         let x = &mut self.targets[t];
-        let handle = x.next_handle;
-        x.next_handle = x.next_handle.wrapping_add(1).max(1);
+        let handle = x.take_handle();
         let body = serde_json::to_vec(&payload).unwrap_or_default();
         let h = header(Kind::Call, 0, handle, x.ctx);
         x.out.with_bytes(|b| encode_frame(b, &h, &body));
         x.counters.frames_out += 1;
         self.counters.frames_out += 1;
-        let call = Call {
-            client: None,
-            id: 0,
-            op,
-            reply: Vec::new(),
-            overflow: false,
-            local_error: None,
-            deadline: None,
-        };
+        let call = Call::new(None, 0, op, None);
         x.calls.insert(handle, call);
         self.touched.push(t);
     }
@@ -765,8 +779,7 @@ impl Router {
             _ => unreachable!("ops filtered in request()"),
         };
         let x = &mut self.targets[t];
-        let handle = x.next_handle;
-        x.next_handle = x.next_handle.wrapping_add(1).max(1);
+        let handle = x.take_handle();
         let body = serde_json::to_vec(&payload).unwrap_or_default();
         // A CALL larger than one frame continues in MORE-flagged frames.
         let mut parts = body.chunks(proto::MAX_PAYLOAD).peekable();
@@ -788,15 +801,7 @@ impl Router {
         if matches!(op, Op::Put { .. }) {
             x.puts.push_back(handle);
         }
-        let call = Call {
-            client: Some(client),
-            id,
-            op,
-            reply: Vec::new(),
-            overflow: false,
-            local_error: None,
-            deadline,
-        };
+        let call = Call::new(Some(client), id, op, deadline);
         x.calls.insert(handle, call);
         tracing::debug!(host = %x.label, handle, op = %req.op, "call");
         self.touched.push(t);
@@ -1282,19 +1287,10 @@ impl Router {
         sha: String,
     ) {
         let x = &mut self.targets[t];
-        let handle = x.next_handle;
-        x.next_handle = x.next_handle.wrapping_add(1).max(1);
+        let handle = x.take_handle();
         x.counters.calls += 1;
         self.counters.calls += 1;
-        let call = Call {
-            client: Some(client),
-            id,
-            op: Op::RelayedPut,
-            reply: Vec::new(),
-            overflow: false,
-            local_error: None,
-            deadline,
-        };
+        let call = Call::new(Some(client), id, Op::RelayedPut, deadline);
         x.calls.insert(handle, call);
         tracing::debug!(host = %x.label, handle, "put through the hop's file cache");
         let r = Relay {
@@ -1339,24 +1335,16 @@ impl Router {
             },
         );
         let call = json!({"op": "cache_put", "sha256": sha, "size": size});
-        let handle = h.next_handle;
-        h.next_handle = h.next_handle.wrapping_add(1).max(1);
+        let handle = h.take_handle();
         let up = self.cache_hop(hop, size);
         let h = &mut self.targets[hop];
-        let new_call = |op| Call {
-            client: None,
-            id: 0,
-            op,
-            reply: Vec::new(),
-            overflow: false,
-            local_error: None,
-            deadline: None,
-        };
         match up {
             // The hop above sends it from its own cache: each link carries it once.
             Some(up) => {
-                h.calls
-                    .insert(handle, new_call(Op::HopFill { sha: sha.clone() }));
+                h.calls.insert(
+                    handle,
+                    Call::new(None, 0, Op::HopFill { sha: sha.clone() }, None),
+                );
                 let key = h.key.clone();
                 let fill = Relay {
                     to: hop,
@@ -1378,7 +1366,7 @@ impl Router {
                     remaining: size,
                     fill: Some(sha),
                 };
-                h.calls.insert(handle, new_call(op));
+                h.calls.insert(handle, Call::new(None, 0, op, None));
                 let body = serde_json::to_vec(&call).unwrap_or_default();
                 let hd = header(Kind::Call, 0, handle, h.ctx);
                 h.out.with_bytes(|b| encode_frame(b, &hd, &body));
