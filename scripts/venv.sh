@@ -55,3 +55,6 @@ echo "venv.sh: built ${wheels[0]} ($(du -k "${wheels[0]}" | cut -f1) KiB, $((SEC
 "$VENV/bin/pip" install -q --no-deps --force-reinstall "${wheels[0]}"
 
 echo "venv.sh: $("$VENV/bin/ansible" --version | sed -n 1p); $("$VENV/bin/spindle" --version) in $VENV/bin"
+
+# The third-party collections the tests compare with (community.general's chroot, ...).
+SPINDLE_VENV=$VENV bash scripts/collections.sh
