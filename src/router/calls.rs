@@ -1,0 +1,481 @@
+//! Calls in flight: what each one is ([`Op`], [`Call`]), starting a client's call on a
+//! target, queuing the daemon's own calls, feeding put data below the low-water mark, and
+//! turning a completed reply into the client's answer.
+
+use super::target::Phase;
+use super::{
+    header, Action, ClientId, Router, TargetId, CHUNK, EXEC_GRACE, LOW_WATER, MAX_INFLIGHT,
+    MAX_OUTBOUND,
+};
+use crate::api::{self, Request};
+use crate::proto::{self, encode_frame, flags, Kind};
+use crate::transport::{classify::classify, classify::FailKind};
+use base64::Engine as _;
+use serde_json::json;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub(super) enum Op {
+    Ping,
+    Exec,
+    Call,
+    Put {
+        file: Option<Arc<File>>,
+        offset: u64,
+        remaining: u64,
+        /// A `cache_put` filling this hop's file cache (no client): the content's sha256.
+        fill: Option<String>,
+    },
+    /// A put whose CALL and data a hop sends from its file cache (`relay_put`); the reply
+    /// comes from the target as for any put. The file is kept for a fallback to a plain put.
+    RelayedPut,
+    /// A `cache_put` to this hop sent by the hop above it (the reply says it is cached).
+    HopFill {
+        sha: String,
+    },
+    /// A `relay_put` on a hop, sending a cached file to child `to` as call `handle`.
+    Relay {
+        to: TargetId,
+        key: String,
+        handle: u32,
+        sha: String,
+        fill: bool,
+    },
+    Fetch {
+        file: Option<File>,
+        tmp: PathBuf,
+        dest: PathBuf,
+        received: u64,
+    },
+    /// Starting the become context `child` (its key guards against a reused slab slot).
+    Spawn {
+        child: TargetId,
+        key: String,
+    },
+    /// Closing a become context (or dropping a cached file); the reply is not awaited.
+    CloseContext,
+}
+
+#[derive(Debug)]
+pub(super) struct Call {
+    pub(super) client: Option<ClientId>,
+    pub(super) id: u64,
+    pub(super) op: Op,
+    pub(super) reply: Vec<u8>,
+    pub(super) overflow: bool,
+    pub(super) local_error: Option<String>,
+    pub(super) deadline: Option<Instant>,
+}
+
+impl Call {
+    pub(super) fn new(
+        client: Option<ClientId>,
+        id: u64,
+        op: Op,
+        deadline: Option<Instant>,
+    ) -> Call {
+        Call {
+            client,
+            id,
+            op,
+            reply: Vec::new(),
+            overflow: false,
+            local_error: None,
+            deadline,
+        }
+    }
+}
+
+impl Router {
+    /// Queues a CALL of the daemon's own (no client waits for its reply).
+    pub(super) fn internal_call(&mut self, t: TargetId, payload: serde_json::Value, op: Op) {
+        let x = &mut self.targets[t];
+        let handle = x.take_handle();
+        let body = serde_json::to_vec(&payload).unwrap_or_default();
+        let h = header(Kind::Call, 0, handle, x.ctx);
+        x.out.with_bytes(|b| encode_frame(b, &h, &body));
+        x.counters.frames_out += 1;
+        self.counters.frames_out += 1;
+        let call = Call::new(None, 0, op, None);
+        x.calls.insert(handle, call);
+        self.touched.push(t);
+    }
+
+    pub(super) fn start_call(&mut self, t: TargetId, client: ClientId, req: Request, now: Instant) {
+        let label = self.targets[t].label.clone();
+        let id = req.id;
+        if self.targets[t].calls.len() >= MAX_INFLIGHT {
+            let m = format!("{MAX_INFLIGHT} calls already in flight to this target");
+            return self.reply_err(client, id, "busy", &label, &m);
+        }
+        self.targets[t].last_used = now;
+        if self.queued(t) > MAX_OUTBOUND {
+            let m = format!(
+                "the target is not reading: over {} MiB already queued to it",
+                MAX_OUTBOUND >> 20
+            );
+            return self.reply_err(client, id, "busy", &label, &m);
+        }
+        let mut deadline = req
+            .call_timeout
+            .map(|s| now + Duration::from_secs_f64(s.max(0.0)));
+        let (payload, op) = match req.op.as_str() {
+            "ping" => (json!({"op": "ping"}), Op::Ping),
+            "exec" => {
+                if req.argv.is_none() == req.shell.is_none() {
+                    let m = "exec needs exactly one of \"argv\" or \"shell\"";
+                    return self.reply_err(client, id, "bad_request", &label, m);
+                }
+                if let Some(s) = &req.stdin_b64 {
+                    if base64::engine::general_purpose::STANDARD.decode(s).is_err() {
+                        let m = "stdin_b64 is not valid base64";
+                        return self.reply_err(client, id, "bad_request", &label, m);
+                    }
+                }
+                if let Some(tmo) = req.timeout {
+                    let d = now + Duration::from_secs_f64(tmo.max(0.0)) + EXEC_GRACE;
+                    deadline = Some(deadline.map_or(d, |x| x.min(d)));
+                }
+                let p = json!({"op": "exec", "argv": req.argv, "shell": req.shell,
+                    "stdin_b64": req.stdin_b64, "env": req.env, "cwd": req.cwd,
+                    "timeout": req.timeout});
+                (p, Op::Exec)
+            }
+            "put" => {
+                let (Some(src), Some(dest)) = (&req.src, &req.dest) else {
+                    let m = "put needs \"src\" and \"dest\"";
+                    return self.reply_err(client, id, "bad_request", &label, m);
+                };
+                let opened = File::open(src).and_then(|f| {
+                    let md = f.metadata()?;
+                    if !md.is_file() {
+                        return Err(std::io::Error::other("not a regular file"));
+                    }
+                    Ok((f, md.len()))
+                });
+                let (file, size) = match opened {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let m = format!("cannot read {src}: {e}");
+                        return self.reply_err(client, id, "local_io", &label, &m);
+                    }
+                };
+                let p = json!({"op": "put_file", "path": dest, "size": size, "mode": req.mode,
+                    "owner": req.owner, "group": req.group, "apply_umask": req.apply_umask});
+                let file = Arc::new(file);
+                if let Some(hop) = self.cache_hop(t, size) {
+                    if let Some(sha) = self.file_sha(&file) {
+                        return self.relayed_put(t, hop, client, id, deadline, p, file, size, sha);
+                    }
+                }
+                (
+                    p,
+                    Op::Put {
+                        file: Some(file),
+                        offset: 0,
+                        remaining: size,
+                        fill: None,
+                    },
+                )
+            }
+            "fetch" => {
+                let (Some(src), Some(dest)) = (&req.src, &req.dest) else {
+                    let m = "fetch needs \"src\" and \"dest\"";
+                    return self.reply_err(client, id, "bad_request", &label, m);
+                };
+                let dest = PathBuf::from(dest);
+                let tmp = tmp_path_for(&dest, t, self.targets[t].next_handle);
+                let file = match File::create(&tmp) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let m = format!("cannot write {}: {e}", tmp.display());
+                        return self.reply_err(client, id, "local_io", &label, &m);
+                    }
+                };
+                let p = json!({"op": "fetch_file", "path": src});
+                let op = Op::Fetch {
+                    file: Some(file),
+                    tmp,
+                    dest,
+                    received: 0,
+                };
+                (p, op)
+            }
+            "call" => {
+                let Some(serde_json::Value::Object(mut p)) = req.payload.clone() else {
+                    let m = "call needs a \"payload\" object";
+                    return self.reply_err(client, id, "bad_request", &label, m);
+                };
+                if !p.get("op").is_some_and(|o| o.is_string()) || p.contains_key("blobs") {
+                    let m = "call payload needs a string \"op\" and no \"blobs\" key";
+                    return self.reply_err(client, id, "bad_request", &label, m);
+                }
+                let mut push = serde_json::Map::new();
+                let mut missing = Vec::new();
+                for h in req.blobs.iter().flatten() {
+                    if self.targets[t].sent_blobs.contains(h) || push.contains_key(h) {
+                        continue;
+                    }
+                    match self.cache.get(h) {
+                        Some(data) => {
+                            let b = base64::engine::general_purpose::STANDARD.encode(&data[..]);
+                            push.insert(h.clone(), b.into());
+                        }
+                        None => missing.push(h.clone()),
+                    }
+                }
+                if !missing.is_empty() {
+                    let m = format!(
+                        "{} blob(s) not in the daemon cache; blob_put them first",
+                        missing.len()
+                    );
+                    let msg = api::error_with(
+                        id,
+                        "missing_blobs",
+                        &label,
+                        &m,
+                        json!({"missing": missing}),
+                    );
+                    self.actions.push_back(Action::Reply(client, msg));
+                    return;
+                }
+                let x = &mut self.targets[t];
+                x.counters.blobs_pushed += push.len() as u64;
+                for h in push.keys() {
+                    x.sent_blobs.insert(h.clone());
+                }
+                if !push.is_empty() {
+                    p.insert("blobs".into(), serde_json::Value::Object(push));
+                }
+                (serde_json::Value::Object(p), Op::Call)
+            }
+            _ => unreachable!("ops filtered in request()"),
+        };
+        let x = &mut self.targets[t];
+        let handle = x.take_handle();
+        let body = serde_json::to_vec(&payload).unwrap_or_default();
+        // A CALL larger than one frame continues in MORE-flagged frames.
+        let mut parts = body.chunks(proto::MAX_PAYLOAD).peekable();
+        let mut frames = 0;
+        while let Some(part) = parts.next() {
+            let fl = if parts.peek().is_some() {
+                flags::MORE
+            } else {
+                0
+            };
+            let h = header(Kind::Call, fl, handle, x.ctx);
+            x.out.with_bytes(|b| encode_frame(b, &h, part));
+            frames += 1;
+        }
+        self.counters.frames_out += frames;
+        self.counters.calls += 1;
+        x.counters.frames_out += frames;
+        x.counters.calls += 1;
+        if matches!(op, Op::Put { .. }) {
+            x.puts.push_back(handle);
+        }
+        let call = Call::new(Some(client), id, op, deadline);
+        x.calls.insert(handle, call);
+        tracing::debug!(host = %x.label, handle, op = %req.op, "call");
+        self.touched.push(t);
+        self.refill(t);
+    }
+
+    /// Queues file data of active puts (as file ranges, not bytes) while the outbound queue is
+    /// below LOW_WATER.
+    pub(super) fn refill(&mut self, t: TargetId) {
+        let base = self.queued(t) - self.targets.get(t).map_or(0, |x| x.out.len());
+        self.refill_below(t, base);
+        self.pump(t);
+    }
+
+    fn refill_below(&mut self, t: TargetId, base: usize) {
+        let Some(x) = self.targets.get_mut(t) else {
+            return;
+        };
+        while base + x.out.len() < LOW_WATER {
+            let Some(&handle) = x.puts.front() else {
+                return;
+            };
+            let Some(call) = x.calls.get_mut(&handle) else {
+                x.puts.pop_front();
+                continue;
+            };
+            let Op::Put {
+                file: Some(f),
+                offset,
+                remaining,
+                ..
+            } = &mut call.op
+            else {
+                x.puts.pop_front();
+                continue;
+            };
+            let n = (*remaining).min(CHUNK as u64) as usize;
+            *remaining -= n as u64;
+            let done = *remaining == 0;
+            let fl = if done { flags::EOF } else { 0 };
+            let h = header(Kind::Data, fl, handle, x.ctx);
+            x.out.with_bytes(|b| {
+                let at = b.len();
+                encode_frame(b, &h, &[]);
+                b[at + 4..at + 8].copy_from_slice(&(n as u32).to_be_bytes());
+            });
+            x.out.push_file(f.clone(), *offset, n);
+            *offset += n as u64;
+            self.counters.frames_out += 1;
+            x.counters.frames_out += 1;
+            if done {
+                if let Op::Put { file, .. } = &mut call.op {
+                    *file = None;
+                }
+                x.puts.pop_front();
+            }
+        }
+    }
+
+    pub(super) fn complete(&mut self, t: TargetId, handle: u32, fl: u8, body: Vec<u8>) {
+        let x = &mut self.targets[t];
+        let Some(c) = x.calls.remove(&handle) else {
+            return;
+        };
+        match &c.op {
+            Op::Spawn { child, key } => {
+                let alive = self
+                    .targets
+                    .get(*child)
+                    .is_some_and(|x| &x.key == key && x.phase != Phase::Dead);
+                if fl & flags::ERROR != 0 && alive {
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let kind = v["error"].as_str().unwrap_or("unknown");
+                    let text = v["message"].as_str().unwrap_or("");
+                    let child = *child;
+                    let spec = &self.targets[child].spec;
+                    if spec.escalate.is_none() && spec.via.is_some() {
+                        // The hop ran ssh (or another transport): classify its output.
+                        let hop = spec.via.as_ref().map(|v| v.label()).unwrap_or_default();
+                        let class = match (kind, classify(text, false)) {
+                            ("timeout", _) => "timeout",
+                            (_, FailKind::ConnectionLost) => "unreachable",
+                            (_, k) => k.as_str(),
+                        };
+                        let last = text.lines().rev().find(|l| !l.trim().is_empty());
+                        let m = format!("via {hop}: {kind}: {}", last.unwrap_or(text).trim());
+                        self.fail_target(child, class, &m);
+                    } else {
+                        self.fail_target(child, "become_failed", &format!("{kind}: {text}"));
+                    }
+                }
+                return;
+            }
+            Op::CloseContext => return,
+            Op::HopFill { sha }
+            | Op::Put {
+                fill: Some(sha), ..
+            } => {
+                let sha = sha.clone();
+                return self.hop_filled(t, &sha, fl & flags::ERROR == 0);
+            }
+            Op::Relay {
+                to,
+                key,
+                handle,
+                sha,
+                fill,
+            } => {
+                if fl & flags::ERROR != 0 {
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let m = format!("relay from the hop failed: {}", v["message"]);
+                    tracing::debug!(hop = %x.label, "{m}");
+                    if *fill {
+                        self.hop_filled(*to, sha, false);
+                    } else if self.targets.get(*to).is_some_and(|y| &y.key == key) {
+                        let y = &mut self.targets[*to];
+                        if let Some(call) = y.calls.remove(handle) {
+                            let label = y.label.clone();
+                            if let Some(client) = call.client {
+                                let msg = api::error(call.id, "remote", &label, &m);
+                                self.actions.push_back(Action::Reply(client, msg));
+                            }
+                        }
+                    }
+                }
+                return;
+            }
+            _ => {}
+        }
+        let label = x.label.clone();
+        let hello = x.hello.clone();
+        let msg = if let Some(m) = c.local_error {
+            if let Op::Fetch { tmp, .. } = &c.op {
+                let _ = std::fs::remove_file(tmp);
+            }
+            api::error(c.id, "local_io", &label, &m)
+        } else if c.overflow {
+            api::error(c.id, "protocol", &label, "reply larger than 64 MiB")
+        } else if fl & flags::ERROR != 0 {
+            if let Op::Fetch { tmp, .. } = &c.op {
+                let _ = std::fs::remove_file(tmp);
+            }
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let kind = v["error"].as_str().unwrap_or("unknown");
+            let text = v["message"].as_str().unwrap_or("");
+            api::error(c.id, "remote", &label, &format!("{kind}: {text}"))
+        } else if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+            api::error(c.id, "protocol", &label, "agent reply is not JSON")
+        } else {
+            match c.op {
+                Op::Ping => {
+                    let mut v: serde_json::Value =
+                        serde_json::from_slice(&body).unwrap_or_default();
+                    if let (Some(o), Some(h)) = (v.as_object_mut(), hello) {
+                        let hv = serde_json::from_slice(&h).unwrap_or_default();
+                        o.insert("hello".into(), hv);
+                    }
+                    api::ok_value(c.id, &v)
+                }
+                Op::Exec | Op::Call | Op::Put { .. } | Op::RelayedPut => api::ok_raw(c.id, &body),
+                Op::Spawn { .. } | Op::CloseContext | Op::HopFill { .. } | Op::Relay { .. } => {
+                    return
+                }
+                Op::Fetch {
+                    file,
+                    tmp,
+                    dest,
+                    received,
+                } => {
+                    let res = file
+                        .map(|f| f.sync_all())
+                        .unwrap_or(Ok(()))
+                        .and_then(|_| std::fs::rename(&tmp, &dest));
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    if let Err(e) = res {
+                        let _ = std::fs::remove_file(&tmp);
+                        let m = format!("cannot write {}: {e}", dest.display());
+                        api::error(c.id, "local_io", &label, &m)
+                    } else if v["size"].as_u64() != Some(received) {
+                        let _ = std::fs::remove_file(&dest);
+                        let m = format!("fetched {received} bytes, agent reported {}", v["size"]);
+                        api::error(c.id, "protocol", &label, &m)
+                    } else {
+                        api::ok_raw(c.id, &body)
+                    }
+                }
+            }
+        };
+        if let Some(client) = c.client {
+            self.actions.push_back(Action::Reply(client, msg));
+        }
+    }
+}
+
+fn tmp_path_for(dest: &std::path::Path, t: TargetId, h: u32) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dest.with_file_name(format!(".{name}.spindle-{}-{t}-{h}", std::process::id()))
+}

@@ -1,0 +1,312 @@
+//! Streams and nested contexts: opening a target (a stream, a become context, or a target
+//! behind a via hop), keeping become contexts within the interpreter limit (least recently
+//! used idle one recycled), frames relayed from a context, failing and closing targets with
+//! their contexts, and checking a via chain before anything starts.
+
+use super::calls::{Call, Op};
+use super::target::{Phase, Target};
+use super::{on_frame, Action, Router, TargetId, SPAWN_GRACE};
+use crate::api;
+use crate::metrics::TargetCounters;
+use crate::proto::{self, Decoder, FrameHeader};
+use crate::transfer::Outbound;
+use crate::transport::{classify::classify, classify::FailKind, Spec};
+use serde_json::json;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+impl Router {
+    pub(super) fn target_for(&mut self, spec: Spec, now: Instant) -> TargetId {
+        let key = spec.key();
+        if let Some(&t) = self.by_key.get(&key) {
+            return t;
+        }
+        let parent = if spec.escalate.is_some() {
+            Some(self.target_for(spec.parent(), now))
+        } else {
+            let hop = spec.via.as_deref().cloned();
+            hop.map(|h| self.target_for(h, now))
+        };
+        let mut out = Outbound::new(self.splice);
+        if parent.is_none() && spec.transport != crate::transport::TransportKind::Unix {
+            out.with_bytes(|b| b.extend_from_slice(crate::transport::bootstrap::agent_blob()));
+        }
+        // A context starts once its parent runs: its own time counts from the parent's
+        // deadline (every hop of a chain gets its full connect timeout).
+        let mut deadline = now + Duration::from_secs(spec.connect_timeout_secs());
+        if let Some(p) = parent {
+            let from = match self.targets[p].phase {
+                Phase::Connecting { deadline } => deadline.max(now),
+                _ => now,
+            };
+            let own = Duration::from_secs(spec.connect_timeout_secs());
+            // (and at least twice its timeout from now, as become contexts always had)
+            deadline = (from + own).max(now + own * 2) + SPAWN_GRACE;
+        }
+        let ctx = match parent {
+            Some(p) => {
+                if spec.escalate.is_some() {
+                    self.evict_idle_context(p);
+                }
+                // Context ids are unique on the root stream, whatever the depth.
+                let root = self.root_of(p);
+                let r = &mut self.targets[root];
+                loop {
+                    r.next_ctx = r.next_ctx.wrapping_add(1).max(proto::CTX_AGENT + 1);
+                    if !r.routes.contains_key(&r.next_ctx) {
+                        break r.next_ctx;
+                    }
+                }
+            }
+            None => proto::CTX_AGENT,
+        };
+        let t = self.targets.insert(Target {
+            label: spec.label(),
+            spec,
+            key: key.clone(),
+            phase: Phase::Connecting { deadline },
+            decoder: Decoder::default(),
+            out,
+            hello: None,
+            next_handle: 1,
+            calls: HashMap::new(),
+            puts: VecDeque::new(),
+            sent_blobs: HashSet::new(),
+            counters: TargetCounters::default(),
+            parent,
+            ctx,
+            children: HashMap::new(),
+            routes: HashMap::new(),
+            hop_files: HashMap::new(),
+            next_ctx: proto::CTX_AGENT,
+            last_used: now,
+        });
+        self.by_key.insert(key.clone(), t);
+        self.counters.connects += 1;
+        tracing::debug!(target_id = t, host = %self.targets[t].label, "opening stream");
+        match parent {
+            None => self.actions.push_back(Action::Spawn(t)),
+            Some(p) => {
+                self.targets[p].children.insert(ctx, t);
+                let root = self.root_of(p);
+                self.targets[root].routes.insert(ctx, t);
+                let spec = &self.targets[t].spec;
+                let secs = spec.connect_timeout_secs();
+                let payload = match &spec.escalate {
+                    Some(b) => json!({"op": "spawn_context", "ctx": ctx, "cmd": b.cmd,
+                        "success": b.success, "password": b.password, "prompt": b.prompt,
+                        "timeout": secs}),
+                    None => {
+                        // A via hop: its agent runs the transport command for this target.
+                        let marker = format!("SPINDLE-VIA-{ctx}");
+                        let cmd = crate::transport::hop_command(spec, &marker).unwrap_or_default();
+                        let python = spec.python.as_deref().filter(|p| {
+                            !p.starts_with('-')
+                                && p.chars()
+                                    .all(|c| c.is_ascii_alphanumeric() || "_./+-".contains(c))
+                        });
+                        let prompt = spec.password.as_ref().map(|_| r"(?i)password:\s*$");
+                        json!({"op": "spawn_context", "ctx": ctx, "cmd": cmd,
+                            "success": marker, "password": spec.password, "prompt": prompt,
+                            "timeout": secs, "python": python})
+                    }
+                };
+                self.internal_call(p, payload, Op::Spawn { child: t, key });
+            }
+        }
+        t
+    }
+
+    /// Keeps at most `max_interpreters` become contexts on stream `p`: closes the least
+    /// recently used one that has no call in flight (a busy one is never closed).
+    /// Targets behind a via hop are not interpreters of the hop: they are neither counted
+    /// nor closed, and a context that has contexts of its own is never closed.
+    fn evict_idle_context(&mut self, p: TargetId) {
+        let children: Vec<TargetId> = self.targets[p]
+            .children
+            .values()
+            .copied()
+            .filter(|&c| {
+                self.targets
+                    .get(c)
+                    .is_some_and(|x| x.spec.escalate.is_some())
+            })
+            .collect();
+        if children.len() < self.max_interpreters.max(1) {
+            return;
+        }
+        let victim = children
+            .into_iter()
+            .filter_map(|c| self.targets.get(c).map(|x| (c, x)))
+            .filter(|(_, x)| x.calls.is_empty() && x.phase == Phase::Ready)
+            .filter(|(_, x)| x.children.is_empty())
+            .min_by_key(|(_, x)| x.last_used)
+            .map(|(c, _)| c);
+        if let Some(c) = victim {
+            tracing::debug!(host = %self.targets[c].label, "closing the least recently used become context");
+            self.counters.recycled += 1;
+            self.close_target(
+                c,
+                "recycled",
+                "closed to stay within the interpreter limit",
+                false,
+            );
+        }
+    }
+
+    /// One frame relayed from become context `c`.
+    pub(super) fn context_frame(&mut self, c: TargetId, h: &FrameHeader, payload: &[u8]) {
+        let Some(x) = self.targets.get_mut(c) else {
+            return;
+        };
+        if x.phase == Phase::Dead {
+            return;
+        }
+        x.counters.frames_in += 1;
+        x.counters.bytes_in += (proto::HEADER_LEN + payload.len()) as u64;
+        let was_ready = x.phase == Phase::Ready;
+        let mut done = Vec::new();
+        let res = on_frame(x, h, payload, &mut done);
+        let now_ready = x.phase == Phase::Ready;
+        for (handle, fl, body) in done {
+            self.complete(c, handle, fl, body);
+        }
+        match res {
+            Err((kind, m)) => self.fail_target(c, &kind, &m),
+            // Calls queued while it started were held back: it exists on the target now.
+            Ok(()) if now_ready && !was_ready => self.pump(c),
+            Ok(()) => {}
+        }
+    }
+
+    /// The target's process ended (stdout and stderr closed); `stderr` is its last output.
+    pub fn target_closed(&mut self, t: TargetId, stderr: &str) {
+        let Some(x) = self.targets.get(t) else { return };
+        if x.phase == Phase::Dead {
+            return;
+        }
+        let connected = x.hello.is_some();
+        let kind = classify(stderr, connected);
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim();
+        let m = match kind {
+            FailKind::NoPython => "no Python interpreter found on the target".to_string(),
+            FailKind::ConnectionLost if connected => {
+                format!("connection lost (agent or ssh ended){}", suffix(last))
+            }
+            FailKind::ConnectionLost => format!("agent failed to start{}", suffix(last)),
+            _ => last.to_string(),
+        };
+        self.fail_target(t, kind.as_str(), &m);
+    }
+
+    /// Fails every call of a target and schedules its process to be killed.
+    pub(super) fn fail_target(&mut self, t: TargetId, kind: &str, message: &str) {
+        self.close_target(t, kind, message, true);
+    }
+
+    /// Ends a stream or become context: its calls (and its contexts' calls) fail with `kind`;
+    /// a context is closed on its stream's agent. `warn` logs it as a failure.
+    pub(super) fn close_target(&mut self, t: TargetId, kind: &str, message: &str, warn: bool) {
+        let Some(x) = self.targets.get_mut(t) else {
+            return;
+        };
+        if x.phase == Phase::Dead {
+            return;
+        }
+        if warn {
+            tracing::warn!(host = %x.label, kind, message, "target failed");
+            self.counters.failures += 1;
+        }
+        x.phase = Phase::Dead;
+        if self.by_key.get(&x.key) == Some(&t) {
+            self.by_key.remove(&x.key);
+        }
+        let children: Vec<TargetId> = x.children.drain().map(|(_, c)| c).collect();
+        let (parent, ctx) = (x.parent, x.ctx);
+        let label = x.label.clone();
+        let calls: Vec<Call> = x.calls.drain().map(|(_, c)| c).collect();
+        x.puts.clear();
+        x.out.clear();
+        for c in calls {
+            if let Op::Fetch { tmp, .. } = &c.op {
+                let _ = std::fs::remove_file(tmp);
+            }
+            if let Some(client) = c.client {
+                let msg = api::error(c.id, kind, &label, message);
+                self.actions.push_back(Action::Reply(client, msg));
+            }
+        }
+        // A context has no process of its own: the I/O layer only releases it.
+        self.actions.push_back(Action::Kill(t));
+        for c in children {
+            self.close_target(c, kind, message, false);
+        }
+        if let Some(p) = parent {
+            let root = self.root_of(p);
+            if let Some(r) = self.targets.get_mut(root) {
+                if r.routes.get(&ctx) == Some(&t) {
+                    r.routes.remove(&ctx);
+                }
+            }
+            if self.targets.get(p).is_some_and(|r| r.phase != Phase::Dead) {
+                self.targets[p].children.remove(&ctx);
+                let payload = json!({"op": "close_context", "ctx": ctx});
+                self.internal_call(p, payload, Op::CloseContext);
+            }
+        }
+    }
+
+    /// Forgets a dead target after the I/O layer has released its process.
+    pub fn release(&mut self, t: TargetId) {
+        if self.targets.get(t).is_some_and(|x| x.phase == Phase::Dead) {
+            self.targets.remove(t);
+        }
+    }
+}
+
+/// Checks a spec and every hop of its `via` chain before anything starts.
+pub(super) fn validate_chain(spec: &Spec) -> Result<(), String> {
+    if spec.via_depth() > crate::transport::MAX_VIA_DEPTH {
+        return Err(format!(
+            "more than {} hops in the via chain",
+            crate::transport::MAX_VIA_DEPTH
+        ));
+    }
+    let mut s = spec;
+    loop {
+        if let Some(b) = &s.escalate {
+            b.validate()?;
+        }
+        if s.via.is_some() && s.escalate.is_none() {
+            crate::transport::hop_command(s, "M").map_err(|e| e.to_string())?;
+        }
+        match &s.via {
+            Some(v) => s = v,
+            None => break,
+        }
+    }
+    // The first hop is started by the daemon (a password is checked again at spawn time,
+    // with the askpass helper).
+    match crate::transport::command(s, None) {
+        Err(crate::transport::CommandError::BadSpec { reason, .. })
+            if reason.contains("askpass") =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+        Ok(_) => Ok(()),
+    }
+}
+
+fn suffix(last: &str) -> String {
+    if last.is_empty() {
+        String::new()
+    } else {
+        format!(": {last}")
+    }
+}

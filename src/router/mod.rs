@@ -1,0 +1,551 @@
+//! The router: sans-IO state of every target stream and every call in flight.
+//!
+//! It takes API requests, bytes read from targets and the current time as inputs, and yields
+//! [`Action`]s (spawn a target, reply to a client, kill a target) plus per-target outbound
+//! bytes. It never touches a socket, a pipe or the clock, so it is tested deterministically and
+//! both reactor backends share it unchanged (the quinn-proto pattern). The one I/O it does is
+//! on the controller's local files for `put`/`fetch` (reading the source in bounded chunks,
+//! writing the destination as data arrives), which keeps a large file out of memory.
+//!
+//! Bounds: at most [`MAX_INFLIGHT`] calls per target (then `busy`); outbound bytes per target
+//! are refilled from file transfers only below [`LOW_WATER`]; a reply is capped at
+//! [`crate::api::MAX_MESSAGE`]. A slow target therefore holds at most about
+//! `LOW_WATER + CHUNK` bytes of file data, and stalls only its own stream.
+//!
+//! This file holds the [`Router`] itself, its public API and the dispatch of frames read from
+//! a stream; the parts that own one idea live beside it: `target` (a stream's or context's
+//! state), `calls` (calls in flight, their replies and put data), `contexts` (become and
+//! via contexts: start, recycle, close) and `hop_cache` (files relayed from a via hop's
+//! cache).
+
+mod calls;
+mod contexts;
+mod hop_cache;
+mod target;
+
+use crate::api::{self, Request};
+use crate::cache::BlobCache;
+use crate::metrics::{Counters, TargetCounters};
+use crate::proto::{self, encode_frame, flags, FrameHeader, Kind};
+use crate::transfer::TransferCounters;
+use crate::transport::Spec;
+use base64::Engine as _;
+use calls::Op;
+use contexts::validate_chain;
+use serde_json::json;
+use slab::Slab;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::Write;
+use std::os::fd::BorrowedFd;
+use std::time::{Duration, Instant};
+use target::{Phase, Target};
+
+/// Client connection id (assigned by the server).
+pub type ClientId = usize;
+/// Target stream id.
+pub type TargetId = usize;
+
+/// Calls in flight per target before new ones are refused with `busy`.
+pub const MAX_INFLIGHT: usize = 1024;
+/// Outbound bytes below which file data is refilled.
+pub const LOW_WATER: usize = 512 * 1024;
+/// Outbound bytes queued to one target above which new calls are refused with `busy`: a
+/// target that stops reading cannot grow the daemon's memory (calls that timed out leave
+/// their CALL frames queued, so counting calls alone is not enough).
+pub const MAX_OUTBOUND: usize = 8 * 1024 * 1024;
+/// File data per DATA frame.
+pub const CHUNK: usize = 256 * 1024;
+/// Extra time the daemon waits past an exec's own timeout before giving up on the agent.
+const EXEC_GRACE: Duration = Duration::from_secs(30);
+/// Default limit of become contexts (nested agents) per target; beyond it the least recently
+/// used idle one is closed (`SPINDLE_MAX_INTERPRETERS`, `serve --max-interpreters`).
+pub const DEFAULT_MAX_INTERPRETERS: usize = 20;
+/// Files at least this large sent to a target behind a via hop go through the hop's file
+/// cache (they cross each link once for all the targets behind it).
+pub const HOP_CACHE_MIN: u64 = 64 * 1024;
+/// Bytes of files a hop's agent keeps in RAM at most (least recently used dropped first).
+pub const HOP_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+/// Extra time past its own timeout the daemon gives a become context's start, so the agent's
+/// precise error (wrong password, prompt timeout) arrives before the daemon's own deadline.
+const SPAWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What the I/O layer must do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Start the process for this target (its spec is [`Router::spec`]); its first outbound
+    /// bytes (the agent) are already queued.
+    Spawn(TargetId),
+    /// Send this message body to a client.
+    Reply(ClientId, Vec<u8>),
+    /// Stop this target's process; call [`Router::release`] once its descriptors are gone.
+    Kill(TargetId),
+    /// Stop the daemon.
+    Shutdown,
+}
+
+/// All target streams and calls.
+pub struct Router {
+    targets: Slab<Target>,
+    by_key: HashMap<String, TargetId>,
+    actions: VecDeque<Action>,
+    touched: Vec<TargetId>,
+    cache: BlobCache,
+    /// Move put payload with splice(2) (else read/write; for comparison runs).
+    pub splice: bool,
+    /// File bytes spliced vs copied (reported by `stats`).
+    pub transfer: TransferCounters,
+    /// Name of the event-loop backend (reported by `stats`).
+    pub backend: &'static str,
+    /// Daemon-wide counters.
+    pub counters: Counters,
+    /// Become contexts per target before the least recently used idle one is closed.
+    pub max_interpreters: usize,
+    /// Send files for targets behind a via hop through the hop's file cache.
+    pub hop_cache: bool,
+    /// Use order of hop cache entries.
+    hop_seq: u64,
+    /// sha256 of local files by (device, inode, size, mtime), so a file sent to many targets
+    /// is read for hashing once.
+    hashes: HashMap<(u64, u64, u64, i64, i64), String>,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Router::new()
+    }
+}
+
+fn header(kind: Kind, flags: u8, handle: u32, dst: u32) -> FrameHeader {
+    FrameHeader {
+        kind,
+        flags,
+        dst,
+        src: proto::CTX_CONTROLLER,
+        handle,
+        reply_to: 0,
+    }
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new() -> Self {
+        Router {
+            targets: Slab::new(),
+            by_key: HashMap::new(),
+            actions: VecDeque::new(),
+            touched: Vec::new(),
+            cache: BlobCache::default(),
+            backend: "none",
+            transfer: TransferCounters::default(),
+            splice: true,
+            counters: Counters::default(),
+            max_interpreters: DEFAULT_MAX_INTERPRETERS,
+            hop_cache: true,
+            hop_seq: 0,
+            hashes: HashMap::new(),
+        }
+    }
+
+    /// Next action for the I/O layer.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Targets whose outbound bytes grew since the last call (may repeat).
+    /// Become contexts have no pipe of their own: their bytes move to their stream's queue
+    /// and the stream is reported instead.
+    pub fn take_touched(&mut self) -> Vec<TargetId> {
+        let mut touched = std::mem::take(&mut self.touched);
+        for t in touched.iter_mut() {
+            if self.targets.get(*t).is_some_and(|x| x.parent.is_some()) {
+                self.pump(*t);
+                *t = self.root_of(*t);
+            }
+        }
+        touched
+    }
+
+    /// The stream (process) that carries `t`'s frames: `t` itself, or the root of its chain
+    /// of parents.
+    fn root_of(&self, mut t: TargetId) -> TargetId {
+        while let Some(p) = self.targets.get(t).and_then(|x| x.parent) {
+            if !self.targets.contains(p) {
+                break;
+            }
+            t = p;
+        }
+        t
+    }
+
+    /// Moves a context's queued bytes and file ranges to its root stream's queue.
+    fn pump(&mut self, t: TargetId) {
+        if self.targets.get(t).and_then(|x| x.parent).is_none() {
+            return;
+        }
+        let p = self.root_of(t);
+        // Until its HELLO, the context does not exist on the target yet: hold its frames.
+        let ready = |x: &Target| x.phase == Phase::Ready && !x.out.is_empty();
+        if !self.targets.get(t).is_some_and(ready) || !self.targets.contains(p) {
+            return;
+        }
+        let mut moved = std::mem::take(&mut self.targets[t].out);
+        self.targets[p].out.append(&mut moved);
+        self.targets[t].out = moved;
+        self.touched.push(p);
+    }
+
+    /// Bytes queued on the pipe that carries `t` (its stream's queue for a become context).
+    fn queued(&self, t: TargetId) -> usize {
+        let Some(x) = self.targets.get(t) else {
+            return 0;
+        };
+        let root = match x.parent {
+            Some(_) => self.targets.get(self.root_of(t)).map_or(0, |r| r.out.len()),
+            None => 0,
+        };
+        root + x.out.len()
+    }
+
+    /// The spec of a target (for spawning).
+    pub fn spec(&self, t: TargetId) -> Option<&Spec> {
+        self.targets.get(t).map(|x| &x.spec)
+    }
+
+    /// Whether a target has bytes waiting to be written.
+    pub fn wants_write(&self, t: TargetId) -> bool {
+        self.targets.get(t).is_some_and(|x| !x.out.is_empty())
+    }
+
+    /// Writes a target's outbound queue into its (nonblocking) transport pipe: protocol bytes
+    /// by `write`, file payload by `splice` (see [`crate::transfer`]); then refills file data.
+    /// A source file that shrank mid-send fails the target (its framing is broken).
+    pub fn flush_into(&mut self, t: TargetId, fd: BorrowedFd<'_>) -> std::io::Result<usize> {
+        let mut total = 0;
+        loop {
+            let Some(x) = self.targets.get_mut(t) else {
+                return Ok(total);
+            };
+            if x.out.is_empty() {
+                return Ok(total);
+            }
+            match x.out.write_to(fd, &mut self.transfer) {
+                Ok(0) => return Ok(total),
+                Ok(n) => {
+                    total += n;
+                    x.counters.bytes_out += n as u64;
+                    self.counters.bytes_out += n as u64;
+                    let children: Vec<TargetId> = x.routes.values().copied().collect();
+                    self.refill(t);
+                    for c in children {
+                        self.refill(c);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    let m = format!("put aborted: {e}");
+                    self.fail_target(t, "local_io", &m);
+                    return Ok(total);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(total),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Number of live target streams.
+    pub fn streams(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Handles one API request from `client`.
+    pub fn request(&mut self, client: ClientId, req: Request, now: Instant) {
+        let id = req.id;
+        match req.op.as_str() {
+            "stats" => {
+                // Keyed by label; become contexts sharing one (other flags or password) get
+                // their context id appended.
+                let mut targets: BTreeMap<String, TargetCounters> = BTreeMap::new();
+                for &t in self.by_key.values() {
+                    let x = &self.targets[t];
+                    let mut label = x.label.clone();
+                    if targets.contains_key(&label) {
+                        label = format!("{label} [ctx {}]", x.ctx);
+                    }
+                    targets.insert(label, x.counters);
+                }
+                let v = json!({"streams": self.streams(), "io": self.backend, "counters": self.counters, "transfer": self.transfer,
+                    "blobs": {"count": self.cache.len(), "bytes": self.cache.bytes()},
+                    "targets": targets});
+                self.actions
+                    .push_back(Action::Reply(client, api::ok_value(id, &v)));
+                return;
+            }
+            "blob_put" => {
+                let (Some(hash), Some(data)) = (&req.hash, &req.data_b64) else {
+                    let m = "blob_put needs \"hash\" and \"data_b64\"";
+                    return self.reply_err(client, id, "bad_request", "", m);
+                };
+                let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(data) else {
+                    return self.reply_err(client, id, "bad_request", "", "data_b64 is not base64");
+                };
+                let msg = match self.cache.put(hash, bytes) {
+                    Ok(()) => api::ok_raw(id, b"{}"),
+                    Err(e) => api::error(id, "bad_request", "", &e.to_string()),
+                };
+                self.actions.push_back(Action::Reply(client, msg));
+                return;
+            }
+            "shutdown" => {
+                self.actions
+                    .push_back(Action::Reply(client, api::ok_raw(id, b"{}")));
+                self.actions.push_back(Action::Shutdown);
+                return;
+            }
+            "ping" | "exec" | "put" | "fetch" | "close" | "call" => {}
+            other => {
+                let m = format!("unknown op {other:?}");
+                return self.reply_err(client, id, "bad_request", "", &m);
+            }
+        }
+        let Some(spec) = req.target.clone() else {
+            return self.reply_err(client, id, "bad_request", "", "this op needs a \"target\"");
+        };
+        if let Err(e) = crate::transport::command(&spec, None).or_else(|e| match e {
+            // A password is checked again when the process is spawned (askpass available).
+            crate::transport::CommandError::BadSpec { ref reason, .. }
+                if reason.contains("askpass") =>
+            {
+                Ok(Default::default())
+            }
+            e => Err(e),
+        }) {
+            return self.reply_err(client, id, "bad_request", &spec.label(), &e.to_string());
+        }
+        if let Err(m) = validate_chain(&spec) {
+            return self.reply_err(client, id, "bad_request", &spec.label(), &m);
+        }
+        if req.op == "close" {
+            if let Some(&t) = self.by_key.get(&spec.key()) {
+                // A hop that carries other targets stays (their streams depend on it): only
+                // its own become contexts are closed (Ansible's reset_connection on a
+                // bastion must not cut the hosts behind it).
+                let x = &self.targets[t];
+                let (carried, own): (Vec<TargetId>, Vec<TargetId>) = x
+                    .children
+                    .values()
+                    .copied()
+                    .filter(|&c| self.targets.get(c).is_some_and(|y| y.phase != Phase::Dead))
+                    .partition(|&c| self.targets[c].spec.escalate.is_none());
+                if carried.is_empty() {
+                    self.fail_target(t, "connection_lost", "stream closed by request");
+                } else {
+                    for c in own {
+                        self.close_target(c, "connection_lost", "stream closed by request", false);
+                    }
+                }
+            }
+            self.actions
+                .push_back(Action::Reply(client, api::ok_raw(id, b"{}")));
+            return;
+        }
+        let t = self.target_for(spec, now);
+        self.start_call(t, client, req, now);
+    }
+
+    /// Handles bytes read from a target's stdout. Frames from a become context (`src` > 1)
+    /// are handled as that context's after the stream's own.
+    pub fn target_bytes(&mut self, t: TargetId, bytes: &[u8], _now: Instant) {
+        let Some(x) = self.targets.get_mut(t) else {
+            return;
+        };
+        if x.phase == Phase::Dead {
+            return;
+        }
+        self.counters.bytes_in += bytes.len() as u64;
+        x.counters.bytes_in += bytes.len() as u64;
+        // The decoder is moved out while frames borrow from it and the target is updated.
+        let mut decoder = std::mem::take(&mut x.decoder);
+        decoder.push(bytes);
+        let mut done: Vec<(u32, u8, Vec<u8>)> = Vec::new();
+        let mut nested: Vec<(TargetId, FrameHeader, Vec<u8>)> = Vec::new();
+        let mut fatal: Option<(String, String)> = None;
+        loop {
+            let (h, payload) = match decoder.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    let m = format!("malformed frame from agent: {e}");
+                    fatal = Some(("protocol".into(), m));
+                    break;
+                }
+            };
+            self.counters.frames_in += 1;
+            if h.src > proto::CTX_AGENT {
+                match x.routes.get(&h.src) {
+                    Some(&c) => nested.push((c, h, payload.to_vec())),
+                    None => {
+                        tracing::debug!(host = %x.label, ctx = h.src, "frame from a closed context")
+                    }
+                }
+                continue;
+            }
+            x.counters.frames_in += 1;
+            if let Err(f) = on_frame(x, &h, payload, &mut done) {
+                fatal = Some(f);
+                break;
+            }
+        }
+        x.decoder = decoder;
+        for (handle, fl, body) in done {
+            self.complete(t, handle, fl, body);
+        }
+        if let Some((kind, m)) = fatal {
+            self.fail_target(t, &kind, &m);
+        }
+        for (c, h, payload) in nested {
+            self.context_frame(c, &h, &payload);
+        }
+    }
+
+    /// Expires connect and call deadlines.
+    pub fn tick(&mut self, now: Instant) {
+        let mut expired_targets = Vec::new();
+        let mut expired_calls = Vec::new();
+        for (t, x) in self.targets.iter() {
+            if let Phase::Connecting { deadline } = x.phase {
+                if now >= deadline {
+                    expired_targets.push(t);
+                    continue;
+                }
+            }
+            for (h, c) in &x.calls {
+                if c.deadline.is_some_and(|d| now >= d) {
+                    expired_calls.push((t, *h));
+                }
+            }
+        }
+        for t in expired_targets {
+            let secs = self.targets[t].spec.connect_timeout_secs();
+            let m = format!("no agent answer within the {secs} s connect timeout");
+            self.fail_target(t, "timeout", &m);
+        }
+        for (t, h) in expired_calls {
+            let x = &mut self.targets[t];
+            let Some(c) = x.calls.remove(&h) else {
+                continue;
+            };
+            if matches!(c.op, Op::Put { .. }) {
+                x.puts.retain(|p| *p != h);
+                let hd = header(Kind::Data, flags::ABORT, h, x.ctx);
+                x.out.with_bytes(|b| encode_frame(b, &hd, &[]));
+                self.touched.push(t);
+            }
+            if let Op::Fetch { tmp, .. } = &c.op {
+                let _ = std::fs::remove_file(tmp);
+            }
+            let label = x.label.clone();
+            if let Some(client) = c.client {
+                let msg = api::error(c.id, "timeout", &label, "the call's deadline passed");
+                self.actions.push_back(Action::Reply(client, msg));
+            }
+        }
+    }
+
+    /// A client went away: its pending calls complete, but their replies are dropped.
+    pub fn client_gone(&mut self, client: ClientId) {
+        for (_, x) in self.targets.iter_mut() {
+            for c in x.calls.values_mut() {
+                if c.client == Some(client) {
+                    c.client = None;
+                }
+            }
+        }
+    }
+
+    fn reply_err(&mut self, client: ClientId, id: u64, kind: &str, host: &str, m: &str) {
+        self.actions
+            .push_back(Action::Reply(client, api::error(id, kind, host, m)));
+    }
+}
+
+/// One frame for target (or become context) `x`. Completed replies go to `done`; an error
+/// means the stream cannot continue.
+fn on_frame(
+    x: &mut Target,
+    h: &FrameHeader,
+    payload: &[u8],
+    done: &mut Vec<(u32, u8, Vec<u8>)>,
+) -> Result<(), (String, String)> {
+    match h.kind {
+        Kind::Hello => {
+            parse_hello(payload).map_err(|m| ("protocol".to_string(), m))?;
+            x.hello = Some(payload.to_vec());
+            x.phase = Phase::Ready;
+            tracing::debug!(host = %x.label, hello = %String::from_utf8_lossy(payload), "agent up");
+        }
+        // A become context ended; its stream's agent says so in its name.
+        Kind::Reply if h.reply_to == 0 && h.flags & flags::EOF != 0 && x.parent.is_some() => {
+            let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+            let m = v["message"].as_str().unwrap_or("become context ended");
+            return Err(("connection_lost".into(), m.to_string()));
+        }
+        Kind::Reply => {
+            let Some(c) = x.calls.get_mut(&h.reply_to) else {
+                tracing::debug!(host = %x.label, reply_to = h.reply_to, "reply for no call (timed out?)");
+                return Ok(());
+            };
+            if c.reply.len() + payload.len() > api::MAX_MESSAGE {
+                c.overflow = true;
+                c.reply = Vec::new();
+            } else if !c.overflow {
+                c.reply.extend_from_slice(payload);
+            }
+            if h.flags & flags::MORE == 0 {
+                let body = std::mem::take(&mut c.reply);
+                done.push((h.reply_to, h.flags, body));
+            }
+        }
+        Kind::Data => {
+            let Some(c) = x.calls.get_mut(&h.handle) else {
+                return Ok(());
+            };
+            if let Op::Fetch { file, received, .. } = &mut c.op {
+                *received += payload.len() as u64;
+                if let Some(f) = file {
+                    if let Err(e) = f.write_all(payload) {
+                        c.local_error = Some(format!("writing the destination failed: {e}"));
+                        *file = None;
+                    }
+                }
+            }
+        }
+        Kind::Log => log_record(&x.label, payload),
+        Kind::Call => {
+            tracing::warn!(host = %x.label, "agent sent a CALL frame; ignored");
+        }
+    }
+    Ok(())
+}
+
+fn parse_hello(payload: &[u8]) -> Result<(), String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| format!("agent HELLO is not JSON: {e}"))?;
+    match v["proto"].as_u64() {
+        Some(proto::PROTO_VERSION) => Ok(()),
+        other => Err(format!(
+            "agent speaks protocol {other:?}, this controller speaks {}",
+            proto::PROTO_VERSION
+        )),
+    }
+}
+
+fn log_record(label: &str, payload: &[u8]) {
+    let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+    let msg = v["msg"].as_str().unwrap_or("");
+    let name = v["name"].as_str().unwrap_or("");
+    match v["level"].as_str().unwrap_or("INFO") {
+        "DEBUG" => tracing::debug!(host = %label, logger = name, "agent: {msg}"),
+        "INFO" => tracing::info!(host = %label, logger = name, "agent: {msg}"),
+        "WARNING" => tracing::warn!(host = %label, logger = name, "agent: {msg}"),
+        _ => tracing::error!(host = %label, logger = name, "agent: {msg}"),
+    }
+}

@@ -1,0 +1,58 @@
+//! One target stream or nested context as the router keeps it: its connection phase, frame
+//! decoder, outbound queue, calls in flight, and its place in a chain of contexts.
+
+use super::calls::Call;
+use super::hop_cache::HopFile;
+use super::TargetId;
+use crate::metrics::TargetCounters;
+use crate::proto::Decoder;
+use crate::transfer::Outbound;
+use crate::transport::Spec;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
+
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    Connecting { deadline: Instant },
+    Ready,
+    Dead,
+}
+
+pub(super) struct Target {
+    pub(super) spec: Spec,
+    pub(super) label: String,
+    pub(super) key: String,
+    pub(super) phase: Phase,
+    pub(super) decoder: Decoder,
+    pub(super) out: Outbound,
+    pub(super) hello: Option<Vec<u8>>,
+    pub(super) next_handle: u32,
+    pub(super) calls: HashMap<u32, Call>,
+    pub(super) puts: VecDeque<u32>,
+    pub(super) sent_blobs: HashSet<String>,
+    pub(super) counters: TargetCounters,
+    /// For a context (become, or a target behind a via hop): the target whose agent started
+    /// it, itself a stream or a context. Frames travel on the root stream of that chain.
+    pub(super) parent: Option<TargetId>,
+    /// Context id on the root stream: `CTX_AGENT` for a stream's own agent, > 1 for a nested
+    /// one (unique per root stream, at any depth).
+    pub(super) ctx: u32,
+    /// Contexts this target's agent started, by context id.
+    pub(super) children: HashMap<u32, TargetId>,
+    /// On a root stream: every context under it at any depth, by context id (frames coming
+    /// up carry it as `src`).
+    pub(super) routes: HashMap<u32, TargetId>,
+    /// On a via hop: files its agent keeps for the targets behind it, by sha256.
+    pub(super) hop_files: HashMap<String, HopFile>,
+    pub(super) next_ctx: u32,
+    pub(super) last_used: Instant,
+}
+
+impl Target {
+    /// The next call handle on this stream (never 0).
+    pub(super) fn take_handle(&mut self) -> u32 {
+        let h = self.next_handle;
+        self.next_handle = self.next_handle.wrapping_add(1).max(1);
+        h
+    }
+}
