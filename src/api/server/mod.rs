@@ -1,0 +1,382 @@
+//! The daemon's I/O loop: accepts API clients on a private Unix socket, spawns target
+//! processes, and moves bytes between them and the sans-IO [`Router`]. One thread drives every
+//! stream; no thread per target. Every descriptor is nonblocking and level-triggered.
+//!
+//! This file holds the loop, the listener and the API clients; `procs` owns the target
+//! processes' pipes (spawn, read, write, kill) and `unix_connect` the nonblocking connect of
+//! transport `unix` sockets.
+
+mod procs;
+mod unix_connect;
+
+use super::{MessageDecoder, Request};
+use crate::reactor::{new_backend, Backend, Interest, IoBackend, Ready};
+use crate::router::{Action, ClientId, Router, TargetId};
+use procs::Proc;
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+const TAG_LISTENER: usize = 0;
+const TAG_CLIENT: usize = 1;
+const TAG_STDOUT: usize = 2;
+const TAG_STDIN: usize = 3;
+const TAG_STDERR: usize = 4;
+/// A client whose unread replies exceed this is disconnected (it is not reading).
+const CLIENT_OUT_LIMIT: usize = 256 * 1024 * 1024;
+const TICK: Duration = Duration::from_millis(100);
+
+fn key(id: usize, tag: usize) -> usize {
+    (id << 3) | tag
+}
+
+/// Why the daemon could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Binding the socket failed.
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// A socket of that name is in use by a live daemon.
+    #[error("{0} is already served by a running daemon")]
+    InUse(PathBuf),
+    /// The event loop failed.
+    #[error("event loop: {0}")]
+    Reactor(#[from] io::Error),
+}
+
+/// Daemon settings.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Socket path.
+    pub socket: PathBuf,
+    /// Event-loop backend.
+    pub io: IoBackend,
+    /// Move `put` payload with splice(2); false forces read/write (for comparison runs).
+    pub splice: bool,
+    /// Become contexts kept per target (see [`crate::router::DEFAULT_MAX_INTERPRETERS`]).
+    pub max_interpreters: usize,
+}
+
+struct Client {
+    stream: UnixStream,
+    dec: MessageDecoder,
+    out: Vec<u8>,
+    out_pos: usize,
+    writing: bool,
+    closing: bool,
+}
+
+/// The running daemon.
+pub struct Server {
+    backend: Box<dyn Backend>,
+    listener: UnixListener,
+    socket: PathBuf,
+    clients: slab::Slab<Client>,
+    procs: HashMap<TargetId, Proc>,
+    router: Router,
+    uid: u32,
+    askpass: Option<PathBuf>,
+    zombies: Vec<Child>,
+    /// `unix` targets waiting to retry a connect (see [`unix_connect::Connecting::retry_at`]).
+    retrying: HashSet<TargetId>,
+    shutdown: bool,
+    buf: Vec<u8>,
+}
+
+/// Binds `path` with mode 0600 (a stale socket file is replaced; a live one is an error).
+fn bind_private(path: &Path) -> Result<UnixListener, ServerError> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(ServerError::InUse(path.into()));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let res = UnixListener::bind(path);
+    rustix::process::umask(old);
+    res.map_err(|source| ServerError::Bind {
+        path: path.into(),
+        source,
+    })
+}
+
+impl Server {
+    /// Binds the socket and sets up the loop.
+    pub fn bind(opts: &ServeOptions) -> Result<Server, ServerError> {
+        let listener = bind_private(&opts.socket)?;
+        listener.set_nonblocking(true)?;
+        let mut backend = new_backend(opts.io)?;
+        backend.add(listener.as_fd(), key(0, TAG_LISTENER), Interest::READ)?;
+        tracing::info!(socket = %opts.socket.display(), io = backend.name(), "spindle daemon listening");
+        let mut router = Router::new();
+        router.backend = backend.name();
+        router.splice = opts.splice;
+        router.max_interpreters = opts.max_interpreters;
+        // SPINDLE_NO_HOP_CACHE=1: files for targets behind a via hop are sent once per target
+        // (for comparison runs).
+        router.hop_cache = std::env::var_os("SPINDLE_NO_HOP_CACHE").is_none();
+        Ok(Server {
+            backend,
+            listener,
+            socket: opts.socket.clone(),
+            clients: slab::Slab::new(),
+            procs: HashMap::new(),
+            router,
+            uid: rustix::process::getuid().as_raw(),
+            askpass: std::env::current_exe().ok(),
+            zombies: Vec::new(),
+            retrying: HashSet::new(),
+            shutdown: false,
+            buf: vec![0u8; 256 * 1024],
+        })
+    }
+
+    /// Name of the event-loop backend in use.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Runs until a `shutdown` request.
+    pub fn run(mut self) -> Result<(), ServerError> {
+        let mut events: Vec<Ready> = Vec::with_capacity(1024);
+        let mut last_tick = Instant::now();
+        loop {
+            events.clear();
+            let timeout = self.next_retry().map_or(TICK, |at| {
+                at.saturating_duration_since(Instant::now()).min(TICK)
+            });
+            self.backend.wait(Some(timeout), &mut events)?;
+            let now = Instant::now();
+            if !self.retrying.is_empty() {
+                self.retry_connects(now);
+                self.drain_actions();
+            }
+            for ev in &events {
+                self.dispatch(*ev, now);
+                self.drain_actions();
+            }
+            if now.duration_since(last_tick) >= TICK {
+                last_tick = now;
+                self.router.tick(now);
+                self.check_half_closed(now);
+                self.zombies
+                    .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
+            }
+            self.drain_actions();
+            if self.shutdown && self.clients.iter().all(|(_, c)| c.out_pos == c.out.len()) {
+                break;
+            }
+        }
+        self.stop_all();
+        let _ = std::fs::remove_file(&self.socket);
+        tracing::info!("spindle daemon stopped");
+        Ok(())
+    }
+
+    fn dispatch(&mut self, ev: Ready, now: Instant) {
+        let (id, tag) = (ev.key >> 3, ev.key & 7);
+        match tag {
+            TAG_LISTENER => self.accept(),
+            TAG_CLIENT => {
+                if ev.readable {
+                    self.client_read(id, now);
+                }
+                if ev.writable {
+                    self.client_flush(id);
+                }
+            }
+            TAG_STDOUT => {
+                if self.procs.get(&id).is_some_and(|p| p.connecting.is_some()) {
+                    return self.connect_ready(id);
+                }
+                // A duplex socket (transport `unix`) is one fd for both directions.
+                if ev.readable {
+                    self.proc_stdout(id, now);
+                }
+                if ev.writable {
+                    self.proc_stdin(id);
+                }
+            }
+            TAG_STDERR => self.proc_stderr(id),
+            TAG_STDIN => self.proc_stdin(id),
+            _ => {}
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            };
+            match rustix::net::sockopt::get_socket_peercred(&stream) {
+                Ok(cred) if cred.uid.as_raw() == self.uid => {}
+                Ok(cred) => {
+                    tracing::warn!(uid = cred.uid.as_raw(), "refused API client of another uid");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("refused API client: no peer credentials: {e}");
+                    continue;
+                }
+            }
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let entry = self.clients.vacant_entry();
+            let id = entry.key();
+            if let Err(e) = self
+                .backend
+                .add(stream.as_fd(), key(id, TAG_CLIENT), Interest::READ)
+            {
+                tracing::warn!("cannot watch API client: {e}");
+                continue;
+            }
+            tracing::debug!(client = id, "API client connected");
+            entry.insert(Client {
+                stream,
+                dec: MessageDecoder::default(),
+                out: Vec::new(),
+                out_pos: 0,
+                writing: false,
+                closing: false,
+            });
+        }
+    }
+
+    fn client_read(&mut self, id: ClientId, now: Instant) {
+        let Some(c) = self.clients.get_mut(id) else {
+            return;
+        };
+        match c.stream.read(&mut self.buf) {
+            Ok(0) => return self.drop_client(id),
+            Ok(n) => c.dec.push(&self.buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
+            Err(_) => return self.drop_client(id),
+        }
+        loop {
+            let Some(c) = self.clients.get_mut(id) else {
+                return;
+            };
+            if c.closing {
+                return;
+            }
+            let body = match c.dec.next_message() {
+                Ok(Some(b)) => b,
+                Ok(None) => return,
+                Err(e) => {
+                    c.closing = true;
+                    let msg = super::error(0, "bad_request", "", &e.to_string());
+                    self.send(id, &msg);
+                    return;
+                }
+            };
+            match serde_json::from_slice::<Request>(&body) {
+                Ok(req) => self.router.request(id, req, now),
+                Err(e) => {
+                    let rid = serde_json::from_slice::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v["id"].as_u64())
+                        .unwrap_or(0);
+                    let msg = super::error(rid, "bad_request", "", &format!("bad request: {e}"));
+                    self.send(id, &msg);
+                }
+            }
+            self.drain_actions();
+        }
+    }
+
+    fn send(&mut self, id: ClientId, body: &[u8]) {
+        let Some(c) = self.clients.get_mut(id) else {
+            return;
+        };
+        super::frame_message(&mut c.out, body);
+        if c.out.len() - c.out_pos > CLIENT_OUT_LIMIT {
+            tracing::warn!(
+                client = id,
+                "API client is not reading its replies; disconnecting"
+            );
+            return self.drop_client(id);
+        }
+        self.client_flush(id);
+    }
+
+    fn client_flush(&mut self, id: ClientId) {
+        let Some(c) = self.clients.get_mut(id) else {
+            return;
+        };
+        while c.out_pos < c.out.len() {
+            match c.stream.write(&c.out[c.out_pos..]) {
+                Ok(n) => c.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.drop_client(id),
+            }
+        }
+        if c.out_pos == c.out.len() {
+            c.out.clear();
+            c.out_pos = 0;
+            if c.closing {
+                return self.drop_client(id);
+            }
+        }
+        let want = c.out_pos < c.out.len();
+        if want != c.writing {
+            c.writing = want;
+            let i = Interest {
+                read: true,
+                write: want,
+            };
+            let _ = self
+                .backend
+                .modify(c.stream.as_fd(), key(id, TAG_CLIENT), i);
+        }
+    }
+
+    fn drop_client(&mut self, id: ClientId) {
+        if let Some(c) = self.clients.try_remove(id) {
+            let _ = self.backend.delete(c.stream.as_fd());
+            self.router.client_gone(id);
+            tracing::debug!(client = id, "API client gone");
+        }
+    }
+
+    fn drain_actions(&mut self) {
+        while let Some(a) = self.router.poll_action() {
+            match a {
+                Action::Spawn(t) => self.spawn(t),
+                Action::Reply(c, body) => self.send(c, &body),
+                Action::Kill(t) => self.kill(t),
+                Action::Shutdown => self.shutdown = true,
+            }
+        }
+        for t in self.router.take_touched() {
+            self.proc_stdin(t);
+        }
+    }
+}
+
+/// Runs a daemon on `socket` in a background thread (used by the CLI when no daemon is given).
+pub fn spawn_in_thread(
+    opts: ServeOptions,
+) -> Result<std::thread::JoinHandle<Result<(), ServerError>>, ServerError> {
+    let server = Server::bind(&opts)?;
+    std::thread::Builder::new()
+        .name("spindle-daemon".into())
+        .spawn(move || server.run())
+        .map_err(ServerError::Reactor)
+}

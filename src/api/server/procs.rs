@@ -1,0 +1,292 @@
+//! Target processes: spawning a target's transport command with its pipes watched by the
+//! loop, writing the router's outbound bytes to it, reading its stdout (frames) and stderr
+//! (kept for error messages), noticing it ended, and killing it.
+
+use super::unix_connect::Connecting;
+use super::{key, Server, TAG_STDERR, TAG_STDIN, TAG_STDOUT};
+use crate::reactor::{Backend, Interest};
+use crate::router::TargetId;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Bytes of a target's stderr kept for error messages.
+const STDERR_TAIL: usize = 8 * 1024;
+/// How long to wait for stderr to close after stdout did, before classifying the failure.
+const STDERR_GRACE: Duration = Duration::from_millis(500);
+
+/// A target's I/O: a child process's pipes, or (transport `unix`) one socket used both ways.
+pub(super) struct Proc {
+    pub(super) child: Option<Child>,
+    pub(super) stdin: Option<OwnedFd>,
+    pub(super) stdout: Option<OwnedFd>,
+    pub(super) stderr: Option<OwnedFd>,
+    pub(super) tail: Vec<u8>,
+    /// One socket both ways (in `stdout`; `stdin` is None).
+    pub(super) duplex: bool,
+    pub(super) writing: bool,
+    pub(super) stdout_eof_at: Option<Instant>,
+    /// A `unix` socket whose connect has not completed (its fd is in `stdout`). Boxed: a
+    /// socket address is ~110 bytes, and every stream's `Proc` would carry it.
+    pub(super) connecting: Option<Box<Connecting>>,
+}
+
+impl Server {
+    pub(super) fn spawn(&mut self, t: TargetId) {
+        let Some(spec) = self.router.spec(t).cloned() else {
+            return;
+        };
+        if spec.transport == crate::transport::TransportKind::Unix {
+            return self.connect_unix(t, &spec);
+        }
+        let (argv, env) = match crate::transport::command(&spec, self.askpass.as_deref()) {
+            Ok(l) => (l.argv, l.env),
+            Err(e) => return self.router.target_closed(t, &e.to_string()),
+        };
+        tracing::debug!(host = %spec.label(), argv = ?&argv[..argv.len() - 1], "spawning");
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        if spec.password.is_some() {
+            cmd.env("SPINDLE_ASKPASS_MODE", "1");
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let m = format!("cannot run {}: {e}", argv[0]);
+                return self.router.target_closed(t, &m);
+            }
+        };
+        let (stdin, stdout, stderr) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let (Some(stdin), Some(stdout), Some(stderr)) = (stdin, stdout, stderr) else {
+            let _ = child.kill();
+            return self.router.target_closed(t, "child pipes missing");
+        };
+        let (stdin, stdout, stderr) = (
+            OwnedFd::from(stdin),
+            OwnedFd::from(stdout),
+            OwnedFd::from(stderr),
+        );
+        let regs = [
+            (stdin.as_fd(), key(t, TAG_STDIN), Interest::WRITE),
+            (stdout.as_fd(), key(t, TAG_STDOUT), Interest::READ),
+            (stderr.as_fd(), key(t, TAG_STDERR), Interest::READ),
+        ];
+        for (fd, k, i) in regs {
+            let ok =
+                rustix::io::ioctl_fionbio(fd, true).is_ok() && self.backend.add(fd, k, i).is_ok();
+            if !ok {
+                for (fd, _, _) in regs {
+                    let _ = self.backend.delete(fd);
+                }
+                let _ = child.kill();
+                self.zombies.push(child);
+                return self
+                    .router
+                    .target_closed(t, "cannot watch the child's pipes");
+            }
+        }
+        self.procs.insert(
+            t,
+            Proc {
+                child: Some(child),
+                stdin: Some(stdin),
+                stdout: Some(stdout),
+                stderr: Some(stderr),
+                tail: Vec::new(),
+                duplex: false,
+                writing: true,
+                stdout_eof_at: None,
+                connecting: None,
+            },
+        );
+    }
+
+    pub(super) fn proc_stdin(&mut self, t: TargetId) {
+        let Some(p) = self.procs.get_mut(&t) else {
+            return;
+        };
+        if p.connecting.is_some() {
+            return; // `connected` turns write interest on
+        }
+        let fd = if p.duplex {
+            p.stdout.as_ref()
+        } else {
+            p.stdin.as_ref()
+        };
+        let Some(fd) = fd else {
+            return;
+        };
+        if let Err(e) = self.router.flush_into(t, fd.as_fd()) {
+            // The agent's side is gone; EOF on its output will follow and classify it.
+            tracing::debug!(target_id = t, "write to agent failed: {e}");
+            if !p.duplex {
+                deregister(&mut *self.backend, &mut p.stdin);
+                return;
+            }
+        }
+        let Some(p) = self.procs.get_mut(&t) else {
+            return;
+        };
+        let want = self.router.wants_write(t);
+        if want == p.writing {
+            return;
+        }
+        p.writing = want;
+        let (fd, k, i) = if p.duplex {
+            (
+                p.stdout.as_ref(),
+                key(t, TAG_STDOUT),
+                Interest {
+                    read: true,
+                    write: want,
+                },
+            )
+        } else {
+            (
+                p.stdin.as_ref(),
+                key(t, TAG_STDIN),
+                Interest {
+                    read: false,
+                    write: want,
+                },
+            )
+        };
+        if let Some(fd) = fd {
+            let _ = self.backend.modify(fd.as_fd(), k, i);
+        }
+    }
+
+    pub(super) fn proc_stdout(&mut self, t: TargetId, now: Instant) {
+        let Some(p) = self.procs.get_mut(&t) else {
+            return;
+        };
+        let Some(out) = p.stdout.as_mut() else { return };
+        match rustix::io::read(out.as_fd(), &mut self.buf[..]).map_err(io::Error::from) {
+            Ok(0) => {
+                deregister(&mut *self.backend, &mut p.stdout);
+                p.stdout_eof_at = Some(now);
+                if p.stderr.is_none() {
+                    self.closed(t);
+                }
+            }
+            Ok(n) => {
+                self.router.target_bytes(t, &self.buf[..n], now);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => {
+                deregister(&mut *self.backend, &mut p.stdout);
+                p.stdout_eof_at = Some(now);
+            }
+        }
+    }
+
+    pub(super) fn proc_stderr(&mut self, t: TargetId) {
+        let Some(p) = self.procs.get_mut(&t) else {
+            return;
+        };
+        let Some(err) = p.stderr.as_mut() else { return };
+        match rustix::io::read(err.as_fd(), &mut self.buf[..]).map_err(io::Error::from) {
+            Ok(0) | Err(_) => {
+                deregister(&mut *self.backend, &mut p.stderr);
+                if p.stdout.is_none() {
+                    self.closed(t);
+                }
+            }
+            Ok(n) => {
+                let chunk = &self.buf[..n];
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    for line in String::from_utf8_lossy(chunk).lines() {
+                        tracing::debug!(target_id = t, "stderr: {line}");
+                    }
+                }
+                p.tail.extend_from_slice(chunk);
+                if p.tail.len() > STDERR_TAIL {
+                    let cut = p.tail.len() - STDERR_TAIL;
+                    p.tail.drain(..cut);
+                }
+            }
+        }
+    }
+
+    pub(super) fn check_half_closed(&mut self, now: Instant) {
+        let late: Vec<TargetId> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| {
+                p.stdout_eof_at
+                    .is_some_and(|at| now.duration_since(at) > STDERR_GRACE)
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        for t in late {
+            self.closed(t);
+        }
+    }
+
+    pub(super) fn closed(&mut self, t: TargetId) {
+        let tail = self
+            .procs
+            .get(&t)
+            .map(|p| String::from_utf8_lossy(&p.tail).into_owned())
+            .unwrap_or_default();
+        self.router.target_closed(t, &tail);
+        self.drain_actions();
+    }
+
+    pub(super) fn kill(&mut self, t: TargetId) {
+        self.retrying.remove(&t);
+        if let Some(mut p) = self.procs.remove(&t) {
+            deregister(&mut *self.backend, &mut p.stdin);
+            deregister(&mut *self.backend, &mut p.stdout);
+            deregister(&mut *self.backend, &mut p.stderr);
+            if let Some(mut child) = p.child {
+                let _ = child.kill();
+                if !matches!(child.try_wait(), Ok(Some(_))) {
+                    self.zombies.push(child);
+                }
+            }
+        }
+        self.router.release(t);
+    }
+
+    pub(super) fn stop_all(&mut self) {
+        let ts: Vec<TargetId> = self.procs.keys().copied().collect();
+        for t in ts {
+            if let Some(mut p) = self.procs.remove(&t) {
+                // Closing stdin lets the agent exit on its own; then make sure of it.
+                deregister(&mut *self.backend, &mut p.stdin);
+                deregister(&mut *self.backend, &mut p.stdout);
+                deregister(&mut *self.backend, &mut p.stderr);
+                if let Some(mut child) = p.child {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+        for mut z in self.zombies.drain(..) {
+            let _ = z.wait();
+        }
+    }
+}
+
+/// Stops watching and closes one of a child's pipes.
+fn deregister<T: AsFd>(backend: &mut dyn Backend, slot: &mut Option<T>) {
+    if let Some(s) = slot.take() {
+        let fd: BorrowedFd<'_> = s.as_fd();
+        let _ = backend.delete(fd);
+    }
+}
