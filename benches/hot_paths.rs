@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the daemon's hot paths, without I/O: frame encode/decode
-//! (`src/proto`), router dispatch of a call and its reply (`src/router.rs`, driven with
+//! (`src/proto`), router dispatch of a call and its reply (`src/router/`, driven with
 //! requests and agent reply bytes only), blob-cache lookup (`src/cache.rs`).
 //!
 //! `cargo bench --bench hot_paths` (figures and the exact command in bench/README.md).
