@@ -44,6 +44,10 @@ enum Cmd {
         /// target; beyond it the least recently used idle one is closed.
         #[arg(long, env = "SPINDLE_MAX_INTERPRETERS", default_value_t = spindle::router::DEFAULT_MAX_INTERPRETERS)]
         max_interpreters: usize,
+        /// Send files for targets behind a via hop once per target instead of through the
+        /// hops' file caches (also SPINDLE_NO_HOP_CACHE=1).
+        #[arg(long)]
+        no_hop_cache: bool,
     },
     /// Run a command on every host (one argument: a shell command line; several: an argv).
     Run {
@@ -196,12 +200,14 @@ fn real_main(cli: Cli) -> Result<i32> {
             io,
             no_splice,
             max_interpreters,
+            no_hop_cache,
         } => {
             let server = Server::bind(&ServeOptions {
                 socket: socket.clone(),
                 io,
                 splice: !no_splice,
                 max_interpreters,
+                hop_cache: !no_hop_cache && std::env::var_os("SPINDLE_NO_HOP_CACHE").is_none(),
             })?;
             eprintln!(
                 "spindle: serving on {} (io: {})",
@@ -450,6 +456,7 @@ fn with_fleet(
                 io: fleet.io,
                 splice: true,
                 max_interpreters: spindle::router::DEFAULT_MAX_INTERPRETERS,
+                hop_cache: std::env::var_os("SPINDLE_NO_HOP_CACHE").is_none(),
             })?;
             (path, Some(h))
         }

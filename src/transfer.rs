@@ -67,6 +67,16 @@ enum Chunk {
     },
 }
 
+impl Chunk {
+    /// Bytes of it not yet written.
+    fn remaining(&self) -> usize {
+        match self {
+            Chunk::Bytes { data, pos } => data.len() - pos,
+            Chunk::File { len, .. } => *len,
+        }
+    }
+}
+
 /// Bytes and file ranges waiting to be written to one target.
 #[derive(Default)]
 pub struct Outbound {
@@ -117,6 +127,31 @@ impl Outbound {
     pub fn append(&mut self, other: &mut Outbound) {
         self.queued += std::mem::take(&mut other.queued);
         self.chunks.append(&mut other.chunks);
+    }
+
+    /// Moves whole chunks from the front of `other` to the end of this queue until at least
+    /// `at_least` bytes moved (or `other` is empty), never splitting a frame: a file range
+    /// moves with the byte chunk that ends in its DATA header. Returns the bytes moved (it
+    /// may exceed `at_least` by up to one chunk). For a nested context's frames, released to
+    /// its stream as its window allows.
+    pub fn move_prefix(&mut self, other: &mut Outbound, at_least: usize) -> usize {
+        let mut moved = 0;
+        while moved < at_least {
+            let Some(chunk) = other.chunks.pop_front() else {
+                break;
+            };
+            moved += chunk.remaining();
+            self.chunks.push_back(chunk);
+            while matches!(other.chunks.front(), Some(Chunk::File { .. })) {
+                if let Some(file) = other.chunks.pop_front() {
+                    moved += file.remaining();
+                    self.chunks.push_back(file);
+                }
+            }
+        }
+        other.queued -= moved;
+        self.queued += moved;
+        moved
     }
 
     /// Bytes queued.
@@ -264,6 +299,25 @@ mod tests {
         assert_eq!(stats.file_bytes_spliced, 8);
         assert_eq!(stats.file_bytes_copied, 0);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn move_prefix_keeps_file_ranges_with_their_headers() {
+        let file = Arc::new(File::open("/proc/self/exe").unwrap());
+        let mut ctx = Outbound::default();
+        ctx.with_bytes(|b| b.extend_from_slice(&[1u8; 10])); // frames, then a DATA header
+        ctx.push_file(file.clone(), 0, 100);
+        ctx.with_bytes(|b| b.extend_from_slice(&[2u8; 2 << 20])); // past COALESCE: 2 chunks
+        ctx.with_bytes(|b| b.extend_from_slice(&[3u8; 5]));
+        assert_eq!(ctx.len(), 10 + 100 + (2 << 20) + 5);
+        let mut root = Outbound::default();
+        assert_eq!(root.move_prefix(&mut ctx, 0), 0);
+        // One byte of window moves the header chunk and its file range, nothing more.
+        assert_eq!(root.move_prefix(&mut ctx, 1), 110);
+        assert_eq!((root.len(), ctx.len()), (110, (2 << 20) + 5));
+        assert_eq!(root.move_prefix(&mut ctx, usize::MAX), (2 << 20) + 5);
+        assert!(ctx.is_empty());
+        assert_eq!(root.len(), 110 + (2 << 20) + 5);
     }
 }
 

@@ -187,6 +187,71 @@ fn host_tx_bytes(name: &str, i: usize) -> u64 {
         .unwrap_or(0)
 }
 
+/// A put to `chain[2]` (behind `chain[1]`, behind `chain[0]`) over a throttled link while
+/// `chain[3]`, behind the same hop, answers an exec; both hops' memory stays flat. Returns the
+/// put's time and the sibling's answer time.
+fn throttled_put(
+    c: &mut Client,
+    chain: &[Value; 4],
+    src: &std::path::Path,
+    size: usize,
+) -> (std::time::Duration, std::time::Duration) {
+    assert_eq!(sh(c, &chain[3], "echo warm"), "warm\n");
+    let pids = [
+        ping(c, &chain[0])["pid"].as_u64().expect("pid"),
+        ping(c, &chain[1])["pid"].as_u64().expect("pid"),
+    ];
+    ping(c, &chain[2]);
+    let anon = |p: u64| -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        s.lines()
+            .find_map(|l| l.strip_prefix("RssAnon:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let before: Vec<u64> = pids.iter().map(|&p| anon(p)).collect();
+    let id = c
+        .send(json!({"op": "put", "target": chain[2], "src": src, "dest": "/tmp/slow"}))
+        .expect("send");
+    let t0 = std::time::Instant::now();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = [0u64; 2];
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for (k, &p) in pids.iter().enumerate() {
+                    peak[k] = peak[k].max(anon(p));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    // Meanwhile another host behind the same bastion answers.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let t1 = std::time::Instant::now();
+    assert_eq!(sh(c, &chain[3], "echo fast"), "fast\n");
+    let sibling = t1.elapsed();
+    let r = c.recv().expect("recv");
+    assert_eq!(r.id, id);
+    let took = t0.elapsed();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().expect("sampler");
+    assert_eq!(r.result.expect("slow put")["size"], size);
+    eprintln!(
+        "via: {} KiB over a 16 Mbit/s last hop in {took:?} (a sibling answered in {sibling:?}); RssAnon KiB gateway {} -> peak {}, bastion {} -> peak {}",
+        size / 1024, before[0], peak[0], before[1], peak[1]
+    );
+    for k in 0..2 {
+        assert!(
+            peak[k] < before[k] + 4096,
+            "hop memory grew: {before:?} -> {peak:?}"
+        );
+    }
+    (took, sibling)
+}
+
 #[test]
 fn gateway_bastions_web_fleet() {
     const WEB: usize = 20;
@@ -318,61 +383,39 @@ fn gateway_bastions_web_fleet() {
         ])
         .status();
     if tc.is_ok_and(|s| s.success()) {
+        // Through the hops' caches (relay_put on the bastion)...
         let slow_src = shared_dir("via_fleet_slow").join("payload");
         let slow: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
         std::fs::write(&slow_src, &slow).expect("payload");
-        let pids = [
-            ping(&mut c, &gw)["pid"].as_u64().expect("pid"),
-            ping(&mut c, &bastions[0])["pid"].as_u64().expect("pid"),
+        let chain = [
+            gw.clone(),
+            bastions[0].clone(),
+            webs[0].clone(),
+            webs[1].clone(),
         ];
-        let anon = |p: u64| -> u64 {
-            let s = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
-            s.lines()
-                .find_map(|l| l.strip_prefix("RssAnon:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or(0)
-        };
-        let before: Vec<u64> = pids.iter().map(|&p| anon(p)).collect();
-        let id = c
-            .send(json!({"op": "put", "target": webs[0], "src": slow_src, "dest": "/tmp/slow"}))
-            .expect("send");
-        let t0 = std::time::Instant::now();
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let sampler = {
-            let done = done.clone();
-            std::thread::spawn(move || {
-                let mut peak = [0u64; 2];
-                while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    for (k, &p) in pids.iter().enumerate() {
-                        peak[k] = peak[k].max(anon(p));
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                peak
-            })
-        };
-        // Meanwhile the other web hosts behind the same bastion answer.
-        assert_eq!(sh(&mut c, &webs[1], "echo fast"), "fast\n");
-        let r = c.recv().expect("recv");
-        assert_eq!(r.id, id);
-        let took = t0.elapsed();
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        let peak = sampler.join().expect("sampler");
-        assert_eq!(r.result.expect("slow put")["size"], slow.len());
-        eprintln!(
-            "via: 4 MiB over a 16 Mbit/s last hop in {took:?}; RssAnon KiB gateway {} -> peak {}, bastion {} -> peak {}",
-            before[0], peak[0], before[1], peak[1]
-        );
+        let (took, sibling) = throttled_put(&mut c, &chain, &slow_src, slow.len());
+        assert!(sibling.as_secs_f64() < 1.5, "sibling waited {sibling:?}");
         assert!(
             took.as_secs_f64() > 1.5,
             "the link was not throttled ({took:?})"
         );
-        for k in 0..2 {
-            assert!(
-                peak[k] < before[k] + 4096,
-                "hop memory grew: {before:?} -> {peak:?}"
-            );
-        }
+        // ...and plainly (a daemon without hop caches): frames for the slow host queue on
+        // the bastion within its window while its siblings' frames go on.
+        let dir2 = scratch("via_fleet_nocache");
+        let plain = Daemon::start_with(&dir2, &["--no-hop-cache"]);
+        let mut c2 = plain.client();
+        let big_src = shared_dir("via_fleet_slow").join("plain");
+        let big: Vec<u8> = (0..8 * 1024 * 1024).map(|i| (i % 241) as u8).collect();
+        std::fs::write(&big_src, &big).expect("payload");
+        let (took, sibling) = throttled_put(&mut c2, &chain, &big_src, big.len());
+        assert!(
+            took.as_secs_f64() > 3.0,
+            "the link was not throttled ({took:?})"
+        );
+        assert!(
+            sibling.as_secs_f64() < 1.5,
+            "a sibling waited {sibling:?} behind the slow host's frames"
+        );
     } else {
         eprintln!("via: tc tbf unavailable, throttled hop not tested");
     }

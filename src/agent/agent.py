@@ -12,7 +12,7 @@ import sys
 _BOOT_BLOB = globals().get("b") if isinstance(globals().get("b"), bytes) else None
 sys.dont_write_bytecode = True
 
-import base64, grp, hashlib, json, logging, os, platform, pwd, signal, socket  # noqa: E401
+import base64, collections, grp, hashlib, json, logging, os, platform, pwd, signal, socket  # noqa: E401
 import stat, struct, subprocess, tempfile, threading, time, traceback, types  # noqa: E401
 
 PROTO = 1
@@ -21,7 +21,7 @@ HEADER = struct.Struct(">2sBBIIIII")  # magic kind flags len dst src handle repl
 MAX_PAYLOAD = 4 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
 FETCH_CHUNK = 256 * 1024
-HELLO, CALL, REPLY, DATA, LOG = 1, 2, 3, 4, 5
+HELLO, CALL, REPLY, DATA, LOG, CREDIT = 1, 2, 3, 4, 5, 6
 MORE, ERROR, EOF, ABORT = 0x01, 0x02, 0x04, 0x08
 CONTROLLER, SELF = 0, 1
 LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
@@ -90,7 +90,7 @@ class Channel(object):
         magic, kind, flags, length, dst, src, handle, reply_to = HEADER.unpack(bytes(head))
         if magic != MAGIC:
             raise FrameError("bad magic %r" % (magic,))
-        if kind not in (HELLO, CALL, REPLY, DATA, LOG):
+        if kind not in (HELLO, CALL, REPLY, DATA, LOG, CREDIT):
             raise FrameError("unknown frame kind %d" % kind)
         if length > MAX_PAYLOAD:
             raise FrameError("payload length %d exceeds %d" % (length, MAX_PAYLOAD))
@@ -386,6 +386,9 @@ CHILD_STAGE1 = ("import os,zlib\nn=%d;b=bytes()\nwhile len(b)<n:\n c=os.read(0,n
                 " if not c:raise SystemExit(1)\n b+=c\nexec(zlib.decompress(b))\n")
 SAFE_PATH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./+-")
 TAIL = 4096
+FOR_CHILD, FOR_BEHIND, OWN = 0, 1, 2  # where a frame queued for a context comes from
+CREDIT_EVERY = 256 * 1024  # controller bytes written to a context before a CREDIT goes up
+RELAY_QUEUE = 1024 * 1024  # relay_put bytes queued per context before the relay waits
 
 
 def _read_some(fd):
@@ -401,13 +404,26 @@ def _tail(data):
 
 
 class Context(object):
-    """A running nested agent: its stdin (frames in) and a relay thread for its output."""
+    """A running nested agent: a writer thread feeding its stdin from a queue (frames in),
+    a relay thread for its output and a drainer for its stderr.
+
+    The reading thread only queues frames for it, so a child that reads slowly (a throttled
+    link behind a via hop, a stuck become context) never blocks the frames of its siblings.
+    What the controller may queue here is bounded by the controller: it keeps at most a
+    window of bytes in flight per context and sends more as this agent reports them written
+    (CREDIT frames, docs/protocol.md); frames for contexts further down are bounded by their
+    own windows. A relay_put (this agent's own data) waits while RELAY_QUEUE bytes of it are
+    queued.
+    """
 
     def __init__(self, ctx, pid, wfd, rfd, efd, ptys, pending):
         self.ctx, self.pid, self.wfd = ctx, pid, wfd
         self.master, self.ptys = ptys[0], ptys  # (master, slave): kept open while it runs
-        self.lock = threading.Lock()
-        self.closed = False
+        self.cond = threading.Condition()
+        self.queue = collections.deque()  # (header, payload, FOR_CHILD | FOR_BEHIND | OWN)
+        self.own = 0  # bytes of relay_put frames queued
+        self.closing = False  # no more frames: the writer closes its stdin once drained
+        self.broken = False  # its stdin failed: queued and later frames are dropped
         self.stderr = bytearray()
         self.reader = Channel(rfd, -1)
         self.reader.buf += pending  # bytes read after the success marker: its first frames
@@ -416,31 +432,79 @@ class Context(object):
     def start(self, chan):
         self.drainer = threading.Thread(target=self._drain, name="context-%d-err" % self.ctx)
         relay = threading.Thread(target=self._relay, args=(chan,), name="context-%d" % self.ctx)
-        for t in (self.drainer, relay):
+        writer = threading.Thread(target=self._write, args=(chan,),
+                                  name="context-%d-in" % self.ctx)
+        for t in (self.drainer, relay, writer):
             t.daemon = True
             t.start()
 
     def forward(self, kind, flags, handle, reply_to, payload, dst=SELF):
-        """Write one frame to the nested agent: for itself (dst 1) or for a context behind it."""
+        """Queue one frame from the controller: for the nested agent itself (dst 1: its
+        bytes are credited back once written) or for a context behind it (credited by the
+        agent that writes it into that context's own input). Never blocks."""
         head = HEADER.pack(MAGIC, kind, flags, len(payload), dst, CONTROLLER, handle, reply_to)
-        with self.lock:
-            if self.closed:
-                return
-            try:
-                write_all(self.wfd, head)
-                write_all(self.wfd, payload)
-            except OSError as exc:
-                log.warning("context %d: write failed: %s", self.ctx, exc)
+        with self.cond:
+            if not (self.closing or self.broken):
+                self.queue.append((head, payload, FOR_CHILD if dst == SELF else FOR_BEHIND))
+                self.cond.notify()
+
+    def send_own(self, kind, flags, handle, payload):
+        """Queue one frame of this agent's own (relay_put); waits while too much is queued.
+        False if the context is gone."""
+        head = HEADER.pack(MAGIC, kind, flags, len(payload), SELF, CONTROLLER, handle, 0)
+        with self.cond:
+            self.cond.wait_for(lambda: self.own < RELAY_QUEUE or self.closing or self.broken)
+            if self.closing or self.broken:
+                return False
+            self.own += len(head) + len(payload)
+            self.queue.append((head, payload, OWN))
+            self.cond.notify_all()
+        return True
 
     def close(self):
-        """Close its input: the nested agent exits (it may run as another user: no kill)."""
-        with self.lock:
-            if not self.closed:
-                self.closed = True
+        """End its input once queued frames are written: the nested agent exits (it may run
+        as another user: no kill)."""
+        with self.cond:
+            self.closing = True
+            self.cond.notify_all()
+
+    def _write(self, chan):
+        owed = 0  # bytes from the controller written since the last CREDIT
+        while True:
+            with self.cond:
+                while not self.queue and not self.closing and not owed:
+                    self.cond.wait()
+                item = self.queue.popleft() if self.queue else None
+                if item is None and self.closing:
+                    break
+            if item is None:  # idle: report what was written
+                chan.send(CREDIT, 0, owed, 0, src=self.ctx)
+                owed = 0
+                continue
+            head, payload, origin = item
+            n = len(head) + len(payload)
+            if not self.broken:
                 try:
-                    os.close(self.wfd)
-                except OSError:
-                    pass
+                    write_all(self.wfd, head)
+                    write_all(self.wfd, payload)
+                except OSError as exc:
+                    log.warning("context %d: write failed: %s", self.ctx, exc)
+                    self.broken = True
+            if origin == FOR_CHILD:  # a dropped frame is credited too: no stall upstream
+                owed += n
+                if owed >= CREDIT_EVERY:
+                    chan.send(CREDIT, 0, owed, 0, src=self.ctx)
+                    owed = 0
+            elif origin == OWN:
+                with self.cond:
+                    self.own -= n
+                    self.cond.notify_all()
+        if owed:
+            chan.send(CREDIT, 0, owed, 0, src=self.ctx)
+        try:
+            os.close(self.wfd)
+        except OSError:
+            pass
 
     def _drain(self):
         # Its stderr (and anything written on its pty) is copied to ours, tail kept; ends
@@ -714,13 +778,15 @@ def op_relay_put(chan, call_id, call):
         raise AgentError("not_found", "file %s is not cached here" % (sha,))
     try:
         size = entry[1]
-        context.forward(CALL, 0, handle, 0, dumps(inner))
+        if not context.send_own(CALL, 0, handle, dumps(inner)):
+            raise AgentError("not_found", "context %r ended" % (ctx,))
         offset = 0
         while True:
             chunk = os.pread(fd, min(FETCH_CHUNK, size - offset), offset) if offset < size else b""
             offset += len(chunk)
             last = offset >= size or not chunk
-            context.forward(DATA, EOF if last else 0, handle, 0, chunk)
+            if not context.send_own(DATA, EOF if last else 0, handle, chunk):
+                raise AgentError("not_found", "context %r ended" % (ctx,))
             if last:
                 break
     finally:

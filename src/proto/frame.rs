@@ -20,6 +20,9 @@ pub enum Kind {
     Data = 4,
     /// Agent → controller: a forwarded Python logging record (JSON).
     Log = 5,
+    /// Agent → controller: `handle` bytes the controller sent to nested context `src` were
+    /// written into that context's input (flow control of relayed frames; no payload).
+    Credit = 6,
 }
 
 impl Kind {
@@ -31,6 +34,7 @@ impl Kind {
             3 => Kind::Reply,
             4 => Kind::Data,
             5 => Kind::Log,
+            6 => Kind::Credit,
             _ => return None,
         })
     }

@@ -8,7 +8,7 @@ use super::target::{Phase, Target};
 use super::{on_frame, Action, Router, TargetId, SPAWN_GRACE};
 use crate::api;
 use crate::metrics::TargetCounters;
-use crate::proto::{self, Decoder, FrameHeader};
+use crate::proto::{self, Decoder, FrameHeader, Kind};
 use crate::transfer::Outbound;
 use crate::transport::{classify::classify, classify::FailKind, Spec};
 use serde_json::json;
@@ -79,6 +79,7 @@ impl Router {
             routes: HashMap::new(),
             hop_files: HashMap::new(),
             next_ctx: proto::CTX_AGENT,
+            unacked: 0,
             last_used: now,
         });
         self.by_key.insert(key.clone(), t);
@@ -175,6 +176,8 @@ impl Router {
             Err((kind, m)) => self.fail_target(c, &kind, &m),
             // Calls queued while it started were held back: it exists on the target now.
             Ok(()) if now_ready && !was_ready => self.pump(c),
+            // Room in its window: more of its frames (and file data) can go.
+            Ok(()) if h.kind == Kind::Credit => self.refill(c),
             Ok(()) => {}
         }
     }

@@ -10,7 +10,8 @@
 //! Bounds: at most [`MAX_INFLIGHT`] calls per target (then `busy`); outbound bytes per target
 //! are refilled from file transfers only below [`LOW_WATER`]; a reply is capped at
 //! [`crate::api::MAX_MESSAGE`]. A slow target therefore holds at most about
-//! `LOW_WATER + CHUNK` bytes of file data, and stalls only its own stream.
+//! `LOW_WATER + CHUNK` bytes of file data, and stalls only its own stream; a nested context
+//! (become, via) has at most [`CONTEXT_WINDOW`] bytes in flight to the agent that feeds it.
 //!
 //! This file holds the [`Router`] itself, its public API and the dispatch of frames read from
 //! a stream; the parts that own one idea live beside it: `target` (a stream's or context's
@@ -49,6 +50,13 @@ pub type TargetId = usize;
 pub const MAX_INFLIGHT: usize = 1024;
 /// Outbound bytes below which file data is refilled.
 pub const LOW_WATER: usize = 512 * 1024;
+/// Bytes of a nested context's frames (become, via) in flight at most, between the daemon and
+/// the agent that writes them into the context's input: that agent queues them without
+/// blocking its other children, and this bounds its queue (docs/protocol.md, "Memory on
+/// hops"). Moves stop at frame boundaries, so it may be exceeded by one queued chunk. Large
+/// files behind via hops mostly go through the hops' caches instead; a plain put into a
+/// context runs at up to this window per round trip.
+pub const CONTEXT_WINDOW: usize = 2 * 1024 * 1024;
 /// Outbound bytes queued to one target above which new calls are refused with `busy`: a
 /// target that stops reading cannot grow the daemon's memory (calls that timed out leave
 /// their CALL frames queued, so counting calls alone is not enough).
@@ -188,9 +196,16 @@ impl Router {
         if !self.targets.get(t).is_some_and(ready) || !self.targets.contains(p) {
             return;
         }
-        let mut moved = std::mem::take(&mut self.targets[t].out);
-        self.targets[p].out.append(&mut moved);
-        self.targets[t].out = moved;
+        // At most CONTEXT_WINDOW bytes in flight: the agent that writes into the context's
+        // input credits them back (CREDIT frames) as it does.
+        let allow = CONTEXT_WINDOW.saturating_sub(self.targets[t].unacked);
+        if allow == 0 {
+            return;
+        }
+        let mut out = std::mem::take(&mut self.targets[t].out);
+        let moved = self.targets[p].out.move_prefix(&mut out, allow);
+        self.targets[t].out = out;
+        self.targets[t].unacked += moved;
         self.touched.push(p);
     }
 
@@ -519,6 +534,13 @@ fn on_frame(
             }
         }
         Kind::Log => log_record(&x.label, payload),
+        // Handled by the caller (it releases more of the context's frames).
+        Kind::Credit if x.parent.is_some() => {
+            x.unacked = x.unacked.saturating_sub(h.handle as usize);
+        }
+        Kind::Credit => {
+            tracing::debug!(host = %x.label, "CREDIT for a stream's own agent; ignored");
+        }
         Kind::Call => {
             tracing::warn!(host = %x.label, "agent sent a CALL frame; ignored");
         }

@@ -45,6 +45,9 @@ pub(super) struct Target {
     /// On a via hop: files its agent keeps for the targets behind it, by sha256.
     pub(super) hop_files: HashMap<String, HopFile>,
     pub(super) next_ctx: u32,
+    /// For a context: bytes of its frames moved to its stream and not yet credited back by
+    /// the agent that writes them into its input (at most about [`super::CONTEXT_WINDOW`]).
+    pub(super) unacked: usize,
     pub(super) last_used: Instant,
 }
 

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import struct
@@ -25,7 +26,7 @@ PYTHON = os.environ.get("SPINDLE_TEST_PYTHON", "python3")
 
 HEADER = struct.Struct(">2sBBIIIII")
 MAX_PAYLOAD = 4 * 1024 * 1024
-HELLO, CALL, REPLY, DATA, LOG = 1, 2, 3, 4, 5
+HELLO, CALL, REPLY, DATA, LOG, CREDIT = 1, 2, 3, 4, 5, 6
 MORE, ERROR, EOF, ABORT = 0x01, 0x02, 0x04, 0x08
 TIMEOUT = 10.0
 
@@ -506,9 +507,11 @@ class NestedContextTest(unittest.TestCase):
     def setUp(self):
         self.agent = AgentProc()
         self.agent.take(lambda f: f.kind == HELLO)
+        self.tmp = tempfile.mkdtemp(prefix="spindle-nested-")
 
     def tearDown(self):
         self.agent.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def spawn(self, cmd, ctx=2, **extra):
         args = dict(ctx=ctx, cmd=cmd, success="SPINDLE-OK-1", timeout=5)
@@ -544,6 +547,48 @@ class NestedContextTest(unittest.TestCase):
         self.assertEqual(end.json()["error"], "connection_lost")
         self.assertTrue(self.ctx_call(3, "ping")[1]["pong"])
         self.assertTrue(self.agent.ok("ping")["pong"])
+
+    def test_stopped_context_blocks_only_itself_and_is_credited(self):
+        """A context that stops reading (a slow last hop, a stuck become context) does not
+        block frames for its siblings; bytes written to it are credited back (CREDIT frames
+        with its id) as it reads them, and only then."""
+        for ctx in (2, 3):
+            flags, obj, _ = self.spawn("echo SPINDLE-OK-1; __SPINDLE_BOOT__", ctx=ctx)
+            self.assertFalse(flags & ERROR, obj)
+            if ctx == 2:
+                stopped = obj["pid"]
+        self.assertTrue(self.ctx_call(2, "ping")[1]["pong"])
+        time.sleep(0.3)  # the ping's credit has gone up
+        self.agent.take(lambda f: f.kind == CREDIT and f.src == 2)
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            path = os.path.join(self.tmp, "big")
+            call_id = self.agent.next_id
+            self.agent.next_id += 1
+            sent = [encode(CALL, handle=call_id, dst=2,
+                           payload={"op": "put_file", "path": path, "size": 8 * 262144})]
+            for i in range(8):
+                sent.append(encode(DATA, EOF if i == 7 else 0, call_id, dst=2,
+                                   payload=bytes([i]) * 262144))
+            self.agent.write(b"".join(sent))  # 2 MiB: far more than its pipe holds
+            start = time.monotonic()
+            self.assertTrue(self.ctx_call(3, "ping")[1]["pong"])
+            self.assertTrue(self.agent.ok("ping")["pong"])
+            self.assertLess(time.monotonic() - start, 5)
+            time.sleep(0.3)
+            early = sum(f.handle for f in self.agent.peek(lambda f: f.kind == CREDIT and f.src == 2))
+            self.assertLess(early, 256 * 1024, "credited before it read them")
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+        frame = self.agent.take(lambda f: f.kind == REPLY and f.reply_to == call_id)
+        self.assertEqual(frame.src, 2)
+        self.assertFalse(frame.flags & ERROR, frame.json())
+        self.assertEqual(os.path.getsize(path), 8 * 262144)
+        deadline = time.monotonic() + TIMEOUT
+        total = 0
+        while total < sum(len(b) for b in sent) and time.monotonic() < deadline:
+            total += self.agent.take(lambda f: f.kind == CREDIT and f.src == 2).handle
+        self.assertEqual(total, sum(len(b) for b in sent))
 
     def test_password_on_stderr_goes_to_stdin(self):
         cmd = ("printf 'Password: ' >&2; read pw; "

@@ -64,6 +64,8 @@ pub struct ServeOptions {
     pub splice: bool,
     /// Become contexts kept per target (see [`crate::router::DEFAULT_MAX_INTERPRETERS`]).
     pub max_interpreters: usize,
+    /// Send files for targets behind a via hop through the hops' file caches.
+    pub hop_cache: bool,
 }
 
 struct Client {
@@ -121,9 +123,7 @@ impl Server {
         router.backend = backend.name();
         router.splice = opts.splice;
         router.max_interpreters = opts.max_interpreters;
-        // SPINDLE_NO_HOP_CACHE=1: files for targets behind a via hop are sent once per target
-        // (for comparison runs).
-        router.hop_cache = std::env::var_os("SPINDLE_NO_HOP_CACHE").is_none();
+        router.hop_cache = opts.hop_cache;
         Ok(Server {
             backend,
             listener,
