@@ -58,6 +58,56 @@ PLAY = '''
 '''
 
 
+# Run in the venv's Python: spindle's kubectl flags equal the stock plugin's _build_exec_cmd
+# for every option that becomes a flag; secrets and dict kubeconfigs are refused; routing.
+OPTIONS_CHECK = textwrap.dedent('''
+    from ansible.errors import AnsibleError
+    from ansible.playbook.play_context import PlayContext
+    from ansible.plugins.loader import connection_loader, init_plugin_loader
+    init_plugin_loader()
+    from spindle_ansible.plugins.connection.spindle import _kubectl_words
+    from spindle_ansible.plugins.strategy import LoaderPatch, ROUTES
+    connection_loader.add_directory(CONNECTION_DIR)
+    pc = PlayContext()
+    pc.remote_addr = 'pod-x'
+    vars = {'ansible_kubectl_namespace': 'ns', 'ansible_kubectl_kubeconfig': '/k',
+            'ansible_kubectl_context': 'ctx', 'ansible_kubectl_server': 'https://api:6443',
+            'ansible_kubectl_user': 'u1', 'ansible_kubectl_client_cert': '/c.pem',
+            'ansible_kubectl_key_file': '/k.pem', 'ansible_kubectl_ca_cert': '/ca.pem',
+            'ansible_kubectl_validate_certs': True, 'ansible_kubectl_container': 'web',
+            'ansible_kubectl_extra_args': '--v=2  --request-timeout=5s'}
+    stock = connection_loader.get('kubernetes.core.kubectl', pc, None, kubectl_command='kubectl')
+    stock.set_options(var_options=vars)
+    argv, _ = stock._build_exec_cmd(['/bin/sh', '-c', 'X'])
+    spin = connection_loader.get('spindle', pc, None)
+    spin.set_options(var_options=vars)
+    words, env = _kubectl_words(spin.get_option)
+    want = [str(w) for w in argv[1:argv.index('exec')]]  # kubectl gets str(True) too
+    assert words == want, (words, want)
+    for bad in ({'ansible_kubectl_token': 't'}, {'ansible_kubectl_password': 'p'},
+                {'ansible_kubectl_kubeconfig': {'apiVersion': 'v1'}}):
+        spin.set_options(var_options=bad)
+        try:
+            _kubectl_words(spin.get_option)
+        except AnsibleError as e:
+            assert 'spindle' in str(e), e
+        else:
+            raise AssertionError('accepted %r' % bad)
+    patch = LoaderPatch().apply()
+    for name, transport in (('kubernetes.core.kubectl', 'kubectl'), ('kubectl', 'kubectl'),
+                            ('community.general.lxd', 'lxd'), ('lxd', 'lxd'),
+                            ('community.general.incus', 'incus'),
+                            ('containers.podman.buildah', 'buildah'), ('buildah', 'buildah'),
+                            ('community.general.jail', 'jail'), ('jail', 'jail'),
+                            ('community.general.lxc', 'lxc'), ('lxc', 'lxc')):
+        c = connection_loader.get(name, PlayContext())
+        assert c._spindle_forced_transport == transport, (name, c)
+    assert 'community.general.machinectl' not in ROUTES  # a become plugin, not a connection
+    patch.restore()
+    print('options ok')
+''')
+
+
 def snapshot(path):
     out = {}
     for dp, dns, fns in os.walk(path):
@@ -197,6 +247,17 @@ class EnterRoutesTests(unittest.TestCase):
         return {'rc': p.returncode, 'out': p.stdout, 'records': records, 'calls': calls,
                 'files': snapshot(self.path('out')), 'fetched': snapshot(self.path('fetched')),
                 'left': sorted(os.listdir(self.path('run')))}
+
+    def test_kubectl_options_and_routing(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(('ANSIBLE_', 'SPINDLE_'))}
+        env.update({'ANSIBLE_HOME': self.path('home'), 'ANSIBLE_COLLECTIONS_PATH': COLLECTIONS,
+                    'PYTHONPATH': PKG_ROOT})
+        script = 'CONNECTION_DIR = %r\n%s' % (os.path.join(PLUGINS, 'connection'), OPTIONS_CHECK)
+        p = subprocess.run([os.path.join(VENV_BIN, 'python'), '-c', script], env=env,
+                           cwd=self.work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           universal_newlines=True)
+        self.assertEqual(p.returncode, 0, p.stdout)
+        self.assertIn('options ok', p.stdout)
 
     def test_stock_and_spindle_agree(self):
         main, spindle_only = self.setup_world()
