@@ -199,7 +199,12 @@ DOCUMENTATION = """
                 or C(docker)/C(podman) (C(exec -i) into the running container named by
                 O(host), as O(remote_user) when set).
               - The spindle strategies set it from the host's connection (C(local),
-                C(docker), C(community.docker.docker), C(podman), C(containers.podman.podman)).
+                C(docker), C(community.docker.docker), C(podman), C(containers.podman.podman),
+                and the stock enter plugins C(kubernetes.core.kubectl), C(community.general.lxd),
+                C(community.general.incus), C(containers.podman.buildah),
+                C(community.general.jail), C(community.general.lxc), whose own variables the
+                C(spindle_kubectl_*), C(spindle_lxd_*), C(spindle_incus_*) and C(spindle_lxc_host)
+                options carry).
           default: ssh
           type: string
           choices: [ssh, local, docker, podman, chroot, kubectl, lxd, incus, buildah, jail, lxc]
