@@ -1,8 +1,9 @@
 //! The chroot and setns transports, for real: an agent started with `chroot DIR` in a tree
 //! made of read-only bind mounts (sees only that tree), and one started with `nsenter` into a
 //! namespace-fleet target's namespaces (its hostname, network and private /tmp). The other
-//! enter transports (buildah, lxc, lxd, kubectl, jail, machinectl) have no engine here and are
-//! checked by their command lines (src/transport/enter.rs).
+//! enter transports (buildah, lxc, lxd, incus, kubectl, jail, machinectl) have no engine here:
+//! their command lines are unit-tested (src/transport/enter.rs) and all but machinectl run
+//! through stand-in tools (tests/enter_standins.rs).
 
 mod common;
 use common::*;

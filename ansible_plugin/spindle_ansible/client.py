@@ -98,8 +98,8 @@ class SpindleError(Exception):
 
 
 #: The daemon's transports (docs/api.md); None means its default, ssh.
-TRANSPORTS = (None, "ssh", "local", "docker", "podman", "buildah", "lxc", "lxd", "kubectl",
-              "chroot", "setns", "jail", "machinectl")
+TRANSPORTS = (None, "ssh", "local", "docker", "podman", "buildah", "lxc", "lxd", "incus",
+              "kubectl", "chroot", "setns", "jail", "machinectl")
 
 
 @dataclass
@@ -124,6 +124,9 @@ class TargetSpec:
     connect_timeout: Optional[int] = None
     executable: Optional[str] = None  # docker/podman: the engine's client binary
     extra_args: Optional[str] = None  # docker/podman: arguments before "exec"
+    container: Optional[str] = None  # kubectl: the pod's container (-c)
+    su: Optional[str] = None  # lxd/incus: program switching to a non-root user (/bin/su)
+    env: Optional[Dict[str, str]] = None  # environment of the local transport command
     name: Optional[str] = None
     #: A become context (docs/api.md): method, user, flags, password, cmd, success, prompt.
     become: Optional[Dict[str, Any]] = field(default=None, repr=False)

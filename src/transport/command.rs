@@ -60,8 +60,41 @@ pub struct Launch {
 
 /// The argv (program first) and extra environment that start the agent for `spec`.
 pub fn command(spec: &Spec, askpass: Option<&std::path::Path>) -> Result<Launch, CommandError> {
+    let mut launch = launch(spec, askpass, stage0_of(spec)?)?;
+    launch.env.extend(spec_env(spec)?);
+    Ok(launch)
+}
+
+fn stage0_of(spec: &Spec) -> Result<String, CommandError> {
     let py = python_words(spec)?;
-    let stage0 = bootstrap::stage0(py.as_ref().map(|(a, b)| (a.as_str(), b.as_str())));
+    Ok(bootstrap::stage0(
+        py.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+    ))
+}
+
+/// `spec.env`, checked: names are non-empty, without `=` or NUL; values without NUL.
+fn spec_env(spec: &Spec) -> Result<Vec<(String, String)>, CommandError> {
+    let Some(env) = &spec.env else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(env.len());
+    for (k, v) in env {
+        if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
+            return Err(CommandError::BadSpec {
+                host: spec.label(),
+                reason: format!("invalid environment variable {k:?}"),
+            });
+        }
+        out.push((k.clone(), v.clone()));
+    }
+    Ok(out)
+}
+
+fn launch(
+    spec: &Spec,
+    askpass: Option<&std::path::Path>,
+    stage0: String,
+) -> Result<Launch, CommandError> {
     match spec.transport {
         TransportKind::Unix => match &spec.host {
             Some(h) if !h.is_empty() => Ok(Launch::default()),
@@ -79,6 +112,7 @@ pub fn command(spec: &Spec, askpass: Option<&std::path::Path>) -> Result<Launch,
         | TransportKind::Buildah
         | TransportKind::Lxc
         | TransportKind::Lxd
+        | TransportKind::Incus
         | TransportKind::Kubectl
         | TransportKind::Chroot
         | TransportKind::Setns
@@ -189,7 +223,13 @@ pub fn hop_command(spec: &Spec, marker: &str) -> Result<String, CommandError> {
         via: None,
         ..spec.clone()
     };
-    let mut argv = command(&direct, None)?.argv;
+    let stage0 = stage0_of(&direct)?;
+    let mut argv = launch(&direct, None, stage0.clone())?.argv;
+    let env = spec_env(spec)?;
+    if !env.is_empty() {
+        let words = env.into_iter().map(|(k, v)| format!("{k}={v}"));
+        argv.splice(0..0, std::iter::once("env".to_string()).chain(words));
+    }
     if spec.password.is_some() && spec.transport == TransportKind::Ssh {
         if let Some(i) = argv.iter().position(|a| a == "BatchMode=yes") {
             argv[i] = "BatchMode=no".into();
@@ -202,8 +242,14 @@ pub fn hop_command(spec: &Spec, marker: &str) -> Result<String, CommandError> {
             argv.splice(i + 1..i + 1, extra.iter().map(|s| s.to_string()));
         }
     }
-    argv.pop(); // stage 0: the hop's agent starts the interpreter itself
-    argv.push(format!("echo {marker}; {}", super::BOOT_PLACEHOLDER));
+    // stage 0: the hop's agent starts the interpreter itself (what a transport puts before
+    // stage 0 in that word, like jail's HOME, stays)
+    let last = argv.pop().unwrap_or_default();
+    let before = last.strip_suffix(stage0.as_str()).unwrap_or_default();
+    argv.push(format!(
+        "{before}echo {marker}; {}",
+        super::BOOT_PLACEHOLDER
+    ));
     shlex::try_join(argv.iter().map(|s| s.as_str()))
         .map_err(|e| bad(format!("cannot quote the hop command: {e}")))
 }
@@ -353,6 +399,42 @@ mod tests {
         };
         assert!(hop_command(&unix, "M").is_err());
         assert!(hop_command(&spec, "a b").is_err());
+    }
+
+    #[test]
+    fn env_and_enter_prefixes_reach_hops_and_launches() {
+        let mut env = std::collections::BTreeMap::new();
+        env.insert("KUBECONFIG".to_string(), "/k c".to_string());
+        let jail = Spec {
+            transport: TransportKind::Jail,
+            host: Some("www".into()),
+            user: Some("app".into()),
+            env: Some(env.clone()),
+            ..Default::default()
+        };
+        let l = command(&jail, None).unwrap();
+        assert_eq!(l.env, [("KUBECONFIG".to_string(), "/k c".to_string())]);
+        let words = shlex::split(&hop_command(&jail, "M").unwrap()).unwrap();
+        assert_eq!(
+            words,
+            [
+                "env",
+                "KUBECONFIG=/k c",
+                "jexec",
+                "-U",
+                "app",
+                "www",
+                "/bin/sh",
+                "-c",
+                "HOME=~app; export HOME; echo M; __SPINDLE_BOOT__"
+            ]
+        );
+        env.insert("A=B".to_string(), "x".to_string());
+        let bad = Spec {
+            env: Some(env),
+            ..jail
+        };
+        assert!(command(&bad, None).is_err());
     }
 
     #[test]

@@ -29,6 +29,12 @@ pub fn argv(spec: &Spec, stage0: String) -> Result<Vec<String>, CommandError> {
     let tool = |default: &str| spec.executable.clone().unwrap_or_else(|| default.into());
     let extra = words(spec, "extra_args", &spec.extra_args)?;
     let sh = ["/bin/sh".to_string(), "-c".into(), stage0];
+    if spec.container.is_some() && spec.transport != TransportKind::Kubectl {
+        return Err(CommandError::BadSpec {
+            host: spec.label(),
+            reason: "container is a kubectl field".into(),
+        });
+    }
     let mut argv: Vec<String> = Vec::new();
     match spec.transport {
         Docker | Podman => {
@@ -61,21 +67,38 @@ pub fn argv(spec: &Spec, stage0: String) -> Result<Vec<String>, CommandError> {
             argv.extend(extra);
             argv.extend(["--name".into(), name.into(), "--".into()]);
         }
-        Lxd => {
+        Lxd | Incus => {
+            // like community.general.lxd/incus: `exec [REMOTE:]NAME -- [su USER -c] sh -c`
             let name = checked(spec, "instance name", target)?;
-            argv.push(tool("lxc"));
-            argv.extend(extra);
-            argv.extend(["exec".into(), name.into()]);
-            if let Some(u) = user {
-                argv.extend(["--user".into(), u.into()]);
+            argv.push(tool(if spec.transport == Lxd {
+                "lxc"
+            } else {
+                "incus"
+            }));
+            argv.extend(extra); // --project P
+            argv.extend(["exec".into(), name.into(), "--".into()]);
+            if let Some(u) = user.filter(|u| *u != "root") {
+                let su = checked(spec, "su command", spec.su.as_deref().or(Some("/bin/su")))?;
+                argv.extend([su.into(), u.into(), "-c".into()]);
             }
-            argv.push("--".into());
         }
         Kubectl => {
             let name = checked(spec, "pod name", target)?;
             argv.push(tool("kubectl"));
-            argv.extend(extra); // --namespace, --container, --context, ...
-            argv.extend(["exec".into(), "-i".into(), name.into(), "--".into()]);
+            argv.extend(extra); // -n, --kubeconfig, --context, ...
+            argv.extend(["exec".into(), "-i".into(), name.into()]);
+            if let Some(c) = &spec.container {
+                let c = checked(spec, "container name", Some(c))?;
+                argv.extend(["-c".into(), c.into()]);
+            }
+            argv.push("--".into());
+            if user.is_some() {
+                return Err(CommandError::BadSpec {
+                    host: spec.label(),
+                    reason: "kubectl runs as the container's user; become another user instead"
+                        .into(),
+                });
+            }
         }
         Chroot => {
             let dir = checked(spec, "chroot directory", target)?;
@@ -122,7 +145,20 @@ pub fn argv(spec: &Spec, stage0: String) -> Result<Vec<String>, CommandError> {
             argv.push(tool("jexec"));
             argv.extend(extra);
             if let Some(u) = user {
-                argv.extend(["-U".into(), u.into()]);
+                if !u
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                {
+                    return Err(CommandError::BadSpec {
+                        host: spec.label(),
+                        reason: format!("invalid jail user name {u:?}"),
+                    });
+                }
+                argv.extend(["-U".into(), u.into(), name.into()]);
+                // like community.general.jail: `jexec -U` keeps the caller's HOME
+                argv.extend(["/bin/sh".into(), "-c".into()]);
+                argv.push(format!("HOME=~{u}; export HOME; {}", sh[2]));
+                return Ok(argv);
             }
             argv.push(name.into());
         }
@@ -191,9 +227,26 @@ mod tests {
             ),
             (
                 Lxd,
-                "c1",
+                "local:c1",
                 Some("app"),
-                [&["lxc"][..], &x, &["exec", "c1", "--user", "app", "--"]].concat(),
+                [
+                    &["lxc"][..],
+                    &x,
+                    &["exec", "local:c1", "--", "/bin/su", "app", "-c"],
+                ]
+                .concat(),
+            ),
+            (
+                Lxd,
+                "c1",
+                Some("root"),
+                [&["lxc"][..], &x, &["exec", "c1", "--"]].concat(),
+            ),
+            (
+                Incus,
+                "r:c1",
+                None,
+                [&["incus"][..], &x, &["exec", "r:c1", "--"]].concat(),
             ),
             (
                 Kubectl,
@@ -221,12 +274,7 @@ mod tests {
                 ]
                 .concat(),
             ),
-            (
-                Jail,
-                "www",
-                Some("app"),
-                [&["jexec"][..], &x, &["-U", "app", "www"]].concat(),
-            ),
+            (Jail, "www", None, [&["jexec"][..], &x, &["www"]].concat()),
             (
                 Machinectl,
                 "m1",
@@ -252,6 +300,73 @@ mod tests {
     }
 
     #[test]
+    fn kubectl_container_incus_su_and_jail_home() {
+        let k = Spec {
+            container: Some("web".into()),
+            extra_args: Some("-n ns1 --kubeconfig /k".into()),
+            ..spec(TransportKind::Kubectl, "pod-1", None)
+        };
+        let a = argv(&k, "S0".into()).unwrap();
+        assert_eq!(
+            a,
+            [
+                "kubectl",
+                "-n",
+                "ns1",
+                "--kubeconfig",
+                "/k",
+                "exec",
+                "-i",
+                "pod-1",
+                "-c",
+                "web",
+                "--",
+                "/bin/sh",
+                "-c",
+                "S0"
+            ]
+        );
+        let i = Spec {
+            su: Some("/usr/bin/su".into()),
+            extra_args: Some("--project p1".into()),
+            ..spec(TransportKind::Incus, "local:c1", Some("app"))
+        };
+        assert_eq!(
+            argv(&i, "S0".into()).unwrap(),
+            [
+                "incus",
+                "--project",
+                "p1",
+                "exec",
+                "local:c1",
+                "--",
+                "/usr/bin/su",
+                "app",
+                "-c",
+                "/bin/sh",
+                "-c",
+                "S0"
+            ]
+        );
+        let j = Spec {
+            extra_args: None,
+            ..spec(TransportKind::Jail, "www", Some("app"))
+        };
+        assert_eq!(
+            argv(&j, "S0".into()).unwrap(),
+            [
+                "jexec",
+                "-U",
+                "app",
+                "www",
+                "/bin/sh",
+                "-c",
+                "HOME=~app; export HOME; S0"
+            ]
+        );
+    }
+
+    #[test]
     fn hostile_targets_are_refused() {
         use TransportKind::*;
         for (kind, host, user) in [
@@ -262,11 +377,23 @@ mod tests {
             (Kubectl, "--all", None),
             (Lxd, "c1", Some("-x")),
             (Jail, "", None),
+            (Jail, "www", Some("a;b")),
+            (Kubectl, "pod", Some("app")),
         ] {
             assert!(
                 argv(&spec(kind, host, user), "S".into()).is_err(),
                 "{kind:?} {host:?}"
             );
         }
+        let bad_container = Spec {
+            container: Some("-x".into()),
+            ..spec(TransportKind::Kubectl, "pod", None)
+        };
+        assert!(argv(&bad_container, "S".into()).is_err());
+        let misplaced = Spec {
+            container: Some("web".into()),
+            ..spec(TransportKind::Lxd, "c1", None)
+        };
+        assert!(argv(&misplaced, "S".into()).is_err());
     }
 }

@@ -32,9 +32,12 @@ pub enum TransportKind {
     Buildah,
     /// `lxc-attach --name host` (LXC).
     Lxc,
-    /// `lxc exec host` (LXD / Incus client).
+    /// `lxc exec [REMOTE:]host` (the LXD client; `--project` in `extra_args`).
     Lxd,
-    /// `kubectl exec -i host` (pod; namespace and container in `extra_args`).
+    /// `incus exec [REMOTE:]host` (the Incus client; `--project` in `extra_args`).
+    Incus,
+    /// `kubectl exec -i host [-c container]` (pod; namespace, kubeconfig, context in
+    /// `extra_args`).
     Kubectl,
     /// `chroot host` (an absolute directory on this machine).
     Chroot,
@@ -93,6 +96,17 @@ pub struct Spec {
     /// `docker_extra_args` / `podman_extra_args`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_args: Option<String>,
+    /// kubectl: the container of the pod (`-c`), when it has more than one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// lxd/incus: the program run inside the instance to switch to `user` when it is not
+    /// `root` (`<su> USER -c`, like the lxd/incus plugins' `become_method`; default `/bin/su`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub su: Option<String>,
+    /// Environment added to the local command that starts the agent (the transport tool:
+    /// `kubectl`, `lxc`, `ssh`, ...), e.g. kubectl's `local_env_vars`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<std::collections::BTreeMap<String, String>>,
     /// Label used in errors and reports (Ansible's inventory_hostname).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,

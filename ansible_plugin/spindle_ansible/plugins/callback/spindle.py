@@ -16,7 +16,8 @@ DOCUMENTATION = """
     short_description: run tasks through the spindle daemon, with any strategy
     description:
         - Routes hosts whose connection is C(ssh), C(smart), C(local), C(docker) or C(podman)
-          to the C(spindle) connection plugin, so every task reuses one persistent connection
+          (and the stock C(chroot), C(kubectl), C(lxd), C(incus), C(buildah), C(jail) and C(lxc)
+          plugins, see docs/connections.md) to the C(spindle) connection plugin, so every task reuses one persistent connection
           and Python agent per target, whatever the play's strategy.
         - Starts a spindle daemon for the run (binary from E(SPINDLE_BIN), else the C(spindle)
           that the spindle-ansible wheel installed beside the Python running Ansible, else on

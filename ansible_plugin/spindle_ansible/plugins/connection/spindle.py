@@ -199,10 +199,15 @@ DOCUMENTATION = """
                 or C(docker)/C(podman) (C(exec -i) into the running container named by
                 O(host), as O(remote_user) when set).
               - The spindle strategies set it from the host's connection (C(local),
-                C(docker), C(community.docker.docker), C(podman), C(containers.podman.podman)).
+                C(docker), C(community.docker.docker), C(podman), C(containers.podman.podman),
+                and the stock enter plugins C(kubernetes.core.kubectl), C(community.general.lxd),
+                C(community.general.incus), C(containers.podman.buildah),
+                C(community.general.jail), C(community.general.lxc), whose own variables the
+                C(spindle_kubectl_*), C(spindle_lxd_*), C(spindle_incus_*) and C(spindle_lxc_host)
+                options carry).
           default: ssh
           type: string
-          choices: [ssh, local, docker, podman, chroot]
+          choices: [ssh, local, docker, podman, chroot, kubectl, lxd, incus, buildah, jail, lxc]
           vars:
             - name: ansible_spindle_transport
       spindle_container_executable:
@@ -222,6 +227,172 @@ DOCUMENTATION = """
           vars:
             - name: ansible_docker_extra_args
             - name: ansible_podman_extra_args
+      # -- enter transports routed from stock collection plugins (see _enter_spec): each
+      # option carries the stock plugin's own variables, so an inventory written for it works.
+      spindle_kubectl_pod:
+          description: "kubectl transport (kubernetes.core.kubectl), the stock option C(kubectl_pod): the pod, when not O(host)."
+          type: string
+          vars:
+            - name: ansible_kubectl_pod
+          env:
+            - name: K8S_AUTH_POD
+      spindle_kubectl_container:
+          description: "kubectl transport (kubernetes.core.kubectl), the stock option C(kubectl_container) (C(-c) after the pod)."
+          type: string
+          vars:
+            - name: ansible_kubectl_container
+          env:
+            - name: K8S_AUTH_CONTAINER
+      spindle_kubectl_namespace:
+          description: "kubectl transport (kubernetes.core.kubectl), the stock option C(kubectl_namespace) (C(-n))."
+          type: string
+          vars:
+            - name: ansible_kubectl_namespace
+          env:
+            - name: K8S_AUTH_NAMESPACE
+      spindle_kubectl_extra_args:
+          description: "kubectl transport (kubernetes.core.kubectl), the stock option C(kubectl_extra_args), split on spaces like the stock plugin."
+          type: string
+          vars:
+            - name: ansible_kubectl_extra_args
+          env:
+            - name: K8S_AUTH_EXTRA_ARGS
+      spindle_kubectl_local_env_vars:
+          description: "kubectl transport (kubernetes.core.kubectl), the stock option C(kubectl_local_env_vars): environment added to the kubectl command."
+          type: dict
+          vars:
+            - name: ansible_kubectl_local_env_vars
+      spindle_kubectl_kubeconfig:
+          description: "kubectl transport (kubernetes.core.kubectl), the stock option C(kubectl_kubeconfig) (C(--kubeconfig)); a path (a dictionary is refused)."
+          type: raw
+          vars:
+            - name: ansible_kubectl_kubeconfig
+            - name: ansible_kubectl_config
+          env:
+            - name: K8S_AUTH_KUBECONFIG
+      spindle_kubectl_context:
+          description: "kubectl transport (kubernetes.core.kubectl), the stock option C(kubectl_context) (C(--context))."
+          type: string
+          vars:
+            - name: ansible_kubectl_context
+          env:
+            - name: K8S_AUTH_CONTEXT
+      spindle_kubectl_host:
+          description: "kubectl transport (kubernetes.core.kubectl), the stock option C(kubectl_host) (C(--server))."
+          type: string
+          vars:
+            - name: ansible_kubectl_host
+            - name: ansible_kubectl_server
+          env:
+            - name: K8S_AUTH_HOST
+            - name: K8S_AUTH_SERVER
+      spindle_kubectl_username:
+          description: "kubectl transport (kubernetes.core.kubectl), the stock option C(kubectl_username) (C(--username))."
+          type: string
+          vars:
+            - name: ansible_kubectl_username
+            - name: ansible_kubectl_user
+          env:
+            - name: K8S_AUTH_USERNAME
+      spindle_kubectl_password:
+          description: "kubectl transport (kubernetes.core.kubectl), the stock option C(kubectl_password). Refused: spindle does not put a secret on a command line; use a kubeconfig."
+          type: string
+          vars:
+            - name: ansible_kubectl_password
+          env:
+            - name: K8S_AUTH_PASSWORD
+      spindle_kubectl_token:
+          description: "kubectl transport (kubernetes.core.kubectl), the stock option C(kubectl_token). Refused: spindle does not put a secret on a command line; use a kubeconfig."
+          type: string
+          vars:
+            - name: ansible_kubectl_token
+            - name: ansible_kubectl_api_key
+          env:
+            - name: K8S_AUTH_TOKEN
+            - name: K8S_AUTH_API_KEY
+      spindle_kubectl_client_cert:
+          description: "kubectl transport (kubernetes.core.kubectl), the stock option C(client_cert) (C(--client-certificate))."
+          type: string
+          vars:
+            - name: ansible_kubectl_cert_file
+            - name: ansible_kubectl_client_cert
+          env:
+            - name: K8S_AUTH_CERT_FILE
+      spindle_kubectl_client_key:
+          description: "kubectl transport (kubernetes.core.kubectl), the stock option C(client_key) (C(--client-key))."
+          type: string
+          vars:
+            - name: ansible_kubectl_key_file
+            - name: ansible_kubectl_client_key
+          env:
+            - name: K8S_AUTH_KEY_FILE
+      spindle_kubectl_ca_cert:
+          description: "kubectl transport (kubernetes.core.kubectl), the stock option C(ca_cert) (C(--certificate-authority))."
+          type: string
+          vars:
+            - name: ansible_kubectl_ssl_ca_cert
+            - name: ansible_kubectl_ca_cert
+          env:
+            - name: K8S_AUTH_SSL_CA_CERT
+      spindle_kubectl_validate_certs:
+          description: "kubectl transport (kubernetes.core.kubectl), the stock option C(validate_certs), passed as the stock plugin passes it."
+          type: raw
+          vars:
+            - name: ansible_kubectl_verify_ssl
+            - name: ansible_kubectl_validate_certs
+          env:
+            - name: K8S_AUTH_VERIFY_SSL
+      spindle_lxd_host:
+          description: "lxd transport (community.general.lxd), the stock option C(remote_addr) from C(ansible_lxd_host) (else O(host)); the part before the first dot is the instance."
+          type: string
+          vars:
+            - name: ansible_lxd_host
+      spindle_lxd_remote:
+          description: "lxd transport (community.general.lxd), the stock option C(remote): the instance is C(REMOTE:NAME)."
+          type: string
+          default: local
+          vars:
+            - name: ansible_lxd_remote
+      spindle_lxd_project:
+          description: "lxd transport (community.general.lxd), the stock option C(project) (C(--project))."
+          type: string
+          vars:
+            - name: ansible_lxd_project
+      spindle_lxd_become_method:
+          description: "lxd transport (community.general.lxd), the stock option C(lxd_become_method): run inside the instance as C(METHOD USER -c) when O(remote_user) is not root."
+          type: string
+          default: /bin/su
+          vars:
+            - name: lxd_become_method
+      spindle_incus_host:
+          description: "incus transport (community.general.incus), the stock option C(remote_addr) from C(ansible_incus_host) (else O(host)); the part before the first dot is the instance."
+          type: string
+          vars:
+            - name: ansible_incus_host
+      spindle_incus_remote:
+          description: "incus transport (community.general.incus), the stock option C(remote): the instance is C(REMOTE:NAME)."
+          type: string
+          default: local
+          vars:
+            - name: ansible_incus_remote
+      spindle_incus_project:
+          description: "incus transport (community.general.incus), the stock option C(project) (C(--project))."
+          type: string
+          default: default
+          vars:
+            - name: ansible_incus_project
+      spindle_incus_become_method:
+          description: "incus transport (community.general.incus), the stock option C(incus_become_method): run inside the instance as C(METHOD USER -c) when O(remote_user) is not root."
+          type: string
+          default: /bin/su
+          vars:
+            - name: incus_become_method
+      spindle_lxc_host:
+          description: "lxc transport (community.general.lxc, run with C(lxc-attach)), the stock option C(remote_addr) from C(ansible_lxc_host) (else O(host))."
+          type: string
+          vars:
+            - name: ansible_lxc_host
+      # -- end of the enter transports' options
       spindle_task_isolation:
           description:
             - How modules run on the target. C(warm) runs them inside the persistent agent
@@ -337,6 +508,56 @@ def proxy_jump(*arg_strings):
     if found is not None and found.lower() == 'none':
         found = None
     return found, kept
+
+
+#: Transports routed from stock enter plugins; options mapped by Connection._enter_spec.
+ENTER_MODES = frozenset(('kubectl', 'lxd', 'incus', 'buildah', 'jail', 'lxc'))
+
+#: kubernetes.core.kubectl's options that become flags, in the order its plugin adds them.
+_KUBECTL_FLAGS = (
+    ('spindle_kubectl_namespace', '-n'),
+    ('spindle_kubectl_kubeconfig', '--kubeconfig'),
+    ('spindle_kubectl_context', '--context'),
+    ('spindle_kubectl_host', '--server'),
+    ('spindle_kubectl_username', '--username'),
+    ('spindle_kubectl_password', '--password'),
+    ('spindle_kubectl_token', '--token'),
+    ('spindle_kubectl_client_cert', '--client-certificate'),
+    ('spindle_kubectl_client_key', '--client-key'),
+    ('spindle_kubectl_ca_cert', '--certificate-authority'),
+    ('spindle_kubectl_validate_certs', '--insecure-skip-tls-verify'),
+)
+
+
+def _kubectl_words(option):
+    """The words kubernetes.core.kubectl puts between ``kubectl`` and ``exec``, and the
+    environment it adds to kubectl's, from that plugin's options."""
+    words = []
+    for opt, flag in _KUBECTL_FLAGS:
+        value = option(opt)
+        if value in (None, ''):
+            continue
+        if opt in ('spindle_kubectl_password', 'spindle_kubectl_token'):
+            raise AnsibleError(
+                "spindle: the kubectl %s option puts a secret on kubectl's command line (the "
+                "stock plugin does that); spindle does not: put the credentials in a kubeconfig "
+                "file (ansible_kubectl_kubeconfig)" % opt.rsplit('_', 1)[1])
+        if opt == 'spindle_kubectl_kubeconfig' and not isinstance(value, str):
+            raise AnsibleError(
+                "spindle: ansible_kubectl_kubeconfig must be a file path; a kubeconfig given as "
+                "a dictionary is not supported (the stock plugin writes it to a temporary file)")
+        if opt == 'spindle_kubectl_validate_certs' and not value:
+            continue  # the stock plugin adds it only when true
+        words += [flag, to_text(value)]
+    extra = option('spindle_kubectl_extra_args')
+    if extra:
+        words += to_text(extra).split(' ')  # as the stock plugin does
+    env = option('spindle_kubectl_local_env_vars')
+    if env:
+        if isinstance(env, str):
+            env = json.loads(env)
+        env = {to_text(k): to_text(v) for k, v in env.items()}
+    return words, env or None
 
 
 #: Wrapped commands remembered per connection (the last few tasks' commands).
@@ -525,6 +746,8 @@ class Connection(ConnectionBase):
             timeout = option('timeout')
             return TargetSpec(host=host, transport='chroot', name=name,
                               connect_timeout=int(timeout) if timeout else None)
+        if mode in ENTER_MODES:
+            return self._enter_spec(option, mode, host, name)
         if mode in ('docker', 'podman'):
             timeout = option('timeout')
             return TargetSpec(
@@ -554,6 +777,40 @@ class Connection(ConnectionBase):
             password=option('password') or None,
             connect_timeout=int(timeout) if timeout else None,
         )
+
+    # -- enter transports routed from stock collection plugins ----------------------------
+
+    def _enter_spec(self, option, mode, host, name):
+        """The TargetSpec for a host whose connection was a stock enter plugin (kubectl, lxd,
+        incus, buildah, jail, lxc): the daemon runs the command that plugin would run (same
+        container, namespace, user, kubeconfig, ...), built from that plugin's own options."""
+        timeout = option('timeout')
+        spec = TargetSpec(host=host, transport=mode, name=name,
+                          connect_timeout=int(timeout) if timeout else None)
+        if mode == 'kubectl':
+            words, env = _kubectl_words(option)
+            spec.host = option('spindle_kubectl_pod') or host
+            spec.container = option('spindle_kubectl_container') or None
+            spec.extra_args = ' '.join(shlex.quote(w) for w in words) or None
+            spec.env = env
+        elif mode in ('lxd', 'incus'):
+            instance = option('spindle_%s_host' % mode) or host
+            instance = to_text(instance).split('.', 1)[0]
+            spec.host = '%s:%s' % (option('spindle_%s_remote' % mode) or 'local', instance)
+            project = option('spindle_%s_project' % mode)
+            if project:
+                spec.extra_args = '--project %s' % shlex.quote(to_text(project))
+            spec.user = option('remote_user') or 'root'
+            spec.su = option('spindle_%s_become_method' % mode) or None
+        elif mode == 'buildah':
+            user = option('remote_user')
+            spec.user = user if user and user != 'root' else None  # as the stock plugin
+        elif mode == 'jail':
+            spec.user = option('remote_user') or None
+        elif mode == 'lxc':
+            spec.host = option('spindle_lxc_host') or host
+            spec.extra_args = '--clear-env'  # the stock plugin attaches with LXC_ATTACH_CLEAR_ENV
+        return spec
 
     def _failure(self, err, what):
         """The Ansible exception for SpindleError ``err`` raised while doing ``what``."""

@@ -50,6 +50,23 @@ ROUTES['community.docker.docker'] = 'docker'
 ROUTES['containers.podman.podman'] = 'podman'
 ROUTES['community.general.chroot'] = 'chroot'
 
+# -- enter transports routed from their stock collection plugins (kubectl, lxd, incus,
+# buildah, jail, lxc); the connection plugin maps each one's options in _enter_spec.
+ENTER_ROUTES = {
+    'kubernetes.core.kubectl': 'kubectl',
+    'community.general.lxd': 'lxd',
+    'community.general.incus': 'incus',
+    'containers.podman.buildah': 'buildah',
+    'community.general.jail': 'jail',
+    'community.general.lxc': 'lxc',
+}
+for _full, _transport in list(ENTER_ROUTES.items()):
+    _short = _full.rsplit('.', 1)[1]
+    if _short != 'incus':  # ansible-core redirects the others' short names to these
+        for _prefix in ('', 'ansible.builtin.', 'ansible.legacy.'):
+            ENTER_ROUTES[_prefix + _short] = _transport
+ROUTES.update(ENTER_ROUTES)
+
 _START_TIMEOUT = 15.0
 
 
