@@ -49,6 +49,21 @@ def _installed_sha(rel):
     return _CORE_SHA[rel]
 
 
+def prime_core_hashes():
+    """Hash the installed ansible-core's module_utils once, in the controller process before
+    Ansible forks its workers: each worker is a fresh fork and would otherwise hash the ones
+    its task uses again (~16 ms for all 160 files, against a few ms per task)."""
+    if _CORE_SHA:
+        return
+    import ansible
+    site = os.path.dirname(os.path.dirname(os.path.abspath(ansible.__file__)))
+    top = os.path.join(site, 'ansible', 'module_utils')
+    for root, _dirs, files in os.walk(top):
+        for name in files:
+            if name.endswith('.py'):
+                _installed_sha(os.path.relpath(os.path.join(root, name), site))
+
+
 def core_files(manifest):
     """The payload's ansible-core module_utils (bytes identical to the installed ansible-core),
     which warm mode keeps loaded in the agent; None when a custom file shadows a core one

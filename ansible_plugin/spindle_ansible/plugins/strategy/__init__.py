@@ -34,6 +34,8 @@ from ansible.errors import AnsibleError
 from ansible.plugins.loader import action_loader, connection_loader
 from ansible.utils.display import Display
 
+from spindle_ansible import modexec
+
 display = Display()
 
 CONNECTION_NAME = 'spindle'
@@ -294,6 +296,7 @@ def ensure_daemon():
     else:
         atexit.register(_stop_at_exit)
     _daemon = Daemon()
+    modexec.prime_core_hashes()  # before the workers fork (warm mode compares module_utils)
     _exported = _daemon.socket
     os.environ['SPINDLE_SOCKET'] = _daemon.socket
     display.vv("spindle: daemon pid %d on %s" % (_daemon.proc.pid, _daemon.socket))
