@@ -767,10 +767,11 @@ class Connection(ConnectionBase):
             raise self._failure(e, 'fetch of %s to %s' % (in_path, out_path)) from None
         # The daemon renames a fresh file into place; give it the mode the stock plugin
         # leaves: an existing file keeps its mode; a new one gets sftp's (remote mode plus
-        # owner-write) or, for local, shutil.copyfile's (0666), less the umask.
+        # owner-write) or, for local (shutil.copyfile) and the chroot and nsenter plugins
+        # (open()), 0666, less the umask.
         if prior is None:
             remote = res.get('mode')
-            if self._mode() == 'local' or not isinstance(remote, int):
+            if self._mode() in ('local', 'chroot', 'setns') or not isinstance(remote, int):
                 mode = 0o666 & ~_UMASK
             else:
                 mode = ((remote & 0o777) | 0o200) & ~_UMASK

@@ -1,0 +1,172 @@
+"""The conformance subset that applies to transports entering a chroot or namespaces on this
+machine, stock connection plugin vs spindle: tests/ansible/conformance-enter.yml runs once
+with the stock plugin (community.general.chroot, community.docker.nsenter, from the
+collections scripts/collections.sh unpacks into the venv) and once through spindle (Ansible's
+linear strategy with the ``spindle`` callback, which routes those connections to the
+daemon's chroot and setns transports). Per-task results (spindle_record), the files the play
+left on the targets and the fetched files must be equal (run_conformance.compare).
+
+* chroot: two trees (tmpfs, read-only bind mounts of /usr and /etc, /dev/null), rebuilt
+  fresh for each run;
+* nsenter: two netns-fleet targets (fleet ``ecnf``), entered by the pid of their sshd
+  (network, mount and uts namespaces of their own).
+
+Needs root. Skips, with the reason printed, when the venv, the collections, the binary or
+the fleet are missing.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import unittest
+
+import run_conformance as rc
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PLAYBOOK = os.path.join(HERE, 'conformance-enter.yml')
+COLLECTIONS = os.path.join(rc.VENV, 'collections')
+FLEET_NAME = 'ecnf'
+
+
+def _sh(cmd):
+    subprocess.run(['sh', '-c', cmd], check=True)
+
+
+def build_tree(path):
+    """A fresh chroot tree at ``path``: a private tmpfs with /usr and /etc bound read-only."""
+    os.makedirs(path, exist_ok=True)
+    _sh('set -e; r=%s; mount -t tmpfs -o mode=0755,size=64m spindle-ecnf "$r"; '
+        'mount --make-private "$r"; mkdir -p "$r/usr" "$r/etc" "$r/dev" "$r/tmp"; '
+        'chmod 1777 "$r/tmp"; '
+        'for l in bin sbin lib lib64; do if [ -e /$l ]; then ln -s usr/$l "$r/$l"; fi; done; '
+        'for d in usr etc; do mount --bind /$d "$r/$d"; mount -o remount,bind,ro "$r/$d"; done; '
+        'mknod -m 666 "$r/dev/null" c 1 3' % path)
+
+
+def destroy_tree(path):
+    subprocess.run(['umount', '-R', '-l', path], stderr=subprocess.DEVNULL)
+
+
+class EnterConformance(unittest.TestCase):
+    def setUp(self):
+        if os.geteuid() != 0:
+            print('SKIP: test_enter_conformance needs root (chroot, mounts, namespaces)')
+            self.skipTest('needs root')
+        if not os.access(os.path.join(rc.VENV_BIN, 'ansible-playbook'), os.X_OK):
+            print('SKIP: no venv with ansible-core at %s (scripts/venv.sh)' % rc.VENV_BIN)
+            self.skipTest('no venv')
+        if not os.path.isdir(os.path.join(COLLECTIONS, 'ansible_collections', 'community')):
+            print('SKIP: no collections in %s (scripts/collections.sh)' % COLLECTIONS)
+            self.skipTest('no collections')
+        if not os.access(rc.spindle_bin(), os.X_OK):
+            print('SKIP: no spindle binary at %s' % rc.spindle_bin())
+            self.skipTest('no spindle binary')
+        self.work = tempfile.mkdtemp(prefix='spindle-ecnf-')
+        self.addCleanup(shutil.rmtree, self.work, True)
+        self.fetch_dir = os.path.join(self.work, 'fetched')
+
+    def one_run(self, kind, inventory, reset, collect):
+        """Run the playbook (``kind`` stock or spindle) after ``reset()``; what
+        run_conformance.compare takes, with ``collect()`` giving the files per host."""
+        cfg = os.path.join(self.work, kind + '.cfg')
+        record = os.path.join(self.work, kind + '.json')
+        rc.write_cfg(cfg, kind, 'linear')
+        reset()
+        shutil.rmtree(self.fetch_dir, ignore_errors=True)
+        os.makedirs(self.fetch_dir)
+        os.makedirs(os.path.join(self.work, 'run'), mode=0o700, exist_ok=True)
+        env = rc.run_env(self.work, cfg, record)
+        env['ANSIBLE_COLLECTIONS_PATH'] = COLLECTIONS
+        extra = json.dumps({'fetch_dir': self.fetch_dir})
+        t0 = time.monotonic()
+        p = subprocess.run([os.path.join(rc.VENV_BIN, 'ansible-playbook'), PLAYBOOK, '-i', inventory,
+                            '-e', extra], env=env, cwd=self.work, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, universal_newlines=True)
+        print('  %-8s rc=%d %.1fs' % (kind, p.returncode, time.monotonic() - t0))
+        if not os.path.exists(record):
+            self.fail('%s: no record (rc %d):\n%s' % (kind, p.returncode, p.stdout[-6000:]))
+        with open(record) as f:
+            records = json.load(f)
+        return {'rc': p.returncode, 'records': records, 'files': collect(),
+                'fetched': rc.snapshot(self.fetch_dir), 'log': p.stdout,
+                'left_behind': sorted(os.listdir(os.path.join(self.work, 'run')))}
+
+    def compare_runs(self, inventory, reset, collect):
+        stock = self.one_run('stock', inventory, reset, collect)
+        spin = self.one_run('spindle', inventory, reset, collect)
+        problems = rc.compare(stock, spin)
+        self.assertEqual(problems, [], '\n'.join(['stock and spindle differ:'] + problems
+                                                 + ['--- spindle log tail:', spin['log'][-3000:]]))
+        self.assertEqual(stock['rc'], 0, stock['log'][-3000:])
+        for r in stock['records']:  # what both agreed on, for the reader of the test output
+            if r['task'] in ('facts both transports must agree on', 'command in the default directory',
+                             'environment keyword', 'raw'):
+                res = r['result']
+                print('  %s %s: %s' % (r['host'], r['task'], res.get('msg') or res.get('stdout_lines')))
+        n = sum(1 for r in stock['records'] if r['status'] != 'recap')
+        print('  equal: %d results, files and fetched files' % n)
+        # the play really ran everywhere: every host wrote its files
+        for host, files in stock['files'].items():
+            self.assertIn('run/static.link', files, host)
+        return stock
+
+    def test_chroot(self):
+        trees = [os.path.join(self.work, 'ch%d' % i) for i in range(2)]
+        for t in trees:
+            self.addCleanup(destroy_tree, t)
+        inventory = os.path.join(self.work, 'chroot.ini')
+        with open(inventory, 'w') as f:
+            f.write(''.join('ch%d ansible_host=%s\n' % (i, t) for i, t in enumerate(trees)))
+            f.write('[all:vars]\nansible_connection=community.general.chroot\n'
+                    'ansible_python_interpreter=/usr/bin/python3\n')
+
+        def reset():
+            for t in trees:
+                destroy_tree(t)
+                build_tree(t)
+
+        def collect():
+            out = {}
+            for i, t in enumerate(trees):
+                p = subprocess.run(['chroot', t, '/usr/bin/python3', '-c', rc.COLLECT],
+                                   stdout=subprocess.PIPE, check=True, universal_newlines=True)
+                out['ch%d' % i] = json.loads(p.stdout)
+            return out
+
+        print('chroot: community.general.chroot vs spindle')
+        self.compare_runs(inventory, reset, collect)
+
+    def test_nsenter(self):
+        try:
+            up = rc.fleet('up', FLEET_NAME, 2)
+        except rc.Skip as e:
+            print('SKIP: %s' % e)
+            self.skipTest(str(e))
+        self.addCleanup(rc.fleet, 'down', FLEET_NAME, check=False)
+        fleet_dir = os.path.dirname(up.stdout.strip().splitlines()[-1])
+        inventory = os.path.join(self.work, 'nsenter.ini')
+        with open(inventory, 'w') as f:
+            for i in range(2):
+                with open(os.path.join(fleet_dir, 'sshd-%d.pid' % i)) as pf:
+                    f.write('t%d ansible_nsenter_pid=%d\n' % (i, int(pf.read().strip())))
+            f.write('[all:vars]\nansible_connection=community.docker.nsenter\n'
+                    'ansible_python_interpreter=/usr/bin/python3\n')
+
+        def reset():
+            for i in range(2):
+                rc.fleet('exec', FLEET_NAME, i, 'rm', '-rf', rc.TARGET_DIR, '/root/.ansible')
+
+        def collect():
+            return dict(('t%d' % i, json.loads(rc.fleet('exec', FLEET_NAME, i, 'python3', '-c',
+                                                         rc.COLLECT).stdout))
+                        for i in range(2))
+
+        print('nsenter: community.docker.nsenter vs spindle (setns)')
+        self.compare_runs(inventory, reset, collect)
+
+
+if __name__ == '__main__':
+    unittest.main()
