@@ -68,7 +68,7 @@ class EnterConformance(unittest.TestCase):
         self.addCleanup(shutil.rmtree, self.work, True)
         self.fetch_dir = os.path.join(self.work, 'fetched')
 
-    def one_run(self, kind, inventory, reset, collect):
+    def one_run(self, kind, inventory, reset, collect, transport):
         """Run the playbook (``kind`` stock or spindle) after ``reset()``; what
         run_conformance.compare takes, with ``collect()`` giving the files per host."""
         cfg = os.path.join(self.work, kind + '.cfg')
@@ -82,21 +82,26 @@ class EnterConformance(unittest.TestCase):
         env['ANSIBLE_COLLECTIONS_PATH'] = COLLECTIONS
         extra = json.dumps({'fetch_dir': self.fetch_dir})
         t0 = time.monotonic()
-        p = subprocess.run([os.path.join(rc.VENV_BIN, 'ansible-playbook'), PLAYBOOK, '-i', inventory,
-                            '-e', extra], env=env, cwd=self.work, stdout=subprocess.PIPE,
+        argv = [os.path.join(rc.VENV_BIN, 'ansible-playbook'), PLAYBOOK, '-i', inventory, '-e', extra]
+        if kind == 'spindle':
+            argv.append('-vvv')  # to see that the hosts were routed to spindle's transport
+        p = subprocess.run(argv, env=env, cwd=self.work, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, universal_newlines=True)
         print('  %-8s rc=%d %.1fs' % (kind, p.returncode, time.monotonic() - t0))
         if not os.path.exists(record):
             self.fail('%s: no record (rc %d):\n%s' % (kind, p.returncode, p.stdout[-6000:]))
+        if kind == 'spindle':
+            self.assertIn('ESTABLISH SPINDLE CONNECTION (%s)' % transport, p.stdout,
+                          'not routed to spindle')
         with open(record) as f:
             records = json.load(f)
         return {'rc': p.returncode, 'records': records, 'files': collect(),
                 'fetched': rc.snapshot(self.fetch_dir), 'log': p.stdout,
                 'left_behind': sorted(os.listdir(os.path.join(self.work, 'run')))}
 
-    def compare_runs(self, inventory, reset, collect):
-        stock = self.one_run('stock', inventory, reset, collect)
-        spin = self.one_run('spindle', inventory, reset, collect)
+    def compare_runs(self, inventory, reset, collect, transport):
+        stock = self.one_run('stock', inventory, reset, collect, transport)
+        spin = self.one_run('spindle', inventory, reset, collect, transport)
         problems = rc.compare(stock, spin)
         self.assertEqual(problems, [], '\n'.join(['stock and spindle differ:'] + problems
                                                  + ['--- spindle log tail:', spin['log'][-3000:]]))
@@ -137,7 +142,7 @@ class EnterConformance(unittest.TestCase):
             return out
 
         print('chroot: community.general.chroot vs spindle')
-        self.compare_runs(inventory, reset, collect)
+        self.compare_runs(inventory, reset, collect, 'chroot')
 
     def test_nsenter(self):
         try:
@@ -165,7 +170,7 @@ class EnterConformance(unittest.TestCase):
                         for i in range(2))
 
         print('nsenter: community.docker.nsenter vs spindle (setns)')
-        self.compare_runs(inventory, reset, collect)
+        self.compare_runs(inventory, reset, collect, 'setns')
 
 
 if __name__ == '__main__':

@@ -202,7 +202,7 @@ DOCUMENTATION = """
                 C(docker), C(community.docker.docker), C(podman), C(containers.podman.podman)).
           default: ssh
           type: string
-          choices: [ssh, local, docker, podman, chroot]
+          choices: [ssh, local, docker, podman, chroot, setns]
           vars:
             - name: ansible_spindle_transport
       spindle_container_executable:
@@ -256,6 +256,19 @@ DOCUMENTATION = """
           vars:
             - name: spindle_via
             - name: ansible_spindle_via
+      nsenter_pid:
+          description:
+            - setns transport (hosts whose connection is C(community.docker.nsenter)), the pid
+              whose namespaces (ipc, mount, net, pid, uts) to enter, as root, like that plugin.
+          type: int
+          default: 1
+          vars:
+            - name: ansible_nsenter_pid
+          env:
+            - name: ANSIBLE_NSENTER_PID
+          ini:
+            - section: nsenter_connection
+              key: nsenter_pid
       spindle_socket:
           description: The spindle daemon's Unix socket; the spindle strategies set it.
           type: string
@@ -525,6 +538,10 @@ class Connection(ConnectionBase):
             timeout = option('timeout')
             return TargetSpec(host=host, transport='chroot', name=name,
                               connect_timeout=int(timeout) if timeout else None)
+        if mode == 'setns':  # like community.docker.nsenter: host is the pid, always root
+            timeout = option('timeout')
+            return TargetSpec(host=str(option('nsenter_pid') or 1), transport='setns', name=name,
+                              connect_timeout=int(timeout) if timeout else None)
         if mode in ('docker', 'podman'):
             timeout = option('timeout')
             return TargetSpec(
@@ -642,6 +659,8 @@ class Connection(ConnectionBase):
                     self._play_context.remote_user = getpass.getuser()
                 except KeyError:
                     pass
+            elif self._mode() == 'setns':  # like community.docker.nsenter: always root
+                self._play_context.remote_user = 'root'
             display.vvv(
                 "ESTABLISH SPINDLE CONNECTION (%s) FOR USER: %s"
                 % (self._mode(), self._play_context.remote_user),

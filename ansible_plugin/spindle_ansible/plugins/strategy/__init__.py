@@ -49,6 +49,7 @@ for _name, _transport in (('ssh', 'ssh'), ('smart', 'ssh'), ('local', 'local'),
 ROUTES['community.docker.docker'] = 'docker'
 ROUTES['containers.podman.podman'] = 'podman'
 ROUTES['community.general.chroot'] = 'chroot'
+ROUTES['community.docker.nsenter'] = 'setns'
 
 _START_TIMEOUT = 15.0
 
