@@ -422,6 +422,19 @@ class Connection(ConnectionBase):
         plugin.build_become_command = build_become_command
         plugin._spindle_wrapped = True
 
+    def is_pipelining_enabled(self, wrap_async=False):
+        """Ansible's rule without its become condition: a become plugin that cannot pipeline
+        (su: the password is typed on the terminal that would carry the module) does not
+        matter here, the nested agent took the password when it started and modules reach it
+        like any other call. (Asked by ansible-core 2.19 and later; older ones keep their own
+        rule in the action, so su there runs modules from files, as stock does.)"""
+        try:
+            enabled = self.get_option('pipelining')
+        except KeyError:
+            enabled = getattr(self._play_context, 'pipelining', False)
+        return bool((enabled or self.always_pipeline_modules) and not C.DEFAULT_KEEP_REMOTE_FILES
+                    and (not wrap_async or self.has_native_async))
+
     def spindle_route(self, transport):
         """Used by the spindle strategies: serve a host whose connection was ``transport``.
 
