@@ -9,10 +9,13 @@ left on the targets and the fetched files must be equal (run_conformance.compare
 * chroot: two trees (tmpfs, read-only bind mounts of /usr and /etc, /dev/null), rebuilt
   fresh for each run;
 * nsenter: two netns-fleet targets (fleet ``ecnf``), entered by the pid of their sshd
-  (network, mount and uts namespaces of their own).
+  (network, mount and uts namespaces of their own);
+* su: the same fleet over ssh (stock: ssh + pipelining), logged in as one user and becoming
+  another with su and a password (users from become_users.py; raw's pty output normalised).
 
-Needs root. Skips, with the reason printed, when the venv, the collections, the binary or
-the fleet are missing.
+Each test takes 30 s to 2 min (stock is the slow half). Needs root. Skips, with the reason
+printed, when the venv, the collections, the binary or the fleet are missing;
+SPINDLE_TEST_KEEP=1 keeps the work dir (logs and records of both runs).
 """
 
 import json
