@@ -10,8 +10,8 @@ in one ``copy_fast`` call, where the agent takes the action's decisions (stat wi
 follow and sha1 rules; copy when the checksums differ, file when they match), and hands the
 module's output back to ``_execute_module`` so the result is parsed exactly as stock parses
 it. Cases with other flows (raw, force=no, diff or check mode, async, a trailing-slash or
-directory destination, an unchanged file reached through a symlink, no pipelining, files
-over :data:`MAX_INLINE`) run the stock action unchanged.
+directory destination, an unchanged file reached through a symlink, no pipelining, become
+to an unprivileged user, files over :data:`MAX_INLINE`) run the stock action unchanged.
 """
 
 import os
@@ -117,6 +117,12 @@ def fast_copy_file(action, source_full, source_rel, content, content_tempfile, d
     if shell.path_has_trailing_slash(dest) or shell.tmpdir is not None:
         return NotImplemented
     if not action._is_pipelining_enabled('new'):
+        return NotImplemented
+    if getattr(action, '_is_become_unprivileged', lambda: True)():
+        # Stock stages the file as the login user and lets the become user read it (setfacl,
+        # chmod or chown): the module then cannot give it the destination's owner and mode
+        # (EPERM, ignored), so a replaced file takes the staged file's mode. The stock path
+        # through spindle does the same steps, so it gives the same result.
         return NotImplemented
     remote_tmp = action.get_shell_option('remote_tmp', default='~/.ansible/tmp') or '~/.ansible/tmp'
     if '$' in remote_tmp or not (remote_tmp.startswith('/') or remote_tmp.startswith('~')):

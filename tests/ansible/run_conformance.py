@@ -55,9 +55,12 @@ for dp, dns, fns in os.walk(root):
     for n in dns + fns:
         p = os.path.join(dp, n)
         st = os.lstat(p)
-        kind = "dir" if stat.S_ISDIR(st.st_mode) else "file" if stat.S_ISREG(st.st_mode) else "?"
+        kind = ("dir" if stat.S_ISDIR(st.st_mode) else "file" if stat.S_ISREG(st.st_mode)
+                else "link" if stat.S_ISLNK(st.st_mode) else "?")
         e = {"type": kind, "mode": oct(stat.S_IMODE(st.st_mode)), "uid": st.st_uid,
              "gid": st.st_gid}
+        if kind == "link":
+            e["target"] = os.readlink(p)
         if kind == "file":
             with open(p, "rb") as f:
                 e["content"] = f.read().decode("utf-8", "replace")

@@ -20,6 +20,8 @@ import tempfile
 import time
 import unittest
 
+import become_users
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 VENV_BIN = os.path.join(REPO, os.environ.get('SPINDLE_VENV') or '.venv', 'bin')
@@ -105,23 +107,20 @@ class Become(unittest.TestCase):
             self.skipTest('needs root')
         if not os.access(os.path.join(VENV_BIN, 'ansible-playbook'), os.X_OK) or not os.access(BIN, os.X_OK):
             self.skipTest('venv (scripts/venv.sh) or spindle binary missing')
-        for tool in ('/usr/bin/sudo', '/usr/bin/doas', '/usr/sbin/useradd', '/usr/sbin/chpasswd',
-                     '/usr/bin/setfacl'):
+        for tool in ('/usr/bin/sudo', '/usr/bin/doas', '/usr/bin/setfacl'):
             if not os.access(tool, os.X_OK):
                 print('SKIP: %s missing (scripts/setup.sh installs it)' % tool)
                 self.skipTest('%s missing' % tool)
-        self.addCleanup(self._remove_users)
-        for user, password in USERS.items():
-            _run(['userdel', '-r', '-f', user])
-            shell = '/bin/bash' if user == 'spindle-op' else '/bin/sh'
-            self.assertEqual(_run(['useradd', '-m', '-s', shell, user]).returncode, 0)
-            p = subprocess.run(['chpasswd'], input=('%s:%s\n' % (user, password)).encode())
-            self.assertEqual(p.returncode, 0)
+        if os.path.exists(DOAS_CONF):  # before anything is changed (or set to be removed)
+            print('SKIP: %s exists: not overwriting it' % DOAS_CONF)
+            self.skipTest('%s exists: not overwriting it' % DOAS_CONF)
+        self.addCleanup(self._remove_files)
+        become_users.add_users(self, dict(
+            (user, (password, '/bin/bash' if user == 'spindle-op' else '/bin/sh'))
+            for user, password in USERS.items()))
         with open(SUDOERS, 'w') as f:  # timestamp_timeout=0: every sudo asks again
             f.write('spindle-op ALL=(ALL:ALL) ALL\nDefaults:spindle-op timestamp_timeout=0\n')
         os.chmod(SUDOERS, 0o440)
-        if os.path.exists(DOAS_CONF):
-            self.skipTest('%s exists: not overwriting it' % DOAS_CONF)
         with open(DOAS_CONF, 'w') as f:  # a password every time (no persist)
             f.write('permit spindle-op as root\n')
         os.chmod(DOAS_CONF, 0o400)
@@ -137,9 +136,7 @@ class Become(unittest.TestCase):
         with open(os.path.join(self.work, 'play.yml'), 'w') as f:
             f.write(PLAY)
 
-    def _remove_users(self):
-        for user in USERS:
-            _run(['userdel', '-r', '-f', user])
+    def _remove_files(self):
         for path in (SUDOERS, DOAS_CONF):
             try:
                 os.unlink(path)

@@ -207,7 +207,7 @@ DOCUMENTATION = """
                 options carry).
           default: ssh
           type: string
-          choices: [ssh, local, docker, podman, chroot, kubectl, lxd, incus, buildah, jail, lxc]
+          choices: [ssh, local, docker, podman, chroot, setns, kubectl, lxd, incus, buildah, jail, lxc]
           vars:
             - name: ansible_spindle_transport
       spindle_container_executable:
@@ -427,6 +427,19 @@ DOCUMENTATION = """
           vars:
             - name: spindle_via
             - name: ansible_spindle_via
+      nsenter_pid:
+          description:
+            - setns transport (hosts whose connection is C(community.docker.nsenter)), the pid
+              whose namespaces (ipc, mount, net, pid, uts) to enter, as root, like that plugin.
+          type: int
+          default: 1
+          vars:
+            - name: ansible_nsenter_pid
+          env:
+            - name: ANSIBLE_NSENTER_PID
+          ini:
+            - section: nsenter_connection
+              key: nsenter_pid
       spindle_socket:
           description: The spindle daemon's Unix socket; the spindle strategies set it.
           type: string
@@ -630,6 +643,19 @@ class Connection(ConnectionBase):
         plugin.build_become_command = build_become_command
         plugin._spindle_wrapped = True
 
+    def is_pipelining_enabled(self, wrap_async=False):
+        """Ansible's rule without its become condition: a become plugin that cannot pipeline
+        (su: the password is typed on the terminal that would carry the module) does not
+        matter here, the nested agent took the password when it started and modules reach it
+        like any other call. (Asked by ansible-core 2.19 and later; older ones keep their own
+        rule in the action, so su there runs modules from files, as stock does.)"""
+        try:
+            enabled = self.get_option('pipelining')
+        except KeyError:
+            enabled = getattr(self._play_context, 'pipelining', False)
+        return bool((enabled or self.always_pipeline_modules) and not C.DEFAULT_KEEP_REMOTE_FILES
+                    and (not wrap_async or self.has_native_async))
+
     def spindle_route(self, transport):
         """Used by the spindle strategies: serve a host whose connection was ``transport``.
 
@@ -745,6 +771,10 @@ class Connection(ConnectionBase):
         if mode == 'chroot':  # like the chroot plugin: host is the directory, no user
             timeout = option('timeout')
             return TargetSpec(host=host, transport='chroot', name=name,
+                              connect_timeout=int(timeout) if timeout else None)
+        if mode == 'setns':  # like community.docker.nsenter: host is the pid, always root
+            timeout = option('timeout')
+            return TargetSpec(host=str(option('nsenter_pid') or 1), transport='setns', name=name,
                               connect_timeout=int(timeout) if timeout else None)
         if mode in ENTER_MODES:
             return self._enter_spec(option, mode, host, name)
@@ -899,6 +929,8 @@ class Connection(ConnectionBase):
                     self._play_context.remote_user = getpass.getuser()
                 except KeyError:
                     pass
+            elif self._mode() == 'setns':  # like community.docker.nsenter: always root
+                self._play_context.remote_user = 'root'
             display.vvv(
                 "ESTABLISH SPINDLE CONNECTION (%s) FOR USER: %s"
                 % (self._mode(), self._play_context.remote_user),
@@ -1024,10 +1056,11 @@ class Connection(ConnectionBase):
             raise self._failure(e, 'fetch of %s to %s' % (in_path, out_path)) from None
         # The daemon renames a fresh file into place; give it the mode the stock plugin
         # leaves: an existing file keeps its mode; a new one gets sftp's (remote mode plus
-        # owner-write) or, for local, shutil.copyfile's (0666), less the umask.
+        # owner-write) or, for local (shutil.copyfile) and the chroot and nsenter plugins
+        # (open()), 0666, less the umask.
         if prior is None:
             remote = res.get('mode')
-            if self._mode() == 'local' or not isinstance(remote, int):
+            if self._mode() in ('local', 'chroot', 'setns') or not isinstance(remote, int):
                 mode = 0o666 & ~_UMASK
             else:
                 mode = ((remote & 0o777) | 0o200) & ~_UMASK

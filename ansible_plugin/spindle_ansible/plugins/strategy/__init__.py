@@ -51,6 +51,7 @@ for _name, _transport in (('ssh', 'ssh'), ('smart', 'ssh'), ('local', 'local'),
 ROUTES['community.docker.docker'] = 'docker'
 ROUTES['containers.podman.podman'] = 'podman'
 ROUTES['community.general.chroot'] = 'chroot'
+ROUTES['community.docker.nsenter'] = 'setns'
 
 # -- enter transports routed from their stock collection plugins (kubectl, lxd, incus,
 # buildah, jail, lxc); the connection plugin maps each one's options in _enter_spec.
