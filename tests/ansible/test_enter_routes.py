@@ -65,7 +65,7 @@ OPTIONS_CHECK = textwrap.dedent('''
     from ansible.playbook.play_context import PlayContext
     from ansible.plugins.loader import connection_loader, init_plugin_loader
     init_plugin_loader()
-    from spindle_ansible.plugins.connection.spindle import _kubectl_words
+    from spindle_ansible.specs import kubectl_words as _kubectl_words
     from spindle_ansible.plugins.strategy import LoaderPatch, ROUTES
     connection_loader.add_directory(CONNECTION_DIR)
     pc = PlayContext()

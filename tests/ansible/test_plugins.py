@@ -183,8 +183,9 @@ class PluginTests(unittest.TestCase):
 
     def test_chroot_connection_routed(self):
         """Hosts with ansible_connection community.general.chroot run through spindle's chroot
-        transport (the collection itself is not installed here: spindle's routing does not
-        need it). The chroot is a tree of read-only bind mounts with a tmpfs /tmp."""
+        transport without the collection on Ansible's path (spindle's routing does not need
+        it; test_enter_conformance compares with the stock plugin). The chroot is a tree of
+        read-only bind mounts with a tmpfs /tmp."""
         binary = os.environ.get('SPINDLE_BIN') or os.path.join(REPO, 'target', 'debug', 'spindle')
         if not os.access(binary, os.X_OK) or os.geteuid() != 0:
             print('SKIP: needs root (bind mounts, chroot) and the spindle binary')

@@ -197,7 +197,7 @@ class ProxyJump(unittest.TestCase):
         import sys
         sys.path.insert(0, os.path.join(REPO, 'ansible_plugin'))
         try:
-            from spindle_ansible.plugins.connection.spindle import proxy_jump
+            from spindle_ansible.specs import proxy_jump
         except ImportError as e:  # ansible not importable by this interpreter
             self.skipTest(str(e))
         self.assertEqual(proxy_jump('-o ProxyJump=b1 -o A=b', None, '-v'),

@@ -227,7 +227,7 @@ DOCUMENTATION = """
           vars:
             - name: ansible_docker_extra_args
             - name: ansible_podman_extra_args
-      # -- enter transports routed from stock collection plugins (see _enter_spec): each
+      # -- enter transports routed from stock collection plugins (spindle_ansible/specs.py): each
       # option carries the stock plugin's own variables, so an inventory written for it works.
       spindle_kubectl_pod:
           description: "kubectl transport (kubernetes.core.kubectl), the stock option C(kubectl_pod): the pod, when not O(host)."
@@ -452,7 +452,6 @@ DOCUMENTATION = """
 import base64
 import copy
 import getpass
-import json
 import os
 import re
 import shlex
@@ -465,8 +464,9 @@ from ansible.module_utils.common.text.converters import to_bytes, to_text
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
-from spindle_ansible.client import Client, SpindleError, TargetSpec
+from spindle_ansible.client import Client, SpindleError
 from spindle_ansible.modexec import call_with_blobs, plan, run_in_agent
+from spindle_ansible.specs import SpecBuilder
 
 display = Display()
 
@@ -477,102 +477,6 @@ UNREACHABLE_KINDS = frozenset(
 
 #: Where the target's agent puts the command starting the nested agent (become).
 BOOT_PLACEHOLDER = '__SPINDLE_BOOT__'
-#: Longest spindle_via chain.
-MAX_VIA_DEPTH = 8
-#: ansible_connection values a hop may use -> spindle transport.
-HOP_TRANSPORTS = {}
-for _name, _transport in (('ssh', 'ssh'), ('smart', 'ssh'), ('local', 'local'),
-                          ('docker', 'docker'), ('podman', 'podman')):
-    for _prefix in ('', 'ansible.builtin.', 'ansible.legacy.'):
-        HOP_TRANSPORTS[_prefix + _name] = _transport
-HOP_TRANSPORTS['community.docker.docker'] = 'docker'
-HOP_TRANSPORTS['containers.podman.podman'] = 'podman'
-
-
-def proxy_jump(*arg_strings):
-    """The ProxyJump destination named in ssh argument strings (``-J x``, ``-Jx``,
-    ``-o ProxyJump=x``, ``-oProxyJump x``), or None, and the arguments without it."""
-    found, kept = None, []
-    for s in arg_strings:
-        words = shlex.split(s) if s else []
-        out, i = [], 0
-        while i < len(words):
-            w = words[i]
-            nxt = words[i + 1] if i + 1 < len(words) else None
-            if w == '-J' and nxt is not None:
-                found, i = nxt, i + 2
-                continue
-            if w.startswith('-J') and len(w) > 2:
-                found, i = w[2:], i + 1
-                continue
-            opt, skip = None, 1
-            if w == '-o' and nxt is not None:
-                opt, skip = nxt, 2
-            elif w.startswith('-o') and len(w) > 2:
-                opt = w[2:]
-            if opt is not None:
-                key, _, value = opt.replace('=', ' ', 1).partition(' ')
-                if key.lower() == 'proxyjump' and value.strip():
-                    found, i = value.strip(), i + skip
-                    continue
-            out.append(w)
-            i += 1
-        kept.append(' '.join(shlex.quote(w) for w in out) if s else s)
-    if found is not None and found.lower() == 'none':
-        found = None
-    return found, kept
-
-
-#: Transports routed from stock enter plugins; options mapped by Connection._enter_spec.
-ENTER_MODES = frozenset(('kubectl', 'lxd', 'incus', 'buildah', 'jail', 'lxc'))
-
-#: kubernetes.core.kubectl's options that become flags, in the order its plugin adds them.
-_KUBECTL_FLAGS = (
-    ('spindle_kubectl_namespace', '-n'),
-    ('spindle_kubectl_kubeconfig', '--kubeconfig'),
-    ('spindle_kubectl_context', '--context'),
-    ('spindle_kubectl_host', '--server'),
-    ('spindle_kubectl_username', '--username'),
-    ('spindle_kubectl_password', '--password'),
-    ('spindle_kubectl_token', '--token'),
-    ('spindle_kubectl_client_cert', '--client-certificate'),
-    ('spindle_kubectl_client_key', '--client-key'),
-    ('spindle_kubectl_ca_cert', '--certificate-authority'),
-    ('spindle_kubectl_validate_certs', '--insecure-skip-tls-verify'),
-)
-
-
-def _kubectl_words(option):
-    """The words kubernetes.core.kubectl puts between ``kubectl`` and ``exec``, and the
-    environment it adds to kubectl's, from that plugin's options."""
-    words = []
-    for opt, flag in _KUBECTL_FLAGS:
-        value = option(opt)
-        if value in (None, ''):
-            continue
-        if opt in ('spindle_kubectl_password', 'spindle_kubectl_token'):
-            raise AnsibleError(
-                "spindle: the kubectl %s option puts a secret on kubectl's command line (the "
-                "stock plugin does that); spindle does not: put the credentials in a kubeconfig "
-                "file (ansible_kubectl_kubeconfig)" % opt.rsplit('_', 1)[1])
-        if opt == 'spindle_kubectl_kubeconfig' and not isinstance(value, str):
-            raise AnsibleError(
-                "spindle: ansible_kubectl_kubeconfig must be a file path; a kubeconfig given as "
-                "a dictionary is not supported (the stock plugin writes it to a temporary file)")
-        if opt == 'spindle_kubectl_validate_certs' and not value:
-            continue  # the stock plugin adds it only when true
-        words += [flag, to_text(value)]
-    extra = option('spindle_kubectl_extra_args')
-    if extra:
-        words += to_text(extra).split(' ')  # as the stock plugin does
-    env = option('spindle_kubectl_local_env_vars')
-    if env:
-        if isinstance(env, str):
-            env = json.loads(env)
-        env = {to_text(k): to_text(v) for k, v in env.items()}
-    return words, env or None
-
-
 #: Wrapped commands remembered per connection (the last few tasks' commands).
 _BECOME_MEMORY = 16
 
@@ -688,159 +592,10 @@ class Connection(ConnectionBase):
         return super(Connection, self)._resolve_option_variables(variables, templar)
 
     def _spec(self):
-        spec = self._spec_from(self.get_option, self._mode())
-        if spec.transport == 'local':
-            return spec
-        via = self.get_option('spindle_via')
-        if not via and spec.transport == 'ssh':
-            jump, kept = proxy_jump(spec.ssh_args, spec.ssh_common_args, spec.ssh_extra_args)
-            if jump and self._hop_host(jump) is not None:
-                via = jump
-                spec.ssh_args, spec.ssh_common_args, spec.ssh_extra_args = (
-                    k or None for k in kept)
-        me = to_text(self._spindle_inventory_name or self._play_context.remote_addr)
-        if via and to_text(via) != me:  # a hop is not its own hop (-e spindle_via=gateway)
-            spec.via = self._hop_spec(via, [me]).to_dict()
-        return spec
-
-    def _hop_host(self, name):
-        """The inventory name for a ProxyJump destination ``[user@]host[:port]``, if any."""
-        hv = self._spindle_hostvars
-        if hv is None or ',' in name:
-            return None
-        host = name.rsplit('@', 1)[-1]
-        if host.count(':') == 1:
-            host = host.split(':', 1)[0]
-        return host if host in hv else None
-
-    def _hop_spec(self, name, chain):
-        """The TargetSpec of hop ``name`` from its own (templated) host variables."""
-        name = to_text(name)
-        if name in chain:
-            raise AnsibleError("spindle_via loop: %s" % ' -> '.join(chain + [name]))
-        if len(chain) > MAX_VIA_DEPTH:
-            raise AnsibleError("spindle_via: more than %d hops: %s"
-                               % (MAX_VIA_DEPTH, ' -> '.join(chain + [name])))
-        hv = self._spindle_hostvars
-        if hv is None:
-            raise AnsibleError("spindle_via=%s: the host variables of other hosts are not "
-                               "available to this connection" % name)
-        if name not in hv:
-            jump = self._hop_host(name)
-            if jump is None:
-                raise AnsibleError("spindle_via=%s is not a host of the inventory" % name)
-            name = jump
-        hvars = hv[name]
-        defs = C.config.get_configuration_definitions('connection', self._load_name) or {}
-
-        def option(opt):
-            # Ansible's precedence for one host: its variables (the later names of an
-            # option's list win), else ini/env/default.
-            value = None
-            for var in (defs.get(opt) or {}).get('vars') or []:
-                vname = var.get('name') if isinstance(var, dict) else var
-                if vname and vname in hvars and not vname.startswith('delegated_vars'):
-                    value = hvars[vname]
-            if value is None and opt == 'host':
-                value = name
-            if value is None:
-                try:
-                    value = C.config.get_config_value(opt, plugin_type='connection',
-                                                      plugin_name=self._load_name)
-                except Exception:
-                    value = None
-            return value
-
-        conn = hvars['ansible_connection'] if 'ansible_connection' in hvars else 'ssh'
-        mode = HOP_TRANSPORTS.get(to_text(conn))
-        if mode is None:
-            raise AnsibleError("spindle_via=%s: its connection %r cannot carry other hosts "
-                               "(ssh, local, docker or podman can)" % (name, conn))
-        spec = self._spec_from(option, mode, name=name)
-        via = option('spindle_via')
-        if via and to_text(via) != name:
-            spec.via = self._hop_spec(via, chain + [name]).to_dict()
-        return spec
-
-    def _spec_from(self, option, mode, name=None):
-        """A TargetSpec from option values; ``option(name)`` gives one (``get_option`` for
-        this host, the hop's variables for a spindle_via hop)."""
-        host = option('host') or self._play_context.remote_addr
-        if mode == 'local':
-            return TargetSpec(transport='local', name=name or host)
-        if mode == 'chroot':  # like the chroot plugin: host is the directory, no user
-            timeout = option('timeout')
-            return TargetSpec(host=host, transport='chroot', name=name,
-                              connect_timeout=int(timeout) if timeout else None)
-        if mode == 'setns':  # like community.docker.nsenter: host is the pid, always root
-            timeout = option('timeout')
-            return TargetSpec(host=str(option('nsenter_pid') or 1), transport='setns', name=name,
-                              connect_timeout=int(timeout) if timeout else None)
-        if mode in ENTER_MODES:
-            return self._enter_spec(option, mode, host, name)
-        if mode in ('docker', 'podman'):
-            timeout = option('timeout')
-            return TargetSpec(
-                host=host,
-                transport=mode,
-                user=option('remote_user') or None,
-                executable=option('spindle_container_executable') or None,
-                extra_args=option('spindle_container_extra_args') or None,
-                connect_timeout=int(timeout) if timeout else None,
-            )
-        ssh_args = option('ssh_args') or ''
-        if option('host_key_checking') is False:
-            ssh_args = (ssh_args + ' -o StrictHostKeyChecking=no').strip()
-        key = option('private_key_file')
-        timeout = option('timeout')
-        port = option('port')
-        return TargetSpec(
-            host=host,
-            transport='ssh',
-            port=int(port) if port else None,
-            user=option('remote_user') or None,
-            identity_file=os.path.expanduser(key) if key else None,
-            ssh_executable=option('ssh_executable') or None,
-            ssh_args=ssh_args or None,
-            ssh_common_args=option('ssh_common_args') or None,
-            ssh_extra_args=option('ssh_extra_args') or None,
-            password=option('password') or None,
-            connect_timeout=int(timeout) if timeout else None,
-        )
-
-    # -- enter transports routed from stock collection plugins ----------------------------
-
-    def _enter_spec(self, option, mode, host, name):
-        """The TargetSpec for a host whose connection was a stock enter plugin (kubectl, lxd,
-        incus, buildah, jail, lxc): the daemon runs the command that plugin would run (same
-        container, namespace, user, kubeconfig, ...), built from that plugin's own options."""
-        timeout = option('timeout')
-        spec = TargetSpec(host=host, transport=mode, name=name,
-                          connect_timeout=int(timeout) if timeout else None)
-        if mode == 'kubectl':
-            words, env = _kubectl_words(option)
-            spec.host = option('spindle_kubectl_pod') or host
-            spec.container = option('spindle_kubectl_container') or None
-            spec.extra_args = ' '.join(shlex.quote(w) for w in words) or None
-            spec.env = env
-        elif mode in ('lxd', 'incus'):
-            instance = option('spindle_%s_host' % mode) or host
-            instance = to_text(instance).split('.', 1)[0]
-            spec.host = '%s:%s' % (option('spindle_%s_remote' % mode) or 'local', instance)
-            project = option('spindle_%s_project' % mode)
-            if project:
-                spec.extra_args = '--project %s' % shlex.quote(to_text(project))
-            spec.user = option('remote_user') or 'root'
-            spec.su = option('spindle_%s_become_method' % mode) or None
-        elif mode == 'buildah':
-            user = option('remote_user')
-            spec.user = user if user and user != 'root' else None  # as the stock plugin
-        elif mode == 'jail':
-            spec.user = option('remote_user') or None
-        elif mode == 'lxc':
-            spec.host = option('spindle_lxc_host') or host
-            spec.extra_args = '--clear-env'  # the stock plugin attaches with LXC_ATTACH_CLEAR_ENV
-        return spec
+        """Where the daemon starts this host's agent (:mod:`spindle_ansible.specs`)."""
+        builder = SpecBuilder(self._load_name, self._play_context.remote_addr,
+                              self._spindle_hostvars, self._spindle_inventory_name)
+        return builder.target(self.get_option, self._mode())
 
     def _failure(self, err, what):
         """The Ansible exception for SpindleError ``err`` raised while doing ``what``."""

@@ -54,7 +54,7 @@ ROUTES['community.general.chroot'] = 'chroot'
 ROUTES['community.docker.nsenter'] = 'setns'
 
 # -- enter transports routed from their stock collection plugins (kubectl, lxd, incus,
-# buildah, jail, lxc); the connection plugin maps each one's options in _enter_spec.
+# buildah, jail, lxc); spindle_ansible.specs maps each one's options (SpecBuilder.enter_spec).
 ENTER_ROUTES = {
     'kubernetes.core.kubectl': 'kubectl',
     'community.general.lxd': 'lxd',
