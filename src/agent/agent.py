@@ -816,9 +816,25 @@ def op_run_module(chan, call_id, call):
     return _run_module(call)
 
 
+# Module file sets (manifest + warm core list) by the id the controller gave them: a later
+# run_module with only "set_id" reuses one (the controller sends each set once per stream, and
+# at most MAX_MODULE_SETS of them).
+MODULE_SETS = {}
+MAX_MODULE_SETS = 1024
+
+
 def _run_module(call):
     req, manifest = call.get("req"), call.get("manifest")
     mode, core = call.get("mode", "inproc"), call.get("core") or []
+    set_id = call.get("set_id")
+    if isinstance(set_id, str) and manifest is None:
+        known = MODULE_SETS.get(set_id)
+        if known is None:
+            raise AgentError("bad_request", "module set %s is not on the agent" % set_id)
+        manifest, core = known
+    elif isinstance(set_id, str) and isinstance(manifest, dict) \
+            and len(MODULE_SETS) < MAX_MODULE_SETS:
+        MODULE_SETS[set_id] = (manifest, core)
     if not isinstance(req, dict) or not isinstance(manifest, dict) \
             or mode not in ("inproc", "warm", "fork") or not isinstance(core, list):
         raise AgentError("bad_request", "run_module needs req, manifest, mode inproc|warm|fork")

@@ -12,6 +12,7 @@ use crate::proto::{self, encode_frame, flags, Kind};
 use crate::transport::{classify::classify, classify::FailKind};
 use base64::Engine as _;
 use serde_json::json;
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -250,6 +251,18 @@ impl Router {
                 if !push.is_empty() {
                     p.insert("blobs".into(), serde_json::Value::Object(push));
                 }
+                match p.get("op").and_then(|o| o.as_str()) {
+                    Some("run_module") => dedup_module_set(&mut p, &mut x.sent_sets),
+                    // copy_fast carries the two module runs it chooses from.
+                    Some("copy_fast") => {
+                        for k in ["copy", "file"] {
+                            if let Some(serde_json::Value::Object(run)) = p.get_mut(k) {
+                                dedup_module_set(run, &mut x.sent_sets);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
                 (serde_json::Value::Object(p), Op::Call)
             }
             _ => unreachable!("ops filtered in request()"),
@@ -478,4 +491,37 @@ fn tmp_path_for(dest: &std::path::Path, t: TargetId, h: u32) -> PathBuf {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     dest.with_file_name(format!(".{name}.spindle-{}-{t}-{h}", std::process::id()))
+}
+
+/// Module file sets an agent keeps at most (its `MAX_MODULE_SETS`); past it, sets are sent whole.
+const MAX_MODULE_SETS: usize = 1024;
+
+/// A run_module call names its files twice over per task: the manifest (path -> blob hash of
+/// every module_utils file, ~5 KiB for `command`) and warm mode's core list. The same set
+/// comes with every task of a module, so it is sent once per stream with a `set_id` the agent
+/// keeps it under, and after that only the id (one round trip stays one round trip; bytes per
+/// task drop to the parameters and the reply).
+fn dedup_module_set(
+    p: &mut serde_json::Map<String, serde_json::Value>,
+    sent: &mut HashSet<String>,
+) {
+    use sha2::Digest as _;
+    let Some(manifest) = p.get("manifest").filter(|m| m.is_object()) else {
+        return;
+    };
+    if p.contains_key("set_id") {
+        return;
+    }
+    let key = json!([manifest, p.get("core").unwrap_or(&serde_json::Value::Null)]);
+    let digest = sha2::Sha256::digest(serde_json::to_vec(&key).unwrap_or_default());
+    let id: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    if sent.contains(&id) {
+        p.remove("manifest");
+        p.remove("core");
+    } else if sent.len() < MAX_MODULE_SETS {
+        sent.insert(id.clone());
+    } else {
+        return;
+    }
+    p.insert("set_id".into(), id.into());
 }

@@ -72,6 +72,7 @@ impl Router {
             calls: HashMap::new(),
             puts: VecDeque::new(),
             sent_blobs: HashSet::new(),
+            sent_sets: HashSet::new(),
             counters: TargetCounters::default(),
             parent,
             ctx,

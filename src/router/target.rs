@@ -30,6 +30,8 @@ pub(super) struct Target {
     pub(super) calls: HashMap<u32, Call>,
     pub(super) puts: VecDeque<u32>,
     pub(super) sent_blobs: HashSet<String>,
+    /// Ids of the module file sets (run_module manifest + core list) its agent keeps.
+    pub(super) sent_sets: HashSet<String>,
     pub(super) counters: TargetCounters,
     /// For a context (become, or a target behind a via hop): the target whose agent started
     /// it, itself a stream or a context. Frames travel on the root stream of that chain.

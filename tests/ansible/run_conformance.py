@@ -12,13 +12,15 @@ target (under /tmp/spindle-conf: content, mode, type) and in the controller fetc
 cleans both.  Records, files and exit codes must be equal per host, and the spindle run must
 leave no daemon behind; on mismatch it prints a readable diff and exits 1.  ``--via``: the
 spindle runs reach t1 and t2 through t0 (``spindle_via=t0``; t0's namespace is joined to
-theirs by veth pairs), the stock runs connect directly.  Exit 77: cannot
+theirs by veth pairs), the stock runs connect directly.  ``--bastions``: 23 targets, the
+spindle runs reach 20 web hosts through a gateway and two bastions (t0 -> t1, t2 -> t3..t12,
+t13..t22), the stock runs connect to each directly.  Exit 77: cannot
 run here (no fleet, venv or daemon binary).
 
 Everything lives in a work dir that is removed at the end (``--keep`` keeps it); nothing is
 written to $HOME.  Ansible comes from the venv .venv, or $SPINDLE_VENV (as in
 scripts/venv.sh).  Usage: ``python3 tests/ansible/run_conformance.py [--strategy
-linear|free|both] [--name NAME] [--via] [--keep]``.
+linear|free|both] [--name NAME] [--via | --bastions] [--keep]``.
 """
 
 import argparse
@@ -111,7 +113,8 @@ def spindle_bin():
 
 def write_cfg(path, kind, strategy):
     lines = ['[defaults]', 'callback_plugins = %s' % os.path.join(PLUGINS, 'callback'),
-             'callbacks_enabled = spindle_record', 'retry_files_enabled = False']
+             'callbacks_enabled = spindle_record', 'retry_files_enabled = False',
+             'forks = %d' % max(5, COUNT + 1)]
     if kind == 'spindle' and strategy == 'linear':
         # The callback entry point: Ansible's own linear strategy, routed by the callback.
         lines[2] = 'callbacks_enabled = spindle_record, spindle'
@@ -284,7 +287,12 @@ def main(argv=None):
     ap.add_argument('--name', default='acnf', help='fleet name ([a-z0-9]{1,5})')
     ap.add_argument('--keep', action='store_true', help='keep the work dir (logs, records)')
     ap.add_argument('--via', action='store_true', help='spindle reaches t1, t2 through t0')
+    ap.add_argument('--bastions', action='store_true',
+                    help='23 targets: spindle reaches t3..t22 through t0 and bastions t1, t2')
     args = ap.parse_args(argv)
+    global COUNT
+    if args.bastions:
+        COUNT = 23
 
     if not os.access(os.path.join(VENV_BIN, 'ansible-playbook'), os.X_OK):
         print('SKIP: no venv with ansible-core at %s (run scripts/venv.sh)' % VENV_BIN)
@@ -334,6 +342,15 @@ def main(argv=None):
             via = os.path.join(work, 'via.ini')
             with open(via, 'w') as f:
                 f.write('[fleet]\n' + ''.join('t%d spindle_via=t0\n' % i for i in range(1, COUNT)))
+            spindle_inventories = inventories + [via]
+        if args.bastions:  # gateway t0 -> bastions t1, t2 -> 10 web hosts each
+            hops = dict((i, 0) for i in (1, 2))
+            hops.update((i, 1 if i < 13 else 2) for i in range(3, COUNT))
+            for i, hop in sorted(hops.items()):
+                link(args.name, hop, ips[hop], i, ips[i])
+            via = os.path.join(work, 'via.ini')
+            with open(via, 'w') as f:
+                f.write('[fleet]\n' + ''.join('t%d spindle_via=t%d\n' % kv for kv in sorted(hops.items())))
             spindle_inventories = inventories + [via]
 
         for strategy in strategies:

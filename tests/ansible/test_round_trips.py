@@ -95,8 +95,14 @@ class RoundTrips(unittest.TestCase):
             self.play(task)
             after = self.stats()
             d = dict((k, after[k] - before.get(k, 0)) for k in ('calls', 'frames_out', 'frames_in', 'blobs_pushed'))
-            print('%-8s %s' % (name, d))
+            sent = after['bytes_out'] - before.get('bytes_out', 0)
+            print('%-8s %s, %d bytes out, %d in' % (name, d, sent,
+                                                   after['bytes_in'] - before.get('bytes_in', 0)))
             self.assertEqual(d, {'calls': 1, 'frames_out': 1, 'frames_in': 1, 'blobs_pushed': 0}, name)
+            if name != 'setup':
+                # The module's file set went with the first run (set_id), not every time
+                # (~9.9 KB per command task, ~20 KB per copy before).
+                self.assertLess(sent, 2048 if name not in ('copy', 'template') else 4096, name)
         self.assertEqual(self.target_files(), files_before, 'tasks wrote on the target')
 
 

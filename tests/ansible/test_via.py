@@ -192,6 +192,22 @@ class ConformanceVia(unittest.TestCase):
             self.skipTest(p.stdout.strip().splitlines()[-1] if p.stdout.strip() else 'cannot run')
         self.assertEqual(p.returncode, 0, 'stock and spindle_via runs differ:\n%s' % p.stdout)
 
+    def test_conformance_gateway_bastions_web(self):
+        """The conformance playbook on 23 targets: through spindle, 20 web hosts behind two
+        bastions behind a gateway (controller -> t0 -> t1, t2 -> 10 web hosts each), equal
+        to stock connecting to each directly (stock linear vs linear + the spindle
+        callback)."""
+        import sys
+        p = subprocess.run([sys.executable, os.path.join(HERE, 'run_conformance.py'), '--bastions',
+                            '--strategy', 'linear', '--name', 'cvib'], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, universal_newlines=True,
+                           env=dict(os.environ, SPINDLE_BIN=BIN))
+        print(p.stdout)
+        if p.returncode == 77:
+            self.skipTest(p.stdout.strip().splitlines()[-1] if p.stdout.strip() else 'cannot run')
+        self.assertEqual(p.returncode, 0, 'stock and spindle_via runs differ:\n%s' % p.stdout)
+        self.assertIn('equal: 24 hosts', p.stdout)  # 23 targets and one that refuses ssh
+
 class ProxyJump(unittest.TestCase):
     def test_parse(self):
         import sys
