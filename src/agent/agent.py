@@ -823,18 +823,24 @@ MODULE_SETS = {}
 MAX_MODULE_SETS = 1024
 
 
-def _run_module(call):
-    req, manifest = call.get("req"), call.get("manifest")
-    mode, core = call.get("mode", "inproc"), call.get("core") or []
-    set_id = call.get("set_id")
+def _module_set(call):
+    """(manifest, core) of a run_module call: given in it (and kept under its set_id, which
+    the controller will send alone from now on), or the kept set its set_id names."""
+    manifest, core, set_id = call.get("manifest"), call.get("core") or [], call.get("set_id")
     if isinstance(set_id, str) and manifest is None:
         known = MODULE_SETS.get(set_id)
         if known is None:
             raise AgentError("bad_request", "module set %s is not on the agent" % set_id)
-        manifest, core = known
-    elif isinstance(set_id, str) and isinstance(manifest, dict) \
+        return known
+    if isinstance(set_id, str) and isinstance(manifest, dict) \
             and len(MODULE_SETS) < MAX_MODULE_SETS:
         MODULE_SETS[set_id] = (manifest, core)
+    return manifest, core
+
+
+def _run_module(call):
+    req, mode = call.get("req"), call.get("mode", "inproc")
+    manifest, core = _module_set(call)
     if not isinstance(req, dict) or not isinstance(manifest, dict) \
             or mode not in ("inproc", "warm", "fork") or not isinstance(core, list):
         raise AgentError("bad_request", "run_module needs req, manifest, mode inproc|warm|fork")
@@ -872,6 +878,9 @@ def op_copy_fast(chan, call_id, call):
     dest, follow = call.get("dest"), bool(call.get("follow"))
     checksum, staged = call.get("checksum"), call.get("staged")
     copy_run, file_run = call.get("copy"), call.get("file")
+    for run in (copy_run, file_run):  # keep both sets: the controller sent each once
+        if isinstance(run, dict):
+            _module_set(run)
     try:
         data = base64.b64decode(call.get("data_b64") or "")
     except (TypeError, ValueError) as exc:

@@ -105,6 +105,21 @@ class RoundTrips(unittest.TestCase):
                 self.assertLess(sent, 2048 if name not in ('copy', 'template') else 4096, name)
         self.assertEqual(self.target_files(), files_before, 'tasks wrote on the target')
 
+    def test_copy_keeps_both_module_sets(self):
+        """copy_fast carries two module runs (copy, file) and runs one; the daemon sends each
+        run's file set once per stream, so the agent must keep both: on a fresh stream a
+        first copy runs `copy`, the unchanged second runs `file` (only its set_id sent), a
+        changed third runs `copy` again."""
+        task = 'copy: {content: "%s\\n", dest: /tmp/rtt-sets.txt, mode: "0640"}'
+        for content in ('one', 'one', 'two'):
+            before = self.stats()
+            self.play(task % content)  # asserts rc 0
+            after = self.stats()
+            self.assertEqual(after['calls'] - before.get('calls', 0), 1, content)
+        out = subprocess.run(['bash', FLEET, 'exec', 'rtt', '0', 'cat', '/tmp/rtt-sets.txt'],
+                             stdout=subprocess.PIPE, check=True)
+        self.assertEqual(out.stdout, b'two\n')
+
 
 if __name__ == '__main__':
     unittest.main()
