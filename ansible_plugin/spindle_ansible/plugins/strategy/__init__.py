@@ -35,6 +35,7 @@ from ansible.plugins.loader import action_loader, connection_loader
 from ansible.utils.display import Display
 
 from spindle_ansible import modexec
+from spindle_ansible.specs import HOP_TRANSPORTS
 
 display = Display()
 
@@ -42,14 +43,9 @@ CONNECTION_NAME = 'spindle'
 PLUGINS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONNECTION_DIR = os.path.join(PLUGINS_DIR, 'connection')
 
-#: requested connection name -> spindle transport
-ROUTES = {}
-for _name, _transport in (('ssh', 'ssh'), ('smart', 'ssh'), ('local', 'local'),
-                          ('docker', 'docker'), ('podman', 'podman')):
-    for _prefix in ('', 'ansible.builtin.', 'ansible.legacy.'):
-        ROUTES[_prefix + _name] = _transport
-ROUTES['community.docker.docker'] = 'docker'
-ROUTES['containers.podman.podman'] = 'podman'
+#: requested connection name -> spindle transport: those a spindle_via hop may use too
+#: (ssh, local, docker, podman), and these
+ROUTES = dict(HOP_TRANSPORTS)
 ROUTES['community.general.chroot'] = 'chroot'
 ROUTES['community.docker.nsenter'] = 'setns'
 
