@@ -44,8 +44,8 @@ enum Cmd {
         /// target; beyond it the least recently used idle one is closed.
         #[arg(long, env = "SPINDLE_MAX_INTERPRETERS", default_value_t = spindle::router::DEFAULT_MAX_INTERPRETERS)]
         max_interpreters: usize,
-        /// Send files for targets behind a via hop once per target instead of through the
-        /// hops' file caches (also SPINDLE_NO_HOP_CACHE=1).
+        /// Send files and module code for targets behind a via hop (and for become contexts)
+        /// once per target instead of through the hops' caches (also SPINDLE_NO_HOP_CACHE=1).
         #[arg(long)]
         no_hop_cache: bool,
     },

@@ -157,6 +157,97 @@ fn local_chain_three_deep() {
     }
 }
 
+/// Puts a pseudo-random blob of `size` bytes in the daemon's cache; its hash.
+fn blob(c: &mut Client, size: usize, seed: u32) -> String {
+    use base64::Engine as _;
+    let data: Vec<u8> = (0..size as u32)
+        .map(|i| (i.wrapping_add(seed).wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let hash = spindle::cache::sha256_hex(&data);
+    let b = base64::engine::general_purpose::STANDARD.encode(&data);
+    c.call(json!({"op": "blob_put", "hash": hash, "data_b64": b}))
+        .expect("blob_put");
+    hash
+}
+
+/// Calls `blob_list` on every target at once, naming `hash` as needed; checks each has it.
+fn blob_everywhere(c: &mut Client, targets: &[Value], hash: &str) {
+    let lists = all(
+        c,
+        targets
+            .iter()
+            .map(|t| json!({"op": "call", "target": t, "payload": {"op": "blob_list"}, "blobs": [hash]}))
+            .collect(),
+    );
+    for (k, r) in lists.into_iter().enumerate() {
+        let v = r.unwrap_or_else(|e| panic!("blob_list on target {k}: {e}"));
+        let has = v["hashes"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|h| h == hash));
+        assert!(has, "target {k}: {v}");
+    }
+}
+
+/// Bytes the daemon wrote into stream `label`'s pipe so far.
+fn stream_bytes_out(c: &mut Client, label: &str) -> u64 {
+    let stats = c.call(json!({"op": "stats"})).expect("stats");
+    stats["targets"][label]["bytes_out"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn module_code_crosses_each_link_once() {
+    // hop0 -> hop1 -> 3 leaves, all local: module code the leaves need (first asked for all
+    // at once, before the hops run) leaves the daemon once; a become context on a leaf gets
+    // it from the leaf's agent.
+    const SIZE: usize = 3 << 20;
+    let encoded = (SIZE as f64 / 3.0 * 4.0) as u64;
+    let specs = local_specs(5);
+    let hop0 = target(&specs[0]);
+    let hop1 = via(&target(&specs[1]), &hop0);
+    let leaves: Vec<Value> = (2..5).map(|i| via(&target(&specs[i]), &hop1)).collect();
+    let mut sent = Vec::new();
+    for (name, extra) in [
+        ("via_blob_refs", &[][..]),
+        ("via_blob_inline", &["--no-hop-cache"][..]),
+    ] {
+        let dir = scratch(name);
+        let daemon = Daemon::start_with(&dir, extra);
+        let mut c = daemon.client();
+        let hash = blob(&mut c, SIZE, 1);
+        blob_everywhere(&mut c, &leaves, &hash);
+        let out = stream_bytes_out(&mut c, "local0");
+        eprintln!("via: a {SIZE}-byte blob to 3 targets behind 2 hops {extra:?}: {out} bytes into the first hop");
+        sent.push(out);
+        if !extra.is_empty() {
+            break;
+        }
+        // More targets behind the same hops, and the hops themselves: nothing more crosses.
+        let second = blob(&mut c, 1000, 2);
+        blob_everywhere(&mut c, &leaves, &second);
+        let before = stream_bytes_out(&mut c, "local0");
+        blob_everywhere(&mut c, &[hop1.clone(), hop0.clone()], &hash);
+        let mut more = leaves.clone();
+        more.push(via(&target(&specs[2]), &hop0)); // one hop only
+        blob_everywhere(&mut c, &more, &second);
+        if std::path::Path::new("/usr/bin/sudo").exists() && rustix::process::geteuid().is_root() {
+            let mut nobody = leaves[0].clone();
+            nobody["become"] = json!({
+                "method": "sudo", "user": "nobody", "flags": "-H -S -n",
+                "cmd": "sudo -H -S -n -u nobody /bin/sh -c 'echo SPINDLE-MARK-1 ; __SPINDLE_BOOT__'",
+                "success": "SPINDLE-MARK-1",
+            });
+            blob_everywhere(&mut c, &[nobody], &hash);
+        }
+        let again = stream_bytes_out(&mut c, "local0") - before;
+        assert!(again < 64 * 1024, "{again} bytes more into the first hop");
+    }
+    assert!((sent[0] as f64) < 1.5 * encoded as f64, "{sent:?}");
+    assert!(
+        (sent[1] as f64) > 2.5 * encoded as f64,
+        "{sent:?}: inline sends each leaf its own"
+    );
+}
+
 /// Joins two fleet namespaces by a veth pair with host routes to each other's address, so
 /// that `a` reaches `b`'s sshd (the fleet itself only links each target to the host).
 fn link(name: &str, a: usize, a_ip: &str, b: usize, b_ip: &str) {
@@ -279,15 +370,30 @@ fn gateway_bastions_web_fleet() {
         .map(|w| via(&direct[w], &bastions[bastion_of(w) - 1]))
         .collect();
 
-    // Many targets through one hop set up at once (spawn_context is threaded on the hops).
+    // Many targets through one hop set up at once (spawn_context is threaded on the hops),
+    // each asked at once for module code it needs: the code crosses the controller-gateway
+    // link once (the hops put it into their children's calls), not once per web host.
     let t0 = std::time::Instant::now();
+    const CODE: usize = 1 << 20;
+    let code = blob(&mut c, CODE, 7);
+    let before = host_tx_bytes(name, 0);
+    blob_everywhere(&mut c, &webs, &code);
+    let setup = t0.elapsed();
+    let crossed = host_tx_bytes(name, 0) - before;
+    eprintln!(
+        "via: {CODE} bytes of module code to {WEB} hosts behind the gateway: {crossed} bytes on the controller-gateway link ({:.2}x its base64)",
+        crossed as f64 / (CODE as f64 * 4.0 / 3.0)
+    );
+    assert!(
+        (crossed as f64) < 1.5 * CODE as f64 * 4.0 / 3.0,
+        "{crossed} bytes crossed the controller-gateway link"
+    );
     let pings = all(
         &mut c,
         webs.iter()
             .map(|t| json!({"op": "ping", "target": t}))
             .collect(),
     );
-    let setup = t0.elapsed();
     let mut hostnames = Vec::new();
     for (i, p) in pings.into_iter().enumerate() {
         let v = p.unwrap_or_else(|e| panic!("web {i}: {e}"));

@@ -22,7 +22,7 @@ MAX_PAYLOAD = 4 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
 FETCH_CHUNK = 256 * 1024
 HELLO, CALL, REPLY, DATA, LOG, CREDIT = 1, 2, 3, 4, 5, 6
-MORE, ERROR, EOF, ABORT = 0x01, 0x02, 0x04, 0x08
+MORE, ERROR, EOF, ABORT, REFS = 0x01, 0x02, 0x04, 0x08, 0x10
 CONTROLLER, SELF = 0, 1
 LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
           "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
@@ -482,11 +482,15 @@ class Context(object):
                 owed = 0
                 continue
             head, payload, origin = item
-            n = len(head) + len(payload)
+            n = len(head) + len(payload)  # credited as the controller sent it
+            frames = [(head, payload)]
+            if origin == FOR_CHILD and head[3] & REFS:
+                frames = with_blobs(head, payload)
             if not self.broken:
                 try:
-                    write_all(self.wfd, head)
-                    write_all(self.wfd, payload)
+                    for head, payload in frames:
+                        write_all(self.wfd, head)
+                        write_all(self.wfd, payload)
                 except OSError as exc:
                     log.warning("context %d: write failed: %s", self.ctx, exc)
                     self.broken = True
@@ -568,6 +572,28 @@ class Context(object):
         text = _tail(bytes(self.stderr)).strip()
         msg = {"error": "connection_lost", "message": reason + (": " + text if text else "")}
         chan.send(REPLY, ERROR | EOF, 0, 0, dumps(msg), src=self.ctx)
+
+
+def with_blobs(head, payload):
+    """The frames to write for a CALL that names code blobs by hash (flag REFS, "blob_refs"):
+    the blobs put in from this agent's store, so they cross the links above it once for all
+    its contexts. A ref it cannot resolve is left as it is: the nested agent answers that
+    call with a clear error."""
+    _magic, kind, flags, _n, dst, src, handle, reply_to = HEADER.unpack(head)
+    try:
+        call = json.loads(bytes(payload).decode("utf-8"))
+        refs = call.pop("blob_refs")
+        call["blobs"] = dict((h, base64.b64encode(BLOBS[h]).decode("ascii")) for h in refs)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return [(head, payload)]
+    body = dumps(call)
+    frames = []
+    for at in range(0, len(body), MAX_PAYLOAD):
+        part = body[at:at + MAX_PAYLOAD]
+        more = MORE if at + MAX_PAYLOAD < len(body) else 0
+        fl = (flags & ~REFS) | more
+        frames.append((HEADER.pack(MAGIC, kind, fl, len(part), dst, src, handle, reply_to), part))
+    return frames
 
 
 def _spawn_child(cmd):
@@ -989,6 +1015,10 @@ class Agent(object):
                 raise ValueError("CALL payload must be an object with a string op")
             if "blobs" in call:
                 store_blobs(call.pop("blobs"))
+            if "blob_refs" in call:
+                raise AgentError("missing_blobs", "module code the agent that started this "
+                                 "one should have sent is not there: %s"
+                                 % ", ".join(str(h)[:12] for h in call["blob_refs"]))
         except AgentError as exc:
             return self.chan.reply_error(call_id, exc.kind, exc.message)
         except Exception as exc:  # bad UTF-8 or JSON, too deeply nested, bad base64, ...
@@ -1027,6 +1057,8 @@ class Agent(object):
                 return self.chan.reply_error(call_id, "bad_request",
                                              "unknown level %r" % (call.get("level"),))
             logging.getLogger().setLevel(level)
+            self.chan.reply(call_id, {})
+        elif op == "store_blobs":  # code for contexts this agent starts (stored above)
             self.chan.reply(call_id, {})
         elif op == "blob_list":
             self.chan.reply(call_id, {"hashes": sorted(BLOBS)})

@@ -28,4 +28,8 @@ pub mod flags {
     pub const EOF: u8 = 0x04;
     /// DATA: abandon the transfer.
     pub const ABORT: u8 = 0x08;
+    /// CALL to a nested context: its `"blob_refs"` name code blobs by hash, which the agent
+    /// writing the frame into the context's input puts in from its own store (the blobs
+    /// cross the links above that agent once, not once per context).
+    pub const REFS: u8 = 0x10;
 }

@@ -58,6 +58,8 @@ pub(super) enum Op {
     },
     /// Closing a become context (or dropping a cached file); the reply is not awaited.
     CloseContext,
+    /// Module code for the contexts this agent starts (see `blob_refs`).
+    StoreBlobs,
 }
 
 #[derive(Debug)]
@@ -123,6 +125,8 @@ impl Router {
         let mut deadline = req
             .call_timeout
             .map(|s| now + Duration::from_secs_f64(s.max(0.0)));
+        // flags::REFS when a call's module code is named by hash (see blob_refs).
+        let mut fl = 0;
         let (payload, op) = match req.op.as_str() {
             "ping" => (json!({"op": "ping"}), Op::Ping),
             "exec" => {
@@ -243,14 +247,18 @@ impl Router {
                     self.actions.push_back(Action::Reply(client, msg));
                     return;
                 }
-                let x = &mut self.targets[t];
-                x.counters.blobs_pushed += push.len() as u64;
-                for h in push.keys() {
-                    x.sent_blobs.insert(h.clone());
-                }
-                if !push.is_empty() {
+                let hashes: Vec<String> = push.keys().cloned().collect();
+                let body_len = serde_json::to_vec(&p).map_or(usize::MAX, |b| b.len());
+                if !push.is_empty() && self.blobs_by_ref(t, &hashes, body_len) {
+                    // Its parent puts them in: they do not cross the links above it again.
+                    p.insert("blob_refs".into(), json!(hashes));
+                    fl = flags::REFS;
+                } else if !push.is_empty() {
                     p.insert("blobs".into(), serde_json::Value::Object(push));
                 }
+                let x = &mut self.targets[t];
+                x.counters.blobs_pushed += hashes.len() as u64;
+                x.sent_blobs.extend(hashes);
                 match p.get("op").and_then(|o| o.as_str()) {
                     Some("run_module") => dedup_module_set(&mut p, &mut x.sent_sets),
                     // copy_fast carries the two module runs it chooses from.
@@ -274,12 +282,12 @@ impl Router {
         let mut parts = body.chunks(proto::MAX_PAYLOAD).peekable();
         let mut frames = 0;
         while let Some(part) = parts.next() {
-            let fl = if parts.peek().is_some() {
+            let more = if parts.peek().is_some() {
                 flags::MORE
             } else {
                 0
             };
-            let h = header(Kind::Call, fl, handle, x.ctx);
+            let h = header(Kind::Call, fl | more, handle, x.ctx);
             x.out.with_bytes(|b| encode_frame(b, &h, part));
             frames += 1;
         }
@@ -385,6 +393,14 @@ impl Router {
                 return;
             }
             Op::CloseContext => return,
+            Op::StoreBlobs => {
+                if fl & flags::ERROR != 0 {
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let m = v["message"].as_str().unwrap_or("").to_string();
+                    self.store_failed(t, &m);
+                }
+                return;
+            }
             Op::HopFill { sha }
             | Op::Put {
                 fill: Some(sha), ..
@@ -436,6 +452,12 @@ impl Router {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             let kind = v["error"].as_str().unwrap_or("unknown");
             let text = v["message"].as_str().unwrap_or("");
+            if kind == "missing_blobs" {
+                // Its parent could not put in the code it named: send it again next time.
+                if let Some(x) = self.targets.get_mut(t) {
+                    x.sent_blobs.clear();
+                }
+            }
             api::error(c.id, "remote", &label, &format!("{kind}: {text}"))
         } else if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
             api::error(c.id, "protocol", &label, "agent reply is not JSON")
@@ -451,9 +473,11 @@ impl Router {
                     api::ok_value(c.id, &v)
                 }
                 Op::Exec | Op::Call | Op::Put { .. } | Op::RelayedPut => api::ok_raw(c.id, &body),
-                Op::Spawn { .. } | Op::CloseContext | Op::HopFill { .. } | Op::Relay { .. } => {
-                    return
-                }
+                Op::Spawn { .. }
+                | Op::CloseContext
+                | Op::StoreBlobs
+                | Op::HopFill { .. }
+                | Op::Relay { .. } => return,
                 Op::Fetch {
                     file,
                     tmp,

@@ -81,6 +81,7 @@ impl Router {
             hop_files: HashMap::new(),
             next_ctx: proto::CTX_AGENT,
             unacked: 0,
+            held_stores: Vec::new(),
             last_used: now,
         });
         self.by_key.insert(key.clone(), t);
@@ -176,7 +177,10 @@ impl Router {
         match res {
             Err((kind, m)) => self.fail_target(c, &kind, &m),
             // Calls queued while it started were held back: it exists on the target now.
-            Ok(()) if now_ready && !was_ready => self.pump(c),
+            Ok(()) if now_ready && !was_ready => {
+                self.release_held_stores(c);
+                self.pump(c)
+            }
             // Room in its window: more of its frames (and file data) can go.
             Ok(()) if h.kind == Kind::Credit => self.refill(c),
             Ok(()) => {}

@@ -16,9 +16,10 @@
 //! This file holds the [`Router`] itself, its public API and the dispatch of frames read from
 //! a stream; the parts that own one idea live beside it: `target` (a stream's or context's
 //! state), `calls` (calls in flight, their replies and put data), `contexts` (become and
-//! via contexts: start, recycle, close) and `hop_cache` (files relayed from a via hop's
-//! cache).
+//! via contexts: start, recycle, close), `hop_cache` (files relayed from a via hop's
+//! cache) and `blob_refs` (module code a nested context gets from its parent's store).
 
+mod blob_refs;
 mod calls;
 mod contexts;
 mod hop_cache;
@@ -108,7 +109,8 @@ pub struct Router {
     pub counters: Counters,
     /// Become contexts per target before the least recently used idle one is closed.
     pub max_interpreters: usize,
-    /// Send files for targets behind a via hop through the hop's file cache.
+    /// Send files for targets behind a via hop through the hop's file cache, and module code
+    /// for any nested context by reference to its parent's (`blob_refs`).
     pub hop_cache: bool,
     /// Use order of hop cache entries.
     hop_seq: u64,

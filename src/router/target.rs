@@ -50,6 +50,9 @@ pub(super) struct Target {
     /// For a context: bytes of its frames moved to its stream and not yet credited back by
     /// the agent that writes them into its input (at most about [`super::CONTEXT_WINDOW`]).
     pub(super) unacked: usize,
+    /// For a context still starting: `store_blobs` frames for it, queued on its root stream
+    /// ahead of its other frames once it runs (see `blob_refs`).
+    pub(super) held_stores: Vec<u8>,
     pub(super) last_used: Instant,
 }
 

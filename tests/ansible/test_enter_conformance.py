@@ -174,13 +174,24 @@ class EnterConformance(unittest.TestCase):
         print('chroot: community.general.chroot vs spindle')
         self.compare_runs(inventory, reset, collect, 'chroot')
 
-    def test_nsenter(self):
+    def fleet_up(self):
+        """The two-target namespace fleet (down again at the end); skips where it cannot."""
         try:
             up = rc.fleet('up', FLEET_NAME, 2)
         except rc.Skip as e:
             print('SKIP: %s' % e)
             self.skipTest(str(e))
         self.addCleanup(rc.fleet, 'down', FLEET_NAME, check=False)
+        return up
+
+    def collect_fleet(self):
+        """What the play left on each fleet target."""
+        return dict(('t%d' % i, json.loads(rc.fleet('exec', FLEET_NAME, i, 'python3', '-c',
+                                                     rc.COLLECT).stdout))
+                    for i in range(2))
+
+    def test_nsenter(self):
+        up = self.fleet_up()
         fleet_dir = os.path.dirname(up.stdout.strip().splitlines()[-1])
         inventory = os.path.join(self.work, 'nsenter.ini')
         with open(inventory, 'w') as f:
@@ -194,24 +205,14 @@ class EnterConformance(unittest.TestCase):
             for i in range(2):
                 rc.fleet('exec', FLEET_NAME, i, 'rm', '-rf', rc.TARGET_DIR, '/root/.ansible')
 
-        def collect():
-            return dict(('t%d' % i, json.loads(rc.fleet('exec', FLEET_NAME, i, 'python3', '-c',
-                                                         rc.COLLECT).stdout))
-                        for i in range(2))
-
         print('nsenter: community.docker.nsenter vs spindle (setns)')
-        self.compare_runs(inventory, reset, collect, 'setns')
+        self.compare_runs(inventory, reset, self.collect_fleet, 'setns')
 
     def test_su(self):
         """Over ssh (the fleet's sshd, stock: ssh + pipelining), logged in as one user and
         becoming another with su and its password for every task."""
         become_users.add_users(self, dict((u, (p, '/bin/sh')) for u, p in SU_USERS.items()))
-        try:
-            up = rc.fleet('up', FLEET_NAME, 2)
-        except rc.Skip as e:
-            print('SKIP: %s' % e)
-            self.skipTest(str(e))
-        self.addCleanup(rc.fleet, 'down', FLEET_NAME, check=False)
+        up = self.fleet_up()
         inventory = up.stdout.strip().splitlines()[-1]
         login, target = SU_USERS
         self.extra_vars = {'ansible_user': login, 'ansible_become': True,
@@ -223,13 +224,8 @@ class EnterConformance(unittest.TestCase):
             for i in range(2):
                 rc.fleet('exec', FLEET_NAME, i, 'rm', '-rf', rc.TARGET_DIR)
 
-        def collect():
-            return dict(('t%d' % i, json.loads(rc.fleet('exec', FLEET_NAME, i, 'python3', '-c',
-                                                         rc.COLLECT).stdout))
-                        for i in range(2))
-
         print('su: ssh + su (stock) vs spindle (nested su agent)')
-        self.compare_runs(inventory, reset, collect, 'ssh', normalise=raw_on_a_pty)
+        self.compare_runs(inventory, reset, self.collect_fleet, 'ssh', normalise=raw_on_a_pty)
 
 
 if __name__ == '__main__':

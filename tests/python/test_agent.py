@@ -27,7 +27,7 @@ PYTHON = os.environ.get("SPINDLE_TEST_PYTHON", "python3")
 HEADER = struct.Struct(">2sBBIIIII")
 MAX_PAYLOAD = 4 * 1024 * 1024
 HELLO, CALL, REPLY, DATA, LOG, CREDIT = 1, 2, 3, 4, 5, 6
-MORE, ERROR, EOF, ABORT = 0x01, 0x02, 0x04, 0x08
+MORE, ERROR, EOF, ABORT, REFS = 0x01, 0x02, 0x04, 0x08, 0x10
 TIMEOUT = 10.0
 
 STAGE1 = """import os,zlib
@@ -589,6 +589,42 @@ class NestedContextTest(unittest.TestCase):
         while total < sum(len(b) for b in sent) and time.monotonic() < deadline:
             total += self.agent.take(lambda f: f.kind == CREDIT and f.src == 2).handle
         self.assertEqual(total, sum(len(b) for b in sent))
+
+    def test_blob_refs_are_filled_from_this_agents_store(self):
+        """A CALL to a context that names code blobs by hash (flag REFS) gets them from the
+        agent that writes it into the context (stored once with store_blobs), split in MORE
+        frames when large; credit counts the bytes as sent. A ref it lacks is an error."""
+        digests = []
+        for _ in range(2):  # resolved together: larger than one frame
+            data = os.urandom(5 * 512 * 1024)
+            digests.append(hashlib.sha256(data).hexdigest())
+            self.agent.ok("store_blobs", blobs={digests[-1]: base64.b64encode(data).decode()})
+        flags, obj, _ = self.spawn("echo SPINDLE-OK-1; __SPINDLE_BOOT__")
+        self.assertFalse(flags & ERROR, obj)
+        self.assertTrue(self.ctx_call(2, "ping")[1]["pong"])
+        time.sleep(0.3)
+        self.agent.take(lambda f: f.kind == CREDIT and f.src == 2)
+        sent = 0
+        for refs in (digests, ["00" * 32]):
+            call_id = self.agent.next_id
+            self.agent.next_id += 1
+            frame = encode(CALL, REFS, call_id, dst=2,
+                           payload={"op": "blob_list", "blob_refs": refs})
+            sent += len(frame)
+            self.agent.write(frame)
+            reply = self.agent.take(lambda f: f.kind == REPLY and f.reply_to == call_id)
+            self.assertEqual(reply.src, 2)
+            if refs == digests:
+                self.assertFalse(reply.flags & ERROR, reply.json())
+                self.assertLessEqual(set(digests), set(reply.json()["hashes"]))
+            else:
+                self.assertTrue(reply.flags & ERROR)
+                self.assertEqual(reply.json()["error"], "missing_blobs")
+        deadline = time.monotonic() + TIMEOUT
+        credited = 0
+        while credited < sent and time.monotonic() < deadline:
+            credited += self.agent.take(lambda f: f.kind == CREDIT and f.src == 2).handle
+        self.assertEqual(credited, sent)
 
     def test_password_on_stderr_goes_to_stdin(self):
         cmd = ("printf 'Password: ' >&2; read pw; "

@@ -250,9 +250,7 @@ impl Server {
     pub(super) fn kill(&mut self, t: TargetId) {
         self.retrying.remove(&t);
         if let Some(mut p) = self.procs.remove(&t) {
-            deregister(&mut *self.backend, &mut p.stdin);
-            deregister(&mut *self.backend, &mut p.stdout);
-            deregister(&mut *self.backend, &mut p.stderr);
+            p.close_pipes(&mut *self.backend);
             if let Some(mut child) = p.child {
                 let _ = child.kill();
                 if !matches!(child.try_wait(), Ok(Some(_))) {
@@ -268,9 +266,7 @@ impl Server {
         for t in ts {
             if let Some(mut p) = self.procs.remove(&t) {
                 // Closing stdin lets the agent exit on its own; then make sure of it.
-                deregister(&mut *self.backend, &mut p.stdin);
-                deregister(&mut *self.backend, &mut p.stdout);
-                deregister(&mut *self.backend, &mut p.stderr);
+                p.close_pipes(&mut *self.backend);
                 if let Some(mut child) = p.child {
                     let _ = child.kill();
                     let _ = child.wait();
@@ -280,6 +276,15 @@ impl Server {
         for mut z in self.zombies.drain(..) {
             let _ = z.wait();
         }
+    }
+}
+
+impl Proc {
+    /// Stops watching and closes all its pipes.
+    fn close_pipes(&mut self, backend: &mut dyn Backend) {
+        deregister(backend, &mut self.stdin);
+        deregister(backend, &mut self.stdout);
+        deregister(backend, &mut self.stderr);
     }
 }
 
