@@ -28,8 +28,12 @@ ROUTING_CHECK = textwrap.dedent('''
     from ansible.plugins.loader import connection_loader, init_plugin_loader
     init_plugin_loader()
     from spindle_ansible.plugins.strategy import LoaderPatch
+    from ansible import constants as C
     before = connection_loader.get_with_context
     p1 = LoaderPatch().apply()
+    # Loaded before Ansible forks its workers: they inherit its module and option
+    # definitions instead of parsing its DOCUMENTATION each task.
+    assert C.config.has_configuration_definition('connection', 'spindle')
     p2 = LoaderPatch().apply()  # idempotent: the second one does nothing
     assert connection_loader.get_with_context is not before
     ssh = connection_loader.get('ssh', PlayContext())
