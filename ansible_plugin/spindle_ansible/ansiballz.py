@@ -10,6 +10,7 @@ import ast
 import base64
 import hashlib
 import io
+import re
 import shlex
 import zipfile
 
@@ -42,9 +43,29 @@ def _tb_lines(tree):
     return None
 
 
+#: The zip literal of a v2 wrapper's final call: most of the wrapper's bytes, base64 only.
+_ZIP_LITERAL = re.compile(rb"\bzip_data=(['\"])([A-Za-z0-9+/=]*)\1")
+
+
 def parse_wrapper(src):
+    """The wrapper's metadata and zip. The zip literal (hundreds of KiB) is cut out before
+    parsing, and the rest parsed: ast.parse of the whole wrapper took a few ms every task."""
     if b'_ANSIBALLZ_WRAPPER = True' not in src[:4096]:
         raise NotAnsiballz('not an AnsiballZ wrapper')
+    tail = src.rfind(b'\nif __name__ == ')
+    m = _ZIP_LITERAL.search(src, tail) if tail >= 0 else None
+    if m:
+        try:
+            out = _parse(src[:m.start(2)] + src[m.end(2):])
+        except (SyntaxError, ValueError, KeyError, NotAnsiballz):
+            out = {}
+        if out.get('dialect') == 'v2' and out['zip'] == b'':
+            out['zip'] = base64.b64decode(m.group(2))
+            return out
+    return _parse(src)
+
+
+def _parse(src):
     tree = ast.parse(src)
     last = tree.body[-1]
     # v2: if __name__ == "__main__": _ansiballz_main(zip_data=..., ...)
