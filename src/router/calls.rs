@@ -248,8 +248,11 @@ impl Router {
                     return;
                 }
                 let hashes: Vec<String> = push.keys().cloned().collect();
-                let body_len = serde_json::to_vec(&p).map_or(usize::MAX, |b| b.len());
-                if !push.is_empty() && self.blobs_by_ref(t, &hashes, body_len) {
+                let by_ref = !push.is_empty() && {
+                    let body_len = serde_json::to_vec(&p).map_or(usize::MAX, |b| b.len());
+                    self.blobs_by_ref(t, &hashes, body_len)
+                };
+                if by_ref {
                     // Its parent puts them in: they do not cross the links above it again.
                     p.insert("blob_refs".into(), json!(hashes));
                     fl = flags::REFS;
