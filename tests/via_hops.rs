@@ -157,6 +157,45 @@ fn local_chain_three_deep() {
     }
 }
 
+#[test]
+fn recycling_become_contexts_spares_targets_behind_a_hop() {
+    // With room for one become context per target, become contexts on a hop are recycled
+    // as usual, while the targets behind that hop (its other children) are neither counted
+    // nor closed.
+    if !std::path::Path::new("/usr/bin/sudo").exists() || !rustix::process::geteuid().is_root() {
+        println!("SKIP: needs root and /usr/bin/sudo (scripts/setup.sh installs sudo)");
+        return;
+    }
+    let dir = scratch("via_recycling");
+    let daemon = Daemon::start_with(&dir, &["--max-interpreters", "1"]);
+    let mut c = daemon.client();
+    let specs = local_specs(4);
+    let hop = target(&specs[0]);
+    let behind: Vec<Value> = (1..4).map(|i| via(&target(&specs[i]), &hop)).collect();
+    let pids: Vec<u64> = behind
+        .iter()
+        .map(|t| ping(&mut c, t)["pid"].as_u64().expect("pid"))
+        .collect();
+    for user in ["nobody", "daemon", "bin"] {
+        let mut b = hop.clone();
+        b["become"] = json!({
+            "method": "sudo", "user": user, "flags": "-H -S -n",
+            "cmd": format!("sudo -H -S -n -u {user} /bin/sh -c 'echo SPINDLE-MARK-1 ; __SPINDLE_BOOT__'"),
+            "success": "SPINDLE-MARK-1",
+        });
+        assert_eq!(sh(&mut c, &b, "id -un"), format!("{user}\n"));
+    }
+    let stats = c.call(json!({"op": "stats"})).expect("stats");
+    assert_eq!(stats["counters"]["recycled"], 2, "{stats}");
+    for (t, p) in behind.iter().zip(&pids) {
+        assert_eq!(
+            ping(&mut c, t)["pid"].as_u64(),
+            Some(*p),
+            "a target behind the hop was closed"
+        );
+    }
+}
+
 /// Puts a pseudo-random blob of `size` bytes in the daemon's cache; its hash.
 fn blob(c: &mut Client, size: usize, seed: u32) -> String {
     use base64::Engine as _;
