@@ -1,5 +1,6 @@
 //! The generic `call` op with content-addressed blobs: a blob is pushed to a target inline with
-//! the first CALL that needs it (one frame out, one frame in), never twice to the same stream;
+//! the first CALL that needs it (zlib-compressed, one frame out, one frame in), never twice to
+//! the same stream;
 //! a blob the daemon lacks is reported as `missing_blobs`; CALLs over 4 MiB are split in
 //! MORE-flagged frames and reassembled by the agent.
 
@@ -18,8 +19,15 @@ fn blobs_are_pushed_once_per_stream_inline_with_the_call() {
     let spec = &local_specs(1)[0];
     let t = target(spec);
     let small = b"print('hello from a blob')\n".to_vec();
+    // Incompressible (blobs travel zlib-compressed), so its CALL still spans frames.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let big: Vec<u8> = (0..5u32 << 20)
-        .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
         .collect();
     let (hs, hb) = (sha256_hex(&small), sha256_hex(&big));
     let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);

@@ -196,11 +196,18 @@ fn recycling_become_contexts_spares_targets_behind_a_hop() {
     }
 }
 
-/// Puts a pseudo-random blob of `size` bytes in the daemon's cache; its hash.
-fn blob(c: &mut Client, size: usize, seed: u32) -> String {
+/// Puts a pseudo-random (incompressible: blobs travel zlib-compressed) blob of `size` bytes in
+/// the daemon's cache; its hash.
+fn blob(c: &mut Client, size: usize, seed: u64) -> String {
     use base64::Engine as _;
-    let data: Vec<u8> = (0..size as u32)
-        .map(|i| (i.wrapping_add(seed).wrapping_mul(2654435761) >> 13) as u8)
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
+    let data: Vec<u8> = (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
         .collect();
     let hash = spindle::cache::sha256_hex(&data);
     let b = base64::engine::general_purpose::STANDARD.encode(&data);

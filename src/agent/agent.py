@@ -13,7 +13,7 @@ _BOOT_BLOB = globals().get("b") if isinstance(globals().get("b"), bytes) else No
 sys.dont_write_bytecode = True
 
 import base64, collections, grp, hashlib, json, logging, os, platform, pwd, signal, socket  # noqa: E401
-import stat, struct, subprocess, tempfile, threading, time, traceback, types  # noqa: E401
+import stat, struct, subprocess, tempfile, threading, time, traceback, types, zlib  # noqa: E401
 
 PROTO = 1
 MAGIC = b"SP"
@@ -361,8 +361,10 @@ class Put(object):
 
 # ---- dispatch -----------------------------------------------------------------------
 
-# Code blobs (module and module_utils sources) by sha256 hex, kept for the agent's life.
+# Code blobs (module and module_utils sources) by sha256 hex, kept for the agent's life,
+# and as they came (base64 of zlib) when packed, to pass on to nested contexts as they are.
 BLOBS = {}
+PACKED = {}
 
 # ---- nested contexts (become) ------------------------------------------------------------
 # A context is a second agent started through a privilege-escalation command (sudo, su, doas,
@@ -583,9 +585,15 @@ def with_blobs(head, payload):
     try:
         call = json.loads(bytes(payload).decode("utf-8"))
         refs = call.pop("blob_refs")
-        call["blobs"] = dict((h, base64.b64encode(BLOBS[h]).decode("ascii")) for h in refs)
+        packed = dict((h, PACKED[h]) for h in refs if h in PACKED)
+        plain = dict((h, base64.b64encode(BLOBS[h]).decode("ascii")) for h in refs
+                     if h not in packed)
     except (ValueError, KeyError, TypeError, AttributeError):
         return [(head, payload)]
+    if packed:
+        call["blobs_z"] = packed
+    if plain:
+        call["blobs"] = plain
     body = dumps(call)
     frames = []
     for at in range(0, len(body), MAX_PAYLOAD):
@@ -984,15 +992,21 @@ def run_call(chan, call_id, fn, call):
         chan.reply(call_id, result)
 
 
-def store_blobs(blobs):
-    """Keep code blobs pushed with a CALL (sha256 hex -> bytes), checking each hash."""
+def store_blobs(blobs, packed=False):
+    """Keep code blobs pushed with a CALL (sha256 hex -> base64, of its zlib compression when
+    `packed`), checking each hash. The packed form is kept too, for the contexts this agent
+    passes them on to."""
     if not isinstance(blobs, dict):
         raise AgentError("bad_request", "blobs must be an object")
     for digest, b64 in blobs.items():
         data = base64.b64decode(b64)
+        if packed:
+            data = zlib.decompress(data)
         if hashlib.sha256(data).hexdigest() != digest:
             raise AgentError("bad_request", "blob %s does not match its hash" % digest)
         BLOBS[digest] = data
+        if packed:
+            PACKED[digest] = b64
 
 
 class Agent(object):
@@ -1015,6 +1029,8 @@ class Agent(object):
                 raise ValueError("CALL payload must be an object with a string op")
             if "blobs" in call:
                 store_blobs(call.pop("blobs"))
+            if "blobs_z" in call:
+                store_blobs(call.pop("blobs_z"), packed=True)
             if "blob_refs" in call:
                 raise AgentError("missing_blobs", "module code the agent that started this "
                                  "one should have sent is not there: %s"

@@ -22,7 +22,6 @@ use super::calls::{Call, Op};
 use super::target::Phase;
 use super::{header, Router, TargetId};
 use crate::proto::{self, encode_frame, flags, Kind};
-use base64::Engine as _;
 use serde_json::json;
 
 /// Room left in one frame for the refs themselves: a CALL named by refs is never split.
@@ -72,14 +71,8 @@ impl Router {
                 (json!({"op": "store_blobs", "blob_refs": need}), flags::REFS)
             }
             None => {
-                let mut blobs = serde_json::Map::new();
-                for h in &need {
-                    if let Some(data) = self.cache.get(h) {
-                        let b = base64::engine::general_purpose::STANDARD.encode(&data[..]);
-                        blobs.insert(h.clone(), b.into());
-                    }
-                }
-                (json!({"op": "store_blobs", "blobs": blobs}), 0)
+                let blobs = self.packed_blobs(&need);
+                (json!({"op": "store_blobs", "blobs_z": blobs}), 0)
             }
         };
         let body = serde_json::to_vec(&payload).unwrap_or_default();
@@ -135,6 +128,17 @@ impl Router {
             self.targets[p].unacked += frames.len();
         }
         self.touched.push(root);
+    }
+
+    /// `"blobs_z"` of a CALL: each blob (all in the cache) as base64 of its zlib compression.
+    pub(super) fn packed_blobs(&mut self, hashes: &[String]) -> serde_json::Value {
+        let mut blobs = serde_json::Map::new();
+        for h in hashes {
+            if let Some(packed) = self.cache.packed(h) {
+                blobs.insert(h.clone(), serde_json::Value::String(packed.to_string()));
+            }
+        }
+        serde_json::Value::Object(blobs)
     }
 
     /// A `store_blobs` failed on `p`'s agent: forget what it was sent, so the next call that

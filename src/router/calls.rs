@@ -214,21 +214,21 @@ impl Router {
                     let m = "call needs a \"payload\" object";
                     return self.reply_err(client, id, "bad_request", &label, m);
                 };
-                if !p.get("op").is_some_and(|o| o.is_string()) || p.contains_key("blobs") {
-                    let m = "call payload needs a string \"op\" and no \"blobs\" key";
+                let reserved = ["blobs", "blobs_z", "blob_refs"];
+                if !p.get("op").is_some_and(|o| o.is_string())
+                    || reserved.iter().any(|k| p.contains_key(*k))
+                {
+                    let m = "call payload needs a string \"op\" and no blobs keys";
                     return self.reply_err(client, id, "bad_request", &label, m);
                 }
-                let mut push = serde_json::Map::new();
+                let mut hashes: Vec<String> = Vec::new();
                 let mut missing = Vec::new();
                 for h in req.blobs.iter().flatten() {
-                    if self.targets[t].sent_blobs.contains(h) || push.contains_key(h) {
+                    if self.targets[t].sent_blobs.contains(h) || hashes.contains(h) {
                         continue;
                     }
                     match self.cache.get(h) {
-                        Some(data) => {
-                            let b = base64::engine::general_purpose::STANDARD.encode(&data[..]);
-                            push.insert(h.clone(), b.into());
-                        }
+                        Some(_) => hashes.push(h.clone()),
                         None => missing.push(h.clone()),
                     }
                 }
@@ -247,8 +247,7 @@ impl Router {
                     self.actions.push_back(Action::Reply(client, msg));
                     return;
                 }
-                let hashes: Vec<String> = push.keys().cloned().collect();
-                let by_ref = !push.is_empty() && {
+                let by_ref = !hashes.is_empty() && {
                     let body_len = serde_json::to_vec(&p).map_or(usize::MAX, |b| b.len());
                     self.blobs_by_ref(t, &hashes, body_len)
                 };
@@ -256,8 +255,8 @@ impl Router {
                     // Its parent puts them in: they do not cross the links above it again.
                     p.insert("blob_refs".into(), json!(hashes));
                     fl = flags::REFS;
-                } else if !push.is_empty() {
-                    p.insert("blobs".into(), serde_json::Value::Object(push));
+                } else if !hashes.is_empty() {
+                    p.insert("blobs_z".into(), self.packed_blobs(&hashes));
                 }
                 let x = &mut self.targets[t];
                 x.counters.blobs_pushed += hashes.len() as u64;

@@ -595,10 +595,14 @@ class NestedContextTest(unittest.TestCase):
         agent that writes it into the context (stored once with store_blobs), split in MORE
         frames when large; credit counts the bytes as sent. A ref it lacks is an error."""
         digests = []
-        for _ in range(2):  # resolved together: larger than one frame
+        for packed in (False, True):  # resolved together: larger than one frame
             data = os.urandom(5 * 512 * 1024)
             digests.append(hashlib.sha256(data).hexdigest())
-            self.agent.ok("store_blobs", blobs={digests[-1]: base64.b64encode(data).decode()})
+            if packed:  # as the controller sends them: base64 of zlib, passed on as it came
+                z = base64.b64encode(zlib.compress(data)).decode()
+                self.agent.ok("store_blobs", blobs_z={digests[-1]: z})
+            else:
+                self.agent.ok("store_blobs", blobs={digests[-1]: base64.b64encode(data).decode()})
         flags, obj, _ = self.spawn("echo SPINDLE-OK-1; __SPINDLE_BOOT__")
         self.assertFalse(flags & ERROR, obj)
         self.assertTrue(self.ctx_call(2, "ping")[1]["pong"])
