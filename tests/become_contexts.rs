@@ -33,7 +33,7 @@ fn whoami(c: &mut spindle::client::Client, t: &Value) -> String {
 
 #[test]
 fn become_contexts_reused_recycled_and_isolated() {
-    if !std::path::Path::new("/usr/bin/sudo").exists() || !rustix::process::geteuid().is_root() {
+    if !can_sudo() {
         println!("SKIP: needs root and /usr/bin/sudo (scripts/setup.sh installs sudo)");
         return;
     }

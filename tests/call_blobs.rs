@@ -20,15 +20,7 @@ fn blobs_are_pushed_once_per_stream_inline_with_the_call() {
     let t = target(spec);
     let small = b"print('hello from a blob')\n".to_vec();
     // Incompressible (blobs travel zlib-compressed), so its CALL still spans frames.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let big: Vec<u8> = (0..5u32 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect();
+    let big = noise(5 << 20, 0);
     let (hs, hb) = (sha256_hex(&small), sha256_hex(&big));
     let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
 

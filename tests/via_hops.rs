@@ -145,7 +145,7 @@ fn local_chain_three_deep() {
     assert_eq!(ping(&mut c, &hop0)["pid"].as_u64(), Some(p0));
 
     // A become context on a target behind a hop.
-    if std::path::Path::new("/usr/bin/sudo").exists() && rustix::process::geteuid().is_root() {
+    if can_sudo() {
         let mut nobody = leaf.clone();
         nobody["become"] = json!({
             "method": "sudo", "user": "nobody", "flags": "-H -S -n",
@@ -162,7 +162,7 @@ fn recycling_become_contexts_spares_targets_behind_a_hop() {
     // With room for one become context per target, become contexts on a hop are recycled
     // as usual, while the targets behind that hop (its other children) are neither counted
     // nor closed.
-    if !std::path::Path::new("/usr/bin/sudo").exists() || !rustix::process::geteuid().is_root() {
+    if !can_sudo() {
         println!("SKIP: needs root and /usr/bin/sudo (scripts/setup.sh installs sudo)");
         return;
     }
@@ -196,19 +196,10 @@ fn recycling_become_contexts_spares_targets_behind_a_hop() {
     }
 }
 
-/// Puts a pseudo-random (incompressible: blobs travel zlib-compressed) blob of `size` bytes in
-/// the daemon's cache; its hash.
+/// Puts an incompressible blob of `size` bytes in the daemon's cache; its hash.
 fn blob(c: &mut Client, size: usize, seed: u64) -> String {
     use base64::Engine as _;
-    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
-    let data: Vec<u8> = (0..size)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect();
+    let data = noise(size, seed);
     let hash = spindle::cache::sha256_hex(&data);
     let b = base64::engine::general_purpose::STANDARD.encode(&data);
     c.call(json!({"op": "blob_put", "hash": hash, "data_b64": b}))
@@ -275,7 +266,7 @@ fn module_code_crosses_each_link_once() {
         let mut more = leaves.clone();
         more.push(via(&target(&specs[2]), &hop0)); // one hop only
         blob_everywhere(&mut c, &more, &second);
-        if std::path::Path::new("/usr/bin/sudo").exists() && rustix::process::geteuid().is_root() {
+        if can_sudo() {
             let mut nobody = leaves[0].clone();
             nobody["become"] = json!({
                 "method": "sudo", "user": "nobody", "flags": "-H -S -n",

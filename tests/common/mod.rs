@@ -185,3 +185,23 @@ pub fn local_inventory(dir: &Path, n: usize) -> PathBuf {
     std::fs::write(&p, s).expect("write inventory");
     p
 }
+
+/// Whether sudo-based become tests can run here (root and /usr/bin/sudo; scripts/setup.sh
+/// installs sudo).
+pub fn can_sudo() -> bool {
+    Path::new("/usr/bin/sudo").exists() && rustix::process::geteuid().is_root()
+}
+
+/// `len` pseudo-random bytes (xorshift, different per `seed`): incompressible, as blobs
+/// travel zlib-compressed.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
