@@ -16,7 +16,9 @@
 //! ahead of its own queued frames (among them the one that starts this context). The
 //! context's CALL leaves only once the context runs, so after them. Their bytes count against
 //! the parent's window (`unacked`): the agent that feeds the parent credits them as for any of
-//! its frames. `serve --no-hop-cache` sends every blob inline instead.
+//! its frames. `serve --no-hop-cache` sends every blob inline instead. Inline blobs travel
+//! zlib-compressed (`"blobs_z"`, [`crate::cache::BlobCache::packed`]), and an agent passes
+//! the compressed form on as it came.
 
 use super::calls::{Call, Op};
 use super::target::Phase;
