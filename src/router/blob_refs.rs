@@ -22,15 +22,16 @@
 
 use super::calls::{Call, Op};
 use super::target::Phase;
-use super::{header, Router, TargetId};
-use crate::proto::{self, encode_frame, flags, Kind};
+use super::{encode_call, Router, TargetId};
+use crate::proto::{self, flags};
 use serde_json::json;
 
 /// Room left in one frame for the refs themselves: a CALL named by refs is never split.
 const REFS_SLACK: usize = 64 * 1024;
 
 impl Router {
-    /// Whether a call to `t` that needs `hashes` (blobs its agent lacks) can name them by
+    /// Whether a call to `t` that needs `hashes` (blobs its agent lacks, all in the daemon's
+    /// cache: the caller checked) can name them by
     /// reference: then its parent will hold them before the call arrives (their `store_blobs`
     /// is queued), and the CALL of `body_len` bytes carries only the hashes.
     pub(super) fn blobs_by_ref(&mut self, t: TargetId, hashes: &[String], body_len: usize) -> bool {
@@ -41,9 +42,6 @@ impl Router {
         let Some(p) = self.live_parent(t) else {
             return false;
         };
-        if !hashes.iter().all(|h| self.cache.get(h).is_some()) {
-            return false;
-        }
         self.store_on(p, hashes);
         true
     }
@@ -81,21 +79,9 @@ impl Router {
         let x = &mut self.targets[p];
         let handle = x.take_handle();
         let mut frames = Vec::new();
-        let mut parts = body.chunks(proto::MAX_PAYLOAD).peekable();
-        while let Some(part) = parts.next() {
-            let more = if parts.peek().is_some() {
-                flags::MORE
-            } else {
-                0
-            };
-            encode_frame(
-                &mut frames,
-                &header(Kind::Call, fl | more, handle, x.ctx),
-                part,
-            );
-            x.counters.frames_out += 1;
-            self.counters.frames_out += 1;
-        }
+        let n = encode_call(&mut frames, &body, fl, handle, x.ctx);
+        x.counters.frames_out += n;
+        self.counters.frames_out += n;
         x.counters.blobs_pushed += need.len() as u64;
         x.sent_blobs.extend(need);
         x.calls

@@ -4,11 +4,11 @@
 
 use super::target::Phase;
 use super::{
-    header, Action, ClientId, Router, TargetId, CHUNK, EXEC_GRACE, LOW_WATER, MAX_INFLIGHT,
-    MAX_OUTBOUND,
+    encode_call, header, Action, ClientId, Router, TargetId, CHUNK, EXEC_GRACE, LOW_WATER,
+    MAX_INFLIGHT, MAX_OUTBOUND,
 };
 use crate::api::{self, Request};
-use crate::proto::{self, encode_frame, flags, Kind};
+use crate::proto::{encode_frame, flags, Kind};
 use crate::transport::{classify::classify, classify::FailKind};
 use base64::Engine as _;
 use serde_json::json;
@@ -280,19 +280,10 @@ impl Router {
         let x = &mut self.targets[t];
         let handle = x.take_handle();
         let body = serde_json::to_vec(&payload).unwrap_or_default();
-        // A CALL larger than one frame continues in MORE-flagged frames.
-        let mut parts = body.chunks(proto::MAX_PAYLOAD).peekable();
+        let ctx = x.ctx;
         let mut frames = 0;
-        while let Some(part) = parts.next() {
-            let more = if parts.peek().is_some() {
-                flags::MORE
-            } else {
-                0
-            };
-            let h = header(Kind::Call, fl | more, handle, x.ctx);
-            x.out.with_bytes(|b| encode_frame(b, &h, part));
-            frames += 1;
-        }
+        x.out
+            .with_bytes(|b| frames = encode_call(b, &body, fl, handle, ctx));
         self.counters.frames_out += frames;
         self.counters.calls += 1;
         x.counters.frames_out += frames;

@@ -125,6 +125,23 @@ impl Default for Router {
     }
 }
 
+/// Appends a CALL of `body` to `buf`: one frame, or MORE-flagged frames when it is larger
+/// than one frame may be. Returns the number of frames.
+fn encode_call(buf: &mut Vec<u8>, body: &[u8], fl: u8, handle: u32, dst: u32) -> u64 {
+    let mut parts = body.chunks(proto::MAX_PAYLOAD).peekable();
+    let mut frames = 0;
+    while let Some(part) = parts.next() {
+        let more = if parts.peek().is_some() {
+            flags::MORE
+        } else {
+            0
+        };
+        encode_frame(buf, &header(Kind::Call, fl | more, handle, dst), part);
+        frames += 1;
+    }
+    frames
+}
+
 fn header(kind: Kind, flags: u8, handle: u32, dst: u32) -> FrameHeader {
     FrameHeader {
         kind,
