@@ -190,6 +190,7 @@ fn apply(name: &str, vars: &HashMap<String, String>) -> Spec {
         env: None,
         name: Some(name.to_string()),
         escalate: None,
+        interpreter: None,
         via: None,
     }
 }

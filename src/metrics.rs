@@ -40,3 +40,90 @@ pub struct TargetCounters {
     /// Blobs pushed to it.
     pub blobs_pushed: u64,
 }
+
+/// Most distinct stock-path reasons counted by name (more are counted as `other`).
+pub const MAX_REASONS: usize = 64;
+/// Most (host, reason) pairs remembered for "said once per host and reason".
+pub const MAX_NOTED: usize = 16_384;
+/// Longest reason kept (characters).
+pub const MAX_REASON_LEN: usize = 300;
+
+/// Where module tasks ran (`stats` → `paths`): in an agent (in-process), in a forked child of
+/// an agent, or on Ansible's stock command path, with the reasons the plugin gave for that.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Paths {
+    /// Module runs in an agent's process (run_module warm/inproc, copy_fast).
+    pub in_agent: u64,
+    /// Module runs in a forked child of an agent.
+    pub forked: u64,
+    /// Module runs on Ansible's stock command path (a new interpreter per task).
+    pub stock: u64,
+    /// `stock`, by reason.
+    pub stock_reasons: std::collections::BTreeMap<String, u64>,
+    #[serde(skip)]
+    noted: std::collections::HashSet<(String, String)>,
+}
+
+impl Paths {
+    /// Counts one run of an agent call payload's `op` (`run_module` in `mode`, `copy_fast`).
+    pub fn agent_call(&mut self, op: Option<&str>, mode: Option<&str>) {
+        match (op, mode) {
+            (Some("run_module"), Some("fork")) => self.forked += 1,
+            (Some("run_module"), _) | (Some("copy_fast"), _) => self.in_agent += 1,
+            _ => {}
+        }
+    }
+
+    /// Counts one stock-path run on `host` for `reason`; true the first time this host gives
+    /// this reason (the plugin then warns). Bounded: reasons are cut to [`MAX_REASON_LEN`],
+    /// at most [`MAX_REASONS`] are named, at most [`MAX_NOTED`] pairs remembered (past that,
+    /// nothing is "first" again: no warning flood).
+    pub fn stock(&mut self, host: &str, reason: &str) -> bool {
+        self.stock += 1;
+        let reason: String = reason
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(MAX_REASON_LEN)
+            .collect();
+        let key =
+            if self.stock_reasons.contains_key(&reason) || self.stock_reasons.len() < MAX_REASONS {
+                reason.clone()
+            } else {
+                "other".to_string()
+            };
+        *self.stock_reasons.entry(key).or_insert(0) += 1;
+        if self.noted.len() >= MAX_NOTED {
+            return false;
+        }
+        self.noted.insert((host.to_string(), reason))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stock_reasons_are_bounded_and_first_once_per_host() {
+        let mut p = Paths::default();
+        assert!(p.stock("a", "why"));
+        assert!(!p.stock("a", "why"));
+        assert!(p.stock("b", "why"));
+        for i in 0..200 {
+            p.stock("a", &format!("reason {i}"));
+        }
+        assert_eq!(p.stock_reasons.len(), MAX_REASONS + 1);
+        assert!(p.stock_reasons["other"] > 0);
+        assert_eq!(p.stock, 203);
+        assert!(p.stock("c", &"x\n".repeat(1000)));
+        assert!(p
+            .stock_reasons
+            .keys()
+            .all(|k| k.len() <= MAX_REASON_LEN && !k.contains('\n')));
+        p.agent_call(Some("run_module"), Some("warm"));
+        p.agent_call(Some("run_module"), Some("fork"));
+        p.agent_call(Some("copy_fast"), None);
+        p.agent_call(Some("exec"), None);
+        assert_eq!((p.in_agent, p.forked), (2, 1));
+    }
+}

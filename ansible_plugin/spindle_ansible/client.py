@@ -121,6 +121,8 @@ class TargetSpec:
     ssh_extra_args: Optional[str] = None
     password: Optional[str] = field(default=None, repr=False)
     python: Optional[str] = None
+    #: The interpreter this call's module must run under (docs/api.md: interpreter contexts).
+    interpreter: Optional[str] = None
     connect_timeout: Optional[int] = None
     executable: Optional[str] = None  # docker/podman: the engine's client binary
     extra_args: Optional[str] = None  # docker/podman: arguments before "exec"

@@ -8,10 +8,14 @@ request. The daemon pushes to the target only blobs its stream lacks, inline wit
 so a cached task is one request and one reply. The agent runs the module with the payload's own
 runner (``src/agent/modrun.py``), in-process with its state restored, or forked.
 
-Anything this path does not handle returns ``None`` and the caller runs the stock command.
+A module this path cannot run raises :class:`StockPath` with the reason, which the caller
+shows the user (once per host and reason) and reports to the daemon before it runs the stock
+command. The module runs under exactly the interpreter Ansible resolved for the task: the
+call names it (``interpreter`` in the spec), and the daemon routes it to an agent running it.
 """
 
 import base64
+import dataclasses
 import hashlib
 import os
 
@@ -81,20 +85,70 @@ def core_files(manifest):
     return sorted(core)
 
 
-def plan(cmd, in_data, isolation='warm'):
-    """The agent request for this command, or None when it is not a plain pipelined module."""
-    if isolation == 'off' or not in_data or b'_ANSIBALLZ_WRAPPER = True' not in in_data[:4096]:
+class StockPath(Exception):
+    """A module run that takes Ansible's stock command path (a new Python per task), and why.
+    Never silent: the connection warns once per host and reason and the daemon counts it."""
+
+
+#: Characters a task interpreter may have to get an agent of its own (what the agent accepts).
+_PLAIN = frozenset('abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./+-')
+
+
+def is_module_run(in_data):
+    """Whether ``in_data`` is an AnsiballZ wrapper (a pipelined module run)."""
+    return bool(in_data) and b'_ANSIBALLZ_WRAPPER = True' in in_data[:4096]
+
+
+#: Programs Ansible runs on its remote temp files that are not modules.
+_FILE_TOOLS = frozenset(('rm', 'chmod', 'chown', 'chgrp', 'chflags', 'setfacl', 'mkdir', 'cp',
+                         'mv', 'cat', 'echo', 'test', 'umask', '('))
+
+
+def file_module_reason(cmd):
+    """Why a command that runs a module Ansible put in a file did not come pipelined, or None
+    when ``cmd`` runs no module file (raw, shell, the temp dir's mkdir/chmod/rm, discovery)."""
+    if 'async_wrapper' in cmd:
+        return "async task (Ansible runs it from files with its async_wrapper)"
+    try:
+        _env, argv = ansiballz.split_module_command(cmd)
+    except ValueError:
         return None
+    files = [w for w in argv[:2] if '/ansible-tmp-' in w]
+    if not files or os.path.basename(argv[0]) in _FILE_TOOLS:
+        return None
+    if '/AnsiballZ_' in files[-1]:
+        from ansible import constants as C
+        if C.DEFAULT_KEEP_REMOTE_FILES:
+            return 'ANSIBLE_KEEP_REMOTE_FILES is set (modules run from files)'
+        return 'module run from a file (not pipelined)'
+    return 'old-style, WANT_JSON or binary module (run from a file)'
+
+
+def plan(cmd, in_data, isolation='warm', cwd=None):
+    """The agent request for a pipelined module run and its code blobs; None when ``in_data``
+    is no module (a plain command); :class:`StockPath` when the module must run stock."""
+    if not is_module_run(in_data):
+        return None
+    if isolation == 'off':
+        raise StockPath('spindle_task_isolation is off')
     try:
         meta = ansiballz.parse_wrapper(in_data)
         env, argv = ansiballz.split_module_command(cmd)
-    except Exception:
-        return None
-    if meta.get('extensions') or len(argv) != 1 or 'zip' not in meta or 'params' not in meta:
-        return None  # debugger/coverage extensions, interpreter flags: stock path
+    except Exception as e:
+        raise StockPath('the module payload could not be read (%s: %s)' % (type(e).__name__, e))
+    if meta.get('extensions'):
+        raise StockPath('AnsiballZ debugger/coverage extensions are on')
+    if len(argv) != 1:
+        raise StockPath('interpreter %r has arguments (an agent needs a plain interpreter path)'
+                        % ' '.join(argv))
+    if not set(argv[0]) <= _PLAIN or argv[0].startswith('-'):
+        raise StockPath('interpreter %r is not a plain path' % argv[0])
+    if 'zip' not in meta or 'params' not in meta:
+        raise StockPath('unrecognised AnsiballZ wrapper')
     name = str(meta.get('ansible_module') or '')
     if name in STOCK_ONLY:
-        return None
+        raise StockPath('module %s re-executes itself under another interpreter (needs its '
+                        'payload on disk)' % name)
     files = ansiballz.unpack(meta.pop('zip'))
     manifest = ansiballz.manifest(files)
     mode = 'fork' if isolation == 'fork' or name in ALWAYS_FORK else 'inproc'
@@ -103,12 +157,22 @@ def plan(cmd, in_data, isolation='warm'):
         core = core_files(manifest)
         if core:
             mode = 'warm'
-    payload = {'op': 'run_module', 'req': dict(meta, env=env), 'manifest': manifest,
+    req = dict(meta, env=env)
+    if cwd is not None:
+        req['cwd'] = cwd  # the local connection runs modules in the playbook's directory
+    payload = {'op': 'run_module', 'req': req, 'manifest': manifest,
                'mode': mode, 'interpreter': argv[0]}
     if mode == 'warm':
         payload['core'] = core
     blobs = dict((manifest[p], files[p]) for p in files)
     return payload, blobs
+
+
+def for_interpreter(target, interpreter):
+    """``target`` (a TargetSpec) for a module that must run under ``interpreter``: the daemon
+    runs it in the host's agent when that agent is this interpreter, else in a nested agent
+    started under it on the same connection; a stream not started yet starts under it."""
+    return dataclasses.replace(target, interpreter=interpreter, python=target.python or interpreter)
 
 
 def call_with_blobs(client, target, payload, blobs):
@@ -128,13 +192,14 @@ def call_with_blobs(client, target, payload, blobs):
     raise AssertionError('unreachable')
 
 
-def run_in_agent(client, target, cmd, in_data, isolation='warm'):
-    """``(rc, stdout, stderr)`` of the module run in the agent, or None to run it stock."""
-    planned = plan(cmd, in_data, isolation)
+def run_in_agent(client, target, cmd, in_data, isolation='warm', cwd=None):
+    """``(rc, stdout, stderr)`` of the module run in the agent; None when ``in_data`` is no
+    module; :class:`StockPath` when it must run stock."""
+    planned = plan(cmd, in_data, isolation, cwd)
     if planned is None:
         return None
     payload, blobs = planned
-    r = call_with_blobs(client, target, payload, blobs)
+    r = call_with_blobs(client, for_interpreter(target, payload['interpreter']), payload, blobs)
     if r.get('fallback'):
-        return None
+        raise StockPath(r['fallback'])
     return r['rc'], base64.b64decode(r['stdout_b64']), base64.b64decode(r['stderr_b64'])

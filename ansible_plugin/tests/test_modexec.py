@@ -56,5 +56,55 @@ class CoreFilesTests(unittest.TestCase):
         self.assertIsNone(modexec.core_files(manifest))
 
 
+class StockPathTests(unittest.TestCase):
+    """Every module run that does not go to the agent is named with its reason."""
+
+    def test_plain_commands_are_no_module_runs(self):
+        for cmd in ("/bin/sh -c 'echo ~ && sleep 0'",
+                    "/bin/sh -c '( umask 77 && mkdir -p \"` echo /root/.ansible/tmp `\"&& mkdir "
+                    "\"` echo /root/.ansible/tmp/ansible-tmp-1-2 `\" ) && sleep 0'",
+                    "/bin/sh -c 'chmod u+rwx /root/.ansible/tmp/ansible-tmp-1-2/ "
+                    "/root/.ansible/tmp/ansible-tmp-1-2/AnsiballZ_ping.py && sleep 0'",
+                    "/bin/sh -c 'rm -f -r /root/.ansible/tmp/ansible-tmp-1-2/ > /dev/null 2>&1 && sleep 0'",
+                    "hostname"):
+            self.assertIsNone(modexec.file_module_reason(cmd), cmd)
+            self.assertIsNone(modexec.plan(cmd, None))
+            self.assertIsNone(modexec.plan(cmd, b'echo hi'))
+
+    def test_module_files_name_their_reason(self):
+        ansiballz = ("/bin/sh -c '/usr/bin/python3 /root/.ansible/tmp/ansible-tmp-1-2/"
+                     "AnsiballZ_command.py && sleep 0'")
+        old = ("/bin/sh -c '/root/.ansible/tmp/ansible-tmp-1-2/helloworld "
+               "/root/.ansible/tmp/ansible-tmp-1-2/args && sleep 0'")
+        async_cmd = ("/bin/sh -c '/usr/bin/python3 /root/.ansible/tmp/ansible-tmp-1-2/"
+                     "AnsiballZ_async_wrapper.py j1 30 /root/.ansible/tmp/ansible-tmp-1-2/"
+                     "AnsiballZ_command.py _ && sleep 0'")
+        fake = types.ModuleType('ansible')
+        consts = types.ModuleType('ansible.constants')
+        consts.DEFAULT_KEEP_REMOTE_FILES = False
+        fake.constants = consts
+        saved = {k: sys.modules.get(k) for k in ('ansible', 'ansible.constants')}
+        sys.modules.update({'ansible': fake, 'ansible.constants': consts})
+        try:
+            self.assertIn('not pipelined', modexec.file_module_reason(ansiballz))
+            self.assertIn('old-style', modexec.file_module_reason(old))
+            self.assertIn('async', modexec.file_module_reason(async_cmd))
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    sys.modules.pop(k, None)
+                else:
+                    sys.modules[k] = v
+
+    def test_wrapper_problems_raise_stock_path(self):
+        wrapper = b'#!/usr/bin/python\n_ANSIBALLZ_WRAPPER = True\nnot a wrapper\n'
+        with self.assertRaises(modexec.StockPath) as e:
+            modexec.plan('/usr/bin/python3', wrapper)
+        self.assertIn('could not be read', str(e.exception))
+        with self.assertRaises(modexec.StockPath) as e:
+            modexec.plan('/usr/bin/python3', wrapper, isolation='off')
+        self.assertIn('isolation', str(e.exception))
+
+
 if __name__ == '__main__':
     unittest.main()

@@ -872,6 +872,34 @@ def _module_set(call):
     return manifest, core
 
 
+def _venv_of(executable):
+    """The virtualenv `executable` runs in (the real path of the directory whose pyvenv.cfg
+    Python finds beside the executable or one level up), or None."""
+    here = os.path.dirname(os.path.abspath(executable))
+    for d in (here, os.path.dirname(here)):
+        if os.path.isfile(os.path.join(d, "pyvenv.cfg")):
+            return os.path.realpath(d)
+    return None
+
+
+def _my_venv():
+    return os.path.realpath(sys.prefix) if sys.prefix != getattr(sys, "base_prefix", sys.prefix) else None
+
+
+def _runs_interpreter(interp):
+    """Whether this agent is `interp` (a path, or a name looked up on PATH as exec would):
+    the same program, and the same virtualenv (a venv's python is a symlink to its base
+    interpreter, but sees other packages)."""
+    if not isinstance(interp, str):
+        return False
+    if "/" not in interp:
+        import shutil
+        interp = shutil.which(interp) or interp
+    if os.path.realpath(interp) != os.path.realpath(sys.executable):
+        return False
+    return _venv_of(interp) == _my_venv()
+
+
 def _run_module(call):
     req, mode = call.get("req"), call.get("mode", "inproc")
     manifest, core = _module_set(call)
@@ -879,7 +907,7 @@ def _run_module(call):
             or mode not in ("inproc", "warm", "fork") or not isinstance(core, list):
         raise AgentError("bad_request", "run_module needs req, manifest, mode inproc|warm|fork")
     interp = call.get("interpreter")
-    if interp and os.path.realpath(interp) != os.path.realpath(sys.executable):
+    if interp and not _runs_interpreter(interp):
         return {"fallback": "interpreter %s is not the agent's %s" % (interp, sys.executable)}
     files = {}
     for path, digest in manifest.items():
@@ -1160,7 +1188,11 @@ def main():
     os.umask(UMASK)
     chan = Channel(rfd, wfd)
     hello = {"proto": PROTO, "python": platform.python_version(),
-             "executable": sys.executable, "hostname": socket.gethostname(),
+             "executable": sys.executable,
+             # the program resolved, for the daemon to match interpreters (not in a venv,
+             # whose python resolves to its base but sees other packages)
+             "realpath": None if _my_venv() else os.path.realpath(sys.executable),
+             "hostname": socket.gethostname(),
              "uid": os.getuid(), "pid": os.getpid()}
     chan.send(HELLO, 0, 0, 0, dumps(hello))
     root = logging.getLogger()

@@ -465,6 +465,8 @@ def execute(req, payload, out_fd, err_fd, template_out, template_err, state=None
         sys.stdin, sys.stdout, sys.stderr = _std_streams(template_out, template_err, run_env)
         sys.argv = ['']                       # `python3` reading its program from stdin
         _prepare_fresh_process_view(req)
+        if req.get('cwd'):                    # the local connection's playbook directory
+            os.chdir(req['cwd'])
         if _HOOK not in sys.path_hooks:
             sys.path_hooks.insert(0, _HOOK)
         _HOOK.payload = payload

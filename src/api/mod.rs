@@ -70,6 +70,12 @@ pub struct Request {
     /// blob_put: the blob's content, base64.
     #[serde(default)]
     pub data_b64: Option<String>,
+    /// note: the path a module task took (`stock`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// note: why it took that path.
+    #[serde(default)]
+    pub reason: Option<String>,
     /// Any op: seconds after which the daemon gives up on the call (`timeout` error).
     #[serde(default)]
     pub call_timeout: Option<f64>,

@@ -258,6 +258,9 @@ impl Router {
                 } else if !hashes.is_empty() {
                     p.insert("blobs_z".into(), self.packed_blobs(&hashes));
                 }
+                let mode = p.get("mode").and_then(|m| m.as_str());
+                self.paths
+                    .agent_call(p.get("op").and_then(|o| o.as_str()), mode);
                 let x = &mut self.targets[t];
                 x.counters.blobs_pushed += hashes.len() as u64;
                 x.sent_blobs.extend(hashes);
@@ -368,7 +371,7 @@ impl Router {
                     let text = v["message"].as_str().unwrap_or("");
                     let child = *child;
                     let spec = &self.targets[child].spec;
-                    if spec.escalate.is_none() && spec.via.is_some() {
+                    if !spec.is_context() && spec.via.is_some() {
                         // The hop ran ssh (or another transport): classify its output.
                         let hop = spec.via.as_ref().map(|v| v.label()).unwrap_or_default();
                         let class = match (kind, classify(text, false)) {

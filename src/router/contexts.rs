@@ -10,7 +10,9 @@ use crate::api;
 use crate::metrics::TargetCounters;
 use crate::proto::{self, Decoder, FrameHeader, Kind};
 use crate::transfer::Outbound;
-use crate::transport::{classify::classify, classify::FailKind, Spec};
+use crate::transport::{
+    classify::classify, classify::FailKind, plain_program, Spec, BOOT_PLACEHOLDER,
+};
 use serde_json::json;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -21,7 +23,7 @@ impl Router {
         if let Some(&t) = self.by_key.get(&key) {
             return t;
         }
-        let parent = if spec.escalate.is_some() {
+        let parent = if spec.is_context() {
             Some(self.target_for(spec.parent(), now))
         } else {
             let hop = spec.via.as_deref().cloned();
@@ -45,7 +47,7 @@ impl Router {
         }
         let ctx = match parent {
             Some(p) => {
-                if spec.escalate.is_some() {
+                if spec.is_context() {
                     self.evict_idle_context(p);
                 }
                 // Context ids are unique on the root stream, whatever the depth.
@@ -95,19 +97,25 @@ impl Router {
                 self.targets[root].routes.insert(ctx, t);
                 let spec = &self.targets[t].spec;
                 let secs = spec.connect_timeout_secs();
-                let payload = match &spec.escalate {
-                    Some(b) => json!({"op": "spawn_context", "ctx": ctx, "cmd": b.cmd,
+                // The interpreter a become or interpreter context runs (checked plain by
+                // validate_interpreter); a become context without one runs its parent's.
+                let python = spec.interpreter.as_deref().filter(|p| plain_program(p));
+                let payload = match (&spec.escalate, python) {
+                    (Some(b), _) => json!({"op": "spawn_context", "ctx": ctx, "cmd": b.cmd,
                         "success": b.success, "password": b.password, "prompt": b.prompt,
-                        "timeout": secs}),
-                    None => {
+                        "timeout": secs, "python": python}),
+                    (None, Some(python)) => {
+                        // An interpreter context: the same user, another Python.
+                        let marker = format!("SPINDLE-PY-{ctx}");
+                        let cmd = format!("echo {marker}; {BOOT_PLACEHOLDER}");
+                        json!({"op": "spawn_context", "ctx": ctx, "cmd": cmd,
+                            "success": marker, "timeout": secs, "python": python})
+                    }
+                    (None, None) => {
                         // A via hop: its agent runs the transport command for this target.
                         let marker = format!("SPINDLE-VIA-{ctx}");
                         let cmd = crate::transport::hop_command(spec, &marker).unwrap_or_default();
-                        let python = spec.python.as_deref().filter(|p| {
-                            !p.starts_with('-')
-                                && p.chars()
-                                    .all(|c| c.is_ascii_alphanumeric() || "_./+-".contains(c))
-                        });
+                        let python = spec.python.as_deref().filter(|p| plain_program(p));
                         let prompt = spec.password.as_ref().map(|_| r"(?i)password:\s*$");
                         json!({"op": "spawn_context", "ctx": ctx, "cmd": cmd,
                             "success": marker, "password": spec.password, "prompt": prompt,
@@ -120,8 +128,34 @@ impl Router {
         t
     }
 
-    /// Keeps at most `max_interpreters` become contexts on stream `p`: closes the least
-    /// recently used one that has no call in flight (a busy one is never closed).
+    /// `spec` without its `interpreter` when the host's stream agent runs that interpreter
+    /// already (no context needed). The agent's HELLO decides (its `executable` or that
+    /// path resolved); before the HELLO, the interpreter the stream was started with (its
+    /// `python`), or for a stream not opened yet, the one this spec would start it with.
+    /// Anything else gets its own context (at worst a second agent under the same Python).
+    pub(super) fn resolve_interpreter(&self, mut spec: Spec) -> Spec {
+        let Some(want) = spec.interpreter.as_deref() else {
+            return spec;
+        };
+        let stream = self
+            .by_key
+            .get(&spec.parent().key())
+            .and_then(|&t| self.targets.get(t));
+        let runs = match stream {
+            Some(x) => match &x.hello {
+                Some(h) => hello_runs(h, want),
+                None => x.spec.python.as_deref() == Some(want),
+            },
+            None => spec.python.as_deref() == Some(want),
+        };
+        if runs {
+            spec.interpreter = None;
+        }
+        spec
+    }
+
+    /// Keeps at most `max_interpreters` become and interpreter contexts on stream `p`: closes
+    /// the least recently used one that has no call in flight (a busy one is never closed).
     /// Targets behind a via hop are not interpreters of the hop: they are neither counted
     /// nor closed, and a context that has contexts of its own is never closed.
     fn evict_idle_context(&mut self, p: TargetId) {
@@ -129,11 +163,7 @@ impl Router {
             .children
             .values()
             .copied()
-            .filter(|&c| {
-                self.targets
-                    .get(c)
-                    .is_some_and(|x| x.spec.escalate.is_some())
-            })
+            .filter(|&c| self.targets.get(c).is_some_and(|x| x.spec.is_context()))
             .collect();
         if children.len() < self.max_interpreters.max(1) {
             return;
@@ -146,7 +176,7 @@ impl Router {
             .min_by_key(|(_, x)| x.last_used)
             .map(|(c, _)| c);
         if let Some(c) = victim {
-            tracing::debug!(host = %self.targets[c].label, "closing the least recently used become context");
+            tracing::debug!(host = %self.targets[c].label, "closing the least recently used context");
             self.counters.recycled += 1;
             self.close_target(
                 c,
@@ -277,6 +307,15 @@ impl Router {
     }
 }
 
+/// Whether an agent whose HELLO is `hello` runs `python` (its `executable`, or the real
+/// path the agent resolved it to).
+fn hello_runs(hello: &[u8], python: &str) -> bool {
+    let v: serde_json::Value = serde_json::from_slice(hello).unwrap_or_default();
+    ["executable", "realpath"]
+        .iter()
+        .any(|k| v[*k].as_str() == Some(python))
+}
+
 /// Checks a spec and every hop of its `via` chain before anything starts.
 pub(super) fn validate_chain(spec: &Spec) -> Result<(), String> {
     if spec.via_depth() > crate::transport::MAX_VIA_DEPTH {
@@ -290,6 +329,7 @@ pub(super) fn validate_chain(spec: &Spec) -> Result<(), String> {
         if let Some(b) = &s.escalate {
             b.validate()?;
         }
+        s.validate_interpreter()?;
         if s.via.is_some() && s.escalate.is_none() {
             crate::transport::hop_command(s, "M").map_err(|e| e.to_string())?;
         }

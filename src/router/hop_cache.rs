@@ -41,7 +41,7 @@ impl Router {
         let x = self.targets.get(t)?;
         if !self.hop_cache
             || x.spec.via.is_none()
-            || x.spec.escalate.is_some()
+            || x.spec.is_context()
             || !(HOP_CACHE_MIN..=HOP_CACHE_BYTES / 4).contains(&size)
         {
             return None;

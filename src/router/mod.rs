@@ -107,6 +107,8 @@ pub struct Router {
     pub backend: &'static str,
     /// Daemon-wide counters.
     pub counters: Counters,
+    /// Where module tasks ran (in an agent, forked, stock path and why).
+    pub paths: crate::metrics::Paths,
     /// Become contexts per target before the least recently used idle one is closed.
     pub max_interpreters: usize,
     /// Send files for targets behind a via hop through the hop's file cache, and module code
@@ -166,6 +168,7 @@ impl Router {
             transfer: TransferCounters::default(),
             splice: true,
             counters: Counters::default(),
+            paths: Default::default(),
             max_interpreters: DEFAULT_MAX_INTERPRETERS,
             hop_cache: true,
             hop_seq: 0,
@@ -306,7 +309,7 @@ impl Router {
                     }
                     targets.insert(label, x.counters);
                 }
-                let v = json!({"streams": self.streams(), "io": self.backend, "counters": self.counters, "transfer": self.transfer,
+                let v = json!({"streams": self.streams(), "io": self.backend, "counters": self.counters, "paths": self.paths, "transfer": self.transfer,
                     "blobs": {"count": self.cache.len(), "bytes": self.cache.bytes()},
                     "targets": targets});
                 self.actions
@@ -332,6 +335,21 @@ impl Router {
                 self.actions
                     .push_back(Action::Reply(client, api::ok_raw(id, b"{}")));
                 self.actions.push_back(Action::Shutdown);
+                return;
+            }
+            "note" => {
+                // A module task the plugin runs on the stock path (docs/api.md): counted, and
+                // whether this host gave this reason before (the plugin warns once).
+                let (Some(spec), Some("stock"), Some(reason)) =
+                    (&req.target, req.path.as_deref(), req.reason.as_deref())
+                else {
+                    let m = "note needs \"target\", \"path\": \"stock\" and a \"reason\"";
+                    return self.reply_err(client, id, "bad_request", "", m);
+                };
+                let first = self.paths.stock(&spec.parent().label(), reason);
+                let v = json!({ "first": first });
+                self.actions
+                    .push_back(Action::Reply(client, api::ok_value(id, &v)));
                 return;
             }
             "ping" | "exec" | "put" | "fetch" | "close" | "call" => {}
@@ -368,7 +386,7 @@ impl Router {
                     .values()
                     .copied()
                     .filter(|&c| self.targets.get(c).is_some_and(|y| y.phase != Phase::Dead))
-                    .partition(|&c| self.targets[c].spec.escalate.is_none());
+                    .partition(|&c| !self.targets[c].spec.is_context());
                 if carried.is_empty() {
                     self.fail_target(t, "connection_lost", "stream closed by request");
                 } else {
@@ -381,6 +399,7 @@ impl Router {
                 .push_back(Action::Reply(client, api::ok_raw(id, b"{}")));
             return;
         }
+        let spec = self.resolve_interpreter(spec);
         let t = self.target_for(spec, now);
         self.start_call(t, client, req, now);
     }

@@ -220,6 +220,7 @@ pub fn hop_command(spec: &Spec, marker: &str) -> Result<String, CommandError> {
     let direct = Spec {
         password: None,
         escalate: None,
+        interpreter: None,
         via: None,
         ..spec.clone()
     };

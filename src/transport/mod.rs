@@ -83,9 +83,16 @@ pub struct Spec {
     /// Password for ssh password authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
-    /// Interpreter on the target (`None` = discovery).
+    /// Interpreter that starts the stream's agent (`None` = discovery). A start hint, not
+    /// part of the stream identity: one stream per host, whatever interpreters its tasks name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python: Option<String>,
+    /// The interpreter this call's module must run under (Ansible's resolved
+    /// `ansible_python_interpreter`). When the stream's agent runs another one, the call goes
+    /// to a nested agent started under this one on the same stream (an interpreter context,
+    /// like a become context; with `become`, the become context runs it). Plain path or name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interpreter: Option<String>,
     /// Seconds from spawn to HELLO (default 30).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<u64>,
@@ -171,8 +178,8 @@ impl Become {
 }
 
 impl Spec {
-    /// The stream identity: every field but `connect_timeout`. (`name` is part of it: two
-    /// inventory hosts are two connections, as in Ansible.)
+    /// The stream identity: every field but `connect_timeout` and `python` (a start hint).
+    /// (`name` is part of it: two inventory hosts are two connections, as in Ansible.)
     /// A become context's identity leaves out its per-task command text and hashes the
     /// password.
     pub fn key(&self) -> String {
@@ -184,6 +191,7 @@ impl Spec {
         use sha2::Digest as _;
         let mut k = self.clone();
         k.connect_timeout = None;
+        k.python = None;
         k.via = self.via.as_ref().map(|v| Box::new(v.identity()));
         if let Some(b) = &mut k.escalate {
             b.cmd.clear();
@@ -208,12 +216,20 @@ impl Spec {
         n
     }
 
-    /// The spec of the stream that starts this become context (itself without `become`).
+    /// The spec of the stream that starts this context (itself without `become` and
+    /// `interpreter`).
     pub fn parent(&self) -> Spec {
         Spec {
             escalate: None,
+            interpreter: None,
             ..self.clone()
         }
+    }
+
+    /// Whether this is a nested agent on its host's own stream (a become or interpreter
+    /// context), as opposed to a stream or a target behind a via hop.
+    pub fn is_context(&self) -> bool {
+        self.escalate.is_some() || self.interpreter.is_some()
     }
 
     /// The label for messages: the host, plus `(method:user)` for a become context.
@@ -227,6 +243,10 @@ impl Spec {
             Some(b) => format!("{host} ({}:{})", b.method, b.user),
             None => host,
         };
+        let host = match &self.interpreter {
+            Some(p) => format!("{host} [{p}]"),
+            None => host,
+        };
         match &self.via {
             Some(v) => {
                 let hop = v.name.clone().or_else(|| v.host.clone());
@@ -236,8 +256,27 @@ impl Spec {
         }
     }
 
+    /// Checks `interpreter`: a plain path or command name the agent can quote safely.
+    pub fn validate_interpreter(&self) -> Result<(), String> {
+        match &self.interpreter {
+            Some(p) if !plain_program(p) => Err(format!(
+                "interpreter {p:?} must be a plain path or name (letters, digits, _./+-)"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Connect timeout in seconds.
     pub fn connect_timeout_secs(&self) -> u64 {
         self.connect_timeout.unwrap_or(30).max(1)
     }
+}
+
+/// A program path or name that needs no shell quoting: `[A-Za-z0-9_./+-]`, not starting with
+/// `-` (what the agent accepts for a nested agent's interpreter).
+pub fn plain_program(p: &str) -> bool {
+    !p.is_empty()
+        && !p.starts_with('-')
+        && p.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./+-".contains(c))
 }

@@ -33,6 +33,11 @@ DOCUMENTATION = """
           C(sudo -S), on its terminal for C(su)). Idle nested agents beyond
           E(SPINDLE_MAX_INTERPRETERS) (default 20) per target are closed, least recently
           used first.
+        - Modules run in the agent whatever O(pipelining) says, under exactly the interpreter
+          Ansible resolved for the task (configured or discovered); a task whose interpreter
+          is not the host agent's runs in a second agent started under it on the same
+          connection. A module that cannot run in an agent (apt/dnf re-executing themselves,
+          async tasks, old-style modules) says why once per host and reason.
         - O(timeout) bounds the whole connection set-up (ssh connect, authentication and the
           agent's start), not only the TCP connect.
     extends_documentation_fragment:
@@ -149,6 +154,10 @@ DOCUMENTATION = """
           keyword:
             - name: remote_user
       pipelining:
+          description:
+            - Accepted for compatibility and ignored. Modules run in the target's agent whatever
+              it says (only ANSIBLE_KEEP_REMOTE_FILES and async tasks run modules from files,
+              and each such task says so).
           env:
             - name: ANSIBLE_PIPELINING
             - name: ANSIBLE_SSH_PIPELINING
@@ -465,7 +474,8 @@ from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
 from spindle_ansible.client import Client, SpindleError
-from spindle_ansible.modexec import call_with_blobs, plan, run_in_agent
+from spindle_ansible.modexec import (StockPath, call_with_blobs, file_module_reason, for_interpreter,
+                                     plan, run_in_agent)
 from spindle_ansible.specs import SpecBuilder
 
 display = Display()
@@ -548,17 +558,22 @@ class Connection(ConnectionBase):
         plugin._spindle_wrapped = True
 
     def is_pipelining_enabled(self, wrap_async=False):
-        """Ansible's rule without its become condition: a become plugin that cannot pipeline
-        (su: the password is typed on the terminal that would carry the module) does not
-        matter here, the nested agent took the password when it started and modules reach it
-        like any other call. (Asked by ansible-core 2.19 and later; older ones keep their own
-        rule in the action, so su there runs modules from files, as stock does.)"""
-        try:
-            enabled = self.get_option('pipelining')
-        except KeyError:
-            enabled = getattr(self._play_context, 'pipelining', False)
-        return bool((enabled or self.always_pipeline_modules) and not C.DEFAULT_KEEP_REMOTE_FILES
-                    and (not wrap_async or self.has_native_async))
+        """Modules go to the agent whatever ``pipelining`` says (ansible-core 2.19+ asks this).
+
+        The setting exists for what a module on stdin of a fresh ``sudo python`` cannot do
+        (sudo's requiretty) and to skip the temp-file dance; neither applies to a module sent
+        to a live agent, and a nested agent took any become password when it started (su
+        included). So, like Mitogen, only ANSIBLE_KEEP_REMOTE_FILES (the user wants the files)
+        and async tasks (Ansible's async_wrapper runs from files) keep the file path, and the
+        connection says so for each such task (see ``_stock_path``)."""
+        return bool(not C.DEFAULT_KEEP_REMOTE_FILES and (not wrap_async or self.has_native_async))
+
+    def get_option(self, option, hostvars=None):
+        # ansible-core 2.18 decides pipelining in the action from this option (and refuses it
+        # for su): the same answer as is_pipelining_enabled above, for the same reasons.
+        if option == 'pipelining':
+            return True
+        return super(Connection, self).get_option(option, hostvars=hostvars)
 
     def spindle_route(self, transport):
         """Used by the spindle strategies: serve a host whose connection was ``transport``.
@@ -721,12 +736,20 @@ class Connection(ConnectionBase):
             cwd = to_text(self.cwd, errors='surrogate_or_strict')
         started = time.monotonic()
         try:
-            if cwd is None:
+            try:
                 ran = run_in_agent(self._client(), spec, to_text(cmd), in_data,
-                                   self.get_option('spindle_task_isolation'))
-                if ran is not None:
-                    self._timing('module run in the agent', started, spec)
-                    return ran
+                                   self.get_option('spindle_task_isolation'), cwd)
+            except StockPath as e:
+                ran = None
+                self._stock_path(spec, str(e))
+            else:
+                if ran is None and not in_data:
+                    reason = file_module_reason(to_text(cmd))
+                    if reason:
+                        self._stock_path(spec, reason)
+            if ran is not None:
+                self._timing('module run in the agent', started, spec)
+                return ran
             res = self._client().exec(spec, shell=to_text(cmd), stdin=in_data, cwd=cwd)
         except SpindleError as e:
             self._timing('failed (%s)' % e.kind, started, spec)
@@ -742,12 +765,17 @@ class Connection(ConnectionBase):
         agent's answer with ``output`` = the chosen module's (rc, stdout, stderr), or None
         when this path does not apply (the caller runs the stock action)."""
         if self.cwd and self._mode() == 'local':
-            return None
+            return None  # (the stock action's module runs still go to the agent)
         spec = copy_run[2]  # the same task and connection built both (become included)
         isolation = self.get_option('spindle_task_isolation')
-        plans = [plan(to_text(cmd), in_data, isolation) for cmd, in_data, _ in (copy_run, file_run)]
-        if None in plans:
+        try:
+            plans = [plan(to_text(cmd), in_data, isolation)
+                     for cmd, in_data, _ in (copy_run, file_run)]
+        except StockPath:
+            return None  # the stock action runs the modules: exec_command says why
+        if None in plans or plans[0][0]['interpreter'] != plans[1][0]['interpreter']:
             return None
+        spec = for_interpreter(spec, plans[0][0]['interpreter'])
         blobs = {}
         runs = []
         for payload, run_blobs in plans:
@@ -767,6 +795,23 @@ class Connection(ConnectionBase):
         if r.get('outcome') in ('copy', 'file'):
             r['output'] = (r['rc'], base64.b64decode(r['stdout_b64']), base64.b64decode(r['stderr_b64']))
         return r
+
+    def _stock_path(self, spec, reason):
+        """A module that runs on Ansible's stock command path (a new Python per task): said
+        at -vvv for every task, and once per host and reason as a warning (the daemon, which
+        every worker shares, counts it and answers whether it is the first)."""
+        host = self._play_context.remote_addr
+        display.vvv("SPINDLE stock path (not in the agent): %s" % reason, host=host)
+        try:
+            first = self._client().request('note', spec, path='stock', reason=reason).get('first')
+        except SpindleError as e:
+            display.vvv("spindle: could not count the stock path: %s" % (e,), host=host)
+            first = False
+        if first:
+            display.warning("spindle: %s: a module runs on Ansible's stock command path (a new "
+                            "Python per task), not in spindle's agent: %s. (Said once per host "
+                            "and reason; every such task at -vvv; counted in `spindle stats`.)"
+                            % (spec.label or host, reason))
 
     def _timing(self, what, started, spec=None):
         """-vvv: how long spindle took for this step (daemon round trip included)."""

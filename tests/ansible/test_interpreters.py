@@ -1,0 +1,218 @@
+"""The task's interpreter is the agent's, and the fast path holds with Ansible's defaults.
+
+A netns fleet of 2 sshd targets whose login PATH finds another python3 first (a virtualenv
+put ahead of /usr/bin by the login shell's ~/.bashrc, as pyenv, conda or a venv do on real
+hosts). Ansible is configured only with the lines ``python -m spindle_ansible`` prints:
+``pipelining`` is left at Ansible's default (off). Then:
+
+* t0 names ``ansible_python_interpreter=/usr/bin/python3`` (an explicit interpreter that is
+  not the login PATH's python3); t1 leaves it to interpreter discovery;
+* every module reports the interpreter it ran under (``ansible_python.executable`` and a
+  custom module's ``sys.executable``/``sys.prefix``): it must be the one Ansible resolved
+  (explicit, discovered, or a task-level ``ansible_python_interpreter`` naming another
+  virtualenv, whose own package the module imports);
+* every module task ran in an agent: the run's path counts (``SPINDLE_PATHS_FILE``, written
+  by the ``spindle`` callback) show no stock path, and no stock-path warning is printed;
+* a module that must take the stock path (``apt``, which re-executes itself) says why, once
+  per host, at default verbosity, and is counted with its reason.
+
+Each case runs as root and as an unprivileged login user (``spx``, made here).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+VENV_BIN = os.path.join(REPO, os.environ.get('SPINDLE_VENV') or '.venv', 'bin')
+FLEET = os.path.join(REPO, 'containers', 'netns-fleet.sh')
+BIN = os.environ.get('SPINDLE_BIN') or os.path.join(REPO, 'target', 'debug', 'spindle')
+FLEET_NAME = 'intp'
+LOGIN_USER = 'spxinterp'
+
+MODULE = '''#!/usr/bin/python
+import sys
+from ansible.module_utils.basic import AnsibleModule
+try:
+    import spindle_venv_marker
+    marker = spindle_venv_marker.NAME
+except ImportError:
+    marker = None
+m = AnsibleModule(argument_spec={})
+m.exit_json(executable=sys.executable, prefix=sys.prefix, marker=marker)
+'''
+
+PLAY = '''
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: the login PATH's python3 is another one (the case under test)
+      raw: python3 -c 'import sys; print(sys.prefix)'
+      register: login_py
+    - assert: {that: ["'pathpy' in login_py.stdout"]}
+    - name: facts under the host's interpreter
+      setup: {gather_subset: [min], filter: [ansible_python]}
+      register: facts
+    - name: the module's interpreter
+      spx_interp: {}
+      register: plain
+    - name: expected interpreter
+      set_fact:
+        want: "{{ ansible_python_interpreter | default(discovered_interpreter_python) }}"
+    - assert:
+        that:
+          - facts.ansible_facts.ansible_python.executable == want
+          - plain.executable == want
+          - plain.marker is none
+        fail_msg: "ran under {{ plain.executable }}, Ansible resolved {{ want }}"
+    - name: a task-level interpreter (another virtualenv, with its own package)
+      spx_interp: {}
+      vars: {ansible_python_interpreter: "%(taskpy)s"}
+      register: venv
+    - assert:
+        that:
+          - venv.executable == "%(taskpy)s"
+          - venv.marker == "task-venv"
+        fail_msg: "task venv: {{ venv }}"
+    - name: command, copy and stat in the agent too
+      command: hostname
+    - copy: {content: "x", dest: /tmp/spx-interp.txt}
+    - stat: {path: /etc/hostname}
+    - name: become to root under the same interpreter
+      spx_interp: {}
+      become: true
+      register: become
+    - assert:
+        that: [become.executable == want]
+'''
+
+APT_PLAY = '''
+- hosts: all
+  gather_facts: false
+  tasks:
+    - apt: {name: spindle-no-such-package-x, state: absent}
+      check_mode: true
+      failed_when: false
+    - apt: {name: spindle-no-such-package-y, state: absent}
+      check_mode: true
+      failed_when: false
+'''
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True, **kw)
+
+
+class Interpreters(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        if not os.access(os.path.join(VENV_BIN, 'ansible-playbook'), os.X_OK) \
+                or not os.access(BIN, os.X_OK):
+            raise unittest.SkipTest('venv (scripts/venv.sh) or spindle binary missing')
+        up = run(['bash', FLEET, 'up', FLEET_NAME, '2'])
+        if up.returncode == 77:
+            raise unittest.SkipTest('netns fleet unavailable: ' + up.stdout[-300:])
+        if up.returncode != 0:
+            raise RuntimeError(up.stdout)
+        cls.inventory = up.stdout.strip().splitlines()[-1]
+        cls.fleet_dir = os.path.dirname(cls.inventory)
+        # Under the repository: the targets share it (their /tmp and /root are private).
+        os.makedirs(os.path.join(REPO, 'target'), exist_ok=True)
+        cls.work = tempfile.mkdtemp(prefix='spindle-interp-', dir=os.path.join(REPO, 'target'))
+        os.chmod(cls.work, 0o755)
+        for name in ('pathpy', 'taskpy'):
+            subprocess.run(['/usr/bin/python3', '-m', 'venv', '--without-pip',
+                            os.path.join(cls.work, name)], check=True)
+        site = run([os.path.join(cls.work, 'taskpy', 'bin', 'python'), '-c',
+                    'import sysconfig; print(sysconfig.get_paths()["purelib"])']).stdout.strip()
+        with open(os.path.join(site, 'spindle_venv_marker.py'), 'w') as f:
+            f.write('NAME = "task-venv"\n')
+        cls.taskpy = os.path.join(cls.work, 'taskpy', 'bin', 'python')
+        os.makedirs(os.path.join(cls.work, 'library'))
+        with open(os.path.join(cls.work, 'library', 'spx_interp.py'), 'w') as f:
+            f.write(MODULE)
+        cls.users = ['root']
+        if run(['id', LOGIN_USER]).returncode != 0:
+            run(['useradd', '-m', '-s', '/bin/bash', LOGIN_USER])
+        if run(['id', LOGIN_USER]).returncode == 0:
+            cls.users.append(LOGIN_USER)
+            with open('/etc/sudoers.d/spindle-interp', 'w') as f:
+                f.write('%s ALL=(ALL) NOPASSWD: ALL\n' % LOGIN_USER)
+            os.chmod('/etc/sudoers.d/spindle-interp', 0o440)
+        # The login shell's PATH finds the 'pathpy' venv's python3 first (root's home is
+        # private to each target; the login user's is shared).
+        bashrc = 'export PATH=%s:$PATH\n' % os.path.join(cls.work, 'pathpy', 'bin')
+        for i in range(2):
+            r = run(['bash', FLEET, 'exec', FLEET_NAME, str(i), 'sh', '-c',
+                     'printf %s "$1" > /root/.bashrc', 'sh', bashrc])
+            assert r.returncode == 0, r.stdout
+        if LOGIN_USER in cls.users:
+            home = os.path.expanduser('~' + LOGIN_USER)
+            with open(os.path.join(home, '.bashrc'), 'w') as f:
+                f.write(bashrc)
+
+    @classmethod
+    def tearDownClass(cls):
+        run(['bash', FLEET, 'down', FLEET_NAME])
+        shutil.rmtree(getattr(cls, 'work', '/nonexistent'), True)
+        if os.path.exists('/etc/sudoers.d/spindle-interp'):
+            os.remove('/etc/sudoers.d/spindle-interp')
+        run(['userdel', '-r', '-f', LOGIN_USER])
+
+    def playbook(self, text, user, tag):
+        """Run ``text`` with only the README's ansible.cfg lines; (rc, output, paths)."""
+        work = tempfile.mkdtemp(prefix=tag + '-', dir=self.work)
+        lines = run([os.path.join(VENV_BIN, 'python'), '-m', 'spindle_ansible'],
+                    env=dict(os.environ, PYTHONPATH=os.path.join(REPO, 'ansible_plugin'))).stdout
+        with open(os.path.join(work, 'ansible.cfg'), 'w') as f:
+            f.write(lines + '\nlibrary = %s\nhost_key_checking = False\n'
+                    % os.path.join(self.work, 'library'))
+        with open(os.path.join(work, 'inventory.ini'), 'w') as f:
+            with open(self.inventory) as src:
+                f.write(src.read())
+            f.write('\n[all:vars]\nansible_user=%s\n' % user)
+            f.write('[explicit]\nt0\n[explicit:vars]\nansible_python_interpreter=/usr/bin/python3\n')
+        with open(os.path.join(work, 'play.yml'), 'w') as f:
+            f.write(text % {'taskpy': self.taskpy})
+        env = {k: v for k, v in os.environ.items() if not k.startswith(('ANSIBLE_', 'SPINDLE_'))}
+        paths_file = os.path.join(work, 'paths.json')
+        env.update({'ANSIBLE_CONFIG': os.path.join(work, 'ansible.cfg'), 'ANSIBLE_HOME': work,
+                    'ANSIBLE_LOCAL_TEMP': os.path.join(work, 'tmp'), 'SPINDLE_BIN': BIN,
+                    'SPINDLE_PATHS_FILE': paths_file,
+                    'PYTHONPATH': os.path.join(REPO, 'ansible_plugin')})
+        p = run([os.path.join(VENV_BIN, 'ansible-playbook'), '-i',
+                 os.path.join(work, 'inventory.ini'), 'play.yml'], cwd=work, env=env)
+        paths = None
+        if os.path.exists(paths_file):
+            with open(paths_file) as f:
+                paths = json.load(f)
+        return p.returncode, p.stdout, paths
+
+    def test_module_runs_under_the_resolved_interpreter_in_an_agent(self):
+        for user in self.users:
+            with self.subTest(user=user):
+                rc, out, paths = self.playbook(PLAY, user, 'interp-' + user)
+                self.assertEqual(rc, 0, out)
+                self.assertIsNotNone(paths, out)
+                self.assertEqual(paths['stock'], 0, (paths, out))
+                self.assertNotIn("stock command path", out)
+                # 2 hosts x (setup, 2 x spx_interp, command, copy, stat, become) at least
+                self.assertGreaterEqual(paths['in_agent'] + paths['forked'], 14, paths)
+                print('%s: %s' % (user, json.dumps(paths, sort_keys=True)), file=sys.stderr)
+
+    def test_stock_path_says_why_once_per_host(self):
+        rc, out, paths = self.playbook(APT_PLAY, 'root', 'apt')
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(out.count('re-executes itself'), 2 + 1, out)  # 1 warning per host + recap
+        self.assertEqual(paths['stock'], 4, paths)
+        self.assertEqual(list(paths['stock_reasons'].values()), [4], paths)
+
+
+if __name__ == '__main__':
+    unittest.main()
