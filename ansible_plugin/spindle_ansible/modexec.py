@@ -104,24 +104,24 @@ _FILE_TOOLS = frozenset(('rm', 'chmod', 'chown', 'chgrp', 'chflags', 'setfacl', 
                          'mv', 'cat', 'echo', 'test', 'umask', '('))
 
 
-def file_module_reason(cmd):
-    """Why a command that runs a module Ansible put in a file did not come pipelined, or None
-    when ``cmd`` runs no module file (raw, shell, the temp dir's mkdir/chmod/rm, discovery)."""
+def file_module_reason(cmd, in_data=None):
+    """Why a command that runs a module is not an agent's (Ansible put the module in a file, or
+    pipes a non-Python module to its interpreter), or None when ``cmd`` runs no module (raw,
+    shell, the temp dir's mkdir/chmod/rm, interpreter discovery)."""
+    if in_data:  # only modules come on stdin; an AnsiballZ wrapper went to plan()
+        return 'non-Python module (its interpreter reads it on stdin)'
     if 'async_wrapper' in cmd:
         return "async task (Ansible runs it from files with its async_wrapper)"
     try:
         _env, argv = ansiballz.split_module_command(cmd)
     except ValueError:
         return None
-    files = [w for w in argv[:2] if '/ansible-tmp-' in w]
-    if not files or os.path.basename(argv[0]) in _FILE_TOOLS:
+    if not any('/ansible-tmp-' in w for w in argv[:2]) or os.path.basename(argv[0]) in _FILE_TOOLS:
         return None
-    if '/AnsiballZ_' in files[-1]:
-        from ansible import constants as C
-        if C.DEFAULT_KEEP_REMOTE_FILES:
-            return 'ANSIBLE_KEEP_REMOTE_FILES is set (modules run from files)'
-        return 'module run from a file (not pipelined)'
-    return 'old-style, WANT_JSON or binary module (run from a file)'
+    from ansible import constants as C
+    if C.DEFAULT_KEEP_REMOTE_FILES:
+        return 'ANSIBLE_KEEP_REMOTE_FILES is set (modules run from files)'
+    return 'old-style, WANT_JSON or binary module (Ansible runs it from a file)'
 
 
 def plan(cmd, in_data, isolation='warm', cwd=None):

@@ -86,9 +86,12 @@ class StockPathTests(unittest.TestCase):
         saved = {k: sys.modules.get(k) for k in ('ansible', 'ansible.constants')}
         sys.modules.update({'ansible': fake, 'ansible.constants': consts})
         try:
-            self.assertIn('not pipelined', modexec.file_module_reason(ansiballz))
+            self.assertIn('old-style', modexec.file_module_reason(ansiballz))
             self.assertIn('old-style', modexec.file_module_reason(old))
             self.assertIn('async', modexec.file_module_reason(async_cmd))
+            self.assertIn('non-Python', modexec.file_module_reason('/bin/sh', b'#!/bin/sh\n'))
+            consts.DEFAULT_KEEP_REMOTE_FILES = True
+            self.assertIn('KEEP_REMOTE_FILES', modexec.file_module_reason(ansiballz))
         finally:
             for k, v in saved.items():
                 if v is None:

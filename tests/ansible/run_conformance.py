@@ -3,11 +3,13 @@
 the same results.
 
 Brings up a netns fleet of 3 sshd targets (containers/netns-fleet.sh), then for each
-strategy pair runs tests/ansible/conformance.yml twice: stock (connection ssh,
-ANSIBLE_PIPELINING=True) and spindle, through its two entry points: stock ``linear`` with the
-``spindle`` callback enabled, and the ``spindle_free`` strategy (ansible.cfg written here),
-each with the
-``spindle_record`` callback.  After each run it also collects what the play left on every
+strategy pair runs tests/ansible/conformance.yml twice: stock (connection ssh) and spindle,
+through its two entry points: stock ``linear`` with the ``spindle`` callback enabled, and the
+``spindle_free`` strategy (ansible.cfg written here), each with the ``spindle_record``
+callback. ``--pipelining auto`` (the default) runs the linear pair with ANSIBLE_PIPELINING=True
+and the free pair with Ansible's default (off); the spindle runs must put every module task in
+an agent either way, except those the playbook takes to the stock path by design (async, the
+old-style/WANT_JSON/binary modules: ``EXPECTED_STOCK``).  After each run it also collects what the play left on every
 target (under /tmp/spindle-conf: content, mode, type) and in the controller fetch dir, then
 cleans both.  Records, files and exit codes must be equal per host, and the spindle run must
 leave no daemon behind; on mismatch it prints a readable diff and exits 1.  ``--via``: the
@@ -138,14 +140,13 @@ def write_cfg(path, kind, strategy):
         f.write('\n'.join(lines) + '\n')
 
 
-def run_env(work, cfg, record):
+def run_env(work, cfg, record, pipelining=True):
     env = {k: v for k, v in os.environ.items() if not k.startswith(('ANSIBLE_', 'SPINDLE_'))}
     env.update({
         'ANSIBLE_CONFIG': cfg,
         'ANSIBLE_HOME': os.path.join(work, 'home'),
         'ANSIBLE_LOCAL_TEMP': os.path.join(work, 'tmp'),
         'ANSIBLE_SSH_CONTROL_PATH_DIR': os.path.join(work, 'cp'),
-        'ANSIBLE_PIPELINING': 'True',
         'ANSIBLE_NOCOLOR': '1',
         'XDG_RUNTIME_DIR': os.path.join(work, 'run'),  # where the strategy puts its daemon
         'SPINDLE_RECORD': record,
@@ -153,7 +154,10 @@ def run_env(work, cfg, record):
         # the playbook's library/ plus the binary module built for this run
         'ANSIBLE_LIBRARY': os.pathsep.join([os.path.join(HERE, 'library'), os.path.join(work, 'library')]),
         'PYTHONPATH': os.pathsep.join([PKG_ROOT] + [p for p in [os.environ.get('PYTHONPATH')] if p]),
+        'SPINDLE_PATHS_FILE': record + '.paths',
     })
+    if pipelining:  # else Ansible's default (off)
+        env['ANSIBLE_PIPELINING'] = 'True'
     return env
 
 
@@ -237,7 +241,7 @@ def link_bytes(name, hops):
     return tx_bytes(None, 'sp%sh0' % name), down
 
 
-def one_run(name, work, kind, strategy, inventories, extra):
+def one_run(name, work, kind, strategy, inventories, extra, pipelining=True):
     tag = '%s-%s' % (kind, strategy)
     cfg = os.path.join(work, tag + '.cfg')
     record = os.path.join(work, tag + '.json')
@@ -248,7 +252,7 @@ def one_run(name, work, kind, strategy, inventories, extra):
     for inv in inventories:
         argv += ['-i', inv]
     t0 = time.monotonic()
-    p = subprocess.run(argv, env=run_env(work, cfg, record), cwd=work, stdout=subprocess.PIPE,
+    p = subprocess.run(argv, env=run_env(work, cfg, record, pipelining), cwd=work, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, universal_newlines=True)
     took = time.monotonic() - t0
     with open(os.path.join(work, tag + '.log'), 'w') as f:
@@ -263,7 +267,14 @@ def one_run(name, work, kind, strategy, inventories, extra):
         out = fleet('exec', name, i, 'python3', '-c', COLLECT).stdout
         files['t%d' % i] = json.loads(out)
     print('  %-16s rc=%d  %.1fs  %d records' % (tag, p.returncode, took, len(records)))
-    return {'rc': p.returncode, 'records': records, 'files': files,
+    paths = None
+    if os.path.exists(record + '.paths'):
+        with open(record + '.paths') as f:
+            paths = json.load(f)
+        print('  %-16s module runs: %d in the agent, %d forked, %d stock %s'
+              % ('', paths['in_agent'], paths['forked'], paths['stock'],
+                 json.dumps(paths['stock_reasons'], sort_keys=True)))
+    return {'paths': paths, 'rc': p.returncode, 'records': records, 'files': files,
             'fetched': snapshot(os.path.join(work, 'fetched')), 'log': p.stdout,
             'left_behind': sorted(os.listdir(os.path.join(work, 'run')))}
 
@@ -307,9 +318,32 @@ def compare(stock, spindle):
     return problems
 
 
+#: The conformance playbook's module tasks that take Ansible's stock command path, by design
+#: (async tasks: Ansible's async_wrapper; the old-style, WANT_JSON and binary modules, and the
+#: JSONARGS shell module).
+EXPECTED_STOCK = ('async task', 'old-style, WANT_JSON or binary module', 'non-Python module')
+
+
+def unexpected_stock(paths):
+    """Stock-path reasons the conformance playbook should not produce (every other module
+    task runs in an agent, whatever pipelining says and whatever the interpreter)."""
+    if paths is None:
+        return ['the spindle run wrote no module path counts (SPINDLE_PATHS_FILE)']
+    bad = dict((r, n) for r, n in paths['stock_reasons'].items()
+               if not r.startswith(EXPECTED_STOCK))
+    if bad:
+        return ['module tasks on the stock path for unexpected reasons: %s' % bad]
+    if not paths['in_agent']:
+        return ['no module task ran in the agent']
+    return []
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--strategy', choices=('linear', 'free', 'both'), default='both')
+    ap.add_argument('--pipelining', choices=('on', 'off', 'auto'), default='auto',
+                    help="ANSIBLE_PIPELINING for both runs; auto: on for linear, Ansible's "
+                         "default (off) for free")
     ap.add_argument('--name', default='acnf', help='fleet name ([a-z0-9]{1,5})')
     ap.add_argument('--keep', action='store_true', help='keep the work dir (logs, records)')
     ap.add_argument('--via', action='store_true', help='spindle reaches t1, t2 through t0')
@@ -381,11 +415,14 @@ def main(argv=None):
             spindle_inventories = inventories + [via]
 
         for strategy in strategies:
-            print('strategy %s vs %s:' % (strategy, 'linear + callback spindle'
-                                             if strategy == 'linear' else 'spindle_' + strategy))
-            stock = one_run(args.name, work, 'stock', strategy, inventories, extra)
+            pipelining = {'on': True, 'off': False}.get(args.pipelining, strategy == 'linear')
+            print('strategy %s vs %s, pipelining %s:'
+                  % (strategy, 'linear + callback spindle' if strategy == 'linear'
+                     else 'spindle_' + strategy, 'on' if pipelining else "off (Ansible's default)"))
+            stock = one_run(args.name, work, 'stock', strategy, inventories, extra, pipelining)
             before = link_bytes(args.name, hops) if args.bastions else None
-            spin = one_run(args.name, work, 'spindle', strategy, spindle_inventories, extra)
+            spin = one_run(args.name, work, 'spindle', strategy, spindle_inventories, extra,
+                           pipelining)
             if before:
                 # What the hops pass on to the 22 targets behind them against what crossed
                 # the gateway's own link: module code and large files cross it once.
@@ -397,6 +434,7 @@ def main(argv=None):
                     print('MISMATCH: over %.2f of the hops\' bytes crossed the gateway link'
                           % MAX_GATEWAY_SHARE)
             problems = compare(stock, spin)
+            problems += unexpected_stock(spin['paths'])
             if problems:
                 failed = True
                 print('MISMATCH (%d):' % len(problems))

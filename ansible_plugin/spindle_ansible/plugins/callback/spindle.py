@@ -31,47 +31,10 @@ DOCUMENTATION = """
         - enable in configuration (callbacks_enabled = spindle, callback_plugins pointing here)
 """
 
-import json
-import os
-
 from ansible.plugins.callback import CallbackBase
 
-from spindle_ansible.client import Client, SpindleError
+from spindle_ansible import paths
 from spindle_ansible.plugins.strategy import LoaderPatch, ensure_daemon
-
-
-def _paths(socket_path):
-    """The daemon's module-path counters (``stats`` → ``paths``), or None."""
-    try:
-        client = Client(socket_path)
-        try:
-            return client.stats(call_timeout=5.0).get('paths')
-        finally:
-            client.close()
-    except (OSError, SpindleError, ValueError):
-        return None
-
-
-def paths_summary(before, after):
-    """(counts, text) of the module runs between two ``paths`` snapshots."""
-    before = before or {}
-    counts = {}
-    for key in ('in_agent', 'forked', 'stock'):
-        counts[key] = int(after.get(key, 0)) - int(before.get(key, 0))
-    reasons = {}
-    old = before.get('stock_reasons') or {}
-    for reason, n in (after.get('stock_reasons') or {}).items():
-        n = int(n) - int(old.get(reason, 0))
-        if n > 0:
-            reasons[reason] = n
-    counts['stock_reasons'] = reasons
-    total = counts['in_agent'] + counts['forked'] + counts['stock']
-    text = ("spindle: %d module task runs: %d in the agent, %d in a forked child of the agent, "
-            "%d on Ansible's stock command path" % (total, counts['in_agent'], counts['forked'],
-                                                     counts['stock']))
-    if reasons:
-        text += " (%s)" % "; ".join("%s: %d" % (r, n) for r, n in sorted(reasons.items()))
-    return counts, text
 
 
 class CallbackModule(CallbackBase):
@@ -94,27 +57,10 @@ class CallbackModule(CallbackBase):
         if self._patch is None:
             self._patch = LoaderPatch().apply()
             self._socket = socket_path
-            self._before = _paths(socket_path)  # a daemon given by SPINDLE_SOCKET counts on
+            self._before = paths.snapshot(socket_path)  # a daemon given by SPINDLE_SOCKET counts on
 
     def v2_playbook_on_stats(self, stats):
         if self._patch is not None:
             self._patch.restore()
             self._patch = None
-            self._report_paths()
-
-    def _report_paths(self):
-        """Where this run's module tasks ran: at -v always, and at default verbosity when any
-        ran on the stock path (each reason was also a warning once per host). With
-        E(SPINDLE_PATHS_FILE), the counts are written there as JSON (tests, the bench)."""
-        after = _paths(self._socket)
-        if after is None:
-            return
-        counts, text = paths_summary(self._before, after)
-        if counts['stock']:
-            self._display.display(text, color='bright purple')
-        else:
-            self._display.v(text)
-        out = os.environ.get('SPINDLE_PATHS_FILE')
-        if out:
-            with open(out, 'w') as f:
-                json.dump(counts, f, sort_keys=True)
+            paths.report(self._display, self._socket, self._before)

@@ -743,8 +743,8 @@ class Connection(ConnectionBase):
                 ran = None
                 self._stock_path(spec, str(e))
             else:
-                if ran is None and not in_data:
-                    reason = file_module_reason(to_text(cmd))
+                if ran is None:
+                    reason = file_module_reason(to_text(cmd), in_data)
                     if reason:
                         self._stock_path(spec, reason)
             if ran is not None:

@@ -34,7 +34,7 @@ from ansible.errors import AnsibleError
 from ansible.plugins.loader import action_loader, connection_loader
 from ansible.utils.display import Display
 
-from spindle_ansible import modexec
+from spindle_ansible import modexec, paths
 from spindle_ansible.specs import HOP_TRANSPORTS
 
 display = Display()
@@ -387,13 +387,20 @@ class LoaderPatch(object):
         self.saved_action_get = None
 
 
+_paths_before = None  # the daemon's path counters when this run's first play started
+
+
 class SpindleStrategyMixin(object):
     """Mixed in before an Ansible strategy: runs its plays through the spindle daemon."""
 
     def run(self, iterator, play_context, *args, **kwargs):
-        ensure_daemon()
+        socket_path = ensure_daemon()
         patch = LoaderPatch().apply()
+        global _paths_before
+        if _paths_before is None:
+            _paths_before = paths.snapshot(socket_path) or {}
         try:
             return super(SpindleStrategyMixin, self).run(iterator, play_context, *args, **kwargs)
         finally:
             patch.restore()
+            paths.report(display, socket_path, _paths_before)  # the run's so far
