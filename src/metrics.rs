@@ -64,13 +64,33 @@ pub struct Paths {
     noted: std::collections::HashSet<(String, String)>,
 }
 
-impl Paths {
-    /// Counts one run of an agent call payload's `op` (`run_module` in `mode`, `copy_fast`).
-    pub fn agent_call(&mut self, op: Option<&str>, mode: Option<&str>) {
+/// Where an agent call runs a module (counted when it answers with a result, not a
+/// `fallback`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentPath {
+    /// In the agent's process (`run_module` warm/inproc, `copy_fast`).
+    InAgent,
+    /// In a forked child of the agent (`run_module` mode `fork`).
+    Forked,
+}
+
+impl AgentPath {
+    /// The path of an agent call payload's `op` and `mode`; None for calls that run no module.
+    pub fn of(op: Option<&str>, mode: Option<&str>) -> Option<AgentPath> {
         match (op, mode) {
-            (Some("run_module"), Some("fork")) => self.forked += 1,
-            (Some("run_module"), _) | (Some("copy_fast"), _) => self.in_agent += 1,
-            _ => {}
+            (Some("run_module"), Some("fork")) => Some(AgentPath::Forked),
+            (Some("run_module"), _) | (Some("copy_fast"), _) => Some(AgentPath::InAgent),
+            _ => None,
+        }
+    }
+}
+
+impl Paths {
+    /// Counts one module run an agent answered.
+    pub fn ran(&mut self, path: AgentPath) {
+        match path {
+            AgentPath::InAgent => self.in_agent += 1,
+            AgentPath::Forked => self.forked += 1,
         }
     }
 
@@ -120,10 +140,16 @@ mod tests {
             .stock_reasons
             .keys()
             .all(|k| k.len() <= MAX_REASON_LEN && !k.contains('\n')));
-        p.agent_call(Some("run_module"), Some("warm"));
-        p.agent_call(Some("run_module"), Some("fork"));
-        p.agent_call(Some("copy_fast"), None);
-        p.agent_call(Some("exec"), None);
+        for (op, mode) in [
+            ("run_module", Some("warm")),
+            ("run_module", Some("fork")),
+            ("copy_fast", None),
+            ("exec", None),
+        ] {
+            if let Some(path) = AgentPath::of(Some(op), mode) {
+                p.ran(path);
+            }
+        }
         assert_eq!((p.in_agent, p.forked), (2, 1));
     }
 }

@@ -7,13 +7,17 @@ import sys
 
 def config_lines():
     """The [defaults] section that points Ansible at this package's plugins: the ``spindle``
-    callback (works with any strategy); the spindle strategies and the connection plugin's
-    directory are listed too, for ``strategy = spindle_linear`` and ``ansible-doc``."""
+    callback (works with any strategy, and, with ``bin_ansible_callbacks``, for the ad-hoc
+    ``ansible`` and ``ansible-console`` too); the spindle strategies and the connection
+    plugin's directory are listed too, for ``strategy = spindle_linear`` and ``ansible-doc``."""
     plugins = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'plugins')
     return "\n".join([
         "[defaults]",
         "callback_plugins = %s" % os.path.join(plugins, 'callback'),
         "callbacks_enabled = spindle",
+        "; ad-hoc `ansible` and `ansible-console` load enabled callbacks only with this (without",
+        "; it they run stock ssh); it also lets them use a stdout_callback you configured",
+        "bin_ansible_callbacks = True",
         "; optional: ansible-doc for the connection plugin; the strategies spindle_linear and",
         "; spindle_free (an alternative to the callback: set them as the strategy)",
         "connection_plugins = %s" % os.path.join(plugins, 'connection'),

@@ -199,7 +199,14 @@ def run_in_agent(client, target, cmd, in_data, isolation='warm', cwd=None):
     if planned is None:
         return None
     payload, blobs = planned
-    r = call_with_blobs(client, for_interpreter(target, payload['interpreter']), payload, blobs)
+    try:
+        r = call_with_blobs(client, for_interpreter(target, payload['interpreter']), payload, blobs)
+    except SpindleError as e:
+        if e.kind != 'interpreter_failed':
+            raise
+        # Stock Ansible runs the module with that interpreter and reports how it failed.
+        raise StockPath('interpreter %s did not start an agent (%s)'
+                        % (payload['interpreter'], e.message.splitlines()[0][:200] if e.message else ''))
     if r.get('fallback'):
         raise StockPath(r['fallback'])
     return r['rc'], base64.b64decode(r['stdout_b64']), base64.b64decode(r['stderr_b64'])

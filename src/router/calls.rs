@@ -22,7 +22,10 @@ use std::time::{Duration, Instant};
 pub(super) enum Op {
     Ping,
     Exec,
-    Call,
+    /// An agent operation; `path`: where it runs a module, if it does (counted on its answer).
+    Call {
+        path: Option<crate::metrics::AgentPath>,
+    },
     Put {
         file: Option<Arc<File>>,
         offset: u64,
@@ -258,9 +261,10 @@ impl Router {
                 } else if !hashes.is_empty() {
                     p.insert("blobs_z".into(), self.packed_blobs(&hashes));
                 }
-                let mode = p.get("mode").and_then(|m| m.as_str());
-                self.paths
-                    .agent_call(p.get("op").and_then(|o| o.as_str()), mode);
+                let path = crate::metrics::AgentPath::of(
+                    p.get("op").and_then(|o| o.as_str()),
+                    p.get("mode").and_then(|m| m.as_str()),
+                );
                 let x = &mut self.targets[t];
                 x.counters.blobs_pushed += hashes.len() as u64;
                 x.sent_blobs.extend(hashes);
@@ -276,7 +280,7 @@ impl Router {
                     }
                     _ => {}
                 }
-                (serde_json::Value::Object(p), Op::Call)
+                (serde_json::Value::Object(p), Op::Call { path })
             }
             _ => unreachable!("ops filtered in request()"),
         };
@@ -382,6 +386,9 @@ impl Router {
                         let last = text.lines().rev().find(|l| !l.trim().is_empty());
                         let m = format!("via {hop}: {kind}: {}", last.unwrap_or(text).trim());
                         self.fail_target(child, class, &m);
+                    } else if spec.escalate.is_none() {
+                        // An interpreter context: that Python did not start an agent.
+                        self.fail_target(child, "interpreter_failed", &format!("{kind}: {text}"));
                     } else {
                         self.fail_target(child, "become_failed", &format!("{kind}: {text}"));
                     }
@@ -468,7 +475,14 @@ impl Router {
                     }
                     api::ok_value(c.id, &v)
                 }
-                Op::Exec | Op::Call | Op::Put { .. } | Op::RelayedPut => api::ok_raw(c.id, &body),
+                Op::Call { path } => {
+                    // An agent that cannot run the module answers {"fallback": why}.
+                    if let Some(path) = path.filter(|_| !body.starts_with(b"{\"fallback\"")) {
+                        self.paths.ran(path);
+                    }
+                    api::ok_raw(c.id, &body)
+                }
+                Op::Exec | Op::Put { .. } | Op::RelayedPut => api::ok_raw(c.id, &body),
                 Op::Spawn { .. }
                 | Op::CloseContext
                 | Op::StoreBlobs

@@ -58,20 +58,22 @@ pub fn stage1(n: usize) -> String {
     )
 }
 
-/// Stage 0: the shell command run on the target. `python` is the configured interpreter as
-/// shell words already quoted (its first word is the program), or `None` for discovery.
+/// Stage 0: the shell command run on the target. `python` is the interpreter to start the
+/// agent with as shell words already quoted (its first word is the program), or `None` for
+/// discovery. A named interpreter that is not there falls back to discovery: the agent is
+/// the host's connection (raw and file transfers need no particular Python), and a module
+/// that needs the missing interpreter fails as it does under stock Ansible.
 pub fn stage0(python: Option<(&str, &str)>) -> String {
     let s1 = stage1(agent_blob().len());
+    let names = DISCOVERY.join(" ");
+    let discover = format!(
+        "for p in {names}; do if command -v \"$p\" >/dev/null 2>&1; then exec \"$p\" -c '{s1}'; fi; done; echo \"{NO_PYTHON_MARKER}\" >&2; exit 127"
+    );
     match python {
         Some((program, py)) => format!(
-            "if command -v {program} >/dev/null 2>&1; then exec {py} -c '{s1}'; fi; echo \"{NO_PYTHON_MARKER}: \"{program} >&2; exit 127"
+            "if command -v {program} >/dev/null 2>&1; then exec {py} -c '{s1}'; fi; {discover}"
         ),
-        None => {
-            let names = DISCOVERY.join(" ");
-            format!(
-                "for p in {names}; do if command -v \"$p\" >/dev/null 2>&1; then exec \"$p\" -c '{s1}'; fi; done; echo \"{NO_PYTHON_MARKER}\" >&2; exit 127"
-            )
-        }
+        None => discover,
     }
 }
 

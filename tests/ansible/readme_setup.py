@@ -1,0 +1,56 @@
+"""Ansible set up as the README tells users: only the ansible.cfg lines that
+``python -m spindle_ansible`` prints (Ansible's defaults otherwise: pipelining off), for tests
+that must see what a new user sees. ``SPINDLE_PATHS_FILE`` gets the run's module path counts
+(written by the ``spindle`` callback)."""
+
+import json
+import os
+import subprocess
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+VENV_BIN = os.path.join(REPO, os.environ.get('SPINDLE_VENV') or '.venv', 'bin')
+BIN = os.environ.get('SPINDLE_BIN') or os.path.join(REPO, 'target', 'debug', 'spindle')
+PKG = os.path.join(REPO, 'ansible_plugin')
+
+
+def available():
+    """Why these tests cannot run here, or None."""
+    if not os.access(os.path.join(VENV_BIN, 'ansible-playbook'), os.X_OK):
+        return 'no venv with ansible-core (scripts/venv.sh)'
+    if not os.access(BIN, os.X_OK):
+        return 'no spindle binary at %s' % BIN
+    return None
+
+
+def write_cfg(work, *extra):
+    """``work``/ansible.cfg: the printed lines, then ``extra`` lines of [defaults]."""
+    lines = subprocess.run([os.path.join(VENV_BIN, 'python'), '-m', 'spindle_ansible'],
+                           env=dict(os.environ, PYTHONPATH=PKG), check=True,
+                           stdout=subprocess.PIPE, universal_newlines=True).stdout
+    path = os.path.join(work, 'ansible.cfg')
+    with open(path, 'w') as f:
+        f.write(lines.rstrip('\n') + '\n' + ''.join(line + '\n' for line in extra))
+    return path
+
+
+def env(work):
+    """The environment for an Ansible CLI run in ``work``: nothing of the caller's ANSIBLE_ or
+    SPINDLE_ settings, this checkout's plugin package and daemon binary."""
+    out = {k: v for k, v in os.environ.items() if not k.startswith(('ANSIBLE_', 'SPINDLE_'))}
+    out.update({'ANSIBLE_CONFIG': os.path.join(work, 'ansible.cfg'), 'ANSIBLE_HOME': work,
+                'ANSIBLE_LOCAL_TEMP': os.path.join(work, 'tmp'), 'ANSIBLE_NOCOLOR': '1',
+                'SPINDLE_BIN': BIN, 'SPINDLE_PATHS_FILE': os.path.join(work, 'paths.json'),
+                'PYTHONPATH': PKG, 'PATH': VENV_BIN + os.pathsep + os.environ.get('PATH', '')})
+    return out
+
+
+def paths(work):
+    """The module path counts the last run in ``work`` wrote, or None."""
+    p = os.path.join(work, 'paths.json')
+    if not os.path.exists(p):
+        return None
+    with open(p) as f:
+        out = json.load(f)
+    os.remove(p)
+    return out
