@@ -540,10 +540,15 @@ class Client:
         cwd: Optional[PathLike] = None,
         timeout: Optional[float] = None,
         *,
+        login_shell: bool = False,
+        tty: bool = False,
         call_timeout=_DEFAULT
     ) -> ExecResult:
         """Run ``argv`` (no shell) or ``shell`` (``/bin/sh -c``) on the target.
 
+        ``login_shell``: ``shell`` runs under the target user's login shell (as sshd runs
+        a command) instead of ``/bin/sh``; ``tty``: on a new terminal (as ``ssh -tt``; the
+        output, stderr included, comes back as stdout; no ``stdin``).
         ``stdin`` is bytes (a str is UTF-8 encoded).  ``timeout`` is the command's
         deadline on the target (process group killed, ``rc`` -9, ``timed_out`` True).
         Unless ``call_timeout`` is given, the wait for the reply is the client's
@@ -575,6 +580,8 @@ class Client:
             env=dict(env) if env is not None else None,
             cwd=os.fspath(cwd) if cwd is not None else None,
             timeout=timeout,
+            login_shell=True if login_shell else None,
+            tty=True if tty else None,
         )
         try:
             return ExecResult(

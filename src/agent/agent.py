@@ -203,9 +203,16 @@ def op_exec(chan, call_id, call):
     timeout, cwd = call.get("timeout"), call.get("cwd")
     if timeout is not None and not isinstance(timeout, (int, float)):
         raise AgentError("bad_request", "timeout must be a number")
+    executable = "/bin/sh"
+    if use_shell and call.get("login_shell"):
+        executable = _login_shell()
+    if call.get("tty"):
+        if data is not None:
+            raise AgentError("bad_request", "tty: a command on a terminal takes no stdin_b64")
+        return _exec_tty(args, use_shell, executable, env, cwd, timeout)
     try:
         p = subprocess.Popen(
-            args, shell=use_shell, executable="/bin/sh" if use_shell else None,
+            args, shell=use_shell, executable=executable if use_shell else None,
             stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
             start_new_session=True, close_fds=True)
@@ -240,6 +247,84 @@ def op_exec(chan, call_id, call):
             procs.discard(p)
     return {"rc": rc, "stdout_b64": base64.b64encode(out).decode("ascii"),
             "stderr_b64": base64.b64encode(err).decode("ascii"), "timed_out": timed_out}
+
+
+def _login_shell():
+    """The login shell of the user this agent runs as (what sshd runs a command with)."""
+    try:
+        shell = pwd.getpwuid(os.getuid()).pw_shell
+    except KeyError:
+        shell = None
+    return shell if shell and os.path.isabs(shell) and os.access(shell, os.X_OK) else "/bin/sh"
+
+
+def _exec_tty(args, use_shell, executable, env, cwd, timeout):
+    """Run a command on a new pseudo-terminal, as sshd does for `ssh -tt`: stdin, stdout and
+    stderr are the terminal, so its output (stderr included) comes back as stdout with the
+    terminal's line ends. Done when the command exits and its terminal falls silent (a
+    daemon it started may keep the terminal open, as under sshd)."""
+    import fcntl, pty, select, termios  # noqa: E401
+    master, slave = pty.openpty()
+
+    def controlling_tty():  # runs in the child after setsid and the dup2s
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    try:
+        p = subprocess.Popen(
+            args, shell=use_shell, executable=executable if use_shell else None,
+            stdin=slave, stdout=slave, stderr=slave, env=env, cwd=cwd,
+            start_new_session=True, close_fds=True, preexec_fn=controlling_tty)
+    except OSError as exc:
+        os.close(master)
+        os.close(slave)
+        rc = 127 if isinstance(exc, (FileNotFoundError, NotADirectoryError)) else 126
+        err = ("spindle: %s\r\n" % exc).encode("utf-8", "replace")
+        return {"rc": rc, "stdout_b64": base64.b64encode(err).decode("ascii"),
+                "stderr_b64": "", "timed_out": False}
+    os.close(slave)
+    with procs_lock:
+        procs.add(p)
+    out, timed_out, drained_by = bytearray(), False, None
+    deadline = None if timeout is None else time.monotonic() + max(0.0, float(timeout))
+    try:
+        while True:
+            exited = p.poll() is not None
+            if exited and drained_by is None:
+                drained_by = time.monotonic() + 2.0  # what it wrote before it exited
+            if exited and time.monotonic() > drained_by:
+                break
+            wait = 0.05 if exited else 0.5
+            if deadline is not None and not exited:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    timed_out = True
+                    try:
+                        os.killpg(p.pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+                    p.wait()
+                    continue
+                wait = min(wait, left)
+            ready, _, _ = select.select([master], [], [], wait)
+            if not ready:
+                if exited:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: every holder of the terminal closed it
+                chunk = b""
+            if not chunk:
+                if exited or p.wait() is not None:
+                    break
+            out += chunk
+        rc = -9 if timed_out else p.wait()
+    finally:
+        os.close(master)
+        with procs_lock:
+            procs.discard(p)
+    return {"rc": rc, "stdout_b64": base64.b64encode(bytes(out)).decode("ascii"),
+            "stderr_b64": "", "timed_out": timed_out}
 
 
 def op_fetch_file(chan, call_id, call):
@@ -399,6 +484,31 @@ def _read_some(fd):
         return os.read(fd, 65536)
     except OSError:
         return b""
+
+
+def _reap(pid, grace):
+    """The exit status of child `pid`, given `grace` seconds to exit on its own, then SIGKILL
+    (it may run as another user: closing its pipes and pty usually ends it first); None when
+    it had to be killed."""
+    deadline = time.monotonic() + grace
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except OSError:
+            return None
+        if done:
+            if os.WIFEXITED(status):
+                return os.WEXITSTATUS(status)
+            return None
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.01)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except OSError:
+        pass
+    return None
 
 
 def _tail(data):
@@ -715,15 +825,13 @@ def op_spawn_context(chan, call_id, call):
                 os.close(fd)
             except OSError:
                 pass
-        try:  # it may run as another user: closing its pipes and pty ends it (SIGHUP)
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-        try:
-            os.waitpid(pid, 0)
-        except OSError:
-            pass
+        status = _reap(pid, 2.0 if reason == "exited" else 0)
         text = (_tail(bytes(err)) + _tail(bytes(tty))).strip()
+        if reason == "exited" and status is not None:
+            # The become command itself failed (unknown user, bad flags, ...): what it said,
+            # for the controller to report as stock Ansible does (rc, stdout, stderr).
+            raise AgentError(reason, dumps({"rc": status, "stdout": _tail(bytes(out)),
+                                            "stderr": _tail(bytes(err)) + _tail(bytes(tty))}).decode("utf-8"))
         raise AgentError(reason, text or "(no output)")
     end = out.find(b"\n", out.find(marker)) + 1
     try:
@@ -916,8 +1024,15 @@ def _run_module(call):
             raise AgentError("bad_request", "blob %s for %s is not on the agent" % (digest, path))
         files[path] = data
     out, err = TEMPLATE_STREAMS or (sys.__stdout__, sys.__stderr__)
-    with MODULE_LOCK:
-        r = modrun().run(req, files, mode, out, err, core)
+    if mode != "fork" and MODULE_LOCK.acquire(False):
+        try:
+            r = modrun().run(req, files, mode, out, err, core)
+        finally:
+            MODULE_LOCK.release()
+    else:
+        # Asked to fork, or another module runs in this process now (tasks of several hosts
+        # delegated to one): in a forked child, alongside it, as stock runs them in parallel.
+        r = modrun().run(req, files, "fork", out, err, core)
     return {"rc": r["rc"], "stdout_b64": base64.b64encode(r["stdout"]).decode("ascii"),
             "stderr_b64": base64.b64encode(r["stderr"]).decode("ascii"), "seconds": r["seconds"]}
 

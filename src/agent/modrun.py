@@ -452,8 +452,11 @@ def _finish_threads(before):
 def execute(req, payload, out_fd, err_fd, template_out, template_err, state=None):
     """Run the module with fds 1/2 on out_fd/err_fd.  Returns the exit status.
     With ``state`` (in-process mode) everything is restored afterwards."""
+    global _ACTIVE
     if state is not None:
-        state.save()
+        with _FORK_LOCK:
+            state.save()
+            _ACTIVE = state
     try:
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
@@ -499,9 +502,20 @@ def execute(req, payload, out_fd, err_fd, template_out, template_err, state=None
                     except Exception:
                         pass
     finally:
-        report = state.restore() if state is not None else {}
+        report = {}
+        if state is not None:
+            with _FORK_LOCK:
+                report = state.restore()
+                _ACTIVE = None
     _HOOK.payload = None
     return rc, report
+
+
+# The in-process run under way (its saved state), for a run forked meanwhile to undo what that
+# run changed in the process before it starts (cwd, environment, fds 1/2, sys.*, its modules).
+# Saving, restoring and forking take the lock, so a child never sees a half-saved state.
+_ACTIVE = None
+_FORK_LOCK = threading.Lock()
 
 
 def _capture_file():
@@ -527,7 +541,8 @@ def _read_all(fd):
 def run(req, files, mode='inproc', template_out=None, template_err=None, core=()):
     """Run one module.  ``mode``: 'inproc' (in this process, state restored, every payload
     module unloaded), 'warm' (same, but ansible-core's own module_utils listed in ``core`` stay
-    loaded between runs), or 'fork' (in a forked child)."""
+    loaded between runs), or 'fork' (in a forked child). The caller serialises in-process
+    runs; a fork may run alongside one: its child first restores the state that run saved."""
     template_out = template_out or sys.__stdout__
     template_err = template_err or sys.__stderr__
     payload = Payload(files, ROOT)
@@ -543,12 +558,16 @@ def run(req, files, mode='inproc', template_out=None, template_err=None, core=()
         rc, report = execute(req, payload, out_fd, err_fd, template_out, template_err,
                              ProcessState(warm=(mode == 'warm'), core=frozenset(core)))
     else:
-        _validate_kept(payload)
-        pid = os.fork()
+        with _FORK_LOCK:
+            active = _ACTIVE
+            pid = os.fork()
         if pid == 0:  # child: never returns into the agent
             rc = 70
             try:
                 os.setpgid(0, 0)
+                if active is not None:
+                    active.restore()  # the in-process run's changes, in this copy only
+                _validate_kept(payload)
                 rc, _ = execute(req, payload, out_fd, err_fd, template_out, template_err)
             finally:
                 os._exit(rc)

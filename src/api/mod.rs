@@ -34,6 +34,14 @@ pub struct Request {
     /// exec: environment additions.
     #[serde(default)]
     pub env: Option<BTreeMap<String, String>>,
+    /// exec: run `shell` with the target user's login shell (`<shell> -c`, as sshd does)
+    /// instead of `/bin/sh`.
+    #[serde(default)]
+    pub login_shell: Option<bool>,
+    /// exec: run on a new pseudo-terminal (as `ssh -tt`): the output, stderr included, comes
+    /// back as stdout with the terminal's line ends; no `stdin_b64`.
+    #[serde(default)]
+    pub tty: Option<bool>,
     /// exec: working directory.
     #[serde(default)]
     pub cwd: Option<String>,

@@ -147,9 +147,14 @@ impl Router {
                     let d = now + Duration::from_secs_f64(tmo.max(0.0)) + EXEC_GRACE;
                     deadline = Some(deadline.map_or(d, |x| x.min(d)));
                 }
-                let p = json!({"op": "exec", "argv": req.argv, "shell": req.shell,
+                let mut p = json!({"op": "exec", "argv": req.argv, "shell": req.shell,
                     "stdin_b64": req.stdin_b64, "env": req.env, "cwd": req.cwd,
                     "timeout": req.timeout});
+                for (k, v) in [("login_shell", req.login_shell), ("tty", req.tty)] {
+                    if v == Some(true) {
+                        p[k] = json!(true);
+                    }
+                }
                 (p, Op::Exec)
             }
             "put" => {

@@ -54,3 +54,50 @@ def paths(work):
         out = json.load(f)
     os.remove(p)
     return out
+
+
+def inventory(fleet_inventory, path, user=None, interpreters=None):
+    """A copy of a netns fleet's inventory at ``path`` as an ordinary one would be: no
+    ``ansible_python_interpreter`` unless ``interpreters`` ({host: path}) names one (else
+    Ansible's interpreter discovery), and ``ansible_user`` = ``user`` when given."""
+    out = []
+    hosts = True  # in a host section (not [group:vars])
+    with open(fleet_inventory) as f:
+        for line in f:
+            if line.startswith('['):
+                hosts = ':vars]' not in line
+            if line.startswith('ansible_python_interpreter='):
+                continue
+            words = line.split()
+            if hosts and words and not line.startswith(('[', ';', '#')):
+                if user:
+                    words = [w for w in words if not w.startswith('ansible_user=')]
+                    words.append('ansible_user=%s' % user)
+                if (interpreters or {}).get(words[0]):
+                    words.append('ansible_python_interpreter=%s' % interpreters[words[0]])
+                line = ' '.join(words) + '\n'
+            out.append(line)
+    with open(path, 'w') as f:
+        f.writelines(out)
+    return path
+
+
+def login_user(name):
+    """Make local user ``name`` (home, bash, an unlocked password: the fleet's sshd refuses
+    locked accounts) with passwordless sudo; returns a cleanup function, or None if it
+    cannot be made here."""
+    if subprocess.run(['id', name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode:
+        if subprocess.run(['useradd', '-m', '-s', '/bin/bash', name]).returncode:
+            return None
+    subprocess.run(['chpasswd'], input=('%s:spindle-%s\n' % (name, os.getpid())).encode(), check=True)
+    sudoers = '/etc/sudoers.d/spindle-test-%s' % name
+    with open(sudoers, 'w') as f:
+        f.write('%s ALL=(ALL) NOPASSWD: ALL\n' % name)
+    os.chmod(sudoers, 0o440)
+
+    def cleanup():
+        if os.path.exists(sudoers):
+            os.remove(sudoers)
+        subprocess.run(['userdel', '-r', '-f', name], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+    return cleanup

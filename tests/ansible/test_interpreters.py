@@ -27,11 +27,10 @@ import sys
 import tempfile
 import unittest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-VENV_BIN = os.path.join(REPO, os.environ.get('SPINDLE_VENV') or '.venv', 'bin')
+import readme_setup as rs  # noqa: E402  (tests/ansible is the start dir)
+
+REPO = rs.REPO
 FLEET = os.path.join(REPO, 'containers', 'netns-fleet.sh')
-BIN = os.environ.get('SPINDLE_BIN') or os.path.join(REPO, 'target', 'debug', 'spindle')
 FLEET_NAME = 'intp'
 LOGIN_USER = 'spxinterp'
 
@@ -81,7 +80,7 @@ PLAY = '''
         fail_msg: "task venv: {{ venv }}"
     - name: command, copy and stat in the agent too
       command: hostname
-    - copy: {content: "x", dest: /tmp/spx-interp.txt}
+    - copy: {content: "x", dest: "/tmp/spx-interp-{{ ansible_user }}.txt"}
     - stat: {path: /etc/hostname}
     - name: become to root under the same interpreter
       spx_interp: {}
@@ -112,9 +111,9 @@ def run(cmd, **kw):
 class Interpreters(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        if not os.access(os.path.join(VENV_BIN, 'ansible-playbook'), os.X_OK) \
-                or not os.access(BIN, os.X_OK):
-            raise unittest.SkipTest('venv (scripts/venv.sh) or spindle binary missing')
+        why = rs.available()
+        if why:
+            raise unittest.SkipTest(why)
         up = run(['bash', FLEET, 'up', FLEET_NAME, '2'])
         if up.returncode == 77:
             raise unittest.SkipTest('netns fleet unavailable: ' + up.stdout[-300:])
@@ -138,13 +137,9 @@ class Interpreters(unittest.TestCase):
         with open(os.path.join(cls.work, 'library', 'spx_interp.py'), 'w') as f:
             f.write(MODULE)
         cls.users = ['root']
-        if run(['id', LOGIN_USER]).returncode != 0:
-            run(['useradd', '-m', '-s', '/bin/bash', LOGIN_USER])
-        if run(['id', LOGIN_USER]).returncode == 0:
+        cls.drop_user = rs.login_user(LOGIN_USER)
+        if cls.drop_user is not None:
             cls.users.append(LOGIN_USER)
-            with open('/etc/sudoers.d/spindle-interp', 'w') as f:
-                f.write('%s ALL=(ALL) NOPASSWD: ALL\n' % LOGIN_USER)
-            os.chmod('/etc/sudoers.d/spindle-interp', 0o440)
         # The login shell's PATH finds the 'pathpy' venv's python3 first (root's home is
         # private to each target; the login user's is shared).
         bashrc = 'export PATH=%s:$PATH\n' % os.path.join(cls.work, 'pathpy', 'bin')
@@ -161,38 +156,22 @@ class Interpreters(unittest.TestCase):
     def tearDownClass(cls):
         run(['bash', FLEET, 'down', FLEET_NAME])
         shutil.rmtree(getattr(cls, 'work', '/nonexistent'), True)
-        if os.path.exists('/etc/sudoers.d/spindle-interp'):
-            os.remove('/etc/sudoers.d/spindle-interp')
-        run(['userdel', '-r', '-f', LOGIN_USER])
+        if getattr(cls, 'drop_user', None):
+            cls.drop_user()
 
     def playbook(self, text, user, tag):
         """Run ``text`` with only the README's ansible.cfg lines; (rc, output, paths)."""
         work = tempfile.mkdtemp(prefix=tag + '-', dir=self.work)
-        lines = run([os.path.join(VENV_BIN, 'python'), '-m', 'spindle_ansible'],
-                    env=dict(os.environ, PYTHONPATH=os.path.join(REPO, 'ansible_plugin'))).stdout
-        with open(os.path.join(work, 'ansible.cfg'), 'w') as f:
-            f.write(lines + '\nlibrary = %s\nhost_key_checking = False\n'
-                    % os.path.join(self.work, 'library'))
-        with open(os.path.join(work, 'inventory.ini'), 'w') as f:
-            with open(self.inventory) as src:
-                f.write(src.read())
-            f.write('\n[all:vars]\nansible_user=%s\n' % user)
-            f.write('[explicit]\nt0\n[explicit:vars]\nansible_python_interpreter=/usr/bin/python3\n')
+        rs.write_cfg(work, 'library = %s' % os.path.join(self.work, 'library'),
+                     'host_key_checking = False')
+        # t0 names an interpreter (not the login PATH's python3); t1 leaves it to discovery.
+        rs.inventory(self.inventory, os.path.join(work, 'inventory.ini'), user=user,
+                     interpreters={'t0': '/usr/bin/python3'})
         with open(os.path.join(work, 'play.yml'), 'w') as f:
             f.write(text % {'taskpy': self.taskpy})
-        env = {k: v for k, v in os.environ.items() if not k.startswith(('ANSIBLE_', 'SPINDLE_'))}
-        paths_file = os.path.join(work, 'paths.json')
-        env.update({'ANSIBLE_CONFIG': os.path.join(work, 'ansible.cfg'), 'ANSIBLE_HOME': work,
-                    'ANSIBLE_LOCAL_TEMP': os.path.join(work, 'tmp'), 'SPINDLE_BIN': BIN,
-                    'SPINDLE_PATHS_FILE': paths_file,
-                    'PYTHONPATH': os.path.join(REPO, 'ansible_plugin')})
-        p = run([os.path.join(VENV_BIN, 'ansible-playbook'), '-i',
-                 os.path.join(work, 'inventory.ini'), 'play.yml'], cwd=work, env=env)
-        paths = None
-        if os.path.exists(paths_file):
-            with open(paths_file) as f:
-                paths = json.load(f)
-        return p.returncode, p.stdout, paths
+        p = run([os.path.join(rs.VENV_BIN, 'ansible-playbook'), '-i', 'inventory.ini',
+                 'play.yml'], cwd=work, env=rs.env(work))
+        return p.returncode, p.stdout, rs.paths(work)
 
     def test_module_runs_under_the_resolved_interpreter_in_an_agent(self):
         for user in self.users:

@@ -185,6 +185,21 @@ DOCUMENTATION = """
           cli:
             - name: private_key_file
               option: '--private-key'
+      use_tty:
+          description:
+            - As the ssh plugin's (C(ssh -tt)); commands Ansible runs without a module on stdin
+              (raw, script, modules run from files) run on a pseudo-terminal on the target,
+              under the login user's shell, so their output is stock's (stderr merged into
+              stdout, CRLF line ends). Set to false to get them without a terminal.
+          default: true
+          type: bool
+          ini:
+            - section: ssh_connection
+              key: usetty
+          env:
+            - name: ANSIBLE_SSH_USETTY
+          vars:
+            - name: ansible_ssh_use_tty
       timeout:
           default: 10
           description: Seconds allowed for setting up the connection (ssh connect, login and agent start).
@@ -461,6 +476,7 @@ DOCUMENTATION = """
 import base64
 import copy
 import getpass
+import json
 import os
 import re
 import shlex
@@ -573,7 +589,21 @@ class Connection(ConnectionBase):
         # for su): the same answer as is_pipelining_enabled above, for the same reasons.
         if option == 'pipelining':
             return True
+        if option == 'remote_user' and self._mode() in ('local', 'setns'):
+            # The stock local and nsenter plugins have no remote_user: Ansible's actions then
+            # take the user the connection runs as (the controller's; root) for '~' in temp
+            # paths, never the inventory's ansible_user (a delegated copy would stage in that
+            # user's home on the controller, as root).
+            return self._local_user() if self._mode() == 'local' else 'root'
         return super(Connection, self).get_option(option, hostvars=hostvars)
+
+    @staticmethod
+    def _local_user():
+        try:
+            return getpass.getuser()
+        except KeyError:
+            import pwd
+            return pwd.getpwuid(os.getuid()).pw_name
 
     def spindle_route(self, transport):
         """Used by the spindle strategies: serve a host whose connection was ``transport``.
@@ -669,6 +699,21 @@ class Connection(ConnectionBase):
                 'password': self._become_password(become) or None, 'cmd': cmd,
                 'success': become.success, 'prompt': prompt}
 
+    @staticmethod
+    def _become_command_output(err):
+        """``(rc, stdout, stderr)`` of a become command that exited instead of starting the
+        nested agent (unknown user, bad flags...), or None. Stock Ansible gets exactly that
+        from the command and reports it (a module run: MODULE FAILURE with rc, module_stdout,
+        module_stderr; raw: rc, stdout, stderr)."""
+        reason, _, output = (err.message or '').partition(': ')
+        if reason != 'exited':
+            return None
+        try:
+            out = json.loads(output)
+            return int(out['rc']), to_bytes(out['stdout']), to_bytes(out['stderr'])
+        except (ValueError, KeyError, TypeError):
+            return None
+
     def _become_failure(self, err):
         """The Ansible error for a become context that did not start (stock's wording)."""
         become = self.become
@@ -696,7 +741,7 @@ class Connection(ConnectionBase):
             if self._mode() == 'local':
                 # Like the local plugin: the controller's user, whatever remote_user says.
                 try:
-                    self._play_context.remote_user = getpass.getuser()
+                    self._play_context.remote_user = self._local_user()
                 except KeyError:
                     pass
             elif self._mode() == 'setns':  # like community.docker.nsenter: always root
@@ -735,6 +780,10 @@ class Connection(ConnectionBase):
         if self.cwd and self._mode() == 'local':  # set by Ansible for transport 'local'
             cwd = to_text(self.cwd, errors='surrogate_or_strict')
         started = time.monotonic()
+        # As sshd runs what the ssh plugin sends: under the login user's shell, and on a
+        # terminal when the plugin would use `ssh -tt`.
+        ssh = self._mode() == 'ssh'
+        tty = bool(ssh and not in_data and sudoable and self.get_option('use_tty'))
         try:
             try:
                 ran = run_in_agent(self._client(), spec, to_text(cmd), in_data,
@@ -750,14 +799,32 @@ class Connection(ConnectionBase):
             if ran is not None:
                 self._timing('module run in the agent', started, spec)
                 return ran
-            res = self._client().exec(spec, shell=to_text(cmd), stdin=in_data, cwd=cwd)
+            res = self._client().exec(spec, shell=to_text(cmd), stdin=in_data, cwd=cwd,
+                                      login_shell=ssh and not escalate, tty=tty)
         except SpindleError as e:
             self._timing('failed (%s)' % e.kind, started, spec)
             if e.kind == 'become_failed':
+                output = self._become_command_output(e)
+                if output is not None:
+                    return self._as_ssh_tty(*output) if tty else output
                 raise self._become_failure(e) from None
             raise self._failure(e, 'exec') from None
         self._timing('command (rc %s)' % res.rc, started, spec)
+        if tty:
+            return self._as_ssh_tty(res.rc, res.stdout, res.stderr)
         return res.rc, res.stdout, res.stderr
+
+    def _as_ssh_tty(self, rc, stdout, stderr):
+        """``(rc, stdout, stderr)`` as the ssh plugin returns a command run with ``-tt``: one
+        terminal carries both streams (CRLF line ends), and ssh's multiplexing master
+        (the ssh plugin's default ControlMaster) reports on stderr that the session closed."""
+        if stderr:  # a become command that failed before its terminal existed
+            stdout = stdout + stderr.replace(b'\r\n', b'\n').replace(b'\n', b'\r\n')
+        ssh_args = self.get_option('ssh_args')
+        stderr = b''
+        if not ssh_args or 'controlmaster' in ssh_args.lower():
+            stderr = to_bytes('Shared connection to %s closed.\r\n' % self._play_context.remote_addr)
+        return rc, stdout, stderr
 
     def spindle_copy_fast(self, copy_run, file_run, dest, follow, checksum, staged, data):
         """One ``copy_fast`` call (see :mod:`spindle_ansible.copyfast`): ``copy_run`` and
@@ -789,6 +856,8 @@ class Connection(ConnectionBase):
             r = call_with_blobs(self._client(), spec, payload, blobs)
         except SpindleError as e:
             if e.kind == 'become_failed':
+                if self._become_command_output(e) is not None:
+                    return None  # the stock action runs the module: it reports as stock does
                 raise self._become_failure(e) from None
             raise self._failure(e, 'copy') from None
         self._timing('copy in one call (%s)' % r.get('outcome'), started, spec)
