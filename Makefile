@@ -19,7 +19,7 @@ wheel: venv
 build:
 	$(CARGO) build --release
 
-## demo: a 10-target local sshd fleet, stock Ansible (ssh + pipelining) vs spindle, side by side
+## demo: one playbook on a 10-target local sshd fleet: stock Ansible (defaults, and pipelining on) vs Ansible through spindle (README lines only), plus the debug floor
 demo: venv build
 	bash scripts/demo.sh
 

@@ -94,6 +94,11 @@ class StockPath(Exception):
 _PLAIN = frozenset('abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./+-')
 
 
+def plain_program(path):
+    """Whether ``path`` is an interpreter an agent can be started with (no quoting needed)."""
+    return bool(path) and set(path) <= _PLAIN and not path.startswith('-')
+
+
 def is_module_run(in_data):
     """Whether ``in_data`` is an AnsiballZ wrapper (a pipelined module run)."""
     return bool(in_data) and b'_ANSIBALLZ_WRAPPER = True' in in_data[:4096]
@@ -141,7 +146,7 @@ def plan(cmd, in_data, isolation='warm', cwd=None):
     if len(argv) != 1:
         raise StockPath('interpreter %r has arguments (an agent needs a plain interpreter path)'
                         % ' '.join(argv))
-    if not set(argv[0]) <= _PLAIN or argv[0].startswith('-'):
+    if not plain_program(argv[0]):
         raise StockPath('interpreter %r is not a plain path' % argv[0])
     if 'zip' not in meta or 'params' not in meta:
         raise StockPath('unrecognised AnsiballZ wrapper')

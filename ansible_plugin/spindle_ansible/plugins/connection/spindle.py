@@ -491,7 +491,7 @@ from ansible.utils.display import Display
 
 from spindle_ansible.client import Client, SpindleError
 from spindle_ansible.modexec import (StockPath, call_with_blobs, file_module_reason, for_interpreter,
-                                     plan, run_in_agent)
+                                     plain_program, plan, run_in_agent)
 from spindle_ansible.specs import SpecBuilder
 
 display = Display()
@@ -551,6 +551,7 @@ class Connection(ConnectionBase):
         # the command's (rc, stdout, stderr).
         self._spindle_intercept = None
         self._spindle_hostvars = None  # the task's hostvars: spindle_via hops' variables
+        self._spindle_python = None  # the configured interpreter: a start hint for the agent
         self._spindle_inventory_name = None
 
     def set_become_plugin(self, plugin):
@@ -634,13 +635,20 @@ class Connection(ConnectionBase):
         # access, and only the few this plugin reads) to build spindle_via hops' specs.
         self._spindle_hostvars = variables.get('hostvars')
         self._spindle_inventory_name = variables.get('inventory_hostname')
+        # The interpreter a stream opened by this task starts its agent with (a hint: the
+        # stream's identity does not include it): the configured one when it is a plain
+        # path, so that module calls that arrive while the agent starts need no second agent.
+        python = variables.get('ansible_python_interpreter')
+        self._spindle_python = python if isinstance(python, str) and plain_program(python) else None
         return super(Connection, self)._resolve_option_variables(variables, templar)
 
     def _spec(self):
         """Where the daemon starts this host's agent (:mod:`spindle_ansible.specs`)."""
         builder = SpecBuilder(self._load_name, self._play_context.remote_addr,
                               self._spindle_hostvars, self._spindle_inventory_name)
-        return builder.target(self.get_option, self._mode())
+        spec = builder.target(self.get_option, self._mode())
+        spec.python = self._spindle_python
+        return spec
 
     def _failure(self, err, what):
         """The Ansible exception for SpindleError ``err`` raised while doing ``what``."""
