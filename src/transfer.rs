@@ -97,6 +97,18 @@ impl Outbound {
         }
     }
 
+    /// The protocol bytes queued (file ranges left out), for in-memory tests.
+    #[cfg(test)]
+    pub(crate) fn queued_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for c in &self.chunks {
+            if let Chunk::Bytes { data, pos } = c {
+                out.extend_from_slice(&data[*pos..]);
+            }
+        }
+        out
+    }
+
     /// Appends protocol bytes via a closure writing into a byte buffer (e.g. `encode_frame`).
     pub fn with_bytes(&mut self, f: impl FnOnce(&mut Vec<u8>)) {
         let extend =

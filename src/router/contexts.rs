@@ -33,17 +33,25 @@ impl Router {
         if parent.is_none() && spec.transport != crate::transport::TransportKind::Unix {
             out.with_bytes(|b| b.extend_from_slice(crate::transport::bootstrap::agent_blob()));
         }
-        // A context starts once its parent runs: its own time counts from the parent's
-        // deadline (every hop of a chain gets its full connect timeout).
-        let mut deadline = now + Duration::from_secs(spec.connect_timeout_secs());
+        // A stream's agent gets its bootstrap period (progress extends it, see `progress`);
+        // ssh itself gives up on the network after the connect timeout. A context starts once
+        // its parent runs: its own time counts from the parent's deadline (every hop of a
+        // chain gets its full period). A become context is bounded by its prompt timeout on
+        // the target (the agent answers then); this is the backstop.
+        let own = Duration::from_secs(match spec.escalate {
+            Some(_) => spec.connect_timeout_secs(),
+            None => spec.bootstrap_secs(),
+        });
+        let mut deadline = now + own;
+        let mut until = now + Duration::from_secs(spec.bootstrap_limit_secs());
         if let Some(p) = parent {
-            let from = match self.targets[p].phase {
-                Phase::Connecting { deadline } => deadline.max(now),
-                _ => now,
+            let (from, parent_until) = match self.targets[p].phase {
+                Phase::Connecting { deadline, until } => (deadline.max(now), until.max(now)),
+                _ => (now, now),
             };
-            let own = Duration::from_secs(spec.connect_timeout_secs());
             // (and at least twice its timeout from now, as become contexts always had)
             deadline = (from + own).max(now + own * 2) + SPAWN_GRACE;
+            until = (parent_until + own * 2).max(deadline) + SPAWN_GRACE;
         }
         let ctx = match parent {
             Some(p) => {
@@ -66,7 +74,7 @@ impl Router {
             label: spec.label(),
             spec,
             key: key.clone(),
-            phase: Phase::Connecting { deadline },
+            phase: Phase::Connecting { deadline, until },
             decoder: Decoder::default(),
             out,
             hello: None,
@@ -85,6 +93,7 @@ impl Router {
             unacked: 0,
             held_stores: Vec::new(),
             last_used: now,
+            read_since_tick: false,
         });
         self.by_key.insert(key.clone(), t);
         self.counters.connects += 1;
@@ -96,7 +105,12 @@ impl Router {
                 let root = self.root_of(p);
                 self.targets[root].routes.insert(ctx, t);
                 let spec = &self.targets[t].spec;
-                let secs = spec.connect_timeout_secs();
+                // The agent's own limit for starting the context (become: the prompt timeout,
+                // as stock's; a via target or another interpreter: its bootstrap period).
+                let secs = match spec.escalate {
+                    Some(_) => spec.connect_timeout_secs(),
+                    None => spec.bootstrap_secs(),
+                };
                 // The interpreter a become or interpreter context runs (checked plain by
                 // validate_interpreter); a become context without one runs its parent's.
                 let python = spec.interpreter.as_deref().filter(|p| plain_program(p));

@@ -24,6 +24,8 @@ mod calls;
 mod contexts;
 mod hop_cache;
 mod target;
+#[cfg(test)]
+mod tests;
 
 use crate::api::{self, Request};
 use crate::cache::BlobCache;
@@ -269,6 +271,7 @@ impl Router {
                 Ok(0) => return Ok(total),
                 Ok(n) => {
                     total += n;
+                    x.read_since_tick |= matches!(x.phase, Phase::Connecting { .. });
                     x.counters.bytes_out += n as u64;
                     self.counters.bytes_out += n as u64;
                     let children: Vec<TargetId> = x.routes.values().copied().collect();
@@ -406,7 +409,23 @@ impl Router {
 
     /// Handles bytes read from a target's stdout. Frames from a become context (`src` > 1)
     /// are handled as that context's after the stream's own.
-    pub fn target_bytes(&mut self, t: TargetId, bytes: &[u8], _now: Instant) {
+    /// A starting target's process did something (wrote to stdout or stderr, or read what we
+    /// sent it): it is slow, not stuck. Its start deadline moves to a full bootstrap period
+    /// from `now`, within its overall limit.
+    pub fn progress(&mut self, t: TargetId, now: Instant) {
+        if let Some(x) = self.targets.get_mut(t) {
+            if let Phase::Connecting { deadline, until } = x.phase {
+                let next = (now + Duration::from_secs(x.spec.bootstrap_secs())).min(until);
+                x.phase = Phase::Connecting {
+                    deadline: deadline.max(next),
+                    until,
+                };
+            }
+        }
+    }
+
+    pub fn target_bytes(&mut self, t: TargetId, bytes: &[u8], now: Instant) {
+        self.progress(t, now);
         let Some(x) = self.targets.get_mut(t) else {
             return;
         };
@@ -461,10 +480,20 @@ impl Router {
 
     /// Expires connect and call deadlines.
     pub fn tick(&mut self, now: Instant) {
+        let read: Vec<TargetId> = self
+            .targets
+            .iter()
+            .filter(|(_, x)| x.read_since_tick)
+            .map(|(t, _)| t)
+            .collect();
+        for t in read {
+            self.targets[t].read_since_tick = false;
+            self.progress(t, now);
+        }
         let mut expired_targets = Vec::new();
         let mut expired_calls = Vec::new();
         for (t, x) in self.targets.iter() {
-            if let Phase::Connecting { deadline } = x.phase {
+            if let Phase::Connecting { deadline, .. } = x.phase {
                 if now >= deadline {
                     expired_targets.push(t);
                     continue;
@@ -477,8 +506,15 @@ impl Router {
             }
         }
         for t in expired_targets {
-            let secs = self.targets[t].spec.connect_timeout_secs();
-            let m = format!("no agent answer within the {secs} s connect timeout");
+            let spec = &self.targets[t].spec;
+            let m = format!(
+                "the agent did not start: no progress for {} s (bootstrap period: 4 x the {} s \
+                 connect timeout, at least {} s; at most {} s in all)",
+                spec.bootstrap_secs(),
+                spec.connect_timeout_secs(),
+                crate::transport::BOOTSTRAP_MIN_SECS,
+                spec.bootstrap_limit_secs()
+            );
             self.fail_target(t, "timeout", &m);
         }
         for (t, h) in expired_calls {

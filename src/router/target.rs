@@ -13,7 +13,12 @@ use std::time::Instant;
 
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Phase {
-    Connecting { deadline: Instant },
+    /// Starting: fails at `deadline`, which each sign of progress (bytes from the target,
+    /// bytes it read from us) moves to a full bootstrap period from then, never past `until`.
+    Connecting {
+        deadline: Instant,
+        until: Instant,
+    },
     Ready,
     Dead,
 }
@@ -54,6 +59,8 @@ pub(super) struct Target {
     /// ahead of its other frames once it runs (see `blob_refs`).
     pub(super) held_stores: Vec<u8>,
     pub(super) last_used: Instant,
+    /// Starting, and its process read bytes we wrote since the last `tick` (progress).
+    pub(super) read_since_tick: bool,
 }
 
 impl Target {

@@ -128,6 +128,9 @@ pub struct Spec {
     pub via: Option<Box<Spec>>,
 }
 
+/// Least time an agent gets to start once its transport runs (see [`Spec::bootstrap_secs`]).
+pub const BOOTSTRAP_MIN_SECS: u64 = 120;
+
 /// Most hops allowed in one `via` chain.
 pub const MAX_VIA_DEPTH: usize = 8;
 
@@ -266,9 +269,33 @@ impl Spec {
         }
     }
 
-    /// Connect timeout in seconds.
+    /// Connect timeout in seconds: what ssh gets as `ConnectTimeout` (TCP connect and the
+    /// ssh handshake, as Ansible's `timeout`), and a become context's prompt timeout.
     pub fn connect_timeout_secs(&self) -> u64 {
         self.connect_timeout.unwrap_or(30).max(1)
+    }
+
+    /// Seconds the agent has to start once its transport runs (login, stage 0/1, HELLO), as
+    /// long as nothing moves: 4 connect timeouts, at least [`BOOTSTRAP_MIN_SECS`]. A loaded
+    /// target is slow, not unreachable: progress restarts this period (see
+    /// [`Spec::bootstrap_limit_secs`]).
+    /// The `unix` transport has no bootstrap (the agent protocol on a socket): its connect
+    /// timeout is all it gets.
+    pub fn bootstrap_secs(&self) -> u64 {
+        if self.transport == TransportKind::Unix {
+            return self.connect_timeout_secs();
+        }
+        self.connect_timeout_secs()
+            .saturating_mul(4)
+            .max(BOOTSTRAP_MIN_SECS)
+    }
+
+    /// The most an agent start may take while it keeps making progress: 5 bootstrap periods.
+    pub fn bootstrap_limit_secs(&self) -> u64 {
+        if self.transport == TransportKind::Unix {
+            return self.connect_timeout_secs();
+        }
+        self.bootstrap_secs().saturating_mul(5)
     }
 }
 

@@ -207,6 +207,10 @@ impl Server {
                 }
             }
             Ok(n) => {
+                self.router.progress(t, Instant::now()); // ssh or the shell said something
+                let Some(p) = self.procs.get_mut(&t) else {
+                    return;
+                };
                 let chunk = &self.buf[..n];
                 if tracing::enabled!(tracing::Level::DEBUG) {
                     for line in String::from_utf8_lossy(chunk).lines() {

@@ -38,8 +38,11 @@ DOCUMENTATION = """
           is not the host agent's runs in a second agent started under it on the same
           connection. A module that cannot run in an agent (apt/dnf re-executing themselves,
           async tasks, old-style modules) says why once per host and reason.
-        - O(timeout) bounds the whole connection set-up (ssh connect, authentication and the
-          agent's start), not only the TCP connect.
+        - O(timeout) is ssh's C(ConnectTimeout), as with the ssh plugin (TCP connect and the
+          ssh handshake). The agent's start after that has its own period, 4 x O(timeout) and
+          at least 120 s, restarted whenever the target shows progress (output, or reading
+          the agent's code), at most 5 periods in all; a slow, loaded host is not marked
+          unreachable while it is making progress.
     extends_documentation_fragment:
         - connection_pipelining
     options:
@@ -202,7 +205,7 @@ DOCUMENTATION = """
             - name: ansible_ssh_use_tty
       timeout:
           default: 10
-          description: Seconds allowed for setting up the connection (ssh connect, login and agent start).
+          description: Seconds ssh waits for the TCP connection and the ssh handshake (its ConnectTimeout), as the ssh plugin's; the agent's start has its own, longer period (see notes).
           env:
             - name: ANSIBLE_TIMEOUT
             - name: ANSIBLE_SSH_TIMEOUT
