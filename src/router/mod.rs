@@ -293,6 +293,10 @@ impl Router {
     /// Handles one API request from `client`.
     pub fn request(&mut self, client: ClientId, req: Request, now: Instant) {
         let id = req.id;
+        if let Err(e) = api::validate::request(&req) {
+            let host = req.target.as_ref().map(|s| s.label()).unwrap_or_default();
+            return self.reply_err(client, id, "bad_request", &host, &e.to_string());
+        }
         match req.op.as_str() {
             "stats" => {
                 // Keyed by label; become contexts sharing one (other flags or password) get

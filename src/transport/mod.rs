@@ -121,6 +121,9 @@ pub struct Spec {
     pub via: Option<Box<Spec>>,
 }
 
+/// Longest connect timeout a spec may ask for, in seconds (one week).
+pub const MAX_CONNECT_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+
 /// Most hops allowed in one `via` chain.
 pub const MAX_VIA_DEPTH: usize = 8;
 
@@ -236,8 +239,11 @@ impl Spec {
         }
     }
 
-    /// Connect timeout in seconds.
+    /// Connect timeout in seconds, within 1..=[`MAX_CONNECT_TIMEOUT_SECS`] (requests outside
+    /// it are refused at parse time; the clamp keeps deadline arithmetic total regardless).
     pub fn connect_timeout_secs(&self) -> u64 {
-        self.connect_timeout.unwrap_or(30).max(1)
+        self.connect_timeout
+            .unwrap_or(30)
+            .clamp(1, MAX_CONNECT_TIMEOUT_SECS)
     }
 }

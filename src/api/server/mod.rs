@@ -9,7 +9,7 @@
 mod procs;
 mod unix_connect;
 
-use super::{MessageDecoder, Request};
+use super::MessageDecoder;
 use crate::reactor::{new_backend, Backend, Interest, IoBackend, Ready};
 use crate::router::{Action, ClientId, Router, TargetId};
 use procs::Proc;
@@ -285,14 +285,10 @@ impl Server {
                     return;
                 }
             };
-            match serde_json::from_slice::<Request>(&body) {
+            match super::parse_request(&body) {
                 Ok(req) => self.router.request(id, req, now),
-                Err(e) => {
-                    let rid = serde_json::from_slice::<serde_json::Value>(&body)
-                        .ok()
-                        .and_then(|v| v["id"].as_u64())
-                        .unwrap_or(0);
-                    let msg = super::error(rid, "bad_request", "", &format!("bad request: {e}"));
+                Err((rid, m)) => {
+                    let msg = super::error(rid, "bad_request", "", &m);
                     self.send(id, &msg);
                 }
             }
