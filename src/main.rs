@@ -209,6 +209,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 max_interpreters,
                 hop_cache: !no_hop_cache && std::env::var_os("SPINDLE_NO_HOP_CACHE").is_none(),
             })?;
+            spindle::api::server::stop_on_signals().context("installing signal handlers")?;
             eprintln!(
                 "spindle: serving on {} (io: {})",
                 socket.display(),
@@ -444,13 +445,25 @@ fn with_fleet(
     if specs.is_empty() {
         bail!("inventory {:?} names no hosts", fleet.inventory);
     }
+    // The in-process daemon's socket is in a fresh private (0700) directory, removed when this
+    // returns (the guard) and on SIGTERM/SIGINT (the daemon stops, then this returns): no
+    // predictable name another user could take first.
+    let mut private_dir = None;
     let (socket, own) = match &fleet.socket {
         Some(s) => (s.clone(), None),
         None => {
-            let dir = std::env::var_os("XDG_RUNTIME_DIR")
+            let base = std::env::var_os("XDG_RUNTIME_DIR")
                 .map(PathBuf::from)
+                .filter(|d| d.is_dir())
                 .unwrap_or_else(std::env::temp_dir);
-            let path = dir.join(format!("spindle-{}.sock", std::process::id()));
+            let dir = tempfile::Builder::new()
+                .prefix("spindle-")
+                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .tempdir_in(&base)
+                .with_context(|| format!("creating a private directory in {}", base.display()))?;
+            let path = dir.path().join("spindle.sock");
+            private_dir = Some(dir);
+            spindle::api::server::stop_on_signals().context("installing signal handlers")?;
             let h = spawn_in_thread(ServeOptions {
                 socket: path.clone(),
                 io: fleet.io,
@@ -475,7 +488,18 @@ fn with_fleet(
         if o.status() != Status::Ok {
             bar.set_message(format!("last failure: {}", o.spec.label()));
         }
-    })?;
+    });
+    let outcomes = match outcomes {
+        Err(_) if spindle::api::server::stop_requested() => {
+            bar.abandon();
+            if let Some(h) = own {
+                let _ = h.join();
+            }
+            drop(private_dir);
+            bail!("interrupted by a signal");
+        }
+        o => o?,
+    };
     bar.finish_and_clear();
     for o in &outcomes {
         show(o);
@@ -485,6 +509,7 @@ fn with_fleet(
         let _ = client.call(json!({"op": "shutdown"}));
         let _ = h.join();
     }
+    drop(private_dir);
     let worst = outcomes.iter().map(|o| o.status()).fold(0, |acc, s| {
         acc.max(match s {
             Status::Ok => 0,

@@ -19,6 +19,8 @@ use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TAG_LISTENER: usize = 0;
@@ -48,6 +50,25 @@ pub enum ServerError {
     /// A socket of that name is in use by a live daemon.
     #[error("{0} is already served by a running daemon")]
     InUse(PathBuf),
+    /// Something other than a socket is at the path: it is left alone.
+    #[error("{path} exists and is {what}, not a socket: refusing to replace it (choose another --socket / SPINDLE_SOCKET, or remove it yourself)")]
+    NotASocket {
+        /// Socket path.
+        path: PathBuf,
+        /// What is there (`a regular file`, `a directory`, `a symbolic link`, ...).
+        what: &'static str,
+    },
+    /// A socket is at the path but a connect to it failed otherwise than "refused", so it is
+    /// not known to be stale: it is left alone.
+    #[error(
+        "{path} is a socket that may still be in use (connect: {source}): refusing to replace it"
+    )]
+    NotStale {
+        /// Socket path.
+        path: PathBuf,
+        /// Why the connect failed.
+        source: io::Error,
+    },
     /// The event loop failed.
     #[error("event loop: {0}")]
     Reactor(#[from] io::Error),
@@ -94,13 +115,57 @@ pub struct Server {
     buf: Vec<u8>,
 }
 
-/// Binds `path` with mode 0600 (a stale socket file is replaced; a live one is an error).
+/// Binds `path` with mode 0600. Only a stale socket is replaced: a socket whose connect is
+/// refused (no daemon listens). A live socket, a regular file, a directory, a symbolic link
+/// (even to a socket) or anything else at `path` is an error and is left untouched.
 fn bind_private(path: &Path) -> Result<UnixListener, ServerError> {
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(ServerError::InUse(path.into()));
+    use std::os::unix::fs::FileTypeExt as _;
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(ServerError::Bind {
+                path: path.into(),
+                source,
+            })
         }
-        let _ = std::fs::remove_file(path);
+        Ok(md) => {
+            let ft = md.file_type();
+            let what = if ft.is_socket() {
+                None
+            } else if ft.is_file() {
+                Some("a regular file")
+            } else if ft.is_dir() {
+                Some("a directory")
+            } else if ft.is_symlink() {
+                Some("a symbolic link")
+            } else if ft.is_fifo() {
+                Some("a named pipe")
+            } else {
+                Some("a device or other special file")
+            };
+            if let Some(what) = what {
+                return Err(ServerError::NotASocket {
+                    path: path.into(),
+                    what,
+                });
+            }
+            match UnixStream::connect(path) {
+                Ok(_) => return Err(ServerError::InUse(path.into())),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    tracing::info!(socket = %path.display(), "replacing a stale socket");
+                    std::fs::remove_file(path).map_err(|source| ServerError::Bind {
+                        path: path.into(),
+                        source,
+                    })?;
+                }
+                Err(source) => {
+                    return Err(ServerError::NotStale {
+                        path: path.into(),
+                        source,
+                    })
+                }
+            }
+        }
     }
     let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
     let res = UnixListener::bind(path);
@@ -145,11 +210,24 @@ impl Server {
         self.backend.name()
     }
 
-    /// Runs until a `shutdown` request.
+    /// Runs until a `shutdown` request, or SIGTERM/SIGINT once [`stop_on_signals`] was
+    /// called. However it ends, the target processes are stopped and the socket file removed.
     pub fn run(mut self) -> Result<(), ServerError> {
+        let res = self.serve();
+        self.stop_all();
+        let _ = std::fs::remove_file(&self.socket);
+        tracing::info!("spindle daemon stopped");
+        res
+    }
+
+    fn serve(&mut self) -> Result<(), ServerError> {
         let mut events: Vec<Ready> = Vec::with_capacity(1024);
         let mut last_tick = Instant::now();
         loop {
+            if stop_requested() {
+                tracing::info!("stopping on a signal");
+                return Ok(());
+            }
             events.clear();
             let timeout = self.next_retry().map_or(TICK, |at| {
                 at.saturating_duration_since(Instant::now()).min(TICK)
@@ -173,13 +251,9 @@ impl Server {
             }
             self.drain_actions();
             if self.shutdown && self.clients.iter().all(|(_, c)| c.out_pos == c.out.len()) {
-                break;
+                return Ok(());
             }
         }
-        self.stop_all();
-        let _ = std::fs::remove_file(&self.socket);
-        tracing::info!("spindle daemon stopped");
-        Ok(())
     }
 
     fn dispatch(&mut self, ev: Ready, now: Instant) {
@@ -364,6 +438,27 @@ impl Server {
             self.proc_stdin(t);
         }
     }
+}
+
+/// Set by SIGTERM/SIGINT once [`stop_on_signals`] ran.
+static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+
+/// Makes SIGTERM and SIGINT stop every [`Server`] of this process at its next loop turn
+/// (within [`TICK`]): targets are stopped and socket files removed. A second signal exits at
+/// once (status 130), for a daemon that does not stop.
+pub fn stop_on_signals() -> io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = STOP.get_or_init(|| Arc::new(AtomicBool::new(false)));
+    for sig in [SIGTERM, SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(flag))?;
+        signal_hook::flag::register(sig, Arc::clone(flag))?;
+    }
+    Ok(())
+}
+
+/// Whether a signal asked the servers of this process to stop.
+pub fn stop_requested() -> bool {
+    STOP.get().is_some_and(|f| f.load(Ordering::Relaxed))
 }
 
 /// Runs a daemon on `socket` in a background thread (used by the CLI when no daemon is given).
