@@ -187,9 +187,11 @@ fn init_logging(v: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SPINDLE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Colours only on a terminal: a log file (the Ansible callback's daemon.log) gets none.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 

@@ -83,6 +83,7 @@ impl Router {
             unacked: 0,
             held_stores: Vec::new(),
             last_used: now,
+            logs: Default::default(),
         });
         self.by_key.insert(key.clone(), t);
         self.counters.connects += 1;
@@ -158,7 +159,13 @@ impl Router {
     }
 
     /// One frame relayed from become context `c`.
-    pub(super) fn context_frame(&mut self, c: TargetId, h: &FrameHeader, payload: &[u8]) {
+    pub(super) fn context_frame(
+        &mut self,
+        c: TargetId,
+        h: &FrameHeader,
+        payload: &[u8],
+        now: Instant,
+    ) {
         let Some(x) = self.targets.get_mut(c) else {
             return;
         };
@@ -169,7 +176,7 @@ impl Router {
         x.counters.bytes_in += (proto::HEADER_LEN + payload.len()) as u64;
         let was_ready = x.phase == Phase::Ready;
         let mut done = Vec::new();
-        let res = on_frame(x, h, payload, &mut done);
+        let res = on_frame(x, h, payload, &mut done, now);
         let now_ready = x.phase == Phase::Ready;
         for (handle, fl, body) in done {
             self.complete(c, handle, fl, body);

@@ -19,6 +19,7 @@
 //! via contexts: start, recycle, close), `hop_cache` (files relayed from a via hop's
 //! cache) and `blob_refs` (module code a nested context gets from its parent's store).
 
+mod agent_log;
 mod blob_refs;
 mod calls;
 mod contexts;
@@ -41,6 +42,8 @@ use std::io::Write;
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 use target::{Phase, Target};
+
+pub use agent_log::{escape_for_log, LOG_BURST, LOG_RATE, LOG_RECORD_MAX};
 
 /// Client connection id (assigned by the server).
 pub type ClientId = usize;
@@ -391,7 +394,7 @@ impl Router {
 
     /// Handles bytes read from a target's stdout. Frames from a become context (`src` > 1)
     /// are handled as that context's after the stream's own.
-    pub fn target_bytes(&mut self, t: TargetId, bytes: &[u8], _now: Instant) {
+    pub fn target_bytes(&mut self, t: TargetId, bytes: &[u8], now: Instant) {
         let Some(x) = self.targets.get_mut(t) else {
             return;
         };
@@ -427,7 +430,7 @@ impl Router {
                 continue;
             }
             x.counters.frames_in += 1;
-            if let Err(f) = on_frame(x, &h, payload, &mut done) {
+            if let Err(f) = on_frame(x, &h, payload, &mut done, now) {
                 fatal = Some(f);
                 break;
             }
@@ -440,7 +443,7 @@ impl Router {
             self.fail_target(t, &kind, &m);
         }
         for (c, h, payload) in nested {
-            self.context_frame(c, &h, &payload);
+            self.context_frame(c, &h, &payload, now);
         }
     }
 
@@ -448,6 +451,15 @@ impl Router {
     pub fn tick(&mut self, now: Instant) {
         let mut expired_targets = Vec::new();
         let mut expired_calls = Vec::new();
+        for (_, x) in self.targets.iter_mut() {
+            if let Some(n) = x.logs.due_report(now) {
+                tracing::warn!(
+                    host = %x.label,
+                    "{n} log records from {} dropped (more than {LOG_RATE}/s, bursts of {LOG_BURST})",
+                    x.label
+                );
+            }
+        }
         for (t, x) in self.targets.iter() {
             if let Phase::Connecting { deadline } = x.phase {
                 if now >= deadline {
@@ -512,13 +524,17 @@ fn on_frame(
     h: &FrameHeader,
     payload: &[u8],
     done: &mut Vec<(u32, u8, Vec<u8>)>,
+    now: Instant,
 ) -> Result<(), (String, String)> {
     match h.kind {
         Kind::Hello => {
             parse_hello(payload).map_err(|m| ("protocol".to_string(), m))?;
             x.hello = Some(payload.to_vec());
             x.phase = Phase::Ready;
-            tracing::debug!(host = %x.label, hello = %String::from_utf8_lossy(payload), "agent up");
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let hello = escape_for_log(&String::from_utf8_lossy(payload), LOG_RECORD_MAX);
+                tracing::debug!(host = %x.label, %hello, "agent up");
+            }
         }
         // A become context ended; its stream's agent says so in its name.
         Kind::Reply if h.reply_to == 0 && h.flags & flags::EOF != 0 && x.parent.is_some() => {
@@ -556,7 +572,12 @@ fn on_frame(
                 }
             }
         }
-        Kind::Log => log_record(&x.label, payload),
+        // Escaped, truncated, and at most LOG_RATE a second per target (agent_log).
+        Kind::Log => {
+            if x.logs.allow(now) {
+                agent_log::emit(&x.label, payload);
+            }
+        }
         // Handled by the caller (it releases more of the context's frames).
         Kind::Credit if x.parent.is_some() => {
             x.unacked = x.unacked.saturating_sub(h.handle as usize);
@@ -580,17 +601,5 @@ fn parse_hello(payload: &[u8]) -> Result<(), String> {
             "agent speaks protocol {other:?}, this controller speaks {}",
             proto::PROTO_VERSION
         )),
-    }
-}
-
-fn log_record(label: &str, payload: &[u8]) {
-    let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
-    let msg = v["msg"].as_str().unwrap_or("");
-    let name = v["name"].as_str().unwrap_or("");
-    match v["level"].as_str().unwrap_or("INFO") {
-        "DEBUG" => tracing::debug!(host = %label, logger = name, "agent: {msg}"),
-        "INFO" => tracing::info!(host = %label, logger = name, "agent: {msg}"),
-        "WARNING" => tracing::warn!(host = %label, logger = name, "agent: {msg}"),
-        _ => tracing::error!(host = %label, logger = name, "agent: {msg}"),
     }
 }

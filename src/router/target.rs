@@ -54,6 +54,8 @@ pub(super) struct Target {
     /// ahead of its other frames once it runs (see `blob_refs`).
     pub(super) held_stores: Vec<u8>,
     pub(super) last_used: Instant,
+    /// Its agent's LOG records: rate limit and dropped count (see `agent_log`).
+    pub(super) logs: super::agent_log::LogLimiter,
 }
 
 impl Target {

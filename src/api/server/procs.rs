@@ -210,6 +210,8 @@ impl Server {
                 let chunk = &self.buf[..n];
                 if tracing::enabled!(tracing::Level::DEBUG) {
                     for line in String::from_utf8_lossy(chunk).lines() {
+                        let line =
+                            crate::router::escape_for_log(line, crate::router::LOG_RECORD_MAX);
                         tracing::debug!(target_id = t, "stderr: {line}");
                     }
                 }
