@@ -204,6 +204,7 @@ fn real_main(cli: Cli) -> Result<i32> {
             max_interpreters,
             no_hop_cache,
         } => {
+            spindle::api::server::raise_fd_limit();
             let server = Server::bind(&ServeOptions {
                 socket: socket.clone(),
                 io,
@@ -466,6 +467,7 @@ fn with_fleet(
             let path = dir.path().join("spindle.sock");
             private_dir = Some(dir);
             spindle::api::server::stop_on_signals().context("installing signal handlers")?;
+            spindle::api::server::raise_fd_limit();
             let h = spawn_in_thread(ServeOptions {
                 socket: path.clone(),
                 io: fleet.io,

@@ -28,7 +28,7 @@ mod target;
 
 use crate::api::{self, Request};
 use crate::cache::BlobCache;
-use crate::metrics::{Counters, TargetCounters};
+use crate::metrics::{Counters, FdUsage, TargetCounters};
 use crate::proto::{self, encode_frame, flags, FrameHeader, Kind};
 use crate::transfer::TransferCounters;
 use crate::transport::Spec;
@@ -110,6 +110,8 @@ pub struct Router {
     pub backend: &'static str,
     /// Daemon-wide counters.
     pub counters: Counters,
+    /// The daemon's file descriptors (reported by `stats`; kept current by the server).
+    pub fds: FdUsage,
     /// Become contexts per target before the least recently used idle one is closed.
     pub max_interpreters: usize,
     /// Send files for targets behind a via hop through the hop's file cache, and module code
@@ -169,6 +171,7 @@ impl Router {
             transfer: TransferCounters::default(),
             splice: true,
             counters: Counters::default(),
+            fds: FdUsage::default(),
             max_interpreters: DEFAULT_MAX_INTERPRETERS,
             hop_cache: true,
             hop_seq: 0,
@@ -314,6 +317,7 @@ impl Router {
                     targets.insert(label, x.counters);
                 }
                 let v = json!({"streams": self.streams(), "io": self.backend, "counters": self.counters, "transfer": self.transfer,
+                    "fds": self.fds,
                     "blobs": {"count": self.cache.len(), "bytes": self.cache.bytes()},
                     "targets": targets});
                 self.actions

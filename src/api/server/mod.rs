@@ -31,6 +31,11 @@ const TAG_STDERR: usize = 4;
 /// A client whose unread replies exceed this is disconnected (it is not reading).
 const CLIENT_OUT_LIMIT: usize = 256 * 1024 * 1024;
 const TICK: Duration = Duration::from_millis(100);
+/// After `accept` fails for want of descriptors (EMFILE, ENFILE, ...), the listener is not
+/// polled for this long: the loop does not spin on a connection it cannot take.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Failed accepts are logged at most this often (with their count).
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
 
 fn key(id: usize, tag: usize) -> usize {
     (id << 3) | tag
@@ -113,6 +118,11 @@ pub struct Server {
     retrying: HashSet<TargetId>,
     shutdown: bool,
     buf: Vec<u8>,
+    /// The listener is not polled until then (see [`ACCEPT_PAUSE`]).
+    accept_paused_until: Option<Instant>,
+    /// Failed accepts since the last report, and when that was.
+    accept_failures: u64,
+    accept_reported: Option<Instant>,
 }
 
 /// Binds `path` with mode 0600. Only a stale socket is replaced: a socket whose connect is
@@ -202,6 +212,9 @@ impl Server {
             retrying: HashSet::new(),
             shutdown: false,
             buf: vec![0u8; 256 * 1024],
+            accept_paused_until: None,
+            accept_failures: 0,
+            accept_reported: None,
         })
     }
 
@@ -229,11 +242,21 @@ impl Server {
                 return Ok(());
             }
             events.clear();
-            let timeout = self.next_retry().map_or(TICK, |at| {
+            let wake = [self.next_retry(), self.accept_paused_until]
+                .into_iter()
+                .flatten()
+                .min();
+            let timeout = wake.map_or(TICK, |at| {
                 at.saturating_duration_since(Instant::now()).min(TICK)
             });
             self.backend.wait(Some(timeout), &mut events)?;
             let now = Instant::now();
+            if self.accept_paused_until.is_some_and(|at| now >= at) {
+                self.accept_paused_until = None;
+                let fd = self.listener.as_fd();
+                self.backend
+                    .modify(fd, key(0, TAG_LISTENER), Interest::READ)?;
+            }
             if !self.retrying.is_empty() {
                 self.retry_connects(now);
                 self.drain_actions();
@@ -259,7 +282,7 @@ impl Server {
     fn dispatch(&mut self, ev: Ready, now: Instant) {
         let (id, tag) = (ev.key >> 3, ev.key & 7);
         match tag {
-            TAG_LISTENER => self.accept(),
+            TAG_LISTENER => self.accept(now),
             TAG_CLIENT => {
                 if ev.readable {
                     self.client_read(id, now);
@@ -286,15 +309,13 @@ impl Server {
         }
     }
 
-    fn accept(&mut self) {
+    fn accept(&mut self, now: Instant) {
         loop {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    return;
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.accept_failed(&e, now),
             };
             match rustix::net::sockopt::get_socket_peercred(&stream) {
                 Ok(cred) if cred.uid.as_raw() == self.uid => {}
@@ -331,6 +352,42 @@ impl Server {
         }
     }
 
+    /// An accept failed: out of descriptors (or memory), stop polling the listener for
+    /// [`ACCEPT_PAUSE`] (the pending connection stays in the backlog); log at most once per
+    /// [`ACCEPT_LOG_EVERY`], with the count.
+    fn accept_failed(&mut self, e: &io::Error, now: Instant) {
+        use rustix::io::Errno;
+        self.accept_failures += 1;
+        let short = e.raw_os_error().is_some_and(|n| {
+            [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM]
+                .iter()
+                .any(|x| x.raw_os_error() == n)
+        });
+        if short {
+            self.accept_paused_until = now.checked_add(ACCEPT_PAUSE);
+            let fd = self.listener.as_fd();
+            if let Err(e) = self
+                .backend
+                .modify(fd, key(0, TAG_LISTENER), Interest::NONE)
+            {
+                tracing::debug!("cannot pause the listener: {e}");
+            }
+        }
+        if self.accept_reported.map_or(true, |at| {
+            now.saturating_duration_since(at) >= ACCEPT_LOG_EVERY
+        }) {
+            let n = std::mem::take(&mut self.accept_failures);
+            let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+            tracing::warn!(
+                failures = n,
+                fd_limit = ?limit,
+                "accept failed: {e}{}",
+                if short { "; pausing new API clients for 100 ms" } else { "" }
+            );
+            self.accept_reported = Some(now);
+        }
+    }
+
     fn client_read(&mut self, id: ClientId, now: Instant) {
         let Some(c) = self.clients.get_mut(id) else {
             return;
@@ -360,7 +417,12 @@ impl Server {
                 }
             };
             match super::parse_request(&body) {
-                Ok(req) => self.router.request(id, req, now),
+                Ok(req) => {
+                    if req.op == "stats" {
+                        self.router.fds = fd_usage();
+                    }
+                    self.router.request(id, req, now)
+                }
                 Err((rid, m)) => {
                     let msg = super::error(rid, "bad_request", "", &m);
                     self.send(id, &msg);
@@ -438,6 +500,56 @@ impl Server {
             self.proc_stdin(t);
         }
     }
+}
+
+/// Descriptors per target stream of a spawned transport (stdin, stdout, stderr pipes).
+const FDS_PER_TARGET: u64 = 3;
+
+/// The process's descriptors now (counted in /proc/self/fd) and its limits.
+fn fd_usage() -> crate::metrics::FdUsage {
+    let open = std::fs::read_dir("/proc/self/fd")
+        .map(|d| (d.count() as u64).saturating_sub(1)) // less the directory's own fd
+        .unwrap_or(0);
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    crate::metrics::FdUsage {
+        open,
+        limit: lim.current,
+        hard_limit: lim.maximum,
+        per_target: FDS_PER_TARGET,
+        targets_fit: lim.current.map(|l| l.saturating_sub(open) / FDS_PER_TARGET),
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (a daemon holds 3 descriptors per target)
+/// and logs both. Returns the soft limit in force.
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let lim = getrlimit(Resource::Nofile);
+    let show = |v: Option<u64>| v.map_or("unlimited".to_string(), |n| n.to_string());
+    if lim.current != lim.maximum {
+        let raised = rustix::process::Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => {
+                tracing::info!(
+                    "open file limit raised from {} to the hard limit {}",
+                    show(lim.current),
+                    show(lim.maximum)
+                );
+                return lim.maximum;
+            }
+            Err(e) => tracing::warn!(
+                "cannot raise the open file limit {} to the hard limit {}: {e}",
+                show(lim.current),
+                show(lim.maximum)
+            ),
+        }
+    } else {
+        tracing::info!("open file limit {} (the hard limit)", show(lim.current));
+    }
+    lim.current
 }
 
 /// Set by SIGTERM/SIGINT once [`stop_on_signals`] ran.
