@@ -375,8 +375,8 @@ impl Router {
                             (_, FailKind::ConnectionLost) => "unreachable",
                             (_, k) => k.as_str(),
                         };
-                        let last = text.lines().rev().find(|l| !l.trim().is_empty());
-                        let m = format!("via {hop}: {kind}: {}", last.unwrap_or(text).trim());
+                        let last = crate::transport::classify::reason_line(text);
+                        let m = format!("via {hop}: {kind}: {last}");
                         self.fail_target(child, class, &m);
                     } else {
                         self.fail_target(child, "become_failed", &format!("{kind}: {text}"));

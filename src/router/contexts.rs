@@ -202,12 +202,7 @@ impl Router {
         }
         let connected = x.hello.is_some();
         let kind = classify(stderr, connected);
-        let last = stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim();
+        let last = crate::transport::classify::reason_line(stderr);
         let m = match kind {
             FailKind::NoPython => "no Python interpreter found on the target".to_string(),
             FailKind::ConnectionLost if connected => {
