@@ -161,11 +161,7 @@ struct Fleet {
 fn main() {
     // ssh runs this binary as its SSH_ASKPASS helper when a password is configured.
     if std::env::var_os("SPINDLE_ASKPASS_MODE").is_some() {
-        if let Ok(pw) = std::env::var("SPINDLE_ASKPASS_PASSWORD") {
-            println!("{pw}");
-            std::process::exit(0);
-        }
-        std::process::exit(1);
+        std::process::exit(askpass());
     }
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -176,6 +172,28 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// The SSH_ASKPASS helper: prints the password from the private file the daemon named in
+/// `SPINDLE_ASKPASS_FILE` and deletes it (a second prompt, or anything ssh started that
+/// inherited its environment, finds nothing). A yes/no question (an unknown host key) is not
+/// answered with the password.
+fn askpass() -> i32 {
+    let prompt = std::env::args().nth(1).unwrap_or_default();
+    if prompt.contains("(yes/no") || prompt.contains("fingerprint") {
+        eprintln!("spindle: not answering ssh's question {prompt:?} (is the host key known?)");
+        return 1;
+    }
+    let Some(path) = std::env::var_os("SPINDLE_ASKPASS_FILE").map(PathBuf::from) else {
+        return 1;
+    };
+    let Ok(pw) = std::fs::read_to_string(&path) else {
+        eprintln!("spindle: no password to give (asked twice?)");
+        return 1;
+    };
+    let _ = std::fs::remove_file(&path);
+    println!("{pw}");
+    0
 }
 
 fn init_logging(v: u8) {
