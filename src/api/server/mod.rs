@@ -226,11 +226,8 @@ impl Server {
     /// Runs until a `shutdown` request, or SIGTERM/SIGINT once [`stop_on_signals`] was
     /// called. However it ends, the target processes are stopped and the socket file removed.
     pub fn run(mut self) -> Result<(), ServerError> {
-        let res = self.serve();
-        self.stop_all();
-        let _ = std::fs::remove_file(&self.socket);
-        tracing::info!("spindle daemon stopped");
-        res
+        self.serve()
+        // Drop stops the targets and removes the socket.
     }
 
     fn serve(&mut self) -> Result<(), ServerError> {
@@ -571,6 +568,16 @@ pub fn stop_on_signals() -> io::Result<()> {
 /// Whether a signal asked the servers of this process to stop.
 pub fn stop_requested() -> bool {
     STOP.get().is_some_and(|f| f.load(Ordering::Relaxed))
+}
+
+impl Drop for Server {
+    /// However the server ends (returned, failed, or a panic unwinding), its targets are
+    /// stopped and its socket file removed: no stale socket is left behind.
+    fn drop(&mut self) {
+        self.stop_all();
+        let _ = std::fs::remove_file(&self.socket);
+        tracing::info!("spindle daemon stopped");
+    }
 }
 
 /// Runs a daemon on `socket` in a background thread (used by the CLI when no daemon is given).
