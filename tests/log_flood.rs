@@ -99,8 +99,10 @@ fn a_flooding_target_cannot_fill_or_forge_the_daemon_log() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    // 100 records (the burst) of at most 4 KiB each, plus the daemon's own lines.
-    assert!(size < 600 * 1024, "daemon log of {size} bytes");
+    // 100 records (the burst) of at most 4 KiB each, 20 more a second while the 32 MB flood
+    // lasts (a second or so, longer on a loaded machine), plus the daemon's own lines; without
+    // the limit it is the whole 32 MB.
+    assert!(size < 1536 * 1024, "daemon log of {size} bytes");
     assert!(
         text.contains("log records from flooder dropped"),
         "no drop report"
