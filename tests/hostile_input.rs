@@ -294,6 +294,14 @@ fn nul_bytes_arrays_and_env_names_are_bad_requests() {
             exec(json!({"shell": "true", "target": {"host": "h", "via": ["local"]}})),
         ),
         (
+            "target",
+            exec(json!({"shell": "true", "target": {"transport": "local", "name": "l\u{0}"}})),
+        ),
+        (
+            "target",
+            exec(json!({"shell": "true", "target": {"host": "h", "ssh_extra_args": "-o\u{0}x"}})),
+        ),
+        (
             "payload",
             json!({"id": 7, "op": "call", "target": local.clone(), "payload": [{"op": "ping"}]})
                 .to_string(),

@@ -96,8 +96,16 @@ pub fn request(req: &Request) -> Result<(), BadField> {
     Ok(())
 }
 
-/// Checks the numbers of a target spec, through its `via` chain.
+/// Checks the numbers of a target spec, through its `via` chain, and that none of its strings
+/// (host, user, ssh arguments, env, become command, ...: they reach argv and environments)
+/// holds a NUL byte.
 pub fn spec(field: &str, s: &Spec) -> Result<(), BadField> {
+    if serde_json::to_value(s).is_ok_and(|v| has_nul(&v)) {
+        return Err(bad(
+            field,
+            "must not contain a NUL byte in any of its strings",
+        ));
+    }
     if let Some(t) = s.connect_timeout {
         if t == 0 || t > MAX_CONNECT_TIMEOUT_SECS {
             return Err(bad(
@@ -113,6 +121,17 @@ pub fn spec(field: &str, s: &Spec) -> Result<(), BadField> {
         spec(&format!("{field}.via"), v)?;
     }
     Ok(())
+}
+
+/// Whether any string (or key) in `v` holds a NUL byte.
+fn has_nul(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 /// Where a JSON object is required (`target`, `via`, `become`, `env`, the request itself),
@@ -200,6 +219,20 @@ mod tests {
         assert!(req(json!({"op": "exec", "shell": "x", "cwd": "/\u{0}"})).is_err());
         assert!(req(json!({"op": "exec", "shell": "x", "env": {"A=B": "1"}})).is_err());
         assert!(req(json!({"op": "exec", "shell": "x", "env": {"A": "\u{0}"}})).is_err());
+        for t in [
+            json!({"host": "h\u{0}"}),
+            json!({"host": "h", "ssh_args": "-o\u{0}"}),
+            json!({"host": "h", "env": {"K": "\u{0}"}}),
+            json!({"host": "h", "via": {"host": "b", "user": "u\u{0}"}}),
+            json!({"host": "h", "become": {"method": "sudo", "cmd": "__SPINDLE_BOOT__\u{0}", "success": "ok"}}),
+        ] {
+            let e = req(json!({"op": "ping", "target": t})).unwrap_err();
+            assert_eq!(e.field, "target", "{t}");
+        }
+        // A backslash-u in a string is not a NUL.
+        assert!(
+            req(json!({"op": "ping", "target": {"host": "h", "ssh_args": "-o x=\\u0000"}})).is_ok()
+        );
         assert!(req(json!({"op": "put", "src": "/a", "dest": "/b", "mode": 0o10000})).is_err());
         assert!(req(json!({"op": "put", "src": "/a", "dest": "/b", "mode": 0o4755})).is_ok());
     }
