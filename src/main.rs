@@ -161,11 +161,7 @@ struct Fleet {
 fn main() {
     // ssh runs this binary as its SSH_ASKPASS helper when a password is configured.
     if std::env::var_os("SPINDLE_ASKPASS_MODE").is_some() {
-        if let Ok(pw) = std::env::var("SPINDLE_ASKPASS_PASSWORD") {
-            println!("{pw}");
-            std::process::exit(0);
-        }
-        std::process::exit(1);
+        std::process::exit(askpass());
     }
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -178,6 +174,28 @@ fn main() {
     }
 }
 
+/// The SSH_ASKPASS helper: prints the password from the private file the daemon named in
+/// `SPINDLE_ASKPASS_FILE` and deletes it (a second prompt, or anything ssh started that
+/// inherited its environment, finds nothing). A yes/no question (an unknown host key) is not
+/// answered with the password.
+fn askpass() -> i32 {
+    let prompt = std::env::args().nth(1).unwrap_or_default();
+    if prompt.contains("(yes/no") || prompt.contains("fingerprint") {
+        eprintln!("spindle: not answering ssh's question {prompt:?} (is the host key known?)");
+        return 1;
+    }
+    let Some(path) = std::env::var_os("SPINDLE_ASKPASS_FILE").map(PathBuf::from) else {
+        return 1;
+    };
+    let Ok(pw) = std::fs::read_to_string(&path) else {
+        eprintln!("spindle: no password to give (asked twice?)");
+        return 1;
+    };
+    let _ = std::fs::remove_file(&path);
+    println!("{pw}");
+    0
+}
+
 fn init_logging(v: u8) {
     let level = match v {
         0 => "warn",
@@ -187,9 +205,11 @@ fn init_logging(v: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SPINDLE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Colours only on a terminal: a log file (the Ansible callback's daemon.log) gets none.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -202,6 +222,7 @@ fn real_main(cli: Cli) -> Result<i32> {
             max_interpreters,
             no_hop_cache,
         } => {
+            spindle::api::server::raise_fd_limit();
             let server = Server::bind(&ServeOptions {
                 socket: socket.clone(),
                 io,
@@ -209,6 +230,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 max_interpreters,
                 hop_cache: !no_hop_cache && std::env::var_os("SPINDLE_NO_HOP_CACHE").is_none(),
             })?;
+            spindle::api::server::stop_on_signals().context("installing signal handlers")?;
             eprintln!(
                 "spindle: serving on {} (io: {})",
                 socket.display(),
@@ -444,13 +466,26 @@ fn with_fleet(
     if specs.is_empty() {
         bail!("inventory {:?} names no hosts", fleet.inventory);
     }
+    // The in-process daemon's socket is in a fresh private (0700) directory, removed when this
+    // returns (the guard) and on SIGTERM/SIGINT (the daemon stops, then this returns): no
+    // predictable name another user could take first.
+    let mut private_dir = None;
     let (socket, own) = match &fleet.socket {
         Some(s) => (s.clone(), None),
         None => {
-            let dir = std::env::var_os("XDG_RUNTIME_DIR")
+            let base = std::env::var_os("XDG_RUNTIME_DIR")
                 .map(PathBuf::from)
+                .filter(|d| d.is_dir())
                 .unwrap_or_else(std::env::temp_dir);
-            let path = dir.join(format!("spindle-{}.sock", std::process::id()));
+            let dir = tempfile::Builder::new()
+                .prefix("spindle-")
+                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .tempdir_in(&base)
+                .with_context(|| format!("creating a private directory in {}", base.display()))?;
+            let path = dir.path().join("spindle.sock");
+            private_dir = Some(dir);
+            spindle::api::server::stop_on_signals().context("installing signal handlers")?;
+            spindle::api::server::raise_fd_limit();
             let h = spawn_in_thread(ServeOptions {
                 socket: path.clone(),
                 io: fleet.io,
@@ -475,7 +510,18 @@ fn with_fleet(
         if o.status() != Status::Ok {
             bar.set_message(format!("last failure: {}", o.spec.label()));
         }
-    })?;
+    });
+    let outcomes = match outcomes {
+        Err(_) if spindle::api::server::stop_requested() => {
+            bar.abandon();
+            if let Some(h) = own {
+                let _ = h.join();
+            }
+            drop(private_dir);
+            bail!("interrupted by a signal");
+        }
+        o => o?,
+    };
     bar.finish_and_clear();
     for o in &outcomes {
         show(o);
@@ -485,6 +531,7 @@ fn with_fleet(
         let _ = client.call(json!({"op": "shutdown"}));
         let _ = h.join();
     }
+    drop(private_dir);
     let worst = outcomes.iter().map(|o| o.status()).fold(0, |acc, s| {
         acc.max(match s {
             Status::Ok => 0,

@@ -119,6 +119,23 @@ impl Paths {
     }
 }
 
+/// File descriptors of the daemon process (reported by `stats` as `fds`; the server fills it
+/// in, the router never asks the kernel).
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct FdUsage {
+    /// Descriptors open now.
+    pub open: u64,
+    /// The soft RLIMIT_NOFILE (raised to the hard limit at start); `None`: unlimited.
+    pub limit: Option<u64>,
+    /// The hard RLIMIT_NOFILE.
+    pub hard_limit: Option<u64>,
+    /// Descriptors one more target stream takes in the daemon (its stdin, stdout and stderr
+    /// pipes; a `unix` target takes 1); an API client takes 1.
+    pub per_target: u64,
+    /// How many more process targets fit under `limit` (`(limit - open) / per_target`).
+    pub targets_fit: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -217,3 +217,32 @@ fn bad_requests_get_clear_errors_and_the_daemon_carries_on() {
         .unwrap();
     assert_eq!(b64(&v, "stdout_b64"), "still here\n");
 }
+
+#[test]
+fn a_failed_start_quotes_the_reason_not_ssh_noise() {
+    // An "interpreter" that fails the way a real start does over ssh: the reason, then ssh's
+    // host-key notice as the last line of stderr.
+    let dir = scratch("faults_reason_line");
+    let py = dir.join("fakepy");
+    std::fs::write(
+        &py,
+        "#!/bin/sh\necho 'fakepy: cannot import encodings (the real reason)' >&2\n\
+         echo \"Warning: Permanently added 'web1' (ED25519) to the list of known hosts.\" >&2\n\
+         exit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&py, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let daemon = Daemon::start(&dir);
+    let mut c = daemon.client();
+    let spec = json!({"transport": "local", "name": "noisy", "python": py});
+    let r = c.call(json!({"op": "ping", "target": spec}));
+    let Err(ClientError::Api { kind, message, .. }) = r else {
+        panic!("the start must fail: {r:?}");
+    };
+    assert_eq!(kind, "connection_lost");
+    assert!(
+        message.contains("the real reason") && !message.contains("Permanently added"),
+        "{message}"
+    );
+}

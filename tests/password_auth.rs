@@ -111,3 +111,106 @@ fn password_authentication_through_askpass() {
         other => panic!("wrong password must fail: {other:?}"),
     }
 }
+
+/// The password never sits in ssh's environment (which a ProxyCommand and anything else ssh
+/// starts inherit): the askpass helper reads it once from a private file, which is gone after
+/// that read, and gone anyway once the connection ended, also when ssh never asked.
+#[test]
+fn the_password_is_not_in_the_environment_of_ssh() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = scratch("password_env");
+    let fake = dir.join("fake-ssh");
+    std::fs::write(
+        &fake,
+        r#"#!/bin/sh
+if [ -n "$NOASK" ]; then
+  env > "$OUT/env-noask"
+  echo "ssh: connect to host fakehost port 22: Connection refused" >&2
+  exit 255
+fi
+env > "$OUT/env"
+ls -ld "$(dirname "$SPINDLE_ASKPASS_FILE")" > "$OUT/dir-mode"
+"$SSH_ASKPASS" "(yes/no/[fingerprint])?" > "$OUT/answer0"; echo "$?" > "$OUT/rc0"
+"$SSH_ASKPASS" "fakehost's password: " > "$OUT/answer1"; echo "$?" > "$OUT/rc1"
+"$SSH_ASKPASS" "fakehost's password: " > "$OUT/answer2"; echo "$?" > "$OUT/rc2"
+echo "fakehost: Permission denied (password)." >&2
+exit 255
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let daemon = Daemon::start(&dir);
+    let mut c = daemon.client();
+    let secret = "s3cret-PW-in-env?";
+    let spec = |noask: bool| {
+        let mut env = json!({"OUT": dir});
+        if noask {
+            env["NOASK"] = "1".into();
+        }
+        json!({"host": "fakehost", "name": format!("fake{noask}"), "password": secret,
+               "ssh_executable": fake, "env": env})
+    };
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    let file_of = |env: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix("SPINDLE_ASKPASS_FILE="))
+            .map(std::path::PathBuf::from)
+            .expect("SPINDLE_ASKPASS_FILE in ssh's environment")
+    };
+    let gone_soon = |p: &std::path::Path| {
+        for _ in 0..100 {
+            if !p.exists() && !p.parent().is_some_and(|d| d.exists()) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
+    };
+
+    match c.call(json!({"op": "ping", "target": spec(false)})) {
+        Err(ClientError::Api { kind, .. }) => assert_eq!(kind, "auth_failed"),
+        other => panic!("the fake ssh fails: {other:?}"),
+    }
+    let env = read("env");
+    assert!(
+        !env.contains(secret),
+        "the password is in ssh's environment"
+    );
+    assert!(
+        read("dir-mode").starts_with("drwx------"),
+        "{}",
+        read("dir-mode")
+    );
+    assert_eq!(
+        read("rc0").trim(),
+        "1",
+        "a yes/no question gets no password"
+    );
+    assert_eq!(read("answer0"), "");
+    assert_eq!(
+        (read("rc1").trim(), read("answer1")),
+        ("0", format!("{secret}\n"))
+    );
+    assert_eq!(read("rc2").trim(), "1", "the password is handed out once");
+    assert_eq!(read("answer2"), "");
+    let file = file_of(&env);
+    assert!(
+        gone_soon(&file),
+        "{} and its directory are removed",
+        file.display()
+    );
+
+    // ssh never asks (refused): the daemon removes the file when the connection ends.
+    match c.call(json!({"op": "ping", "target": spec(true)})) {
+        Err(ClientError::Api { kind, .. }) => assert_eq!(kind, "unreachable"),
+        other => panic!("the fake ssh fails: {other:?}"),
+    }
+    let env = read("env-noask");
+    assert!(!env.contains(secret));
+    let file = file_of(&env);
+    assert!(
+        gone_soon(&file),
+        "{} and its directory are removed",
+        file.display()
+    );
+}

@@ -7,6 +7,7 @@ host), each hop's spec built from that hop's own variables.
 
 import json
 import os
+import re
 import shlex
 
 from ansible import constants as C
@@ -17,6 +18,41 @@ from spindle_ansible.client import TargetSpec
 
 #: Longest spindle_via chain.
 MAX_VIA_DEPTH = 8
+#: Longest connect timeout the daemon accepts, in seconds (one week; docs/api.md).
+MAX_CONNECT_TIMEOUT = 7 * 24 * 3600
+_DIGITS = re.compile(r'\s*[0-9]+\s*')
+
+
+def int_option(value, what, host, lo, hi):
+    """The integer value of option ``what`` (port, timeout) for ``host`` within lo..hi, or
+    None when unset (None or ''). Anything else, such as ``'2201 x'``, ``22.5``, ``True`` or a
+    value out of range, is an AnsibleError naming the option and the host: never a silently
+    different number."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    n = None
+    if isinstance(value, bool):
+        pass
+    elif isinstance(value, int):
+        n = value
+    elif isinstance(value, float) and value.is_integer():
+        n = int(value)
+    elif isinstance(value, str) and _DIGITS.fullmatch(value):
+        n = int(value)
+    if n is None or not lo <= n <= hi:
+        raise AnsibleError("spindle: %s %r of host %s is not an integer from %d to %d"
+                           % (what, value, host, lo, hi))
+    return n
+
+
+def seconds(timeout, host):
+    """The connect timeout option as the daemon's ``connect_timeout`` (see int_option); 0
+    means the default, as it always did here."""
+    if int_option(timeout, 'timeout', host, 0, MAX_CONNECT_TIMEOUT) == 0:
+        return None
+    return int_option(timeout, 'timeout', host, 1, MAX_CONNECT_TIMEOUT)
+
+
 #: ansible_connection values a hop may use -> spindle transport.
 HOP_TRANSPORTS = {}
 for _name, _transport in (('ssh', 'ssh'), ('smart', 'ssh'), ('local', 'local'),
@@ -208,11 +244,11 @@ class SpecBuilder(object):
         if mode == 'chroot':  # like the chroot plugin: host is the directory, no user
             timeout = option('timeout')
             return TargetSpec(host=host, transport='chroot', name=name,
-                              connect_timeout=int(timeout) if timeout else None)
+                              connect_timeout=seconds(timeout, name or host))
         if mode == 'setns':  # like community.docker.nsenter: host is the pid, always root
             timeout = option('timeout')
             return TargetSpec(host=str(option('nsenter_pid') or 1), transport='setns', name=name,
-                              connect_timeout=int(timeout) if timeout else None)
+                              connect_timeout=seconds(timeout, name or host))
         if mode in ENTER_MODES:
             return self.enter_spec(option, mode, host, name)
         if mode in ('docker', 'podman'):
@@ -223,7 +259,7 @@ class SpecBuilder(object):
                 user=option('remote_user') or None,
                 executable=option('spindle_container_executable') or None,
                 extra_args=option('spindle_container_extra_args') or None,
-                connect_timeout=int(timeout) if timeout else None,
+                connect_timeout=seconds(timeout, name or host),
             )
         ssh_args = option('ssh_args') or ''
         if option('host_key_checking') is False:
@@ -234,7 +270,7 @@ class SpecBuilder(object):
         return TargetSpec(
             host=host,
             transport='ssh',
-            port=int(port) if port else None,
+            port=int_option(port, 'port', name or host, 1, 65535),
             user=option('remote_user') or None,
             identity_file=os.path.expanduser(key) if key else None,
             ssh_executable=option('ssh_executable') or None,
@@ -242,7 +278,7 @@ class SpecBuilder(object):
             ssh_common_args=option('ssh_common_args') or None,
             ssh_extra_args=option('ssh_extra_args') or None,
             password=option('password') or None,
-            connect_timeout=int(timeout) if timeout else None,
+            connect_timeout=seconds(timeout, name or host),
         )
 
     def enter_spec(self, option, mode, host, name):
@@ -251,7 +287,7 @@ class SpecBuilder(object):
         container, namespace, user, kubeconfig, ...), built from that plugin's own options."""
         timeout = option('timeout')
         spec = TargetSpec(host=host, transport=mode, name=name,
-                          connect_timeout=int(timeout) if timeout else None)
+                          connect_timeout=seconds(timeout, name or host))
         if mode == 'kubectl':
             words, env = kubectl_words(option)
             spec.host = option('spindle_kubectl_pod') or host

@@ -180,19 +180,45 @@ def op_ping(chan, call_id, call):
     return {"pong": True, "pid": os.getpid()}
 
 
+MAX_TIMEOUT = 7 * 24 * 3600  # seconds: the longest timeout a call may give (one week)
+
+
+def seconds(call, key, default=None):
+    """call[key] as a number of seconds in (0, MAX_TIMEOUT], or bad_request naming it."""
+    value = call.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not 0 < value <= MAX_TIMEOUT:  # NaN fails both comparisons
+        raise AgentError("bad_request", "%s must be a number of seconds > 0 and <= %d, not %r"
+                         % (key, MAX_TIMEOUT, value))
+    return value
+
+
+def c_string(what, value):
+    """A string bound for argv, the environment or a path: no NUL byte."""
+    if "\0" in value:
+        raise AgentError("bad_request", "%s must not contain a NUL byte" % what)
+    return value
+
+
 def op_exec(chan, call_id, call):
     argv, shell = call.get("argv"), call.get("shell")
     if shell is not None:
         if argv is not None or not isinstance(shell, str):
             raise AgentError("bad_request", "give either argv (list) or shell (string)")
-        args, use_shell = shell, True
+        args, use_shell = c_string("shell", shell), True
     elif isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
-        args, use_shell = argv, False
+        args, use_shell = [c_string("argv", a) for a in argv], False
     else:
         raise AgentError("bad_request", "argv must be a non-empty list of strings")
     extra = call.get("env") or {}
     if not isinstance(extra, dict) or not all(isinstance(v, str) for v in extra.values()):
         raise AgentError("bad_request", "env must be an object of strings")
+    for k, v in extra.items():
+        if not k or "=" in k:
+            raise AgentError("bad_request", "env names a variable %r (empty or with '=')" % k)
+        c_string("env", k + v)
     env = dict(os.environ)
     env.update(extra)
     stdin_b64 = call.get("stdin_b64")
@@ -200,9 +226,11 @@ def op_exec(chan, call_id, call):
         data = base64.b64decode(stdin_b64) if stdin_b64 is not None else None
     except (TypeError, ValueError) as exc:
         raise AgentError("bad_request", "stdin_b64: %s" % exc)
-    timeout, cwd = call.get("timeout"), call.get("cwd")
-    if timeout is not None and not isinstance(timeout, (int, float)):
-        raise AgentError("bad_request", "timeout must be a number")
+    timeout, cwd = seconds(call, "timeout"), call.get("cwd")
+    if cwd is not None and not isinstance(cwd, str):
+        raise AgentError("bad_request", "cwd must be a string")
+    if cwd is not None:
+        c_string("cwd", cwd)
     executable = "/bin/sh"
     if use_shell and call.get("login_shell"):
         executable = _login_shell()
@@ -748,11 +776,12 @@ def op_spawn_context(chan, call_id, call):
     import re, select  # noqa: E401
     ctx, cmd, success = call.get("ctx"), call.get("cmd"), call.get("success")
     password, prompt = call.get("password"), call.get("prompt")
-    timeout, python = call.get("timeout", 30), call.get("python")
-    if not (isinstance(ctx, int) and ctx > SELF and isinstance(cmd, str)
-            and BOOT_PLACEHOLDER in cmd and isinstance(success, str) and success
-            and isinstance(timeout, (int, float))):
-        raise AgentError("bad_request", "spawn_context needs ctx > 1, cmd with %s, success"
+    timeout, python = seconds(call, "timeout", 30), call.get("python")
+    if not (isinstance(ctx, int) and SELF < ctx < 2 ** 32 and isinstance(cmd, str)
+            and BOOT_PLACEHOLDER in cmd and "\0" not in cmd
+            and isinstance(success, str) and success):
+        raise AgentError("bad_request", "spawn_context needs 1 < ctx < 2**32, cmd with %s "
+                         "(no NUL), success"
                          % BOOT_PLACEHOLDER)
     if password is not None and not isinstance(password, str):
         raise AgentError("bad_request", "password must be a string")

@@ -2,6 +2,7 @@
 //! reply builders, and the server loop ([`server`]). Documented in `docs/api.md`.
 
 pub mod server;
+pub mod validate;
 
 use crate::transport::Spec;
 use serde::Deserialize;
@@ -87,6 +88,18 @@ pub struct Request {
     /// Any op: seconds after which the daemon gives up on the call (`timeout` error).
     #[serde(default)]
     pub call_timeout: Option<f64>,
+}
+
+/// Parses one request body: a JSON object (never an array, nor one where `target`, `via`,
+/// `become`, `env` or `payload` is an array), with known fields only. The error carries the
+/// request's `id` when the body had one, for the reply. Numbers and strings are range-checked
+/// by [`validate::request`] (the router runs it on every request).
+pub fn parse_request(body: &[u8]) -> Result<Request, (u64, String)> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| (0, format!("bad request: {e}")))?;
+    let id = v.get("id").and_then(|i| i.as_u64()).unwrap_or(0);
+    validate::objects_only(&v).map_err(|e| (id, e.to_string()))?;
+    serde_json::from_value(v).map_err(|e| (id, format!("bad request: {e}")))
 }
 
 /// Appends a length-prefixed message.

@@ -7,7 +7,7 @@ use super::{
     encode_call, header, Action, ClientId, Router, TargetId, CHUNK, EXEC_GRACE, LOW_WATER,
     MAX_INFLIGHT, MAX_OUTBOUND,
 };
-use crate::api::{self, Request};
+use crate::api::{self, validate::deadline_after, Request};
 use crate::proto::{encode_frame, flags, Kind};
 use crate::transport::{classify::classify, classify::FailKind};
 use base64::Engine as _;
@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Debug)]
 pub(super) enum Op {
@@ -125,9 +125,8 @@ impl Router {
             );
             return self.reply_err(client, id, "busy", &label, &m);
         }
-        let mut deadline = req
-            .call_timeout
-            .map(|s| now + Duration::from_secs_f64(s.max(0.0)));
+        // Validated at parse time (api::validate); an unrepresentable deadline is none.
+        let mut deadline = req.call_timeout.and_then(|s| deadline_after(now, s));
         // flags::REFS when a call's module code is named by hash (see blob_refs).
         let mut fl = 0;
         let (payload, op) = match req.op.as_str() {
@@ -143,8 +142,8 @@ impl Router {
                         return self.reply_err(client, id, "bad_request", &label, m);
                     }
                 }
-                if let Some(tmo) = req.timeout {
-                    let d = now + Duration::from_secs_f64(tmo.max(0.0)) + EXEC_GRACE;
+                let exec_end = req.timeout.and_then(|s| deadline_after(now, s));
+                if let Some(d) = exec_end.and_then(|d| d.checked_add(EXEC_GRACE)) {
                     deadline = Some(deadline.map_or(d, |x| x.min(d)));
                 }
                 let mut p = json!({"op": "exec", "argv": req.argv, "shell": req.shell,
@@ -388,8 +387,8 @@ impl Router {
                             (_, FailKind::ConnectionLost) => "unreachable",
                             (_, k) => k.as_str(),
                         };
-                        let last = text.lines().rev().find(|l| !l.trim().is_empty());
-                        let m = format!("via {hop}: {kind}: {}", last.unwrap_or(text).trim());
+                        let last = crate::transport::classify::reason_line(text);
+                        let m = format!("via {hop}: {kind}: {last}");
                         self.fail_target(child, class, &m);
                     } else if spec.escalate.is_none() {
                         // An interpreter context: that Python did not start an agent.

@@ -94,6 +94,7 @@ impl Router {
             held_stores: Vec::new(),
             last_used: now,
             read_since_tick: false,
+            logs: Default::default(),
         });
         self.by_key.insert(key.clone(), t);
         self.counters.connects += 1;
@@ -202,7 +203,13 @@ impl Router {
     }
 
     /// One frame relayed from become context `c`.
-    pub(super) fn context_frame(&mut self, c: TargetId, h: &FrameHeader, payload: &[u8]) {
+    pub(super) fn context_frame(
+        &mut self,
+        c: TargetId,
+        h: &FrameHeader,
+        payload: &[u8],
+        now: Instant,
+    ) {
         let Some(x) = self.targets.get_mut(c) else {
             return;
         };
@@ -213,7 +220,7 @@ impl Router {
         x.counters.bytes_in += (proto::HEADER_LEN + payload.len()) as u64;
         let was_ready = x.phase == Phase::Ready;
         let mut done = Vec::new();
-        let res = on_frame(x, h, payload, &mut done);
+        let res = on_frame(x, h, payload, &mut done, now);
         let now_ready = x.phase == Phase::Ready;
         for (handle, fl, body) in done {
             self.complete(c, handle, fl, body);
@@ -239,12 +246,7 @@ impl Router {
         }
         let connected = x.hello.is_some();
         let kind = classify(stderr, connected);
-        let last = stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim();
+        let last = crate::transport::classify::reason_line(stderr);
         let m = match kind {
             FailKind::NoPython => "no Python interpreter found on the target".to_string(),
             FailKind::ConnectionLost if connected => {

@@ -19,6 +19,7 @@
 //! via contexts: start, recycle, close), `hop_cache` (files relayed from a via hop's
 //! cache) and `blob_refs` (module code a nested context gets from its parent's store).
 
+mod agent_log;
 mod blob_refs;
 mod calls;
 mod contexts;
@@ -29,7 +30,7 @@ mod tests;
 
 use crate::api::{self, Request};
 use crate::cache::BlobCache;
-use crate::metrics::{Counters, TargetCounters};
+use crate::metrics::{Counters, FdUsage, TargetCounters};
 use crate::proto::{self, encode_frame, flags, FrameHeader, Kind};
 use crate::transfer::TransferCounters;
 use crate::transport::Spec;
@@ -43,6 +44,8 @@ use std::io::Write;
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 use target::{Phase, Target};
+
+pub use agent_log::{escape_for_log, LOG_BURST, LOG_RATE, LOG_RECORD_MAX};
 
 /// Client connection id (assigned by the server).
 pub type ClientId = usize;
@@ -111,6 +114,8 @@ pub struct Router {
     pub counters: Counters,
     /// Where module tasks ran (in an agent, forked, stock path and why).
     pub paths: crate::metrics::Paths,
+    /// The daemon's file descriptors (reported by `stats`; kept current by the server).
+    pub fds: FdUsage,
     /// Become contexts per target before the least recently used idle one is closed.
     pub max_interpreters: usize,
     /// Send files for targets behind a via hop through the hop's file cache, and module code
@@ -171,6 +176,7 @@ impl Router {
             splice: true,
             counters: Counters::default(),
             paths: Default::default(),
+            fds: FdUsage::default(),
             max_interpreters: DEFAULT_MAX_INTERPRETERS,
             hop_cache: true,
             hop_seq: 0,
@@ -299,6 +305,10 @@ impl Router {
     /// Handles one API request from `client`.
     pub fn request(&mut self, client: ClientId, req: Request, now: Instant) {
         let id = req.id;
+        if let Err(e) = api::validate::request(&req) {
+            let host = req.target.as_ref().map(|s| s.label()).unwrap_or_default();
+            return self.reply_err(client, id, "bad_request", &host, &e.to_string());
+        }
         match req.op.as_str() {
             "stats" => {
                 // Keyed by label; become contexts sharing one (other flags or password) get
@@ -313,6 +323,7 @@ impl Router {
                     targets.insert(label, x.counters);
                 }
                 let v = json!({"streams": self.streams(), "io": self.backend, "counters": self.counters, "paths": self.paths, "transfer": self.transfer,
+                    "fds": self.fds,
                     "blobs": {"count": self.cache.len(), "bytes": self.cache.bytes()},
                     "targets": targets});
                 self.actions
@@ -461,7 +472,7 @@ impl Router {
                 continue;
             }
             x.counters.frames_in += 1;
-            if let Err(f) = on_frame(x, &h, payload, &mut done) {
+            if let Err(f) = on_frame(x, &h, payload, &mut done, now) {
                 fatal = Some(f);
                 break;
             }
@@ -474,7 +485,7 @@ impl Router {
             self.fail_target(t, &kind, &m);
         }
         for (c, h, payload) in nested {
-            self.context_frame(c, &h, &payload);
+            self.context_frame(c, &h, &payload, now);
         }
     }
 
@@ -492,6 +503,15 @@ impl Router {
         }
         let mut expired_targets = Vec::new();
         let mut expired_calls = Vec::new();
+        for (_, x) in self.targets.iter_mut() {
+            if let Some(n) = x.logs.due_report(now) {
+                tracing::warn!(
+                    host = %x.label,
+                    "{n} log records from {} dropped (more than {LOG_RATE}/s, bursts of {LOG_BURST})",
+                    x.label
+                );
+            }
+        }
         for (t, x) in self.targets.iter() {
             if let Phase::Connecting { deadline, .. } = x.phase {
                 if now >= deadline {
@@ -563,13 +583,17 @@ fn on_frame(
     h: &FrameHeader,
     payload: &[u8],
     done: &mut Vec<(u32, u8, Vec<u8>)>,
+    now: Instant,
 ) -> Result<(), (String, String)> {
     match h.kind {
         Kind::Hello => {
             parse_hello(payload).map_err(|m| ("protocol".to_string(), m))?;
             x.hello = Some(payload.to_vec());
             x.phase = Phase::Ready;
-            tracing::debug!(host = %x.label, hello = %String::from_utf8_lossy(payload), "agent up");
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let hello = escape_for_log(&String::from_utf8_lossy(payload), LOG_RECORD_MAX);
+                tracing::debug!(host = %x.label, %hello, "agent up");
+            }
         }
         // A become context ended; its stream's agent says so in its name.
         Kind::Reply if h.reply_to == 0 && h.flags & flags::EOF != 0 && x.parent.is_some() => {
@@ -607,7 +631,12 @@ fn on_frame(
                 }
             }
         }
-        Kind::Log => log_record(&x.label, payload),
+        // Escaped, truncated, and at most LOG_RATE a second per target (agent_log).
+        Kind::Log => {
+            if x.logs.allow(now) {
+                agent_log::emit(&x.label, payload);
+            }
+        }
         // Handled by the caller (it releases more of the context's frames).
         Kind::Credit if x.parent.is_some() => {
             x.unacked = x.unacked.saturating_sub(h.handle as usize);
@@ -631,17 +660,5 @@ fn parse_hello(payload: &[u8]) -> Result<(), String> {
             "agent speaks protocol {other:?}, this controller speaks {}",
             proto::PROTO_VERSION
         )),
-    }
-}
-
-fn log_record(label: &str, payload: &[u8]) {
-    let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
-    let msg = v["msg"].as_str().unwrap_or("");
-    let name = v["name"].as_str().unwrap_or("");
-    match v["level"].as_str().unwrap_or("INFO") {
-        "DEBUG" => tracing::debug!(host = %label, logger = name, "agent: {msg}"),
-        "INFO" => tracing::info!(host = %label, logger = name, "agent: {msg}"),
-        "WARNING" => tracing::warn!(host = %label, logger = name, "agent: {msg}"),
-        _ => tracing::error!(host = %label, logger = name, "agent: {msg}"),
     }
 }

@@ -61,6 +61,8 @@ pub(super) struct Target {
     pub(super) last_used: Instant,
     /// Starting, and its process read bytes we wrote since the last `tick` (progress).
     pub(super) read_since_tick: bool,
+    /// Its agent's LOG records: rate limit and dropped count (see `agent_log`).
+    pub(super) logs: super::agent_log::LogLimiter,
 }
 
 impl Target {

@@ -67,9 +67,52 @@ pub fn classify(stderr: &str, connected: bool) -> FailKind {
     }
 }
 
+/// Lines ssh (or a login) prints on a connection that works: never the reason a start failed.
+const NOISE: &[&str] = &[
+    "Warning: Permanently added",
+    "** WARNING: connection is not using a post-quantum key exchange",
+    "** This session may be vulnerable to",
+    "** The server may need to be upgraded",
+    "Pseudo-terminal will not be allocated",
+    "Warning: No xauth data",
+    "X11 forwarding request failed",
+    "Warning: untrusted X11 forwarding",
+];
+
+/// The line of a failed start's output to quote as its reason: the last non-empty line that
+/// is not known noise (ssh's "Warning: Permanently added ..."), else the last non-empty line.
+pub fn reason_line(output: &str) -> &str {
+    let lines = || {
+        output
+            .lines()
+            .rev()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+    };
+    lines()
+        .find(|l| !NOISE.iter().any(|n| l.starts_with(n)))
+        .or_else(|| lines().next())
+        .unwrap_or("")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reason_is_not_ssh_noise() {
+        let out = "python3: can't open file: No such file\r\n\
+                   Warning: Permanently added 'web1' (ED25519) to the list of known hosts.\r\n\n";
+        assert_eq!(reason_line(out), "python3: can't open file: No such file");
+        let only = "Warning: Permanently added 'web1' (ED25519) to the list of known hosts.";
+        assert_eq!(reason_line(only), only);
+        assert_eq!(reason_line(""), "");
+        let pq = "bash: line 1: exec: nope: not found\n\
+                  ** WARNING: connection is not using a post-quantum key exchange algorithm.\n\
+                  ** This session may be vulnerable to \"store now, decrypt later\" attacks.\n\
+                  ** The server may need to be upgraded. See https://openssh.com/pq.html\n";
+        assert_eq!(reason_line(pq), "bash: line 1: exec: nope: not found");
+    }
 
     #[test]
     fn ssh_messages() {

@@ -56,6 +56,10 @@ pub struct Launch {
     pub argv: Vec<String>,
     /// Environment additions for that process only.
     pub env: Vec<(String, String)>,
+    /// The ssh password the askpass helper must hand out, once. Never in `env`: the caller
+    /// writes it to a private file and names the file in `SPINDLE_ASKPASS_FILE` (see
+    /// `docs/security.md`).
+    pub askpass_secret: Option<String>,
 }
 
 /// The argv (program first) and extra environment that start the agent for `spec`.
@@ -105,7 +109,7 @@ fn launch(
         },
         TransportKind::Local => Ok(Launch {
             argv: vec!["/bin/sh".into(), "-c".into(), stage0],
-            env: Vec::new(),
+            ..Launch::default()
         }),
         TransportKind::Docker
         | TransportKind::Podman
@@ -119,7 +123,7 @@ fn launch(
         | TransportKind::Jail
         | TransportKind::Machinectl => Ok(Launch {
             argv: super::enter::argv(spec, stage0)?,
-            env: Vec::new(),
+            ..Launch::default()
         }),
         TransportKind::Ssh => {
             let bad = |reason: &str| CommandError::BadSpec {
@@ -136,6 +140,7 @@ fn launch(
             let mut argv: Vec<String> =
                 vec![spec.ssh_executable.clone().unwrap_or_else(|| "ssh".into())];
             let mut env = Vec::new();
+            let mut secret = None;
             let o = |argv: &mut Vec<String>, v: String| {
                 argv.push("-o".into());
                 argv.push(v);
@@ -143,8 +148,9 @@ fn launch(
             argv.push("-T".into());
             match (&spec.password, askpass) {
                 (Some(pw), Some(helper)) => {
-                    // ssh reads the password from our askpass helper (`spindle askpass`), which
-                    // prints it from the environment of this ssh process only.
+                    // ssh reads the password from our askpass helper (this binary with
+                    // SPINDLE_ASKPASS_MODE), which reads it once from a private file the
+                    // caller makes (the password is never in ssh's environment).
                     o(&mut argv, "BatchMode=no".into());
                     o(&mut argv, "NumberOfPasswordPrompts=1".into());
                     o(
@@ -153,8 +159,8 @@ fn launch(
                     );
                     env.push(("SSH_ASKPASS".into(), helper.display().to_string()));
                     env.push(("SSH_ASKPASS_REQUIRE".into(), "force".into()));
-                    env.push(("SPINDLE_ASKPASS_PASSWORD".into(), pw.clone()));
                     env.push(("DISPLAY".into(), ":spindle".into()));
+                    secret = Some(pw.clone());
                 }
                 (Some(_), None) => {
                     return Err(bad(
@@ -190,7 +196,11 @@ fn launch(
             argv.push("--".into());
             argv.push(host.into());
             argv.push(stage0);
-            Ok(Launch { argv, env })
+            Ok(Launch {
+                argv,
+                env,
+                askpass_secret: secret,
+            })
         }
     }
 }
@@ -268,13 +278,29 @@ mod tests {
             ssh_common_args: Some("-o 'ProxyCommand=nc %h %p' -o StrictHostKeyChecking=no".into()),
             ..Default::default()
         };
-        let Launch { argv, env } = command(&spec, None).unwrap();
+        let Launch { argv, env, .. } = command(&spec, None).unwrap();
         assert!(env.is_empty());
         assert!(argv.contains(&"ProxyCommand=nc %h %p".to_string()));
         assert!(argv.contains(&"BatchMode=yes".to_string()));
         let host_at = argv.iter().position(|a| a == "web1").unwrap();
         assert_eq!(argv[host_at - 1], "--");
         assert_eq!(argv.len(), host_at + 2);
+    }
+
+    #[test]
+    fn the_password_is_never_in_the_environment() {
+        let spec = Spec {
+            host: Some("web1".into()),
+            password: Some("s3cret".into()),
+            ..Default::default()
+        };
+        let l = command(&spec, Some(std::path::Path::new("/usr/bin/spindle"))).unwrap();
+        assert_eq!(l.askpass_secret.as_deref(), Some("s3cret"));
+        assert!(!l
+            .env
+            .iter()
+            .any(|(k, v)| k.contains("PASSWORD") || v.contains("s3cret")));
+        assert!(!l.argv.iter().any(|a| a.contains("s3cret")));
     }
 
     #[test]

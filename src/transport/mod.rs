@@ -130,6 +130,8 @@ pub struct Spec {
 
 /// Least time an agent gets to start once its transport runs (see [`Spec::bootstrap_secs`]).
 pub const BOOTSTRAP_MIN_SECS: u64 = 120;
+/// Longest connect timeout a spec may ask for, in seconds (one week).
+pub const MAX_CONNECT_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 
 /// Most hops allowed in one `via` chain.
 pub const MAX_VIA_DEPTH: usize = 8;
@@ -270,9 +272,13 @@ impl Spec {
     }
 
     /// Connect timeout in seconds: what ssh gets as `ConnectTimeout` (TCP connect and the
-    /// ssh handshake, as Ansible's `timeout`), and a become context's prompt timeout.
+    /// ssh handshake, as Ansible's `timeout`), and a become context's prompt timeout; within
+    /// 1..=[`MAX_CONNECT_TIMEOUT_SECS`] (requests outside it are refused at parse time; the
+    /// clamp keeps deadline arithmetic total regardless).
     pub fn connect_timeout_secs(&self) -> u64 {
-        self.connect_timeout.unwrap_or(30).max(1)
+        self.connect_timeout
+            .unwrap_or(30)
+            .clamp(1, MAX_CONNECT_TIMEOUT_SECS)
     }
 
     /// Seconds the agent has to start once its transport runs (login, stage 0/1, HELLO), as

@@ -111,12 +111,17 @@ impl Daemon {
 
     /// A daemon with extra `serve` arguments.
     pub fn start_with(dir: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start_logged(dir, extra, Stdio::inherit())
+    }
+
+    /// A daemon with extra `serve` arguments and its stderr (its log) going to `log`.
+    pub fn start_logged(dir: &Path, extra: &[&str], log: impl Into<Stdio>) -> Daemon {
         let socket = dir.join("spindle.sock");
         let child = Command::new(env!("CARGO_BIN_EXE_spindle"))
             .args(["serve", "--socket"])
             .arg(&socket)
             .args(extra)
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("spawn spindle serve");
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -293,6 +293,25 @@ class AgentTest(unittest.TestCase):
         r = run(self.agent, argv=[script])  # no x bit: even root gets EACCES
         self.assertEqual(r["rc"], 126)
 
+    def test_exec_out_of_range_numbers_and_nul_are_bad_requests(self):
+        # Not `internal` tracebacks: every number is range-checked, every C string NUL-free.
+        for timeout in (1e18, 1e300, -1, 0, True, "5", 7 * 24 * 3600 + 1):
+            e = self.agent.error("exec", argv=["true"], timeout=timeout)
+            self.assertEqual(e["error"], "bad_request", (timeout, e))
+            self.assertIn("timeout", e["message"])
+        for args in (dict(argv=["echo", "a\0b"]), dict(shell="echo \0"),
+                     dict(argv=["true"], env={"A": "x\0y"}), dict(argv=["true"], env={"A=B": "1"}),
+                     dict(argv=["true"], env={"": "1"}), dict(argv=["true"], cwd="/\0"),
+                     dict(argv=["true"], cwd=5)):
+            e = self.agent.error("exec", **args)
+            self.assertEqual(e["error"], "bad_request", (args, e))
+        e = self.agent.error("spawn_context", ctx=2, cmd="__SPINDLE_BOOT__", success="ok",
+                             timeout=1e18)
+        self.assertEqual(e["error"], "bad_request")
+        e = self.agent.error("spawn_context", ctx=2 ** 40, cmd="__SPINDLE_BOOT__", success="ok")
+        self.assertEqual(e["error"], "bad_request")
+        self.assertEqual(run(self.agent, argv=["true"], timeout=7 * 24 * 3600)["rc"], 0)
+
     def test_exec_bad_request(self):
         self.assertEqual(self.agent.error("exec", argv="ls")["error"], "bad_request")
         self.assertEqual(self.agent.error("exec", argv=["ls"], env={"A": 1})["error"],

@@ -9,7 +9,7 @@
 mod procs;
 mod unix_connect;
 
-use super::{MessageDecoder, Request};
+use super::MessageDecoder;
 use crate::reactor::{new_backend, Backend, Interest, IoBackend, Ready};
 use crate::router::{Action, ClientId, Router, TargetId};
 use procs::Proc;
@@ -19,6 +19,8 @@ use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TAG_LISTENER: usize = 0;
@@ -29,6 +31,11 @@ const TAG_STDERR: usize = 4;
 /// A client whose unread replies exceed this is disconnected (it is not reading).
 const CLIENT_OUT_LIMIT: usize = 256 * 1024 * 1024;
 const TICK: Duration = Duration::from_millis(100);
+/// After `accept` fails for want of descriptors (EMFILE, ENFILE, ...), the listener is not
+/// polled for this long: the loop does not spin on a connection it cannot take.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Failed accepts are logged at most this often (with their count).
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
 
 fn key(id: usize, tag: usize) -> usize {
     (id << 3) | tag
@@ -48,6 +55,25 @@ pub enum ServerError {
     /// A socket of that name is in use by a live daemon.
     #[error("{0} is already served by a running daemon")]
     InUse(PathBuf),
+    /// Something other than a socket is at the path: it is left alone.
+    #[error("{path} exists and is {what}, not a socket: refusing to replace it (choose another --socket / SPINDLE_SOCKET, or remove it yourself)")]
+    NotASocket {
+        /// Socket path.
+        path: PathBuf,
+        /// What is there (`a regular file`, `a directory`, `a symbolic link`, ...).
+        what: &'static str,
+    },
+    /// A socket is at the path but a connect to it failed otherwise than "refused", so it is
+    /// not known to be stale: it is left alone.
+    #[error(
+        "{path} is a socket that may still be in use (connect: {source}): refusing to replace it"
+    )]
+    NotStale {
+        /// Socket path.
+        path: PathBuf,
+        /// Why the connect failed.
+        source: io::Error,
+    },
     /// The event loop failed.
     #[error("event loop: {0}")]
     Reactor(#[from] io::Error),
@@ -92,15 +118,64 @@ pub struct Server {
     retrying: HashSet<TargetId>,
     shutdown: bool,
     buf: Vec<u8>,
+    /// The listener is not polled until then (see [`ACCEPT_PAUSE`]).
+    accept_paused_until: Option<Instant>,
+    /// Failed accepts since the last report, and when that was.
+    accept_failures: u64,
+    accept_reported: Option<Instant>,
 }
 
-/// Binds `path` with mode 0600 (a stale socket file is replaced; a live one is an error).
+/// Binds `path` with mode 0600. Only a stale socket is replaced: a socket whose connect is
+/// refused (no daemon listens). A live socket, a regular file, a directory, a symbolic link
+/// (even to a socket) or anything else at `path` is an error and is left untouched.
 fn bind_private(path: &Path) -> Result<UnixListener, ServerError> {
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(ServerError::InUse(path.into()));
+    use std::os::unix::fs::FileTypeExt as _;
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(ServerError::Bind {
+                path: path.into(),
+                source,
+            })
         }
-        let _ = std::fs::remove_file(path);
+        Ok(md) => {
+            let ft = md.file_type();
+            let what = if ft.is_socket() {
+                None
+            } else if ft.is_file() {
+                Some("a regular file")
+            } else if ft.is_dir() {
+                Some("a directory")
+            } else if ft.is_symlink() {
+                Some("a symbolic link")
+            } else if ft.is_fifo() {
+                Some("a named pipe")
+            } else {
+                Some("a device or other special file")
+            };
+            if let Some(what) = what {
+                return Err(ServerError::NotASocket {
+                    path: path.into(),
+                    what,
+                });
+            }
+            match UnixStream::connect(path) {
+                Ok(_) => return Err(ServerError::InUse(path.into())),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    tracing::info!(socket = %path.display(), "replacing a stale socket");
+                    std::fs::remove_file(path).map_err(|source| ServerError::Bind {
+                        path: path.into(),
+                        source,
+                    })?;
+                }
+                Err(source) => {
+                    return Err(ServerError::NotStale {
+                        path: path.into(),
+                        source,
+                    })
+                }
+            }
+        }
     }
     let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
     let res = UnixListener::bind(path);
@@ -137,6 +212,9 @@ impl Server {
             retrying: HashSet::new(),
             shutdown: false,
             buf: vec![0u8; 256 * 1024],
+            accept_paused_until: None,
+            accept_failures: 0,
+            accept_reported: None,
         })
     }
 
@@ -145,17 +223,37 @@ impl Server {
         self.backend.name()
     }
 
-    /// Runs until a `shutdown` request.
+    /// Runs until a `shutdown` request, or SIGTERM/SIGINT once [`stop_on_signals`] was
+    /// called. However it ends, the target processes are stopped and the socket file removed.
     pub fn run(mut self) -> Result<(), ServerError> {
+        self.serve()
+        // Drop stops the targets and removes the socket.
+    }
+
+    fn serve(&mut self) -> Result<(), ServerError> {
         let mut events: Vec<Ready> = Vec::with_capacity(1024);
         let mut last_tick = Instant::now();
         loop {
+            if stop_requested() {
+                tracing::info!("stopping on a signal");
+                return Ok(());
+            }
             events.clear();
-            let timeout = self.next_retry().map_or(TICK, |at| {
+            let wake = [self.next_retry(), self.accept_paused_until]
+                .into_iter()
+                .flatten()
+                .min();
+            let timeout = wake.map_or(TICK, |at| {
                 at.saturating_duration_since(Instant::now()).min(TICK)
             });
             self.backend.wait(Some(timeout), &mut events)?;
             let now = Instant::now();
+            if self.accept_paused_until.is_some_and(|at| now >= at) {
+                self.accept_paused_until = None;
+                let fd = self.listener.as_fd();
+                self.backend
+                    .modify(fd, key(0, TAG_LISTENER), Interest::READ)?;
+            }
             if !self.retrying.is_empty() {
                 self.retry_connects(now);
                 self.drain_actions();
@@ -173,19 +271,15 @@ impl Server {
             }
             self.drain_actions();
             if self.shutdown && self.clients.iter().all(|(_, c)| c.out_pos == c.out.len()) {
-                break;
+                return Ok(());
             }
         }
-        self.stop_all();
-        let _ = std::fs::remove_file(&self.socket);
-        tracing::info!("spindle daemon stopped");
-        Ok(())
     }
 
     fn dispatch(&mut self, ev: Ready, now: Instant) {
         let (id, tag) = (ev.key >> 3, ev.key & 7);
         match tag {
-            TAG_LISTENER => self.accept(),
+            TAG_LISTENER => self.accept(now),
             TAG_CLIENT => {
                 if ev.readable {
                     self.client_read(id, now);
@@ -212,15 +306,13 @@ impl Server {
         }
     }
 
-    fn accept(&mut self) {
+    fn accept(&mut self, now: Instant) {
         loop {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    return;
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.accept_failed(&e, now),
             };
             match rustix::net::sockopt::get_socket_peercred(&stream) {
                 Ok(cred) if cred.uid.as_raw() == self.uid => {}
@@ -257,6 +349,42 @@ impl Server {
         }
     }
 
+    /// An accept failed: out of descriptors (or memory), stop polling the listener for
+    /// [`ACCEPT_PAUSE`] (the pending connection stays in the backlog); log at most once per
+    /// [`ACCEPT_LOG_EVERY`], with the count.
+    fn accept_failed(&mut self, e: &io::Error, now: Instant) {
+        use rustix::io::Errno;
+        self.accept_failures += 1;
+        let short = e.raw_os_error().is_some_and(|n| {
+            [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM]
+                .iter()
+                .any(|x| x.raw_os_error() == n)
+        });
+        if short {
+            self.accept_paused_until = now.checked_add(ACCEPT_PAUSE);
+            let fd = self.listener.as_fd();
+            if let Err(e) = self
+                .backend
+                .modify(fd, key(0, TAG_LISTENER), Interest::NONE)
+            {
+                tracing::debug!("cannot pause the listener: {e}");
+            }
+        }
+        if self.accept_reported.map_or(true, |at| {
+            now.saturating_duration_since(at) >= ACCEPT_LOG_EVERY
+        }) {
+            let n = std::mem::take(&mut self.accept_failures);
+            let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+            tracing::warn!(
+                failures = n,
+                fd_limit = ?limit,
+                "accept failed: {e}{}",
+                if short { "; pausing new API clients for 100 ms" } else { "" }
+            );
+            self.accept_reported = Some(now);
+        }
+    }
+
     fn client_read(&mut self, id: ClientId, now: Instant) {
         let Some(c) = self.clients.get_mut(id) else {
             return;
@@ -285,14 +413,15 @@ impl Server {
                     return;
                 }
             };
-            match serde_json::from_slice::<Request>(&body) {
-                Ok(req) => self.router.request(id, req, now),
-                Err(e) => {
-                    let rid = serde_json::from_slice::<serde_json::Value>(&body)
-                        .ok()
-                        .and_then(|v| v["id"].as_u64())
-                        .unwrap_or(0);
-                    let msg = super::error(rid, "bad_request", "", &format!("bad request: {e}"));
+            match super::parse_request(&body) {
+                Ok(req) => {
+                    if req.op == "stats" {
+                        self.router.fds = fd_usage();
+                    }
+                    self.router.request(id, req, now)
+                }
+                Err((rid, m)) => {
+                    let msg = super::error(rid, "bad_request", "", &m);
                     self.send(id, &msg);
                 }
             }
@@ -367,6 +496,87 @@ impl Server {
         for t in self.router.take_touched() {
             self.proc_stdin(t);
         }
+    }
+}
+
+/// Descriptors per target stream of a spawned transport (stdin, stdout, stderr pipes).
+const FDS_PER_TARGET: u64 = 3;
+
+/// The process's descriptors now (counted in /proc/self/fd) and its limits.
+fn fd_usage() -> crate::metrics::FdUsage {
+    let open = std::fs::read_dir("/proc/self/fd")
+        .map(|d| (d.count() as u64).saturating_sub(1)) // less the directory's own fd
+        .unwrap_or(0);
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    crate::metrics::FdUsage {
+        open,
+        limit: lim.current,
+        hard_limit: lim.maximum,
+        per_target: FDS_PER_TARGET,
+        targets_fit: lim.current.map(|l| l.saturating_sub(open) / FDS_PER_TARGET),
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (a daemon holds 3 descriptors per target)
+/// and logs both. Returns the soft limit in force.
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let lim = getrlimit(Resource::Nofile);
+    let show = |v: Option<u64>| v.map_or("unlimited".to_string(), |n| n.to_string());
+    if lim.current != lim.maximum {
+        let raised = rustix::process::Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => {
+                tracing::info!(
+                    "open file limit raised from {} to the hard limit {}",
+                    show(lim.current),
+                    show(lim.maximum)
+                );
+                return lim.maximum;
+            }
+            Err(e) => tracing::warn!(
+                "cannot raise the open file limit {} to the hard limit {}: {e}",
+                show(lim.current),
+                show(lim.maximum)
+            ),
+        }
+    } else {
+        tracing::info!("open file limit {} (the hard limit)", show(lim.current));
+    }
+    lim.current
+}
+
+/// Set by SIGTERM/SIGINT once [`stop_on_signals`] ran.
+static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+
+/// Makes SIGTERM and SIGINT stop every [`Server`] of this process at its next loop turn
+/// (within [`TICK`]): targets are stopped and socket files removed. A second signal exits at
+/// once (status 130), for a daemon that does not stop.
+pub fn stop_on_signals() -> io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = STOP.get_or_init(|| Arc::new(AtomicBool::new(false)));
+    for sig in [SIGTERM, SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(flag))?;
+        signal_hook::flag::register(sig, Arc::clone(flag))?;
+    }
+    Ok(())
+}
+
+/// Whether a signal asked the servers of this process to stop.
+pub fn stop_requested() -> bool {
+    STOP.get().is_some_and(|f| f.load(Ordering::Relaxed))
+}
+
+impl Drop for Server {
+    /// However the server ends (returned, failed, or a panic unwinding), its targets are
+    /// stopped and its socket file removed: no stale socket is left behind.
+    fn drop(&mut self) {
+        self.stop_all();
+        let _ = std::fs::remove_file(&self.socket);
+        tracing::info!("spindle daemon stopped");
     }
 }
 

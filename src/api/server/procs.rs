@@ -31,6 +31,31 @@ pub(super) struct Proc {
     /// A `unix` socket whose connect has not completed (its fd is in `stdout`). Boxed: a
     /// socket address is ~110 bytes, and every stream's `Proc` would carry it.
     pub(super) connecting: Option<Box<Connecting>>,
+    /// The private directory holding the ssh password for the askpass helper (which deletes
+    /// the file on first read); held only to be removed (dropped) with the `Proc`.
+    pub(super) _askpass: Option<tempfile::TempDir>,
+}
+
+/// Writes `secret` to a new 0600 file in a new 0700 directory (under `$XDG_RUNTIME_DIR`,
+/// else the temp dir) for the askpass helper to read once.
+fn askpass_file(secret: &str) -> io::Result<(tempfile::TempDir, std::path::PathBuf)> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .filter(|d| d.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::Builder::new()
+        .prefix("spindle-askpass-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(base)?;
+    let path = dir.path().join("password");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    io::Write::write_all(&mut f, secret.as_bytes())?;
+    Ok((dir, path))
 }
 
 impl Server {
@@ -41,8 +66,8 @@ impl Server {
         if spec.transport == crate::transport::TransportKind::Unix {
             return self.connect_unix(t, &spec);
         }
-        let (argv, env) = match crate::transport::command(&spec, self.askpass.as_deref()) {
-            Ok(l) => (l.argv, l.env),
+        let (argv, env, secret) = match crate::transport::command(&spec, self.askpass.as_deref()) {
+            Ok(l) => (l.argv, l.env, l.askpass_secret),
             Err(e) => return self.router.target_closed(t, &e.to_string()),
         };
         tracing::debug!(host = %spec.label(), argv = ?&argv[..argv.len() - 1], "spawning");
@@ -55,8 +80,19 @@ impl Server {
         for (k, v) in &env {
             cmd.env(k, v);
         }
-        if spec.password.is_some() {
-            cmd.env("SPINDLE_ASKPASS_MODE", "1");
+        let mut askpass = None;
+        if let Some(secret) = &secret {
+            match askpass_file(secret) {
+                Ok((dir, path)) => {
+                    cmd.env("SPINDLE_ASKPASS_MODE", "1");
+                    cmd.env("SPINDLE_ASKPASS_FILE", path);
+                    askpass = Some(dir);
+                }
+                Err(e) => {
+                    let m = format!("cannot hand the password to ssh (private file): {e}");
+                    return self.router.target_closed(t, &m);
+                }
+            }
         }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
@@ -107,6 +143,7 @@ impl Server {
                 writing: true,
                 stdout_eof_at: None,
                 connecting: None,
+                _askpass: askpass,
             },
         );
     }
@@ -214,6 +251,8 @@ impl Server {
                 let chunk = &self.buf[..n];
                 if tracing::enabled!(tracing::Level::DEBUG) {
                     for line in String::from_utf8_lossy(chunk).lines() {
+                        let line =
+                            crate::router::escape_for_log(line, crate::router::LOG_RECORD_MAX);
                         tracing::debug!(target_id = t, "stderr: {line}");
                     }
                 }

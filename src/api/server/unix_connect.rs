@@ -114,6 +114,7 @@ impl Server {
                 writing: true,
                 stdout_eof_at: None,
                 connecting,
+                _askpass: None,
             },
         );
     }
