@@ -157,12 +157,16 @@ def spindle_table(runs):
     if not rows:
         return []
     lines = ['### spindle daemon counters (`stats` op, read by the bench callback at the end of the playbook)', '',
-             '| workload | hosts | link | calls | round trips / task | frames / task | connects | daemon CPU s | daemon peak RSS |',
-             '|---|---:|---|---:|---:|---:|---:|---:|---:|']
+             '| workload | hosts | link | in-agent share | calls | round trips / task | frames / task | connects | daemon CPU s | daemon peak RSS |',
+             '|---|---:|---|---:|---:|---:|---:|---:|---:|---:|']
     for r in sorted(rows, key=lambda r: (r.get('rtt_ms') is not None, r['workload'], r['hosts'], r.get('rtt_ms') or 0)):
         s = r['spindle']
-        lines.append('| %s | %d | %s | %s | %s | %s | %s | %s | %s |' % (
-            r['workload'], r['hosts'], _link(r), _num(s.get('calls')), _num(s.get('round_trips_per_task')),
+        share = s.get('in_agent_share')
+        share = '–' if share is None else '%.0f%%' % (100.0 * share)
+        if (s.get('paths') or {}).get('stock_reasons'):
+            share += ' (stock: %s)' % '; '.join('%s: %d' % kv for kv in sorted(s['paths']['stock_reasons'].items()))
+        lines.append('| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |' % (
+            r['workload'], r['hosts'], _link(r), share, _num(s.get('calls')), _num(s.get('round_trips_per_task')),
             _num(s.get('frames_per_task')), _num(s.get('connects')), _num(s.get('daemon_cpu_s_at_end')),
             _num((s.get('daemon_peak_rss_kb') or 0) * 1024, 'B') if s.get('daemon_peak_rss_kb') else '–'))
     lines.append('')
@@ -397,6 +401,12 @@ REQUIRED_NETNS = ['targets.cpu_s', 'wire.bytes_total', 'wire.bytes_per_task', 't
                   'targets.files_left']
 
 
+#: Workloads whose every module task must run in an agent (no async, no apt, no old-style
+#: modules): `--check` fails a spindle run of one of them that took the stock path.
+ALL_IN_AGENT = frozenset(('hostname100', 'hostname20', 'mixed', 'bigcopy', 'manyfiles',
+                          'manyfiles100'))
+
+
 def verify(out, strict=False):
     """Problems with a results directory (empty list: fine).  Structure only, no timings."""
     problems = []
@@ -431,7 +441,13 @@ def verify(out, strict=False):
             if meta.get('fleet') == 'netns':
                 keys += REQUIRED_NETNS
             if r.get('mode') == 'spindle':
-                keys += ['spindle.calls', 'spindle.round_trips_per_task']
+                keys += ['spindle.calls', 'spindle.round_trips_per_task', 'spindle.in_agent_share']
+                share = _get(r, 'spindle.in_agent_share')
+                if r.get('workload') in ALL_IN_AGENT and share is not None and share < 1.0:
+                    problems.append('%s: only %.0f%% of module runs in the agent (%s); workload %s '
+                                    'should run every module there'
+                                    % (rid, 100.0 * share, _get(r, 'spindle.paths.stock_reasons'),
+                                       r.get('workload')))
         for k in keys:
             if _get(r, k) is None:
                 problems.append('%s: missing %s' % (rid, k))
