@@ -134,9 +134,15 @@ fn connection_failures_are_classified() {
         kh.display()
     ));
 
-    // no_python: the configured interpreter does not exist
-    let mut nopy = good.clone();
-    nopy.python = Some("/nonexistent/python3".into());
+    // no_python: no interpreter the agent can start with (a named one that is missing falls
+    // back to discovery; here discovery finds none either: an empty PATH)
+    let nopy = spindle::transport::Spec {
+        transport: spindle::transport::TransportKind::Local,
+        name: Some("nopy".into()),
+        python: Some("/nonexistent/python3".into()),
+        env: Some([("PATH".to_string(), "/nonexistent".to_string())].into()),
+        ..Default::default()
+    };
 
     // unreachable: target 1's sshd is gone
     fleet.kill_sshd(1);
