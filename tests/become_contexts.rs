@@ -93,10 +93,12 @@ fn become_contexts_reused_recycled_and_isolated() {
     match c.call(json!({"op": "ping", "target": bad})) {
         Err(ClientError::Api { kind, message, .. }) => {
             assert_eq!(kind, "become_failed");
-            assert!(
-                message.contains("exited: sudo: a password is required"),
-                "{message}"
-            );
+            // What the command said, as JSON (rc, stdout, stderr) for the Ansible plugin to
+            // report as stock does.
+            let (_, out) = message.split_once("exited: ").expect("an exited reason");
+            let out: serde_json::Value = serde_json::from_str(out).expect("JSON");
+            assert_eq!(out["rc"], 1, "{message}");
+            assert_eq!(out["stderr"], "sudo: a password is required\n", "{message}");
         }
         other => panic!("expected become_failed, got {other:?}"),
     }
