@@ -109,12 +109,14 @@ _FILE_TOOLS = frozenset(('rm', 'chmod', 'chown', 'chgrp', 'chflags', 'setfacl', 
                          'mv', 'cat', 'echo', 'test', 'umask', '('))
 
 
-def file_module_reason(cmd, in_data=None):
+def file_module_reason(cmd, in_data=None, sudoable=True):
     """Why a command that runs a module is not an agent's (Ansible put the module in a file, or
     pipes a non-Python module to its interpreter), or None when ``cmd`` runs no module (raw,
     shell, the temp dir's mkdir/chmod/rm, interpreter discovery)."""
-    if in_data:  # only modules come on stdin; an AnsiballZ wrapper went to plan()
-        return 'non-Python module (its interpreter reads it on stdin)'
+    if in_data:
+        # A module on stdin (an AnsiballZ wrapper went to plan()); what else Ansible pipes
+        # (interpreter discovery's platform script, on 2.18) is not sudoable.
+        return 'non-Python module (its interpreter reads it on stdin)' if sudoable else None
     if 'async_wrapper' in cmd:
         return "async task (Ansible runs it from files with its async_wrapper)"
     try:

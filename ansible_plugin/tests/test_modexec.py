@@ -90,6 +90,9 @@ class StockPathTests(unittest.TestCase):
             self.assertIn('old-style', modexec.file_module_reason(old))
             self.assertIn('async', modexec.file_module_reason(async_cmd))
             self.assertIn('non-Python', modexec.file_module_reason('/bin/sh', b'#!/bin/sh\n'))
+            # ansible-core 2.18's interpreter discovery pipes its platform script, not sudoable
+            self.assertIsNone(modexec.file_module_reason('/usr/bin/python3', b'import json',
+                                                         sudoable=False))
             consts.DEFAULT_KEEP_REMOTE_FILES = True
             self.assertIn('KEEP_REMOTE_FILES', modexec.file_module_reason(ansiballz))
         finally:

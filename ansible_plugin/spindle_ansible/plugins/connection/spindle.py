@@ -804,7 +804,7 @@ class Connection(ConnectionBase):
                 self._stock_path(spec, str(e))
             else:
                 if ran is None:
-                    reason = file_module_reason(to_text(cmd), in_data)
+                    reason = file_module_reason(to_text(cmd), in_data, sudoable)
                     if reason:
                         self._stock_path(spec, reason)
             if ran is not None:
