@@ -22,9 +22,11 @@ import os
 from spindle_ansible import ansiballz
 from spindle_ansible.client import SpindleError
 
-#: Modules that can re-launch themselves under another interpreter, which needs the payload
-#: zip on disk: they take the stock command path (docs/module-execution.md).
-STOCK_ONLY = frozenset((
+#: Modules that can re-launch themselves under another interpreter (``respawn_module``, when
+#: the task's Python lacks the system's apt/dnf bindings), which imports the payload from a
+#: file: they run in a forked child of the agent with the payload zip in a private temp
+#: directory, as stock's wrapper has it, removed when the run ends (docs/module-execution.md).
+RESPAWNING = frozenset((
     'apt', 'apt_repository', 'dnf', 'dnf5', 'package_facts', 'deb822_repository',
 ))
 
@@ -117,14 +119,14 @@ def file_module_reason(cmd, in_data=None, sudoable=True):
         # A module on stdin (an AnsiballZ wrapper went to plan()); what else Ansible pipes
         # (interpreter discovery's platform script, on 2.18) is not sudoable.
         return 'non-Python module (its interpreter reads it on stdin)' if sudoable else None
-    if 'async_wrapper' in cmd:
-        return "async task (Ansible runs it from files with its async_wrapper)"
     try:
         _env, argv = ansiballz.split_module_command(cmd)
     except ValueError:
         return None
     if not any('/ansible-tmp-' in w for w in argv[:2]) or os.path.basename(argv[0]) in _FILE_TOOLS:
         return None
+    if 'async_wrapper' in cmd:
+        return "async task (Ansible runs it from files with its async_wrapper)"
     from ansible import constants as C
     if C.DEFAULT_KEEP_REMOTE_FILES:
         return 'ANSIBLE_KEEP_REMOTE_FILES is set (modules run from files)'
@@ -153,12 +155,9 @@ def plan(cmd, in_data, isolation='warm', cwd=None):
     if 'zip' not in meta or 'params' not in meta:
         raise StockPath('unrecognised AnsiballZ wrapper')
     name = str(meta.get('ansible_module') or '')
-    if name in STOCK_ONLY:
-        raise StockPath('module %s re-executes itself under another interpreter (needs its '
-                        'payload on disk)' % name)
     files = ansiballz.unpack(meta.pop('zip'))
     manifest = ansiballz.manifest(files)
-    mode = 'fork' if isolation == 'fork' or name in ALWAYS_FORK else 'inproc'
+    mode = 'fork' if isolation == 'fork' or name in ALWAYS_FORK or name in RESPAWNING else 'inproc'
     core = None
     if mode == 'inproc' and isolation == 'warm':
         core = core_files(manifest)
@@ -169,6 +168,8 @@ def plan(cmd, in_data, isolation='warm', cwd=None):
         req['cwd'] = cwd  # the local connection runs modules in the playbook's directory
     payload = {'op': 'run_module', 'req': req, 'manifest': manifest,
                'mode': mode, 'interpreter': argv[0]}
+    if name in RESPAWNING:
+        payload['disk'] = True
     if mode == 'warm':
         payload['core'] = core
     blobs = dict((manifest[p], files[p]) for p in files)

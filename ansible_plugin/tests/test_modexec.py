@@ -89,6 +89,9 @@ class StockPathTests(unittest.TestCase):
             self.assertIn('old-style', modexec.file_module_reason(ansiballz))
             self.assertIn('old-style', modexec.file_module_reason(old))
             self.assertIn('async', modexec.file_module_reason(async_cmd))
+            chmod = ("/bin/sh -c 'chmod u+rwx /root/.ansible/tmp/ansible-tmp-1-2/ /root/.ansible/"
+                     "tmp/ansible-tmp-1-2/AnsiballZ_async_wrapper.py && sleep 0'")
+            self.assertIsNone(modexec.file_module_reason(chmod))
             self.assertIn('non-Python', modexec.file_module_reason('/bin/sh', b'#!/bin/sh\n'))
             # ansible-core 2.18's interpreter discovery pipes its platform script, not sudoable
             self.assertIsNone(modexec.file_module_reason('/usr/bin/python3', b'import json',

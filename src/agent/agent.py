@@ -1053,7 +1053,9 @@ def _run_module(call):
             raise AgentError("bad_request", "blob %s for %s is not on the agent" % (digest, path))
         files[path] = data
     out, err = TEMPLATE_STREAMS or (sys.__stdout__, sys.__stderr__)
-    if mode != "fork" and MODULE_LOCK.acquire(False):
+    if call.get("disk"):  # may re-execute itself: forked, its payload in a private temp dir
+        r = modrun().run(req, files, "fork", out, err, core, disk=True)
+    elif mode != "fork" and MODULE_LOCK.acquire(False):
         try:
             r = modrun().run(req, files, mode, out, err, core)
         finally:

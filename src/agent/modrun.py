@@ -538,16 +538,56 @@ def _read_all(fd):
     return b''.join(chunks)
 
 
-def run(req, files, mode='inproc', template_out=None, template_err=None, core=()):
+def _payload_on_disk(req, files):
+    """A private directory holding the payload as the zip stock's AnsiballZ wrapper writes
+    (``<tmp>/ansible_<module>_payload_<rand>/ansible_<module>_payload.zip``): for a module that
+    may re-execute itself under another interpreter (``respawn_module``: apt, dnf, ...), which
+    then imports the payload from that path. Returns (directory, zip path)."""
+    import shutil
+    import zipfile
+    name = str(req.get('module_fqn') or 'module').rsplit('.', 1)[-1]
+    name = ''.join(c if c.isalnum() or c == '_' else '_' for c in name)
+    top = tempfile.mkdtemp(prefix='ansible_%s_payload_' % name)
+    path = os.path.join(top, 'ansible_%s_payload.zip' % name)
+    try:
+        with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as z:
+            for rel in sorted(files):
+                z.writestr(rel, files[rel])
+    except BaseException:
+        shutil.rmtree(top, ignore_errors=True)
+        raise
+    return top, path
+
+
+def run(req, files, mode='inproc', template_out=None, template_err=None, core=(), disk=False):
     """Run one module.  ``mode``: 'inproc' (in this process, state restored, every payload
     module unloaded), 'warm' (same, but ansible-core's own module_utils listed in ``core`` stay
     loaded between runs), or 'fork' (in a forked child). The caller serialises in-process
-    runs; a fork may run alongside one: its child first restores the state that run saved."""
+    runs; a fork may run alongside one: its child first restores the state that run saved.
+    ``disk``: the module may re-execute itself (respawn): it runs forked with its payload in
+    a private temp directory, as stock's wrapper has it, removed when it ends."""
     template_out = template_out or sys.__stdout__
     template_err = template_err or sys.__stderr__
     payload = Payload(files, ROOT)
     out_fd, err_fd = _capture_file(), _capture_file()
     t0 = time.perf_counter()
+    top = None
+    if disk:
+        mode = 'fork'
+        top, payload.root = _payload_on_disk(req, files)
+    try:
+        rc, report = _run_mode(req, payload, mode, out_fd, err_fd, template_out, template_err, core,
+                               fresh=disk)
+    finally:
+        if top is not None:
+            import shutil
+            shutil.rmtree(top, ignore_errors=True)
+    elapsed = time.perf_counter() - t0
+    return {'rc': rc, 'stdout': _read_all(out_fd), 'stderr': _read_all(err_fd),
+            'seconds': elapsed, 'report': report}
+
+
+def _run_mode(req, payload, mode, out_fd, err_fd, template_out, template_err, core, fresh=False):
     if mode in ('inproc', 'warm'):
         if mode == 'warm':
             _validate_kept(payload)
@@ -567,13 +607,16 @@ def run(req, files, mode='inproc', template_out=None, template_err=None, core=()
                 os.setpgid(0, 0)
                 if active is not None:
                     active.restore()  # the in-process run's changes, in this copy only
-                _validate_kept(payload)
+                if fresh:  # its payload is on disk: nothing kept from the virtual one
+                    for n in list(_KEPT):
+                        sys.modules.pop(n, None)
+                    _KEPT.clear()
+                else:
+                    _validate_kept(payload)
                 rc, _ = execute(req, payload, out_fd, err_fd, template_out, template_err)
             finally:
                 os._exit(rc)
         _, status = os.waitpid(pid, 0)
         rc = os.waitstatus_to_exitcode(status) if hasattr(os, 'waitstatus_to_exitcode') else (status >> 8)
         report = {}
-    elapsed = time.perf_counter() - t0
-    return {'rc': rc, 'stdout': _read_all(out_fd), 'stderr': _read_all(err_fd),
-            'seconds': elapsed, 'report': report}
+    return rc, report
