@@ -241,3 +241,45 @@ fn two_gib_of_stdout_get_a_clear_bounded_answer() {
         .expect("exec");
     assert!(v.get("output_truncated").is_none(), "{v}");
 }
+
+#[test]
+fn a_timed_out_exec_in_a_become_context_is_killed_there() {
+    // The cancel is a CALL like any other: relayed by the stream's agent to the context.
+    if !can_sudo() {
+        println!("SKIP: needs root and /usr/bin/sudo (scripts/setup.sh installs sudo)");
+        return;
+    }
+    let dir = scratch("cancel_become");
+    let daemon = Daemon::start(&dir);
+    let mut c = daemon.client();
+    let mut t = target(&local_specs(1)[0]);
+    t["become"] = json!({
+        "method": "sudo", "user": "nobody", "flags": "-H -S -n",
+        "cmd": "sudo -H -S -n -u nobody /bin/sh -c 'echo SPINDLE-MARK-1 ; __SPINDLE_BOOT__'",
+        "success": "SPINDLE-MARK-1",
+    });
+    let v = c
+        .call(json!({"op": "exec", "target": t, "argv": ["id", "-un"]}))
+        .expect("exec as nobody");
+    assert_eq!(b64(&v, "stdout_b64").trim(), "nobody");
+    let marker = unique("become");
+    let beat = std::env::temp_dir().join(format!("{marker}.beat"));
+    let r = c.call(
+        json!({"op": "exec", "target": t, "shell": endless(&marker, &beat),
+        "call_timeout": 1}),
+    );
+    assert!(
+        matches!(r, Err(ClientError::Api { ref kind, .. }) if kind == "timeout"),
+        "{r:?}"
+    );
+    assert!(
+        gone_within(&marker, Duration::from_secs(5)),
+        "the timed-out command still runs in the context: {:?}",
+        processes_with(&marker)
+    );
+    let _ = std::fs::remove_file(&beat);
+    let v = c
+        .call(json!({"op": "exec", "target": t, "argv": ["id", "-un"]}))
+        .expect("the context carries on");
+    assert_eq!(b64(&v, "stdout_b64").trim(), "nobody");
+}

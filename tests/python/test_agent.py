@@ -525,6 +525,31 @@ class AgentTest(unittest.TestCase):
         self.assertEqual(self.agent.peek(lambda f: f.reply_to == call_id), [])
         self.assertEqual(self.agent.error("cancel", handle="x")["error"], "bad_request")
 
+    def test_cancel_kills_a_command_on_a_terminal(self):
+        pidfile = os.path.join(self.tmp, "pid")
+        call_id = self.agent.call("exec", tty=True, shell="echo $$ > %s.tmp; mv %s.tmp %s; "
+                                  "exec sleep 1000" % (pidfile, pidfile, pidfile))
+        deadline = time.monotonic() + TIMEOUT
+        while not os.path.exists(pidfile):
+            self.assertLess(time.monotonic(), deadline, "child did not start")
+            time.sleep(0.02)
+        with open(pidfile) as f:
+            pid = int(f.read())
+        self.assertEqual(self.agent.ok("cancel", handle=call_id), {"cancelled": True})
+        deadline = time.monotonic() + 5
+        while not pid_gone(pid):
+            self.assertLess(time.monotonic(), deadline, "the cancelled command survived")
+            time.sleep(0.02)
+        time.sleep(0.3)
+        self.assertEqual(self.agent.peek(lambda f: f.reply_to == call_id), [])
+
+    def test_tty_output_is_capped_too(self):
+        r = run(self.agent, tty=True, shell="head -c 100000000 /dev/zero; echo finished")
+        self.assertTrue(r["output_truncated"])
+        self.assertTrue(r["stdout"].startswith(b"\0" * OUTPUT_MAX))
+        self.assertIn(b"output truncated at 44 MiB", r["stdout"][OUTPUT_MAX:])
+        self.assertNotIn(b"finished", r["stdout"][OUTPUT_MAX:])
+
     def test_exec_output_is_capped_and_the_command_killed(self):
         # 1 GiB of output: the agent keeps OUTPUT_MAX bytes, kills the command and says so
         # (before the cap, it held it all: ~4.8 GB peak for 1 GiB).
