@@ -2,7 +2,7 @@
 
 It is exec()'d from RAM by stage 1 (nothing is written on the target), answers CALLs
 (ping, exec, put_file, fetch_file, run_module, blob_list, spawn_context, close_context,
-shutdown, log_level) and exits when its input closes,
+cancel, shutdown, log_level) and exits when its input closes,
 killing the process groups of the commands it still runs. Standard library only,
 Python 3.8 and later.
 """
@@ -22,7 +22,14 @@ MAX_PAYLOAD = 4 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
 FETCH_CHUNK = 256 * 1024
 HELLO, CALL, REPLY, DATA, LOG, CREDIT = 1, 2, 3, 4, 5, 6
-MORE, ERROR, EOF, ABORT, REFS = 0x01, 0x02, 0x04, 0x08, 0x10
+MORE, ERROR, EOF, ABORT, REFS, SIZE = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+# An exec keeps at most this much of its command's stdout + stderr together (then the command
+# is killed and the reply says output_truncated): base64 makes it 4/3 larger, and the daemon
+# refuses replies over 64 MiB.
+OUTPUT_MAX = 44 * 1024 * 1024
+# A regular file whose size reads 0 (a /proc or /sys pseudo-file) is fetched to its end, but
+# at most this much: past it the fetch fails (pagemap-like files have no useful end).
+PSEUDO_FILE_MAX = 16 * 1024 * 1024
 CONTROLLER, SELF = 0, 1
 LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
           "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
@@ -174,6 +181,50 @@ def die(code, message=None):
 UMASK = 0o022  # read in main() while single-threaded: os.umask can only set-and-restore
 
 
+class Running(object):
+    """A threaded call in flight. `cancel` (op cancel, from the controller) marks it: a
+    command it runs is killed with its process group, a fetch stops sending, and its reply
+    is discarded (the controller has forgotten the call)."""
+
+    def __init__(self):
+        self.cancelled = False
+        self.proc = None
+        self.lock = threading.Lock()
+
+    def attach(self, p):
+        """The call's command; killed at once if the call was cancelled before it started."""
+        with self.lock:
+            self.proc = p
+            cancelled = self.cancelled
+        if cancelled:
+            _killpg(p)
+
+    def cancel(self):
+        with self.lock:
+            self.cancelled = True
+            p = self.proc
+        if p is not None:
+            _killpg(p)
+
+
+RUNNING = {}  # call id -> Running, for the threaded calls in flight
+RUNNING_LOCK = threading.Lock()
+
+
+def running(call_id):
+    """The Running record of call `call_id` (a fresh one when it has none: called directly)."""
+    with RUNNING_LOCK:
+        r = RUNNING.get(call_id)
+    return r if r is not None else Running()
+
+
+def _killpg(p):
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
 # ---- operations ---------------------------------------------------------------------
 
 def op_ping(chan, call_id, call):
@@ -237,7 +288,7 @@ def op_exec(chan, call_id, call):
     if call.get("tty"):
         if data is not None:
             raise AgentError("bad_request", "tty: a command on a terminal takes no stdin_b64")
-        return _exec_tty(args, use_shell, executable, env, cwd, timeout)
+        return _exec_tty(args, use_shell, executable, env, cwd, timeout, running(call_id))
     try:
         p = subprocess.Popen(
             args, shell=use_shell, executable=executable if use_shell else None,
@@ -254,27 +305,105 @@ def op_exec(chan, call_id, call):
                 "stderr_b64": base64.b64encode(err).decode("ascii")}
     with procs_lock:
         procs.add(p)
-    timed_out = False
+    run = running(call_id)
+    run.attach(p)
     try:
-        try:
-            out, err = p.communicate(data, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except OSError:
-                pass
-            try:  # collect what was produced; a child in another session may hold a pipe
-                out, err = p.communicate(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                out, err = b"", b"spindle: output lost after timeout kill\n"
-        rc = -9 if timed_out else p.wait()
+        out, err, timed_out, truncated = _collect(p, data, timeout, run)
+        rc = -9 if timed_out else p.wait()  # killed, or _collect saw it exit
     finally:
         with procs_lock:
             procs.discard(p)
-    return {"rc": rc, "stdout_b64": base64.b64encode(out).decode("ascii"),
-            "stderr_b64": base64.b64encode(err).decode("ascii"), "timed_out": timed_out}
+    res = {"rc": rc, "stdout_b64": base64.b64encode(out).decode("ascii"),
+           "stderr_b64": base64.b64encode(err).decode("ascii"), "timed_out": timed_out}
+    if truncated:
+        res["output_truncated"] = True
+    return res
+
+
+def _collect(p, data, timeout, run):
+    """Feed `data` to a command's stdin and read its stdout and stderr until both close,
+    keeping at most OUTPUT_MAX bytes of the two together: past that the command's process
+    group is killed and reading stops (`truncated`, with a note on stderr). At `timeout` the
+    group is killed and what it wrote is still read for 5 s (a child in another session may
+    hold a pipe open). A cancelled call is killed and read no further.
+    Returns (stdout, stderr, timed_out, truncated); the command has exited or been killed."""
+    import selectors
+    if data is not None:
+        def feed():
+            try:
+                p.stdin.write(data)
+            except (OSError, ValueError):  # the command exited or was killed first
+                pass
+            try:
+                p.stdin.close()
+            except (OSError, ValueError):
+                pass
+        t = threading.Thread(target=feed, name="exec-stdin-%d" % p.pid)
+        t.daemon = True
+        t.start()
+    ofd, efd = p.stdout.fileno(), p.stderr.fileno()
+    bufs = {ofd: bytearray(), efd: bytearray()}
+    sel = selectors.DefaultSelector()
+    for fd in bufs:
+        sel.register(fd, selectors.EVENT_READ)
+    start = time.monotonic()
+    deadline = None if timeout is None else start + timeout
+    timed_out = truncated = False
+    killed_at, total, lost = None, 0, False
+    try:
+        while sel.get_map() and not run.cancelled:
+            now = time.monotonic()
+            if killed_at is None and deadline is not None and now >= deadline:
+                timed_out, killed_at = True, now
+                _killpg(p)
+            if killed_at is not None and now >= killed_at + 5:
+                lost = True
+                break
+            wait = 0.5  # how soon a cancel is seen when the command's pipes stay open
+            if killed_at is None and deadline is not None:
+                wait = min(wait, deadline - now)
+            for key, _ in sel.select(max(0.0, wait)):
+                try:
+                    chunk = os.read(key.fd, 65536)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    sel.unregister(key.fd)
+                    continue
+                room = OUTPUT_MAX - total
+                if len(chunk) > room:
+                    chunk, truncated = chunk[:room], True
+                bufs[key.fd] += chunk
+                total += len(chunk)
+                if truncated:
+                    break
+            if truncated:
+                _killpg(p)
+                break
+    finally:
+        sel.close()
+        p.stdout.close()
+        p.stderr.close()
+    while not (run.cancelled or truncated or timed_out):  # pipes closed: wait for its exit
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            timed_out = True
+            _killpg(p)
+            break
+        try:
+            p.wait(timeout=0.5 if deadline is None else max(0.0, min(0.5, deadline - now)))
+            break
+        except subprocess.TimeoutExpired:
+            pass
+    if run.cancelled:
+        _killpg(p)
+    out, err = bufs[ofd], bufs[efd]
+    if lost:
+        err += b"spindle: the rest of the output lost after the timeout kill\n"
+    if truncated:
+        err += b"spindle: output truncated at %d MiB (stdout and stderr together); " \
+               b"the command was killed\n" % (OUTPUT_MAX >> 20)
+    return out, err, timed_out, truncated
 
 
 def _login_shell():
@@ -286,11 +415,12 @@ def _login_shell():
     return shell if shell and os.path.isabs(shell) and os.access(shell, os.X_OK) else "/bin/sh"
 
 
-def _exec_tty(args, use_shell, executable, env, cwd, timeout):
+def _exec_tty(args, use_shell, executable, env, cwd, timeout, run):
     """Run a command on a new pseudo-terminal, as sshd does for `ssh -tt`: stdin, stdout and
     stderr are the terminal, so its output (stderr included) comes back as stdout with the
     terminal's line ends. Done when the command exits and its terminal falls silent (a
-    daemon it started may keep the terminal open, as under sshd)."""
+    daemon it started may keep the terminal open, as under sshd). Output is kept up to
+    OUTPUT_MAX bytes, as for a command on pipes (then killed, `output_truncated`)."""
     import fcntl, pty, select, termios  # noqa: E401
     master, slave = pty.openpty()
 
@@ -312,10 +442,11 @@ def _exec_tty(args, use_shell, executable, env, cwd, timeout):
     os.close(slave)
     with procs_lock:
         procs.add(p)
-    out, timed_out, drained_by = bytearray(), False, None
+    run.attach(p)
+    out, timed_out, drained_by, truncated = bytearray(), False, None, False
     deadline = None if timeout is None else time.monotonic() + max(0.0, float(timeout))
     try:
-        while True:
+        while not run.cancelled:
             exited = p.poll() is not None
             if exited and drained_by is None:
                 drained_by = time.monotonic() + 2.0  # what it wrote before it exited
@@ -345,33 +476,71 @@ def _exec_tty(args, use_shell, executable, env, cwd, timeout):
             if not chunk:
                 if exited or p.wait() is not None:
                     break
+            if len(chunk) > OUTPUT_MAX - len(out):
+                chunk, truncated = chunk[:OUTPUT_MAX - len(out)], True
             out += chunk
+            if truncated:
+                _killpg(p)
+                out += b"\r\nspindle: output truncated at %d MiB; the command was killed\r\n" \
+                    % (OUTPUT_MAX >> 20)
+                break
+        if run.cancelled:
+            _killpg(p)
         rc = -9 if timed_out else p.wait()
     finally:
         os.close(master)
         with procs_lock:
             procs.discard(p)
-    return {"rc": rc, "stdout_b64": base64.b64encode(bytes(out)).decode("ascii"),
-            "stderr_b64": "", "timed_out": timed_out}
+    res = {"rc": rc, "stdout_b64": base64.b64encode(bytes(out)).decode("ascii"),
+           "stderr_b64": "", "timed_out": timed_out}
+    if truncated:
+        res["output_truncated"] = True
+    return res
 
 
 def op_fetch_file(chan, call_id, call):
+    """Send a regular file as DATA frames: first a SIZE frame with the size fstat reported at
+    open, then at most that many bytes (a file growing while it is read is cut at that size,
+    the snapshot sftp would read; one shrinking ends early, and the reply says what was sent).
+    A regular file reporting size 0 (a /proc or /sys pseudo-file) is read to its end, up to
+    PSEUDO_FILE_MAX. Anything else (a device, a FIFO, a socket, a directory) is refused
+    before it is opened: /dev/zero has no end. A cancel stops the sending."""
     path = call.get("path")
     if not isinstance(path, str) or not path:
         raise AgentError("bad_request", "path must be a non-empty string")
+    c_string("path", path)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        st = os.stat(path)
     except OSError as exc:
         raise os_error(exc)
+    if stat.S_ISDIR(st.st_mode):
+        raise AgentError("io", "%s: is a directory" % path)
+    if not stat.S_ISREG(st.st_mode):
+        raise AgentError("io", "%s: not a regular file (fetch reads regular files only)" % path)
+    try:  # O_NONBLOCK: if a FIFO took its place since the stat, opening it does not hang
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise os_error(exc)
+    run = running(call_id)
     try:
         st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise AgentError("io", "%s: is a directory" % path)
+        if not stat.S_ISREG(st.st_mode):
+            raise AgentError("io", "%s: not a regular file (fetch reads regular files only)"
+                             % path)
+        pseudo = st.st_size == 0
+        limit = PSEUDO_FILE_MAX if pseudo else st.st_size
+        chan.send(DATA, SIZE, call_id, 0, struct.pack(">Q", limit))
         digest, size = hashlib.sha256(), 0
         try:
-            cur = os.read(fd, FETCH_CHUNK)
-            while True:  # read one chunk ahead so that the last DATA frame carries EOF
-                nxt = os.read(fd, FETCH_CHUNK) if cur else b""
+            cur = os.read(fd, min(FETCH_CHUNK, limit))
+            while not run.cancelled:  # one chunk ahead so that the last DATA frame has EOF
+                left = limit - size - len(cur)
+                nxt = os.read(fd, min(FETCH_CHUNK, left)) if cur and left > 0 else b""
+                if pseudo and not nxt and cur and left <= 0 and os.read(fd, 1):
+                    chan.send(DATA, EOF, call_id, 0, b"")
+                    raise AgentError("io", "%s: reports size 0 but is longer than %d MiB "
+                                     "(a pseudo-file); not fetched"
+                                     % (path, PSEUDO_FILE_MAX >> 20))
                 digest.update(cur)
                 size += len(cur)
                 chan.send(DATA, 0 if nxt else EOF, call_id, 0, cur)
@@ -1155,15 +1324,50 @@ THREADED = {"ping": op_ping, "exec": op_exec, "fetch_file": op_fetch_file,
 
 
 def run_call(chan, call_id, fn, call):
-    """Run one operation; every failure becomes an ERROR reply, never an agent death."""
+    """Run one operation; every failure becomes an ERROR reply, never an agent death. The
+    reply of a call cancelled meanwhile is discarded."""
     try:
         result = fn(chan, call_id, call)
     except AgentError as exc:
-        chan.reply_error(call_id, exc.kind, exc.message)
+        kind, message = exc.kind, exc.message  # `exc` is unbound after the except block
+        reply = lambda: chan.reply_error(call_id, kind, message)  # noqa: E731
     except Exception:
-        chan.reply_error(call_id, "internal", traceback.format_exc())
+        text = traceback.format_exc()
+        reply = lambda: chan.reply_error(call_id, "internal", text)  # noqa: E731
     else:
-        chan.reply(call_id, result)
+        reply = lambda: chan.reply(call_id, result)  # noqa: E731
+    with RUNNING_LOCK:
+        run = RUNNING.pop(call_id, None)
+    if run is not None and run.cancelled:
+        log.debug("call %d was cancelled: reply discarded", call_id)
+        return
+    reply()
+
+
+def start_threaded(chan, call_id, fn, call, name):
+    """Run a call in its own thread, registered in RUNNING so that `cancel` can reach it."""
+    with RUNNING_LOCK:
+        RUNNING[call_id] = Running()
+    t = threading.Thread(target=run_call, args=(chan, call_id, fn, call), name=name)
+    t.daemon = True
+    t.start()
+
+
+def op_cancel(call):
+    """`{"op": "cancel", "handle": N}`: the controller gave up on call N (its deadline passed
+    or its client went away). A command it runs is killed with its process group, a fetch
+    stops sending, and its reply is never sent. -> {"cancelled": bool} (false: no such call
+    running, e.g. it just finished)."""
+    handle = call.get("handle")
+    if isinstance(handle, bool) or not isinstance(handle, int) or not 0 < handle < 2 ** 32:
+        raise AgentError("bad_request", "cancel needs a call handle (integer 1..2^32-1)")
+    with RUNNING_LOCK:
+        run = RUNNING.get(handle)
+    if run is None:
+        return {"cancelled": False}
+    run.cancel()
+    log.debug("call %d cancelled", handle)
+    return {"cancelled": True}
 
 
 def store_blobs(blobs, packed=False):
@@ -1227,15 +1431,11 @@ class Agent(object):
                     with STARTING_COND:
                         STARTING.discard(call.get("ctx"))
                         STARTING_COND.notify_all()
-            t = threading.Thread(target=run_call, args=(self.chan, call_id, spawn, call),
-                                 name="%s-%d" % (op, call_id))
-            t.daemon = True
-            t.start()
+            start_threaded(self.chan, call_id, spawn, call, "%s-%d" % (op, call_id))
         elif op in THREADED:
-            t = threading.Thread(target=run_call, args=(self.chan, call_id, THREADED[op], call),
-                                 name="%s-%d" % (op, call_id))
-            t.daemon = True
-            t.start()
+            start_threaded(self.chan, call_id, THREADED[op], call, "%s-%d" % (op, call_id))
+        elif op == "cancel":
+            run_call(self.chan, call_id, lambda chan, call_id, call: op_cancel(call), call)
         elif op in ("put_file", "cache_put"):
             if call_id in self.puts:
                 return self.chan.reply_error(call_id, "bad_request", "handle already in use")

@@ -32,4 +32,7 @@ pub mod flags {
     /// writing the frame into the context's input puts in from its own store (the blobs
     /// cross the links above that agent once, not once per context).
     pub const REFS: u8 = 0x10;
+    /// DATA, agent → controller, first frame of a `fetch_file`: the payload is the 8-byte
+    /// big-endian size the agent found at open, the most bytes the transfer will carry.
+    pub const SIZE: u8 = 0x20;
 }

@@ -53,6 +53,9 @@ pub(super) enum Op {
         tmp: PathBuf,
         dest: PathBuf,
         received: u64,
+        /// The size the agent announced (DATA with flag SIZE): no more bytes are taken.
+        /// Until it comes, [`super::FETCH_MAX`].
+        announced: Option<u64>,
     },
     /// Starting the become context `child` (its key guards against a reused slab slot).
     Spawn {
@@ -213,6 +216,7 @@ impl Router {
                     tmp,
                     dest,
                     received: 0,
+                    announced: None,
                 };
                 (p, op)
             }
@@ -362,6 +366,60 @@ impl Router {
         }
     }
 
+    /// Gives up on call `handle` of `t` (its deadline passed, its client went away, or its
+    /// data broke a limit): it is forgotten here, a fetch's temp file is removed, and the
+    /// agent is told to stop it: a put's data is aborted (DATA with ABORT), an exec, fetch or
+    /// agent call is cancelled (a `cancel` CALL: the agent kills the command's process group
+    /// or stops sending, and never replies). `answer`, when the client still waits: the
+    /// error kind and message it gets. Returns whether there was such a call.
+    pub(super) fn abandon(
+        &mut self,
+        t: TargetId,
+        handle: u32,
+        answer: Option<(&str, &str)>,
+    ) -> bool {
+        let Some(x) = self.targets.get_mut(t) else {
+            return false;
+        };
+        let Some(c) = x.calls.remove(&handle) else {
+            return false;
+        };
+        let live = x.phase != Phase::Dead;
+        match &c.op {
+            Op::Put { .. } => {
+                x.puts.retain(|p| *p != handle);
+                if live {
+                    let hd = header(Kind::Data, flags::ABORT, handle, x.ctx);
+                    x.out.with_bytes(|b| encode_frame(b, &hd, &[]));
+                    self.touched.push(t);
+                }
+            }
+            Op::Exec | Op::Fetch { .. } | Op::Call { .. } if live => {
+                // Its reply is never awaited: the agent sends none for the cancelled call,
+                // and the cancel's own is dropped as a reply for no call.
+                let cancel = header(Kind::Call, 0, x.take_handle(), x.ctx);
+                let body = serde_json::to_vec(&json!({"op": "cancel", "handle": handle}))
+                    .unwrap_or_default();
+                x.out.with_bytes(|b| encode_frame(b, &cancel, &body));
+                x.counters.frames_out += 1;
+                self.counters.frames_out += 1;
+                self.touched.push(t);
+            }
+            _ => {}
+        }
+        if let Op::Fetch { tmp, .. } = &c.op {
+            let _ = std::fs::remove_file(tmp);
+        }
+        let label = x.label.clone();
+        tracing::debug!(host = %label, handle, "call abandoned");
+        if let (Some(client), Some((kind, m))) = (c.client, answer) {
+            let msg = api::error(c.id, kind, &label, m);
+            self.actions.push_back(Action::Reply(client, msg));
+        }
+        self.refill(t);
+        true
+    }
+
     pub(super) fn complete(&mut self, t: TargetId, handle: u32, fl: u8, body: Vec<u8>) {
         let x = &mut self.targets[t];
         let Some(c) = x.calls.remove(&handle) else {
@@ -497,6 +555,7 @@ impl Router {
                     tmp,
                     dest,
                     received,
+                    ..
                 } => {
                     let res = file
                         .map(|f| f.sync_all())

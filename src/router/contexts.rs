@@ -219,9 +219,12 @@ impl Router {
         x.counters.frames_in += 1;
         x.counters.bytes_in += (proto::HEADER_LEN + payload.len()) as u64;
         let was_ready = x.phase == Phase::Ready;
-        let mut done = Vec::new();
-        let res = on_frame(x, h, payload, &mut done, now);
+        let (mut done, mut refused) = (Vec::new(), Vec::new());
+        let res = on_frame(x, h, payload, &mut done, &mut refused, now);
         let now_ready = x.phase == Phase::Ready;
+        for (handle, m) in refused {
+            self.abandon(c, handle, Some(("protocol", &m)));
+        }
         for (handle, fl, body) in done {
             self.complete(c, handle, fl, body);
         }

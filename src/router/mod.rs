@@ -12,6 +12,9 @@
 //! [`crate::api::MAX_MESSAGE`]. A slow target therefore holds at most about
 //! `LOW_WATER + CHUNK` bytes of file data, and stalls only its own stream; a nested context
 //! (become, via) has at most [`CONTEXT_WINDOW`] bytes in flight to the agent that feeds it.
+//! A fetch takes at most the size its agent announced, never over [`FETCH_MAX`]. A call given
+//! up on (deadline, client gone, data over a limit) is stopped on the target too
+//! (`calls::abandon`: a `cancel` CALL, or DATA ABORT for a put).
 //!
 //! This file holds the [`Router`] itself, its public API and the dispatch of frames read from
 //! a stream; the parts that own one idea live beside it: `target` (a stream's or context's
@@ -69,6 +72,10 @@ pub const CONTEXT_WINDOW: usize = 2 * 1024 * 1024;
 pub const MAX_OUTBOUND: usize = 8 * 1024 * 1024;
 /// File data per DATA frame.
 pub const CHUNK: usize = 256 * 1024;
+/// Bytes one `fetch` may bring at most, whatever the agent announces (it announces the size it
+/// found at open, and sends no more; a hostile target could announce anything): past it the
+/// call fails and the agent is told to stop.
+pub const FETCH_MAX: u64 = 64 * 1024 * 1024 * 1024;
 /// Extra time the daemon waits past an exec's own timeout before giving up on the agent.
 const EXEC_GRACE: Duration = Duration::from_secs(30);
 /// Default limit of become contexts (nested agents) per target; beyond it the least recently
@@ -449,6 +456,7 @@ impl Router {
         let mut decoder = std::mem::take(&mut x.decoder);
         decoder.push(bytes);
         let mut done: Vec<(u32, u8, Vec<u8>)> = Vec::new();
+        let mut refused: Vec<(u32, String)> = Vec::new();
         let mut nested: Vec<(TargetId, FrameHeader, Vec<u8>)> = Vec::new();
         let mut fatal: Option<(String, String)> = None;
         loop {
@@ -472,12 +480,16 @@ impl Router {
                 continue;
             }
             x.counters.frames_in += 1;
-            if let Err(f) = on_frame(x, &h, payload, &mut done, now) {
+            if let Err(f) = on_frame(x, &h, payload, &mut done, &mut refused, now) {
                 fatal = Some(f);
                 break;
             }
         }
         x.decoder = decoder;
+        // Refused before completed: a reply read after the refused DATA finds no call.
+        for (handle, m) in refused {
+            self.abandon(t, handle, Some(("protocol", &m)));
+        }
         for (handle, fl, body) in done {
             self.complete(t, handle, fl, body);
         }
@@ -538,35 +550,27 @@ impl Router {
             self.fail_target(t, "timeout", &m);
         }
         for (t, h) in expired_calls {
-            let x = &mut self.targets[t];
-            let Some(c) = x.calls.remove(&h) else {
-                continue;
-            };
-            if matches!(c.op, Op::Put { .. }) {
-                x.puts.retain(|p| *p != h);
-                let hd = header(Kind::Data, flags::ABORT, h, x.ctx);
-                x.out.with_bytes(|b| encode_frame(b, &hd, &[]));
-                self.touched.push(t);
-            }
-            if let Op::Fetch { tmp, .. } = &c.op {
-                let _ = std::fs::remove_file(tmp);
-            }
-            let label = x.label.clone();
-            if let Some(client) = c.client {
-                let msg = api::error(c.id, "timeout", &label, "the call's deadline passed");
-                self.actions.push_back(Action::Reply(client, msg));
-            }
+            // Stopped on the target too: a put aborted, an exec or fetch cancelled.
+            self.abandon(t, h, Some(("timeout", "the call's deadline passed")));
         }
     }
 
-    /// A client went away: its pending calls complete, but their replies are dropped.
+    /// A client went away: its execs, fetches and agent calls are cancelled on their targets
+    /// (nobody waits for them); its puts complete, their replies dropped.
     pub fn client_gone(&mut self, client: ClientId) {
-        for (_, x) in self.targets.iter_mut() {
-            for c in x.calls.values_mut() {
+        let mut gone = Vec::new();
+        for (t, x) in self.targets.iter_mut() {
+            for (h, c) in x.calls.iter_mut() {
                 if c.client == Some(client) {
                     c.client = None;
+                    if matches!(c.op, Op::Exec | Op::Fetch { .. } | Op::Call { .. }) {
+                        gone.push((t, *h));
+                    }
                 }
             }
+        }
+        for (t, h) in gone {
+            self.abandon(t, h, None);
         }
     }
 
@@ -578,11 +582,14 @@ impl Router {
 
 /// One frame for target (or become context) `x`. Completed replies go to `done`; an error
 /// means the stream cannot continue.
+/// A fetch whose data breaks its limits goes to `refused` with the reason (the caller
+/// abandons it: its client gets `protocol`, the agent a cancel).
 fn on_frame(
     x: &mut Target,
     h: &FrameHeader,
     payload: &[u8],
     done: &mut Vec<(u32, u8, Vec<u8>)>,
+    refused: &mut Vec<(u32, String)>,
     now: Instant,
 ) -> Result<(), (String, String)> {
     match h.kind {
@@ -621,7 +628,21 @@ fn on_frame(
             let Some(c) = x.calls.get_mut(&h.handle) else {
                 return Ok(());
             };
-            if let Op::Fetch { file, received, .. } = &mut c.op {
+            if let Op::Fetch {
+                file,
+                received,
+                announced,
+                ..
+            } = &mut c.op
+            {
+                if let Err(m) = fetch_limits(h.flags, payload, *received, announced) {
+                    *file = None;
+                    refused.push((h.handle, m));
+                    return Ok(());
+                }
+                if h.flags & flags::SIZE != 0 {
+                    return Ok(());
+                }
                 *received += payload.len() as u64;
                 if let Some(f) = file {
                     if let Err(e) = f.write_all(payload) {
@@ -649,6 +670,43 @@ fn on_frame(
         }
     }
     Ok(())
+}
+
+/// Checks one DATA frame of a fetch against the size its agent announced (a frame with flag
+/// SIZE, recorded in `announced`) and [`FETCH_MAX`]: the error says what was broken.
+fn fetch_limits(
+    fl: u8,
+    payload: &[u8],
+    received: u64,
+    announced: &mut Option<u64>,
+) -> Result<(), String> {
+    if fl & flags::SIZE != 0 {
+        let size = <[u8; 8]>::try_from(payload).map(u64::from_be_bytes);
+        return match size {
+            Ok(n) if announced.is_some() || received > 0 => Err(format!(
+                "the agent announced a size ({n}) twice or after sending data"
+            )),
+            Ok(n) if n > FETCH_MAX => Err(format!(
+                "the file is {n} bytes, over the daemon's fetch limit of {FETCH_MAX} bytes"
+            )),
+            Ok(n) => {
+                *announced = Some(n);
+                Ok(())
+            }
+            Err(_) => Err(format!(
+                "malformed size announcement ({} bytes, not 8)",
+                payload.len()
+            )),
+        };
+    }
+    let limit = announced.unwrap_or(FETCH_MAX);
+    match received.checked_add(payload.len() as u64) {
+        Some(n) if n <= limit => Ok(()),
+        _ => Err(match announced {
+            Some(a) => format!("the agent sent more than the {a} bytes it announced"),
+            None => format!("the agent sent more than the daemon's fetch limit of {limit} bytes"),
+        }),
+    }
 }
 
 fn parse_hello(payload: &[u8]) -> Result<(), String> {

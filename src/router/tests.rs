@@ -175,3 +175,179 @@ fn before_hello_the_start_interpreter_decides() {
     let e = errors(&mut r);
     assert!(e.iter().any(|m| m.starts_with("bad_request")), "{e:?}");
 }
+
+/// Feeds the router one frame from target `t`'s own agent.
+fn agent_frame(r: &mut Router, t: TargetId, kind: Kind, flags: u8, handle: u32, p: &[u8]) {
+    let mut b = Vec::new();
+    let h = FrameHeader {
+        kind,
+        flags,
+        dst: CTX_CONTROLLER,
+        src: CTX_AGENT,
+        handle,
+        reply_to: 0,
+    };
+    encode_frame(&mut b, &h, p);
+    r.target_bytes(t, &b, Instant::now());
+}
+
+/// The handle of the only call in flight on target `t`.
+fn only_call(r: &Router, t: TargetId) -> u32 {
+    let handles: Vec<u32> = r.targets[t].calls.keys().copied().collect();
+    assert_eq!(handles.len(), 1, "{handles:?}");
+    handles[0]
+}
+
+/// The body of the CALL cancelling call `h`, as the router writes it.
+fn cancel_of(h: u32) -> String {
+    serde_json::json!({"op": "cancel", "handle": h}).to_string()
+}
+
+#[test]
+fn a_timed_out_exec_or_fetch_is_cancelled_on_the_target() {
+    let dir = std::env::temp_dir().join(format!("spindle-router-cancel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let mut r = Router::new();
+    let t0 = Instant::now();
+    let t = target(serde_json::json!({}));
+    let ex = serde_json::json!({"id": 1, "op": "exec", "argv": ["sleep", "1000"], "target": t,
+        "call_timeout": 1});
+    r.request(1, request(ex), t0);
+    hello(&mut r, 0, "/usr/bin/python3", t0);
+    let h = only_call(&r, 0);
+    r.tick(t0 + Duration::from_secs(2));
+    let e = errors(&mut r);
+    assert!(e.len() == 1 && e[0].starts_with("timeout"), "{e:?}");
+    assert!(queued(&r, 0).contains(&cancel_of(h)), "no cancel queued");
+    let dest = dir.join("fetched");
+    let f = serde_json::json!({"id": 2, "op": "fetch", "src": "/big", "dest": dest,
+        "target": t, "call_timeout": 1});
+    r.request(1, request(f), t0);
+    let h = only_call(&r, 0);
+    agent_frame(
+        &mut r,
+        0,
+        Kind::Data,
+        crate::proto::flags::SIZE,
+        h,
+        &(1u64 << 30).to_be_bytes(),
+    );
+    agent_frame(&mut r, 0, Kind::Data, 0, h, &[0u8; 1000]);
+    r.tick(t0 + Duration::from_secs(2));
+    assert!(errors(&mut r)[0].starts_with("timeout"));
+    assert!(queued(&r, 0).contains(&cancel_of(h)), "no cancel queued");
+    // The temp file is gone, and later DATA for the forgotten call is dropped.
+    agent_frame(&mut r, 0, Kind::Data, 0, h, &[0u8; 1000]);
+    assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_gone_clients_exec_is_cancelled_without_a_reply() {
+    let mut r = Router::new();
+    let now = Instant::now();
+    r.request(7, exec(1, target(serde_json::json!({}))), now);
+    hello(&mut r, 0, "/usr/bin/python3", now);
+    let h = only_call(&r, 0);
+    while r.poll_action().is_some() {} // the Spawn
+    r.client_gone(7);
+    assert!(queued(&r, 0).contains(&cancel_of(h)), "no cancel queued");
+    assert!(r.targets[0].calls.is_empty());
+    assert!(
+        r.poll_action().is_none(),
+        "a reply or action for a gone client"
+    );
+}
+
+#[test]
+fn fetch_data_past_the_announced_size_fails_the_call_not_the_stream() {
+    let dir = std::env::temp_dir().join(format!("spindle-router-fetch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let mut r = Router::new();
+    let now = Instant::now();
+    let t = target(serde_json::json!({}));
+    let fetch = |id: u64| {
+        let dest = dir.join(format!("f{id}"));
+        request(
+            serde_json::json!({"id": id, "op": "fetch", "src": "/x", "dest": dest,
+            "target": t}),
+        )
+    };
+    let size = crate::proto::flags::SIZE;
+    r.request(1, fetch(1), now);
+    hello(&mut r, 0, "/usr/bin/python3", now);
+    let h = only_call(&r, 0);
+    agent_frame(&mut r, 0, Kind::Data, size, h, &10u64.to_be_bytes());
+    agent_frame(&mut r, 0, Kind::Data, 0, h, &[7u8; 6]);
+    assert!(errors(&mut r).is_empty());
+    agent_frame(&mut r, 0, Kind::Data, 0, h, &[7u8; 5]);
+    let e = errors(&mut r);
+    assert!(
+        e.len() == 1 && e[0].starts_with("protocol") && e[0].contains("the 10 bytes it announced"),
+        "{e:?}"
+    );
+    assert!(queued(&r, 0).contains(&cancel_of(h)), "no cancel queued");
+    // An announcement over the daemon's limit, or a malformed one, fails at once.
+    for bad in [(super::FETCH_MAX + 1).to_be_bytes().to_vec(), vec![1, 2, 3]] {
+        r.request(1, fetch(2), now);
+        let h = only_call(&r, 0);
+        agent_frame(&mut r, 0, Kind::Data, size, h, &bad);
+        let e = errors(&mut r);
+        assert!(e.len() == 1 && e[0].starts_with("protocol"), "{e:?}");
+    }
+    // Without an announcement, FETCH_MAX still bounds it (checked arithmetic, no panic).
+    r.request(1, fetch(3), now);
+    let h = only_call(&r, 0);
+    if let super::calls::Op::Fetch { received, .. } =
+        &mut r.targets[0].calls.get_mut(&h).expect("call").op
+    {
+        *received = super::FETCH_MAX;
+    }
+    agent_frame(&mut r, 0, Kind::Data, 0, h, &[0u8; 1]);
+    assert!(errors(&mut r)[0].contains("fetch limit"));
+    // The stream lives on.
+    assert_eq!(r.streams(), 1);
+    assert_ne!(r.targets[0].phase, super::target::Phase::Dead);
+    assert_eq!(
+        std::fs::read_dir(&dir).expect("dir").count(),
+        0,
+        "temp files left"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_reply_read_with_refused_fetch_data_does_not_complete_it() {
+    let dir = std::env::temp_dir().join(format!("spindle-router-batch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let mut r = Router::new();
+    let now = Instant::now();
+    let dest = dir.join("f");
+    let f = serde_json::json!({"id": 1, "op": "fetch", "src": "/x", "dest": dest,
+        "target": target(serde_json::json!({}))});
+    r.request(1, request(f), now);
+    hello(&mut r, 0, "/usr/bin/python3", now);
+    let h = only_call(&r, 0);
+    // One read: a malformed SIZE frame, then a reply claiming an empty file.
+    let mut b = Vec::new();
+    let mut hd = FrameHeader {
+        kind: Kind::Data,
+        flags: crate::proto::flags::SIZE,
+        dst: CTX_CONTROLLER,
+        src: CTX_AGENT,
+        handle: h,
+        reply_to: 0,
+    };
+    encode_frame(&mut b, &hd, &[1]);
+    hd.kind = Kind::Reply;
+    hd.flags = 0;
+    hd.reply_to = h;
+    let sha_empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    let body = serde_json::json!({"size": 0, "sha256": sha_empty, "mode": 420});
+    encode_frame(&mut b, &hd, body.to_string().as_bytes());
+    r.target_bytes(0, &b, now);
+    let e = errors(&mut r);
+    assert!(e.len() == 1 && e[0].starts_with("protocol"), "{e:?}");
+    assert!(!dest.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -27,7 +27,8 @@ PYTHON = os.environ.get("SPINDLE_TEST_PYTHON", "python3")
 HEADER = struct.Struct(">2sBBIIIII")
 MAX_PAYLOAD = 4 * 1024 * 1024
 HELLO, CALL, REPLY, DATA, LOG, CREDIT = 1, 2, 3, 4, 5, 6
-MORE, ERROR, EOF, ABORT, REFS = 0x01, 0x02, 0x04, 0x08, 0x10
+MORE, ERROR, EOF, ABORT, REFS, SIZE = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+OUTPUT_MAX = 44 * 1024 * 1024  # the agent's cap on an exec's stdout + stderr
 TIMEOUT = 10.0
 
 STAGE1 = """import os,zlib
@@ -435,6 +436,8 @@ class AgentTest(unittest.TestCase):
         call_id = self.agent.call("fetch_file", path=src)
         flags, obj, _ = self.agent.reply(call_id)
         self.assertFalse(flags & ERROR, obj)
+        size_frame = self.agent.take(lambda f: f.kind == DATA and f.flags & SIZE)
+        self.assertEqual(struct.unpack(">Q", size_frame.payload), (len(data),))
         chunks = self.agent.peek(lambda f: f.kind == DATA and f.handle == call_id)
         self.assertEqual([len(c.payload) for c in chunks], [256 * 1024, 256 * 1024, 88 * 1024])
         self.assertEqual([bool(c.flags & EOF) for c in chunks], [False, False, True])
@@ -447,7 +450,8 @@ class AgentTest(unittest.TestCase):
         open(src, "wb").close()
         call_id = self.agent.call("fetch_file", path=src)
         self.assertEqual(self.agent.reply(call_id)[1]["size"], 0)
-        chunks = self.agent.peek(lambda f: f.kind == DATA and f.handle == call_id)
+        chunks = self.agent.peek(lambda f: f.kind == DATA and f.handle == call_id
+                                 and not f.flags & SIZE)
         self.assertEqual([(c.payload, c.flags & EOF) for c in chunks], [(b"", EOF)])
 
     def test_fetch_file_errors(self):
@@ -457,6 +461,110 @@ class AgentTest(unittest.TestCase):
         self.assertEqual(obj["error"], "not_found")
         self.assertEqual(self.agent.peek(lambda f: f.kind == DATA), [])
         self.assertTrue(self.agent.error("fetch_file", path=self.tmp)["error"])
+
+    def test_fetch_refuses_what_is_not_a_regular_file(self):
+        # /dev/zero has no end: stock's fetch refuses it, and so does the agent, before it
+        # sends any DATA (a FIFO must not hang the call either).
+        fifo = os.path.join(self.tmp, "fifo")
+        os.mkfifo(fifo)
+        for path in ("/dev/zero", fifo):
+            call_id = self.agent.call("fetch_file", path=path)
+            flags, obj, _ = self.agent.reply(call_id)
+            self.assertTrue(flags & ERROR, obj)
+            self.assertEqual(obj["error"], "io")
+            self.assertIn(path, obj["message"])
+            self.assertIn("not a regular file", obj["message"])
+            self.assertEqual(self.agent.peek(lambda f: f.kind == DATA and f.handle == call_id),
+                             [])
+
+    def test_fetch_reads_a_pseudo_file_to_its_end(self):
+        # /proc files report size 0: read to their end (bounded), as sftp would.
+        if not os.path.exists("/proc/self/status"):
+            self.skipTest("no /proc")
+        call_id = self.agent.call("fetch_file", path="/proc/self/status")
+        flags, obj, _ = self.agent.reply(call_id)
+        self.assertFalse(flags & ERROR, obj)
+        data = b"".join(f.payload for f in self.agent.peek(
+            lambda f: f.kind == DATA and f.handle == call_id and not f.flags & SIZE))
+        self.assertIn(b"VmHWM", data)
+        self.assertEqual(obj["size"], len(data))
+
+    def test_cancel_stops_a_fetch_and_discards_its_reply(self):
+        src = os.path.join(self.tmp, "big.bin")
+        with open(src, "wb") as f:
+            f.truncate(1024 * 1024 * 1024)  # sparse: 1 GiB to read, none on disk
+        a = self.agent
+        call_id = a.call("fetch_file", path=src)
+        a.take(lambda f: f.kind == DATA and f.handle == call_id and not f.flags & SIZE)
+        self.assertEqual(a.ok("cancel", handle=call_id), {"cancelled": True})
+        time.sleep(0.5)
+        with a.cond:  # drop what came meanwhile: the frames are counted, not kept
+            a.frames = [f for f in a.frames if not (f.kind == DATA and f.handle == call_id)]
+        time.sleep(0.5)
+        self.assertEqual(a.peek(lambda f: f.handle == call_id or f.reply_to == call_id), [])
+        self.assertEqual(a.ok("cancel", handle=call_id), {"cancelled": False})
+        self.assertEqual(a.ok("ping")["pong"], True)
+
+    def test_cancel_kills_an_exec_and_its_process_group(self):
+        pidfile = os.path.join(self.tmp, "pid")
+        call_id = self.agent.call("exec", shell="sleep 1000 & echo $! > %s.tmp; mv %s.tmp %s; "
+                                  "wait" % (pidfile, pidfile, pidfile))
+        deadline = time.monotonic() + TIMEOUT
+        while not os.path.exists(pidfile):
+            self.assertLess(time.monotonic(), deadline, "child did not start")
+            time.sleep(0.02)
+        with open(pidfile) as f:
+            pid = int(f.read())
+        self.assertFalse(pid_gone(pid))
+        self.assertEqual(self.agent.ok("cancel", handle=call_id), {"cancelled": True})
+        deadline = time.monotonic() + 5
+        while not pid_gone(pid):
+            self.assertLess(time.monotonic(), deadline, "the cancelled command survived")
+            time.sleep(0.02)
+        time.sleep(0.3)
+        self.assertEqual(self.agent.peek(lambda f: f.reply_to == call_id), [])
+        self.assertEqual(self.agent.error("cancel", handle="x")["error"], "bad_request")
+
+    def test_cancel_kills_a_command_on_a_terminal(self):
+        pidfile = os.path.join(self.tmp, "pid")
+        call_id = self.agent.call("exec", tty=True, shell="echo $$ > %s.tmp; mv %s.tmp %s; "
+                                  "exec sleep 1000" % (pidfile, pidfile, pidfile))
+        deadline = time.monotonic() + TIMEOUT
+        while not os.path.exists(pidfile):
+            self.assertLess(time.monotonic(), deadline, "child did not start")
+            time.sleep(0.02)
+        with open(pidfile) as f:
+            pid = int(f.read())
+        self.assertEqual(self.agent.ok("cancel", handle=call_id), {"cancelled": True})
+        deadline = time.monotonic() + 5
+        while not pid_gone(pid):
+            self.assertLess(time.monotonic(), deadline, "the cancelled command survived")
+            time.sleep(0.02)
+        time.sleep(0.3)
+        self.assertEqual(self.agent.peek(lambda f: f.reply_to == call_id), [])
+
+    def test_tty_output_is_capped_too(self):
+        r = run(self.agent, tty=True, shell="head -c 100000000 /dev/zero; echo finished")
+        self.assertTrue(r["output_truncated"])
+        self.assertTrue(r["stdout"].startswith(b"\0" * OUTPUT_MAX))
+        self.assertIn(b"output truncated at 44 MiB", r["stdout"][OUTPUT_MAX:])
+        self.assertNotIn(b"finished", r["stdout"][OUTPUT_MAX:])
+
+    def test_exec_output_is_capped_and_the_command_killed(self):
+        # 1 GiB of output: the agent keeps OUTPUT_MAX bytes, kills the command and says so
+        # (before the cap, it held it all: ~4.8 GB peak for 1 GiB).
+        start = time.monotonic()
+        r = run(self.agent, shell="yes | head -c 1073741824; echo done >&2")
+        self.assertLess(time.monotonic() - start, 60)
+        self.assertTrue(r["output_truncated"])
+        self.assertEqual(r["rc"], -9)
+        self.assertEqual(len(r["stdout"]), OUTPUT_MAX)
+        self.assertIn(b"output truncated at 44 MiB", r["stderr"])
+        self.assertNotIn(b"done", r["stderr"])
+        with open("/proc/%d/status" % self.hello["pid"]) as f:
+            hwm = [int(line.split()[1]) for line in f if line.startswith("VmHWM:")][0]
+        self.assertLess(hwm, 512 * 1024, "agent peak RSS %d KiB" % hwm)
+        self.assertNotIn("output_truncated", run(self.agent, argv=["echo", "small"]))
 
     # ---- control and robustness --------------------------------------------------
 
