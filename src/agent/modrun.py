@@ -587,6 +587,24 @@ def run(req, files, mode='inproc', template_out=None, template_err=None, core=()
             'seconds': elapsed, 'report': report}
 
 
+def _reset_imports_after_fork():
+    """In a child forked while another thread imported something (an in-process module run):
+    that thread does not exist here, but its per-module import locks stay taken and its
+    half-executed modules stay in sys.modules. Forget both, so imports here start afresh
+    (CPython keeps the locks in importlib._bootstrap; 3.8 to 3.13)."""
+    try:
+        import importlib._bootstrap as bootstrap
+        bootstrap._module_locks.clear()
+        blocking = getattr(bootstrap, '_blocking_on', None)
+        if blocking is not None:
+            blocking.clear()
+    except (ImportError, AttributeError):
+        pass
+    for name, mod in list(sys.modules.items()):
+        if getattr(getattr(mod, '__spec__', None), '_initializing', False):
+            del sys.modules[name]
+
+
 def _run_mode(req, payload, mode, out_fd, err_fd, template_out, template_err, core, fresh=False):
     if mode in ('inproc', 'warm'):
         if mode == 'warm':
@@ -605,6 +623,7 @@ def _run_mode(req, payload, mode, out_fd, err_fd, template_out, template_err, co
             rc = 70
             try:
                 os.setpgid(0, 0)
+                _reset_imports_after_fork()
                 if active is not None:
                     active.restore()  # the in-process run's changes, in this copy only
                 if fresh:  # its payload is on disk: nothing kept from the virtual one
