@@ -4,7 +4,7 @@
 CARGO ?= cargo
 PY ?= python3
 
-.PHONY: demo test setup venv wheel build build-debug lint unit-python test-rust test-ansible test-scale test-bench bench clean
+.PHONY: demo test setup venv wheel build build-debug lint unit-python test-rust test-ansible test-matrix test-scale test-bench bench clean
 
 setup:
 	bash scripts/setup.sh
@@ -27,9 +27,14 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
+# The agent's tests also on the oldest and newest target Python here (pyenv's 3.8 and 3.13,
+# when installed: the agent must run on every Python ansible-core supports on targets).
 unit-python:
 	$(PY) -m unittest discover -s tests/python
 	$(PY) -m unittest discover -s ansible_plugin/tests
+	@for v in 3.8 3.13; do p=$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$$v*/bin/python$$v 2>/dev/null | head -1); \
+	  if [ -n "$$p" ]; then echo "== agent tests on $$($$p --version)"; $$p -m unittest discover -s tests/python || exit 1; \
+	  else echo "SKIP: no Python $$v for the agent tests"; fi; done
 
 # The behaviour tests run once per event-loop backend.
 test-rust:
@@ -42,6 +47,13 @@ test-ansible: venv build-debug
 
 build-debug:
 	$(CARGO) build
+
+# The ansible-core version matrix (2.18, 2.20, 2.21 beside the main venv's 2.19): the field
+# suites and the conformance linear pair on each; the table goes to target/matrix.md.
+test-matrix: build-debug
+	bash scripts/matrix.sh
+	SPINDLE_BIN=$(CURDIR)/target/debug/spindle $(PY) tests/ansible/run_matrix.py; rc=$$?; \
+	  if [ $$rc = 77 ]; then echo "test-matrix: SKIP (no matrix venvs)"; else exit $$rc; fi
 
 # 2,000 simulated targets with a fault mix, both event-loop backends (~1 min after the build).
 test-scale:
@@ -59,7 +71,7 @@ bench:
 	$(CARGO) bench --bench hot_paths
 
 ## test: everything CI runs
-test: setup lint unit-python test-rust test-ansible test-scale test-bench
+test: setup lint unit-python test-rust test-ansible test-matrix test-scale test-bench
 
 clean:
 	$(CARGO) clean
