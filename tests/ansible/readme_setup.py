@@ -101,3 +101,31 @@ def login_user(name):
         subprocess.run(['userdel', '-r', '-f', name], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
     return cleanup
+
+
+FLEET = os.path.join(REPO, 'containers', 'netns-fleet.sh')
+
+
+def run(argv, **kw):
+    """``argv``'s CompletedProcess, stdout and stderr together as text."""
+    return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True, **kw)
+
+
+def fleet_up(name, count):
+    """A netns fleet of ``count`` sshd targets: its inventory path (unittest.SkipTest when
+    this machine cannot make one; RuntimeError when it fails)."""
+    import unittest
+    why = available()
+    if why:
+        raise unittest.SkipTest(why)
+    up = run(['bash', FLEET, 'up', name, str(count)])
+    if up.returncode == 77:
+        raise unittest.SkipTest('netns fleet unavailable: ' + up.stdout[-300:])
+    if up.returncode != 0:
+        raise RuntimeError(up.stdout)
+    return up.stdout.strip().splitlines()[-1]
+
+
+def fleet_down(name):
+    run(['bash', FLEET, 'down', name])

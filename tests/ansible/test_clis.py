@@ -14,7 +14,6 @@ import unittest
 
 import readme_setup as rs
 
-FLEET = os.path.join(rs.REPO, 'containers', 'netns-fleet.sh')
 FLEET_NAME = 'clis'
 
 
@@ -26,21 +25,11 @@ def run(argv, work, **kw):
 class Clis(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        why = rs.available()
-        if why:
-            raise unittest.SkipTest(why)
-        up = subprocess.run(['bash', FLEET, 'up', FLEET_NAME, '1'], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, universal_newlines=True)
-        if up.returncode == 77:
-            raise unittest.SkipTest('netns fleet unavailable')
-        if up.returncode != 0:
-            raise RuntimeError(up.stdout)
-        cls.inventory = up.stdout.strip().splitlines()[-1]
+        cls.inventory = rs.fleet_up(FLEET_NAME, 1)
 
     @classmethod
     def tearDownClass(cls):
-        subprocess.run(['bash', FLEET, 'down', FLEET_NAME], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        rs.fleet_down(FLEET_NAME)
 
     def setUp(self):
         self.work = tempfile.mkdtemp(prefix='spindle-clis-')

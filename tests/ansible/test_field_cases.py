@@ -20,13 +20,12 @@ import difflib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import unittest
 
 import readme_setup as rs
 
-FLEET = os.path.join(rs.REPO, 'containers', 'netns-fleet.sh')
+FLEET = rs.FLEET
 FLEET_NAME = 'field'
 LOGIN_USER = 'spxfield'
 
@@ -71,23 +70,13 @@ PLAY = '''
 '''
 
 
-def run(argv, **kw):
-    return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          universal_newlines=True, **kw)
+run = rs.run
 
 
 class FieldCases(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        why = rs.available()
-        if why:
-            raise unittest.SkipTest(why)
-        up = run(['bash', FLEET, 'up', FLEET_NAME, '1'])
-        if up.returncode == 77:
-            raise unittest.SkipTest('netns fleet unavailable')
-        if up.returncode != 0:
-            raise RuntimeError(up.stdout)
-        cls.inventory = up.stdout.strip().splitlines()[-1]
+        cls.inventory = rs.fleet_up(FLEET_NAME, 1)
         cls.shared = tempfile.mkdtemp(prefix='spindle-field-')
         cls.users = ['root']
         cls.drop_user = rs.login_user(LOGIN_USER)
@@ -96,7 +85,7 @@ class FieldCases(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        run(['bash', FLEET, 'down', FLEET_NAME])
+        rs.fleet_down(FLEET_NAME)
         shutil.rmtree(getattr(cls, 'shared', '/nonexistent'), ignore_errors=True)
         if getattr(cls, 'drop_user', None):
             cls.drop_user()

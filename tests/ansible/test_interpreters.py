@@ -32,7 +32,7 @@ import unittest
 import readme_setup as rs  # noqa: E402  (tests/ansible is the start dir)
 
 REPO = rs.REPO
-FLEET = os.path.join(REPO, 'containers', 'netns-fleet.sh')
+FLEET = rs.FLEET
 FLEET_NAME = 'intp'
 LOGIN_USER = 'spxinterp'
 
@@ -114,23 +114,13 @@ ASYNC_PLAY = '''
 '''
 
 
-def run(cmd, **kw):
-    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          universal_newlines=True, **kw)
+run = rs.run
 
 
 class Interpreters(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        why = rs.available()
-        if why:
-            raise unittest.SkipTest(why)
-        up = run(['bash', FLEET, 'up', FLEET_NAME, '2'])
-        if up.returncode == 77:
-            raise unittest.SkipTest('netns fleet unavailable: ' + up.stdout[-300:])
-        if up.returncode != 0:
-            raise RuntimeError(up.stdout)
-        cls.inventory = up.stdout.strip().splitlines()[-1]
+        cls.inventory = rs.fleet_up(FLEET_NAME, 2)
         cls.fleet_dir = os.path.dirname(cls.inventory)
         # Under the repository: the targets share it (their /tmp and /root are private).
         os.makedirs(os.path.join(REPO, 'target'), exist_ok=True)
@@ -165,7 +155,7 @@ class Interpreters(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        run(['bash', FLEET, 'down', FLEET_NAME])
+        rs.fleet_down(FLEET_NAME)
         shutil.rmtree(getattr(cls, 'work', '/nonexistent'), True)
         if getattr(cls, 'drop_user', None):
             cls.drop_user()

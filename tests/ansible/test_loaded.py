@@ -21,7 +21,6 @@ import unittest
 
 import readme_setup as rs
 
-FLEET = os.path.join(rs.REPO, 'containers', 'netns-fleet.sh')
 FLEET_NAME = 'load'
 HOSTS = 30
 HOGS_PER_CORE = 3
@@ -53,17 +52,8 @@ def hog():
 
 class Loaded(unittest.TestCase):
     def setUp(self):
-        why = rs.available()
-        if why:
-            self.skipTest(why)
-        up = subprocess.run(['bash', FLEET, 'up', FLEET_NAME, str(HOSTS)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, universal_newlines=True)
-        if up.returncode == 77:
-            self.skipTest('netns fleet unavailable')
-        self.assertEqual(up.returncode, 0, up.stdout)
-        self.addCleanup(subprocess.run, ['bash', FLEET, 'down', FLEET_NAME],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.inventory = up.stdout.strip().splitlines()[-1]
+        self.inventory = rs.fleet_up(FLEET_NAME, HOSTS)
+        self.addCleanup(rs.fleet_down, FLEET_NAME)
         self.work = tempfile.mkdtemp(prefix='spindle-loaded-')
         self.addCleanup(shutil.rmtree, self.work, True)
 

@@ -505,22 +505,29 @@ class AgentTest(unittest.TestCase):
         self.assertEqual(a.ok("cancel", handle=call_id), {"cancelled": False})
         self.assertEqual(a.ok("ping")["pong"], True)
 
-    def test_cancel_kills_an_exec_and_its_process_group(self):
-        pidfile = os.path.join(self.tmp, "pid")
-        call_id = self.agent.call("exec", shell="sleep 1000 & echo $! > %s.tmp; mv %s.tmp %s; "
-                                  "wait" % (pidfile, pidfile, pidfile))
+    def wait_for_pid(self, pidfile):
+        """The pid a command under test wrote to ``pidfile`` (renamed into place)."""
         deadline = time.monotonic() + TIMEOUT
         while not os.path.exists(pidfile):
             self.assertLess(time.monotonic(), deadline, "child did not start")
             time.sleep(0.02)
         with open(pidfile) as f:
-            pid = int(f.read())
-        self.assertFalse(pid_gone(pid))
-        self.assertEqual(self.agent.ok("cancel", handle=call_id), {"cancelled": True})
+            return int(f.read())
+
+    def wait_gone(self, pid):
         deadline = time.monotonic() + 5
         while not pid_gone(pid):
             self.assertLess(time.monotonic(), deadline, "the cancelled command survived")
             time.sleep(0.02)
+
+    def test_cancel_kills_an_exec_and_its_process_group(self):
+        pidfile = os.path.join(self.tmp, "pid")
+        call_id = self.agent.call("exec", shell="sleep 1000 & echo $! > %s.tmp; mv %s.tmp %s; "
+                                  "wait" % (pidfile, pidfile, pidfile))
+        pid = self.wait_for_pid(pidfile)
+        self.assertFalse(pid_gone(pid))
+        self.assertEqual(self.agent.ok("cancel", handle=call_id), {"cancelled": True})
+        self.wait_gone(pid)
         time.sleep(0.3)
         self.assertEqual(self.agent.peek(lambda f: f.reply_to == call_id), [])
         self.assertEqual(self.agent.error("cancel", handle="x")["error"], "bad_request")
@@ -529,17 +536,9 @@ class AgentTest(unittest.TestCase):
         pidfile = os.path.join(self.tmp, "pid")
         call_id = self.agent.call("exec", tty=True, shell="echo $$ > %s.tmp; mv %s.tmp %s; "
                                   "exec sleep 1000" % (pidfile, pidfile, pidfile))
-        deadline = time.monotonic() + TIMEOUT
-        while not os.path.exists(pidfile):
-            self.assertLess(time.monotonic(), deadline, "child did not start")
-            time.sleep(0.02)
-        with open(pidfile) as f:
-            pid = int(f.read())
+        pid = self.wait_for_pid(pidfile)
         self.assertEqual(self.agent.ok("cancel", handle=call_id), {"cancelled": True})
-        deadline = time.monotonic() + 5
-        while not pid_gone(pid):
-            self.assertLess(time.monotonic(), deadline, "the cancelled command survived")
-            time.sleep(0.02)
+        self.wait_gone(pid)
         time.sleep(0.3)
         self.assertEqual(self.agent.peek(lambda f: f.reply_to == call_id), [])
 
@@ -609,12 +608,7 @@ class AgentTest(unittest.TestCase):
         pidfile = os.path.join(self.tmp, "pid")
         call_id = self.agent.call("exec", shell="echo $$ > %s.tmp; mv %s.tmp %s; exec sleep 100"
                                   % (pidfile, pidfile, pidfile))
-        deadline = time.monotonic() + TIMEOUT
-        while not os.path.exists(pidfile):
-            self.assertLess(time.monotonic(), deadline, "child did not start")
-            time.sleep(0.02)
-        with open(pidfile) as f:
-            pid = int(f.read())
+        pid = self.wait_for_pid(pidfile)
         self.assertFalse(pid_gone(pid))
         self.assertEqual(self.agent.close(), 0)
         deadline = time.monotonic() + 5
