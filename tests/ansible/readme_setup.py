@@ -82,13 +82,14 @@ def inventory(fleet_inventory, path, user=None, interpreters=None):
     return path
 
 
-def login_user(name):
-    """Make local user ``name`` (home, bash, an unlocked password: the fleet's sshd refuses
-    locked accounts) with passwordless sudo; returns a cleanup function, or None if it
+def login_user(name, shell='/bin/bash'):
+    """Make local user ``name`` (home, login ``shell``, an unlocked password: the fleet's sshd
+    refuses locked accounts) with passwordless sudo; returns a cleanup function, or None if it
     cannot be made here."""
     if subprocess.run(['id', name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode:
-        if subprocess.run(['useradd', '-m', '-s', '/bin/bash', name]).returncode:
+        if subprocess.run(['useradd', '-m', '-s', shell, name]).returncode:
             return None
+    subprocess.run(['usermod', '-s', shell, name], check=True)
     subprocess.run(['chpasswd'], input=('%s:spindle-%s\n' % (name, os.getpid())).encode(), check=True)
     sudoers = '/etc/sudoers.d/spindle-test-%s' % name
     with open(sudoers, 'w') as f:

@@ -13,13 +13,16 @@ one step earlier, at the temp files' permissions.
   result has stock's shape: ``rc``, ``module_stdout``, ``module_stderr`` and msg for a module,
   ``rc``/``stdout``/``stderr`` for raw, "Failed to get information on remote file" for copy;
 * ``raw`` runs under the login shell on a terminal, as sshd runs it for stock's ``ssh -tt``:
-  bash's ``echo -en``, ``$BASH_VERSION``, ``\\r\\n`` line ends and stderr merged into stdout.
+  bash's ``echo -en``, ``$BASH_VERSION``, CRLF line ends and stderr merged into stdout; and
+  without a terminal with ``ansible_ssh_use_tty=False``, and under dash for a user whose
+  login shell is ``/bin/sh``.
 """
 
 import difflib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import unittest
 
@@ -28,6 +31,7 @@ import readme_setup as rs
 FLEET = rs.FLEET
 FLEET_NAME = 'field'
 LOGIN_USER = 'spxfield'
+DASH_USER = 'spxdash'
 
 PLAY = '''
 - hosts: all
@@ -78,19 +82,24 @@ class FieldCases(unittest.TestCase):
     def setUpClass(cls):
         cls.inventory = rs.fleet_up(FLEET_NAME, 1)
         cls.shared = tempfile.mkdtemp(prefix='spindle-field-')
-        cls.users = ['root']
-        cls.drop_user = rs.login_user(LOGIN_USER)
-        if cls.drop_user is not None:
-            cls.users.append(LOGIN_USER)
+        # (login user, raw on a terminal): root and an unprivileged bash user with the ssh
+        # plugin's default (a terminal), root without one, a user whose login shell is dash.
+        cls.cases = [('root', True), ('root', False)]
+        cls.drops = []
+        for name, shell in ((LOGIN_USER, '/bin/bash'), (DASH_USER, '/bin/sh')):
+            drop = rs.login_user(name, shell)
+            if drop is not None:
+                cls.drops.append(drop)
+                cls.cases.append((name, True))
 
     @classmethod
     def tearDownClass(cls):
         rs.fleet_down(FLEET_NAME)
         shutil.rmtree(getattr(cls, 'shared', '/nonexistent'), ignore_errors=True)
-        if getattr(cls, 'drop_user', None):
-            cls.drop_user()
+        for drop in getattr(cls, 'drops', []):
+            drop()
 
-    def one_run(self, kind, user):
+    def one_run(self, kind, user, tty=True):
         work = tempfile.mkdtemp(prefix='spindle-field-%s-' % kind)
         self.addCleanup(shutil.rmtree, work, True)
         os.chmod(work, 0o755)
@@ -107,6 +116,9 @@ class FieldCases(unittest.TestCase):
                         'callback_plugins = %s\n'
                         % os.path.join(rs.PKG, 'spindle_ansible', 'plugins', 'callback'))
         rs.inventory(self.inventory, os.path.join(work, 'inventory.ini'), user=user)
+        if not tty:
+            with open(os.path.join(work, 'inventory.ini'), 'a') as f:
+                f.write('\n[all:vars]\nansible_ssh_use_tty=False\n')
         with open(os.path.join(work, 'play.yml'), 'w') as f:
             f.write(PLAY % {'shared': self.shared, 'user': user})
         # Each run starts from the same state: no file of the last one, here or on the target.
@@ -127,10 +139,11 @@ class FieldCases(unittest.TestCase):
         return p, records
 
     def test_stock_and_spindle_agree(self):
-        for user in self.users:
-            with self.subTest(user=user):
-                stock, a = self.one_run('stock', user)
-                spindle, b = self.one_run('spindle', user)
+        print('cases (login user, terminal): %s' % self.cases, file=sys.stderr)
+        for user, tty in self.cases:
+            with self.subTest(user=user, tty=tty):
+                stock, a = self.one_run('stock', user, tty)
+                spindle, b = self.one_run('spindle', user, tty)
                 self.assertEqual(stock.returncode, 0, stock.stdout)
                 self.assertEqual(spindle.returncode, 0, spindle.stdout)
                 if a != b:
@@ -138,7 +151,8 @@ class FieldCases(unittest.TestCase):
                         json.dumps(a, indent=1, sort_keys=True).splitlines(),
                         json.dumps(b, indent=1, sort_keys=True).splitlines(), 'stock', 'spindle',
                         lineterm='')
-                    self.fail('stock and spindle differ as %s:\n%s' % (user, '\n'.join(diff)))
+                    self.fail('stock and spindle differ as %s (tty %s):\n%s'
+                              % (user, tty, '\n'.join(diff)))
                 # Nothing of root's left in the login user's home on the controller.
                 home = os.path.expanduser('~%s' % user)
                 for dp, dns, fns in os.walk(os.path.join(home, '.ansible')):
