@@ -74,7 +74,7 @@ def main(argv=None):
         print('matrix: %s done' % core, flush=True)
     head = ['ansible-core', 'controller'] + list(SUITES) + ([] if args.no_conformance
                                                            else ['conformance (linear pair)'])
-    table = ['| %s |' % ' | '.join(head), '|%s' % '---|' * len(head)]
+    table = ['| %s |' % ' | '.join(head), '|' + '---|' * len(head)]
     table += ['| %s |' % ' | '.join(r) for r in rows]
     text = '\n'.join(table) + '\n'
     print(text)
