@@ -35,6 +35,7 @@ REPO = rs.REPO
 FLEET = rs.FLEET
 FLEET_NAME = 'intp'
 LOGIN_USER = 'spxinterp'
+SHARED_DIR = '/var/lib/spindle-tests'
 
 MODULE = '''#!/usr/bin/python
 import sys
@@ -122,9 +123,10 @@ class Interpreters(unittest.TestCase):
     def setUpClass(cls):
         cls.inventory = rs.fleet_up(FLEET_NAME, 2)
         cls.fleet_dir = os.path.dirname(cls.inventory)
-        # Under the repository: the targets share it (their /tmp and /root are private).
-        os.makedirs(os.path.join(REPO, 'target'), exist_ok=True)
-        cls.work = tempfile.mkdtemp(prefix='spindle-interp-', dir=os.path.join(REPO, 'target'))
+        # Where the targets see it too: their /tmp, /var/tmp and /root are private (and the
+        # checkout itself may live under /tmp).
+        os.makedirs(SHARED_DIR, mode=0o755, exist_ok=True)
+        cls.work = tempfile.mkdtemp(prefix='spindle-interp-', dir=SHARED_DIR)
         os.chmod(cls.work, 0o755)
         for name in ('pathpy', 'taskpy'):
             subprocess.run(['/usr/bin/python3', '-m', 'venv', '--without-pip',
