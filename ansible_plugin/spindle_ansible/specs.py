@@ -16,6 +16,9 @@ from ansible.module_utils.common.text.converters import to_text
 
 from spindle_ansible.client import TargetSpec
 
+#: Characters of an interpreter an agent can be started with (as modexec.plain_program).
+_PLAIN_PROGRAM = frozenset('abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./+-')
+
 #: Longest spindle_via chain.
 MAX_VIA_DEPTH = 8
 #: Longest connect timeout the daemon accepts, in seconds (one week; docs/api.md).
@@ -230,6 +233,12 @@ class SpecBuilder(object):
             raise AnsibleError("spindle_via=%s: its connection %r cannot carry other hosts "
                                "(ssh, local, docker or podman can)" % (name, conn))
         spec = self.spec_from(option, mode, name=name)
+        # The hop's own tasks run under its configured interpreter: its agent starts there
+        # (a start hint), so they need no second agent when they come after its targets'.
+        python = hvars['ansible_python_interpreter'] if 'ansible_python_interpreter' in hvars else None
+        if isinstance(python, str) and python and set(python) <= _PLAIN_PROGRAM \
+                and not python.startswith('-'):
+            spec.python = python
         via = option('spindle_via')
         if via and to_text(via) != name:
             spec.via = self.hop_spec(via, chain + [name]).to_dict()

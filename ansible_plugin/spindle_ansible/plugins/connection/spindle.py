@@ -725,9 +725,25 @@ class Connection(ConnectionBase):
         except (ValueError, KeyError, TypeError):
             return None
 
+    def _become_password_failure(self, err):
+        """Stock's "Incorrect/Missing <method> password" error when the output of a become
+        command that did not start says so (doas prints its complaint and exits), or None."""
+        become = self.become
+        reason, _, output = (err.message or '').partition(': ')
+        ran = self._become_command_output(err)
+        b_output = ran[1] + ran[2] if ran is not None else to_bytes(output)
+        if reason == 'incorrect_password' or become.check_incorrect_password(b_output):
+            return AnsibleError('Incorrect %s password' % become.name)
+        if reason == 'missing_password' or become.check_missing_password(b_output):
+            return AnsibleError('Missing %s password' % become.name)
+        return None
+
     def _become_failure(self, err):
         """The Ansible error for a become context that did not start (stock's wording)."""
         become = self.become
+        password = self._become_password_failure(err)
+        if password is not None:
+            return password
         reason, _, output = (err.message or '').partition(': ')
         if reason == 'incorrect_password':
             return AnsibleError('Incorrect %s password' % become.name)
@@ -816,7 +832,7 @@ class Connection(ConnectionBase):
             self._timing('failed (%s)' % e.kind, started, spec)
             if e.kind == 'become_failed':
                 output = self._become_command_output(e)
-                if output is not None:
+                if output is not None and self._become_password_failure(e) is None:
                     return self._as_ssh_tty(*output) if tty else output
                 raise self._become_failure(e) from None
             raise self._failure(e, 'exec') from None
@@ -867,7 +883,8 @@ class Connection(ConnectionBase):
             r = call_with_blobs(self._client(), spec, payload, blobs)
         except SpindleError as e:
             if e.kind == 'become_failed':
-                if self._become_command_output(e) is not None:
+                if self._become_command_output(e) is not None \
+                        and self._become_password_failure(e) is None:
                     return None  # the stock action runs the module: it reports as stock does
                 raise self._become_failure(e) from None
             raise self._failure(e, 'copy') from None
