@@ -15,9 +15,7 @@ from ansible.errors import AnsibleError
 from ansible.module_utils.common.text.converters import to_text
 
 from spindle_ansible.client import TargetSpec
-
-#: Characters of an interpreter an agent can be started with (as modexec.plain_program).
-_PLAIN_PROGRAM = frozenset('abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./+-')
+from spindle_ansible.modexec import plain_program
 
 #: Longest spindle_via chain.
 MAX_VIA_DEPTH = 8
@@ -236,8 +234,7 @@ class SpecBuilder(object):
         # The hop's own tasks run under its configured interpreter: its agent starts there
         # (a start hint), so they need no second agent when they come after its targets'.
         python = hvars['ansible_python_interpreter'] if 'ansible_python_interpreter' in hvars else None
-        if isinstance(python, str) and python and set(python) <= _PLAIN_PROGRAM \
-                and not python.startswith('-'):
+        if isinstance(python, str) and plain_program(python):
             spec.python = python
         via = option('spindle_via')
         if via and to_text(via) != name:

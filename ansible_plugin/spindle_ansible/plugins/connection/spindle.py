@@ -725,12 +725,13 @@ class Connection(ConnectionBase):
         except (ValueError, KeyError, TypeError):
             return None
 
-    def _become_password_failure(self, err):
+    def _become_password_failure(self, err, ran=None):
         """Stock's "Incorrect/Missing <method> password" error when the output of a become
-        command that did not start says so (doas prints its complaint and exits), or None."""
+        command that did not start says so (doas prints its complaint and exits), or None.
+        ``ran``: its (rc, stdout, stderr) when the caller has them already."""
         become = self.become
         reason, _, output = (err.message or '').partition(': ')
-        ran = self._become_command_output(err)
+        ran = ran if ran is not None else self._become_command_output(err)
         b_output = ran[1] + ran[2] if ran is not None else to_bytes(output)
         if reason == 'incorrect_password' or become.check_incorrect_password(b_output):
             return AnsibleError('Incorrect %s password' % become.name)
@@ -832,7 +833,7 @@ class Connection(ConnectionBase):
             self._timing('failed (%s)' % e.kind, started, spec)
             if e.kind == 'become_failed':
                 output = self._become_command_output(e)
-                if output is not None and self._become_password_failure(e) is None:
+                if output is not None and self._become_password_failure(e, output) is None:
                     return self._as_ssh_tty(*output) if tty else output
                 raise self._become_failure(e) from None
             raise self._failure(e, 'exec') from None
@@ -883,8 +884,8 @@ class Connection(ConnectionBase):
             r = call_with_blobs(self._client(), spec, payload, blobs)
         except SpindleError as e:
             if e.kind == 'become_failed':
-                if self._become_command_output(e) is not None \
-                        and self._become_password_failure(e) is None:
+                output = self._become_command_output(e)
+                if output is not None and self._become_password_failure(e, output) is None:
                     return None  # the stock action runs the module: it reports as stock does
                 raise self._become_failure(e) from None
             raise self._failure(e, 'copy') from None
