@@ -48,6 +48,11 @@ enum Cmd {
         /// once per target instead of through the hops' caches (also SPINDLE_NO_HOP_CACHE=1).
         #[arg(long)]
         no_hop_cache: bool,
+        /// Exit after this many seconds with no API client connected (0: never). The Ansible
+        /// plugin starts its shared per-user daemon with this (SPINDLE_PERSIST, default 60 s)
+        /// so the next run finds live agents, like ssh's ControlPersist.
+        #[arg(long, env = "SPINDLE_IDLE_EXIT", default_value_t = 0, value_parser = clap::value_parser!(u32))]
+        idle_exit: u32,
     },
     /// Run a command on every host (one argument: a shell command line; several: an argv).
     Run {
@@ -221,6 +226,7 @@ fn real_main(cli: Cli) -> Result<i32> {
             no_splice,
             max_interpreters,
             no_hop_cache,
+            idle_exit,
         } => {
             spindle::api::server::raise_fd_limit();
             let server = Server::bind(&ServeOptions {
@@ -229,6 +235,8 @@ fn real_main(cli: Cli) -> Result<i32> {
                 splice: !no_splice,
                 max_interpreters,
                 hop_cache: !no_hop_cache && std::env::var_os("SPINDLE_NO_HOP_CACHE").is_none(),
+                idle_exit: (idle_exit > 0)
+                    .then(|| std::time::Duration::from_secs(u64::from(idle_exit))),
             })?;
             spindle::api::server::stop_on_signals().context("installing signal handlers")?;
             eprintln!(
@@ -492,6 +500,7 @@ fn with_fleet(
                 splice: true,
                 max_interpreters: spindle::router::DEFAULT_MAX_INTERPRETERS,
                 hop_cache: std::env::var_os("SPINDLE_NO_HOP_CACHE").is_none(),
+                idle_exit: None,
             })?;
             (path, Some(h))
         }

@@ -1,5 +1,8 @@
 """``python -m spindle_ansible``: print the ansible.cfg lines that enable spindle's Ansible
-plugins from where this package is installed (append them to your ansible.cfg)."""
+plugins from where this package is installed (append them to your ansible.cfg).
+
+``python -m spindle_ansible --stop``: stop this user's persistent daemons (each exits by itself
+``SPINDLE_PERSIST`` seconds, default 60, after the last run; like ``ssh -O exit``)."""
 
 import os
 import sys
@@ -30,8 +33,13 @@ def main(argv=None):
     if args and args[0] in ('-h', '--help'):
         print(__doc__.strip())
         return 0
+    if args == ['--stop']:
+        from spindle_ansible.daemon import stop_all
+
+        print("spindle: stopped %d persistent daemon(s)" % stop_all())
+        return 0
     if args:
-        print("usage: python -m spindle_ansible", file=sys.stderr)
+        print("usage: python -m spindle_ansible [--stop]", file=sys.stderr)
         return 2
     print(config_lines())
     return 0

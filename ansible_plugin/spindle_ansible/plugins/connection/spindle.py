@@ -901,7 +901,9 @@ class Connection(ConnectionBase):
         host = self._play_context.remote_addr
         display.vvv("SPINDLE stock path (not in the agent): %s" % reason, host=host)
         try:
-            first = self._client().request('note', spec, path='stock', reason=reason).get('first')
+            first = self._client().request('note', spec, path='stock', reason=reason,
+                                           run=os.environ.get('SPINDLE_RUN_ID') or None
+                                           ).get('first')
         except SpindleError as e:
             display.vvv("spindle: could not count the stock path: %s" % (e,), host=host)
             first = False
