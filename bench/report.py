@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import svgplot  # noqa: E402
 
 MODE_ORDER = ['stock', 'stock-nopipe', 'mitogen', 'spindle']
-WL_ORDER = ['hostname100', 'hostname20', 'mixed', 'bigcopy', 'manyfiles100', 'manyfiles']
+WL_ORDER = ['hostname100', 'hostname20', 'mixed', 'bigcopy', 'manyfiles100', 'manyfiles', 'ping1-first',
+            'ping1-again']
 
 
 def load(out):
@@ -404,7 +405,7 @@ REQUIRED_NETNS = ['targets.cpu_s', 'wire.bytes_total', 'wire.bytes_per_task', 't
 #: Workloads whose every module task must run in an agent (no async, no apt, no old-style
 #: modules): `--check` fails a spindle run of one of them that took the stock path.
 ALL_IN_AGENT = frozenset(('hostname100', 'hostname20', 'mixed', 'bigcopy', 'manyfiles',
-                          'manyfiles100'))
+                          'manyfiles100', 'ping1-first', 'ping1-again'))
 
 
 def verify(out, strict=False):

@@ -371,6 +371,41 @@ class _Lock(object):
         os.close(self.fd)
 
 
+def _prune(base, keep):
+    """Remove the directories of this user's daemons that are gone (another binary or
+    environment, now idle-exited), each under its own lock, skipping any in use; and their lock
+    files once a day old. Keeps ``base`` from growing with every rebuilt binary."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(base, name)
+        if name.endswith('.lock') or path == keep:
+            continue
+        try:
+            fd = os.open(path + '.lock', os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not accepts(os.path.join(path, 'sock')):
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass  # in use: someone is starting it
+        finally:
+            os.close(fd)
+    day_ago = time.time() - 86400
+    for name in names:
+        lock = os.path.join(base, name)
+        if name.endswith('.lock') and not os.path.exists(lock[:-len('.lock')]):
+            try:
+                if os.stat(lock).st_mtime < day_ago:
+                    os.unlink(lock)
+            except OSError:
+                pass
+
+
 def attach_or_start(binary, persist):
     """(socket, Daemon or None): this user's persistent daemon for ``binary`` and this
     environment, started if none accepts connections."""
@@ -384,6 +419,7 @@ def attach_or_start(binary, persist):
             _cut_log(os.path.join(directory, 'daemon.log'))
             display.vv("spindle: attached to the running daemon on %s" % sock)
             return sock, None
+        _prune(base, directory)
         daemon = Daemon(binary, persist, directory)
         display.vv("spindle: started daemon pid %d on %s (it exits %ds after the last run; "
                    "SPINDLE_PERSIST)" % (daemon.proc.pid, sock, persist))
