@@ -255,7 +255,7 @@ def event_blocks(events):
 def results(events):
     """{(task name, host, item): outcome} of every result event: the outcome is the event's
     status with the result's changed, failed/skipped, rc, stdout (module stdout: hostname,
-    id -u, echo) and msg of failures."""
+    id -u, echo), msg of failures, warnings, its field names and the names of facts."""
     out = {}
     for e in events:
         kind = e['event']
@@ -274,6 +274,10 @@ def results(events):
             outcome['msg'] = res.get('msg')
         if 'results' in res:
             outcome['items'] = len(res['results'])
+        outcome['fields'] = sorted(res)  # the result's shape (its values vary: times, facts)
+        outcome['warnings'] = res.get('warnings')  # e.g. interpreter discovery's
+        if 'ansible_facts' in res:
+            outcome['facts'] = sorted(res['ansible_facts'])
         assert key not in out, ('two results for', key)
         out[key] = outcome
     return out
