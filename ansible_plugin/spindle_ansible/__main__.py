@@ -31,6 +31,8 @@ def config_lines():
         "; ad-hoc `ansible` and `ansible-console` load enabled callbacks only with this (without",
         "; it they run stock ssh); it also lets them use a stdout_callback you configured",
         "bin_ansible_callbacks = True",
+        "; under ansible-runner (AWX, ansible-navigator) runner's own ANSIBLE_CALLBACK_PLUGINS hides",
+        "; callback_plugins: put what `python -m spindle_ansible --envvars` prints in env/envvars",
         "; optional: ansible-doc for the connection plugin; the strategies spindle_linear and",
         "; spindle_free (an alternative to the callback: set them as the strategy)",
         "connection_plugins = %s" % os.path.join(plugins, 'connection'),
