@@ -293,6 +293,12 @@ def write_report(out):
                'sampled every 0.5 s)', unit='kB')
     L += table(runs, 'controller.peak_rss_max_process_kb', 'Controller largest single process (max ru_maxrss)',
                unit='kB')
+    big = [r for r in runs if r.get('bigcopy')]
+    if big:
+        L += table(big, 'bigcopy.fraction_of_line_rate', 'bigcopy at line rate: the copy task\'s '
+                   'throughput over the raw `ssh tI \'cat > f\' < file` to the same targets, measured '
+                   'in the same run (meta line_rate; 1.0 = line rate)', ratio=False)
+        L += table(big, 'bigcopy.MiB_per_s', 'bigcopy: the copy task\'s throughput (MiB/s, all targets)')
     L += table(runs, 'targets.cpu_s', 'Target CPU (s, all processes in the target namespaces)')
     L += table(runs, 'wire.bytes_per_task', 'Bytes on the wire per host-task (veth counters, both directions)', unit='B')
     L += table(runs, 'wire.bytes_total', 'Bytes on the wire, total', unit='B')
