@@ -2,7 +2,8 @@
 
 Ansible's copy action (which template also uses) takes, per file, a remote stat, a temp dir,
 a file transfer, the copy (or file) module and a temp dir removal: four to five round trips.
-For a spindle connection the action's ``_copy_file`` is replaced by :func:`fast_copy_file`:
+For a spindle connection the action's ``_copy_file`` is replaced by :func:`fast_copy_file`
+(the class swap is :mod:`spindle_ansible.compat`'s ``copy-fast-path`` patch):
 it lets Ansible build both possible module invocations exactly as it would (by running
 ``_execute_module`` with the connection's ``exec_command`` captured, so module args,
 interpreter, become and environment are Ansible's own), sends them with the file's content
@@ -26,59 +27,10 @@ from ansible.utils.hashing import checksum
 MAX_INLINE = 2 * 1024 * 1024
 
 _MARKER = b'_ANSIBALLZ_WRAPPER = True'
-_FAST_CLASSES = {}
 
 
 def _is_module_run(in_data):
     return bool(in_data) and _MARKER in in_data[:4096]
-
-
-def _no_early_tmp(self):
-    # The stock actions make the remote temp dir before anything else (two round trips, and
-    # one more to remove it); the fast path needs none, the stock path makes it when needed.
-    return False
-
-
-def fast_class(cls):
-    """A subclass of Ansible's copy (or template) action class: no temp dir made up front;
-    for copy, ``_copy_file`` tries the fast path first."""
-    fast = _FAST_CLASSES.get(cls)
-    if fast is None:
-        attrs = {'_early_needs_tmp_path': _no_early_tmp, '_spindle_fast_copy': True}
-        if cls.__module__ == 'ansible.plugins.action.copy':
-            def _copy_file(self, source_full, source_rel, content, content_tempfile, dest,
-                           task_vars, follow):
-                done = fast_copy_file(self, source_full, source_rel, content, content_tempfile,
-                                      dest, task_vars, follow)
-                if done is not NotImplemented:
-                    return done
-                if self._connection._shell.tmpdir is None:
-                    self._make_tmp_path()  # what run() would have made up front
-                return cls._copy_file(self, source_full, source_rel, content, content_tempfile,
-                                      dest, task_vars, follow)
-
-            attrs['_copy_file'] = _copy_file
-        fast = type('Spindle' + cls.__name__, (cls,), attrs)
-        _FAST_CLASSES[cls] = fast
-    return fast
-
-
-#: Ansible's own action classes that get the fast path (not user overrides of them).
-_ROUTED_MODULES = ('ansible.plugins.action.copy', 'ansible.plugins.action.template')
-
-
-def route_action(name, obj, connection):
-    """Called on every action plugin the loader hands out: the builtin copy and template
-    actions with a spindle connection get the one-round-trip path."""
-    if obj is None or isinstance(obj, type) or getattr(obj, '_spindle_fast_copy', False):
-        return obj
-    cls = type(obj)
-    if cls.__module__ not in _ROUTED_MODULES or cls.__name__ != 'ActionModule':
-        return obj
-    if not hasattr(connection, 'spindle_copy_fast'):
-        return obj
-    obj.__class__ = fast_class(cls)
-    return obj
 
 
 def _capture(conn, action, runs):

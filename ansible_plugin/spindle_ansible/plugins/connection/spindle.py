@@ -492,6 +492,7 @@ from ansible.module_utils.common.text.converters import to_bytes, to_text
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
+from spindle_ansible import compat
 from spindle_ansible.client import Client, SpindleError
 from spindle_ansible.modexec import (StockPath, call_with_blobs, file_module_reason, for_interpreter,
                                      plain_program, plan, run_in_agent)
@@ -561,21 +562,7 @@ class Connection(ConnectionBase):
         """Keep Ansible's become plugin, remembering each command it wraps: spindle runs the
         unwrapped command in a nested agent that already runs as the become user."""
         super(Connection, self).set_become_plugin(plugin)
-        if plugin is None or getattr(plugin, '_spindle_wrapped', False):
-            return
-        original = plugin.build_become_command
-        memory = self._become_inner
-
-        def build_become_command(cmd, shell):
-            wrapped = original(cmd, shell)
-            if cmd and wrapped != cmd:
-                while len(memory) >= _BECOME_MEMORY:
-                    memory.pop(next(iter(memory)))
-                memory[wrapped] = cmd
-            return wrapped
-
-        plugin.build_become_command = build_become_command
-        plugin._spindle_wrapped = True
+        compat.wrap_become(plugin, self._become_inner, _BECOME_MEMORY)  # (the become-wrap patch)
 
     def is_pipelining_enabled(self, wrap_async=False):
         """Modules go to the agent whatever ``pipelining`` says (ansible-core 2.19+ asks this).

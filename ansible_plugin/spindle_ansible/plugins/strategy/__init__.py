@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import os
 
-from ansible.errors import AnsibleError
 from ansible.plugins.loader import action_loader, connection_loader
 from ansible.utils.display import Display
 
-from spindle_ansible import daemon, paths
+from spindle_ansible import compat, daemon, paths
 from spindle_ansible.specs import HOP_TRANSPORTS
 
 display = Display()
@@ -61,91 +60,15 @@ install_dirs = daemon.install_dirs
 ensure_daemon = daemon.ensure_daemon
 
 
-# -- connection routing ---------------------------------------------------------------------
+# -- connection routing: spindle_ansible.compat (every patch of Ansible internals) ------------
 
-def _route(loader_get_with_context):
-    def get_with_context(name, *args, **kwargs):
-        transport = ROUTES.get(name)
-        if transport is None:
-            return loader_get_with_context(name, *args, **kwargs)
-        result = loader_get_with_context(CONNECTION_NAME, *args, **kwargs)
-        obj = result[0]
-        if obj is None:
-            raise AnsibleError("spindle: the connection plugin %r was not found (looked in %s)"
-                               % (CONNECTION_NAME, CONNECTION_DIR))
-        if not kwargs.get('class_only') and hasattr(obj, 'spindle_route'):
-            obj.spindle_route(transport)
-        return result
-
-    get_with_context.spindle_routed = True
-    return get_with_context
-
-
-def _routed_get(routed_get_with_context):
-    def get(name, *args, **kwargs):
-        return routed_get_with_context(name, *args, **kwargs)[0]
-
-    get.spindle_routed = True
-    return get
-
-
-def _routed_action_get(action_get):
-    from spindle_ansible.copyfast import route_action
-
-    def get(name, *args, **kwargs):
-        obj = action_get(name, *args, **kwargs)
-        if kwargs.get('class_only'):
-            return obj
-        return route_action(name, obj, kwargs.get('connection'))
-
-    get.spindle_routed = True
-    return get
-
-
-class LoaderPatch(object):
-    """Routes ssh/smart/local/docker/podman to spindle on ``connection_loader`` (and gives
-    the copy action spindle's one-round-trip ``_copy_file``) until ``restore()``."""
+class LoaderPatch(compat.LoaderPatch):
+    """Routes ssh/smart/local/docker/podman (and the enter plugins: ``ROUTES``) to spindle on
+    ``connection_loader`` (and gives the copy action spindle's one-round-trip ``_copy_file``)
+    until ``restore()``."""
 
     def __init__(self, loader=connection_loader, actions=action_loader):
-        self.loader = loader
-        self.actions = actions
-        self.saved = None
-        self.saved_action_get = None
-
-    def apply(self):
-        loader = self.loader
-        if getattr(loader.get_with_context, 'spindle_routed', False):
-            return self  # already routed (nested or repeated run): leave it to its owner
-        loader.add_directory(CONNECTION_DIR)
-        # Load it here, before Ansible forks a worker per task: each worker then inherits
-        # the imported module and its option definitions instead of compiling the source
-        # and parsing its DOCUMENTATION again (~20 ms per task).
-        loader.get(CONNECTION_NAME, class_only=True)
-        own = loader.__dict__
-        self.saved = {k: own[k] for k in ('get', 'get_with_context') if k in own}
-        routed = _route(loader.get_with_context)
-        loader.get_with_context = routed
-        loader.get = _routed_get(routed)
-        if self.actions is not None and not getattr(self.actions.get, 'spindle_routed', False):
-            self.saved_action_get = self.actions.__dict__.get('get')
-            self.actions.get = _routed_action_get(self.actions.get)
-        return self
-
-    def restore(self):
-        if self.saved is None:
-            return
-        for key in ('get', 'get_with_context'):
-            if key in self.saved:
-                setattr(self.loader, key, self.saved[key])
-            else:
-                self.loader.__dict__.pop(key, None)
-        if self.actions is not None and getattr(self.actions.get, 'spindle_routed', False):
-            if self.saved_action_get is not None:
-                self.actions.get = self.saved_action_get
-            else:
-                self.actions.__dict__.pop('get', None)
-        self.saved = None
-        self.saved_action_get = None
+        super(LoaderPatch, self).__init__(loader, actions, ROUTES, CONNECTION_NAME, CONNECTION_DIR)
 
 
 _paths_before = None  # the daemon's path counters when this run's first play started
