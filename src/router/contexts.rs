@@ -366,13 +366,8 @@ pub(super) fn validate_chain(spec: &Spec) -> Result<(), String> {
     // The first hop is started by the daemon (a password is checked again at spawn time,
     // with the askpass helper).
     match crate::transport::command(s, None) {
-        Err(crate::transport::CommandError::BadSpec { reason, .. })
-            if reason.contains("askpass") =>
-        {
-            Ok(())
-        }
+        Err(crate::transport::CommandError::NeedsAskpass { .. }) | Ok(_) => Ok(()),
         Err(e) => Err(e.to_string()),
-        Ok(_) => Ok(()),
     }
 }
 

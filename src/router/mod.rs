@@ -391,16 +391,10 @@ impl Router {
         let Some(spec) = req.target.clone() else {
             return self.reply_err(client, id, "bad_request", "", "this op needs a \"target\"");
         };
-        if let Err(e) = crate::transport::command(&spec, None).or_else(|e| match e {
+        match crate::transport::command(&spec, None) {
             // A password is checked again when the process is spawned (askpass available).
-            crate::transport::CommandError::BadSpec { ref reason, .. }
-                if reason.contains("askpass") =>
-            {
-                Ok(Default::default())
-            }
-            e => Err(e),
-        }) {
-            return self.reply_err(client, id, "bad_request", &spec.label(), &e.to_string());
+            Ok(_) | Err(crate::transport::CommandError::NeedsAskpass { .. }) => {}
+            Err(e) => return self.reply_err(client, id, e.kind(), &spec.label(), &e.to_string()),
         }
         if let Err(m) = validate_chain(&spec) {
             return self.reply_err(client, id, "bad_request", &spec.label(), &m);

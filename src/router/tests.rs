@@ -508,3 +508,23 @@ fn local_streams_and_busy_streams_are_not_checked() {
     assert_eq!(r.targets[0].calls.len(), 2);
     assert!(!queued(&r, 0).contains("\"ping\""));
 }
+
+#[test]
+fn a_host_name_that_cannot_be_a_host_is_unreachable_as_under_stock() {
+    let mut r = Router::new();
+    let now = Instant::now();
+    for host in ["-oProxyCommand=touch /tmp/x", "bad host", ""] {
+        let t = serde_json::json!({"transport": "ssh", "host": host});
+        r.request(1, exec(1, t), now);
+        let e = errors(&mut r);
+        assert!(
+            e.len() == 1 && e[0].starts_with("unreachable: ") && e[0].contains("invalid host name"),
+            "{e:?}"
+        );
+    }
+    // A password without the askpass helper is the daemon's to check at spawn time.
+    let t = serde_json::json!({"transport": "ssh", "host": "h", "password": "pw"});
+    r.request(1, exec(2, t), now);
+    assert!(errors(&mut r).is_empty());
+    assert_eq!(r.streams(), 1);
+}
