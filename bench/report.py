@@ -117,6 +117,36 @@ def table(runs, metric, title, unit='', ratio=True, note=''):
     return lines
 
 
+def profile_table(runs):
+    """The controller's CPU by phase per mode (py-spy samples of the hostname20-pyspy runs),
+    in ms per host-task: where the time goes."""
+    prof = [r for r in runs if r.get('profile') and r.get('status') == 'ok']
+    if not prof:
+        return []
+    modes = _modes(prof)
+    by = dict((r['mode'], r) for r in prof)
+    phases = []
+    for r in prof:
+        for ph in r['profile']['per_task_ms']:
+            if ph not in phases:
+                phases.append(ph)
+    phases.sort(key=lambda ph: -max(by[m]['profile']['per_task_ms'].get(ph, 0) for m in modes))
+    L = ['### Controller CPU by phase (ms per host-task)', '',
+         'hostname20 on %d target(s) under `py-spy record --subprocesses --rate %d` (samples of '
+         'the controller\'s Python processes; the spindle daemon and ssh are not Python and not '
+         'in it): each sample goes to the first phase whose code is on its stack. Raw stacks: '
+         'the `raw` file of each run (`py-spy`\'s collapsed format, for inferno/speedscope).'
+         % (prof[0]['hosts'], prof[0]['profile']['rate']), '',
+         '| phase | ' + ' | '.join(modes) + ' |', '|---|' + '---:|' * len(modes)]
+    for ph in phases:
+        L.append('| %s | %s |' % (ph, ' | '.join('%.1f' % by[m]['profile']['per_task_ms'].get(ph, 0)
+                                                 for m in modes)))
+    L.append('| **total** | %s |' % ' | '.join('**%.1f**' % by[m]['profile']['total_ms_per_task']
+                                               for m in modes))
+    L.append('')
+    return L
+
+
 def speedup_table(runs):
     by = _by(runs)
     modes = [m for m in _modes(runs) if m != 'stock']
@@ -293,6 +323,7 @@ def write_report(out):
                'sampled every 0.5 s)', unit='kB')
     L += table(runs, 'controller.peak_rss_max_process_kb', 'Controller largest single process (max ru_maxrss)',
                unit='kB')
+    L += profile_table(runs)
     big = [r for r in runs if r.get('bigcopy')]
     if big:
         L += table(big, 'bigcopy.fraction_of_line_rate', 'bigcopy at line rate: the copy task\'s '
