@@ -84,7 +84,9 @@ impl AgentPath {
     pub fn of(op: Option<&str>, mode: Option<&str>) -> Option<AgentPath> {
         match (op, mode) {
             (Some("run_module"), Some("fork")) => Some(AgentPath::Forked),
-            (Some("run_module"), _) | (Some("copy_fast"), _) => Some(AgentPath::InAgent),
+            (Some("run_module"), _) | (Some("copy_fast" | "copy_stream"), _) => {
+                Some(AgentPath::InAgent)
+            }
             _ => None,
         }
     }

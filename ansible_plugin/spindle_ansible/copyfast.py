@@ -12,10 +12,12 @@ follow and sha1 rules; copy when the checksums differ, file when they match), an
 module's output back to ``_execute_module`` so the result is parsed exactly as stock parses
 it. Cases with other flows (raw, force=no, diff or check mode, async, a trailing-slash or
 directory destination, an unchanged file reached through a symlink, no pipelining, become
-to an unprivileged user, files over :data:`MAX_INLINE`) run the stock action unchanged.
+to an unprivileged user, a file over :data:`MAX_INLINE` to a relative dest) run the stock
+action unchanged. A file over :data:`MAX_INLINE` is streamed beside dest between two calls.
 """
 
 import os
+import posixpath
 import stat
 import uuid
 
@@ -23,7 +25,9 @@ from ansible.errors import AnsibleFileNotFound
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.utils.hashing import checksum
 
-#: Larger files take the stock path (streamed put with splice on the controller).
+#: Larger files are not sent inline: they are streamed (put, spliced on the controller) to a
+#: staging name beside dest between the call that compares checksums and the one that runs
+#: the module (three round trips, the transfer at line rate).
 MAX_INLINE = 2 * 1024 * 1024
 
 _MARKER = b'_ANSIBALLZ_WRAPPER = True'
@@ -85,21 +89,27 @@ def fast_copy_file(action, source_full, source_rel, content, content_tempfile, d
     except AnsibleFileNotFound:
         return NotImplemented  # stock reports it
     try:
-        if os.path.getsize(real) > MAX_INLINE:
-            action._loader.cleanup_tmp_file(real)
-            return NotImplemented
-        with open(real, 'rb') as f:
-            data = f.read()
+        data = None
+        if os.path.getsize(real) <= MAX_INLINE:
+            with open(real, 'rb') as f:
+                data = f.read()
     except OSError:
         action._loader.cleanup_tmp_file(real)
         return NotImplemented
+    if data is None and not posixpath.dirname(dest):
+        action._loader.cleanup_tmp_file(real)
+        return NotImplemented  # a large file to a relative dest: the stock flow
 
     lmode = None
     if args.get('mode', None) == 'preserve':
         lmode = '0%03o' % stat.S_IMODE(os.stat(real).st_mode)
     local_checksum = checksum(real)
     suffix = os.path.splitext(dest)[1]
-    staged = '%s/spindle-copy-%s/.source%s' % (remote_tmp.rstrip('/'), uuid.uuid4().hex, suffix)
+    if data is None:
+        # Streamed beside dest (the module's move is then a rename on one filesystem).
+        staged = posixpath.join(posixpath.dirname(dest), '.spindle-copy-%s%s' % (uuid.uuid4().hex, suffix))
+    else:
+        staged = '%s/spindle-copy-%s/.source%s' % (remote_tmp.rstrip('/'), uuid.uuid4().hex, suffix)
 
     copy_args = _create_remote_copy_args(args)
     copy_args.update(dict(src=staged, dest=dest, _original_basename=source_rel, follow=follow))
@@ -119,7 +129,8 @@ def fast_copy_file(action, source_full, source_rel, content, content_tempfile, d
         action._loader.cleanup_tmp_file(real)
         return NotImplemented
     res = conn.spindle_copy_fast(captured[0], captured[1], dest=dest, follow=bool(follow),
-                                 checksum=local_checksum, staged=staged, data=data)
+                                 checksum=local_checksum, staged=staged, data=data,
+                                 source=None if data is not None else real)
     if res is None or res.get('outcome') not in ('copy', 'file'):
         action._loader.cleanup_tmp_file(real)
         return NotImplemented

@@ -282,7 +282,7 @@ impl Router {
                 match p.get("op").and_then(|o| o.as_str()) {
                     Some("run_module") => dedup_module_set(&mut p, &mut x.sent_sets),
                     // copy_fast carries the two module runs it chooses from.
-                    Some("copy_fast") => {
+                    Some("copy_fast" | "copy_stream") => {
                         for k in ["copy", "file"] {
                             if let Some(serde_json::Value::Object(run)) = p.get_mut(k) {
                                 dedup_module_set(run, &mut x.sent_sets);
