@@ -118,31 +118,48 @@ def table(runs, metric, title, unit='', ratio=True, note=''):
 
 
 def profile_table(runs):
-    """The controller's CPU by phase per mode (py-spy samples of the hostname20-pyspy runs),
-    in ms per host-task: where the time goes."""
+    """Where the controller's Python time goes per mode (py-spy samples of the
+    hostname20-pyspy runs), as shares by phase, beside the measured CPU per task of the same
+    cell's plain run (py-spy's own sampling distorts absolute figures)."""
     prof = [r for r in runs if r.get('profile') and r.get('status') == 'ok']
     if not prof:
         return []
     modes = _modes(prof)
     by = dict((r['mode'], r) for r in prof)
+    plain = dict((r['mode'], r) for r in runs if r['workload'] == 'hostname20'
+                 and r['hosts'] == prof[0]['hosts'] and r.get('rtt_ms') is None
+                 and r.get('status') == 'ok')
+
+    def share(m, ph):
+        p = by[m]['profile']
+        total = p['total_ms_per_task'] or 1.0
+        return 100.0 * p['per_task_ms'].get(ph, 0) / total
+
     phases = []
     for r in prof:
         for ph in r['profile']['per_task_ms']:
             if ph not in phases:
                 phases.append(ph)
-    phases.sort(key=lambda ph: -max(by[m]['profile']['per_task_ms'].get(ph, 0) for m in modes))
-    L = ['### Controller CPU by phase (ms per host-task)', '',
-         'hostname20 on %d target(s) under `py-spy record --subprocesses --rate %d` (samples of '
-         'the controller\'s Python processes; the spindle daemon and ssh are not Python and not '
-         'in it): each sample goes to the first phase whose code is on its stack. Raw stacks: '
-         'the `raw` file of each run (`py-spy`\'s collapsed format, for inferno/speedscope).'
+    phases.sort(key=lambda ph: -max(share(m, ph) for m in modes))
+    L = ['### Where the controller\'s Python time goes (share of py-spy samples)', '',
+         'hostname20 on %d target(s) under `py-spy record --subprocesses --rate %d` (the '
+         'controller\'s Python processes: ansible-playbook and its workers; the spindle daemon '
+         'and ssh are not Python and not in it). Each sample goes to the phase of its innermost '
+         'recognised frame (`PHASES` in bench/run). py-spy\'s sampling slows the run and counts '
+         'some waiting as running, so the shares are the figure to read; the last rows give '
+         'the measured controller CPU per task of the same cell without py-spy. Raw stacks: '
+         'the `raw` file of each run (collapsed format, for inferno or speedscope).'
          % (prof[0]['hosts'], prof[0]['profile']['rate']), '',
          '| phase | ' + ' | '.join(modes) + ' |', '|---|' + '---:|' * len(modes)]
     for ph in phases:
-        L.append('| %s | %s |' % (ph, ' | '.join('%.1f' % by[m]['profile']['per_task_ms'].get(ph, 0)
-                                                 for m in modes)))
-    L.append('| **total** | %s |' % ' | '.join('**%.1f**' % by[m]['profile']['total_ms_per_task']
-                                               for m in modes))
+        L.append('| %s | %s |' % (ph, ' | '.join('%.0f%%' % share(m, ph) for m in modes)))
+
+    def cpu_per_task(m):
+        r = plain.get(m)
+        n = r and r.get('task_results')
+        return '%.0f ms' % (1000.0 * r['controller']['cpu_s'] / n) if n else '–'
+    L.append('| **controller CPU per task, plain run** (all processes: Python, ssh, daemon) | %s |'
+             % ' | '.join(cpu_per_task(m) for m in modes))
     L.append('')
     return L
 
