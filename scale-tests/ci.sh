@@ -29,4 +29,10 @@ for io in epoll uring; do
     status=1
   }
 done
+# The hostile-target soak (issue 13): 50 well-behaved local agents beside 10 hostile targets
+# (log flood, endless output, endless fetch, slow reader, garbage) for SOAK_SECS (60 here; the
+# 5-minute run: SOAK_SECS=300); correct answers, daemon RSS and log size bounded.
+echo "=== soak: ${SOAK_SECS:-60} s" >&2
+python3 scale-tests/hostile_soak.py --secs "${SOAK_SECS:-60}" --bin target/release/spindle \
+  --out "$OUT/soak.json" || status=1
 exit $status
