@@ -193,7 +193,6 @@ fn bad_requests_get_clear_errors_and_the_daemon_carries_on() {
         json!({"op": "exec", "target": target(local), "argv": ["true"], "shell": "true"}),
         json!({"op": "put", "target": target(local), "src": "/nonexistent/file", "dest": "/x"}),
         json!({"op": "ping"}),
-        json!({"op": "ping", "target": {"transport": "ssh", "host": "-oProxyCommand=evil"}}),
         json!({"op": "ping", "target": {"transport": "carrier-pigeon"}}),
         json!({"op": "exec", "target": target(local), "argv": ["true"], "bogus_field": 1}),
     ];
@@ -204,6 +203,14 @@ fn bad_requests_get_clear_errors_and_the_daemon_carries_on() {
             "{req}: {r:?}"
         );
     }
+    // A host name that would be an ssh option is refused before ssh runs, as unreachable as
+    // stock ssh makes it (Ansible: UNREACHABLE, not FAILED).
+    let req = json!({"op": "ping", "target": {"transport": "ssh", "host": "-oProxyCommand=evil"}});
+    let r = c.call(req.clone());
+    assert!(
+        matches!(r, Err(ClientError::Api { ref kind, ref message, .. }) if kind == "unreachable" && message.contains("invalid host name")),
+        "{req}: {r:?}"
+    );
     // Raw garbage: a non-JSON body gets an error reply; an oversize length closes the client.
     use std::io::{Read, Write};
     let mut raw = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();

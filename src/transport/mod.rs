@@ -333,6 +333,10 @@ mod tests {
         }
         let mut other = s.clone();
         other.password = Some("another".into());
-        assert_ne!(other.key(), key, "a different password is a different stream");
+        assert_ne!(
+            other.key(),
+            key,
+            "a different password is a different stream"
+        );
     }
 }
