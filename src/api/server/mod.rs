@@ -2,12 +2,23 @@
 //! processes, and moves bytes between them and the sans-IO [`Router`]. One thread drives every
 //! stream; no thread per target. Every descriptor is nonblocking and level-triggered.
 //!
+//! Bounds on clients: bytes buffered for all clients together (partial requests and unread
+//! replies) stay within [`ServeOptions::client_budget`] (`budget`: a message is admitted
+//! before it is read, small ones always; over the budget the client holding the most unread
+//! replies or unadmitted bytes is disconnected); a partial request that gets no byte for
+//! [`ServeOptions::partial_timeout`] is dropped; one client's unread replies never pass
+//! [`CLIENT_OUT_LIMIT`]. An idle client (nothing partial) is kept however long.
+//!
 //! This file holds the loop, the listener and the API clients; `procs` owns the target
-//! processes' pipes (spawn, read, write, kill) and `unix_connect` the nonblocking connect of
-//! transport `unix` sockets.
+//! processes' pipes (spawn, read, write, kill), `unix_connect` the nonblocking connect of
+//! transport `unix` sockets and `budget` the accounting of client bytes.
 
+mod budget;
 mod procs;
 mod unix_connect;
+
+pub use budget::{BudgetCounters, DEFAULT_BUDGET, DEFAULT_PARTIAL_TIMEOUT};
+use budget::{ClientBudget, Verdict};
 
 use super::MessageDecoder;
 use crate::reactor::{new_backend, Backend, Interest, IoBackend, Ready};
@@ -92,6 +103,25 @@ pub struct ServeOptions {
     pub max_interpreters: usize,
     /// Send files for targets behind a via hop through the hops' file caches.
     pub hop_cache: bool,
+    /// Bytes buffered for API clients, all together (see [`DEFAULT_BUDGET`]).
+    pub client_budget: usize,
+    /// How long a partial request may go without a byte (see [`DEFAULT_PARTIAL_TIMEOUT`]).
+    pub partial_timeout: Duration,
+}
+
+impl ServeOptions {
+    /// Defaults for everything but the socket.
+    pub fn new(socket: PathBuf) -> ServeOptions {
+        ServeOptions {
+            socket,
+            io: IoBackend::Auto,
+            splice: true,
+            max_interpreters: crate::router::DEFAULT_MAX_INTERPRETERS,
+            hop_cache: true,
+            client_budget: DEFAULT_BUDGET,
+            partial_timeout: DEFAULT_PARTIAL_TIMEOUT,
+        }
+    }
 }
 
 struct Client {
@@ -100,6 +130,8 @@ struct Client {
     out: Vec<u8>,
     out_pos: usize,
     writing: bool,
+    /// Read interest (false while its message waits for room in the budget).
+    reading: bool,
     closing: bool,
 }
 
@@ -123,6 +155,8 @@ pub struct Server {
     /// Failed accepts since the last report, and when that was.
     accept_failures: u64,
     accept_reported: Option<Instant>,
+    /// Bytes buffered for clients (see `budget`).
+    budget: ClientBudget,
 }
 
 /// Binds `path` with mode 0600. Only a stale socket is replaced: a socket whose connect is
@@ -215,6 +249,7 @@ impl Server {
             accept_paused_until: None,
             accept_failures: 0,
             accept_reported: None,
+            budget: ClientBudget::new(opts.client_budget, opts.partial_timeout),
         })
     }
 
@@ -262,8 +297,14 @@ impl Server {
                 self.dispatch(*ev, now);
                 self.drain_actions();
             }
+            if self.budget.waiting() > 0 {
+                for id in self.budget.resume(now) {
+                    self.set_reading(id, true);
+                }
+            }
             if now.duration_since(last_tick) >= TICK {
                 last_tick = now;
+                self.expire_partial_requests(now);
                 self.router.tick(now);
                 self.check_half_closed(now);
                 self.zombies
@@ -344,6 +385,7 @@ impl Server {
                 out: Vec::new(),
                 out_pos: 0,
                 writing: false,
+                reading: true,
                 closing: false,
             });
         }
@@ -386,37 +428,101 @@ impl Server {
     }
 
     fn client_read(&mut self, id: ClientId, now: Instant) {
+        if self.client_read_some(id, now) {
+            if let Some(c) = self.clients.get_mut(id) {
+                c.dec.release();
+                let (n, announced) = (c.dec.buffered(), c.dec.announced());
+                self.budget.inbound(id, n, announced, now);
+            }
+            self.enforce_budget();
+        }
+    }
+
+    /// Reads once from client `id` (if the budget lets it) and handles every whole request.
+    /// Returns whether bytes were received.
+    fn client_read_some(&mut self, id: ClientId, now: Instant) -> bool {
         let Some(c) = self.clients.get_mut(id) else {
-            return;
+            return false;
         };
-        match c.stream.read(&mut self.buf) {
-            Ok(0) => return self.drop_client(id),
-            Ok(n) => c.dec.push(&self.buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
-            Err(_) => return self.drop_client(id),
+        if c.closing {
+            // Its last answer is queued: what it sends now is read and dropped.
+            match c.stream.read(&mut self.buf) {
+                Ok(0) => self.drop_client(id),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => self.drop_client(id),
+            }
+            return false;
+        }
+        match self.budget.before_read(id) {
+            Verdict::Read => {}
+            Verdict::Wait => {
+                tracing::debug!(
+                    client = id,
+                    announced = ?self.budget.held(id).announced,
+                    total = self.budget.total(),
+                    "API client's request waits for room in the client buffer budget"
+                );
+                self.set_reading(id, false);
+                return false;
+            }
+            Verdict::TooLarge(announced) => {
+                // The message's own length, as the client wrote it (without the prefix).
+                let n = announced.saturating_sub(4);
+                let limit = self.budget.limit();
+                tracing::warn!(
+                    client = id,
+                    bytes = n,
+                    budget = limit,
+                    "API client's request is larger than the whole client buffer budget; refused"
+                );
+                c.closing = true;
+                let m = format!(
+                    "API message of {n} bytes exceeds the daemon's client buffer budget of \
+                     {limit} bytes (serve --client-buffer-mib, SPINDLE_CLIENT_BUFFER_MIB)"
+                );
+                let msg = super::error(0, "bad_request", "", &m);
+                self.send(id, &msg);
+                return false;
+            }
+        }
+        let want = self.budget.read_size(id, self.buf.len());
+        match c.stream.read(&mut self.buf[..want]) {
+            Ok(0) => {
+                self.drop_client(id);
+                return false;
+            }
+            Ok(n) => c.dec.push(&self.buf[..n.min(want)]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return false,
+            Err(_) => {
+                self.drop_client(id);
+                return false;
+            }
         }
         loop {
             let Some(c) = self.clients.get_mut(id) else {
-                return;
+                return true;
             };
             if c.closing {
-                return;
+                return true;
             }
             let body = match c.dec.next_message() {
                 Ok(Some(b)) => b,
-                Ok(None) => return,
+                Ok(None) => return true,
                 Err(e) => {
                     c.closing = true;
                     let msg = super::error(0, "bad_request", "", &e.to_string());
                     self.send(id, &msg);
-                    return;
+                    return true;
                 }
             };
             match super::parse_request(&body) {
                 Ok(req) => {
                     if req.op == "stats" {
                         self.router.fds = fd_usage();
+                        self.router.clients = self.client_usage();
                     }
                     self.router.request(id, req, now)
                 }
@@ -429,19 +535,97 @@ impl Server {
         }
     }
 
+    /// Clients and their buffered bytes, for `stats`.
+    fn client_usage(&self) -> crate::metrics::ClientUsage {
+        crate::metrics::ClientUsage {
+            connected: self.clients.len() as u64,
+            buffered_bytes: self.budget.total() as u64,
+            budget_bytes: self.budget.limit() as u64,
+            waiting: self.budget.waiting() as u64,
+            partial_timeout_s: self.budget.partial_timeout().as_secs_f64(),
+            counters: self.budget.counters,
+        }
+    }
+
+    /// Turns reading client `id` on or off (writing as its queue needs).
+    fn set_reading(&mut self, id: ClientId, on: bool) {
+        let Some(c) = self.clients.get_mut(id) else {
+            return;
+        };
+        if c.reading != on {
+            c.reading = on;
+            let i = Interest {
+                read: on,
+                write: c.writing,
+            };
+            if let Err(e) = self
+                .backend
+                .modify(c.stream.as_fd(), key(id, TAG_CLIENT), i)
+            {
+                tracing::debug!(
+                    client = id,
+                    "cannot change what the API client is watched for: {e}"
+                );
+            }
+        }
+    }
+
+    /// While the clients' bytes are over the budget, disconnects the client holding the most
+    /// that is not a request in progress (unread replies, a message waiting for room).
+    fn enforce_budget(&mut self) {
+        while let Some((id, h)) = self.budget.over() {
+            tracing::warn!(
+                client = id,
+                unread_reply_bytes = h.outbound,
+                request_bytes = h.inbound,
+                total = self.budget.total(),
+                budget = self.budget.limit(),
+                "API client disconnected: bytes buffered for clients are over the budget \
+                 and it holds the most of them not being consumed"
+            );
+            self.budget.counters.evicted += 1;
+            self.drop_client(id);
+        }
+    }
+
+    /// Disconnects clients whose partial request got no byte for the deadline.
+    fn expire_partial_requests(&mut self, now: Instant) {
+        for (id, h) in self.budget.expired(now) {
+            tracing::warn!(
+                client = id,
+                received_bytes = h.inbound,
+                announced_bytes = ?h.announced,
+                "API client sent part of a request and then nothing for {:?}; disconnecting",
+                self.budget.partial_timeout()
+            );
+            self.budget.counters.timed_out += 1;
+            self.drop_client(id);
+        }
+    }
+
     fn send(&mut self, id: ClientId, body: &[u8]) {
         let Some(c) = self.clients.get_mut(id) else {
             return;
         };
+        // A client that reads while replies keep coming never empties its queue: drop what
+        // it has read once that is at least half of the queue.
+        if c.out_pos >= 64 * 1024 && c.out_pos >= c.out.len().saturating_sub(c.out_pos) {
+            c.out.drain(..c.out_pos);
+            c.out_pos = 0;
+        }
         super::frame_message(&mut c.out, body);
-        if c.out.len() - c.out_pos > CLIENT_OUT_LIMIT {
+        let unsent = c.out.len().saturating_sub(c.out_pos);
+        if unsent > CLIENT_OUT_LIMIT {
             tracing::warn!(
                 client = id,
+                unread_reply_bytes = unsent,
                 "API client is not reading its replies; disconnecting"
             );
             return self.drop_client(id);
         }
+        self.budget.outbound(id, unsent);
         self.client_flush(id);
+        self.enforce_budget();
     }
 
     fn client_flush(&mut self, id: ClientId) {
@@ -457,17 +641,23 @@ impl Server {
             }
         }
         if c.out_pos == c.out.len() {
-            c.out.clear();
+            if c.out.capacity() > 1024 * 1024 {
+                c.out = Vec::new();
+            } else {
+                c.out.clear();
+            }
             c.out_pos = 0;
             if c.closing {
                 return self.drop_client(id);
             }
         }
+        self.budget
+            .outbound(id, c.out.len().saturating_sub(c.out_pos));
         let want = c.out_pos < c.out.len();
         if want != c.writing {
             c.writing = want;
             let i = Interest {
-                read: true,
+                read: c.reading,
                 write: want,
             };
             let _ = self
@@ -477,6 +667,7 @@ impl Server {
     }
 
     fn drop_client(&mut self, id: ClientId) {
+        self.budget.remove(id);
         if let Some(c) = self.clients.try_remove(id) {
             let _ = self.backend.delete(c.stream.as_fd());
             self.router.client_gone(id);
