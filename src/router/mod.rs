@@ -48,7 +48,7 @@ use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 use target::{Phase, Target};
 
-pub use agent_log::{escape_for_log, LOG_BURST, LOG_RATE, LOG_RECORD_MAX};
+pub use agent_log::{escape_for_log, LogLimiter, LOG_BURST, LOG_RATE, LOG_RECORD_MAX};
 
 /// Client connection id (assigned by the server).
 pub type ClientId = usize;

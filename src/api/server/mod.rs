@@ -307,6 +307,9 @@ impl Server {
                 self.expire_partial_requests(now);
                 self.router.tick(now);
                 self.check_half_closed(now);
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    self.report_stderr_drops(now);
+                }
                 self.zombies
                     .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
             }
