@@ -23,22 +23,6 @@ const BUDGET_MIB: u64 = 64;
 /// The stated bound: the budget plus 64 MiB for the daemon itself and transient copies.
 const RSS_LIMIT_KIB: u64 = (BUDGET_MIB + 64) * 1024;
 
-/// A resident-set figure of `pid` from /proc (`VmRSS`, `VmHWM`), in KiB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| {
-            v.trim_start_matches(':')
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
 /// Sends a request body over a raw stream and reads one reply (30 s read timeout).
 fn call_raw(s: &mut UnixStream, body: &[u8]) -> Result<Value, String> {
     let mut msg = Vec::new();
@@ -139,12 +123,11 @@ fn fifty_misbehaving_clients_stay_within_the_budget_while_a_good_one_is_served()
         ],
         std::fs::File::create(&log).expect("log file"),
     );
-    let pid = d.child.id();
     let mut good = UnixStream::connect(&d.socket).expect("connect");
     let stats = br#"{"id":1,"op":"stats"}"#;
     let st = call_raw(&mut good, stats).expect("stats")["result"].clone();
     assert_eq!(st["clients"]["budget_bytes"], BUDGET_MIB << 20, "{st}");
-    eprintln!("daemon RSS at start: {} KiB", status_kib(pid, "VmRSS"));
+    eprintln!("daemon RSS at start: {} KiB", d.rss_kib());
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut stallers = Vec::new();
@@ -172,12 +155,12 @@ fn fifty_misbehaving_clients_stay_within_the_budget_while_a_good_one_is_served()
             st["clients"]["connected"].as_u64().is_some(),
             "stats has clients: {st}"
         );
-        max_rss = max_rss.max(status_kib(pid, "VmRSS"));
+        max_rss = max_rss.max(d.rss_kib());
         std::thread::sleep(Duration::from_millis(50));
     }
     let st = call_raw(&mut good, stats).expect("stats at the end")["result"].clone();
-    let hwm = status_kib(pid, "VmHWM");
-    max_rss = max_rss.max(status_kib(pid, "VmRSS"));
+    let hwm = d.peak_rss_kib();
+    max_rss = max_rss.max(d.rss_kib());
     stop.store(true, Ordering::Relaxed);
     let sent: usize = readers.into_iter().map(|h| h.join().unwrap_or(0)).sum();
     for h in stallers {

@@ -6,12 +6,14 @@
 //! partial message once the complete ones are handled) and the reply bytes not yet written.
 //! A message in progress whose length prefix has arrived is *admitted* before more of it is
 //! read: its whole size is then charged (so every admitted message can complete within the
-//! budget; no two half-received messages wait for each other's room). A message that does not
-//! fit waits, its client not read, until enough is freed (backpressure); one larger than the
-//! whole budget is refused. A message of at most [`RESERVE`] bytes is always admitted, so a
-//! well-behaved client with small requests is served while others hold the budget. Without
-//! room for a full read, a client whose message is not admitted is read [`SMALL_READ`] bytes at
-//! a time: a small request still arrives, and a client left waiting holds little.
+//! budget; no two half-received messages wait for each other's room). Until then its client is
+//! read [`SMALL_READ`] bytes at a time: a small request arrives whole, and a client left
+//! waiting holds little. A message fits when the admitted messages and the unread replies
+//! leave room for it (bytes of messages not admitted, the waiting ones', are not in the way:
+//! waiting clients cannot block each other); one that does not fit waits, its client not
+//! read, until enough is freed (backpressure); one larger than the whole budget is refused. A
+//! message of at most [`RESERVE`] bytes is always admitted, so a well-behaved client with
+//! small requests is served while others hold the budget.
 //!
 //! The total can still pass the budget: replies are produced by the router whatever a client
 //! reads, and small messages are taken unconditionally. Then the client with the most bytes
@@ -73,8 +75,16 @@ impl Held {
     /// Bytes not backed by an admitted request: what disconnecting the client frees for sure
     /// and what it holds for no progress of its own.
     pub fn evictable(&self) -> usize {
-        let inbound = if self.is_admitted() { 0 } else { self.inbound };
-        inbound.saturating_add(self.outbound)
+        self.unadmitted().saturating_add(self.outbound)
+    }
+
+    /// Request bytes of a message not admitted.
+    fn unadmitted(&self) -> usize {
+        if self.is_admitted() {
+            0
+        } else {
+            self.inbound
+        }
     }
 
     fn is_admitted(&self) -> bool {
@@ -113,10 +123,12 @@ pub struct ClientBudget {
     partial_timeout: Duration,
     clients: HashMap<ClientId, Held>,
     total: usize,
+    /// Bytes of messages not admitted (part of `total`).
+    unadmitted: usize,
     queue: VecDeque<ClientId>,
-    /// No waiting client fits while the total is at least this (each failed to fit at a
-    /// total no higher, and fitting only gets harder as the total grows): [`resume`] is then a
-    /// comparison, not a walk of the queue.
+    /// No waiting client fits while the committed bytes (`total - unadmitted`) are at least
+    /// this (each failed to fit at a figure no higher, and fitting only gets harder as it
+    /// grows): [`resume`] is then a comparison, not a walk of the queue.
     ///
     /// [`resume`]: ClientBudget::resume
     blocked_at: usize,
@@ -132,6 +144,7 @@ impl ClientBudget {
             partial_timeout,
             clients: HashMap::new(),
             total: 0,
+            unadmitted: 0,
             queue: VecDeque::new(),
             blocked_at: 0,
             counters: BudgetCounters::default(),
@@ -158,13 +171,22 @@ impl ClientBudget {
         self.clients.get(&id).copied().unwrap_or_default()
     }
 
-    /// Changes what `id` holds, keeping the total (saturating: never panics).
+    /// Bytes of admitted messages and unread replies: what admission must fit beside.
+    fn committed(&self) -> usize {
+        self.total.saturating_sub(self.unadmitted)
+    }
+
+    /// Changes what `id` holds, keeping the sums (saturating: never panics).
     fn update(&mut self, id: ClientId, f: impl FnOnce(&mut Held)) {
         let h = self.clients.entry(id).or_default();
-        let old = h.charge();
+        let (old, old_un) = (h.charge(), h.unadmitted());
         f(h);
-        let new = h.charge();
+        let (new, new_un) = (h.charge(), h.unadmitted());
         self.total = self.total.saturating_sub(old).saturating_add(new);
+        self.unadmitted = self
+            .unadmitted
+            .saturating_sub(old_un)
+            .saturating_add(new_un);
     }
 
     /// After a read (or handling requests): `id` holds `inbound` request bytes, of a message
@@ -195,21 +217,24 @@ impl ClientBudget {
     pub fn remove(&mut self, id: ClientId) {
         if let Some(h) = self.clients.remove(&id) {
             self.total = self.total.saturating_sub(h.charge());
+            self.unadmitted = self.unadmitted.saturating_sub(h.unadmitted());
             if h.waiting {
                 self.queue.retain(|&c| c != id);
             }
         }
     }
 
-    /// Whether admitting `id`'s message of `n` bytes keeps the total within the budget.
+    /// Whether admitting `h`'s message of `n` bytes keeps the admitted messages and unread
+    /// replies within the budget.
     fn fits(&self, h: &Held, n: usize) -> bool {
         let mut with = *h;
         with.admitted = Some(n);
-        let total = self
-            .total
-            .saturating_sub(h.charge())
+        let own = h.charge().saturating_sub(h.unadmitted());
+        let committed = self
+            .committed()
+            .saturating_sub(own)
             .saturating_add(with.charge());
-        total <= self.limit
+        committed <= self.limit
     }
 
     /// Before reading `id`: read it, make it wait, or refuse its message. Admits the message
@@ -235,9 +260,9 @@ impl ClientBudget {
         }
         self.counters.waits += 1;
         self.blocked_at = if self.queue.is_empty() {
-            self.total
+            self.committed()
         } else {
-            self.blocked_at.max(self.total)
+            self.blocked_at.max(self.committed())
         };
         self.update(id, |h| {
             h.waiting = true;
@@ -248,10 +273,10 @@ impl ClientBudget {
     }
 
     /// How many bytes to read from `id` at most, given a read buffer of `full` bytes: all of
-    /// it for an admitted message or while the budget has room for it, else [`SMALL_READ`].
+    /// it for an admitted message, else [`SMALL_READ`] (enough for a small request and for the
+    /// length prefix of a large one).
     pub fn read_size(&self, id: ClientId, full: usize) -> usize {
-        let admitted = self.clients.get(&id).is_some_and(|h| h.is_admitted());
-        if admitted || self.total.saturating_add(full) <= self.limit {
+        if self.clients.get(&id).is_some_and(|h| h.is_admitted()) {
             full
         } else {
             full.min(SMALL_READ)
@@ -263,7 +288,7 @@ impl ClientBudget {
     /// starts now.
     pub fn resume(&mut self, now: Instant) -> Vec<ClientId> {
         let mut admitted = Vec::new();
-        if self.queue.is_empty() || self.total >= self.blocked_at {
+        if self.queue.is_empty() || self.committed() >= self.blocked_at {
             return admitted;
         }
         let mut i = 0;
@@ -283,7 +308,7 @@ impl ClientBudget {
                 i += 1;
             }
         }
-        self.blocked_at = self.total;
+        self.blocked_at = self.committed();
         admitted
     }
 
@@ -379,16 +404,44 @@ mod tests {
     }
 
     #[test]
-    fn without_room_a_client_is_read_in_small_pieces_unless_its_message_is_admitted() {
+    fn a_client_is_read_in_small_pieces_until_its_message_is_admitted() {
         let mut b = budget(1);
         let t = Instant::now();
         let full = 256 * 1024;
-        assert_eq!(b.read_size(1, full), full);
-        b.outbound(2, MIB - 1000);
         assert_eq!(b.read_size(1, full), SMALL_READ);
         b.inbound(1, 100, Some(200_000), t);
+        assert_eq!(b.read_size(1, full), SMALL_READ);
         assert_eq!(b.before_read(1), Verdict::Read);
         assert_eq!(b.read_size(1, full), full);
+        b.inbound(1, 100, Some(300_000), t);
+        assert_eq!(b.read_size(1, full), SMALL_READ, "the next message");
+    }
+
+    #[test]
+    fn waiting_clients_cannot_block_each_other() {
+        // 25 clients each hold 256 KiB of a 60 MiB message (read while there was room): the
+        // first one's message fits beside the admitted ones (none), whatever the others hold.
+        let mut b = budget(64);
+        let t = Instant::now();
+        for id in 0..25 {
+            b.inbound(id, 256 * 1024, Some(60 * MIB), t);
+        }
+        assert_eq!(b.before_read(0), Verdict::Read);
+        for id in 1..25 {
+            assert_eq!(b.before_read(id), Verdict::Wait);
+        }
+        // Over the budget: waiting clients' bytes go, the admitted message stays.
+        let mut evicted = 0;
+        while let Some((id, _)) = b.over() {
+            assert_ne!(id, 0);
+            b.remove(id);
+            evicted += 1;
+        }
+        // 60 MiB + 24 × 256 KiB = 66 MiB: 8 of them go, 16 (4 MiB) stay.
+        assert_eq!(evicted, 8);
+        b.remove(0);
+        assert_eq!(b.resume(t).len(), 1, "the next one is admitted");
+        assert_eq!(b.total(), sum(&b));
     }
 
     #[test]
