@@ -3,7 +3,7 @@
 //! --partial-request-timeout 2`), 50 misbehaving clients (half send a 60 MiB length prefix and
 //! part of the body, then stall; half send requests without end and never read the replies)
 //! keep the daemon's RSS under budget + 64 MiB, while a well-behaved client gets every `stats`
-//! answered promptly. A request larger than the whole budget is refused with a clear error; a
+//! answered promptly and another's 1 MiB request is answered too. A request larger than the whole budget is refused with a clear error; a
 //! half-sent request is dropped at the deadline; an idle client is kept. The backend comes
 //! from SPINDLE_IO.
 
@@ -141,6 +141,18 @@ fn fifty_misbehaving_clients_stay_within_the_budget_while_a_good_one_is_served()
         }
     }
 
+    // A good client with a 1 MiB request: it fits beside a staller's admitted 60 MiB once the
+    // non-readers' replies are gone, else it waits for the staller's deadline (2 s).
+    let big_path = d.socket.clone();
+    let big = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        let mut s = UnixStream::connect(&big_path).expect("connect");
+        let body = json!({"id": 9, "op": "stats", "pad": " ".repeat(MIB)}).to_string();
+        let t = Instant::now();
+        let v = call_raw(&mut s, body.as_bytes());
+        (v, t.elapsed())
+    });
+
     // The good client, for 8 s: every stats answered, RSS sampled meanwhile.
     let start = Instant::now();
     let (mut calls, mut slowest, mut max_rss) = (0u32, Duration::ZERO, 0u64);
@@ -161,6 +173,13 @@ fn fifty_misbehaving_clients_stay_within_the_budget_while_a_good_one_is_served()
     let st = call_raw(&mut good, stats).expect("stats at the end")["result"].clone();
     let hwm = d.peak_rss_kib();
     max_rss = max_rss.max(d.rss_kib());
+    let (big_reply, big_wait) = big.join().expect("the 1 MiB client");
+    let big_reply = big_reply.expect("the 1 MiB request is answered");
+    assert_eq!(big_reply["id"], 9, "{big_reply}");
+    assert!(
+        big_wait < Duration::from_secs(10),
+        "the 1 MiB request took {big_wait:?}"
+    );
     stop.store(true, Ordering::Relaxed);
     let sent: usize = readers.into_iter().map(|h| h.join().unwrap_or(0)).sum();
     for h in stallers {
@@ -169,7 +188,7 @@ fn fifty_misbehaving_clients_stay_within_the_budget_while_a_good_one_is_served()
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let c = &st["clients"];
     eprintln!(
-        "{calls} stats calls, slowest {slowest:?}; daemon RSS max {max_rss} KiB, peak (VmHWM) \
+        "{calls} stats calls, slowest {slowest:?}; 1 MiB request answered in {big_wait:?}; daemon RSS max {max_rss} KiB, peak (VmHWM) \
          {hwm} KiB, limit {RSS_LIMIT_KIB} KiB; non-readers sent {sent} requests; clients: {c}"
     );
     assert!(
