@@ -16,7 +16,8 @@
 //! small requests is served while others hold the budget.
 //!
 //! The total can still pass the budget: replies are produced by the router whatever a client
-//! reads, and small messages are taken unconditionally. Then the client with the most bytes
+//! reads, small messages are taken unconditionally, and so is the first read of a message
+//! (before its length is known). Then the client with the most bytes
 //! not backed by a progressing request (unread replies, or a message still waiting for
 //! admission) is disconnected, the largest first, until the total fits again ([`over`]).
 //! An admitted message is not a candidate: it either completes or stalls, and a stall is
@@ -40,9 +41,9 @@ pub const DEFAULT_PARTIAL_TIMEOUT: Duration = Duration::from_secs(30);
 /// budget holds (one read's worth): small requests are never made to wait.
 pub const RESERVE: usize = 256 * 1024;
 
-/// Bytes read at once from a client whose message is not admitted while the budget has no
-/// room for a full read: a small request still arrives whole (or in a few reads), and a client
-/// left waiting holds no more than this.
+/// Bytes read at once from a client whose message is not admitted (its length prefix not in
+/// yet, or waiting for room): a small request still arrives whole (or in a few reads), and a
+/// client left waiting holds little.
 pub const SMALL_READ: usize = 16 * 1024;
 
 /// What one client holds.
@@ -283,6 +284,13 @@ impl ClientBudget {
         }
     }
 
+    /// Makes the next [`resume`](ClientBudget::resume) walk the whole queue (called once a
+    /// tick: `blocked_at` is exact for everything but a waiting client's own unread replies
+    /// growing while others' shrink).
+    pub fn recheck(&mut self) {
+        self.blocked_at = usize::MAX;
+    }
+
     /// Admits the waiting clients whose message now fits, oldest first (a later, smaller one
     /// may pass one that does not fit yet). The server reads them again; their deadline
     /// starts now.
@@ -396,6 +404,8 @@ mod tests {
         // A small request is still taken meanwhile.
         b.inbound(3, 100, Some(200), t);
         assert_eq!(b.before_read(3), Verdict::Read);
+        b.recheck();
+        assert!(b.resume(t).is_empty(), "a walk finds it still does not fit");
         b.remove(1);
         assert_eq!(b.resume(t), vec![2]);
         assert_eq!(b.before_read(2), Verdict::Read);

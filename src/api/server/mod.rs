@@ -297,6 +297,7 @@ impl Server {
             if now.duration_since(last_tick) >= TICK {
                 last_tick = now;
                 self.expire_partial_requests(now);
+                self.budget.recheck();
                 self.router.tick(now);
                 self.check_half_closed(now);
                 if tracing::enabled!(tracing::Level::DEBUG) {
