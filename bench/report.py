@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import svgplot  # noqa: E402
 
 MODE_ORDER = ['stock', 'stock-nopipe', 'mitogen', 'spindle']
-WL_ORDER = ['hostname100', 'hostname20', 'mixed', 'bigcopy', 'manyfiles100', 'manyfiles']
+WL_ORDER = ['hostname100', 'hostname20', 'mixed', 'bigcopy', 'manyfiles100', 'manyfiles', 'ping1-first',
+            'ping1-again']
 
 
 def load(out):
@@ -114,6 +115,36 @@ def table(runs, metric, title, unit='', ratio=True, note=''):
         lines.append('| %s | %d | %s | %s |' % (w, h, 'direct' if rtt is None else '%d ms' % rtt, ' | '.join(row)))
     lines.append('')
     return lines
+
+
+def profile_table(runs):
+    """The controller's CPU by phase per mode (py-spy samples of the hostname20-pyspy runs),
+    in ms per host-task: where the time goes."""
+    prof = [r for r in runs if r.get('profile') and r.get('status') == 'ok']
+    if not prof:
+        return []
+    modes = _modes(prof)
+    by = dict((r['mode'], r) for r in prof)
+    phases = []
+    for r in prof:
+        for ph in r['profile']['per_task_ms']:
+            if ph not in phases:
+                phases.append(ph)
+    phases.sort(key=lambda ph: -max(by[m]['profile']['per_task_ms'].get(ph, 0) for m in modes))
+    L = ['### Controller CPU by phase (ms per host-task)', '',
+         'hostname20 on %d target(s) under `py-spy record --subprocesses --rate %d` (samples of '
+         'the controller\'s Python processes; the spindle daemon and ssh are not Python and not '
+         'in it): each sample goes to the first phase whose code is on its stack. Raw stacks: '
+         'the `raw` file of each run (`py-spy`\'s collapsed format, for inferno/speedscope).'
+         % (prof[0]['hosts'], prof[0]['profile']['rate']), '',
+         '| phase | ' + ' | '.join(modes) + ' |', '|---|' + '---:|' * len(modes)]
+    for ph in phases:
+        L.append('| %s | %s |' % (ph, ' | '.join('%.1f' % by[m]['profile']['per_task_ms'].get(ph, 0)
+                                                 for m in modes)))
+    L.append('| **total** | %s |' % ' | '.join('**%.1f**' % by[m]['profile']['total_ms_per_task']
+                                               for m in modes))
+    L.append('')
+    return L
 
 
 def speedup_table(runs):
@@ -292,6 +323,13 @@ def write_report(out):
                'sampled every 0.5 s)', unit='kB')
     L += table(runs, 'controller.peak_rss_max_process_kb', 'Controller largest single process (max ru_maxrss)',
                unit='kB')
+    L += profile_table(runs)
+    big = [r for r in runs if r.get('bigcopy')]
+    if big:
+        L += table(big, 'bigcopy.fraction_of_line_rate', 'bigcopy at line rate: the copy task\'s '
+                   'throughput over the raw `ssh tI \'cat > f\' < file` to the same targets, measured '
+                   'in the same run (meta line_rate; 1.0 = line rate)', ratio=False)
+        L += table(big, 'bigcopy.MiB_per_s', 'bigcopy: the copy task\'s throughput (MiB/s, all targets)')
     L += table(runs, 'targets.cpu_s', 'Target CPU (s, all processes in the target namespaces)')
     L += table(runs, 'wire.bytes_per_task', 'Bytes on the wire per host-task (veth counters, both directions)', unit='B')
     L += table(runs, 'wire.bytes_total', 'Bytes on the wire, total', unit='B')
@@ -404,7 +442,7 @@ REQUIRED_NETNS = ['targets.cpu_s', 'wire.bytes_total', 'wire.bytes_per_task', 't
 #: Workloads whose every module task must run in an agent (no async, no apt, no old-style
 #: modules): `--check` fails a spindle run of one of them that took the stock path.
 ALL_IN_AGENT = frozenset(('hostname100', 'hostname20', 'mixed', 'bigcopy', 'manyfiles',
-                          'manyfiles100'))
+                          'manyfiles100', 'ping1-first', 'ping1-again'))
 
 
 def verify(out, strict=False):

@@ -32,6 +32,7 @@ declare -a NEEDS=(
   "setfacl:acl"                       # stock Ansible becoming an unprivileged user (su tests)
   "useradd:passwd"                    # become/password tests create their users
   "chpasswd:passwd"
+  "bwrap:bubblewrap"                  # ansible-runner --process-isolation without a container
 )
 
 missing=()

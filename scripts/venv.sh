@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # scripts/venv.sh — the Python venv for operators, the demo and the Ansible tests: the newest
-# ansible-core that installs on this Python (2.19.x on 3.11), and spindle's wheel
+# ansible-core that installs on this Python (2.19.x on 3.11), ansible-runner (pinned: the
+# tests drive it as AWX and ansible-navigator do, tests/ansible/test_runner.py), and spindle's wheel
 # `spindle-ansible` built from this checkout with maturin and installed into it. The wheel
 # holds the Python package (client and Ansible plugins) and the release `spindle` daemon
 # binary, which lands in $VENV/bin/ next to ansible-playbook, where the strategies find it:
@@ -22,6 +23,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=${SPINDLE_VENV:-.venv}
 PY=${PYTHON:-python3}
+RUNNER_VERSION=2.4.3     # ansible-runner: what AWX's and ansible-navigator's jobs run through
 MATURIN_VERSION=1.16.0   # keep in step with ansible_plugin/pyproject.toml [build-system]
 TARGET=${CARGO_TARGET_DIR:-target}
 [[ $TARGET == /* ]] || TARGET=$ROOT/$TARGET
@@ -37,6 +39,10 @@ if ! "$VENV/bin/python" -c "import ansible" 2>/dev/null; then
   echo "venv.sh: installing ansible-core (newest that supports $($VENV/bin/python --version))"
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q "ansible-core>=2.18"
+fi
+if [[ $("$VENV/bin/ansible-runner" --version 2>/dev/null) != "$RUNNER_VERSION" ]]; then
+  echo "venv.sh: installing ansible-runner $RUNNER_VERSION"
+  "$VENV/bin/pip" install -q "ansible-runner==$RUNNER_VERSION"
 fi
 if [[ $("$VENV/bin/maturin" --version 2>/dev/null) != "maturin $MATURIN_VERSION" ]]; then
   echo "venv.sh: installing maturin $MATURIN_VERSION (builds the wheel)"

@@ -25,17 +25,31 @@ pub enum InventoryError {
         /// What is wrong.
         reason: String,
     },
+    /// A host's variable has a value spindle cannot use.
+    #[error("{path}: host {host}: {var}={value:?}: {reason}")]
+    BadVar {
+        /// Path (or `-i` list).
+        path: String,
+        /// Inventory name of the host.
+        host: String,
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What it must be.
+        reason: &'static str,
+    },
 }
 
 /// Reads `-i`: a comma-separated list when it contains a comma or names no file, else a file.
 pub fn load(arg: &str) -> Result<Vec<Spec>, InventoryError> {
     if arg.contains(',') || !std::path::Path::new(arg).exists() {
-        return Ok(arg
+        return arg
             .split(',')
             .map(str::trim)
             .filter(|h| !h.is_empty())
-            .map(|h| apply(h, &HashMap::new()))
-            .collect());
+            .map(|h| apply(h, &HashMap::new(), arg))
+            .collect::<Result<_, _>>();
     }
     let text = std::fs::read_to_string(arg).map_err(|source| InventoryError::Read {
         path: arg.into(),
@@ -113,7 +127,7 @@ pub fn parse(text: &str, path: &str) -> Result<Vec<Spec>, InventoryError> {
     }
     let resolved: Vec<(Spec, Option<String>)> = hosts
         .into_iter()
-        .map(|(name, groups, vars)| {
+        .map(|(name, groups, vars)| -> Result<_, InventoryError> {
             let mut all: HashMap<String, String> =
                 group_vars.get("all").cloned().unwrap_or_default();
             for g in &groups {
@@ -121,9 +135,9 @@ pub fn parse(text: &str, path: &str) -> Result<Vec<Spec>, InventoryError> {
             }
             all.extend(vars);
             let via = all.get("spindle_via").cloned().filter(|v| v != &name);
-            (apply(&name, &all), via)
+            Ok((apply(&name, &all, path)?, via))
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     // spindle_via: the hop is another host of the inventory, with its own hop, recursively.
     let by_name: HashMap<String, usize> = resolved
         .iter()
@@ -159,18 +173,55 @@ pub fn parse(text: &str, path: &str) -> Result<Vec<Spec>, InventoryError> {
     (0..resolved.len()).map(with_via).collect()
 }
 
-fn apply(name: &str, vars: &HashMap<String, String>) -> Spec {
+/// A host's spec from its variables; a connection spindle cannot run, or a port or timeout
+/// that is not a number in range, is an error naming the host (never a silent default).
+fn apply(name: &str, vars: &HashMap<String, String>, path: &str) -> Result<Spec, InventoryError> {
     let get = |k: &str| vars.get(k).cloned();
+    let bad = |var: &'static str, value: &str, reason: &'static str| InventoryError::BadVar {
+        path: path.into(),
+        host: name.into(),
+        var,
+        value: value.into(),
+        reason,
+    };
     let transport = match get("ansible_connection").as_deref() {
-        Some("local") => TransportKind::Local,
+        None | Some("ssh" | "smart" | "ansible.builtin.ssh" | "ansible.legacy.ssh") => {
+            TransportKind::Ssh
+        }
+        Some("local" | "ansible.builtin.local" | "ansible.legacy.local") => TransportKind::Local,
         Some("docker" | "community.docker.docker") => TransportKind::Docker,
         Some("podman" | "containers.podman.podman") => TransportKind::Podman,
-        _ => TransportKind::Ssh,
+        Some(other) => {
+            return Err(bad(
+                "ansible_connection",
+                other,
+                "not one the spindle CLI runs (ssh, smart, local, docker, podman)",
+            ))
+        }
     };
-    Spec {
+    let port = match get("ansible_port").or_else(|| get("ansible_ssh_port")) {
+        None => None,
+        Some(p) => match p.trim().parse::<u16>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => return Err(bad("ansible_port", &p, "must be a port number 1..65535")),
+        },
+    };
+    let timeout_var = if vars.contains_key("ansible_ssh_timeout") {
+        "ansible_ssh_timeout"
+    } else {
+        "ansible_timeout"
+    };
+    let connect_timeout = match get(timeout_var) {
+        None => None,
+        Some(t) => match t.trim().parse::<u64>() {
+            Ok(n) if (1..=crate::api::validate::MAX_CONNECT_TIMEOUT_SECS).contains(&n) => Some(n),
+            _ => return Err(bad(timeout_var, &t, "must be whole seconds, 1 to one week")),
+        },
+    };
+    Ok(Spec {
         transport,
         host: Some(get("ansible_host").unwrap_or_else(|| name.to_string())),
-        port: get("ansible_port").and_then(|p| p.parse().ok()),
+        port,
         user: get("ansible_user"),
         identity_file: get("ansible_ssh_private_key_file")
             .or_else(|| get("ansible_private_key_file")),
@@ -180,9 +231,7 @@ fn apply(name: &str, vars: &HashMap<String, String>) -> Spec {
         ssh_extra_args: get("ansible_ssh_extra_args"),
         password: get("ansible_password").or_else(|| get("ansible_ssh_pass")),
         python: get("ansible_python_interpreter"),
-        connect_timeout: get("ansible_ssh_timeout")
-            .or_else(|| get("ansible_timeout"))
-            .and_then(|p| p.parse().ok()),
+        connect_timeout,
         executable: get("ansible_podman_executable"),
         extra_args: get("ansible_docker_extra_args").or_else(|| get("ansible_podman_extra_args")),
         container: None,
@@ -192,7 +241,7 @@ fn apply(name: &str, vars: &HashMap<String, String>) -> Spec {
         escalate: None,
         interpreter: None,
         via: None,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -226,6 +275,33 @@ mod tests {
         assert_eq!(s[2].transport, TransportKind::Local);
         assert_eq!(s[2].user.as_deref(), Some("root"));
         assert_eq!(s[2].python.as_deref(), Some("/usr/bin/python3"));
+    }
+
+    #[test]
+    fn values_spindle_cannot_use_are_errors_naming_the_host() {
+        for (line, var) in [
+            ("w1 ansible_port='2201 x'", "ansible_port=\"2201 x\""),
+            ("w1 ansible_port=0", "ansible_port=\"0\""),
+            (
+                "w1 ansible_connection=winrm",
+                "ansible_connection=\"winrm\"",
+            ),
+            ("w1 ansible_timeout=soon", "ansible_timeout=\"soon\""),
+            ("w1 ansible_ssh_timeout=0", "ansible_ssh_timeout=\"0\""),
+        ] {
+            let e = parse(line, "inv").expect_err(line).to_string();
+            assert!(e.starts_with("inv: host w1: ") && e.contains(var), "{e}");
+        }
+        let s = parse(
+            "w1 ansible_connection=smart ansible_port=2201 ansible_timeout=30
+",
+            "inv",
+        )
+        .expect("valid");
+        assert_eq!(
+            (s[0].transport, s[0].port, s[0].connect_timeout),
+            (TransportKind::Ssh, Some(2201), Some(30))
+        );
     }
 
     #[test]

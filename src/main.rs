@@ -59,6 +59,11 @@ enum Cmd {
         #[arg(long, env = "SPINDLE_PARTIAL_REQUEST_TIMEOUT", default_value_t = spindle::api::server::DEFAULT_PARTIAL_TIMEOUT.as_secs(),
               value_parser = clap::value_parser!(u64).range(1..=86_400))]
         partial_request_timeout: u64,
+        /// Exit after this many seconds with no API client connected (0: never). The Ansible
+        /// plugin starts its shared per-user daemon with this (SPINDLE_PERSIST, default 60 s)
+        /// so the next run finds live agents, like ssh's ControlPersist.
+        #[arg(long, env = "SPINDLE_IDLE_EXIT", default_value_t = 0, value_parser = clap::value_parser!(u32))]
+        idle_exit: u32,
     },
     /// Run a command on every host (one argument: a shell command line; several: an argv).
     Run {
@@ -108,7 +113,8 @@ enum Cmd {
     #[command(after_help = "Examples:\n  \
         spindle capacity --results bench/reports/default-3 --hosts 500 --tasks 100 --rtt 50 --forks 50 --mode spindle\n  \
         spindle capacity --results bench/reports/default-3 --validate\n  \
-        spindle capacity --results bench/reports/default-3 --show")]
+        spindle capacity --results bench/reports/default-3 --show\n  \
+        spindle capacity --results bench/reports/default-5 --slices --hosts 2000 --tasks 50 --rtt-ms 40 --cores 8 --separate-targets --mem-gib 16")]
     Capacity(CapacityArgs),
 }
 
@@ -124,14 +130,25 @@ struct CapacityArgs {
     #[arg(long, required_unless_present_any = ["validate", "show"])]
     tasks: Option<f64>,
     /// Round-trip time to the targets, ms.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, visible_alias = "rtt-ms", default_value_t = 0.0)]
     rtt: f64,
-    /// Ansible forks (default: as many as hosts).
+    /// Ansible forks (default: as many as hosts); with --slices, at most this many per slice.
     #[arg(long)]
     forks: Option<u32>,
-    /// Controller cores (default: those of the machine the results come from).
+    /// Controller cores (default: those of the machine the results come from); with --slices,
+    /// of each controller (execution node).
     #[arg(long)]
     cores: Option<f64>,
+    /// Recommend job slices and forks for a fleet larger than one controller drives (AWX job
+    /// slicing: each slice its own job, controller and spindle daemon; docs/scaling.md).
+    #[arg(long, conflicts_with_all = ["validate", "show"])]
+    slices: bool,
+    /// With --slices: memory per controller for Ansible, GiB (limits forks).
+    #[arg(long, requires = "slices", value_name = "GIB")]
+    mem_gib: Option<f64>,
+    /// With --slices: the wall time wanted, s (the fewest slices that meet it).
+    #[arg(long, requires = "slices", value_name = "SECONDS")]
+    deadline: Option<f64>,
     /// The targets have their own CPUs (the bench fleet shares the controller's): their CPU
     /// no longer slows the controller down.
     #[arg(long)]
@@ -234,6 +251,7 @@ fn real_main(cli: Cli) -> Result<i32> {
             no_hop_cache,
             client_buffer_mib,
             partial_request_timeout,
+            idle_exit,
         } => {
             spindle::api::server::raise_fd_limit();
             let client_budget = usize::try_from(client_buffer_mib)
@@ -245,6 +263,8 @@ fn real_main(cli: Cli) -> Result<i32> {
                 splice: !no_splice,
                 max_interpreters,
                 hop_cache: !no_hop_cache && std::env::var_os("SPINDLE_NO_HOP_CACHE").is_none(),
+                idle_exit: (idle_exit > 0)
+                    .then(|| std::time::Duration::from_secs(u64::from(idle_exit))),
                 client_budget,
                 partial_timeout: std::time::Duration::from_secs(partial_request_timeout),
                 ..ServeOptions::new(socket.clone())
@@ -379,6 +399,14 @@ fn capacity(a: &CapacityArgs) -> Result<i32> {
     if a.cores.is_some_and(|c| !c.is_finite() || c <= 0.0) {
         bail!("--cores must be positive");
     }
+    if a.mem_gib.is_some_and(|g| !g.is_finite() || g <= 0.0)
+        || a.deadline.is_some_and(|d| !d.is_finite() || d <= 0.0)
+    {
+        bail!("--mem-gib and --deadline must be positive");
+    }
+    if a.slices {
+        return capacity_slices(a, &models, hosts, tasks);
+    }
     let q = Query {
         forks: a.forks,
         cores: a.cores,
@@ -428,6 +456,55 @@ fn capacity(a: &CapacityArgs) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         print!("{}", table::predictions(&q, &a.workload, cores, &rows));
+    }
+    Ok(0)
+}
+
+/// `spindle capacity --slices`: the model of --mode (default spindle) for --workload.
+fn capacity_slices(
+    a: &CapacityArgs,
+    models: &[spindle::capacity::Model],
+    hosts: u32,
+    tasks: f64,
+) -> Result<i32> {
+    use spindle::capacity::{recommend, slices, SliceQuery};
+    let mode = a.mode.as_deref().unwrap_or("spindle");
+    let Some(m) = models
+        .iter()
+        .find(|m| m.family == a.workload && m.mode == mode)
+    else {
+        let fitted: Vec<String> = models
+            .iter()
+            .map(|m| format!("{}/{}", m.mode, m.family))
+            .collect();
+        bail!(
+            "no fitted model for mode {mode} workload {:?} (fitted: {})",
+            a.workload,
+            fitted.join(", ")
+        );
+    };
+    let q = SliceQuery {
+        hosts,
+        tasks,
+        rtt_ms: a.rtt,
+        cores: a.cores,
+        separate_targets: a.separate_targets,
+        mem_mib: a.mem_gib.map(|g| g * 1024.0),
+        max_forks: a.forks,
+        deadline_s: a.deadline,
+    };
+    let advice = recommend(m, &q);
+    if a.json {
+        let out = json!({
+            "query": {"hosts": hosts, "tasks": tasks, "rtt_ms": a.rtt, "cores": advice.cores,
+                      "separate_targets": a.separate_targets, "mem_gib": a.mem_gib,
+                      "max_forks": a.forks, "deadline_s": a.deadline, "workload": a.workload},
+            "advice": advice,
+            "results": a.results,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!("{}", slices::table(&q, &advice));
     }
     Ok(0)
 }

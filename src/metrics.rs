@@ -60,9 +60,14 @@ pub struct Paths {
     pub stock: u64,
     /// `stock`, by reason.
     pub stock_reasons: std::collections::BTreeMap<String, u64>,
+    /// (host, reason) pairs already noted, per run (the plugin's run id: a daemon that
+    /// outlives a playbook warns again in the next run), the last [`MAX_NOTED_RUNS`] runs.
     #[serde(skip)]
-    noted: std::collections::HashSet<(String, String)>,
+    noted: std::collections::VecDeque<(String, std::collections::HashSet<(String, String)>)>,
 }
+
+/// Runs whose noted (host, reason) pairs [`Paths`] remembers.
+pub const MAX_NOTED_RUNS: usize = 8;
 
 /// Where an agent call runs a module (counted when it answers with a result, not a
 /// `fallback`).
@@ -79,7 +84,9 @@ impl AgentPath {
     pub fn of(op: Option<&str>, mode: Option<&str>) -> Option<AgentPath> {
         match (op, mode) {
             (Some("run_module"), Some("fork")) => Some(AgentPath::Forked),
-            (Some("run_module"), _) | (Some("copy_fast"), _) => Some(AgentPath::InAgent),
+            (Some("run_module"), _) | (Some("copy_fast" | "copy_stream"), _) => {
+                Some(AgentPath::InAgent)
+            }
             _ => None,
         }
     }
@@ -97,8 +104,9 @@ impl Paths {
     /// Counts one stock-path run on `host` for `reason`; true the first time this host gives
     /// this reason (the plugin then warns). Bounded: reasons are cut to [`MAX_REASON_LEN`],
     /// at most [`MAX_REASONS`] are named, at most [`MAX_NOTED`] pairs remembered (past that,
-    /// nothing is "first" again: no warning flood).
-    pub fn stock(&mut self, host: &str, reason: &str) -> bool {
+    /// nothing is "first" again in that run: no warning flood). `run` names the playbook run
+    /// (empty when the client gave none): each run gets its own warnings.
+    pub fn stock(&mut self, run: &str, host: &str, reason: &str) -> bool {
         self.stock += 1;
         let reason: String = reason
             .chars()
@@ -112,10 +120,21 @@ impl Paths {
                 "other".to_string()
             };
         *self.stock_reasons.entry(key).or_insert(0) += 1;
-        if self.noted.len() >= MAX_NOTED {
+        let at = match self.noted.iter().position(|(r, _)| r == run) {
+            Some(at) => at,
+            None => {
+                if self.noted.len() >= MAX_NOTED_RUNS {
+                    self.noted.pop_front();
+                }
+                self.noted.push_back((run.to_string(), Default::default()));
+                self.noted.len() - 1
+            }
+        };
+        let noted = &mut self.noted[at].1;
+        if noted.len() >= MAX_NOTED {
             return false;
         }
-        self.noted.insert((host.to_string(), reason))
+        noted.insert((host.to_string(), reason))
     }
 }
 
@@ -163,16 +182,16 @@ mod tests {
     #[test]
     fn stock_reasons_are_bounded_and_first_once_per_host() {
         let mut p = Paths::default();
-        assert!(p.stock("a", "why"));
-        assert!(!p.stock("a", "why"));
-        assert!(p.stock("b", "why"));
+        assert!(p.stock("", "a", "why"));
+        assert!(!p.stock("", "a", "why"));
+        assert!(p.stock("", "b", "why"));
         for i in 0..200 {
-            p.stock("a", &format!("reason {i}"));
+            p.stock("", "a", &format!("reason {i}"));
         }
         assert_eq!(p.stock_reasons.len(), MAX_REASONS + 1);
         assert!(p.stock_reasons["other"] > 0);
         assert_eq!(p.stock, 203);
-        assert!(p.stock("c", &"x\n".repeat(1000)));
+        assert!(p.stock("", "c", &"x\n".repeat(1000)));
         assert!(p
             .stock_reasons
             .keys()
@@ -188,5 +207,20 @@ mod tests {
             }
         }
         assert_eq!((p.in_agent, p.forked), (2, 1));
+    }
+
+    #[test]
+    fn each_run_is_warned_once_and_old_runs_are_forgotten() {
+        let mut p = Paths::default();
+        assert!(p.stock("run1", "a", "why"));
+        assert!(!p.stock("run1", "a", "why"));
+        assert!(p.stock("run2", "a", "why"));
+        assert!(!p.stock("run1", "a", "why"));
+        for i in 0..(MAX_NOTED_RUNS * 3) {
+            assert!(p.stock(&format!("r{i}"), "a", "why"));
+        }
+        assert_eq!(p.noted.len(), MAX_NOTED_RUNS);
+        assert!(p.stock("run1", "a", "why"), "forgotten: warned again");
+        assert_eq!(p.stock_reasons["why"], 5 + MAX_NOTED_RUNS as u64 * 3);
     }
 }

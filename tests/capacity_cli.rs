@@ -149,3 +149,75 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     let (code, _, err) = capacity(&["--results", dir]);
     assert_eq!(code, 2, "{err}"); // clap: --hosts/--tasks required
 }
+
+#[test]
+fn slices_recommend_with_reasons_and_json() {
+    let r = reports();
+    let dir = r.to_str().expect("utf-8 path");
+    let base = [
+        "--results",
+        dir,
+        "--slices",
+        "--hosts",
+        "2000",
+        "--tasks",
+        "50",
+        "--rtt-ms",
+        "40",
+        "--cores",
+        "8",
+        "--separate-targets",
+    ];
+    let (code, out, err) = capacity(&base);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("model: spindle"), "{out}");
+    assert!(out.contains("recommended: "), "{out}");
+    assert!(out.contains("a controller is full at"), "{out}");
+    assert!(out.contains("<- recommended"), "{out}");
+
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["--mem-gib", "4", "--deadline", "120", "--json"]);
+    let (code, out, err) = capacity(&args);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let a = &v["advice"];
+    let slices = a["slices"].as_u64().expect("slices");
+    let forks = a["forks"].as_u64().expect("forks");
+    assert!(slices >= 1 && forks >= 1, "{a}");
+    assert!(forks <= a["forks_mem"].as_u64().expect("forks_mem"), "{a}");
+    assert!(forks * slices >= 2000 || a["deadline_met"] == true, "{a}");
+    let row = a["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["slices"].as_u64() == Some(slices))
+        .expect("the recommended row");
+    if a["deadline_met"] == true {
+        assert!(
+            row["prediction"]["wall_s"].as_f64().expect("wall") <= 120.0,
+            "{row}"
+        );
+    }
+
+    // --mem-gib without --slices, and bad values, are errors
+    let (code, _, _) = capacity(&[
+        "--results",
+        dir,
+        "--hosts",
+        "5",
+        "--tasks",
+        "5",
+        "--mem-gib",
+        "4",
+    ]);
+    assert_eq!(code, 2);
+    let mut bad = base.to_vec();
+    bad.extend_from_slice(&["--deadline", "0"]);
+    let (code, _, err) = capacity(&bad);
+    assert_eq!(code, 1, "{err}");
+    let mut bad = base.to_vec();
+    bad.extend_from_slice(&["--mode", "nope"]);
+    let (code, _, err) = capacity(&bad);
+    assert_eq!(code, 1);
+    assert!(err.contains("no fitted model for mode nope"), "{err}");
+}

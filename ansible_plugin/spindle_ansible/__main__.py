@@ -1,8 +1,24 @@
 """``python -m spindle_ansible``: print the ansible.cfg lines that enable spindle's Ansible
-plugins from where this package is installed (append them to your ansible.cfg)."""
+plugins from where this package is installed (append them to your ansible.cfg).
+
+``python -m spindle_ansible --stop``: stop this user's persistent daemons (each exits by itself
+``SPINDLE_PERSIST`` seconds, default 60, after the last run; like ``ssh -O exit``).
+
+``python -m spindle_ansible --env`` prints the same as environment variables (KEY=value), and
+``--envvars`` as YAML for ansible-runner's ``env/envvars`` (AWX and ansible-navigator run
+Ansible through ansible-runner). Under ansible-runner the environment form is the one that
+works: runner sets ``ANSIBLE_CALLBACK_PLUGINS`` itself (to load its event callback), which
+overrides ``callback_plugins`` in any ansible.cfg, so Ansible skips the ``spindle`` callback
+and runs stock ssh (with a warning "Skipping callback plugin 'spindle', unable to load").
+Runner appends its own directory to an ``ANSIBLE_CALLBACK_PLUGINS`` given in its env/envvars,
+so both load."""
 
 import os
 import sys
+
+
+def _plugins():
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), 'plugins')
 
 
 def config_lines():
@@ -10,7 +26,7 @@ def config_lines():
     callback (works with any strategy, and, with ``bin_ansible_callbacks``, for the ad-hoc
     ``ansible`` and ``ansible-console`` too); the spindle strategies and the connection
     plugin's directory are listed too, for ``strategy = spindle_linear`` and ``ansible-doc``."""
-    plugins = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'plugins')
+    plugins = _plugins()
     return "\n".join([
         "[defaults]",
         "callback_plugins = %s" % os.path.join(plugins, 'callback'),
@@ -18,6 +34,8 @@ def config_lines():
         "; ad-hoc `ansible` and `ansible-console` load enabled callbacks only with this (without",
         "; it they run stock ssh); it also lets them use a stdout_callback you configured",
         "bin_ansible_callbacks = True",
+        "; under ansible-runner (AWX, ansible-navigator) runner's own ANSIBLE_CALLBACK_PLUGINS hides",
+        "; callback_plugins: put what `python -m spindle_ansible --envvars` prints in env/envvars",
         "; optional: ansible-doc for the connection plugin; the strategies spindle_linear and",
         "; spindle_free (an alternative to the callback: set them as the strategy)",
         "connection_plugins = %s" % os.path.join(plugins, 'connection'),
@@ -25,13 +43,38 @@ def config_lines():
     ])
 
 
+def env_vars():
+    """The environment-variable form of the three required lines, in order: the callback's
+    directory, the callback enabled, enabled callbacks loaded by the ad-hoc CLIs too.
+    (``ANSIBLE_CALLBACKS_ENABLED`` replaces a ``callbacks_enabled`` list of an ansible.cfg:
+    add your other callbacks to it, comma-separated.)"""
+    return [
+        ('ANSIBLE_CALLBACK_PLUGINS', os.path.join(_plugins(), 'callback')),
+        ('ANSIBLE_CALLBACKS_ENABLED', 'spindle'),
+        ('ANSIBLE_LOAD_CALLBACK_PLUGINS', 'True'),
+    ]
+
+
 def main(argv=None):
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in ('-h', '--help'):
         print(__doc__.strip())
         return 0
+    if args == ['--stop']:
+        from spindle_ansible.daemon import stop_all
+
+        print("spindle: stopped %d persistent daemon(s)" % stop_all())
+        return 0
+    if args == ['--env']:
+        print("\n".join("%s=%s" % kv for kv in env_vars()))
+        return 0
+    if args == ['--envvars']:
+        # YAML: a plain scalar cannot hold every path; JSON strings are YAML strings.
+        import json
+        print("\n".join("%s: %s" % (k, json.dumps(v)) for k, v in env_vars()))
+        return 0
     if args:
-        print("usage: python -m spindle_ansible", file=sys.stderr)
+        print("usage: python -m spindle_ansible [--env | --envvars | --stop]", file=sys.stderr)
         return 2
     print(config_lines())
     return 0

@@ -2,7 +2,8 @@
 
 Ansible's copy action (which template also uses) takes, per file, a remote stat, a temp dir,
 a file transfer, the copy (or file) module and a temp dir removal: four to five round trips.
-For a spindle connection the action's ``_copy_file`` is replaced by :func:`fast_copy_file`:
+For a spindle connection the action's ``_copy_file`` is replaced by :func:`fast_copy_file`
+(the class swap is :mod:`spindle_ansible.compat`'s ``copy-fast-path`` patch):
 it lets Ansible build both possible module invocations exactly as it would (by running
 ``_execute_module`` with the connection's ``exec_command`` captured, so module args,
 interpreter, become and environment are Ansible's own), sends them with the file's content
@@ -11,10 +12,12 @@ follow and sha1 rules; copy when the checksums differ, file when they match), an
 module's output back to ``_execute_module`` so the result is parsed exactly as stock parses
 it. Cases with other flows (raw, force=no, diff or check mode, async, a trailing-slash or
 directory destination, an unchanged file reached through a symlink, no pipelining, become
-to an unprivileged user, files over :data:`MAX_INLINE`) run the stock action unchanged.
+to an unprivileged user, a file over :data:`MAX_INLINE` to a relative dest) run the stock
+action unchanged. A file over :data:`MAX_INLINE` is streamed beside dest between two calls.
 """
 
 import os
+import posixpath
 import stat
 import uuid
 
@@ -22,63 +25,16 @@ from ansible.errors import AnsibleFileNotFound
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.utils.hashing import checksum
 
-#: Larger files take the stock path (streamed put with splice on the controller).
+#: Larger files are not sent inline: they are streamed (put, spliced on the controller) to a
+#: staging name beside dest between the call that compares checksums and the one that runs
+#: the module (three round trips, the transfer at line rate).
 MAX_INLINE = 2 * 1024 * 1024
 
 _MARKER = b'_ANSIBALLZ_WRAPPER = True'
-_FAST_CLASSES = {}
 
 
 def _is_module_run(in_data):
     return bool(in_data) and _MARKER in in_data[:4096]
-
-
-def _no_early_tmp(self):
-    # The stock actions make the remote temp dir before anything else (two round trips, and
-    # one more to remove it); the fast path needs none, the stock path makes it when needed.
-    return False
-
-
-def fast_class(cls):
-    """A subclass of Ansible's copy (or template) action class: no temp dir made up front;
-    for copy, ``_copy_file`` tries the fast path first."""
-    fast = _FAST_CLASSES.get(cls)
-    if fast is None:
-        attrs = {'_early_needs_tmp_path': _no_early_tmp, '_spindle_fast_copy': True}
-        if cls.__module__ == 'ansible.plugins.action.copy':
-            def _copy_file(self, source_full, source_rel, content, content_tempfile, dest,
-                           task_vars, follow):
-                done = fast_copy_file(self, source_full, source_rel, content, content_tempfile,
-                                      dest, task_vars, follow)
-                if done is not NotImplemented:
-                    return done
-                if self._connection._shell.tmpdir is None:
-                    self._make_tmp_path()  # what run() would have made up front
-                return cls._copy_file(self, source_full, source_rel, content, content_tempfile,
-                                      dest, task_vars, follow)
-
-            attrs['_copy_file'] = _copy_file
-        fast = type('Spindle' + cls.__name__, (cls,), attrs)
-        _FAST_CLASSES[cls] = fast
-    return fast
-
-
-#: Ansible's own action classes that get the fast path (not user overrides of them).
-_ROUTED_MODULES = ('ansible.plugins.action.copy', 'ansible.plugins.action.template')
-
-
-def route_action(name, obj, connection):
-    """Called on every action plugin the loader hands out: the builtin copy and template
-    actions with a spindle connection get the one-round-trip path."""
-    if obj is None or isinstance(obj, type) or getattr(obj, '_spindle_fast_copy', False):
-        return obj
-    cls = type(obj)
-    if cls.__module__ not in _ROUTED_MODULES or cls.__name__ != 'ActionModule':
-        return obj
-    if not hasattr(connection, 'spindle_copy_fast'):
-        return obj
-    obj.__class__ = fast_class(cls)
-    return obj
 
 
 def _capture(conn, action, runs):
@@ -133,21 +89,27 @@ def fast_copy_file(action, source_full, source_rel, content, content_tempfile, d
     except AnsibleFileNotFound:
         return NotImplemented  # stock reports it
     try:
-        if os.path.getsize(real) > MAX_INLINE:
-            action._loader.cleanup_tmp_file(real)
-            return NotImplemented
-        with open(real, 'rb') as f:
-            data = f.read()
+        data = None
+        if os.path.getsize(real) <= MAX_INLINE:
+            with open(real, 'rb') as f:
+                data = f.read()
     except OSError:
         action._loader.cleanup_tmp_file(real)
         return NotImplemented
+    if data is None and not posixpath.dirname(dest):
+        action._loader.cleanup_tmp_file(real)
+        return NotImplemented  # a large file to a relative dest: the stock flow
 
     lmode = None
     if args.get('mode', None) == 'preserve':
         lmode = '0%03o' % stat.S_IMODE(os.stat(real).st_mode)
     local_checksum = checksum(real)
     suffix = os.path.splitext(dest)[1]
-    staged = '%s/spindle-copy-%s/.source%s' % (remote_tmp.rstrip('/'), uuid.uuid4().hex, suffix)
+    if data is None:
+        # Streamed beside dest (the module's move is then a rename on one filesystem).
+        staged = posixpath.join(posixpath.dirname(dest), '.spindle-copy-%s%s' % (uuid.uuid4().hex, suffix))
+    else:
+        staged = '%s/spindle-copy-%s/.source%s' % (remote_tmp.rstrip('/'), uuid.uuid4().hex, suffix)
 
     copy_args = _create_remote_copy_args(args)
     copy_args.update(dict(src=staged, dest=dest, _original_basename=source_rel, follow=follow))
@@ -167,7 +129,8 @@ def fast_copy_file(action, source_full, source_rel, content, content_tempfile, d
         action._loader.cleanup_tmp_file(real)
         return NotImplemented
     res = conn.spindle_copy_fast(captured[0], captured[1], dest=dest, follow=bool(follow),
-                                 checksum=local_checksum, staged=staged, data=data)
+                                 checksum=local_checksum, staged=staged, data=data,
+                                 source=None if data is not None else real)
     if res is None or res.get('outcome') not in ('copy', 'file'):
         action._loader.cleanup_tmp_file(real)
         return NotImplemented

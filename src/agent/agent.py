@@ -1251,9 +1251,16 @@ def op_copy_fast(chan, call_id, call):
     then the `copy` module on the content staged where the module's src says, or the `file`
     module when the content is already there. Cases the action handles with more steps (dest
     is a directory, an unchanged file reached through a symlink) answer {"outcome": "stock"}
-    before anything is changed."""
+    before anything is changed.
+
+    A large file (op `copy_stream`, which an agent without it refuses as unknown, so the
+    controller takes the stock flow) does not come inline: the first call answers {"outcome": "send"}
+    when the content differs and `staged` (beside dest: the module's move is a rename) can be
+    written; the controller then puts the file there (a stream at line rate) and calls again
+    with `prestaged`, which runs the module on it. The staged file never outlives the call."""
     dest, follow = call.get("dest"), bool(call.get("follow"))
     checksum, staged = call.get("checksum"), call.get("staged")
+    big, prestaged = call.get("op") == "copy_stream", bool(call.get("prestaged"))
     copy_run, file_run = call.get("copy"), call.get("file")
     for run in (copy_run, file_run):  # keep both sets: the controller sent each once
         if isinstance(run, dict):
@@ -1280,7 +1287,10 @@ def op_copy_fast(chan, call_id, call):
             remote = ""
     elif st is not None:
         remote = ""
+    src = os.path.expanduser(staged)
     if remote == checksum:
+        if prestaged:
+            _unlink_quietly(src)
         if follow and os.path.islink(path):
             return {"outcome": "stock"}  # the action re-targets dest to the link's source
         out = _run_module(file_run)
@@ -1288,19 +1298,40 @@ def op_copy_fast(chan, call_id, call):
             return {"outcome": "stock"}
         out["outcome"] = "file"
         return out
-    src = os.path.expanduser(staged)
+    if big and not prestaged:
+        where = os.path.dirname(src) or "."
+        if not (os.path.isdir(where) and os.access(where, os.W_OK | os.X_OK)):
+            return {"outcome": "stock"}
+        return {"outcome": "send"}
+    if prestaged:
+        try:
+            if not stat.S_ISREG(os.lstat(src).st_mode):
+                return {"outcome": "stock"}
+        except OSError:
+            return {"outcome": "stock"}
+        try:
+            out = _run_module(copy_run)
+        finally:
+            _unlink_quietly(src)  # moved by the module when it succeeded
+        if "fallback" in out:
+            return {"outcome": "stock"}
+        out["outcome"] = "copy"
+        return out
     top = os.path.dirname(src)
+    made = False  # only a directory made here is removed here
     try:
         os.makedirs(os.path.dirname(top), mode=0o700, exist_ok=True)
         os.mkdir(top, 0o700)
+        made = True
         fd = os.open(src, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             write_all(fd, data)
         finally:
             os.close(fd)
     except OSError:  # e.g. a become user without a usable home: the stock flow copes
-        import shutil
-        shutil.rmtree(top, ignore_errors=True)
+        if made:
+            import shutil
+            shutil.rmtree(top, ignore_errors=True)
         return {"outcome": "stock"}
     try:
         out = _run_module(copy_run)
@@ -1313,13 +1344,20 @@ def op_copy_fast(chan, call_id, call):
     return out
 
 
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def _after_fork_in_child():
     # A forked module run must never write frames or log records into the parent's stream.
     logging.getLogger().handlers = []
 
 THREADED = {"ping": op_ping, "exec": op_exec, "fetch_file": op_fetch_file,
             "run_module": op_run_module, "spawn_context": op_spawn_context,
-            "copy_fast": op_copy_fast,
+            "copy_fast": op_copy_fast, "copy_stream": op_copy_fast,
             "relay_put": op_relay_put, "cache_drop": op_cache_drop}
 
 

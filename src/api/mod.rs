@@ -85,6 +85,9 @@ pub struct Request {
     /// note: why it took that path.
     #[serde(default)]
     pub reason: Option<String>,
+    /// note: the playbook run it belongs to (each run is warned once per host and reason).
+    #[serde(default)]
+    pub run: Option<String>,
     /// Any op: seconds after which the daemon gives up on the call (`timeout` error).
     #[serde(default)]
     pub call_timeout: Option<f64>,

@@ -52,6 +52,9 @@ fn no_nul(field: &str, s: &str) -> Result<(), BadField> {
     Ok(())
 }
 
+/// Longest `note` run id (the plugin sends a few dozen bytes).
+pub const MAX_RUN_ID_LEN: usize = 128;
+
 /// Checks every client-supplied number and C string of `req` (the target spec too).
 pub fn request(req: &Request) -> Result<(), BadField> {
     seconds("call_timeout", req.call_timeout)?;
@@ -78,6 +81,14 @@ pub fn request(req: &Request) -> Result<(), BadField> {
     for (field, v) in strings {
         if let Some(s) = v {
             no_nul(field, s)?;
+        }
+    }
+    if let Some(run) = &req.run {
+        if run.len() > MAX_RUN_ID_LEN {
+            return Err(bad(
+                "run",
+                format!("must be at most {MAX_RUN_ID_LEN} bytes, not {}", run.len()),
+            ));
         }
     }
     for (k, v) in req.env.iter().flatten() {

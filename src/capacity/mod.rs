@@ -3,17 +3,20 @@
 //!
 //! [`runs`] reads the results, [`fit`] turns them into one [`model::Model`] per (mode,
 //! workload family) with [`nnls`], [`validate`] fits on the small fleets and predicts the
-//! largest. `docs/capacity.md` derives the model; `spindle capacity` is its command line and
+//! largest; [`slices`] splits a fleet larger than one controller drives into job slices
+//! (docs/scaling.md). `docs/capacity.md` derives the model; `spindle capacity` is its command line and
 //! `bench/capacity.py` calls that command.
 
 pub mod model;
 mod nnls;
 pub mod runs;
+pub mod slices;
 pub mod table;
 pub mod validate;
 
 pub use model::{fit, Model, Prediction, Query};
 pub use runs::{load_runs, Run};
+pub use slices::{recommend, SliceAdvice, SliceQuery};
 pub use validate::{validate, Validation};
 
 use std::path::PathBuf;

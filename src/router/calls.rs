@@ -21,6 +21,8 @@ use std::time::Instant;
 #[derive(Debug)]
 pub(super) enum Op {
     Ping,
+    /// The daemon's liveness check of an idle stream (see `probe`).
+    Probe,
     Exec,
     /// An agent operation; `path`: where it runs a module, if it does (counted on its answer).
     Call {
@@ -99,8 +101,8 @@ impl Call {
 }
 
 impl Router {
-    /// Queues a CALL of the daemon's own (no client waits for its reply).
-    pub(super) fn internal_call(&mut self, t: TargetId, payload: serde_json::Value, op: Op) {
+    /// Queues a CALL of the daemon's own (no client waits for its reply); its handle.
+    pub(super) fn internal_call(&mut self, t: TargetId, payload: serde_json::Value, op: Op) -> u32 {
         let x = &mut self.targets[t];
         let handle = x.take_handle();
         let body = serde_json::to_vec(&payload).unwrap_or_default();
@@ -111,6 +113,7 @@ impl Router {
         let call = Call::new(None, 0, op, None);
         x.calls.insert(handle, call);
         self.touched.push(t);
+        handle
     }
 
     pub(super) fn start_call(&mut self, t: TargetId, client: ClientId, req: Request, now: Instant) {
@@ -279,7 +282,7 @@ impl Router {
                 match p.get("op").and_then(|o| o.as_str()) {
                     Some("run_module") => dedup_module_set(&mut p, &mut x.sent_sets),
                     // copy_fast carries the two module runs it chooses from.
-                    Some("copy_fast") => {
+                    Some("copy_fast" | "copy_stream") => {
                         for k in ["copy", "file"] {
                             if let Some(serde_json::Value::Object(run)) = p.get_mut(k) {
                                 dedup_module_set(run, &mut x.sent_sets);
@@ -458,6 +461,7 @@ impl Router {
                 return;
             }
             Op::CloseContext => return,
+            Op::Probe => return self.probe_answered(t),
             Op::StoreBlobs => {
                 if fl & flags::ERROR != 0 {
                     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -547,6 +551,7 @@ impl Router {
                 Op::Exec | Op::Put { .. } | Op::RelayedPut => api::ok_raw(c.id, &body),
                 Op::Spawn { .. }
                 | Op::CloseContext
+                | Op::Probe
                 | Op::StoreBlobs
                 | Op::HopFill { .. }
                 | Op::Relay { .. } => return,

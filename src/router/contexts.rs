@@ -93,6 +93,8 @@ impl Router {
             unacked: 0,
             held_stores: Vec::new(),
             last_used: now,
+            last_in: now,
+            probe: None,
             read_since_tick: false,
             logs: Default::default(),
         });
@@ -275,6 +277,10 @@ impl Router {
         if x.phase == Phase::Dead {
             return;
         }
+        self.probe_dropped(t);
+        let Some(x) = self.targets.get_mut(t) else {
+            return;
+        };
         if warn {
             tracing::warn!(host = %x.label, kind, message, "target failed");
             self.counters.failures += 1;
@@ -360,13 +366,8 @@ pub(super) fn validate_chain(spec: &Spec) -> Result<(), String> {
     // The first hop is started by the daemon (a password is checked again at spawn time,
     // with the askpass helper).
     match crate::transport::command(s, None) {
-        Err(crate::transport::CommandError::BadSpec { reason, .. })
-            if reason.contains("askpass") =>
-        {
-            Ok(())
-        }
+        Err(crate::transport::CommandError::NeedsAskpass { .. }) | Ok(_) => Ok(()),
         Err(e) => Err(e.to_string()),
-        Ok(_) => Ok(()),
     }
 }
 

@@ -20,13 +20,17 @@
 //! a stream; the parts that own one idea live beside it: `target` (a stream's or context's
 //! state), `calls` (calls in flight, their replies and put data), `contexts` (become and
 //! via contexts: start, recycle, close), `hop_cache` (files relayed from a via hop's
-//! cache) and `blob_refs` (module code a nested context gets from its parent's store).
+//! cache), `blob_refs` (module code a nested context gets from its parent's store) and `probe`
+//! (an ssh stream idle for [`PROBE_AFTER`] is checked alive before it is used again: the
+//! persistent daemon's streams outlive playbooks, and hosts reboot in between; held requests
+//! per stream: at most [`MAX_INFLIGHT`]).
 
 mod agent_log;
 mod blob_refs;
 mod calls;
 mod contexts;
 mod hop_cache;
+mod probe;
 mod target;
 #[cfg(test)]
 mod tests;
@@ -49,6 +53,7 @@ use std::time::{Duration, Instant};
 use target::{Phase, Target};
 
 pub use agent_log::{escape_for_log, LogLimiter, LOG_BURST, LOG_RATE, LOG_RECORD_MAX};
+pub use probe::{PROBE_AFTER, PROBE_MIN};
 
 /// Client connection id (assigned by the server).
 pub type ClientId = usize;
@@ -135,6 +140,8 @@ pub struct Router {
     /// sha256 of local files by (device, inode, size, mtime), so a file sent to many targets
     /// is read for hashing once.
     hashes: HashMap<(u64, u64, u64, i64, i64), String>,
+    /// Requests a liveness check released or orphaned, to handle at the next input.
+    replay: Vec<(ClientId, Request)>,
 }
 
 impl Default for Router {
@@ -191,6 +198,7 @@ impl Router {
             hop_cache: true,
             hop_seq: 0,
             hashes: HashMap::new(),
+            replay: Vec::new(),
         }
     }
 
@@ -371,7 +379,8 @@ impl Router {
                     let m = "note needs \"target\", \"path\": \"stock\" and a \"reason\"";
                     return self.reply_err(client, id, "bad_request", "", m);
                 };
-                let first = self.paths.stock(&spec.parent().label(), reason);
+                let run = req.run.as_deref().unwrap_or("");
+                let first = self.paths.stock(run, &spec.parent().label(), reason);
                 let v = json!({ "first": first });
                 self.actions
                     .push_back(Action::Reply(client, api::ok_value(id, &v)));
@@ -386,16 +395,10 @@ impl Router {
         let Some(spec) = req.target.clone() else {
             return self.reply_err(client, id, "bad_request", "", "this op needs a \"target\"");
         };
-        if let Err(e) = crate::transport::command(&spec, None).or_else(|e| match e {
+        match crate::transport::command(&spec, None) {
             // A password is checked again when the process is spawned (askpass available).
-            crate::transport::CommandError::BadSpec { ref reason, .. }
-                if reason.contains("askpass") =>
-            {
-                Ok(Default::default())
-            }
-            e => Err(e),
-        }) {
-            return self.reply_err(client, id, "bad_request", &spec.label(), &e.to_string());
+            Ok(_) | Err(crate::transport::CommandError::NeedsAskpass { .. }) => {}
+            Err(e) => return self.reply_err(client, id, e.kind(), &spec.label(), &e.to_string()),
         }
         if let Err(m) = validate_chain(&spec) {
             return self.reply_err(client, id, "bad_request", &spec.label(), &m);
@@ -425,6 +428,9 @@ impl Router {
             return;
         }
         let spec = self.resolve_interpreter(spec);
+        let Some(req) = self.probe_gate(&spec, client, req, now) else {
+            return; // held until its idle stream is checked (see `probe`)
+        };
         let t = self.target_for(spec, now);
         self.start_call(t, client, req, now);
     }
@@ -456,6 +462,7 @@ impl Router {
         }
         self.counters.bytes_in += bytes.len() as u64;
         x.counters.bytes_in += bytes.len() as u64;
+        x.last_in = now;
         // The decoder is moved out while frames borrow from it and the target is updated.
         let mut decoder = std::mem::take(&mut x.decoder);
         decoder.push(bytes);
@@ -503,6 +510,7 @@ impl Router {
         for (c, h, payload) in nested {
             self.context_frame(c, &h, &payload, now);
         }
+        self.run_replay(now);
     }
 
     /// Expires connect and call deadlines.
@@ -554,14 +562,26 @@ impl Router {
             self.fail_target(t, "timeout", &m);
         }
         for (t, h) in expired_calls {
+            let probe = self.targets[t]
+                .calls
+                .get(&h)
+                .is_some_and(|c| matches!(c.op, Op::Probe));
+            if probe {
+                // An idle stream that does not answer: a fresh one takes its requests.
+                let m = "no answer to a liveness check of the idle stream";
+                self.fail_target(t, "connection_lost", m);
+                continue;
+            }
             // Stopped on the target too: a put aborted, an exec or fetch cancelled.
             self.abandon(t, h, Some(("timeout", "the call's deadline passed")));
         }
+        self.run_replay(now);
     }
 
     /// A client went away: its execs, fetches and agent calls are cancelled on their targets
     /// (nobody waits for them); its puts complete, their replies dropped.
     pub fn client_gone(&mut self, client: ClientId) {
+        self.probe_client_gone(client);
         let mut gone = Vec::new();
         for (t, x) in self.targets.iter_mut() {
             for (h, c) in x.calls.iter_mut() {

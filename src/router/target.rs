@@ -61,6 +61,10 @@ pub(super) struct Target {
     pub(super) last_used: Instant,
     /// Starting, and its process read bytes we wrote since the last `tick` (progress).
     pub(super) read_since_tick: bool,
+    /// When bytes last came from it (a root stream idle since long is checked before use).
+    pub(super) last_in: Instant,
+    /// A liveness check in flight and the requests it holds (see `probe`).
+    pub(super) probe: Option<super::probe::Probe>,
     /// Its agent's LOG records: rate limit and dropped count (see `agent_log`).
     pub(super) logs: super::agent_log::LogLimiter,
 }

@@ -13,6 +13,33 @@ pub enum CommandError {
         /// What is wrong.
         reason: String,
     },
+    /// The ssh host name cannot be a host (empty, an option, white space): as unreachable as
+    /// a name that does not resolve (stock ssh fails the same host as UNREACHABLE).
+    #[error("bad connection spec for {host}: invalid host name {name:?}")]
+    BadHost {
+        /// Target label.
+        host: String,
+        /// The host name given.
+        name: String,
+    },
+    /// A password was given, and only the daemon (with its askpass helper) can start this.
+    #[error(
+        "bad connection spec for {host}: a password was given but no askpass helper is available"
+    )]
+    NeedsAskpass {
+        /// Target label.
+        host: String,
+    },
+}
+
+impl CommandError {
+    /// The API error kind for this spec problem (docs/api.md).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CommandError::BadHost { .. } => "unreachable",
+            CommandError::BadSpec { .. } | CommandError::NeedsAskpass { .. } => "bad_request",
+        }
+    }
 }
 
 pub(super) fn words(
@@ -135,7 +162,10 @@ fn launch(
                 .as_deref()
                 .ok_or_else(|| bad("ssh needs a host"))?;
             if host.is_empty() || host.starts_with('-') || host.chars().any(char::is_whitespace) {
-                return Err(bad(&format!("invalid host name {host:?}")));
+                return Err(CommandError::BadHost {
+                    host: spec.label(),
+                    name: host.into(),
+                });
             }
             let mut argv: Vec<String> =
                 vec![spec.ssh_executable.clone().unwrap_or_else(|| "ssh".into())];
@@ -162,11 +192,7 @@ fn launch(
                     env.push(("DISPLAY".into(), ":spindle".into()));
                     secret = Some(pw.clone());
                 }
-                (Some(_), None) => {
-                    return Err(bad(
-                        "a password was given but no askpass helper is available",
-                    ))
-                }
+                (Some(_), None) => return Err(CommandError::NeedsAskpass { host: spec.label() }),
                 (None, _) => o(&mut argv, "BatchMode=yes".into()),
             }
             o(

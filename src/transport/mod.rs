@@ -192,20 +192,20 @@ impl Spec {
     }
 
     /// The spec with what is not identity left out (recursively through `via`).
+    /// Passwords (ssh's and become's) appear only as their SHA-256: the key is a map key and
+    /// may be logged, the secrets must not be.
     fn identity(&self) -> Spec {
-        use sha2::Digest as _;
+        let hash = |p: &String| crate::cache::sha256_hex(p.as_bytes());
         let mut k = self.clone();
         k.connect_timeout = None;
         k.python = None;
+        k.password = self.password.as_ref().map(hash);
         k.via = self.via.as_ref().map(|v| Box::new(v.identity()));
         if let Some(b) = &mut k.escalate {
             b.cmd.clear();
             b.success.clear();
             b.prompt = None;
-            b.password = b.password.as_ref().map(|p| {
-                let d = sha2::Sha256::digest(p.as_bytes());
-                d.iter().map(|x| format!("{x:02x}")).collect()
-            });
+            b.password = b.password.as_ref().map(hash);
         }
         k
     }
@@ -312,4 +312,31 @@ pub fn plain_program(p: &str) -> bool {
         && !p.starts_with('-')
         && p.chars()
             .all(|c| c.is_ascii_alphanumeric() || "_./+-".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stream_key_holds_no_password() {
+        let s: Spec = serde_json::from_value(serde_json::json!({
+            "host": "h", "password": "ssh-secret",
+            "via": {"host": "hop", "password": "hop-secret"},
+            "become": {"method": "sudo", "user": "root", "cmd": "sudo -S", "success": "OK",
+                       "password": "become-secret"}
+        }))
+        .expect("a spec");
+        let key = s.key();
+        for secret in ["ssh-secret", "hop-secret", "become-secret"] {
+            assert!(!key.contains(secret), "{key}");
+        }
+        let mut other = s.clone();
+        other.password = Some("another".into());
+        assert_ne!(
+            other.key(),
+            key,
+            "a different password is a different stream"
+        );
+    }
 }

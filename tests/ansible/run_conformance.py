@@ -30,6 +30,7 @@ linear|free|both] [--name NAME] [--via | --bastions] [--keep]``.
 import argparse
 import difflib
 import functools
+import glob
 import http.server
 import json
 import os
@@ -276,7 +277,29 @@ def one_run(name, work, kind, strategy, inventories, extra, pipelining=True):
                  json.dumps(paths['stock_reasons'], sort_keys=True)))
     return {'paths': paths, 'rc': p.returncode, 'records': records, 'files': files,
             'fetched': snapshot(os.path.join(work, 'fetched')), 'log': p.stdout,
-            'left_behind': sorted(os.listdir(os.path.join(work, 'run')))}
+            'left_behind': left_behind(work, cfg, record, pipelining) if kind == 'spindle' else []}
+
+
+def left_behind(work, cfg, record, pipelining):
+    """What the run's daemon left in $XDG_RUNTIME_DIR: the persistent daemon (it outlives the
+    run by design, SPINDLE_PERSIST) must be the only one, and go with everything of its own
+    when stopped (``python -m spindle_ansible --stop``); nothing else may remain."""
+    run = os.path.join(work, 'run')
+    mine = 'spindle-%d' % os.getuid()
+    left = [n for n in sorted(os.listdir(run)) if n != mine]
+    socks = glob.glob(os.path.join(run, mine, '*', 'sock'))
+    if len(socks) != 1:
+        left.append('%d persistent daemon sockets (expected 1): %s' % (len(socks), socks))
+    p = subprocess.run([os.path.join(VENV_BIN, 'python'), '-m', 'spindle_ansible', '--stop'],
+                       env=run_env(work, cfg, record, pipelining), stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, universal_newlines=True)
+    if 'stopped %d persistent' % len(socks) not in p.stdout:
+        left.append('--stop: %s' % p.stdout.strip())
+    deadline = time.monotonic() + 10
+    while glob.glob(os.path.join(run, mine, '*', 'sock')) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left += glob.glob(os.path.join(run, mine, '*', 'sock'))
+    return left
 
 
 def by_host(records):

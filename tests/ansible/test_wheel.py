@@ -192,7 +192,7 @@ class WheelTests(unittest.TestCase):
                                 ANSIBLE_LOCAL_TEMP=os.path.join(work, 'tmp'),
                                 XDG_RUNTIME_DIR=os.path.join(work, 'run')))
         self.assertEqual(p.returncode, 0, p.stdout)
-        self.assertIn('spindle: daemon pid', p.stdout)  # the strategy started the wheel's daemon
+        self.assertIn('daemon pid', p.stdout)  # the strategy started the wheel's daemon
         self.assertRegex(p.stdout, r'localhost\s*: ok=2 ')
 
 
@@ -202,13 +202,13 @@ class LookupOrderTests(unittest.TestCase):
     def setUp(self):
         try:
             sys.path.insert(0, PKG_ROOT)
-            from spindle_ansible.plugins import strategy
+            from spindle_ansible import daemon
         except ImportError as e:
             print('SKIP: ansible-core not importable here (%s); run with the venv\'s python' % e)
             self.skipTest('ansible-core not importable')
         finally:
             sys.path.remove(PKG_ROOT)
-        self.s = strategy
+        self.s = daemon
         self.tmp = tempfile.mkdtemp(prefix='spindle-lookup-test-')
         self.addCleanup(shutil.rmtree, self.tmp, True)
         self.scripts, self.onpath = (os.path.join(self.tmp, d) for d in ('scripts', 'onpath'))

@@ -110,6 +110,9 @@ pub struct ServeOptions {
     pub client_budget: usize,
     /// How long a partial request may go without a byte (see [`DEFAULT_PARTIAL_TIMEOUT`]).
     pub partial_timeout: Duration,
+    /// Exit once no API client has been connected for this long (a daemon that outlives the
+    /// playbook, like ssh's ControlPersist); `None`: run until `shutdown` or a signal.
+    pub idle_exit: Option<Duration>,
 }
 
 impl ServeOptions {
@@ -123,6 +126,7 @@ impl ServeOptions {
             hop_cache: true,
             client_budget: DEFAULT_BUDGET,
             partial_timeout: DEFAULT_PARTIAL_TIMEOUT,
+            idle_exit: None,
         }
     }
 }
@@ -141,6 +145,10 @@ pub struct Server {
     /// `unix` targets waiting to retry a connect (see [`unix_connect::Connecting::retry_at`]).
     retrying: HashSet<TargetId>,
     shutdown: bool,
+    /// See [`ServeOptions::idle_exit`].
+    idle_exit: Option<Duration>,
+    /// When the last API client left (or the daemon started); reset while any is connected.
+    idle_since: Instant,
     buf: Vec<u8>,
     /// The listener is not polled until then (see [`ACCEPT_PAUSE`]).
     accept_paused_until: Option<Instant>,
@@ -237,6 +245,8 @@ impl Server {
             zombies: Vec::new(),
             retrying: HashSet::new(),
             shutdown: false,
+            idle_exit: opts.idle_exit,
+            idle_since: Instant::now(),
             buf: vec![0u8; 256 * 1024],
             accept_paused_until: None,
             accept_failures: 0,
@@ -305,12 +315,36 @@ impl Server {
                 }
                 self.zombies
                     .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
+                if self.idle_expired(now) {
+                    return Ok(());
+                }
             }
             self.drain_actions();
             if self.shutdown && self.clients.iter().all(|(_, c)| c.out_pos == c.out.len()) {
                 return Ok(());
             }
         }
+    }
+
+    /// True when `idle_exit` is set and no API client has been connected for that long.
+    fn idle_expired(&mut self, now: Instant) -> bool {
+        let Some(limit) = self.idle_exit else {
+            return false;
+        };
+        if !self.clients.is_empty() {
+            self.idle_since = now;
+            return false;
+        }
+        let idle = now.saturating_duration_since(self.idle_since);
+        if idle < limit {
+            return false;
+        }
+        tracing::info!(
+            idle_secs = idle.as_secs(),
+            streams = self.router.streams(),
+            "no API client for the idle limit: exiting"
+        );
+        true
     }
 
     fn dispatch(&mut self, ev: Ready, now: Instant) {

@@ -19,10 +19,12 @@ DOCUMENTATION = """
           (and the stock C(chroot), C(kubectl), C(lxd), C(incus), C(buildah), C(jail) and C(lxc)
           plugins, see docs/connections.md) to the C(spindle) connection plugin, so every task reuses one persistent connection
           and Python agent per target, whatever the play's strategy.
-        - Starts a spindle daemon for the run (binary from E(SPINDLE_BIN), else the C(spindle)
-          that the spindle-ansible wheel installed beside the Python running Ansible, else on
-          E(PATH)) and stops it when Ansible exits, unless E(SPINDLE_SOCKET) names a daemon that
-          is already running.
+        - Attaches to this user's persistent spindle daemon, or starts it (binary from
+          E(SPINDLE_BIN), else the C(spindle) that the spindle-ansible wheel installed beside
+          the Python running Ansible, else on E(PATH)); it exits E(SPINDLE_PERSIST) seconds
+          (default 60) after the last run, so the next run finds live agents with cached module
+          code. E(SPINDLE_PERSIST=0) starts a private daemon stopped when Ansible exits.
+          E(SPINDLE_SOCKET) names a daemon the user runs instead.
         - Does the same as the C(spindle_linear) and C(spindle_free) strategies, without a
           third-party strategy plugin (ansible-core deprecates those).
     author: spindle
@@ -31,10 +33,12 @@ DOCUMENTATION = """
         - enable in configuration (callbacks_enabled = spindle, callback_plugins pointing here)
 """
 
+from ansible.errors import AnsibleError
 from ansible.plugins.callback import CallbackBase
 
 from spindle_ansible import paths
-from spindle_ansible.plugins.strategy import LoaderPatch, ensure_daemon
+from spindle_ansible.daemon import ensure_daemon
+from spindle_ansible.plugins.strategy import LoaderPatch
 
 
 class CallbackModule(CallbackBase):
@@ -53,7 +57,13 @@ class CallbackModule(CallbackBase):
 
     def v2_playbook_on_play_start(self, play):
         # Sent by the task queue manager before the play's strategy queues any task.
-        socket_path = ensure_daemon()
+        try:
+            socket_path = ensure_daemon()
+        except AnsibleError as e:
+            # (Ansible would only say "Callback dispatch failed"): say what it means.
+            self._display.warning("spindle is NOT active for this play: it runs on Ansible's "
+                                  "stock connections. %s" % (e,))
+            return
         if self._patch is None:
             self._patch = LoaderPatch().apply()
             self._socket = socket_path

@@ -492,6 +492,7 @@ from ansible.module_utils.common.text.converters import to_bytes, to_text
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
+from spindle_ansible import compat
 from spindle_ansible.client import Client, SpindleError
 from spindle_ansible.modexec import (StockPath, call_with_blobs, file_module_reason, for_interpreter,
                                      plain_program, plan, run_in_agent)
@@ -561,21 +562,7 @@ class Connection(ConnectionBase):
         """Keep Ansible's become plugin, remembering each command it wraps: spindle runs the
         unwrapped command in a nested agent that already runs as the become user."""
         super(Connection, self).set_become_plugin(plugin)
-        if plugin is None or getattr(plugin, '_spindle_wrapped', False):
-            return
-        original = plugin.build_become_command
-        memory = self._become_inner
-
-        def build_become_command(cmd, shell):
-            wrapped = original(cmd, shell)
-            if cmd and wrapped != cmd:
-                while len(memory) >= _BECOME_MEMORY:
-                    memory.pop(next(iter(memory)))
-                memory[wrapped] = cmd
-            return wrapped
-
-        plugin.build_become_command = build_become_command
-        plugin._spindle_wrapped = True
+        compat.wrap_become(plugin, self._become_inner, _BECOME_MEMORY)  # (the become-wrap patch)
 
     def is_pipelining_enabled(self, wrap_async=False):
         """Modules go to the agent whatever ``pipelining`` says (ansible-core 2.19+ asks this).
@@ -854,7 +841,8 @@ class Connection(ConnectionBase):
             stderr = to_bytes('Shared connection to %s closed.\r\n' % self._play_context.remote_addr)
         return rc, stdout, stderr
 
-    def spindle_copy_fast(self, copy_run, file_run, dest, follow, checksum, staged, data):
+    def spindle_copy_fast(self, copy_run, file_run, dest, follow, checksum, staged, data,
+                          source=None):
         """One ``copy_fast`` call (see :mod:`spindle_ansible.copyfast`): ``copy_run`` and
         ``file_run`` are captured ``(cmd, in_data, spec)`` module invocations. Returns the
         agent's answer with ``output`` = the chosen module's (rc, stdout, stderr), or None
@@ -877,17 +865,31 @@ class Connection(ConnectionBase):
             blobs.update(run_blobs)
             runs.append(dict((k, v) for k, v in payload.items() if k != 'op'))
         payload = {'op': 'copy_fast', 'dest': dest, 'follow': follow, 'checksum': checksum,
-                   'staged': staged, 'data_b64': base64.b64encode(data).decode('ascii'),
-                   'copy': runs[0], 'file': runs[1]}
+                   'staged': staged, 'copy': runs[0], 'file': runs[1]}
+        if source is None:
+            payload['data_b64'] = base64.b64encode(data).decode('ascii')
+        else:
+            # ``source`` is streamed to ``staged`` if the agent asks (an agent that does not
+            # know the op refuses it: the stock action runs)
+            payload['op'] = 'copy_stream'
         started = time.monotonic()
         try:
             r = call_with_blobs(self._client(), spec, payload, blobs)
+            if r.get('outcome') == 'send':
+                # The content differs: stream it beside dest (as the task's user), then run
+                # the module on it.
+                self._client().put(copy_run[2], to_text(source), to_text(staged), mode=0o600)
+                self._timing('put of %s' % source, started, spec)
+                payload['prestaged'] = True
+                r = call_with_blobs(self._client(), spec, payload, blobs)
         except SpindleError as e:
             if e.kind == 'become_failed':
                 output = self._become_command_output(e)
                 if output is not None and self._become_password_failure(e, output) is None:
                     return None  # the stock action runs the module: it reports as stock does
                 raise self._become_failure(e) from None
+            if e.kind == 'remote' and "unknown op 'copy_stream'" in (e.message or ''):
+                return None  # an older agent (daemon binary): the stock action
             raise self._failure(e, 'copy') from None
         self._timing('copy in one call (%s)' % r.get('outcome'), started, spec)
         if r.get('outcome') in ('copy', 'file'):
@@ -901,7 +903,9 @@ class Connection(ConnectionBase):
         host = self._play_context.remote_addr
         display.vvv("SPINDLE stock path (not in the agent): %s" % reason, host=host)
         try:
-            first = self._client().request('note', spec, path='stock', reason=reason).get('first')
+            first = self._client().request('note', spec, path='stock', reason=reason,
+                                           run=os.environ.get('SPINDLE_RUN_ID') or None
+                                           ).get('first')
         except SpindleError as e:
             display.vvv("spindle: could not count the stock path: %s" % (e,), host=host)
             first = False

@@ -1,0 +1,281 @@
+"""Every patch spindle makes to ansible-core's internals, in one place.
+
+Each patch names what it changes, the ansible-core versions it was verified on
+(:data:`VERIFIED`, by ``make test-matrix`` and the main venv's conformance run) and the shape
+it relies on (attributes and signatures, checked before it is applied):
+
+``loader-routing``
+    ``connection_loader.get_with_context`` / ``get`` answer the ``spindle`` connection for
+    ssh, smart, local, docker, podman and the enter plugins; ``action_loader.get`` hands the
+    copy and template actions the one-round-trip path (see ``copy-fast-path``). Undone when
+    the play ends (:class:`LoaderPatch`).
+``copy-fast-path``
+    The builtin copy and template actions of a spindle connection get a subclass whose
+    ``_early_needs_tmp_path`` is false and whose ``_copy_file`` (copy) tries
+    :func:`spindle_ansible.copyfast.fast_copy_file` first (:func:`route_action`).
+``become-wrap``
+    A become plugin's ``build_become_command`` is wrapped (per instance) to remember each
+    command it wraps, so the connection runs the unwrapped command in a nested agent that
+    already runs as the become user (:func:`wrap_become`).
+
+On a version outside :data:`VERIFIED` whose shapes match, a patch is applied with one warning
+("not verified on X.Y"); when a shape does not match, the patch is not applied and Ansible's
+own behaviour stays (the stock connection, the stock copy action, the stock become wrapping),
+with one warning naming the patch and what is missing. Nothing else in the plugin reaches into
+Ansible's internals.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from ansible.utils.display import Display
+
+display = Display()
+
+#: ansible-core minor versions every patch here was verified on.
+VERIFIED = ('2.18', '2.19', '2.20', '2.21')
+
+_checked = {}  # patch name -> applies (bool), decided once per process
+
+
+def core_version():
+    """The running ansible-core's ``major.minor``."""
+    from ansible.release import __version__
+
+    return '.'.join(__version__.split('.')[:2])
+
+
+def _params(func):
+    try:
+        return list(inspect.signature(func).parameters)
+    except (TypeError, ValueError):
+        return None
+
+
+def _shape(name):
+    """What patch ``name`` relies on that this ansible-core lacks (empty: all there)."""
+    missing = []
+    if name == 'loader-routing':
+        from ansible.plugins.loader import action_loader, connection_loader
+
+        for attr in ('get', 'get_with_context', 'add_directory'):
+            if not callable(getattr(connection_loader, attr, None)):
+                missing.append('connection_loader.%s' % attr)
+        if not callable(getattr(action_loader, 'get', None)):
+            missing.append('action_loader.get')
+    elif name == 'copy-fast-path':
+        from ansible.plugins.action import ActionBase
+        from ansible.plugins.action.copy import ActionModule as Copy
+
+        want = ['self', 'source_full', 'source_rel', 'content', 'content_tempfile', 'dest',
+                'task_vars', 'follow']
+        if _params(getattr(Copy, '_copy_file', None)) != want:
+            missing.append('copy ActionModule._copy_file%s' % ('(' + ', '.join(want[1:]) + ')'))
+        for attr in ('_early_needs_tmp_path', '_execute_module', '_make_tmp_path'):
+            if not callable(getattr(ActionBase, attr, None)):
+                missing.append('ActionBase.%s' % attr)
+    elif name == 'become-wrap':
+        from ansible.plugins.become import BecomeBase
+
+        if _params(getattr(BecomeBase, 'build_become_command', None)) != ['self', 'cmd', 'shell']:
+            missing.append('BecomeBase.build_become_command(cmd, shell)')
+    else:
+        raise ValueError('unknown patch %r' % name)
+    return missing
+
+
+def applies(name):
+    """Whether patch ``name`` is applied here (decided, and warned about, once)."""
+    if name in _checked:
+        return _checked[name]
+    version = core_version()
+    missing = _shape(name)
+    if missing:
+        display.warning("spindle: ansible-core %s lacks what spindle's %s patch relies on (%s): "
+                        "it is not applied, Ansible's own behaviour stays" % (version, name,
+                                                                               ', '.join(missing)))
+        ok = False
+    else:
+        if version not in VERIFIED:
+            display.warning("spindle: the %s patch was verified on ansible-core %s, not %s; the "
+                            "shapes it relies on match, so it is applied"
+                            % (name, ', '.join(VERIFIED), version))
+        ok = True
+    _checked[name] = ok
+    return ok
+
+
+# -- loader-routing -----------------------------------------------------------------------------
+
+def _route(loader_get_with_context, routes, connection_name, connection_dir):
+    from ansible.errors import AnsibleError
+
+    def get_with_context(name, *args, **kwargs):
+        transport = routes.get(name)
+        if transport is None:
+            return loader_get_with_context(name, *args, **kwargs)
+        result = loader_get_with_context(connection_name, *args, **kwargs)
+        obj = result[0]
+        if obj is None:
+            raise AnsibleError("spindle: the connection plugin %r was not found (looked in %s)"
+                               % (connection_name, connection_dir))
+        if not kwargs.get('class_only') and hasattr(obj, 'spindle_route'):
+            obj.spindle_route(transport)
+        return result
+
+    get_with_context.spindle_routed = True
+    return get_with_context
+
+
+def _routed_get(routed_get_with_context):
+    def get(name, *args, **kwargs):
+        return routed_get_with_context(name, *args, **kwargs)[0]
+
+    get.spindle_routed = True
+    return get
+
+
+def _routed_action_get(action_get):
+    def get(name, *args, **kwargs):
+        obj = action_get(name, *args, **kwargs)
+        if kwargs.get('class_only'):
+            return obj
+        return route_action(name, obj, kwargs.get('connection'))
+
+    get.spindle_routed = True
+    return get
+
+
+class LoaderPatch(object):
+    """Routes ``routes`` (requested connection name -> spindle transport) to the connection
+    ``connection_name`` found in ``connection_dir`` on ``loader`` (and gives the copy action
+    spindle's one-round-trip ``_copy_file`` on ``actions``) until ``restore()``."""
+
+    def __init__(self, loader, actions, routes, connection_name, connection_dir):
+        self.loader = loader
+        self.actions = actions
+        self.routes = routes
+        self.connection_name = connection_name
+        self.connection_dir = connection_dir
+        self.saved = None
+        self.saved_action_get = None
+
+    def apply(self):
+        if not applies('loader-routing'):
+            return self
+        loader = self.loader
+        if getattr(loader.get_with_context, 'spindle_routed', False):
+            return self  # already routed (nested or repeated run): leave it to its owner
+        loader.add_directory(self.connection_dir)
+        # Load it here, before Ansible forks a worker per task: each worker then inherits
+        # the imported module and its option definitions instead of compiling the source
+        # and parsing its DOCUMENTATION again (~20 ms per task).
+        loader.get(self.connection_name, class_only=True)
+        own = loader.__dict__
+        self.saved = {k: own[k] for k in ('get', 'get_with_context') if k in own}
+        routed = _route(loader.get_with_context, self.routes, self.connection_name,
+                        self.connection_dir)
+        loader.get_with_context = routed
+        loader.get = _routed_get(routed)
+        if self.actions is not None and not getattr(self.actions.get, 'spindle_routed', False):
+            self.saved_action_get = self.actions.__dict__.get('get')
+            self.actions.get = _routed_action_get(self.actions.get)
+        return self
+
+    def restore(self):
+        if self.saved is None:
+            return
+        for key in ('get', 'get_with_context'):
+            if key in self.saved:
+                setattr(self.loader, key, self.saved[key])
+            else:
+                self.loader.__dict__.pop(key, None)
+        if self.actions is not None and getattr(self.actions.get, 'spindle_routed', False):
+            if self.saved_action_get is not None:
+                self.actions.get = self.saved_action_get
+            else:
+                self.actions.__dict__.pop('get', None)
+        self.saved = None
+        self.saved_action_get = None
+
+
+# -- copy-fast-path -----------------------------------------------------------------------------
+
+_FAST_CLASSES = {}
+
+#: Ansible's own action classes that get the fast path (not user overrides of them).
+_ROUTED_MODULES = ('ansible.plugins.action.copy', 'ansible.plugins.action.template')
+
+
+def _no_early_tmp(self):
+    # The stock actions make the remote temp dir before anything else (two round trips, and
+    # one more to remove it); the fast path needs none, the stock path makes it when needed.
+    return False
+
+
+def fast_class(cls):
+    """A subclass of Ansible's copy (or template) action class: no temp dir made up front;
+    for copy, ``_copy_file`` tries the fast path first."""
+    from spindle_ansible.copyfast import fast_copy_file
+
+    fast = _FAST_CLASSES.get(cls)
+    if fast is None:
+        attrs = {'_early_needs_tmp_path': _no_early_tmp, '_spindle_fast_copy': True}
+        if cls.__module__ == 'ansible.plugins.action.copy':
+            def _copy_file(self, source_full, source_rel, content, content_tempfile, dest,
+                           task_vars, follow):
+                done = fast_copy_file(self, source_full, source_rel, content, content_tempfile,
+                                      dest, task_vars, follow)
+                if done is not NotImplemented:
+                    return done
+                if self._connection._shell.tmpdir is None:
+                    self._make_tmp_path()  # what run() would have made up front
+                return cls._copy_file(self, source_full, source_rel, content, content_tempfile,
+                                      dest, task_vars, follow)
+
+            attrs['_copy_file'] = _copy_file
+        fast = type('Spindle' + cls.__name__, (cls,), attrs)
+        _FAST_CLASSES[cls] = fast
+    return fast
+
+
+def route_action(name, obj, connection):
+    """Called on every action plugin the loader hands out: the builtin copy and template
+    actions with a spindle connection get the one-round-trip path."""
+    if obj is None or isinstance(obj, type) or getattr(obj, '_spindle_fast_copy', False):
+        return obj
+    cls = type(obj)
+    if cls.__module__ not in _ROUTED_MODULES or cls.__name__ != 'ActionModule':
+        return obj
+    if not hasattr(connection, 'spindle_copy_fast') or not applies('copy-fast-path'):
+        return obj
+    obj.__class__ = fast_class(cls)
+    return obj
+
+
+# -- become-wrap --------------------------------------------------------------------------------
+
+def wrap_become(plugin, memory, limit):
+    """Wrap ``plugin.build_become_command`` (this instance only) so each command it wraps is
+    remembered in ``memory`` (wrapped -> unwrapped, at most ``limit`` entries, oldest dropped).
+    Returns whether it is wrapped."""
+    if plugin is None:
+        return False
+    if getattr(plugin, '_spindle_wrapped', False):
+        return True
+    if not applies('become-wrap'):
+        return False
+    original = plugin.build_become_command
+
+    def build_become_command(cmd, shell):
+        wrapped = original(cmd, shell)
+        if cmd and wrapped != cmd:
+            while len(memory) >= limit:
+                memory.pop(next(iter(memory)))
+            memory[wrapped] = cmd
+        return wrapped
+
+    plugin.build_become_command = build_become_command
+    plugin._spindle_wrapped = True
+    return True

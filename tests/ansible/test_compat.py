@@ -1,0 +1,132 @@
+"""spindle_ansible.compat: the one module that patches ansible-core internals.
+
+Each patch's shape check passes on every ansible-core this machine has a venv for (the main
+venv's 2.19 and the matrix venvs of scripts/matrix.sh: 2.18, 2.20, 2.21), so VERIFIED is
+true; an unknown version with matching shapes is patched with one warning; a shape that does
+not match leaves Ansible's own behaviour (the stock connection, copy action and become
+wrapping) with one warning.
+"""
+
+import os
+import subprocess
+import sys
+import unittest
+from unittest import mock
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+PKG = os.path.join(REPO, 'ansible_plugin')
+PATCHES = ('loader-routing', 'copy-fast-path', 'become-wrap')
+
+
+def venvs():
+    out = []
+    for name in ('.venv', '.venv-2.18', '.venv-2.20', '.venv-2.21'):
+        py = os.path.join(REPO, name, 'bin', 'python')
+        if os.access(py, os.X_OK):
+            out.append(py)
+    return out
+
+
+class Compat(unittest.TestCase):
+    def setUp(self):
+        sys.path.insert(0, PKG)
+        try:
+            from spindle_ansible import compat
+        except ImportError as e:
+            self.skipTest('ansible-core not importable here (%s)' % e)
+        finally:
+            sys.path.remove(PKG)
+        self.compat = compat
+        compat._checked.clear()
+        self.addCleanup(compat._checked.clear)
+        self.warnings = []
+        patcher = mock.patch.object(compat.display, 'warning', self.warnings.append)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def test_every_patch_fits_every_installed_ansible_core(self):
+        code = ('from spindle_ansible import compat; import json; '
+                'print(json.dumps([compat.core_version(), {n: compat._shape(n) for n in %r}]))'
+                % (PATCHES,))
+        found = []
+        for py in venvs():
+            p = subprocess.run([py, '-c', code], env=dict(os.environ, PYTHONPATH=PKG),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               universal_newlines=True)
+            self.assertEqual(p.returncode, 0, p.stdout)
+            import json
+            version, shapes = json.loads(p.stdout.strip().splitlines()[-1])
+            self.assertIn(version, self.compat.VERIFIED, py)
+            self.assertEqual(shapes, {n: [] for n in PATCHES}, '%s (%s)' % (py, version))
+            found.append(version)
+        print('compat: shapes match on ansible-core %s' % ', '.join(found))
+        self.assertTrue(found)
+
+    def test_verified_version_applies_silently(self):
+        for name in PATCHES:
+            self.assertTrue(self.compat.applies(name))
+        self.assertEqual(self.warnings, [])
+
+    def test_unknown_version_with_matching_shapes_applies_with_one_warning(self):
+        with mock.patch.object(self.compat, 'core_version', return_value='2.99'):
+            self.assertTrue(self.compat.applies('become-wrap'))
+            self.assertTrue(self.compat.applies('become-wrap'))
+        self.assertEqual(len(self.warnings), 1, self.warnings)
+        self.assertIn('verified on ansible-core 2.18, 2.19, 2.20, 2.21, not 2.99', self.warnings[0])
+
+    def test_a_missing_shape_keeps_ansibles_own_behaviour(self):
+        from ansible.plugins.loader import action_loader, connection_loader
+        from spindle_ansible.plugins.strategy import LoaderPatch
+
+        missing = mock.patch.object(self.compat, '_shape', return_value=['X.y'])
+        with missing:
+            before = (connection_loader.get_with_context, action_loader.get)
+            patch = LoaderPatch().apply()
+            self.assertEqual((connection_loader.get_with_context, action_loader.get), before)
+            patch.restore()
+
+            class Become(object):
+                def build_become_command(self, cmd, shell):
+                    return 'sudo ' + cmd
+
+            plugin = Become()
+            self.assertFalse(self.compat.wrap_become(plugin, {}, 10))
+            self.assertNotIn('build_become_command', plugin.__dict__)
+
+            class Conn(object):
+                def spindle_copy_fast(self):
+                    pass
+
+            from ansible.plugins.action.copy import ActionModule
+            action = ActionModule.__new__(ActionModule)
+            self.assertIs(type(self.compat.route_action('copy', action, Conn())), ActionModule)
+        self.assertEqual(len(self.warnings), 3, self.warnings)
+        self.assertTrue(all("it is not applied, Ansible's own behaviour stays" in w
+                            for w in self.warnings), self.warnings)
+
+    def test_patches_apply_and_restore(self):
+        from ansible.plugins.loader import connection_loader
+        from spindle_ansible.plugins.strategy import LoaderPatch
+
+        patch = LoaderPatch().apply()
+        try:
+            self.assertTrue(getattr(connection_loader.get_with_context, 'spindle_routed', False))
+        finally:
+            patch.restore()
+        self.assertFalse(getattr(connection_loader.get_with_context, 'spindle_routed', False))
+        memory = {}
+
+        class Become(object):
+            def build_become_command(self, cmd, shell):
+                return 'sudo ' + cmd
+
+        plugin = Become()
+        self.assertTrue(self.compat.wrap_become(plugin, memory, 2))
+        for i in range(3):
+            plugin.build_become_command('cmd%d' % i, None)
+        self.assertEqual(memory, {'sudo cmd1': 'cmd1', 'sudo cmd2': 'cmd2'})
+
+
+if __name__ == '__main__':
+    unittest.main()
