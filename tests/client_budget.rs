@@ -200,7 +200,8 @@ fn fifty_misbehaving_clients_stay_within_the_budget_while_a_good_one_is_served()
         "daemon peak RSS {hwm} KiB over {RSS_LIMIT_KIB} KiB"
     );
     assert!(
-        slowest < Duration::from_secs(2),
+        // Tens of ms on an idle machine; generous for a loaded one.
+        slowest < Duration::from_secs(5),
         "a stats call took {slowest:?}"
     );
     assert!(
