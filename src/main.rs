@@ -48,6 +48,17 @@ enum Cmd {
         /// once per target instead of through the hops' caches (also SPINDLE_NO_HOP_CACHE=1).
         #[arg(long)]
         no_hop_cache: bool,
+        /// MiB buffered for API clients, all together: partial requests and unread replies.
+        /// A request waits for room before it is read (small ones never do); over it, the
+        /// client holding the most unread replies is disconnected.
+        #[arg(long, env = "SPINDLE_CLIENT_BUFFER_MIB", default_value_t = (spindle::api::server::DEFAULT_BUDGET >> 20) as u64,
+              value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+        client_buffer_mib: u64,
+        /// Seconds a client may leave a request half-sent before it is disconnected (an idle
+        /// client, with nothing half-sent, is kept).
+        #[arg(long, env = "SPINDLE_PARTIAL_REQUEST_TIMEOUT", default_value_t = spindle::api::server::DEFAULT_PARTIAL_TIMEOUT.as_secs(),
+              value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        partial_request_timeout: u64,
         /// Exit after this many seconds with no API client connected (0: never). The Ansible
         /// plugin starts its shared per-user daemon with this (SPINDLE_PERSIST, default 60 s)
         /// so the next run finds live agents, like ssh's ControlPersist.
@@ -238,17 +249,25 @@ fn real_main(cli: Cli) -> Result<i32> {
             no_splice,
             max_interpreters,
             no_hop_cache,
+            client_buffer_mib,
+            partial_request_timeout,
             idle_exit,
         } => {
             spindle::api::server::raise_fd_limit();
+            let client_budget = usize::try_from(client_buffer_mib)
+                .ok()
+                .and_then(|m| m.checked_mul(1 << 20))
+                .context("--client-buffer-mib is too large for this machine")?;
             let server = Server::bind(&ServeOptions {
-                socket: socket.clone(),
                 io,
                 splice: !no_splice,
                 max_interpreters,
                 hop_cache: !no_hop_cache && std::env::var_os("SPINDLE_NO_HOP_CACHE").is_none(),
                 idle_exit: (idle_exit > 0)
                     .then(|| std::time::Duration::from_secs(u64::from(idle_exit))),
+                client_budget,
+                partial_timeout: std::time::Duration::from_secs(partial_request_timeout),
+                ..ServeOptions::new(socket.clone())
             })?;
             spindle::api::server::stop_on_signals().context("installing signal handlers")?;
             eprintln!(
@@ -564,12 +583,9 @@ fn with_fleet(
             spindle::api::server::stop_on_signals().context("installing signal handlers")?;
             spindle::api::server::raise_fd_limit();
             let h = spawn_in_thread(ServeOptions {
-                socket: path.clone(),
                 io: fleet.io,
-                splice: true,
-                max_interpreters: spindle::router::DEFAULT_MAX_INTERPRETERS,
                 hop_cache: std::env::var_os("SPINDLE_NO_HOP_CACHE").is_none(),
-                idle_exit: None,
+                ..ServeOptions::new(path.clone())
             })?;
             (path, Some(h))
         }

@@ -155,6 +155,26 @@ pub struct FdUsage {
     pub targets_fit: Option<u64>,
 }
 
+/// API clients and the bytes buffered for them (reported by `stats` as `clients`; the server
+/// fills it in).
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq)]
+pub struct ClientUsage {
+    /// Clients connected now.
+    pub connected: u64,
+    /// Bytes charged to the budget now: partial requests (an admitted message at its full
+    /// size) and unread replies.
+    pub buffered_bytes: u64,
+    /// The budget (`serve --client-buffer-mib`).
+    pub budget_bytes: u64,
+    /// Clients whose message waits for room in the budget (not read meanwhile).
+    pub waiting: u64,
+    /// How long a partial request may go without a byte (`serve --partial-request-timeout`).
+    pub partial_timeout_s: f64,
+    /// Clients disconnected over the budget or at the deadline, messages refused, waits.
+    #[serde(flatten)]
+    pub counters: crate::api::server::BudgetCounters,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,9 @@
 //! A target cannot flood or forge the daemon's log (issue 13, item 5): a fake agent (transport
 //! `unix`, speaking the frame protocol) sends hundreds of large ERROR records full of newlines,
 //! forged log lines and colour codes; the daemon's log stays small, shows no forged line and
-//! no escape byte, and says how many records it dropped. Its calls are still answered.
+//! no escape byte, and says how many records it dropped. Its calls are still answered. A
+//! target's transport stderr (ssh's, the remote shell's) logged at debug level is rate-limited
+//! the same way.
 
 mod common;
 use common::*;
@@ -113,4 +115,42 @@ fn a_flooding_target_cannot_fill_or_forge_the_daemon_log() {
         assert!(!line.starts_with(FORGED), "forged line: {line}");
         assert!(!line.starts_with("forged"), "forged logger name: {line}");
     }
+}
+
+#[test]
+fn a_targets_stderr_flood_is_rate_limited_in_the_debug_log() {
+    let dir = scratch("stderr_flood");
+    // An interpreter that writes 200,000 lines to stderr before it starts the agent.
+    let noisy = dir.join("noisy-python");
+    std::fs::write(
+        &noisy,
+        "#!/bin/sh\nyes 'noise from the target' | head -n 200000 >&2\nexec python3 \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&noisy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let log_path = dir.join("daemon.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let daemon = Daemon::start_logged(&dir, &["-vvv"], log);
+    let mut c = daemon.client();
+    let spec = json!({"transport": "local", "host": "noisy", "name": "noisy",
+                      "python": noisy.to_str().unwrap()});
+    let v = c
+        .call(json!({"op": "ping", "target": spec}))
+        .expect("the noisy target's call is answered");
+    assert_eq!(v["pong"], true, "{v}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = c.call(json!({"op": "close", "target": spec}));
+    drop(daemon);
+    let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let lines = text.matches("stderr: noise from the target").count();
+    eprintln!(
+        "daemon log: {} bytes, {lines} of 200,000 stderr lines logged",
+        text.len()
+    );
+    // The burst (100) and 20 a second while the flood lasts; unlimited it is 200,000 lines.
+    assert!((100..1000).contains(&lines), "{lines} stderr lines logged");
+    assert!(
+        text.contains("stderr lines dropped from the log"),
+        "no drop report"
+    );
 }

@@ -179,6 +179,27 @@ impl MessageDecoder {
         self.buf.extend_from_slice(b);
     }
 
+    /// Bytes received and not yet taken as messages.
+    pub fn buffered(&self) -> usize {
+        self.buf.len().saturating_sub(self.start)
+    }
+
+    /// Size of the next message, its 4-byte length prefix included, once the prefix is in.
+    pub fn announced(&self) -> Option<usize> {
+        let p = self.buf.get(self.start..self.start.checked_add(4)?)?;
+        let len = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
+        len.checked_add(4)
+    }
+
+    /// Frees the buffer's memory when nothing is buffered and it grew past one read's worth
+    /// (a large message once received does not keep its memory for the connection's life).
+    pub fn release(&mut self) {
+        if self.buffered() == 0 && self.buf.capacity() > 1024 * 1024 {
+            self.buf = Vec::new();
+            self.start = 0;
+        }
+    }
+
     /// The next whole message body, if any.
     pub fn next_message(&mut self) -> Result<Option<Vec<u8>>, Oversize> {
         let avail = &self.buf[self.start..];
@@ -219,6 +240,26 @@ mod tests {
         let mut d = MessageDecoder::default();
         d.push(&u32::MAX.to_be_bytes());
         assert!(d.next_message().is_err());
+    }
+
+    #[test]
+    fn buffered_and_announced_sizes() {
+        let mut d = MessageDecoder::default();
+        assert_eq!((d.buffered(), d.announced()), (0, None));
+        d.push(&[0, 0]);
+        assert_eq!((d.buffered(), d.announced()), (2, None));
+        d.push(&[1, 0, b'x']);
+        assert_eq!((d.buffered(), d.announced()), (5, Some(260)));
+        let mut wire = Vec::new();
+        frame_message(&mut wire, &vec![b' '; 2 * 1024 * 1024]);
+        let mut d = MessageDecoder::default();
+        d.push(&wire);
+        assert!(d.next_message().unwrap().is_some());
+        assert_eq!((d.buffered(), d.announced()), (0, None));
+        d.release();
+        assert_eq!(d.buf.capacity(), 0);
+        d.push(&u32::MAX.to_be_bytes());
+        assert_eq!(d.announced(), Some(u32::MAX as usize + 4));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! `\n`, `\x1b`, `\u{2028}`, ...) and truncated to [`LOG_RECORD_MAX`] bytes (saying how much
 //! was cut), and each target may log at most [`LOG_RATE`] records a second with bursts of
 //! [`LOG_BURST`] (a token bucket); the records dropped are counted and reported at most once
-//! per [`DROP_REPORT_EVERY`] in one line naming the target. Time is an input (sans-IO).
+//! per [`DROP_REPORT_EVERY`] in one line naming the target. Time is an input (sans-IO). The
+//! same limiter bounds the lines of a target's transport stderr (ssh's, or the remote
+//! shell's) that the server logs at debug level.
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +23,7 @@ pub const DROP_REPORT_EVERY: Duration = Duration::from_secs(1);
 /// A target's log budget: a token bucket and the count of records dropped since the last
 /// report.
 #[derive(Debug)]
-pub(super) struct LogLimiter {
+pub struct LogLimiter {
     tokens: f64,
     refilled: Option<Instant>,
     dropped: u64,
@@ -41,7 +43,7 @@ impl Default for LogLimiter {
 
 impl LogLimiter {
     /// Whether one more record may be written at `now` (else it is counted as dropped).
-    pub(super) fn allow(&mut self, now: Instant) -> bool {
+    pub fn allow(&mut self, now: Instant) -> bool {
         if let Some(at) = self.refilled {
             let secs = now.saturating_duration_since(at).as_secs_f64();
             self.tokens = (self.tokens + secs * LOG_RATE).min(LOG_BURST);
@@ -58,7 +60,7 @@ impl LogLimiter {
 
     /// The number of records dropped since the last report, when there are some and the
     /// last report is at least [`DROP_REPORT_EVERY`] old.
-    pub(super) fn due_report(&mut self, now: Instant) -> Option<u64> {
+    pub fn due_report(&mut self, now: Instant) -> Option<u64> {
         if self.dropped == 0
             || self
                 .reported

@@ -37,7 +37,7 @@ mod tests;
 
 use crate::api::{self, Request};
 use crate::cache::BlobCache;
-use crate::metrics::{Counters, FdUsage, TargetCounters};
+use crate::metrics::{ClientUsage, Counters, FdUsage, TargetCounters};
 use crate::proto::{self, encode_frame, flags, FrameHeader, Kind};
 use crate::transfer::TransferCounters;
 use crate::transport::Spec;
@@ -52,7 +52,7 @@ use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 use target::{Phase, Target};
 
-pub use agent_log::{escape_for_log, LOG_BURST, LOG_RATE, LOG_RECORD_MAX};
+pub use agent_log::{escape_for_log, LogLimiter, LOG_BURST, LOG_RATE, LOG_RECORD_MAX};
 pub use probe::{PROBE_AFTER, PROBE_MIN};
 
 /// Client connection id (assigned by the server).
@@ -128,6 +128,8 @@ pub struct Router {
     pub paths: crate::metrics::Paths,
     /// The daemon's file descriptors (reported by `stats`; kept current by the server).
     pub fds: FdUsage,
+    /// API clients and their buffered bytes (filled in by the server before `stats`).
+    pub clients: ClientUsage,
     /// Become contexts per target before the least recently used idle one is closed.
     pub max_interpreters: usize,
     /// Send files for targets behind a via hop through the hop's file cache, and module code
@@ -191,6 +193,7 @@ impl Router {
             counters: Counters::default(),
             paths: Default::default(),
             fds: FdUsage::default(),
+            clients: ClientUsage::default(),
             max_interpreters: DEFAULT_MAX_INTERPRETERS,
             hop_cache: true,
             hop_seq: 0,
@@ -339,6 +342,7 @@ impl Router {
                 }
                 let v = json!({"streams": self.streams(), "io": self.backend, "counters": self.counters, "paths": self.paths, "transfer": self.transfer,
                     "fds": self.fds,
+                    "clients": self.clients,
                     "blobs": {"count": self.cache.len(), "bytes": self.cache.bytes()},
                     "targets": targets});
                 self.actions

@@ -2,19 +2,33 @@
 //! processes, and moves bytes between them and the sans-IO [`Router`]. One thread drives every
 //! stream; no thread per target. Every descriptor is nonblocking and level-triggered.
 //!
-//! This file holds the loop, the listener and the API clients; `procs` owns the target
+//! Bounds on clients: bytes buffered for all clients together (partial requests and unread
+//! replies) stay within [`ServeOptions::client_budget`] (`budget`: a message is admitted
+//! before it is read, small ones always; over the budget the client holding the most unread
+//! replies or unadmitted bytes is disconnected); a partial request that gets no byte for
+//! [`ServeOptions::partial_timeout`] is dropped; one client's unread replies never pass
+//! [`CLIENT_OUT_LIMIT`]. An idle client (nothing partial) is kept however long.
+//!
+//! This file holds the loop and the listener; `clients` owns the API clients' connections
+//! (read, write, disconnect), `budget` the accounting of their bytes, `procs` the target
 //! processes' pipes (spawn, read, write, kill) and `unix_connect` the nonblocking connect of
 //! transport `unix` sockets.
 
+mod budget;
+mod clients;
 mod procs;
 mod unix_connect;
 
+use budget::ClientBudget;
+pub use budget::{BudgetCounters, DEFAULT_BUDGET, DEFAULT_PARTIAL_TIMEOUT};
+use clients::Client;
+
 use super::MessageDecoder;
 use crate::reactor::{new_backend, Backend, Interest, IoBackend, Ready};
-use crate::router::{Action, ClientId, Router, TargetId};
+use crate::router::{Action, Router, TargetId};
 use procs::Proc;
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -92,18 +106,29 @@ pub struct ServeOptions {
     pub max_interpreters: usize,
     /// Send files for targets behind a via hop through the hops' file caches.
     pub hop_cache: bool,
+    /// Bytes buffered for API clients, all together (see [`DEFAULT_BUDGET`]).
+    pub client_budget: usize,
+    /// How long a partial request may go without a byte (see [`DEFAULT_PARTIAL_TIMEOUT`]).
+    pub partial_timeout: Duration,
     /// Exit once no API client has been connected for this long (a daemon that outlives the
     /// playbook, like ssh's ControlPersist); `None`: run until `shutdown` or a signal.
     pub idle_exit: Option<Duration>,
 }
 
-struct Client {
-    stream: UnixStream,
-    dec: MessageDecoder,
-    out: Vec<u8>,
-    out_pos: usize,
-    writing: bool,
-    closing: bool,
+impl ServeOptions {
+    /// Defaults for everything but the socket.
+    pub fn new(socket: PathBuf) -> ServeOptions {
+        ServeOptions {
+            socket,
+            io: IoBackend::Auto,
+            splice: true,
+            max_interpreters: crate::router::DEFAULT_MAX_INTERPRETERS,
+            hop_cache: true,
+            client_budget: DEFAULT_BUDGET,
+            partial_timeout: DEFAULT_PARTIAL_TIMEOUT,
+            idle_exit: None,
+        }
+    }
 }
 
 /// The running daemon.
@@ -130,6 +155,8 @@ pub struct Server {
     /// Failed accepts since the last report, and when that was.
     accept_failures: u64,
     accept_reported: Option<Instant>,
+    /// Bytes buffered for clients (see `budget`).
+    budget: ClientBudget,
 }
 
 /// Binds `path` with mode 0600. Only a stale socket is replaced: a socket whose connect is
@@ -224,6 +251,7 @@ impl Server {
             accept_paused_until: None,
             accept_failures: 0,
             accept_reported: None,
+            budget: ClientBudget::new(opts.client_budget, opts.partial_timeout),
         })
     }
 
@@ -271,10 +299,20 @@ impl Server {
                 self.dispatch(*ev, now);
                 self.drain_actions();
             }
+            if self.budget.waiting() > 0 {
+                for id in self.budget.resume(now) {
+                    self.set_reading(id, true);
+                }
+            }
             if now.duration_since(last_tick) >= TICK {
                 last_tick = now;
+                self.expire_partial_requests(now);
+                self.budget.recheck();
                 self.router.tick(now);
                 self.check_half_closed(now);
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    self.report_stderr_drops(now);
+                }
                 self.zombies
                     .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
                 if self.idle_expired(now) {
@@ -377,6 +415,7 @@ impl Server {
                 out: Vec::new(),
                 out_pos: 0,
                 writing: false,
+                reading: true,
                 closing: false,
             });
         }
@@ -415,105 +454,6 @@ impl Server {
                 if short { "; pausing new API clients for 100 ms" } else { "" }
             );
             self.accept_reported = Some(now);
-        }
-    }
-
-    fn client_read(&mut self, id: ClientId, now: Instant) {
-        let Some(c) = self.clients.get_mut(id) else {
-            return;
-        };
-        match c.stream.read(&mut self.buf) {
-            Ok(0) => return self.drop_client(id),
-            Ok(n) => c.dec.push(&self.buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
-            Err(_) => return self.drop_client(id),
-        }
-        loop {
-            let Some(c) = self.clients.get_mut(id) else {
-                return;
-            };
-            if c.closing {
-                return;
-            }
-            let body = match c.dec.next_message() {
-                Ok(Some(b)) => b,
-                Ok(None) => return,
-                Err(e) => {
-                    c.closing = true;
-                    let msg = super::error(0, "bad_request", "", &e.to_string());
-                    self.send(id, &msg);
-                    return;
-                }
-            };
-            match super::parse_request(&body) {
-                Ok(req) => {
-                    if req.op == "stats" {
-                        self.router.fds = fd_usage();
-                    }
-                    self.router.request(id, req, now)
-                }
-                Err((rid, m)) => {
-                    let msg = super::error(rid, "bad_request", "", &m);
-                    self.send(id, &msg);
-                }
-            }
-            self.drain_actions();
-        }
-    }
-
-    fn send(&mut self, id: ClientId, body: &[u8]) {
-        let Some(c) = self.clients.get_mut(id) else {
-            return;
-        };
-        super::frame_message(&mut c.out, body);
-        if c.out.len() - c.out_pos > CLIENT_OUT_LIMIT {
-            tracing::warn!(
-                client = id,
-                "API client is not reading its replies; disconnecting"
-            );
-            return self.drop_client(id);
-        }
-        self.client_flush(id);
-    }
-
-    fn client_flush(&mut self, id: ClientId) {
-        let Some(c) = self.clients.get_mut(id) else {
-            return;
-        };
-        while c.out_pos < c.out.len() {
-            match c.stream.write(&c.out[c.out_pos..]) {
-                Ok(n) => c.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return self.drop_client(id),
-            }
-        }
-        if c.out_pos == c.out.len() {
-            c.out.clear();
-            c.out_pos = 0;
-            if c.closing {
-                return self.drop_client(id);
-            }
-        }
-        let want = c.out_pos < c.out.len();
-        if want != c.writing {
-            c.writing = want;
-            let i = Interest {
-                read: true,
-                write: want,
-            };
-            let _ = self
-                .backend
-                .modify(c.stream.as_fd(), key(id, TAG_CLIENT), i);
-        }
-    }
-
-    fn drop_client(&mut self, id: ClientId) {
-        if let Some(c) = self.clients.try_remove(id) {
-            let _ = self.backend.delete(c.stream.as_fd());
-            self.router.client_gone(id);
-            tracing::debug!(client = id, "API client gone");
         }
     }
 

@@ -1,6 +1,7 @@
 //! Target processes: spawning a target's transport command with its pipes watched by the
 //! loop, writing the router's outbound bytes to it, reading its stdout (frames) and stderr
-//! (kept for error messages), noticing it ended, and killing it.
+//! (kept for error messages; its lines logged at debug level at most `LOG_RATE` a second,
+//! bursts of `LOG_BURST`, the rest counted), noticing it ended, and killing it.
 
 use super::unix_connect::Connecting;
 use super::{key, Server, TAG_STDERR, TAG_STDIN, TAG_STDOUT};
@@ -24,6 +25,8 @@ pub(super) struct Proc {
     pub(super) stdout: Option<OwnedFd>,
     pub(super) stderr: Option<OwnedFd>,
     pub(super) tail: Vec<u8>,
+    /// Rate of stderr lines written to the daemon's debug log.
+    pub(super) stderr_log: crate::router::LogLimiter,
     /// One socket both ways (in `stdout`; `stdin` is None).
     pub(super) duplex: bool,
     pub(super) writing: bool,
@@ -139,6 +142,7 @@ impl Server {
                 stdout: Some(stdout),
                 stderr: Some(stderr),
                 tail: Vec::new(),
+                stderr_log: crate::router::LogLimiter::default(),
                 duplex: false,
                 writing: true,
                 stdout_eof_at: None,
@@ -244,17 +248,22 @@ impl Server {
                 }
             }
             Ok(n) => {
-                self.router.progress(t, Instant::now()); // ssh or the shell said something
+                let now = Instant::now();
+                self.router.progress(t, now); // ssh or the shell said something
                 let Some(p) = self.procs.get_mut(&t) else {
                     return;
                 };
                 let chunk = &self.buf[..n];
                 if tracing::enabled!(tracing::Level::DEBUG) {
                     for line in String::from_utf8_lossy(chunk).lines() {
+                        if !p.stderr_log.allow(now) {
+                            continue;
+                        }
                         let line =
                             crate::router::escape_for_log(line, crate::router::LOG_RECORD_MAX);
                         tracing::debug!(target_id = t, "stderr: {line}");
                     }
+                    report_stderr_drops(t, p, now);
                 }
                 p.tail.extend_from_slice(chunk);
                 if p.tail.len() > STDERR_TAIL {
@@ -262,6 +271,13 @@ impl Server {
                     p.tail.drain(..cut);
                 }
             }
+        }
+    }
+
+    /// Reports stderr lines left out of the log (at most once a second per target).
+    pub(super) fn report_stderr_drops(&mut self, now: Instant) {
+        for (&t, p) in self.procs.iter_mut() {
+            report_stderr_drops(t, p, now);
         }
     }
 
@@ -319,6 +335,18 @@ impl Server {
         for mut z in self.zombies.drain(..) {
             let _ = z.wait();
         }
+    }
+}
+
+/// One debug line saying how many of target `t`'s stderr lines were not logged, when due.
+fn report_stderr_drops(t: TargetId, p: &mut Proc, now: Instant) {
+    if let Some(n) = p.stderr_log.due_report(now) {
+        tracing::debug!(
+            target_id = t,
+            "{n} stderr lines dropped from the log (more than {}/s, bursts of {})",
+            crate::router::LOG_RATE,
+            crate::router::LOG_BURST
+        );
     }
 }
 
