@@ -191,7 +191,8 @@ def main():
     ap.add_argument('--good', type=int, default=50)
     ap.add_argument('--each', type=int, default=2, help='targets of each hostile kind (5 kinds)')
     ap.add_argument('--bin', default=os.environ.get('SPINDLE_BIN') or os.path.join(REPO, 'target', 'debug', 'spindle'))
-    ap.add_argument('--rss-mib', type=float, default=256.0)
+    ap.add_argument('--rss-mib', type=float, default=448.0,
+                    help='the client buffer budget, 2 replies being assembled, 64 MiB (docs/security.md)')
     ap.add_argument('--log-mib', type=float, default=8.0)
     ap.add_argument('--out')
     args = ap.parse_args()
