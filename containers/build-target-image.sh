@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # containers/build-target-image.sh: the podman image of a spindle test target, built from Debian
 # packages alone (no container registry): mmdebstrap makes a bookworm root filesystem with
-# python3, openssh-server and sudo, and `podman import` turns it into an image.
+# python3, openssh-server, sudo, procps and iproute2, and `podman import` turns it into an image.
 #
 #   containers/build-target-image.sh [--image NAME] [--force]
 #
@@ -42,7 +42,7 @@ command -v podman >/dev/null || skip "podman is not installed (scripts/setup.sh 
 # ---- the recipe: everything that decides the image's content, hashed into its label ----
 SUITE=bookworm
 VARIANT=minbase
-PACKAGES=python3,openssh-server,sudo,procps
+PACKAGES=python3,openssh-server,sudo,procps,iproute2
 SSHD_CONF='HostKey /etc/ssh/ssh_host_ed25519_key
 PermitRootLogin prohibit-password
 PasswordAuthentication no
