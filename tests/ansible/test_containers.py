@@ -123,14 +123,13 @@ class ContainerTargets(unittest.TestCase):
             if os.path.exists(p):
                 os.unlink(p)
         rc.write_cfg(cfg, kind, 'linear')
-        if forks:
-            with open(cfg, 'a') as f:
-                f.write('forks = %d\n' % forks)
         os.makedirs(os.path.join(self.work, 'run'), mode=0o700, exist_ok=True)
         env = podman_env(rc.run_env(self.work, cfg, record))
         env['ANSIBLE_COLLECTIONS_PATH'] = COLLECTIONS
         argv = [os.path.join(rc.VENV_BIN, 'ansible-playbook'), playbook, '-i', inventory,
                 '-e', json.dumps(extra)]
+        if forks:
+            argv += ['--forks', str(forks)]
         if verbose:
             argv.append('-vvv')  # to see that the hosts were routed to spindle's transport
         t0 = time.monotonic()
