@@ -12,6 +12,9 @@ transport: one ``podman exec -i`` per host, the agent inside).
 * test_without_python: 2 containers whose python3 was removed (one host names the
   interpreter, one leaves it to discovery): ``raw`` works, a module fails with the stock
   wording, stock and spindle results equal;
+* test_docker_api: community.docker.docker (the docker client alone, containers/docker-cli.sh)
+  against podman's docker-compatible API (``podman system service``), stock vs spindle's
+  docker transport, tests/ansible/conformance-docker.yml on 1 container;
 * test_many: SPINDLE_PODMAN_COUNT containers (default 20 here; 100 is the issue's figure:
   ``SPINDLE_PODMAN_COUNT=100``) started in parallel, one ``ping`` each through spindle.
 
@@ -38,7 +41,9 @@ BUILD = os.path.join(rc.REPO, 'containers', 'build-target-image.sh')
 CONTAINERS_CONF = os.path.join(rc.REPO, 'containers', 'containers.conf')
 COLLECTIONS = os.path.join(rc.VENV, 'collections')
 #: fleet names of this suite (podman-fleet.sh; no netns fleet uses these)
-CONF_FLEET, NOPY_FLEET, MANY_FLEET = 'pcnf', 'pnpy', 'pmany'
+CONF_FLEET, NOPY_FLEET, MANY_FLEET, DOCKER_FLEET = 'pcnf', 'pnpy', 'pmany', 'pdock'
+#: test_docker_api's short playbook
+DOCKER_PLAYBOOK = os.path.join(HERE, 'conformance-docker.yml')
 
 
 def podman_env(env=None):
@@ -114,7 +119,8 @@ class ContainerTargets(unittest.TestCase):
         with open(os.path.join(fleet_dir, 'names.txt')) as f:
             return [line.strip() for line in f if line.strip()]
 
-    def run_playbook(self, kind, playbook, inventory, extra, verbose=False, forks=None):
+    def run_playbook(self, kind, playbook, inventory, extra, verbose=False, forks=None,
+                     transport='podman'):
         """ansible-playbook, ``kind`` stock or spindle (linear + the spindle callback), with
         spindle_record: (process, records, paths or None)."""
         cfg = os.path.join(self.work, kind + '.cfg')
@@ -126,6 +132,7 @@ class ContainerTargets(unittest.TestCase):
         os.makedirs(os.path.join(self.work, 'run'), mode=0o700, exist_ok=True)
         env = podman_env(rc.run_env(self.work, cfg, record))
         env['ANSIBLE_COLLECTIONS_PATH'] = COLLECTIONS
+        env.update(getattr(self, 'extra_env', {}))
         argv = [os.path.join(rc.VENV_BIN, 'ansible-playbook'), playbook, '-i', inventory,
                 '-e', json.dumps(extra)]
         if forks:
@@ -147,7 +154,8 @@ class ContainerTargets(unittest.TestCase):
             with open(record + '.paths') as f:
                 paths = json.load(f)
         if kind == 'spindle' and verbose:
-            self.assertIn('ESTABLISH SPINDLE CONNECTION (podman)', p.stdout, 'not routed to spindle')
+            self.assertIn('ESTABLISH SPINDLE CONNECTION (%s)' % transport, p.stdout,
+                          'not routed to spindle')
         return p, records, paths
 
     def test_conformance(self):
@@ -170,7 +178,7 @@ class ContainerTargets(unittest.TestCase):
             self.compare_playbook(os.path.join(HERE, 'conformance-enter.yml'), names, inventory,
                                   extra, normalise=shell_free_raw)
 
-    def compare_playbook(self, playbook, names, inventory, extra, normalise=None):
+    def compare_playbook(self, playbook, names, inventory, extra, normalise=None, transport='podman'):
         """``playbook`` with the stock podman plugin, then through spindle: results, files
         left in the containers and fetched files equal; every spindle module run in the agent."""
         def reset():
@@ -185,12 +193,12 @@ class ContainerTargets(unittest.TestCase):
                         for i, n in enumerate(names))
 
         runs = {}
-        print('%s on %d container(s): containers.podman.podman vs spindle (podman exec -i + agent)'
-              % (os.path.basename(playbook), len(names)))
+        print('%s on %d container(s): the stock %s plugin vs spindle (%s exec -i + agent)'
+              % (os.path.basename(playbook), len(names), transport, transport))
         for kind in ('stock', 'spindle'):
             reset()
             p, records, paths = self.run_playbook(kind, playbook, inventory, extra,
-                                                  verbose=(kind == 'spindle'))
+                                                  verbose=(kind == 'spindle'), transport=transport)
             print('  %-8s rc=%d %.1fs' % (kind, p.returncode, p.took))
             if normalise:
                 for r in records:
@@ -297,6 +305,40 @@ class ContainerTargets(unittest.TestCase):
         problems = rc.compare(stock, spin)
         self.assertEqual(problems, [], '\n'.join(['stock and spindle differ:'] + problems
                                                  + ['--- spindle log tail:', spin['log'][-3000:]]))
+
+    def test_docker_api(self):
+        """community.docker.docker (the docker CLI, containers/docker-cli.sh) against podman's
+        docker-compatible API (`podman system service`), stock vs spindle's docker transport
+        (`docker exec -i`), on a short playbook."""
+        cli = subprocess.run(['bash', os.path.join(rc.REPO, 'containers', 'docker-cli.sh')],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+        if cli.returncode != 0:
+            print('SKIP: no docker client: %s' % cli.stderr.strip()[-300:])
+            self.skipTest('no docker client')
+        sock = os.path.join(self.work, 'docker.sock')
+        svc = subprocess.Popen(['podman', 'system', 'service', '--time=0', 'unix://' + sock],
+                               env=podman_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(svc.wait)
+        self.addCleanup(svc.terminate)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(sock) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertTrue(os.path.exists(sock), 'podman system service made no socket')
+        fleet_dir = self.fleet_up(DOCKER_FLEET, 1)
+        names = self.names(fleet_dir)
+        inventory = os.path.join(self.work, 'docker.ini')
+        with open(inventory, 'w') as f:
+            f.write('t0 ansible_host=%s\n[all:vars]\nansible_connection=community.docker.docker\n'
+                    'ansible_python_interpreter=/usr/bin/python3\n' % names[0])
+        big = os.path.join(self.work, 'big.txt')
+        with open(big, 'w') as f:
+            for i in range(4096):
+                f.write('line %05d of the large file: %s\n' % (i, 'abcdefgh' * 3))
+        self.extra_env = {'DOCKER_HOST': 'unix://' + sock,
+                          'PATH': cli.stdout.strip() + os.pathsep + os.environ.get('PATH', '')}
+        print('docker client %s, DOCKER_HOST=unix://%s' % (cli.stdout.strip(), sock))
+        self.compare_playbook(DOCKER_PLAYBOOK, names, inventory,
+                              {'fetch_dir': self.fetch_dir, 'big_src': big}, transport='docker')
 
     def test_many(self):
         count = int(os.environ.get('SPINDLE_PODMAN_COUNT') or 20)

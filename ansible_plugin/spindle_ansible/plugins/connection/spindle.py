@@ -1037,11 +1037,13 @@ class Connection(ConnectionBase):
         # owner-write) or, for local (shutil.copyfile) and the chroot and nsenter plugins
         # (open()), 0666, less the umask. containers.podman.podman copies out of the
         # container's mounted root with shutil.copyfile where it can mount it (rootful podman
-        # on this machine), else with `podman cp`, which keeps the remote mode as it is.
+        # on this machine), else with `podman cp`, which keeps the remote mode as it is, as
+        # community.docker.docker's `docker cp` does.
         if prior is None:
             remote = res.get('mode')
             mode_of = self._mode()
-            if mode_of == 'podman' and isinstance(remote, int) and not self._podman_mounts():
+            if isinstance(remote, int) and (mode_of == 'docker' or (mode_of == 'podman'
+                                                                     and not self._podman_mounts())):
                 mode = remote & 0o777
             elif mode_of in ('local', 'chroot', 'setns', 'podman') or not isinstance(remote, int):
                 mode = 0o666 & ~_UMASK
