@@ -11,7 +11,8 @@ follow and sha1 rules; copy when the checksums differ, file when they match), an
 module's output back to ``_execute_module`` so the result is parsed exactly as stock parses
 it. Cases with other flows (raw, force=no, diff or check mode, async, a trailing-slash or
 directory destination, an unchanged file reached through a symlink, no pipelining, become
-to an unprivileged user, files over :data:`MAX_INLINE`) run the stock action unchanged.
+to an unprivileged user, files over :data:`MAX_INLINE`, or of 64 KiB and more behind a
+spindle_via hop: :data:`VIA_INLINE`) run the stock action unchanged.
 """
 
 import os
@@ -24,6 +25,10 @@ from ansible.utils.hashing import checksum
 
 #: Larger files take the stock path (streamed put with splice on the controller).
 MAX_INLINE = 2 * 1024 * 1024
+#: Behind a spindle_via hop, files from this size take the stock path: the daemon parks a put
+#: of 64 KiB or more in the hop's file cache, so it crosses the link to the hop once for all
+#: the targets behind it (inline, base64 in each target's call, it would cross once per target).
+VIA_INLINE = 64 * 1024 - 1
 
 _MARKER = b'_ANSIBALLZ_WRAPPER = True'
 _FAST_CLASSES = {}
@@ -133,7 +138,8 @@ def fast_copy_file(action, source_full, source_rel, content, content_tempfile, d
     except AnsibleFileNotFound:
         return NotImplemented  # stock reports it
     try:
-        if os.path.getsize(real) > MAX_INLINE:
+        limit = getattr(conn, 'spindle_inline_limit', lambda: MAX_INLINE)()
+        if os.path.getsize(real) > limit:
             action._loader.cleanup_tmp_file(real)
             return NotImplemented
         with open(real, 'rb') as f:

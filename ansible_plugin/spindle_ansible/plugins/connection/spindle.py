@@ -928,6 +928,11 @@ class Connection(ConnectionBase):
             stderr = to_bytes('Shared connection to %s closed.\r\n' % self._play_context.remote_addr)
         return rc, stdout, stderr
 
+    def spindle_inline_limit(self):
+        """The largest file copy_fast sends inline in its call (see copyfast.VIA_INLINE)."""
+        from spindle_ansible import copyfast
+        return copyfast.VIA_INLINE if self._spec().via else copyfast.MAX_INLINE
+
     def spindle_copy_fast(self, copy_run, file_run, dest, follow, checksum, staged, data):
         """One ``copy_fast`` call (see :mod:`spindle_ansible.copyfast`): ``copy_run`` and
         ``file_run`` are captured ``(cmd, in_data, spec)`` module invocations. Returns the
