@@ -35,6 +35,35 @@ declare -a NEEDS=(
   "bwrap:bubblewrap"                  # ansible-runner --process-isolation without a container
 )
 
+# Optional: the real-container targets (containers/podman-fleet.sh, build-target-image.sh,
+# tests/ansible/test_containers.py, which skips without them). Installed where apt-get works
+# and we are root; skipped quietly elsewhere.
+declare -a WANTS=(
+  "podman:podman"
+  "/usr/sbin/runc:runc"                # containers/containers.conf: crun fails on these machines
+  "mmdebstrap:mmdebstrap"             # the target image, from Debian packages (no registry)
+  "iptables:iptables"                 # podman's bridge network (CNI)
+)
+
+optional=()
+for entry in "${WANTS[@]}"; do
+  what=${entry%%:*} pkg=${entry#*:}
+  if [[ $what == /* ]]; then
+    [[ -x $what ]] && continue
+  else
+    command -v "$what" >/dev/null 2>&1 && continue
+  fi
+  [[ " ${optional[*]-} " == *" $pkg "* ]] || optional+=("$pkg")
+done
+if ((${#optional[@]})); then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    log "missing (optional, container targets): ${optional[*]}"
+  else
+    log "skipping the optional container packages (${optional[*]}): no apt-get or not root"
+    optional=()
+  fi
+fi
+
 missing=()
 for entry in "${NEEDS[@]}"; do
   what=${entry%%:*} pkg=${entry#*:}
@@ -47,7 +76,7 @@ for entry in "${NEEDS[@]}"; do
   [[ " ${missing[*]-} " == *" $pkg "* ]] || missing+=("$pkg")
 done
 
-if ((${#missing[@]} == 0)); then
+if ((${#missing[@]} == 0 && ${#optional[@]} == 0)); then
   log "all system dependencies present; nothing to do"
   exit 0
 fi
@@ -72,8 +101,15 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 log "apt-get update"
 apt-get update -qq
-log "apt-get install ${missing[*]}"
-apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if ((${#missing[@]})); then
+  log "apt-get install ${missing[*]}"
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+if ((${#optional[@]})); then
+  log "apt-get install ${optional[*]}"
+  apt-get install -y -qq --no-install-recommends "${optional[@]}" \
+    || log "could not install ${optional[*]}: the container tests will skip"
+fi
 
 if ((created_policy)); then
   rm -f "$POLICY"

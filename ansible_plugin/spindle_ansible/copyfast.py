@@ -12,8 +12,10 @@ follow and sha1 rules; copy when the checksums differ, file when they match), an
 module's output back to ``_execute_module`` so the result is parsed exactly as stock parses
 it. Cases with other flows (raw, force=no, diff or check mode, async, a trailing-slash or
 directory destination, an unchanged file reached through a symlink, no pipelining, become
-to an unprivileged user, a file over :data:`MAX_INLINE` to a relative dest) run the stock
-action unchanged. A file over :data:`MAX_INLINE` is streamed beside dest between two calls.
+to an unprivileged user, a file over the inline limit to a relative dest) run the stock
+action unchanged. A file over the inline limit (:data:`MAX_INLINE`; :data:`VIA_INLINE`, 64 KiB,
+behind a spindle_via hop) is streamed beside dest between two calls (behind a hop through the
+hop's file cache: it crosses each link once, whatever the number of targets behind it).
 """
 
 import os
@@ -29,6 +31,10 @@ from ansible.utils.hashing import checksum
 #: staging name beside dest between the call that compares checksums and the one that runs
 #: the module (three round trips, the transfer at line rate).
 MAX_INLINE = 2 * 1024 * 1024
+#: Behind a spindle_via hop, files from this size take the stock path: the daemon parks a put
+#: of 64 KiB or more in the hop's file cache, so it crosses the link to the hop once for all
+#: the targets behind it (inline, base64 in each target's call, it would cross once per target).
+VIA_INLINE = 64 * 1024 - 1
 
 _MARKER = b'_ANSIBALLZ_WRAPPER = True'
 
@@ -90,7 +96,8 @@ def fast_copy_file(action, source_full, source_rel, content, content_tempfile, d
         return NotImplemented  # stock reports it
     try:
         data = None
-        if os.path.getsize(real) <= MAX_INLINE:
+        limit = getattr(conn, 'spindle_inline_limit', lambda: MAX_INLINE)()
+        if os.path.getsize(real) <= limit:
             with open(real, 'rb') as f:
                 data = f.read()
     except OSError:

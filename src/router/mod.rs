@@ -274,6 +274,11 @@ impl Router {
         self.targets.get(t).map(|x| &x.spec)
     }
 
+    /// Whether a target's agent said HELLO (it started).
+    pub fn started(&self, t: TargetId) -> bool {
+        self.targets.get(t).is_some_and(|x| x.hello.is_some())
+    }
+
     /// Whether a target has bytes waiting to be written.
     pub fn wants_write(&self, t: TargetId) -> bool {
         self.targets.get(t).is_some_and(|x| !x.out.is_empty())

@@ -297,13 +297,37 @@ impl Server {
     }
 
     pub(super) fn closed(&mut self, t: TargetId) {
-        let tail = self
+        let mut tail = self
             .procs
             .get(&t)
             .map(|p| String::from_utf8_lossy(&p.tail).into_owned())
             .unwrap_or_default();
+        // Stage 0 exits 127 when it finds no interpreter (so does a shell without the command).
+        // `podman exec` sometimes loses a process's last stderr when it exits at once (seen
+        // with podman 4.3), so the marker may be missing: the exit status still says it.
+        if !self.router.started(t)
+            && !tail.contains(crate::transport::bootstrap::NO_PYTHON_MARKER)
+            && self.exit_code(t) == Some(127)
+        {
+            tail.push_str(crate::transport::bootstrap::NO_PYTHON_MARKER);
+            tail.push_str(" (exit status 127)\n");
+        }
         self.router.target_closed(t, &tail);
         self.drain_actions();
+    }
+
+    /// The exit status of target `t`'s process once its pipes closed: it has usually exited
+    /// by then; waits at most ~50 ms for it (only on this failure path).
+    fn exit_code(&mut self, t: TargetId) -> Option<i32> {
+        let child = self.procs.get_mut(&t)?.child.as_mut()?;
+        for _ in 0..10 {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.code(),
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(_) => return None,
+            }
+        }
+        None
     }
 
     pub(super) fn kill(&mut self, t: TargetId) {

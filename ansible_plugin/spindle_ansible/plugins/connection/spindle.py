@@ -484,6 +484,7 @@ import os
 import re
 import shlex
 import stat
+import subprocess
 import time
 
 from ansible import constants as C
@@ -524,6 +525,10 @@ def _read_umask():
 
 
 _UMASK = _read_umask()
+
+#: Transports where a container without Python is still served (raw, files) by the engine's
+#: own exec and cp, as the stock plugins do; elsewhere no Python leaves the host unreachable.
+PLAIN_EXEC_MODES = ('docker', 'podman')
 
 # One client per socket path in this process; the client itself drops an inherited
 # connection after fork, so a worker opens its own on first use.
@@ -775,6 +780,7 @@ class Connection(ConnectionBase):
         become = self.become
         escalate = bool(sudoable and become and become.success and become.success in to_text(cmd))
         spec = self._spec()
+        as_given = to_text(cmd)
         if escalate:
             inner = self._unwrap_become(to_text(cmd))
             if inner is None:
@@ -818,6 +824,8 @@ class Connection(ConnectionBase):
                                       login_shell=ssh and not escalate, tty=tty)
         except SpindleError as e:
             self._timing('failed (%s)' % e.kind, started, spec)
+            if e.kind == 'no_python' and self._mode() in PLAIN_EXEC_MODES:
+                return self._plain_exec(as_given, in_data)
             if e.kind == 'become_failed':
                 output = self._become_command_output(e)
                 if output is not None and self._become_password_failure(e, output) is None:
@@ -828,6 +836,72 @@ class Connection(ConnectionBase):
         if tty:
             return self._as_ssh_tty(res.rc, res.stdout, res.stderr)
         return res.rc, res.stdout, res.stderr
+
+    def _engine_argv(self, *words):
+        """``<engine> [extra args] WORDS...`` for this docker/podman host."""
+        spec = self._spec()
+        argv = [spec.executable or self._mode()]
+        if spec.extra_args:
+            argv += shlex.split(spec.extra_args)
+        return argv + list(words)
+
+    def _no_python(self, what):
+        """Says (once per host, as a warning; every time at -vvv) that this container has no
+        Python, so commands and files go by the engine's own commands, as the stock plugin."""
+        spec = self._spec()
+        host = self._play_context.remote_addr
+        display.vvv("SPINDLE no Python in the container: %s with `%s`" % (what, spec.executable or self._mode()),
+                    host=host)
+        reason = 'no Python on the target: raw commands and files by %s exec/cp' % self._mode()
+        try:
+            first = self._client().request('note', spec, path='stock', reason=reason).get('first')
+        except SpindleError:
+            first = False
+        if first:
+            display.warning("spindle: %s: no Python interpreter in the container: commands run "
+                            "with `%s exec` and files go by `%s cp`, as with the stock plugin "
+                            "(raw works; modules fail until Python is installed)."
+                            % (spec.label or host, self._mode(), self._mode()))
+
+    def _plain_exec(self, cmd, in_data):
+        """A command in a container without Python (no agent can start there): ``<engine> exec
+        [-i] [-u USER] NAME /bin/sh -c CMD``, as the docker plugin runs every command. (The
+        stock podman plugin splits CMD into words without a shell; a shell gives raw the same
+        meaning as over ssh.) Become commands arrive wrapped, as Ansible built them."""
+        self._no_python('exec')
+        spec = self._spec()
+        words = ['exec']
+        if in_data is not None:
+            words.append('-i')
+        if spec.user:
+            words += ['-u', spec.user]
+        cmd = to_text(cmd)
+        if in_data is not None:
+            # Read what the command left of stdin before exiting: `podman exec -i` (4.3)
+            # drops the process's stderr about half the time when it exits while stdin is
+            # still being fed (a module's interpreter that is not there, say).
+            cmd = '(\n%s\n)\n__rc=$?; cat >/dev/null 2>&1; exit $__rc' % cmd
+        argv = self._engine_argv(*words) + [spec.host, '/bin/sh', '-c', cmd]
+        display.vvv("SPINDLE RUN %s" % (argv,), host=self._play_context.remote_addr)
+        try:
+            p = subprocess.run([to_bytes(a, errors='surrogate_or_strict') for a in argv],
+                               input=in_data if in_data is not None else None,
+                               stdin=None if in_data is not None else subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except OSError as e:
+            raise AnsibleConnectionFailure("spindle: %s: cannot run %s: %s" % (spec.host, argv[0], e))
+        return p.returncode, p.stdout, p.stderr
+
+    def _plain_copy(self, src, dest, what):
+        """``<engine> cp SRC DEST`` for a container without Python."""
+        self._no_python(what)
+        argv = self._engine_argv('cp', src, dest)
+        display.vvv("SPINDLE RUN %s" % (argv,), host=self._play_context.remote_addr)
+        p = subprocess.run([to_bytes(a, errors='surrogate_or_strict') for a in argv],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if p.returncode != 0:
+            raise AnsibleError("spindle: %s of %s to %s failed: %s"
+                               % (what, src, dest, to_text(p.stderr).strip()))
 
     def _as_ssh_tty(self, rc, stdout, stderr):
         """``(rc, stdout, stderr)`` as the ssh plugin returns a command run with ``-tt``: one
@@ -840,6 +914,11 @@ class Connection(ConnectionBase):
         if not ssh_args or 'controlmaster' in ssh_args.lower():
             stderr = to_bytes('Shared connection to %s closed.\r\n' % self._play_context.remote_addr)
         return rc, stdout, stderr
+
+    def spindle_inline_limit(self):
+        """The largest file copy_fast sends inline in its call (see copyfast.VIA_INLINE)."""
+        from spindle_ansible import copyfast
+        return copyfast.VIA_INLINE if self._spec().via else copyfast.MAX_INLINE
 
     def spindle_copy_fast(self, copy_run, file_run, dest, follow, checksum, staged, data,
                           source=None):
@@ -940,6 +1019,9 @@ class Connection(ConnectionBase):
                                apply_umask=True)
             self._timing('put', started)
         except SpindleError as e:
+            if e.kind == 'no_python' and self._mode() in PLAIN_EXEC_MODES:
+                return self._plain_copy(to_text(in_path), '%s:%s' % (self._spec().host, to_text(out_path)),
+                                        'put')
             raise self._failure(e, 'transfer of %s to %s' % (in_path, out_path)) from None
 
     def fetch_file(self, in_path, out_path):
@@ -955,20 +1037,41 @@ class Connection(ConnectionBase):
             res = self._client().fetch(self._spec(), to_text(in_path), to_text(out_path))
             self._timing('fetch', started)
         except SpindleError as e:
+            if e.kind == 'no_python' and self._mode() in PLAIN_EXEC_MODES:
+                return self._plain_copy('%s:%s' % (self._spec().host, to_text(in_path)), to_text(out_path),
+                                        'fetch')
             raise self._failure(e, 'fetch of %s to %s' % (in_path, out_path)) from None
         # The daemon renames a fresh file into place; give it the mode the stock plugin
         # leaves: an existing file keeps its mode; a new one gets sftp's (remote mode plus
         # owner-write) or, for local (shutil.copyfile) and the chroot and nsenter plugins
-        # (open()), 0666, less the umask.
+        # (open()), 0666, less the umask. containers.podman.podman copies out of the
+        # container's mounted root with shutil.copyfile where it can mount it (rootful podman
+        # on this machine), else with `podman cp`, which keeps the remote mode as it is, as
+        # community.docker.docker's `docker cp` does.
         if prior is None:
             remote = res.get('mode')
-            if self._mode() in ('local', 'chroot', 'setns') or not isinstance(remote, int):
+            mode_of = self._mode()
+            if isinstance(remote, int) and (mode_of == 'docker' or (mode_of == 'podman'
+                                                                     and not self._podman_mounts())):
+                mode = remote & 0o777
+            elif mode_of in ('local', 'chroot', 'setns', 'podman') or not isinstance(remote, int):
                 mode = 0o666 & ~_UMASK
             else:
                 mode = ((remote & 0o777) | 0o200) & ~_UMASK
         else:
             mode = prior
         os.chmod(out_path, mode)
+
+    def _podman_mounts(self):
+        """Whether the stock podman plugin would fetch through ``podman mount`` (root, a local
+        engine) rather than ``podman cp``: rootless podman cannot mount outside ``podman
+        unshare``, and a remote engine's mount is not on this machine."""
+        if os.geteuid() != 0:
+            return False
+        extra = self.get_option('spindle_container_extra_args') or ''
+        words = shlex.split(to_text(extra)) if extra else []
+        return not any(w in ('-r', '--remote') or w.startswith(('--url', '--connection', '-c='))
+                       or w == '-c' for w in words)
 
     def reset(self):
         """Shut the daemon's stream to this target; the next task opens a new one."""
