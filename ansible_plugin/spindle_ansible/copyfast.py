@@ -31,9 +31,10 @@ from ansible.utils.hashing import checksum
 #: staging name beside dest between the call that compares checksums and the one that runs
 #: the module (three round trips, the transfer at line rate).
 MAX_INLINE = 2 * 1024 * 1024
-#: Behind a spindle_via hop, files from this size take the stock path: the daemon parks a put
-#: of 64 KiB or more in the hop's file cache, so it crosses the link to the hop once for all
-#: the targets behind it (inline, base64 in each target's call, it would cross once per target).
+#: Behind a spindle_via hop, files from this size are streamed like larger ones: the daemon
+#: parks a put of 64 KiB or more in the hop's file cache, so it crosses the link to the hop once
+#: for all the targets behind it (inline, base64 in each target's call, it would cross once per
+#: target).
 VIA_INLINE = 64 * 1024 - 1
 
 _MARKER = b'_ANSIBALLZ_WRAPPER = True'
