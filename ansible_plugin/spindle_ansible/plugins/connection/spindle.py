@@ -492,9 +492,10 @@ from ansible.module_utils.common.text.converters import to_bytes, to_text
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
+from spindle_ansible.asyncrun import AsyncStock
 from spindle_ansible.client import Client, SpindleError
 from spindle_ansible.modexec import (StockPath, call_with_blobs, file_module_reason, for_interpreter,
-                                     plain_program, plan, run_in_agent)
+                                     plain_program, plan, run_async_in_agent, run_in_agent)
 from spindle_ansible.specs import SpecBuilder
 
 display = Display()
@@ -556,6 +557,11 @@ class Connection(ConnectionBase):
         self._spindle_hostvars = None  # the task's hostvars: spindle_via hops' variables
         self._spindle_python = None  # the configured interpreter: a start hint for the agent
         self._spindle_inventory_name = None
+        # Set by spindle_ansible.asyncrun while an async task's module is built: the job's id
+        # prefix and time limit (the module run starts as a detached job in the agent); and
+        # why an async task takes the stock async_wrapper path (said with its warning).
+        self._spindle_async = None
+        self._spindle_async_reason = None
 
     def set_become_plugin(self, plugin):
         """Keep Ansible's become plugin, remembering each command it wraps: spindle runs the
@@ -813,6 +819,11 @@ class Connection(ConnectionBase):
         ssh = self._mode() == 'ssh'
         tty = bool(ssh and not in_data and sudoable and self.get_option('use_tty'))
         try:
+            if self._spindle_async is not None:
+                ran = self._run_async(spec, cmd, in_data, sudoable, cwd)
+                if ran is not None:
+                    self._timing('async job started in the agent', started, spec)
+                    return ran
             try:
                 ran = run_in_agent(self._client(), spec, to_text(cmd), in_data,
                                    self.get_option('spindle_task_isolation'), cwd)
@@ -822,6 +833,8 @@ class Connection(ConnectionBase):
             else:
                 if ran is None:
                     reason = file_module_reason(to_text(cmd), in_data, sudoable)
+                    if reason and self._spindle_async_reason and 'async_wrapper' in to_text(cmd):
+                        reason = 'async task: %s' % self._spindle_async_reason
                     if reason:
                         self._stock_path(spec, reason)
             if ran is not None:
@@ -841,6 +854,30 @@ class Connection(ConnectionBase):
         if tty:
             return self._as_ssh_tty(res.rc, res.stdout, res.stderr)
         return res.rc, res.stdout, res.stderr
+
+    def spindle_run_async(self):
+        """Whether async tasks may start in the agent (spindle_ansible.asyncrun asks)."""
+        return True
+
+    def _run_async(self, spec, cmd, in_data, sudoable, cwd):
+        """An async task's module run, started as a detached job in the agent: the
+        ``(rc, stdout, stderr)`` of its start (async_wrapper's reply); None for a command that
+        runs no module (interpreter discovery...); :class:`AsyncStock` (nothing run) for a
+        module the agent does not run."""
+        job = self._spindle_async
+        try:
+            ran = run_async_in_agent(self._client(), spec, to_text(cmd), in_data, job,
+                                     self.get_option('spindle_task_isolation'), cwd)
+        except StockPath as e:
+            raise AsyncStock(str(e))
+        if ran is None:
+            reason = file_module_reason(to_text(cmd), in_data, sudoable)
+            if reason:
+                raise AsyncStock(reason)
+            return None
+        job['started'] = True
+        self._spindle_async = None  # one module run per task
+        return ran
 
     def _as_ssh_tty(self, rc, stdout, stderr):
         """``(rc, stdout, stderr)`` as the ssh plugin returns a command run with ``-tt``: one

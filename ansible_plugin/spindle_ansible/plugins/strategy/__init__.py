@@ -90,13 +90,15 @@ def _routed_get(routed_get_with_context):
 
 
 def _routed_action_get(action_get):
+    from spindle_ansible import asyncrun
     from spindle_ansible.copyfast import route_action
 
     def get(name, *args, **kwargs):
         obj = action_get(name, *args, **kwargs)
         if kwargs.get('class_only'):
             return obj
-        return route_action(name, obj, kwargs.get('connection'))
+        connection = kwargs.get('connection')
+        return asyncrun.route_action(route_action(name, obj, connection), connection)
 
     get.spindle_routed = True
     return get
