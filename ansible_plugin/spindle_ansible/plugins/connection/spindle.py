@@ -36,8 +36,12 @@ DOCUMENTATION = """
         - Modules run in the agent whatever O(pipelining) says, under exactly the interpreter
           Ansible resolved for the task (configured or discovered); a task whose interpreter
           is not the host agent's runs in a second agent started under it on the same
-          connection. A module that cannot run in an agent (apt/dnf re-executing themselves,
-          async tasks, old-style modules) says why once per host and reason.
+          connection. A module that cannot run in an agent (old-style, WANT_JSON, binary or
+          non-Python modules) says why once per host and reason.
+        - Async tasks (C(async)/C(poll)) start in the agent as a detached job that writes the
+          job's status file where and as Ansible's async_wrapper does and keeps its time
+          limit, so Ansible's polling and C(async_status) (also in a later run) work as
+          usual; async tasks of modules the agent does not run use async_wrapper.
         - O(timeout) is ssh's C(ConnectTimeout), as with the ssh plugin (TCP connect and the
           ssh handshake). The agent's start after that has its own period, 4 x O(timeout) and
           at least 120 s, restarted whenever the target shows progress (output, or reading
@@ -159,8 +163,8 @@ DOCUMENTATION = """
       pipelining:
           description:
             - Accepted for compatibility and ignored. Modules run in the target's agent whatever
-              it says (only ANSIBLE_KEEP_REMOTE_FILES and async tasks run modules from files,
-              and each such task says so).
+              it says (only ANSIBLE_KEEP_REMOTE_FILES runs modules from files, and each such
+              task says so).
           env:
             - name: ANSIBLE_PIPELINING
             - name: ANSIBLE_SSH_PIPELINING
@@ -590,8 +594,10 @@ class Connection(ConnectionBase):
         (sudo's requiretty) and to skip the temp-file dance; neither applies to a module sent
         to a live agent, and a nested agent took any become password when it started (su
         included). So, like Mitogen, only ANSIBLE_KEEP_REMOTE_FILES (the user wants the files)
-        and async tasks (Ansible's async_wrapper runs from files) keep the file path, and the
-        connection says so for each such task (see ``_stock_path``)."""
+        keeps the file path, and the connection says so for each such task (see
+        ``_stock_path``). Async tasks ask with ``wrap_async`` and get False: Ansible's
+        async_wrapper runs from files; spindle_ansible.asyncrun has the action build them
+        pipelined instead, and the agent starts them."""
         return bool(not C.DEFAULT_KEEP_REMOTE_FILES and (not wrap_async or self.has_native_async))
 
     def get_option(self, option, hostvars=None):
