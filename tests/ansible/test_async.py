@@ -4,7 +4,7 @@ callback: job ids, pids, timings and results_file paths left out), spindle confi
 the README's ansible.cfg lines:
 
 * ``poll`` > 0 (Ansible polls with ``async_status``), ``poll: 0`` then an ``async_status``
-  loop, ``mode: cleanup``; ``ansible.builtin.command`` and ``shell``; a module that fails (rc,
+  loop, ``mode: cleanup``, the shell's ``async_dir`` (``ansible_async_dir``); ``ansible.builtin.command`` and ``shell``; a module that fails (rc,
   and a module's own failure); check mode;
 * a time limit that expires (polled past it, and ``poll: 0`` then ``async_status``): the job is
   killed and its status says "Timeout exceeded", as async_wrapper writes it;
@@ -72,6 +72,23 @@ PLAY = '''
     - name: unknown job
       async_status: {jid: "j1.1"}
       ignore_errors: true
+
+    - name: the shell's async_dir
+      command: echo elsewhere
+      vars: {ansible_async_dir: /tmp/spx-async-jobs}
+      async: 10
+      poll: 0
+      register: elsewhere
+    - name: status file in that async_dir
+      assert:
+        that: elsewhere.results_file == '/tmp/spx-async-jobs/' ~ elsewhere.ansible_job_id
+    - name: async_status with that async_dir
+      async_status: {jid: "{{ elsewhere.ansible_job_id }}"}
+      vars: {ansible_async_dir: /tmp/spx-async-jobs}
+      register: elsewhere_status
+      until: elsewhere_status.finished
+      retries: 30
+      delay: 1
 
     - name: a command that fails
       command: sh -c 'echo failing; exit 3'
@@ -148,7 +165,7 @@ PLAY = '''
       poll: 1
 
     - name: a job for the next run
-      shell: sleep 6; echo from the first run
+      shell: sleep 15; echo from the first run
       async: 60
       poll: 0
       register: later
@@ -165,14 +182,14 @@ LATER_PLAY = '''
       async_status: {jid: "{{ lookup('file', '%(work)s/jid-' ~ inventory_hostname) }}"}
       register: st
       until: st.finished
-      retries: 30
+      retries: 60
       delay: 1
     - name: cleanup
       async_status: {jid: "{{ st.ansible_job_id }}", mode: cleanup}
 '''
 
 #: async tasks of Python modules (each a forked child of the agent) in PLAY
-ASYNC_STARTS = 10
+ASYNC_STARTS = 11
 OLD_STYLE_REASON = 'async task: old-style, WANT_JSON or binary module (Ansible runs it from a file)'
 
 #: result fields that hold a job id's length (sizes, checksums of files holding one)
@@ -255,7 +272,7 @@ class AsyncTasks(unittest.TestCase):
 
     def one(self, kind):
         run(['bash', FLEET, 'exec', FLEET_NAME, '0', 'sh', '-c',
-             'rm -rf /tmp/async-check-mode /root/.ansible_async /home/%s/.ansible_async' % BECOME_USER])
+             'rm -rf /tmp/async-check-mode /tmp/spx-async-jobs /root/.ansible_async /home/%s/.ansible_async' % BECOME_USER])
         work = self.workdir(kind)
         first = self.playbook(work, PLAY, 'play.yml')
         with open(os.path.join(work, 'jid-t0')) as f:
@@ -275,7 +292,8 @@ class AsyncTasks(unittest.TestCase):
                      json.dumps(paths2, sort_keys=True)), file=sys.stderr)
             self.assertEqual(p1.returncode, 0, p1.stdout)
             self.assertEqual(p2.returncode, 0, p2.stdout)
-            self.assertIn('"started"', status, 'the next run\'s job was still running: ' + status)
+            self.assertIn('"started"', status,
+                          '%s: the job for the next run had already ended: %s' % (kind, status))
         for i, name in ((0, 'play.yml'), (1, 'later.yml')):
             a, b = results['stock'][i][1], results['spindle'][i][1]
             if a != b:
@@ -304,6 +322,7 @@ class AsyncTasks(unittest.TestCase):
         self.assertEqual(by_task['become, poll > 0']['result']['stdout'], BECOME_USER)
         self.assertEqual(by_task['its status']['status'], 'failed', by_task['its status'])
         self.assertEqual(by_task['a command that fails']['result']['rc'], 3)
+        self.assertEqual(by_task['async_status with that async_dir']['result']['stdout'], 'elsewhere')
 
 
 if __name__ == '__main__':
