@@ -30,6 +30,11 @@ import secrets
 #: against (2.18.19, 2.19.14, 2.20.10, 2.21.5).
 VERIFIED = ('2.18', '2.19', '2.20', '2.21')
 
+#: Ansible's actions that start async jobs on their own, without ``async:`` on the task
+#: (gather_facts runs several fact modules in parallel as async jobs, time limit 0 unless
+#: ``gather_timeout``: async_wrapper then kills at its first check, 5 s).
+ASYNC_BY_ITSELF = ('ansible.plugins.action.gather_facts',)
+
 _CLASSES = {}
 _SHAPE = []
 
@@ -135,12 +140,15 @@ def async_class(cls):
 
 
 def route_action(obj, connection):
-    """Called on every action plugin the loader hands out: an async task's action with a
-    spindle connection starts its module in the agent."""
+    """Called on every action plugin the loader hands out: an async task's action (and
+    gather_facts, which may start async jobs itself) with a spindle connection starts its
+    module in the agent."""
     if obj is None or isinstance(obj, type) or getattr(obj, '_spindle_async_action', False):
         return obj
     task = getattr(obj, '_task', None)
-    if not getattr(task, 'async_val', 0) or not hasattr(connection, 'spindle_run_async'):
+    if not hasattr(connection, 'spindle_run_async'):
+        return obj
+    if not getattr(task, 'async_val', 0) and type(obj).__module__ not in ASYNC_BY_ITSELF:
         return obj
     obj.__class__ = async_class(type(obj))
     return obj

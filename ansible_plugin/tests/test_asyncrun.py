@@ -69,6 +69,14 @@ class AsyncRunTests(unittest.TestCase):
         self.assertIs(type(asyncrun.route_action(a, a._connection)), type(a))  # once
         self.assertIs(type(self.routed(5)), type(a))  # one subclass per class
 
+    def test_gather_facts_is_routed_without_async(self):
+        facts = type('ActionModule', (Action,), {'__module__': 'ansible.plugins.action.gather_facts'})
+        conn = Conn()
+        a = asyncrun.route_action(facts(conn, 0), conn)
+        self.assertIsNot(type(a), facts)
+        a._execute_module(module_name='ansible.legacy.setup', wrap_async=True)
+        self.assertEqual(a.calls[0]['job']['limit'], 0)  # async_wrapper: killed at its first check
+
     def test_native_start(self):
         a = self.routed(7)
         out = a._execute_module(module_name='ansible.legacy.command', wrap_async=True)

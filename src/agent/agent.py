@@ -1211,8 +1211,8 @@ ASYNC_MAX_LIMIT = 2 ** 31 - 1  # seconds: the longest async time limit accepted
 
 def _async_job(job):
     """The `async` of a run_module call, checked: {"jid": "j<1-12 digits>" (the controller's
-    prefix; the job id adds the job's pid, as async_wrapper does), "limit": seconds (1 to
-    ASYNC_MAX_LIMIT), "ints": 2.18's 1/0 started/finished flags, "blank_junk": trailing blank
+    prefix; the job id adds the job's pid, as async_wrapper does), "limit": seconds (0 to
+    ASYNC_MAX_LIMIT; 0, as gather_facts gives its parallel jobs: killed at the first check), "ints": 2.18's 1/0 started/finished flags, "blank_junk": trailing blank
     lines after the JSON are junk (before 2.21)}."""
     if not isinstance(job, dict):
         raise AgentError("bad_request", "async must be an object")
@@ -1220,8 +1220,8 @@ def _async_job(job):
     if not isinstance(jid, str) or not 2 <= len(jid) <= 13 or jid[0] != "j" \
             or any(c not in "0123456789" for c in jid[1:]):
         raise AgentError("bad_request", "async.jid must be j followed by 1 to 12 digits")
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= ASYNC_MAX_LIMIT:
-        raise AgentError("bad_request", "async.limit must be an integer in 1..%d" % ASYNC_MAX_LIMIT)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= ASYNC_MAX_LIMIT:
+        raise AgentError("bad_request", "async.limit must be an integer in 0..%d" % ASYNC_MAX_LIMIT)
     return {"jid": jid, "limit": limit, "ints": bool(job.get("ints")),
             "blank_junk": bool(job.get("blank_junk", True))}
 

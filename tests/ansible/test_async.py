@@ -4,7 +4,8 @@ callback: job ids, pids, timings and results_file paths left out), spindle confi
 the README's ansible.cfg lines:
 
 * ``poll`` > 0 (Ansible polls with ``async_status``), ``poll: 0`` then an ``async_status``
-  loop, ``mode: cleanup``, the shell's ``async_dir`` (``ansible_async_dir``); ``ansible.builtin.command`` and ``shell``; a module that fails (rc,
+  loop, ``mode: cleanup``, the shell's ``async_dir`` (``ansible_async_dir``); gather_facts
+  with ``parallel: true`` (its fact modules are async jobs); ``ansible.builtin.command`` and ``shell``; a module that fails (rc,
   and a module's own failure); check mode;
 * a time limit that expires (polled past it, and ``poll: 0`` then ``async_status``): the job is
   killed and its status says "Timeout exceeded", as async_wrapper writes it;
@@ -89,6 +90,13 @@ PLAY = '''
       until: elsewhere_status.finished
       retries: 30
       delay: 1
+
+    - name: facts gathered in parallel (async jobs gather_facts starts itself)
+      # (minimal facts: stock kills a fact module still running at 5 s, time limit 0)
+      gather_facts: {parallel: true, gather_subset: [min]}
+    - name: the facts are there
+      assert:
+        that: ansible_facts.system == 'Linux'
 
     - name: a command that fails
       command: sh -c 'echo failing; exit 3'
@@ -189,7 +197,7 @@ LATER_PLAY = '''
 '''
 
 #: async tasks of Python modules (each a forked child of the agent) in PLAY
-ASYNC_STARTS = 11
+ASYNC_STARTS = 12
 OLD_STYLE_REASON = 'async task: old-style, WANT_JSON or binary module (Ansible runs it from a file)'
 
 #: result fields that hold a job id's length (sizes, checksums of files holding one)

@@ -237,6 +237,32 @@ class Pieces(unittest.TestCase):
         self.assertLess(took, 5)
         with open(path) as f:
             self.assertEqual(json.load(f), {'msg': 'Timeout exceeded', 'failed': True, 'child_pid': pid})
+        # limit 0 (gather_facts' parallel jobs): killed at the first check, one step
+        pid = os.fork()
+        if pid == 0:
+            os.setpgid(0, 0)
+            time.sleep(30)
+            os._exit(0)
+        os.setpgid(pid, pid) if os.getpgid(pid) != pid else None
+        t0 = time.monotonic()
+        self.assertTrue(modrun.watch_job(pid, 0, path, step=0.5, grace=0))
+        self.assertLess(time.monotonic() - t0, 2)
+
+
+class AgentChecksTheJob(unittest.TestCase):
+    def test_async_job_is_range_checked(self):
+        src = open(os.path.join(AGENT_DIR, 'agent.py')).read()
+        ns = {'__name__': 'spindle_agent_test'}
+        exec(compile(src, 'agent.py', 'exec'), ns)
+        check = ns['_async_job']
+        self.assertEqual(check({'jid': 'j0', 'limit': 0}),
+                         {'jid': 'j0', 'limit': 0, 'ints': False, 'blank_junk': True})
+        self.assertEqual(check({'jid': 'j999999999999', 'limit': 2 ** 31 - 1, 'ints': 1})['ints'], True)
+        for bad in ({'jid': 'x1', 'limit': 1}, {'jid': 'j', 'limit': 1}, {'jid': 'j1234567890123', 'limit': 1},
+                    {'jid': 'j1.2', 'limit': 1}, {'jid': 'j1', 'limit': -1}, {'jid': 'j1', 'limit': 2 ** 31},
+                    {'jid': 'j1', 'limit': True}, {'jid': 'j1', 'limit': 1.5}, {'jid': 1, 'limit': 1}, []):
+            with self.assertRaises(ns['AgentError'], msg=bad):
+                check(bad)
 
 
 if __name__ == '__main__':
