@@ -13,6 +13,13 @@ it relies on (attributes and signatures, checked before it is applied):
     The builtin copy and template actions of a spindle connection get a subclass whose
     ``_early_needs_tmp_path`` is false and whose ``_copy_file`` (copy) tries
     :func:`spindle_ansible.copyfast.fast_copy_file` first (:func:`route_action`).
+``async-execute-module``
+    The action of an async task (and gather_facts, which starts parallel async jobs itself)
+    with a spindle connection gets a subclass whose ``_execute_module`` runs Ansible's own with
+    ``wrap_async=False`` while the connection starts the module as a detached job in the agent
+    (:mod:`spindle_ansible.asyncrun` holds the per-task decisions: a version outside
+    ``asyncrun.VERIFIED`` or a module the agent does not run takes async_wrapper, with the
+    reason) (:func:`route_async`).
 ``become-wrap``
     A become plugin's ``build_become_command`` is wrapped (per instance) to remember each
     command it wraps, so the connection runs the unwrapped command in a nested agent that
@@ -28,6 +35,7 @@ Ansible's internals.
 from __future__ import annotations
 
 import inspect
+import secrets
 
 from ansible.utils.display import Display
 
@@ -75,6 +83,11 @@ def _shape(name):
         for attr in ('_early_needs_tmp_path', '_execute_module', '_make_tmp_path'):
             if not callable(getattr(ActionBase, attr, None)):
                 missing.append('ActionBase.%s' % attr)
+    elif name == 'async-execute-module':
+        from ansible.plugins.action import ActionBase
+
+        if 'wrap_async' not in (_params(getattr(ActionBase, '_execute_module', None)) or []):
+            missing.append('ActionBase._execute_module(..., wrap_async)')
     elif name == 'become-wrap':
         from ansible.plugins.become import BecomeBase
 
@@ -141,7 +154,8 @@ def _routed_action_get(action_get):
         obj = action_get(name, *args, **kwargs)
         if kwargs.get('class_only'):
             return obj
-        return route_action(name, obj, kwargs.get('connection'))
+        connection = kwargs.get('connection')
+        return route_async(route_action(name, obj, connection), connection)
 
     get.spindle_routed = True
     return get
@@ -279,3 +293,77 @@ def wrap_become(plugin, memory, limit):
     plugin.build_become_command = build_become_command
     plugin._spindle_wrapped = True
     return True
+
+
+# -- async-execute-module ---------------------------------------------------------------------
+
+_ASYNC_CLASSES = {}
+
+
+def _async_execute_module(cls, self, module_name=None, module_args=None, tmp=None,
+                          task_vars=None, persist_files=False, delete_remote_tmp=None,
+                          wrap_async=False, **kwargs):
+    base = super(cls, self)._execute_module
+    conn = self._connection
+    kw = dict(kwargs, module_name=module_name, module_args=module_args, tmp=tmp,
+              task_vars=task_vars, persist_files=persist_files, delete_remote_tmp=delete_remote_tmp)
+    if not wrap_async:
+        return base(wrap_async=False, **kw)
+    from spindle_ansible.asyncrun import AsyncStock, job_dialect, refusal
+
+    why = refusal(self)
+    if why is None:
+        job = dict(job_dialect(), jid='j%d' % secrets.randbelow(999999999999),
+                   limit=int(self._task.async_val))
+        conn._spindle_async = job
+        try:
+            data = base(wrap_async=False, **kw)
+        except AsyncStock as e:
+            why = str(e)
+        else:
+            if job.get('started'):
+                # what stock's _execute_module does after an async start
+                data['changed'] = True
+                return data
+            # no module run reached the connection (a custom action plugin?): its result
+            # came from elsewhere; nothing ran asynchronously
+            return data
+        finally:
+            conn._spindle_async = None
+    conn._spindle_async_reason = why
+    try:
+        return base(wrap_async=True, **kw)
+    finally:
+        conn._spindle_async_reason = None
+
+
+def async_class(cls):
+    """``cls`` with the async ``_execute_module`` (one subclass per action class)."""
+    sub = _ASYNC_CLASSES.get(cls)
+    if sub is None:
+        def execute_module(self, *args, **kwargs):
+            return _async_execute_module(sub, self, *args, **kwargs)
+
+        sub = type('SpindleAsync' + cls.__name__, (cls,),
+                   {'_execute_module': execute_module, '_spindle_async_action': True})
+        _ASYNC_CLASSES[cls] = sub
+    return sub
+
+
+def route_async(obj, connection):
+    """Called on every action plugin the loader hands out: an async task's action (and
+    gather_facts, which may start async jobs itself) with a spindle connection starts its
+    module in the agent (:mod:`spindle_ansible.asyncrun`)."""
+    from spindle_ansible.asyncrun import ASYNC_BY_ITSELF
+
+    if obj is None or isinstance(obj, type) or getattr(obj, '_spindle_async_action', False):
+        return obj
+    task = getattr(obj, '_task', None)
+    if not hasattr(connection, 'spindle_run_async'):
+        return obj
+    if not getattr(task, 'async_val', 0) and type(obj).__module__ not in ASYNC_BY_ITSELF:
+        return obj
+    if not applies('async-execute-module'):
+        return obj
+    obj.__class__ = async_class(type(obj))
+    return obj

@@ -207,6 +207,24 @@ def run_in_agent(client, target, cmd, in_data, isolation='warm', cwd=None):
     if planned is None:
         return None
     payload, blobs = planned
+    return _call(client, target, payload, blobs)
+
+
+def run_async_in_agent(client, target, cmd, in_data, job, isolation='warm', cwd=None):
+    """An async task's module started as a detached job in the agent (what Ansible's
+    async_wrapper does; ``job``: ``jid`` prefix, ``limit`` seconds, the version's ``ints`` and
+    ``blank_junk``): ``(rc, stdout, stderr)`` of the start, the job id and status file; None
+    when ``in_data`` is no module; :class:`StockPath` when the agent cannot run it."""
+    planned = plan(cmd, in_data, isolation, cwd)
+    if planned is None:
+        return None
+    payload, blobs = planned
+    payload['mode'] = 'fork'  # the job is a forked child of the agent (counted so)
+    payload['async'] = dict((k, job[k]) for k in ('jid', 'limit', 'ints', 'blank_junk'))
+    return _call(client, target, payload, blobs)
+
+
+def _call(client, target, payload, blobs):
     try:
         r = call_with_blobs(client, for_interpreter(target, payload['interpreter']), payload, blobs)
     except SpindleError as e:

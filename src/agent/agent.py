@@ -1206,6 +1206,26 @@ def _runs_interpreter(interp):
     return _venv_of(interp) == _my_venv()
 
 
+ASYNC_MAX_LIMIT = 2 ** 31 - 1  # seconds: the longest async time limit accepted
+
+
+def _async_job(job):
+    """The `async` of a run_module call, checked: {"jid": "j<1-12 digits>" (the controller's
+    prefix; the job id adds the job's pid, as async_wrapper does), "limit": seconds (0 to
+    ASYNC_MAX_LIMIT; 0, as gather_facts gives its parallel jobs: killed at the first check), "ints": 2.18's 1/0 started/finished flags, "blank_junk": trailing blank
+    lines after the JSON are junk (before 2.21)}."""
+    if not isinstance(job, dict):
+        raise AgentError("bad_request", "async must be an object")
+    jid, limit = job.get("jid"), job.get("limit")
+    if not isinstance(jid, str) or not 2 <= len(jid) <= 13 or jid[0] != "j" \
+            or any(c not in "0123456789" for c in jid[1:]):
+        raise AgentError("bad_request", "async.jid must be j followed by 1 to 12 digits")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= ASYNC_MAX_LIMIT:
+        raise AgentError("bad_request", "async.limit must be an integer in 0..%d" % ASYNC_MAX_LIMIT)
+    return {"jid": jid, "limit": limit, "ints": bool(job.get("ints")),
+            "blank_junk": bool(job.get("blank_junk", True))}
+
+
 def _run_module(call):
     req, mode = call.get("req"), call.get("mode", "inproc")
     manifest, core = _module_set(call)
@@ -1222,7 +1242,10 @@ def _run_module(call):
             raise AgentError("bad_request", "blob %s for %s is not on the agent" % (digest, path))
         files[path] = data
     out, err = TEMPLATE_STREAMS or (sys.__stdout__, sys.__stderr__)
-    if call.get("disk"):  # may re-execute itself: forked, its payload in a private temp dir
+    if "async" in call:  # an async task: a detached job, as Ansible's async_wrapper starts it
+        r = modrun().start_async(req, files, _async_job(call["async"]), out, err,
+                                 disk=bool(call.get("disk")))
+    elif call.get("disk"):  # may re-execute itself: forked, its payload in a private temp dir
         r = modrun().run(req, files, "fork", out, err, core, disk=True)
     elif mode != "fork" and MODULE_LOCK.acquire(False):
         try:

@@ -15,7 +15,7 @@ hosts). Ansible is configured only with the lines ``python -m spindle_ansible`` 
   by the ``spindle`` callback) show no stock path, and no stock-path warning is printed;
 * ``apt`` and ``package_facts`` run forked in the agent with their payload on disk, and
   ``apt`` from a virtualenv without python3-apt respawns under the system Python from there;
-* a module that must take the stock path (an async task) says why, once per host, at
+* a module that must take the stock path (``spindle_task_isolation: off``) says why, once per host, at
   default verbosity, and is counted with its reason.
 
 Each case runs as root and as an unprivileged login user (``spx``, made here).
@@ -102,16 +102,14 @@ PLAY = '''
         that: ["'openssh-server' in ansible_facts.packages"]
 '''
 
-ASYNC_PLAY = '''
+STOCK_PLAY = '''
 - hosts: all
   gather_facts: false
   tasks:
     - command: "true"
-      async: 30
-      poll: 1
+      vars: {spindle_task_isolation: "off"}
     - command: "true"
-      async: 30
-      poll: 1
+      vars: {spindle_task_isolation: "off"}
 '''
 
 
@@ -191,11 +189,11 @@ class Interpreters(unittest.TestCase):
                 print('%s: %s' % (user, json.dumps(paths, sort_keys=True)), file=sys.stderr)
 
     def test_stock_path_says_why_once_per_host(self):
-        rc, out, paths = self.playbook(ASYNC_PLAY, 'root', 'async')
+        rc, out, paths = self.playbook(STOCK_PLAY, 'root', 'stock')
         self.assertEqual(rc, 0, out)
         # one warning per host, and the end-of-run summary
         flat = ' '.join(out.split())  # (older ansible-core wraps warnings)
-        self.assertEqual(flat.count("async task (Ansible runs it from files"), 2 + 1, out)
+        self.assertEqual(flat.count("spindle_task_isolation is off"), 2 + 1, out)
         self.assertEqual(paths['stock'], 4, paths)
         self.assertEqual(list(paths['stock_reasons'].values()), [4], paths)
 

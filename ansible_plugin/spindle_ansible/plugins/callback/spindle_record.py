@@ -32,7 +32,7 @@ KEEP = frozenset((
     'dest', 'owner', 'group', 'uid', 'gid', 'md5sum', 'remote_checksum', 'remote_md5sum',
     'censored', 'cmd', 'item', 'ansible_loop_var', 'module_stdout', 'module_stderr',
     'status_code', 'url', 'failed_when_result', 'unreachable', 'rescued', 'ignored',
-    'content', 'encoding', 'source',
+    'content', 'encoding', 'source', 'started', 'finished',
 ))
 STAT_KEEP = frozenset(('exists', 'isdir', 'isreg', 'islnk', 'mode', 'size', 'checksum', 'pw_name',
                        'gr_name', 'path'))

@@ -36,8 +36,12 @@ DOCUMENTATION = """
         - Modules run in the agent whatever O(pipelining) says, under exactly the interpreter
           Ansible resolved for the task (configured or discovered); a task whose interpreter
           is not the host agent's runs in a second agent started under it on the same
-          connection. A module that cannot run in an agent (apt/dnf re-executing themselves,
-          async tasks, old-style modules) says why once per host and reason.
+          connection. A module that cannot run in an agent (old-style, WANT_JSON, binary or
+          non-Python modules) says why once per host and reason.
+        - Async tasks (C(async)/C(poll)) start in the agent as a detached job that writes the
+          job's status file where and as Ansible's async_wrapper does and keeps its time
+          limit, so Ansible's polling and C(async_status) (also in a later run) work as
+          usual; async tasks of modules the agent does not run use async_wrapper.
         - O(timeout) is ssh's C(ConnectTimeout), as with the ssh plugin (TCP connect and the
           ssh handshake). The agent's start after that has its own period, 4 x O(timeout) and
           at least 120 s, restarted whenever the target shows progress (output, or reading
@@ -159,8 +163,8 @@ DOCUMENTATION = """
       pipelining:
           description:
             - Accepted for compatibility and ignored. Modules run in the target's agent whatever
-              it says (only ANSIBLE_KEEP_REMOTE_FILES and async tasks run modules from files,
-              and each such task says so).
+              it says (only ANSIBLE_KEEP_REMOTE_FILES runs modules from files, and each such
+              task says so).
           env:
             - name: ANSIBLE_PIPELINING
             - name: ANSIBLE_SSH_PIPELINING
@@ -494,9 +498,10 @@ from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
 from spindle_ansible import compat
+from spindle_ansible.asyncrun import AsyncStock
 from spindle_ansible.client import Client, SpindleError
 from spindle_ansible.modexec import (StockPath, call_with_blobs, file_module_reason, for_interpreter,
-                                     plain_program, plan, run_in_agent)
+                                     plain_program, plan, run_async_in_agent, run_in_agent)
 from spindle_ansible.specs import SpecBuilder
 
 display = Display()
@@ -562,6 +567,11 @@ class Connection(ConnectionBase):
         self._spindle_hostvars = None  # the task's hostvars: spindle_via hops' variables
         self._spindle_python = None  # the configured interpreter: a start hint for the agent
         self._spindle_inventory_name = None
+        # Set by spindle_ansible.asyncrun while an async task's module is built: the job's id
+        # prefix and time limit (the module run starts as a detached job in the agent); and
+        # why an async task takes the stock async_wrapper path (said with its warning).
+        self._spindle_async = None
+        self._spindle_async_reason = None
 
     def set_become_plugin(self, plugin):
         """Keep Ansible's become plugin, remembering each command it wraps: spindle runs the
@@ -576,8 +586,10 @@ class Connection(ConnectionBase):
         (sudo's requiretty) and to skip the temp-file dance; neither applies to a module sent
         to a live agent, and a nested agent took any become password when it started (su
         included). So, like Mitogen, only ANSIBLE_KEEP_REMOTE_FILES (the user wants the files)
-        and async tasks (Ansible's async_wrapper runs from files) keep the file path, and the
-        connection says so for each such task (see ``_stock_path``)."""
+        keeps the file path, and the connection says so for each such task (see
+        ``_stock_path``). Async tasks ask with ``wrap_async`` and get False: Ansible's
+        async_wrapper runs from files; spindle_ansible.asyncrun has the action build them
+        pipelined instead, and the agent starts them."""
         return bool(not C.DEFAULT_KEEP_REMOTE_FILES and (not wrap_async or self.has_native_async))
 
     def get_option(self, option, hostvars=None):
@@ -806,6 +818,11 @@ class Connection(ConnectionBase):
         ssh = self._mode() == 'ssh'
         tty = bool(ssh and not in_data and sudoable and self.get_option('use_tty'))
         try:
+            if self._spindle_async is not None:
+                ran = self._run_async(spec, cmd, in_data, sudoable, cwd)
+                if ran is not None:
+                    self._timing('async job started in the agent', started, spec)
+                    return ran
             try:
                 ran = run_in_agent(self._client(), spec, to_text(cmd), in_data,
                                    self.get_option('spindle_task_isolation'), cwd)
@@ -815,6 +832,8 @@ class Connection(ConnectionBase):
             else:
                 if ran is None:
                     reason = file_module_reason(to_text(cmd), in_data, sudoable)
+                    if reason and self._spindle_async_reason and 'async_wrapper' in to_text(cmd):
+                        reason = 'async task: %s' % self._spindle_async_reason
                     if reason:
                         self._stock_path(spec, reason)
             if ran is not None:
@@ -902,6 +921,30 @@ class Connection(ConnectionBase):
         if p.returncode != 0:
             raise AnsibleError("spindle: %s of %s to %s failed: %s"
                                % (what, src, dest, to_text(p.stderr).strip()))
+
+    def spindle_run_async(self):
+        """Whether async tasks may start in the agent (spindle_ansible.asyncrun asks)."""
+        return True
+
+    def _run_async(self, spec, cmd, in_data, sudoable, cwd):
+        """An async task's module run, started as a detached job in the agent: the
+        ``(rc, stdout, stderr)`` of its start (async_wrapper's reply); None for a command that
+        runs no module (interpreter discovery...); :class:`AsyncStock` (nothing run) for a
+        module the agent does not run."""
+        job = self._spindle_async
+        try:
+            ran = run_async_in_agent(self._client(), spec, to_text(cmd), in_data, job,
+                                     self.get_option('spindle_task_isolation'), cwd)
+        except StockPath as e:
+            raise AsyncStock(str(e))
+        if ran is None:
+            reason = file_module_reason(to_text(cmd), in_data, sudoable)
+            if reason:
+                raise AsyncStock(reason)
+            return None
+        job['started'] = True
+        self._spindle_async = None  # one module run per task
+        return ran
 
     def _as_ssh_tty(self, rc, stdout, stderr):
         """``(rc, stdout, stderr)`` as the ssh plugin returns a command run with ``-tt``: one
