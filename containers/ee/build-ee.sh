@@ -75,7 +75,7 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/wheels"
 cp "$HERE/execution-environment.yml" "$HERE/spindle-ee-env" "$work/"
 cp "$WHEEL" "$work/wheels/"
-extra="--label spindle.recipe=$RECIPE"
+extra="--label spindle.recipe=$RECIPE --label spindle.ee=1"
 for f in /etc/ssl/certs/ca-certificates.crt /etc/pip.conf; do
   [[ -f $f ]] && extra+=" -v $f:$f:ro"
 done
@@ -88,5 +88,12 @@ new_id=$(podman image inspect --format '{{.Id}}' "$IMAGE")
 if [[ -n $old_id && $old_id != "$new_id" ]]; then
   podman rmi "$old_id" >/dev/null 2>&1 || true  # the previous build, untagged now (kept if in use)
 fi
+# the builder stages of earlier builds (untagged, labelled by this script; the current one
+# stays for podman's layer cache)
+podman images --filter dangling=true --filter label=spindle.ee=1 \
+  --format '{{.ID}} {{index .Labels "spindle.recipe"}}' 2>/dev/null |
+  while read -r id recipe; do
+    [[ $recipe == "$RECIPE" ]] || podman rmi "$id" >/dev/null 2>&1 || true
+  done
 log "built $IMAGE in $((SECONDS - start))s"
 echo "$IMAGE"
