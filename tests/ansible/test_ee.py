@@ -9,13 +9,16 @@ the way AWX/AAP and their users run one, against a netns fleet (``eefl``, 2 targ
   Per-task results (runner's job events) must be equal, every spindle module run in the agent
   (the callback's end-of-run line in the job's stdout and its SPINDLE_PATHS_FILE counts), and
   the stock run must show no sign of spindle;
+* test_worker: the same comparison the way AWX/AAP run a job (receptor): ``ansible-runner
+  transmit DIR | podman run IMAGE ansible-runner worker --private-data-dir=/runner |
+  ansible-runner process OUT``, as the image's own user (1000);
 * test_navigator: ``ansible-navigator run --eei localhost/spindle-ee:latest --mode stdout
   --pull-policy never`` with the fleet's own inventory: the same per-host recap as the stock
   runner run, every module run in the agent.
 
-The containers get ``--network=host`` (the fleet's targets are host-side veths) and
-``--user=0`` (rootful podman: the image's user 1000 cannot read runner's root-owned key fifo
-nor the fleet's key). ansible-navigator wants a /dev/mqueue directory: made and mounted
+The containers get ``--network=host`` (the fleet's targets are host-side veths);
+``--process-isolation`` and navigator also ``--user=0`` (rootful podman: the image's user 1000
+cannot read runner's root-owned key fifo nor the fleet's key). ansible-navigator wants a /dev/mqueue directory: made and mounted
 (mqueue) here when missing.
 
 Needs root, podman, ansible-builder and ansible-runner in the venv (scripts/venv.sh), the
@@ -196,17 +199,33 @@ class ExecutionEnvironment(unittest.TestCase):
             json.dump(envvars, f)
         return pdd
 
-    def run_runner(self, envvars):
+    def run_runner(self, envvars, worker=False):
+        """One job: ``ansible-runner run --process-isolation`` (podman), or with ``worker`` the
+        way AWX runs a job through receptor: ``ansible-runner transmit`` | ``podman run IMAGE
+        ansible-runner worker`` | ``ansible-runner process``. (stdout, results, paths, s)."""
         pdd = self.private_data_dir(envvars)
-        argv = [self.runner, 'run', '--process-isolation', '--process-isolation-executable',
-                'podman', '--container-image', IMAGE, '--container-option=--network=host',
-                '--container-option=--user=0', '--ident', 'job', '-p', 'site.yml', '-v', pdd]
         start = time.time()
-        p = subprocess.run(argv, env=podman_env(), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, universal_newlines=True, timeout=600)
+        if worker:
+            out_dir = tempfile.mkdtemp(prefix='spindle-ee-out-', dir='/var/tmp')
+            if not os.environ.get('SPINDLE_TEST_KEEP'):
+                self.addCleanup(shutil.rmtree, out_dir, True)
+            cmd = ('%s transmit %s --ident job -p site.yml -v | podman run --rm -i --network=host '
+                   '--name spindle-ee-worker-%d %s ansible-runner worker --private-data-dir=/runner'
+                   ' | %s process %s' % (self.runner, pdd, os.getpid(), IMAGE, self.runner, out_dir))
+            p = subprocess.run(['bash', '-o', 'pipefail', '-c', cmd], env=podman_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               universal_newlines=True, timeout=600)
+            artifacts = os.path.join(out_dir, 'artifacts')  # process writes no ident dir
+        else:
+            argv = [self.runner, 'run', '--process-isolation', '--process-isolation-executable',
+                    'podman', '--container-image', IMAGE, '--container-option=--network=host',
+                    '--container-option=--user=0', '--ident', 'job', '-p', 'site.yml', '-v', pdd]
+            p = subprocess.run(argv, env=podman_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, universal_newlines=True, timeout=600)
+            artifacts = os.path.join(pdd, 'artifacts', 'job')
         took = time.time() - start
         self.assertEqual(p.returncode, 0, p.stdout[-4000:])
-        events = results(os.path.join(pdd, 'artifacts', 'job', 'job_events'))
+        events = results(os.path.join(artifacts, 'job_events'))
         paths = None
         if os.path.exists(os.path.join(pdd, 'paths.json')):
             with open(os.path.join(pdd, 'paths.json')) as f:
@@ -224,25 +243,33 @@ class ExecutionEnvironment(unittest.TestCase):
             self.assertEqual(paths['stock'], 0, paths)
         return total
 
-    def test_runner(self):
-        stock_out, stock, stock_paths, stock_s = self.run_runner({'SPINDLE_EE': 'off'})
+    def compare_stock(self, worker):
+        stock_out, stock, stock_paths, stock_s = self.run_runner({'SPINDLE_EE': 'off'}, worker)
         sp_out, sp, sp_paths, sp_s = self.run_runner(
-            {'SPINDLE_PATHS_FILE': '/runner/paths.json'})
-        print('\n[ee] ansible-runner --process-isolation: stock %.1f s, spindle %.1f s (%d hosts)'
-              % (stock_s, sp_s, COUNT))
+            {'SPINDLE_PATHS_FILE': '/runner/paths.json'}, worker)
+        print('\n[ee] %s: stock %.1f s, spindle %.1f s (%d hosts)'
+              % ('ansible-runner worker (AWX)' if worker else 'ansible-runner --process-isolation',
+                 stock_s, sp_s, COUNT))
         # stock: no sign of spindle
         self.assertIsNone(LINE.search(stock_out), stock_out[-3000:])
         self.assertIsNone(stock_paths)
-        total = self.assert_in_agent(sp_out, sp_paths)
         # every module task of the play on every host, in the agent
         # (setup, ping, command, copy x2, stat, slurp, shell, file: 9 per host)
-        self.assertEqual(total, 9 * COUNT, sp_out[-2000:])
+        self.assertEqual(self.assert_in_agent(sp_out, None if worker else sp_paths), 9 * COUNT,
+                         sp_out[-2000:])
         self.assertEqual(len(stock), 10 * COUNT, sorted(stock))
         self.assertEqual(sorted(stock), sorted(sp))
         for key in sorted(stock):
             self.assertEqual(stock[key], sp[key], key)
         self.assertEqual(recap(stock_out), recap(sp_out))
         self.assertEqual(len(recap(sp_out)), COUNT, sp_out[-2000:])
+
+    def test_runner(self):
+        self.compare_stock(worker=False)
+
+    def test_worker(self):
+        """AWX/AAP's way: the image's own user (1000), the key written by runner inside."""
+        self.compare_stock(worker=True)
 
     def test_navigator(self):
         nav = venv_tool('ansible-navigator')
