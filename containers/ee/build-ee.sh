@@ -8,7 +8,7 @@
 #
 # Prints the image name on stdout (progress on stderr). The wheel is spindle-ansible's
 # (default: the one in target/wheels/, which scripts/venv.sh builds). Cached: the image carries
-# the label spindle.recipe=<hash of the EE definition, the entrypoint wrapper, the wheel and
+# the label spindle.recipe=<hash of the EE definition, the entrypoint wrapper, the wheel's files and
 # the base image's id>; nothing is built when it matches (podman's layer cache also keeps a
 # rebuild for a new wheel to its last layers).
 #
@@ -56,12 +56,25 @@ if [[ -z $WHEEL ]]; then
   WHEEL=${wheels[0]}
 fi
 
+# the wheel's files (names and bytes), not the zip, less RECORD (their hashes) and the SBOM
+# (maturin stamps it): a rebuild of the same code gives the same hash
+wheel_content_hash() {
+  python3 -c 'import hashlib, sys, zipfile
+h = hashlib.sha256()
+with zipfile.ZipFile(sys.argv[1]) as z:
+    for n in sorted(z.namelist()):
+        if n.endswith(".dist-info/RECORD") or ".dist-info/sboms/" in n:
+            continue
+        h.update(n.encode() + b"\0" + z.read(n))
+print(h.hexdigest())' "$1"
+}
+
 rc=0
 base=$(bash "$HERE/build-base-image.sh") || rc=$?
 ((rc == 0)) || exit "$rc"
 base_id=$(podman image inspect --format '{{.Id}}' "$base")
 
-RECIPE=$( { echo v1; cat "$HERE/execution-environment.yml" "$HERE/spindle-ee-env"; sha256sum <"$WHEEL"; echo "$base_id"; "$BUILDER" --version; } | sha256sum | cut -c1-16)
+RECIPE=$( { echo v1; cat "$HERE/execution-environment.yml" "$HERE/spindle-ee-env"; wheel_content_hash "$WHEEL"; echo "$base_id"; "$BUILDER" --version; } | sha256sum | cut -c1-16)
 have=$(podman image inspect --format '{{index .Labels "spindle.recipe"}}' "$IMAGE" 2>/dev/null || true)
 old_id=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 if [[ $FORCE == 0 && $have == "$RECIPE" ]]; then
