@@ -96,7 +96,7 @@ done
 log "building $IMAGE (recipe $RECIPE, was '${have:-none}') with $("$BUILDER" --version | head -1) on $base, wheel $(basename "$WHEEL")"
 start=$SECONDS
 "$BUILDER" build --container-runtime podman -f "$work/execution-environment.yml" -c "$work/context" \
-  -t "$IMAGE" --extra-build-cli-args "$extra" -v 2 </dev/null >&2
+  -t "$IMAGE" --extra-build-cli-args="$extra" -v 2 </dev/null >&2
 new_id=$(podman image inspect --format '{{.Id}}' "$IMAGE")
 if [[ -n $old_id && $old_id != "$new_id" ]]; then
   podman rmi "$old_id" >/dev/null 2>&1 || true  # the previous build, untagged now (kept if in use)
