@@ -4,7 +4,7 @@
 CARGO ?= cargo
 PY ?= python3
 
-.PHONY: demo test setup venv wheel build build-debug lint unit-python test-rust test-ansible test-matrix test-scale test-bench bench clean
+.PHONY: demo test setup venv wheel ee build build-debug lint unit-python test-rust test-ansible test-matrix test-scale test-bench bench clean
 
 setup:
 	bash scripts/setup.sh
@@ -18,6 +18,11 @@ wheel: venv
 
 build:
 	$(CARGO) build --release
+
+## ee: spindle's execution environment image localhost/spindle-ee:latest (containers/ee/:
+## ansible-builder 3 + podman, base image from Debian packages; as root; cached)
+ee: venv
+	SPINDLE_VENV=$(CURDIR)/.venv bash containers/ee/build-ee.sh
 
 ## demo: one playbook on a 10-target local sshd fleet: stock Ansible (defaults, and pipelining on) vs Ansible through spindle (README lines only), plus the debug floor
 demo: venv build

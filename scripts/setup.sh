@@ -36,6 +36,7 @@ declare -a NEEDS=(
 )
 
 # Optional: the real-container targets (containers/podman-fleet.sh, build-target-image.sh,
+# containers/ee/ (the execution environment, tests/ansible/test_ee.py),
 # tests/ansible/test_containers.py, which skips without them). Installed where apt-get works
 # and we are root; skipped quietly elsewhere.
 declare -a WANTS=(

@@ -40,9 +40,19 @@ if ! "$VENV/bin/python" -c "import ansible" 2>/dev/null; then
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q "ansible-core>=2.18"
 fi
-if [[ $("$VENV/bin/ansible-runner" --version 2>/dev/null) != "$RUNNER_VERSION" ]]; then
-  echo "venv.sh: installing ansible-runner $RUNNER_VERSION"
-  "$VENV/bin/pip" install -q "ansible-runner==$RUNNER_VERSION"
+# The execution environment's tools (containers/ee/, tests/ansible/test_ee.py): ansible-runner
+# (what AWX/AAP run jobs with), ansible-builder 3 (builds the EE image) and ansible-navigator
+# (runs playbooks in it), pinned, with the venv's ansible-core held at its version.
+EE_PINS=(ansible-runner==$RUNNER_VERSION ansible-builder==3.2.0 ansible-navigator==26.10.0)
+have=$("$VENV/bin/pip" freeze 2>/dev/null | tr 'A-Z_' 'a-z-')
+ee_missing=()
+for pin in "${EE_PINS[@]}"; do
+  grep -qx -- "$pin" <<<"$have" || ee_missing+=("$pin")
+done
+if ((${#ee_missing[@]})); then
+  core=$("$VENV/bin/python" -c "from importlib.metadata import version; print(version('ansible-core'))")
+  echo "venv.sh: installing ${ee_missing[*]} (ansible-core held at $core)"
+  "$VENV/bin/pip" install -q "${EE_PINS[@]}" "ansible-core==$core"
 fi
 if [[ $("$VENV/bin/maturin" --version 2>/dev/null) != "maturin $MATURIN_VERSION" ]]; then
   echo "venv.sh: installing maturin $MATURIN_VERSION (builds the wheel)"

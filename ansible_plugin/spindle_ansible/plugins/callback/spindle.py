@@ -27,11 +27,16 @@ DOCUMENTATION = """
           E(SPINDLE_SOCKET) names a daemon the user runs instead.
         - Does the same as the C(spindle_linear) and C(spindle_free) strategies, without a
           third-party strategy plugin (ansible-core deprecates those).
+        - With E(SPINDLE_EE=off) it stands aside (stock Ansible), for images that enable it
+          for every job, like spindle's execution environment (containers/ee/), where a job's
+          environment (AWX, ansible-runner worker) is set after the image's entrypoint ran.
     author: spindle
     version_added: historical
     requirements:
         - enable in configuration (callbacks_enabled = spindle, callback_plugins pointing here)
 """
+
+import os
 
 from ansible.errors import AnsibleError
 from ansible.plugins.callback import CallbackBase
@@ -57,6 +62,8 @@ class CallbackModule(CallbackBase):
 
     def v2_playbook_on_play_start(self, play):
         # Sent by the task queue manager before the play's strategy queues any task.
+        if os.environ.get('SPINDLE_EE') == 'off':
+            return
         try:
             socket_path = ensure_daemon()
         except AnsibleError as e:
