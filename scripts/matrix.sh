@@ -6,6 +6,8 @@
 # the tests take spindle's plugins from this checkout (PYTHONPATH) and the daemon from
 # SPINDLE_BIN. Idempotent: a venv that already has its ansible-core is kept.
 #   .venv-2.18 .venv-2.20 .venv-2.21   (listed in .venv-matrix.txt as "version venv")
+# MATRIX="2.18 2.21" limits it to those versions (`make test` runs the oldest and the newest
+# to stay well inside CI's time; `make test-matrix` alone runs all three).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYENV=${PYENV_ROOT:-$HOME/.pyenv}/versions
@@ -18,8 +20,10 @@ find_python() {  # MAJOR.MINOR -> an interpreter path, or nothing
   done
 }
 : > .venv-matrix.txt
+MATRIX=${MATRIX:-2.18 2.20 2.21}
 for entry in 2.18:3.11 2.20:3.12 2.21:3.13; do
   core=${entry%%:*} py=${entry#*:} venv=.venv-$core
+  [[ " $MATRIX " == *" $core "* ]] || continue
   python=$(find_python "$py" || true)
   if [[ -z $python ]]; then
     echo "matrix.sh: SKIP ansible-core $core: no Python $py here (pyenv install $py, or a python$py on PATH)"
