@@ -13,7 +13,8 @@ Which daemon a run uses (``ensure_daemon``):
    version, and the environment (minus volatile variables such as ``PWD``): ssh reads
    ``SSH_AUTH_SOCK``, and agents for ``local`` hosts inherit the daemon's environment.  A
    changed binary, ansible-core or environment therefore starts a fresh daemon (and the old
-   one exits once idle).  A changed inventory spec is a different stream anyway.  Two runs
+   one exits once idle); ``SPINDLE_PERSIST_IGNORE_ENV`` (comma-separated names) leaves out
+   variables that change per run without mattering (a CI job id, a log path).  A changed inventory spec is a different stream anyway.  Two runs
    starting at once serialise on a lock file, so they share one daemon.  Its log is
    ``<dir>/daemon.log``, cut back to empty when a run finds it over 8 MiB.
 3. A **private** daemon for this run, stopped when the controller exits (the behaviour before
@@ -58,6 +59,7 @@ LOG_LIMIT = 8 << 20
 VOLATILE_ENV = frozenset((
     'PWD', 'OLDPWD', '_', 'SHLVL', 'COLUMNS', 'LINES', 'TERM', 'SSH_TTY', 'WINDOWID',
     'SPINDLE_SOCKET', 'SPINDLE_PATHS_FILE', 'SPINDLE_PERSIST', 'SPINDLE_RUN_ID',
+    'SPINDLE_PERSIST_IGNORE_ENV',
 ))
 
 
@@ -233,13 +235,15 @@ def daemon_key(binary, environ=None):
     import ansible
 
     environ = os.environ if environ is None else environ
+    # Variables a user knows change per run without mattering (a CI job id, a log path).
+    ignore = set(v.strip() for v in environ.get('SPINDLE_PERSIST_IGNORE_ENV', '').split(',') if v.strip())
     st = os.stat(binary)
     ident = {
         'binary': [os.path.realpath(binary), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns],
         'ansible': ansible.__version__ if hasattr(ansible, '__version__') else _core_version(),
         'python': sys.version,
         'env': sorted((k, v) for k, v in environ.items()
-                      if k not in VOLATILE_ENV and not k.startswith('ANSIBLE_')),
+                      if k not in VOLATILE_ENV and k not in ignore and not k.startswith('ANSIBLE_')),
     }
     raw = json.dumps(ident, sort_keys=True).encode('utf-8', 'surrogateescape')
     return hashlib.sha256(raw).hexdigest()[:20]

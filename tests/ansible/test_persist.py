@@ -115,6 +115,10 @@ class Persist(unittest.TestCase):
         self.assertEqual(len(self.sockets()), 2)
         self.playbook(PWD='/elsewhere', ANSIBLE_FORKS='3')  # volatile and Ansible's own: same
         self.assertEqual(len(self.sockets()), 2)
+        for i in range(2):  # named in SPINDLE_PERSIST_IGNORE_ENV: left out of the key
+            self.playbook(SPINDLE_TEST_CHANGED='1', JOB_LOG='/tmp/job-%d.log' % i,
+                          SPINDLE_PERSIST_IGNORE_ENV='JOB_LOG')
+        self.assertEqual(len(self.sockets()), 2, 'the second daemon served both')
 
     def test_the_stock_path_warning_comes_in_every_run(self):
         for _ in range(2):
