@@ -219,6 +219,9 @@ class EnterRoutesTests(unittest.TestCase):
             'ANSIBLE_PIPELINING': 'True',
             'ANSIBLE_NOCOLOR': '1',
             'XDG_RUNTIME_DIR': self.path('run'),
+            # a private daemon stopped at exit (the persistent one is test_persist's): the run
+            # must leave nothing in XDG_RUNTIME_DIR
+            'SPINDLE_PERSIST': '0',
             'SPINDLE_RECORD': record,
             'SPINDLE_BIN': self.binary,
             'PATH': self.path('bin') + os.pathsep + os.environ.get('PATH', os.defpath),
