@@ -1,6 +1,8 @@
 """A loaded controller does not turn slow hosts into UNREACHABLE (issue 13, item 3).
 
-30 netns sshd targets, forks = 30, and busy loops on every core for the whole test (load
+30 netns sshd targets (SPINDLE_LOADED_HOSTS: the issue's 60 takes twice as long, so `make
+test` runs 30; 60 was run and passed, see the closing note), forks = hosts, and busy loops
+on every core for the whole test (load
 well above the core count: every ssh login, every Python start, every agent bootstrap is
 slow). The same small play (facts, ping, command) runs with stock Ansible and with Ansible
 through spindle (README lines, Ansible's default ``timeout`` of 10 s): every host must end
@@ -22,7 +24,7 @@ import unittest
 import readme_setup as rs
 
 FLEET_NAME = 'load'
-HOSTS = 30
+HOSTS = int(os.environ.get('SPINDLE_LOADED_HOSTS') or 30)
 HOGS_PER_CORE = 3
 
 PLAY = '''
