@@ -72,42 +72,7 @@ path-exclude=/usr/share/info/*'
 RECIPE=$(printf '%s\n--\n' "v1" "$SUITE" "$VARIANT" "$PACKAGES" "$EE_APT" "$CUSTOMIZE" "$DPKG_EXCLUDES" | sha256sum | cut -c1-16)
 # -----------------------------------------------------------------------------------------
 
-have=$(podman image inspect --format '{{index .Labels "spindle.recipe"}}' "$IMAGE" 2>/dev/null || true)
-old_id=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
-if [[ $FORCE == 0 && $have == "$RECIPE" ]]; then
-  log "$IMAGE is up to date (recipe $RECIPE)"
-  echo "$IMAGE"
-  exit 0
-fi
-command -v mmdebstrap >/dev/null || skip "mmdebstrap is not installed (scripts/setup.sh installs it)"
-
-if [[ -n ${SPINDLE_DEBIAN_MIRROR:-} ]]; then
-  MIRROR=$SPINDLE_DEBIAN_MIRROR
-elif [[ -f /etc/apt/sources.list.d/debian.sources ]] && grep -q "^Suites:.*\b$SUITE\b" /etc/apt/sources.list.d/debian.sources; then
-  MIRROR=/etc/apt/sources.list.d/debian.sources
-else
-  MIRROR=http://deb.debian.org/debian
-fi
-
-work=$(mktemp -d /var/tmp/spindle-ee-base.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-log "building $IMAGE (recipe $RECIPE, was '${have:-none}') from $MIRROR: mmdebstrap $SUITE $VARIANT +$PACKAGES"
-start=$SECONDS
-dpkgopts=()
-while IFS= read -r line; do dpkgopts+=(--dpkgopt="$line"); done <<<"$DPKG_EXCLUDES"
-SPINDLE_EE_APT=$EE_APT mmdebstrap --quiet --mode=root --variant="$VARIANT" \
-  --include="$PACKAGES" "${dpkgopts[@]}" \
-  --aptopt='Acquire::Check-Valid-Until "false"' \
-  --customize-hook="$CUSTOMIZE" \
-  "$SUITE" "$work/rootfs.tar" "$MIRROR" </dev/null >&2
-log "rootfs: $(du -h "$work/rootfs.tar" | cut -f1) in $((SECONDS - start))s; importing"
-podman import --quiet \
-  --change 'CMD ["/bin/bash"]' \
-  --change "LABEL spindle.recipe=$RECIPE" \
-  --message "spindle execution environment base, recipe $RECIPE" \
-  "$work/rootfs.tar" "$IMAGE" >/dev/null
-if [[ -n $old_id ]]; then
-  podman rmi "$old_id" >/dev/null 2>&1 || true  # the previous recipe's image, untagged now (kept if in use)
-fi
-log "built $IMAGE in $((SECONDS - start))s"
-echo "$IMAGE"
+export SPINDLE_EE_APT=$EE_APT
+# shellcheck source=../debian-image.sh
+. "$HERE/../debian-image.sh"
+debian_image "$IMAGE" "$RECIPE" '["/bin/bash"]' "spindle execution environment base" spindle-ee-base
