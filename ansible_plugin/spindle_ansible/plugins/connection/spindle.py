@@ -1011,7 +1011,9 @@ class Connection(ConnectionBase):
                     return None  # the stock action runs the module: it reports as stock does
                 raise self._become_failure(e) from None
             if e.kind == 'remote' and "unknown op 'copy_stream'" in (e.message or ''):
-                return None  # an older agent (daemon binary): the stock action
+                display.vvv("SPINDLE the agent (an older spindle binary) cannot stream a large "
+                            "copy: Ansible's copy action runs", host=self._play_context.remote_addr)
+                return None
             raise self._failure(e, 'copy') from None
         self._timing('copy in one call (%s)' % r.get('outcome'), started, spec)
         if r.get('outcome') in ('copy', 'file'):
