@@ -34,9 +34,10 @@ lint:
 
 # The agent's tests also on the oldest and newest target Python here (pyenv's 3.8 and 3.13,
 # when installed: the agent must run on every Python ansible-core supports on targets).
-unit-python:
+# The plugin's tests run under the venv's Python: the plugin imports ansible-core.
+unit-python: venv
 	$(PY) -m unittest discover -s tests/python
-	$(PY) -m unittest discover -s ansible_plugin/tests
+	.venv/bin/python -m unittest discover -s ansible_plugin/tests
 	@for v in 3.8 3.13; do p=$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$$v*/bin/python$$v 2>/dev/null | head -1); \
 	  if [ -n "$$p" ]; then echo "== agent tests on $$($$p --version)"; $$p -m unittest discover -s tests/python || exit 1; \
 	  else echo "SKIP: no Python $$v for the agent tests"; fi; done

@@ -251,7 +251,8 @@ class Pieces(unittest.TestCase):
 
 class AgentChecksTheJob(unittest.TestCase):
     def test_async_job_is_range_checked(self):
-        src = open(os.path.join(AGENT_DIR, 'agent.py')).read()
+        with open(os.path.join(AGENT_DIR, 'agent.py')) as f:
+            src = f.read()
         ns = {'__name__': 'spindle_agent_test'}
         exec(compile(src, 'agent.py', 'exec'), ns)
         check = ns['_async_job']
