@@ -28,9 +28,13 @@ ee: venv
 demo: venv build
 	bash scripts/demo.sh
 
-lint:
+# Rust: rustfmt and clippy. Python (every file: plugin, agent, bench, scale-tests, tests): ruff's
+# lint and format check, ruff.toml (the agent against Python 3.8, the oldest target Python).
+lint: venv
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 
 # The agent's tests also on the oldest and newest target Python here (pyenv's 3.8 and 3.13,
 # when installed: the agent must run on every Python ansible-core supports on targets).

@@ -37,8 +37,11 @@ def find_spindle(explicit=None):
         return explicit
     if os.environ.get('SPINDLE_BIN'):
         return os.environ['SPINDLE_BIN']
-    found = [p for p in (os.path.join(ROOT, 'target', t, 'spindle') for t in ('release', 'debug'))
-             if os.access(p, os.X_OK)]
+    found = [
+        p
+        for p in (os.path.join(ROOT, 'target', t, 'spindle') for t in ('release', 'debug'))
+        if os.access(p, os.X_OK)
+    ]
     if not found:
         raise CapacityError('no spindle binary (cargo build, or --spindle-bin / SPINDLE_BIN)')
     return max(found, key=os.path.getmtime)
@@ -48,8 +51,10 @@ def newest_results():
     """The newest bench/results/* with 3+ fleet sizes, else the newest at all, else the
     committed bench/reports/default-* (the figures in bench/README.md)."""
     for pattern in (os.path.join(BENCH, 'results', '*'), os.path.join(BENCH, 'reports', 'default-*')):
-        dirs = sorted((d for d in glob.glob(pattern) if os.path.exists(os.path.join(d, 'results.json'))),
-                      key=os.path.getmtime)
+        dirs = sorted(
+            (d for d in glob.glob(pattern) if os.path.exists(os.path.join(d, 'results.json'))),
+            key=os.path.getmtime,
+        )
         if not dirs:
             continue
         for d in reversed(dirs):
@@ -68,8 +73,9 @@ def spindle_capacity(dirs, args, spindle=None):
     argv = [find_spindle(spindle), 'capacity']
     for d in dirs:
         argv += ['--results', d]
-    p = subprocess.run(argv + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       universal_newlines=True)
+    p = subprocess.run(
+        argv + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True
+    )
     if p.returncode != 0:
         raise CapacityError('%s: %s' % (' '.join(argv[:2]), (p.stderr or p.stdout).strip()))
     return p.stdout
@@ -85,24 +91,37 @@ def validate(dirs_or_dir, plotdir=None, hold_out=None, spindle=None):
         json.dump(out, f, indent=1, sort_keys=True)
     if plotdir:
         import svgplot
+
         os.makedirs(plotdir, exist_ok=True)
         series = {}
         for x in out['validation']:
-            series.setdefault('%s %s' % (x['mode'], x['workload']), []).append((x['measured_s'], x['predicted_s']))
+            series.setdefault('%s %s' % (x['mode'], x['workload']), []).append(
+                (x['measured_s'], x['predicted_s'])
+            )
         allv = [v for s in series.values() for p in s for v in p] or [1.0]
         lo, hi = min(allv) * 0.8, max(allv) * 1.2
         series['predicted = measured'] = [(lo, lo), (hi, hi)]
-        svgplot.line_chart(os.path.join(plotdir, 'capacity-predicted-vs-measured.svg'), series,
-                           'capacity model: predicted vs measured wall time, %d targets (fit on %s)'
-                           % (out['held_out'], out['fit_sizes']), 'measured (s)', 'predicted (s)', logx=True,
-                           logy=True, dashed=('predicted = measured',),
-                           markers_only=tuple(k for k in series if k != 'predicted = measured'))
+        svgplot.line_chart(
+            os.path.join(plotdir, 'capacity-predicted-vs-measured.svg'),
+            series,
+            'capacity model: predicted vs measured wall time, %d targets (fit on %s)'
+            % (out['held_out'], out['fit_sizes']),
+            'measured (s)',
+            'predicted (s)',
+            logx=True,
+            logy=True,
+            dashed=('predicted = measured',),
+            markers_only=tuple(k for k in series if k != 'predicted = measured'),
+        )
     return out
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], epilog=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument('--results', action='append', help='a bench/run results directory (repeatable)')
     ap.add_argument('--spindle-bin', help='the spindle binary')
     ap.add_argument('--validate', action='store_true')
@@ -120,8 +139,13 @@ def main(argv=None):
             else:
                 extra = ['--validate'] + (['--hold-out', str(a.hold_out)] if a.hold_out else [])
                 sys.stdout.write(spindle_capacity(dirs, extra + rest, a.spindle_bin))
-                print('wrote %s and %s' % (os.path.join(dirs[0], 'capacity.json'),
-                                           os.path.join(dirs[0], 'plots', 'capacity-predicted-vs-measured.svg')))
+                print(
+                    'wrote %s and %s'
+                    % (
+                        os.path.join(dirs[0], 'capacity.json'),
+                        os.path.join(dirs[0], 'plots', 'capacity-predicted-vs-measured.svg'),
+                    )
+                )
             return 0
         sys.stdout.write(spindle_capacity(dirs, rest + (['--json'] if a.json else []), a.spindle_bin))
         return 0

@@ -71,12 +71,12 @@ class Pipe(object):
         self.src = src
         self.dst = dst
         self.direction = direction
-        self.queue = collections.deque()   # (due, bytes or None for EOF)
+        self.queue = collections.deque()  # (due, bytes or None for EOF)
         self.queued = 0
-        self.pending = b''                 # a partly written chunk
+        self.pending = b''  # a partly written chunk
         self.reading = True
         self.eof_in = False
-        self.done = False                  # EOF delivered (dst shut for writing)
+        self.done = False  # EOF delivered (dst shut for writing)
 
 
 class Conn(object):
@@ -93,7 +93,7 @@ class Conn(object):
 class Emulator(object):
     def __init__(self, mappings, rtt_ms=0.0, rate_mbit=0.0):
         self.delay = rtt_ms / 2000.0
-        self.rate = rate_mbit * 1e6 / 8.0 if rate_mbit else 0.0   # bytes/s
+        self.rate = rate_mbit * 1e6 / 8.0 if rate_mbit else 0.0  # bytes/s
         self.sel = selectors.DefaultSelector()
         self.links = []
         self.listeners = []
@@ -306,12 +306,20 @@ class Emulator(object):
             pass
 
     def stats(self):
-        return [{'listen': '%s:%d' % tuple(l.listen), 'upstream': '%s:%d' % tuple(l.upstream),
-                 'connections': l.connections, 'bytes_up': l.bytes['up'],
-                 'bytes_down': l.bytes['down']} for l in self.links]
+        return [
+            {
+                'listen': '%s:%d' % tuple(link.listen),
+                'upstream': '%s:%d' % tuple(link.upstream),
+                'connections': link.connections,
+                'bytes_up': link.bytes['up'],
+                'bytes_down': link.bytes['down'],
+            }
+            for link in self.links
+        ]
 
 
 # -- self-test -------------------------------------------------------------------------------
+
 
 def _echo_server():
     srv = socket.socket()
@@ -376,8 +384,11 @@ def selftest():
     echo = _echo_server()
     sink = _sink_server()
     rtt_ms = 100.0
-    emu = Emulator([(('127.0.0.1', 0), echo.getsockname()), (('127.0.0.1', 0), sink.getsockname())],
-                   rtt_ms=rtt_ms, rate_mbit=80)
+    emu = Emulator(
+        [(('127.0.0.1', 0), echo.getsockname()), (('127.0.0.1', 0), sink.getsockname())],
+        rtt_ms=rtt_ms,
+        rate_mbit=80,
+    )
     t = threading.Thread(target=emu.run, daemon=True)
     t.start()
     port = emu.links[0].listen[1]
@@ -401,8 +412,10 @@ def selftest():
 
     out = [0.0]
     rt('solo', out, 0)
-    check(out[0] is not None and 0.29 <= out[0] < 0.45,
-          "3 round trips take 3 x RTT (%.0f ms, want ~300)" % ((out[0] or 0) * 1000))
+    check(
+        out[0] is not None and 0.29 <= out[0] < 0.45,
+        "3 round trips take 3 x RTT (%.0f ms, want ~300)" % ((out[0] or 0) * 1000),
+    )
 
     # 8 connections at once: delays overlap (a delay queue), they are not serialised
     out = [0.0] * 8
@@ -413,8 +426,10 @@ def selftest():
     for th in ths:
         th.join()
     total = time.monotonic() - t0
-    check(all(o is not None for o in out) and total < 0.6,
-          "8 parallel connections x 3 round trips in %.0f ms (serialised would be 2400)" % (total * 1000))
+    check(
+        all(o is not None for o in out) and total < 0.6,
+        "8 parallel connections x 3 round trips in %.0f ms (serialised would be 2400)" % (total * 1000),
+    )
 
     # ordering: a stream of numbered chunks comes back in order
     c = socket.create_connection(('127.0.0.1', port))
@@ -437,8 +452,10 @@ def selftest():
     n = int(c.recv(100) or b'0')
     dt = time.monotonic() - t0
     c.close()
-    check(n == 2000000 and 0.22 <= dt < 0.6,
-          "2 MB through an 80 Mbit/s cap in %.0f ms (want ~300: 200 transfer + RTT)" % (dt * 1000))
+    check(
+        n == 2000000 and 0.22 <= dt < 0.6,
+        "2 MB through an 80 Mbit/s cap in %.0f ms (want ~300: 200 transfer + RTT)" % (dt * 1000),
+    )
     emu.shutdown()
     t.join(2)
     echo.close()

@@ -17,8 +17,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import svgplot  # noqa: E402
 
 MODE_ORDER = ['stock', 'stock-nopipe', 'mitogen', 'spindle']
-WL_ORDER = ['hostname100', 'hostname20', 'mixed', 'bigcopy', 'manyfiles100', 'manyfiles', 'ping1-first',
-            'ping1-again']
+WL_ORDER = [
+    'hostname100',
+    'hostname20',
+    'mixed',
+    'bigcopy',
+    'manyfiles100',
+    'manyfiles',
+    'ping1-first',
+    'ping1-again',
+]
 
 
 def load(out):
@@ -49,6 +57,7 @@ def _cells(runs):
     def order(k):
         w, h, rtt = k
         return (rtt is not None, WL_ORDER.index(w) if w in WL_ORDER else 99, h, rtt or 0)
+
     return sorted(keys, key=order)
 
 
@@ -95,7 +104,7 @@ def table(runs, metric, title, unit='', ratio=True, note=''):
         lines += [note, '']
     lines.append('| workload | hosts | link | ' + ' | '.join(modes) + ' |')
     lines.append('|---|---:|---|' + '---:|' * len(modes))
-    for (w, h, rtt) in _cells(runs):
+    for w, h, rtt in _cells(runs):
         base = by.get((w, h, rtt, 'stock'))
         bv = _get(base, metric) if base and base.get('status') == 'ok' else None
         row = []
@@ -112,7 +121,9 @@ def table(runs, metric, title, unit='', ratio=True, note=''):
             if ratio and m != 'stock' and v is not None and bv:
                 cell += ' (%.2f)' % (v / float(bv))
             row.append(cell)
-        lines.append('| %s | %d | %s | %s |' % (w, h, 'direct' if rtt is None else '%d ms' % rtt, ' | '.join(row)))
+        lines.append(
+            '| %s | %d | %s | %s |' % (w, h, 'direct' if rtt is None else '%d ms' % rtt, ' | '.join(row))
+        )
     lines.append('')
     return lines
 
@@ -126,9 +137,14 @@ def profile_table(runs):
         return []
     modes = _modes(prof)
     by = dict((r['mode'], r) for r in prof)
-    plain = dict((r['mode'], r) for r in runs if r['workload'] == 'hostname20'
-                 and r['hosts'] == prof[0]['hosts'] and r.get('rtt_ms') is None
-                 and r.get('status') == 'ok')
+    plain = dict(
+        (r['mode'], r)
+        for r in runs
+        if r['workload'] == 'hostname20'
+        and r['hosts'] == prof[0]['hosts']
+        and r.get('rtt_ms') is None
+        and r.get('status') == 'ok'
+    )
 
     def share(m, ph):
         p = by[m]['profile']
@@ -141,16 +157,21 @@ def profile_table(runs):
             if ph not in phases:
                 phases.append(ph)
     phases.sort(key=lambda ph: -max(share(m, ph) for m in modes))
-    L = ['### Where the controller\'s Python time goes (share of py-spy samples)', '',
-         'hostname20 on %d target(s) under `py-spy record --subprocesses --rate %d` (the '
-         'controller\'s Python processes: ansible-playbook and its workers; the spindle daemon '
-         'and ssh are not Python and not in it). Each sample goes to the phase of its innermost '
-         'recognised frame (`PHASES` in bench/run). py-spy\'s sampling slows the run and counts '
-         'some waiting as running, so the shares are the figure to read; the last rows give '
-         'the measured controller CPU per task of the same cell without py-spy. Raw stacks: '
-         'the `raw` file of each run (collapsed format, for inferno or speedscope).'
-         % (prof[0]['hosts'], prof[0]['profile']['rate']), '',
-         '| phase | ' + ' | '.join(modes) + ' |', '|---|' + '---:|' * len(modes)]
+    L = [
+        '### Where the controller\'s Python time goes (share of py-spy samples)',
+        '',
+        'hostname20 on %d target(s) under `py-spy record --subprocesses --rate %d` (the '
+        'controller\'s Python processes: ansible-playbook and its workers; the spindle daemon '
+        'and ssh are not Python and not in it). Each sample goes to the phase of its innermost '
+        'recognised frame (`PHASES` in bench/run). py-spy\'s sampling slows the run and counts '
+        'some waiting as running, so the shares are the figure to read; the last rows give '
+        'the measured controller CPU per task of the same cell without py-spy. Raw stacks: '
+        'the `raw` file of each run (collapsed format, for inferno or speedscope).'
+        % (prof[0]['hosts'], prof[0]['profile']['rate']),
+        '',
+        '| phase | ' + ' | '.join(modes) + ' |',
+        '|---|' + '---:|' * len(modes),
+    ]
     for ph in phases:
         L.append('| %s | %s |' % (ph, ' | '.join('%.0f%%' % share(m, ph) for m in modes)))
 
@@ -158,8 +179,11 @@ def profile_table(runs):
         r = plain.get(m)
         n = r and r.get('task_results')
         return '%.0f ms' % (1000.0 * r['controller']['cpu_s'] / n) if n else '–'
-    L.append('| **controller CPU per task, plain run** (all processes: Python, ssh, daemon) | %s |'
-             % ' | '.join(cpu_per_task(m) for m in modes))
+
+    L.append(
+        '| **controller CPU per task, plain run** (all processes: Python, ssh, daemon) | %s |'
+        % ' | '.join(cpu_per_task(m) for m in modes)
+    )
     L.append('')
     return L
 
@@ -167,10 +191,13 @@ def profile_table(runs):
 def speedup_table(runs):
     by = _by(runs)
     modes = [m for m in _modes(runs) if m != 'stock']
-    lines = ['### Speed-up over stock (stock wall time / mode wall time; > 1 is faster)', '',
-             '| workload | hosts | link | ' + ' | '.join(modes) + ' |',
-             '|---|---:|---|' + '---:|' * len(modes)]
-    for (w, h, rtt) in _cells(runs):
+    lines = [
+        '### Speed-up over stock (stock wall time / mode wall time; > 1 is faster)',
+        '',
+        '| workload | hosts | link | ' + ' | '.join(modes) + ' |',
+        '|---|---:|---|' + '---:|' * len(modes),
+    ]
+    for w, h, rtt in _cells(runs):
         base = by.get((w, h, rtt, 'stock'))
         row = []
         for m in modes:
@@ -179,23 +206,31 @@ def speedup_table(runs):
                 row.append('–' if r is None else 'failed' if r.get('status') != 'ok' else '–')
                 continue
             row.append('%.1fx' % (base['wall_s'] / r['wall_s']))
-        lines.append('| %s | %d | %s | %s |' % (w, h, 'direct' if rtt is None else '%d ms' % rtt, ' | '.join(row)))
+        lines.append(
+            '| %s | %d | %s | %s |' % (w, h, 'direct' if rtt is None else '%d ms' % rtt, ' | '.join(row))
+        )
     lines.append('')
     return lines
 
 
 def latency_table(runs):
-    lines = ['### Per-task latency (ms, per host and task: start to result; skipped results left out)', '',
-             '| workload | hosts | link | mode | n | p50 | p90 | p99 | max |', '|---|---:|---|---|---:|---:|---:|---:|---:|']
+    lines = [
+        '### Per-task latency (ms, per host and task: start to result; skipped results left out)',
+        '',
+        '| workload | hosts | link | mode | n | p50 | p90 | p99 | max |',
+        '|---|---:|---|---|---:|---:|---:|---:|---:|',
+    ]
     by = _by(runs)
-    for (w, h, rtt) in _cells(runs):
+    for w, h, rtt in _cells(runs):
         for m in _modes(runs):
             r = by.get((w, h, rtt, m))
             if not r or r.get('status') != 'ok' or not r.get('latency_ms'):
                 continue
             L = r['latency_ms']
-            lines.append('| %s | %d | %s | %s | %d | %s | %s | %s | %s |' % (
-                w, h, _link(r), m, L['n'], _num(L['p50']), _num(L['p90']), _num(L['p99']), _num(L['max'])))
+            lines.append(
+                '| %s | %d | %s | %s | %d | %s | %s | %s | %s |'
+                % (w, h, _link(r), m, L['n'], _num(L['p50']), _num(L['p90']), _num(L['p99']), _num(L['max']))
+            )
     lines.append('')
     return lines
 
@@ -204,19 +239,37 @@ def spindle_table(runs):
     rows = [r for r in runs if r['mode'] == 'spindle' and r.get('spindle')]
     if not rows:
         return []
-    lines = ['### spindle daemon counters (`stats` op, read by the bench callback at the end of the playbook)', '',
-             '| workload | hosts | link | in-agent share | calls | round trips / task | frames / task | connects | daemon CPU s | daemon peak RSS |',
-             '|---|---:|---|---:|---:|---:|---:|---:|---:|---:|']
-    for r in sorted(rows, key=lambda r: (r.get('rtt_ms') is not None, r['workload'], r['hosts'], r.get('rtt_ms') or 0)):
+    lines = [
+        '### spindle daemon counters (`stats` op, read by the bench callback at the end of the playbook)',
+        '',
+        '| workload | hosts | link | in-agent share | calls | round trips / task | frames / task | connects | daemon CPU s | daemon peak RSS |',
+        '|---|---:|---|---:|---:|---:|---:|---:|---:|---:|',
+    ]
+    for r in sorted(
+        rows, key=lambda r: (r.get('rtt_ms') is not None, r['workload'], r['hosts'], r.get('rtt_ms') or 0)
+    ):
         s = r['spindle']
         share = s.get('in_agent_share')
         share = '–' if share is None else '%.0f%%' % (100.0 * share)
         if (s.get('paths') or {}).get('stock_reasons'):
-            share += ' (stock: %s)' % '; '.join('%s: %d' % kv for kv in sorted(s['paths']['stock_reasons'].items()))
-        lines.append('| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |' % (
-            r['workload'], r['hosts'], _link(r), share, _num(s.get('calls')), _num(s.get('round_trips_per_task')),
-            _num(s.get('frames_per_task')), _num(s.get('connects')), _num(s.get('daemon_cpu_s_at_end')),
-            _num((s.get('daemon_peak_rss_kb') or 0) * 1024, 'B') if s.get('daemon_peak_rss_kb') else '–'))
+            share += ' (stock: %s)' % '; '.join(
+                '%s: %d' % kv for kv in sorted(s['paths']['stock_reasons'].items())
+            )
+        lines.append(
+            '| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |'
+            % (
+                r['workload'],
+                r['hosts'],
+                _link(r),
+                share,
+                _num(s.get('calls')),
+                _num(s.get('round_trips_per_task')),
+                _num(s.get('frames_per_task')),
+                _num(s.get('connects')),
+                _num(s.get('daemon_cpu_s_at_end')),
+                _num((s.get('daemon_peak_rss_kb') or 0) * 1024, 'B') if s.get('daemon_peak_rss_kb') else '–',
+            )
+        )
     lines.append('')
     return lines
 
@@ -236,26 +289,35 @@ def plots(out, runs):
         series = {m: [(r['hosts'], r['wall_s']) for r in rs if r['mode'] == m] for m in modes}
         series = {k: v for k, v in series.items() if v}
         p = os.path.join(pdir, 'time-vs-hosts-%s.svg' % w)
-        svgplot.line_chart(p, series, 'wall time vs fleet size: %s' % w, 'targets', 'wall time (s)',
-                           logx=True, logy=True)
+        svgplot.line_chart(
+            p, series, 'wall time vs fleet size: %s' % w, 'targets', 'wall time (s)', logx=True, logy=True
+        )
         made.append(p)
         series = {m: [(r['hosts'], r['controller']['cpu_s']) for r in rs if r['mode'] == m] for m in modes}
         series = {k: v for k, v in series.items() if v}
         p = os.path.join(pdir, 'cpu-vs-hosts-%s.svg' % w)
-        svgplot.line_chart(p, series, 'controller CPU vs fleet size: %s' % w, 'targets',
-                           'controller CPU (user+sys, s)', logx=True, logy=True)
+        svgplot.line_chart(
+            p,
+            series,
+            'controller CPU vs fleet size: %s' % w,
+            'targets',
+            'controller CPU (user+sys, s)',
+            logx=True,
+            logy=True,
+        )
         made.append(p)
     # wall time vs RTT, one chart per (workload, hosts)
     emu = [r for r in ok if r.get('rtt_ms') is not None]
-    for (w, h) in sorted(set((r['workload'], r['hosts']) for r in emu)):
+    for w, h in sorted(set((r['workload'], r['hosts']) for r in emu)):
         rs = [r for r in emu if r['workload'] == w and r['hosts'] == h]
         if len(set(r['rtt_ms'] for r in rs)) < 2:
             continue
         series = {m: [(r['rtt_ms'], r['wall_s']) for r in rs if r['mode'] == m] for m in modes}
         series = {k: v for k, v in series.items() if v}
         p = os.path.join(pdir, 'time-vs-rtt-%s-h%d.svg' % (w, h))
-        svgplot.line_chart(p, series, 'wall time vs RTT: %s on %d target(s)' % (w, h), 'RTT (ms, linkemu)',
-                           'wall time (s)')
+        svgplot.line_chart(
+            p, series, 'wall time vs RTT: %s on %d target(s)' % (w, h), 'RTT (ms, linkemu)', 'wall time (s)'
+        )
         made.append(p)
     # bytes on the wire per task, direct runs, largest fleet size per workload
     groups = []
@@ -272,8 +334,15 @@ def plots(out, runs):
                 values[(g, r['mode'])] = r['wire']['bytes_per_task']
     if groups:
         p = os.path.join(pdir, 'bytes-per-task.svg')
-        svgplot.bar_chart(p, groups, modes, values, 'bytes on the wire per task (veth counters, both ways)',
-                          'bytes per host-task', logy=True)
+        svgplot.bar_chart(
+            p,
+            groups,
+            modes,
+            values,
+            'bytes on the wire per task (veth counters, both ways)',
+            'bytes per host-task',
+            logy=True,
+        )
         made.append(p)
     return made
 
@@ -287,8 +356,14 @@ def pngs(out):
     n = 0
     for x in sorted(os.listdir(pdir)):
         if x.endswith('.svg'):
-            if subprocess.run([conv, '-o', os.path.join(pdir, x[:-4] + '.png'), os.path.join(pdir, x)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
+            if (
+                subprocess.run(
+                    [conv, '-o', os.path.join(pdir, x[:-4] + '.png'), os.path.join(pdir, x)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                ).returncode
+                == 0
+            ):
                 n += 1
     return n
 
@@ -299,11 +374,19 @@ def write_report(out):
     runs = res['runs']
     made = plots(out, runs)
     L = ['# spindle bench: suite `%s`' % meta['suite'], '']
-    L.append('Run %s to %s (%.0f s), fleet `%s`, %s CPUs, kernel %s, load average %s at start, %s at end.'
-             % (meta.get('started'), meta.get('finished'), meta.get('elapsed_s', 0), meta.get('fleet'),
-                meta['machine'].get('cpus'), meta['machine'].get('kernel'),
-                ' / '.join('%.1f' % x for x in meta['machine'].get('loadavg_start', [])),
-                ' / '.join('%.1f' % x for x in meta['machine'].get('loadavg_end', []))))
+    L.append(
+        'Run %s to %s (%.0f s), fleet `%s`, %s CPUs, kernel %s, load average %s at start, %s at end.'
+        % (
+            meta.get('started'),
+            meta.get('finished'),
+            meta.get('elapsed_s', 0),
+            meta.get('fleet'),
+            meta['machine'].get('cpus'),
+            meta['machine'].get('kernel'),
+            ' / '.join('%.1f' % x for x in meta['machine'].get('loadavg_start', [])),
+            ' / '.join('%.1f' % x for x in meta['machine'].get('loadavg_end', [])),
+        )
+    )
     L.append('Other work on the machine shares the same CPUs: figures are noisy, one run per cell.')
     L.append('')
     L.append('## Modes')
@@ -321,38 +404,74 @@ def write_report(out):
     forks = sorted(set((r['hosts'], r['forks']) for r in runs))
     L.append('- forks: %s' % ', '.join('%d hosts -> %d' % hf for hf in forks))
     if any(r.get('rtt_ms') is not None for r in runs):
-        L.append('- link emulation: `bench/linkemu.py` (no netem in this kernel): a TCP proxy on the '
-                 'controller, 127.0.0.1:port_i -> target_i:22, holding every chunk for RTT/2 in each '
-                 'direction in a per-connection delay queue%s. The "direct" cells do not go through it.'
-                 % (', bandwidth cap %s Mbit/s per target and direction' % meta['linkemu'][0]['rate_mbit']
-                    if meta.get('linkemu') and meta['linkemu'][0].get('rate_mbit') else ''))
+        L.append(
+            '- link emulation: `bench/linkemu.py` (no netem in this kernel): a TCP proxy on the '
+            'controller, 127.0.0.1:port_i -> target_i:22, holding every chunk for RTT/2 in each '
+            'direction in a per-connection delay queue%s. The "direct" cells do not go through it.'
+            % (
+                ', bandwidth cap %s Mbit/s per target and direction' % meta['linkemu'][0]['rate_mbit']
+                if meta.get('linkemu') and meta['linkemu'][0].get('rate_mbit')
+                else ''
+            )
+        )
     L.append('')
     L.append('## Results')
     L.append('')
-    L.append('Values with the ratio to stock of the same cell in parentheses (0.25: a quarter of '
-             'stock\'s). "failed": the run exited non-zero (see its log).')
+    L.append(
+        'Values with the ratio to stock of the same cell in parentheses (0.25: a quarter of '
+        'stock\'s). "failed": the run exited non-zero (see its log).'
+    )
     L.append('')
     L += speedup_table(runs)
     L += table(runs, 'wall_s', 'Wall time (s)')
-    L += table(runs, 'controller.cpu_s', 'Controller CPU (s, user+sys of ansible-playbook, its children and the '
-               'processes it left behind, e.g. ssh ControlPersist masters; spindle: the daemon included)')
-    L += table(runs, 'controller.peak_rss_tree_kb', 'Controller peak memory (sum of RSS of the process tree, '
-               'sampled every 0.5 s)', unit='kB')
-    L += table(runs, 'controller.peak_rss_max_process_kb', 'Controller largest single process (max ru_maxrss)',
-               unit='kB')
+    L += table(
+        runs,
+        'controller.cpu_s',
+        'Controller CPU (s, user+sys of ansible-playbook, its children and the '
+        'processes it left behind, e.g. ssh ControlPersist masters; spindle: the daemon included)',
+    )
+    L += table(
+        runs,
+        'controller.peak_rss_tree_kb',
+        'Controller peak memory (sum of RSS of the process tree, sampled every 0.5 s)',
+        unit='kB',
+    )
+    L += table(
+        runs,
+        'controller.peak_rss_max_process_kb',
+        'Controller largest single process (max ru_maxrss)',
+        unit='kB',
+    )
     L += profile_table(runs)
     big = [r for r in runs if r.get('bigcopy')]
     if big:
-        L += table(big, 'bigcopy.fraction_of_line_rate', 'bigcopy at line rate: the copy task\'s '
-                   'throughput over the raw `ssh tI \'cat > f\' < file` to the same targets, measured '
-                   'in the same run (meta line_rate; 1.0 = line rate)', ratio=False)
+        L += table(
+            big,
+            'bigcopy.fraction_of_line_rate',
+            'bigcopy at line rate: the copy task\'s '
+            'throughput over the raw `ssh tI \'cat > f\' < file` to the same targets, measured '
+            'in the same run (meta line_rate; 1.0 = line rate)',
+            ratio=False,
+        )
         L += table(big, 'bigcopy.MiB_per_s', 'bigcopy: the copy task\'s throughput (MiB/s, all targets)')
     L += table(runs, 'targets.cpu_s', 'Target CPU (s, all processes in the target namespaces)')
-    L += table(runs, 'wire.bytes_per_task', 'Bytes on the wire per host-task (veth counters, both directions)', unit='B')
+    L += table(
+        runs,
+        'wire.bytes_per_task',
+        'Bytes on the wire per host-task (veth counters, both directions)',
+        unit='B',
+    )
     L += table(runs, 'wire.bytes_total', 'Bytes on the wire, total', unit='B')
-    L += table(runs, 'targets.inodes_created', 'Files created on the targets during the run (tmpfs inodes '
-               'in /tmp, /var/tmp, /root, including ones deleted again)', ratio=False)
-    L += table(runs, 'targets.files_left', 'Files left behind on the targets (entries after - before)', ratio=False)
+    L += table(
+        runs,
+        'targets.inodes_created',
+        'Files created on the targets during the run (tmpfs inodes '
+        'in /tmp, /var/tmp, /root, including ones deleted again)',
+        ratio=False,
+    )
+    L += table(
+        runs, 'targets.files_left', 'Files left behind on the targets (entries after - before)', ratio=False
+    )
     L += latency_table(runs)
     L += spindle_table(runs)
     failed = [r for r in runs if r.get('status') != 'ok']
@@ -378,14 +497,31 @@ def write_report(out):
         L.append('| mode | workload | hosts | measured s | predicted s | error |')
         L.append('|---|---|---:|---:|---:|---:|')
         for row in c.get('validation', []):
-            L.append('| %s | %s | %d | %.1f | %.1f | %+.0f%% |' % (row['mode'], row['workload'], row['hosts'],
-                                                              row['measured_s'], row['predicted_s'], row['error_pct']))
+            L.append(
+                '| %s | %s | %d | %.1f | %.1f | %+.0f%% |'
+                % (
+                    row['mode'],
+                    row['workload'],
+                    row['hosts'],
+                    row['measured_s'],
+                    row['predicted_s'],
+                    row['error_pct'],
+                )
+            )
         L.append('')
     if made:
         L.append('## Plots')
         L.append('')
-        for p in sorted(set(made + [os.path.join(out, 'plots', x) for x in os.listdir(os.path.join(out, 'plots'))
-                                    if x.endswith('.svg')])):
+        for p in sorted(
+            set(
+                made
+                + [
+                    os.path.join(out, 'plots', x)
+                    for x in os.listdir(os.path.join(out, 'plots'))
+                    if x.endswith('.svg')
+                ]
+            )
+        ):
             rel = os.path.relpath(p, out)
             L.append('![%s](%s)' % (os.path.basename(p), rel))
         L.append('')
@@ -401,16 +537,28 @@ def figures(out):
     runs, meta = res['runs'], res['meta']
     by = _by(runs)
     modes = _modes(runs)
-    L = ['Suite `%s`, %s, %.0f s, load average %s at start; one run per cell.'
-         % (meta['suite'], meta.get('started'), meta.get('elapsed_s', 0),
-            '%.1f' % meta['machine']['loadavg_start'][0]), '']
+    L = [
+        'Suite `%s`, %s, %.0f s, load average %s at start; one run per cell.'
+        % (
+            meta['suite'],
+            meta.get('started'),
+            meta.get('elapsed_s', 0),
+            '%.1f' % meta['machine']['loadavg_start'][0],
+        ),
+        '',
+    ]
     skipped = ['%s (%s)' % (n, m['reason']) for n, m in meta['modes'].items() if not m['available']]
     if skipped:
         L += ['Skipped: ' + '; '.join(skipped), '']
-    L.append('| workload | hosts | link | ' + ' | '.join('%s s' % m for m in modes) + ' | '
-             + ' | '.join('%s vs stock' % m for m in modes if m != 'stock') + ' |')
+    L.append(
+        '| workload | hosts | link | '
+        + ' | '.join('%s s' % m for m in modes)
+        + ' | '
+        + ' | '.join('%s vs stock' % m for m in modes if m != 'stock')
+        + ' |'
+    )
     L.append('|---|---:|---|' + '---:|' * (2 * len(modes) - 1))
-    for (w, h, rtt) in _cells(runs):
+    for w, h, rtt in _cells(runs):
         base = by.get((w, h, rtt, 'stock'))
         vals, ratios = [], []
         for m in modes:
@@ -419,15 +567,19 @@ def figures(out):
             if m != 'stock':
                 ok = r and base and r.get('status') == 'ok' and base.get('status') == 'ok'
                 ratios.append('%.1fx' % (base['wall_s'] / r['wall_s']) if ok else '')
-        L.append('| %s | %d | %s | %s | %s |' % (w, h, 'direct' if rtt is None else '%d ms' % rtt,
-                                                  ' | '.join(vals), ' | '.join(ratios)))
+        L.append(
+            '| %s | %d | %s | %s | %s |'
+            % (w, h, 'direct' if rtt is None else '%d ms' % rtt, ' | '.join(vals), ' | '.join(ratios))
+        )
     L.append('')
-    L.append('Per host-task, direct link (controller CPU ms / target CPU ms / bytes on the wire / '
-             'files created / p50 latency ms; spindle: round trips):')
+    L.append(
+        'Per host-task, direct link (controller CPU ms / target CPU ms / bytes on the wire / '
+        'files created / p50 latency ms; spindle: round trips):'
+    )
     L.append('')
     L.append('| workload | hosts | ' + ' | '.join(modes) + ' |')
     L.append('|---|---:|' + '---|' * len(modes))
-    for (w, h, rtt) in _cells(runs):
+    for w, h, rtt in _cells(runs):
         if rtt is not None:
             continue
         row = []
@@ -438,9 +590,12 @@ def figures(out):
                 continue
             n = float(r['task_results'])
             cell = '%.0f / %.0f / %s / %.1f / %.0f' % (
-                1000 * r['controller']['cpu_s'] / n, 1000 * (_get(r, 'targets.cpu_s') or 0) / n,
+                1000 * r['controller']['cpu_s'] / n,
+                1000 * (_get(r, 'targets.cpu_s') or 0) / n,
                 _num(_get(r, 'wire.bytes_per_task'), 'B').replace(' ', '\u00a0'),
-                (_get(r, 'targets.inodes_created') or 0) / n, _get(r, 'latency_ms.p50') or 0)
+                (_get(r, 'targets.inodes_created') or 0) / n,
+                _get(r, 'latency_ms.p50') or 0,
+            )
             if m == 'spindle' and r.get('spindle'):
                 cell += ' / %s rt' % _num(r['spindle'].get('round_trips_per_task'))
             row.append(cell)
@@ -449,17 +604,41 @@ def figures(out):
     return '\n'.join(L)
 
 
-REQUIRED = ['id', 'mode', 'workload', 'hosts', 'status', 'wall_s', 'controller.cpu_s',
-            'controller.peak_rss_max_process_kb', 'controller.peak_rss_tree_kb']
+REQUIRED = [
+    'id',
+    'mode',
+    'workload',
+    'hosts',
+    'status',
+    'wall_s',
+    'controller.cpu_s',
+    'controller.peak_rss_max_process_kb',
+    'controller.peak_rss_tree_kb',
+]
 REQUIRED_OK = ['latency_ms.p50', 'latency_ms.p90', 'latency_ms.p99', 'latency_ms.max', 'task_results']
-REQUIRED_NETNS = ['targets.cpu_s', 'wire.bytes_total', 'wire.bytes_per_task', 'targets.inodes_created',
-                  'targets.files_left']
+REQUIRED_NETNS = [
+    'targets.cpu_s',
+    'wire.bytes_total',
+    'wire.bytes_per_task',
+    'targets.inodes_created',
+    'targets.files_left',
+]
 
 
 #: Workloads whose every module task must run in an agent (no async, no apt, no old-style
 #: modules): `--check` fails a spindle run of one of them that took the stock path.
-ALL_IN_AGENT = frozenset(('hostname100', 'hostname20', 'mixed', 'bigcopy', 'manyfiles',
-                          'manyfiles100', 'ping1-first', 'ping1-again'))
+ALL_IN_AGENT = frozenset(
+    (
+        'hostname100',
+        'hostname20',
+        'mixed',
+        'bigcopy',
+        'manyfiles',
+        'manyfiles100',
+        'ping1-first',
+        'ping1-again',
+    )
+)
 
 
 def verify(out, strict=False):
@@ -499,10 +678,11 @@ def verify(out, strict=False):
                 keys += ['spindle.calls', 'spindle.round_trips_per_task', 'spindle.in_agent_share']
                 share = _get(r, 'spindle.in_agent_share')
                 if r.get('workload') in ALL_IN_AGENT and share is not None and share < 1.0:
-                    problems.append('%s: only %.0f%% of module runs in the agent (%s); workload %s '
-                                    'should run every module there'
-                                    % (rid, 100.0 * share, _get(r, 'spindle.paths.stock_reasons'),
-                                       r.get('workload')))
+                    problems.append(
+                        '%s: only %.0f%% of module runs in the agent (%s); workload %s '
+                        'should run every module there'
+                        % (rid, 100.0 * share, _get(r, 'spindle.paths.stock_reasons'), r.get('workload'))
+                    )
         for k in keys:
             if _get(r, k) is None:
                 problems.append('%s: missing %s' % (rid, k))
@@ -517,7 +697,11 @@ def verify(out, strict=False):
     rep = os.path.join(out, 'report.md')
     if not os.path.exists(rep) or '| workload |' not in open(rep).read():
         problems.append('report.md missing or without tables')
-    svgs = [x for x in os.listdir(os.path.join(out, 'plots'))] if os.path.isdir(os.path.join(out, 'plots')) else []
+    svgs = (
+        [x for x in os.listdir(os.path.join(out, 'plots'))]
+        if os.path.isdir(os.path.join(out, 'plots'))
+        else []
+    )
     svgs = [x for x in svgs if x.endswith('.svg')]
     if not svgs:
         problems.append('no plots')

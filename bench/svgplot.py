@@ -14,8 +14,10 @@ def _color(name, i):
         if name == mode or str(name).startswith(mode + ' '):
             return c
     return PALETTE[(i + 4) % len(PALETTE)]
+
+
 W, H = 780, 420
-ML, MR, MT, MB = 80, 210, 40, 60   # margins (legend on the right)
+ML, MR, MT, MB = 80, 210, 40, 60  # margins (legend on the right)
 
 
 def _fmt(v):
@@ -35,9 +37,9 @@ def _ticks(lo, hi, log):
     if log:
         out = []
         e = math.floor(math.log10(lo))
-        while 10 ** e <= hi * 1.0001:
+        while 10**e <= hi * 1.0001:
             for m in (1, 2, 5):
-                v = m * 10 ** e
+                v = m * 10**e
                 if lo / 1.0001 <= v <= hi * 1.0001:
                     out.append(v)
             e += 1
@@ -75,13 +77,16 @@ class _Axis(object):
 
 
 def _frame(title, xlabel, ylabel):
-    out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" '
-           'font-family="sans-serif" font-size="12">' % (W, H, W, H),
-           '<rect width="100%" height="100%" fill="white"/>',
-           '<text x="%d" y="22" font-size="15" text-anchor="middle">%s</text>' % ((ML + W - MR) // 2, escape(title)),
-           '<text x="%d" y="%d" text-anchor="middle">%s</text>' % ((ML + W - MR) // 2, H - 15, escape(xlabel)),
-           '<text x="18" y="%d" text-anchor="middle" transform="rotate(-90 18 %d)">%s</text>'
-           % ((MT + H - MB) // 2, (MT + H - MB) // 2, escape(ylabel))]
+    out = [
+        '<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" '
+        'font-family="sans-serif" font-size="12">' % (W, H, W, H),
+        '<rect width="100%" height="100%" fill="white"/>',
+        '<text x="%d" y="22" font-size="15" text-anchor="middle">%s</text>'
+        % ((ML + W - MR) // 2, escape(title)),
+        '<text x="%d" y="%d" text-anchor="middle">%s</text>' % ((ML + W - MR) // 2, H - 15, escape(xlabel)),
+        '<text x="18" y="%d" text-anchor="middle" transform="rotate(-90 18 %d)">%s</text>'
+        % ((MT + H - MB) // 2, (MT + H - MB) // 2, escape(ylabel)),
+    ]
     return out
 
 
@@ -113,8 +118,10 @@ def line_chart(path, series, title, xlabel, ylabel, logx=False, logy=False, dash
         Y = ya(t)
         out.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>' % (ML, Y, W - MR, Y))
         out.append('<text x="%d" y="%.1f" text-anchor="end">%s</text>' % (ML - 6, Y + 4, _fmt(t)))
-    out.append('<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#333"/>'
-               % (ML, MT, W - MR - ML, H - MB - MT))
+    out.append(
+        '<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#333"/>'
+        % (ML, MT, W - MR - ML, H - MB - MT)
+    )
     for i, (name, s) in enumerate(series.items()):
         c = _color(name, i)
         p = sorted((x, y) for x, y in s if y is not None)
@@ -122,11 +129,15 @@ def line_chart(path, series, title, xlabel, ylabel, logx=False, logy=False, dash
             continue
         dash = ' stroke-dasharray="6 4"' if name in dashed else ''
         if name not in markers_only:
-            out.append('<polyline fill="none" stroke="%s" stroke-width="2"%s points="%s"/>'
-                       % (c, dash, ' '.join('%.1f,%.1f' % (xa(x), ya(y)) for x, y in p)))
+            out.append(
+                '<polyline fill="none" stroke="%s" stroke-width="2"%s points="%s"/>'
+                % (c, dash, ' '.join('%.1f,%.1f' % (xa(x), ya(y)) for x, y in p))
+            )
         for x, y in p:
-            out.append('<circle cx="%.1f" cy="%.1f" r="3.5" fill="%s"><title>%s: %s, %s</title></circle>'
-                       % (xa(x), ya(y), c, escape(str(name)), _fmt(x), _fmt(y)))
+            out.append(
+                '<circle cx="%.1f" cy="%.1f" r="3.5" fill="%s"><title>%s: %s, %s</title></circle>'
+                % (xa(x), ya(y), c, escape(str(name)), _fmt(x), _fmt(y))
+            )
     _legend(out, list(series.keys()))
     out.append('</svg>')
     with open(path, 'w') as f:
@@ -150,17 +161,32 @@ def bar_chart(path, groups, series_names, values, title, ylabel, logy=False):
     bw = gw * 0.8 / max(1, len(series_names))
     for gi, g in enumerate(groups):
         x0 = ML + gi * gw + gw * 0.1
-        out.append('<text x="%.1f" y="%d" text-anchor="middle">%s</text>' % (ML + gi * gw + gw / 2, H - MB + 16, escape(str(g))))
+        out.append(
+            '<text x="%.1f" y="%d" text-anchor="middle">%s</text>'
+            % (ML + gi * gw + gw / 2, H - MB + 16, escape(str(g)))
+        )
         for si, s in enumerate(series_names):
             v = values.get((g, s))
             if v is None or (logy and v <= 0):
                 continue
             y = ya(v)
-            out.append('<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s %s: %s</title></rect>'
-                       % (x0 + si * bw, y, bw * 0.95, max(0.5, H - MB - y), _color(s, si),
-                          escape(str(g)), escape(str(s)), _fmt(v)))
-    out.append('<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#333"/>'
-               % (ML, MT, W - MR - ML, H - MB - MT))
+            out.append(
+                '<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s %s: %s</title></rect>'
+                % (
+                    x0 + si * bw,
+                    y,
+                    bw * 0.95,
+                    max(0.5, H - MB - y),
+                    _color(s, si),
+                    escape(str(g)),
+                    escape(str(s)),
+                    _fmt(v),
+                )
+            )
+    out.append(
+        '<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#333"/>'
+        % (ML, MT, W - MR - ML, H - MB - MT)
+    )
     _legend(out, series_names)
     out.append('</svg>')
     with open(path, 'w') as f:

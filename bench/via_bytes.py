@@ -79,13 +79,21 @@ def main():
                 env['SPINDLE_NO_HOP_CACHE'] = '1'
             before = rc.link_bytes(NAME, hops)
             t0 = time.monotonic()
-            p = subprocess.run([os.path.join(rc.VENV_BIN, 'ansible-playbook'), play,
-                                '-i', inv, '-i', via], env=env, cwd=work, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, universal_newlines=True)
+            p = subprocess.run(
+                [os.path.join(rc.VENV_BIN, 'ansible-playbook'), play, '-i', inv, '-i', via],
+                env=env,
+                cwd=work,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                universal_newlines=True,
+            )
             took = time.monotonic() - t0
             gw, down = [b - a for a, b in zip(before, rc.link_bytes(NAME, hops))]
-            print('%s: rc %d, %.1f s; controller -> gateway %d bytes, hops -> their targets %d '
-                  'bytes' % (label, p.returncode, took, gw, down), flush=True)
+            print(
+                '%s: rc %d, %.1f s; controller -> gateway %d bytes, hops -> their targets %d '
+                'bytes' % (label, p.returncode, took, gw, down),
+                flush=True,
+            )
             subprocess.run(['pkill', '-f', env['XDG_RUNTIME_DIR']])
             if p.returncode:
                 print(p.stdout[-4000:])

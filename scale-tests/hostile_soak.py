@@ -190,9 +190,15 @@ def main():
     ap.add_argument('--secs', type=float, default=60.0)
     ap.add_argument('--good', type=int, default=50)
     ap.add_argument('--each', type=int, default=2, help='targets of each hostile kind (5 kinds)')
-    ap.add_argument('--bin', default=os.environ.get('SPINDLE_BIN') or os.path.join(REPO, 'target', 'debug', 'spindle'))
-    ap.add_argument('--rss-mib', type=float, default=448.0,
-                    help='the client buffer budget, 2 replies being assembled, 64 MiB (docs/security.md)')
+    ap.add_argument(
+        '--bin', default=os.environ.get('SPINDLE_BIN') or os.path.join(REPO, 'target', 'debug', 'spindle')
+    )
+    ap.add_argument(
+        '--rss-mib',
+        type=float,
+        default=448.0,
+        help='the client buffer budget, 2 replies being assembled, 64 MiB (docs/security.md)',
+    )
     ap.add_argument('--log-mib', type=float, default=8.0)
     ap.add_argument('--out')
     args = ap.parse_args()
@@ -210,18 +216,23 @@ def main():
     sock = os.path.join(work, 'sock')
     log_path = os.path.join(work, 'daemon.log')
     log = open(log_path, 'wb')
-    daemon = subprocess.Popen([args.bin, 'serve', '--socket', sock, '-v'], stdout=log, stderr=log,
-                              start_new_session=True)
+    daemon = subprocess.Popen(
+        [args.bin, 'serve', '--socket', sock, '-v'], stdout=log, stderr=log, start_new_session=True
+    )
     deadline = time.monotonic() + 15
     while not os.path.exists(sock) and time.monotonic() < deadline:
         time.sleep(0.05)
     stats = Stats()
     stop = threading.Event()
-    threads = [threading.Thread(target=good_loop, args=(sock, i, stop, stats), daemon=True)
-               for i in range(args.good)]
+    threads = [
+        threading.Thread(target=good_loop, args=(sock, i, stop, stats), daemon=True) for i in range(args.good)
+    ]
     kinds = ('logflood', 'endless_output', 'fetchflood', 'slow_reader', 'garbage')
-    threads += [threading.Thread(target=hostile_loop, args=(sock, k, i, stop, stats, work, fakes),
-                                 daemon=True) for k in kinds for i in range(args.each)]
+    threads += [
+        threading.Thread(target=hostile_loop, args=(sock, k, i, stop, stats, work, fakes), daemon=True)
+        for k in kinds
+        for i in range(args.each)
+    ]
     for t in threads:
         t.start()
     peak = 0
@@ -232,9 +243,17 @@ def main():
         peak = max(peak, rss_kib(daemon.pid) or 0)
         if time.monotonic() - last >= 10:
             last = time.monotonic()
-            print('soak: %3.0f s  good answers %d (bad %d)  daemon RSS %.0f MiB  log %.1f MiB'
-                  % (last - t0, stats.good_ok, len(stats.good_bad), (rss_kib(daemon.pid) or 0) / 1024.0,
-                     os.path.getsize(log_path) / 1048576.0), flush=True)
+            print(
+                'soak: %3.0f s  good answers %d (bad %d)  daemon RSS %.0f MiB  log %.1f MiB'
+                % (
+                    last - t0,
+                    stats.good_ok,
+                    len(stats.good_bad),
+                    (rss_kib(daemon.pid) or 0) / 1024.0,
+                    os.path.getsize(log_path) / 1048576.0,
+                ),
+                flush=True,
+            )
     alive = daemon.poll() is None
     stop.set()
     for t in threads:
@@ -252,11 +271,18 @@ def main():
             daemon.kill()
     log.close()
     log_mib = os.path.getsize(log_path) / 1048576.0
-    result = {'secs': args.secs, 'good_targets': args.good, 'hostile_each': args.each,
-              'good_answers': stats.good_ok, 'good_wrong': stats.good_bad,
-              'hostile_outcomes': stats.hostile, 'daemon_alive': alive,
-              'daemon_peak_rss_mib': round(peak / 1024.0, 1), 'daemon_log_mib': round(log_mib, 2),
-              'limits': {'rss_mib': args.rss_mib, 'log_mib': args.log_mib}}
+    result = {
+        'secs': args.secs,
+        'good_targets': args.good,
+        'hostile_each': args.each,
+        'good_answers': stats.good_ok,
+        'good_wrong': stats.good_bad,
+        'hostile_outcomes': stats.hostile,
+        'daemon_alive': alive,
+        'daemon_peak_rss_mib': round(peak / 1024.0, 1),
+        'daemon_log_mib': round(log_mib, 2),
+        'limits': {'rss_mib': args.rss_mib, 'log_mib': args.log_mib},
+    }
     print(json.dumps(result, indent=1, sort_keys=True))
     if args.out:
         with open(args.out, 'w') as f:
@@ -265,7 +291,9 @@ def main():
     if not alive:
         problems.append('the daemon died (exit %s)' % daemon.returncode)
     if stats.good_bad:
-        problems.append('%d wrong answers to well-behaved targets, e.g. %s' % (len(stats.good_bad), stats.good_bad[:3]))
+        problems.append(
+            '%d wrong answers to well-behaved targets, e.g. %s' % (len(stats.good_bad), stats.good_bad[:3])
+        )
     if stats.good_ok < args.good:
         problems.append('only %d good answers' % stats.good_ok)
     if peak / 1024.0 > args.rss_mib:

@@ -54,6 +54,11 @@ if ((${#ee_missing[@]})); then
   echo "venv.sh: installing ${ee_missing[*]} (ansible-core held at $core)"
   "$VENV/bin/pip" install -q "${EE_PINS[@]}" "ansible-core==$core"
 fi
+RUFF_VERSION=0.17.6      # `make lint`'s Python linter and format check (ruff.toml)
+if [[ $("$VENV/bin/ruff" --version 2>/dev/null) != "ruff $RUFF_VERSION" ]]; then
+  echo "venv.sh: installing ruff $RUFF_VERSION (make lint)"
+  "$VENV/bin/pip" install -q "ruff==$RUFF_VERSION"
+fi
 if [[ $("$VENV/bin/maturin" --version 2>/dev/null) != "maturin $MATURIN_VERSION" ]]; then
   echo "venv.sh: installing maturin $MATURIN_VERSION (builds the wheel)"
   "$VENV/bin/pip" install -q "maturin==$MATURIN_VERSION"

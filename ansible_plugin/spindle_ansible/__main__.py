@@ -27,20 +27,22 @@ def config_lines():
     ``ansible`` and ``ansible-console`` too); the spindle strategies and the connection
     plugin's directory are listed too, for ``strategy = spindle_linear`` and ``ansible-doc``."""
     plugins = _plugins()
-    return "\n".join([
-        "[defaults]",
-        "callback_plugins = %s" % os.path.join(plugins, 'callback'),
-        "callbacks_enabled = spindle",
-        "; ad-hoc `ansible` and `ansible-console` load enabled callbacks only with this (without",
-        "; it they run stock ssh); it also lets them use a stdout_callback you configured",
-        "bin_ansible_callbacks = True",
-        "; under ansible-runner (AWX, ansible-navigator) runner's own ANSIBLE_CALLBACK_PLUGINS hides",
-        "; callback_plugins: put what `python -m spindle_ansible --envvars` prints in env/envvars",
-        "; optional: ansible-doc for the connection plugin; the strategies spindle_linear and",
-        "; spindle_free (an alternative to the callback: set them as the strategy)",
-        "connection_plugins = %s" % os.path.join(plugins, 'connection'),
-        "strategy_plugins = %s" % os.path.join(plugins, 'strategy'),
-    ])
+    return "\n".join(
+        [
+            "[defaults]",
+            "callback_plugins = %s" % os.path.join(plugins, 'callback'),
+            "callbacks_enabled = spindle",
+            "; ad-hoc `ansible` and `ansible-console` load enabled callbacks only with this (without",
+            "; it they run stock ssh); it also lets them use a stdout_callback you configured",
+            "bin_ansible_callbacks = True",
+            "; under ansible-runner (AWX, ansible-navigator) runner's own ANSIBLE_CALLBACK_PLUGINS hides",
+            "; callback_plugins: put what `python -m spindle_ansible --envvars` prints in env/envvars",
+            "; optional: ansible-doc for the connection plugin; the strategies spindle_linear and",
+            "; spindle_free (an alternative to the callback: set them as the strategy)",
+            "connection_plugins = %s" % os.path.join(plugins, 'connection'),
+            "strategy_plugins = %s" % os.path.join(plugins, 'strategy'),
+        ]
+    )
 
 
 def env_vars():
@@ -71,6 +73,7 @@ def main(argv=None):
     if args == ['--envvars']:
         # YAML: a plain scalar cannot hold every path; JSON strings are YAML strings.
         import json
+
         print("\n".join("%s: %s" % (k, json.dumps(v)) for k, v in env_vars()))
         return 0
     if args:

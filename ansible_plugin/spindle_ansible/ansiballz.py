@@ -6,6 +6,7 @@ Handles both wrapper dialects:
   v2 = ansible-core 2.19/2.20/2.21  (`_ansiballz_main(zip_data=..., params=..., ...)` call at the end)
   v1 = ansible-core <= 2.18         (`ZIPDATA = '...'`, `ANSIBALLZ_PARAMS = '...'` in `_ansiballz_main()`)
 """
+
 import ast
 import base64
 import hashlib
@@ -56,7 +57,7 @@ def parse_wrapper(src):
     m = _ZIP_LITERAL.search(src, tail) if tail >= 0 else None
     if m:
         try:
-            out = _parse(src[:m.start(2)] + src[m.end(2):])
+            out = _parse(src[: m.start(2)] + src[m.end(2) :])
         except (SyntaxError, ValueError, KeyError, NotAnsiballz):
             out = {}
         if out.get('dialect') == 'v2' and out['zip'] == b'':
@@ -71,12 +72,23 @@ def _parse(src):
     # v2: if __name__ == "__main__": _ansiballz_main(zip_data=..., ...)
     if isinstance(last, ast.If) and last.body and isinstance(last.body[0], ast.Expr):
         call = last.body[0].value
-        if isinstance(call, ast.Call) and getattr(call.func, 'id', None) == '_ansiballz_main' and call.keywords:
+        if (
+            isinstance(call, ast.Call)
+            and getattr(call.func, 'id', None) == '_ansiballz_main'
+            and call.keywords
+        ):
             kw = dict((k.arg, k.value) for k in call.keywords)
-            return dict(dialect='v2', tb_lines=_tb_lines(tree), ansible_module=_lit(kw['ansible_module']), module_fqn=_lit(kw['module_fqn']),
-                        profile=_lit(kw['profile']), rlimit_nofile=_lit(kw['rlimit_nofile']),
-                        params=_lit(kw['params']), extensions=_lit(kw['extensions']),
-                        zip=base64.b64decode(_lit(kw['zip_data'])))
+            return dict(
+                dialect='v2',
+                tb_lines=_tb_lines(tree),
+                ansible_module=_lit(kw['ansible_module']),
+                module_fqn=_lit(kw['module_fqn']),
+                profile=_lit(kw['profile']),
+                rlimit_nofile=_lit(kw['rlimit_nofile']),
+                params=_lit(kw['params']),
+                extensions=_lit(kw['extensions']),
+                zip=base64.b64decode(_lit(kw['zip_data'])),
+            )
     # v1: def _ansiballz_main(): ... ZIPDATA = '...'; ANSIBALLZ_PARAMS = '...'
     main = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == '_ansiballz_main']
     if not main:
@@ -89,7 +101,7 @@ def _parse(src):
                 out['zip'] = base64.b64decode(_lit(node.value))
             elif name == 'ANSIBALLZ_PARAMS' and isinstance(node.value, ast.Constant):
                 out['params'] = _lit(node.value)
-            elif name == 'requested_soft':   # ANSIBALLZ_RLIMIT_TEMPLATE: min(existing_hard, N)
+            elif name == 'requested_soft':  # ANSIBALLZ_RLIMIT_TEMPLATE: min(existing_hard, N)
                 out['rlimit_nofile'] = _lit(node.value.args[1])
         elif isinstance(node, ast.Call) and getattr(node.func, 'attr', None) == 'run_module':
             for k in node.keywords:
@@ -121,7 +133,7 @@ def split_module_command(cmd):
     if len(argv) == 3 and argv[1] == '-c':
         inner = argv[2]
         if inner.endswith(' && sleep 0'):
-            inner = inner[:-len(' && sleep 0')]
+            inner = inner[: -len(' && sleep 0')]
         argv = shlex.split(inner)
     env = {}
     while argv and '=' in argv[0] and argv[0].split('=', 1)[0].replace('_', 'a').isalnum():

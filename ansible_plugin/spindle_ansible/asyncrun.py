@@ -45,6 +45,7 @@ class AsyncStock(Exception):
 
 def _version():
     from ansible.release import __version__
+
     return __version__
 
 
@@ -55,10 +56,13 @@ def _shape_ok():
         why = None
         version = _version()
         if '.'.join(version.split('.')[:2]) not in VERIFIED:
-            why = ('ansible-core %s is not a version spindle starts async tasks in the agent on '
-                   '(verified: %s)' % (version, ', '.join(VERIFIED)))
+            why = (
+                'ansible-core %s is not a version spindle starts async tasks in the agent on '
+                '(verified: %s)' % (version, ', '.join(VERIFIED))
+            )
         else:
             from ansible.plugins.action import ActionBase
+
             try:
                 params = inspect.signature(ActionBase._execute_module).parameters
             except (TypeError, ValueError):
@@ -79,6 +83,7 @@ def job_dialect():
 def refusal(action):
     """Why this action's async module run cannot start in the agent, or None."""
     from ansible import constants as C
+
     why = _shape_ok()
     if why:
         return why
@@ -94,4 +99,5 @@ def refusal(action):
 def route_action(obj, connection):
     """The ``async-execute-module`` patch (it lives in :mod:`spindle_ansible.compat`)."""
     from spindle_ansible import compat
+
     return compat.route_async(obj, connection)

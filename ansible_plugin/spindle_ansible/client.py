@@ -76,8 +76,13 @@ PathLike = Union[str, "os.PathLike[str]"]
 class SpindleError(Exception):
     """A failed request: ``kind`` (see docs/api.md), ``message``, ``host`` (or None)."""
 
-    def __init__(self, kind: str, message: str = "", host: Optional[str] = None,
-                 details: Optional[Mapping[str, Any]] = None):
+    def __init__(
+        self,
+        kind: str,
+        message: str = "",
+        host: Optional[str] = None,
+        details: Optional[Mapping[str, Any]] = None,
+    ):
         super().__init__(kind, message, host)
         self.kind = kind
         self.message = message
@@ -98,8 +103,22 @@ class SpindleError(Exception):
 
 
 #: The daemon's transports (docs/api.md); None means its default, ssh.
-TRANSPORTS = (None, "ssh", "local", "docker", "podman", "buildah", "lxc", "lxd", "incus",
-              "kubectl", "chroot", "setns", "jail", "machinectl")
+TRANSPORTS = (
+    None,
+    "ssh",
+    "local",
+    "docker",
+    "podman",
+    "buildah",
+    "lxc",
+    "lxd",
+    "incus",
+    "kubectl",
+    "chroot",
+    "setns",
+    "jail",
+    "machinectl",
+)
 
 
 @dataclass
@@ -138,8 +157,10 @@ class TargetSpec:
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
-            raise ValueError("transport must be one of %s, not %r"
-                             % (", ".join(t for t in TRANSPORTS if t), self.transport))
+            raise ValueError(
+                "transport must be one of %s, not %r"
+                % (", ".join(t for t in TRANSPORTS if t), self.transport)
+            )
         if self.transport != "local" and not self.host:
             raise ValueError("an %s target needs a host" % (self.transport or "ssh"))
 
@@ -207,9 +228,7 @@ class _Connection:
         self.dead: Optional[str] = None  # why the connection is unusable
         self.fatal: Optional[str] = None  # an id-0 error reply from the daemon
         self.closed = False
-        self.reader = threading.Thread(
-            target=self._read_loop, name="spindle-client-reader", daemon=True
-        )
+        self.reader = threading.Thread(target=self._read_loop, name="spindle-client-reader", daemon=True)
 
     # -- callers -------------------------------------------------------------------
 
@@ -450,7 +469,7 @@ class Client:
         target: Union[None, TargetSpec, Mapping[str, Any]] = None,
         *,
         call_timeout: Optional[float] = _DEFAULT,
-        **fields: Any
+        **fields: Any,
     ) -> Dict[str, Any]:
         """Send ``{"op": op, "target": target, **fields}`` and return the ``result``.
 
@@ -473,9 +492,7 @@ class Client:
         with self._lock:
             rid = next(self._ids)
         msg["id"] = rid
-        payload = json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-            "utf-8"
-        )
+        payload = json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
         if len(payload) > MAX_MESSAGE:
             raise SpindleError(
                 "bad_request",
@@ -542,7 +559,7 @@ class Client:
         *,
         login_shell: bool = False,
         tty: bool = False,
-        call_timeout=_DEFAULT
+        call_timeout=_DEFAULT,
     ) -> ExecResult:
         """Run ``argv`` (no shell) or ``shell`` (``/bin/sh -c``) on the target.
 
@@ -605,7 +622,7 @@ class Client:
         group: Optional[str] = None,
         *,
         apply_umask: bool = False,
-        call_timeout=_DEFAULT
+        call_timeout=_DEFAULT,
     ) -> Dict[str, Any]:
         """Copy controller file ``src`` to ``dest`` on the target; ``{"path", "size", "sha256"}``.
 

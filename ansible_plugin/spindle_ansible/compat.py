@@ -76,8 +76,16 @@ def _shape(name):
         from ansible.plugins.action import ActionBase
         from ansible.plugins.action.copy import ActionModule as Copy
 
-        want = ['self', 'source_full', 'source_rel', 'content', 'content_tempfile', 'dest',
-                'task_vars', 'follow']
+        want = [
+            'self',
+            'source_full',
+            'source_rel',
+            'content',
+            'content_tempfile',
+            'dest',
+            'task_vars',
+            'follow',
+        ]
         if _params(getattr(Copy, '_copy_file', None)) != want:
             missing.append('copy ActionModule._copy_file%s' % ('(' + ', '.join(want[1:]) + ')'))
         for attr in ('_early_needs_tmp_path', '_execute_module', '_make_tmp_path'):
@@ -105,21 +113,24 @@ def applies(name):
     version = core_version()
     missing = _shape(name)
     if missing:
-        display.warning("spindle: ansible-core %s lacks what spindle's %s patch relies on (%s): "
-                        "it is not applied, Ansible's own behaviour stays" % (version, name,
-                                                                               ', '.join(missing)))
+        display.warning(
+            "spindle: ansible-core %s lacks what spindle's %s patch relies on (%s): "
+            "it is not applied, Ansible's own behaviour stays" % (version, name, ', '.join(missing))
+        )
         ok = False
     else:
         if version not in VERIFIED:
-            display.warning("spindle: the %s patch was verified on ansible-core %s, not %s; the "
-                            "shapes it relies on match, so it is applied"
-                            % (name, ', '.join(VERIFIED), version))
+            display.warning(
+                "spindle: the %s patch was verified on ansible-core %s, not %s; the "
+                "shapes it relies on match, so it is applied" % (name, ', '.join(VERIFIED), version)
+            )
         ok = True
     _checked[name] = ok
     return ok
 
 
 # -- loader-routing -----------------------------------------------------------------------------
+
 
 def _route(loader_get_with_context, routes, connection_name, connection_dir):
     from ansible.errors import AnsibleError
@@ -131,8 +142,10 @@ def _route(loader_get_with_context, routes, connection_name, connection_dir):
         result = loader_get_with_context(connection_name, *args, **kwargs)
         obj = result[0]
         if obj is None:
-            raise AnsibleError("spindle: the connection plugin %r was not found (looked in %s)"
-                               % (connection_name, connection_dir))
+            raise AnsibleError(
+                "spindle: the connection plugin %r was not found (looked in %s)"
+                % (connection_name, connection_dir)
+            )
         if not kwargs.get('class_only') and hasattr(obj, 'spindle_route'):
             obj.spindle_route(transport)
         return result
@@ -188,8 +201,7 @@ class LoaderPatch(object):
         loader.get(self.connection_name, class_only=True)
         own = loader.__dict__
         self.saved = {k: own[k] for k in ('get', 'get_with_context') if k in own}
-        routed = _route(loader.get_with_context, self.routes, self.connection_name,
-                        self.connection_dir)
+        routed = _route(loader.get_with_context, self.routes, self.connection_name, self.connection_dir)
         loader.get_with_context = routed
         loader.get = _routed_get(routed)
         if self.actions is not None and not getattr(self.actions.get, 'spindle_routed', False):
@@ -237,16 +249,18 @@ def fast_class(cls):
     if fast is None:
         attrs = {'_early_needs_tmp_path': _no_early_tmp, '_spindle_fast_copy': True}
         if cls.__module__ == 'ansible.plugins.action.copy':
-            def _copy_file(self, source_full, source_rel, content, content_tempfile, dest,
-                           task_vars, follow):
-                done = fast_copy_file(self, source_full, source_rel, content, content_tempfile,
-                                      dest, task_vars, follow)
+
+            def _copy_file(self, source_full, source_rel, content, content_tempfile, dest, task_vars, follow):
+                done = fast_copy_file(
+                    self, source_full, source_rel, content, content_tempfile, dest, task_vars, follow
+                )
                 if done is not NotImplemented:
                     return done
                 if self._connection._shell.tmpdir is None:
                     self._make_tmp_path()  # what run() would have made up front
-                return cls._copy_file(self, source_full, source_rel, content, content_tempfile,
-                                      dest, task_vars, follow)
+                return cls._copy_file(
+                    self, source_full, source_rel, content, content_tempfile, dest, task_vars, follow
+                )
 
             attrs['_copy_file'] = _copy_file
         fast = type('Spindle' + cls.__name__, (cls,), attrs)
@@ -269,6 +283,7 @@ def route_action(name, obj, connection):
 
 
 # -- become-wrap --------------------------------------------------------------------------------
+
 
 def wrap_become(plugin, memory, limit):
     """Wrap ``plugin.build_become_command`` (this instance only) so each command it wraps is
@@ -300,21 +315,38 @@ def wrap_become(plugin, memory, limit):
 _ASYNC_CLASSES = {}
 
 
-def _async_execute_module(cls, self, module_name=None, module_args=None, tmp=None,
-                          task_vars=None, persist_files=False, delete_remote_tmp=None,
-                          wrap_async=False, **kwargs):
+def _async_execute_module(
+    cls,
+    self,
+    module_name=None,
+    module_args=None,
+    tmp=None,
+    task_vars=None,
+    persist_files=False,
+    delete_remote_tmp=None,
+    wrap_async=False,
+    **kwargs,
+):
     base = super(cls, self)._execute_module
     conn = self._connection
-    kw = dict(kwargs, module_name=module_name, module_args=module_args, tmp=tmp,
-              task_vars=task_vars, persist_files=persist_files, delete_remote_tmp=delete_remote_tmp)
+    kw = dict(
+        kwargs,
+        module_name=module_name,
+        module_args=module_args,
+        tmp=tmp,
+        task_vars=task_vars,
+        persist_files=persist_files,
+        delete_remote_tmp=delete_remote_tmp,
+    )
     if not wrap_async:
         return base(wrap_async=False, **kw)
     from spindle_ansible.asyncrun import AsyncStock, job_dialect, refusal
 
     why = refusal(self)
     if why is None:
-        job = dict(job_dialect(), jid='j%d' % secrets.randbelow(999999999999),
-                   limit=int(self._task.async_val))
+        job = dict(
+            job_dialect(), jid='j%d' % secrets.randbelow(999999999999), limit=int(self._task.async_val)
+        )
         conn._spindle_async = job
         try:
             data = base(wrap_async=False, **kw)
@@ -341,11 +373,15 @@ def async_class(cls):
     """``cls`` with the async ``_execute_module`` (one subclass per action class)."""
     sub = _ASYNC_CLASSES.get(cls)
     if sub is None:
+
         def execute_module(self, *args, **kwargs):
             return _async_execute_module(sub, self, *args, **kwargs)
 
-        sub = type('SpindleAsync' + cls.__name__, (cls,),
-                   {'_execute_module': execute_module, '_spindle_async_action': True})
+        sub = type(
+            'SpindleAsync' + cls.__name__,
+            (cls,),
+            {'_execute_module': execute_module, '_spindle_async_action': True},
+        )
         _ASYNC_CLASSES[cls] = sub
     return sub
 

@@ -58,14 +58,15 @@ def _capture(conn, action, runs):
     conn._spindle_intercept = hook
     try:
         for name, args in runs:
-            action._execute_module(module_name=name, module_args=dict(args), task_vars=action._spindle_task_vars)
+            action._execute_module(
+                module_name=name, module_args=dict(args), task_vars=action._spindle_task_vars
+            )
     finally:
         conn._spindle_intercept = None
     return captured if len(captured) == len(runs) else None
 
 
-def fast_copy_file(action, source_full, source_rel, content, content_tempfile, dest,
-                   task_vars, follow):
+def fast_copy_file(action, source_full, source_rel, content, content_tempfile, dest, task_vars, follow):
     """The copy action's ``_copy_file`` in one round trip, or NotImplemented (stock path)."""
     from ansible.plugins.action.copy import _create_remote_copy_args, _create_remote_file_args
 
@@ -73,8 +74,13 @@ def fast_copy_file(action, source_full, source_rel, content, content_tempfile, d
     args = action._task.args
     if not hasattr(conn, 'spindle_copy_fast'):
         return NotImplemented
-    if (boolean(args.get('raw', 'no'), strict=False) or not boolean(args.get('force', 'yes'), strict=False)
-            or action._task.diff or action._task.check_mode or action._task.async_val):
+    if (
+        boolean(args.get('raw', 'no'), strict=False)
+        or not boolean(args.get('force', 'yes'), strict=False)
+        or action._task.diff
+        or action._task.check_mode
+        or action._task.async_val
+    ):
         return NotImplemented
     shell = conn._shell
     if shell.path_has_trailing_slash(dest) or shell.tmpdir is not None:
@@ -136,9 +142,16 @@ def fast_copy_file(action, source_full, source_rel, content, content_tempfile, d
     if captured is None:
         action._loader.cleanup_tmp_file(real)
         return NotImplemented
-    res = conn.spindle_copy_fast(captured[0], captured[1], dest=dest, follow=bool(follow),
-                                 checksum=local_checksum, staged=staged, data=data,
-                                 source=None if data is not None else real)
+    res = conn.spindle_copy_fast(
+        captured[0],
+        captured[1],
+        dest=dest,
+        follow=bool(follow),
+        checksum=local_checksum,
+        staged=staged,
+        data=data,
+        source=None if data is not None else real,
+    )
     if res is None or res.get('outcome') not in ('copy', 'file'):
         action._loader.cleanup_tmp_file(real)
         return NotImplemented
@@ -148,8 +161,9 @@ def fast_copy_file(action, source_full, source_rel, content, content_tempfile, d
     name, module_args = runs[0] if res['outcome'] == 'copy' else runs[1]
     conn._spindle_intercept = lambda cmd, in_data, spec: out if _is_module_run(in_data) else None
     try:
-        module_return = action._execute_module(module_name=name, module_args=dict(module_args),
-                                               task_vars=task_vars)
+        module_return = action._execute_module(
+            module_name=name, module_args=dict(module_args), task_vars=task_vars
+        )
     finally:
         conn._spindle_intercept = None
     action._remove_tempfile_if_content_defined(content, content_tempfile)

@@ -56,14 +56,28 @@ MAX_PERSIST = 86400
 LOG_LIMIT = 8 << 20
 #: Environment variables that change between runs of one shell without changing what the
 #: daemon does (they stay out of the daemon key).
-VOLATILE_ENV = frozenset((
-    'PWD', 'OLDPWD', '_', 'SHLVL', 'COLUMNS', 'LINES', 'TERM', 'SSH_TTY', 'WINDOWID',
-    'SPINDLE_SOCKET', 'SPINDLE_PATHS_FILE', 'SPINDLE_PERSIST', 'SPINDLE_RUN_ID',
-    'SPINDLE_PERSIST_IGNORE_ENV',
-))
+VOLATILE_ENV = frozenset(
+    (
+        'PWD',
+        'OLDPWD',
+        '_',
+        'SHLVL',
+        'COLUMNS',
+        'LINES',
+        'TERM',
+        'SSH_TTY',
+        'WINDOWID',
+        'SPINDLE_SOCKET',
+        'SPINDLE_PATHS_FILE',
+        'SPINDLE_PERSIST',
+        'SPINDLE_RUN_ID',
+        'SPINDLE_PERSIST_IGNORE_ENV',
+    )
+)
 
 
 # -- the binary -------------------------------------------------------------------------------
+
 
 def install_dirs():
     """Where ``pip install spindle-ansible`` puts the ``spindle`` binary for the running Python.
@@ -126,6 +140,7 @@ def find_binary():
 
 # -- talking to a daemon without Client -------------------------------------------------------
 
+
 def _parent_death_signal():
     """A preexec_fn asking Linux to SIGTERM the daemon when the controller dies, or None."""
     try:
@@ -183,6 +198,7 @@ def request_shutdown(path, timeout):
 
 # -- where a persistent daemon lives ----------------------------------------------------------
 
+
 def persist_seconds():
     """SPINDLE_PERSIST as whole seconds (default 60; 0: a private daemon per run)."""
     raw = os.environ.get('SPINDLE_PERSIST', '').strip()
@@ -193,8 +209,10 @@ def persist_seconds():
     except ValueError:
         value = -1
     if not 0 <= value <= MAX_PERSIST:
-        raise AnsibleError("spindle: SPINDLE_PERSIST=%r: must be whole seconds 0..%d (0: stop the "
-                           "daemon when the run ends)" % (raw, MAX_PERSIST))
+        raise AnsibleError(
+            "spindle: SPINDLE_PERSIST=%r: must be whole seconds 0..%d (0: stop the "
+            "daemon when the run ends)" % (raw, MAX_PERSIST)
+        )
     return value
 
 
@@ -216,12 +234,13 @@ def _private_dir(path):
             raise AnsibleError("spindle: cannot create %s: %s" % (path, e))
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
-        raise AnsibleError("spindle: %s is not a directory; remove it, or set SPINDLE_PERSIST=0"
-                           % path)
+        raise AnsibleError("spindle: %s is not a directory; remove it, or set SPINDLE_PERSIST=0" % path)
     if st.st_uid != os.getuid() or st.st_mode & 0o077:
-        raise AnsibleError("spindle: refusing %s: owned by uid %d with mode %04o (it must be "
-                           "yours, mode 0700); remove it, or set SPINDLE_PERSIST=0"
-                           % (path, st.st_uid, stat.S_IMODE(st.st_mode)))
+        raise AnsibleError(
+            "spindle: refusing %s: owned by uid %d with mode %04o (it must be "
+            "yours, mode 0700); remove it, or set SPINDLE_PERSIST=0"
+            % (path, st.st_uid, stat.S_IMODE(st.st_mode))
+        )
     return path
 
 
@@ -242,8 +261,11 @@ def daemon_key(binary, environ=None):
         'binary': [os.path.realpath(binary), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns],
         'ansible': ansible.__version__ if hasattr(ansible, '__version__') else _core_version(),
         'python': sys.version,
-        'env': sorted((k, v) for k, v in environ.items()
-                      if k not in VOLATILE_ENV and k not in ignore and not k.startswith('ANSIBLE_')),
+        'env': sorted(
+            (k, v)
+            for k, v in environ.items()
+            if k not in VOLATILE_ENV and k not in ignore and not k.startswith('ANSIBLE_')
+        ),
     }
     raw = json.dumps(ident, sort_keys=True).encode('utf-8', 'surrogateescape')
     return hashlib.sha256(raw).hexdigest()[:20]
@@ -256,6 +278,7 @@ def _core_version():
 
 
 # -- a daemon started here --------------------------------------------------------------------
+
 
 class Daemon(object):
     """A ``spindle serve`` started by this controller process.
@@ -288,8 +311,12 @@ class Daemon(object):
             log.truncate(0)
         try:
             self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                close_fds=True, start_new_session=True,  # no terminal signals (Ctrl-C)
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                close_fds=True,
+                start_new_session=True,  # no terminal signals (Ctrl-C)
                 # a persistent daemon outlives us: no parent-death signal, and no cwd pinned
                 cwd='/' if persist else None,
                 preexec_fn=None if persist else _parent_death_signal(),
@@ -317,14 +344,18 @@ class Daemon(object):
                 tail = self._log_tail()
                 if not self.persist:
                     shutil.rmtree(self.dir, ignore_errors=True)
-                raise AnsibleError("spindle: the daemon exited with status %s at start%s"
-                                   % (self.proc.returncode, (': ' + tail) if tail else ''))
+                raise AnsibleError(
+                    "spindle: the daemon exited with status %s at start%s"
+                    % (self.proc.returncode, (': ' + tail) if tail else '')
+                )
             if os.path.exists(self.socket) and accepts(self.socket):
                 return
             if time.monotonic() > deadline:
                 self.stop(force=True)
-                raise AnsibleError("spindle: the daemon did not accept connections on %s within %ss"
-                                   % (self.socket, _START_TIMEOUT))
+                raise AnsibleError(
+                    "spindle: the daemon did not accept connections on %s within %ss"
+                    % (self.socket, _START_TIMEOUT)
+                )
             time.sleep(0.01)
 
     def alive(self):
@@ -402,7 +433,7 @@ def _prune(base, keep):
     day_ago = time.time() - 86400
     for name in names:
         lock = os.path.join(base, name)
-        if name.endswith('.lock') and not os.path.exists(lock[:-len('.lock')]):
+        if name.endswith('.lock') and not os.path.exists(lock[: -len('.lock')]):
             try:
                 if os.stat(lock).st_mtime < day_ago:
                     os.unlink(lock)
@@ -425,8 +456,10 @@ def attach_or_start(binary, persist):
             return sock, None
         _prune(base, directory)
         daemon = Daemon(binary, persist, directory)
-        display.vv("spindle: started daemon pid %d on %s (it exits %ds after the last run; "
-                   "SPINDLE_PERSIST)" % (daemon.proc.pid, sock, persist))
+        display.vv(
+            "spindle: started daemon pid %d on %s (it exits %ds after the last run; "
+            "SPINDLE_PERSIST)" % (daemon.proc.pid, sock, persist)
+        )
         return sock, daemon
 
 
@@ -487,22 +520,29 @@ def ensure_daemon():
     given = os.environ.get('SPINDLE_SOCKET')
     if given and given != _exported:
         if not accepts(given):
-            raise AnsibleError("spindle: SPINDLE_SOCKET=%s, but no spindle daemon accepts "
-                               "connections there" % given)
+            raise AnsibleError(
+                "spindle: SPINDLE_SOCKET=%s, but no spindle daemon accepts connections there" % given
+            )
         return given
     if _exported is not None and accepts(_exported):
         return _exported
     if _exported is not None:
-        display.warning("spindle: the daemon on %s is gone%s; starting a new one"
-                        % (_exported, '' if _daemon is None or _daemon.alive()
-                           else ' (exit status %s)' % _daemon.proc.returncode))
+        display.warning(
+            "spindle: the daemon on %s is gone%s; starting a new one"
+            % (
+                _exported,
+                '' if _daemon is None or _daemon.alive() else ' (exit status %s)' % _daemon.proc.returncode,
+            )
+        )
         if _daemon is not None:
             _daemon.stop(force=True)
             _daemon = None
     persist = persist_seconds()
     if persist and display.verbosity >= 3:
-        display.vvv("spindle: -vvv: a private daemon for this run, logging here at this "
-                    "verbosity (the persistent one, SPINDLE_PERSIST, logs to its directory)")
+        display.vvv(
+            "spindle: -vvv: a private daemon for this run, logging here at this "
+            "verbosity (the persistent one, SPINDLE_PERSIST, logs to its directory)"
+        )
         persist = 0
     binary = find_binary()
     if persist:

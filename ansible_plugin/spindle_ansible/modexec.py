@@ -26,16 +26,35 @@ from spindle_ansible.client import SpindleError
 #: the task's Python lacks the system's apt/dnf bindings), which imports the payload from a
 #: file: they run in a forked child of the agent with the payload zip in a private temp
 #: directory, as stock's wrapper has it, removed when the run ends (docs/module-execution.md).
-RESPAWNING = frozenset((
-    'apt', 'apt_repository', 'dnf', 'dnf5', 'package_facts', 'deb822_repository',
-))
+RESPAWNING = frozenset(
+    (
+        'apt',
+        'apt_repository',
+        'dnf',
+        'dnf5',
+        'package_facts',
+        'deb822_repository',
+    )
+)
 
 #: Modules that always run in a forked child of the agent (they daemonize, hold process-wide
 #: state in C libraries, or are known from Mitogen's experience to misbehave in-process).
-ALWAYS_FORK = frozenset((
-    'firewalld', 'service', 'sysvinit', 'systemd', 'systemd_service', 'reboot', 'expect',
-    'selinux', 'seboolean', 'sefcontext', 'seport', 'selogin',
-))
+ALWAYS_FORK = frozenset(
+    (
+        'firewalld',
+        'service',
+        'sysvinit',
+        'systemd',
+        'systemd_service',
+        'reboot',
+        'expect',
+        'selinux',
+        'seboolean',
+        'sefcontext',
+        'seport',
+        'selogin',
+    )
+)
 
 ISOLATION = ('warm', 'inproc', 'fork', 'off')
 
@@ -46,6 +65,7 @@ _CORE_SHA = {}  # payload path -> sha256 of the controller's installed ansible-c
 def _installed_sha(rel):
     if rel not in _CORE_SHA:
         import ansible
+
         site = os.path.dirname(os.path.dirname(os.path.abspath(ansible.__file__)))
         try:
             with open(os.path.join(site, rel), 'rb') as f:
@@ -62,6 +82,7 @@ def prime_core_hashes():
     if _CORE_SHA:
         return
     import ansible
+
     site = os.path.dirname(os.path.dirname(os.path.abspath(ansible.__file__)))
     top = os.path.join(site, 'ansible', 'module_utils')
     for root, _dirs, files in os.walk(top):
@@ -107,8 +128,24 @@ def is_module_run(in_data):
 
 
 #: Programs Ansible runs on its remote temp files that are not modules.
-_FILE_TOOLS = frozenset(('rm', 'chmod', 'chown', 'chgrp', 'chflags', 'setfacl', 'mkdir', 'cp',
-                         'mv', 'cat', 'echo', 'test', 'umask', '('))
+_FILE_TOOLS = frozenset(
+    (
+        'rm',
+        'chmod',
+        'chown',
+        'chgrp',
+        'chflags',
+        'setfacl',
+        'mkdir',
+        'cp',
+        'mv',
+        'cat',
+        'echo',
+        'test',
+        'umask',
+        '(',
+    )
+)
 
 
 def file_module_reason(cmd, in_data=None, sudoable=True):
@@ -128,6 +165,7 @@ def file_module_reason(cmd, in_data=None, sudoable=True):
     if 'async_wrapper' in cmd:
         return "async task (Ansible runs it from files with its async_wrapper)"
     from ansible import constants as C
+
     if C.DEFAULT_KEEP_REMOTE_FILES:
         return 'ANSIBLE_KEEP_REMOTE_FILES is set (modules run from files)'
     return 'old-style, WANT_JSON or binary module (Ansible runs it from a file)'
@@ -148,8 +186,9 @@ def plan(cmd, in_data, isolation='warm', cwd=None):
     if meta.get('extensions'):
         raise StockPath('AnsiballZ debugger/coverage extensions are on')
     if len(argv) != 1:
-        raise StockPath('interpreter %r has arguments (an agent needs a plain interpreter path)'
-                        % ' '.join(argv))
+        raise StockPath(
+            'interpreter %r has arguments (an agent needs a plain interpreter path)' % ' '.join(argv)
+        )
     if not plain_program(argv[0]):
         raise StockPath('interpreter %r is not a plain path' % argv[0])
     if 'zip' not in meta or 'params' not in meta:
@@ -166,8 +205,7 @@ def plan(cmd, in_data, isolation='warm', cwd=None):
     req = dict(meta, env=env)
     if cwd is not None:
         req['cwd'] = cwd  # the local connection runs modules in the playbook's directory
-    payload = {'op': 'run_module', 'req': req, 'manifest': manifest,
-               'mode': mode, 'interpreter': argv[0]}
+    payload = {'op': 'run_module', 'req': req, 'manifest': manifest, 'mode': mode, 'interpreter': argv[0]}
     if name in RESPAWNING:
         payload['disk'] = True
     if mode == 'warm':
@@ -231,8 +269,10 @@ def _call(client, target, payload, blobs):
         if e.kind != 'interpreter_failed':
             raise
         # Stock Ansible runs the module with that interpreter and reports how it failed.
-        raise StockPath('interpreter %s did not start an agent (%s)'
-                        % (payload['interpreter'], e.message.splitlines()[0][:200] if e.message else ''))
+        raise StockPath(
+            'interpreter %s did not start an agent (%s)'
+            % (payload['interpreter'], e.message.splitlines()[0][:200] if e.message else '')
+        )
     if r.get('fallback'):
         raise StockPath(r['fallback'])
     return r['rc'], base64.b64decode(r['stdout_b64']), base64.b64decode(r['stderr_b64'])

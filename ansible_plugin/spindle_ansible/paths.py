@@ -34,9 +34,10 @@ def summary(before, after):
             reasons[reason] = n
     counts['stock_reasons'] = reasons
     total = counts['in_agent'] + counts['forked'] + counts['stock']
-    text = ("spindle: %d module task runs: %d in the agent, %d in a forked child of the agent, "
-            "%d on Ansible's stock command path" % (total, counts['in_agent'], counts['forked'],
-                                                     counts['stock']))
+    text = (
+        "spindle: %d module task runs: %d in the agent, %d in a forked child of the agent, "
+        "%d on Ansible's stock command path" % (total, counts['in_agent'], counts['forked'], counts['stock'])
+    )
     if reasons:
         text += " (%s)" % "; ".join("%s: %d" % (r, n) for r, n in sorted(reasons.items()))
     return counts, text

@@ -41,8 +41,9 @@ def int_option(value, what, host, lo, hi):
     elif isinstance(value, str) and _DIGITS.fullmatch(value):
         n = int(value)
     if n is None or not lo <= n <= hi:
-        raise AnsibleError("spindle: %s %r of host %s is not an integer from %d to %d"
-                           % (what, value, host, lo, hi))
+        raise AnsibleError(
+            "spindle: %s %r of host %s is not an integer from %d to %d" % (what, value, host, lo, hi)
+        )
     return n
 
 
@@ -56,8 +57,13 @@ def seconds(timeout, host):
 
 #: ansible_connection values a hop may use -> spindle transport.
 HOP_TRANSPORTS = {}
-for _name, _transport in (('ssh', 'ssh'), ('smart', 'ssh'), ('local', 'local'),
-                          ('docker', 'docker'), ('podman', 'podman')):
+for _name, _transport in (
+    ('ssh', 'ssh'),
+    ('smart', 'ssh'),
+    ('local', 'local'),
+    ('docker', 'docker'),
+    ('podman', 'podman'),
+):
     for _prefix in ('', 'ansible.builtin.', 'ansible.legacy.'):
         HOP_TRANSPORTS[_prefix + _name] = _transport
 HOP_TRANSPORTS['community.docker.docker'] = 'docker'
@@ -129,11 +135,13 @@ def kubectl_words(option):
             raise AnsibleError(
                 "spindle: the kubectl %s option puts a secret on kubectl's command line (the "
                 "stock plugin does that); spindle does not: put the credentials in a kubeconfig "
-                "file (ansible_kubectl_kubeconfig)" % opt.rsplit('_', 1)[1])
+                "file (ansible_kubectl_kubeconfig)" % opt.rsplit('_', 1)[1]
+            )
         if opt == 'spindle_kubectl_kubeconfig' and not isinstance(value, str):
             raise AnsibleError(
                 "spindle: ansible_kubectl_kubeconfig must be a file path; a kubeconfig given as "
-                "a dictionary is not supported (the stock plugin writes it to a temporary file)")
+                "a dictionary is not supported (the stock plugin writes it to a temporary file)"
+            )
         if opt == 'spindle_kubectl_validate_certs' and not value:
             continue  # the stock plugin adds it only when true
         words += [flag, to_text(value)]
@@ -170,8 +178,7 @@ class SpecBuilder(object):
             jump, kept = proxy_jump(spec.ssh_args, spec.ssh_common_args, spec.ssh_extra_args)
             if jump and self.hop_host(jump) is not None:
                 via = jump
-                spec.ssh_args, spec.ssh_common_args, spec.ssh_extra_args = (
-                    k or None for k in kept)
+                spec.ssh_args, spec.ssh_common_args, spec.ssh_extra_args = (k or None for k in kept)
         me = to_text(self.inventory_name or self.remote_addr)
         if via and to_text(via) != me:  # a hop is not its own hop (-e spindle_via=gateway)
             spec.via = self.hop_spec(via, [me]).to_dict()
@@ -193,12 +200,15 @@ class SpecBuilder(object):
         if name in chain:
             raise AnsibleError("spindle_via loop: %s" % ' -> '.join(chain + [name]))
         if len(chain) > MAX_VIA_DEPTH:
-            raise AnsibleError("spindle_via: more than %d hops: %s"
-                               % (MAX_VIA_DEPTH, ' -> '.join(chain + [name])))
+            raise AnsibleError(
+                "spindle_via: more than %d hops: %s" % (MAX_VIA_DEPTH, ' -> '.join(chain + [name]))
+            )
         hv = self.hostvars
         if hv is None:
-            raise AnsibleError("spindle_via=%s: the host variables of other hosts are not "
-                               "available to this connection" % name)
+            raise AnsibleError(
+                "spindle_via=%s: the host variables of other hosts are not "
+                "available to this connection" % name
+            )
         if name not in hv:
             jump = self.hop_host(name)
             if jump is None:
@@ -219,8 +229,9 @@ class SpecBuilder(object):
                 value = name
             if value is None:
                 try:
-                    value = C.config.get_config_value(opt, plugin_type='connection',
-                                                      plugin_name=self.load_name)
+                    value = C.config.get_config_value(
+                        opt, plugin_type='connection', plugin_name=self.load_name
+                    )
                 except Exception:
                     value = None
             return value
@@ -228,8 +239,10 @@ class SpecBuilder(object):
         conn = hvars['ansible_connection'] if 'ansible_connection' in hvars else 'ssh'
         mode = HOP_TRANSPORTS.get(to_text(conn))
         if mode is None:
-            raise AnsibleError("spindle_via=%s: its connection %r cannot carry other hosts "
-                               "(ssh, local, docker or podman can)" % (name, conn))
+            raise AnsibleError(
+                "spindle_via=%s: its connection %r cannot carry other hosts "
+                "(ssh, local, docker or podman can)" % (name, conn)
+            )
         spec = self.spec_from(option, mode, name=name)
         # The hop's own tasks run under its configured interpreter: its agent starts there
         # (a start hint), so they need no second agent when they come after its targets'.
@@ -249,12 +262,17 @@ class SpecBuilder(object):
             return TargetSpec(transport='local', name=name or host)
         if mode == 'chroot':  # like the chroot plugin: host is the directory, no user
             timeout = option('timeout')
-            return TargetSpec(host=host, transport='chroot', name=name,
-                              connect_timeout=seconds(timeout, name or host))
+            return TargetSpec(
+                host=host, transport='chroot', name=name, connect_timeout=seconds(timeout, name or host)
+            )
         if mode == 'setns':  # like community.docker.nsenter: host is the pid, always root
             timeout = option('timeout')
-            return TargetSpec(host=str(option('nsenter_pid') or 1), transport='setns', name=name,
-                              connect_timeout=seconds(timeout, name or host))
+            return TargetSpec(
+                host=str(option('nsenter_pid') or 1),
+                transport='setns',
+                name=name,
+                connect_timeout=seconds(timeout, name or host),
+            )
         if mode in ENTER_MODES:
             return self.enter_spec(option, mode, host, name)
         if mode in ('docker', 'podman'):
@@ -292,8 +310,9 @@ class SpecBuilder(object):
         incus, buildah, jail, lxc): the daemon runs the command that plugin would run (same
         container, namespace, user, kubeconfig, ...), built from that plugin's own options."""
         timeout = option('timeout')
-        spec = TargetSpec(host=host, transport=mode, name=name,
-                          connect_timeout=seconds(timeout, name or host))
+        spec = TargetSpec(
+            host=host, transport=mode, name=name, connect_timeout=seconds(timeout, name or host)
+        )
         if mode == 'kubectl':
             words, env = kubectl_words(option)
             spec.host = option('spindle_kubectl_pod') or host

@@ -40,11 +40,25 @@ class Action(object):
     def _is_pipelining_enabled(self, module_style, wrap_async=False):
         return True
 
-    def _execute_module(self, module_name=None, module_args=None, tmp=None, task_vars=None,
-                        persist_files=False, delete_remote_tmp=None, wrap_async=False):
+    def _execute_module(
+        self,
+        module_name=None,
+        module_args=None,
+        tmp=None,
+        task_vars=None,
+        persist_files=False,
+        delete_remote_tmp=None,
+        wrap_async=False,
+    ):
         conn = self._connection
-        self.calls.append({'wrap_async': wrap_async, 'job': conn._spindle_async,
-                           'reason': conn._spindle_async_reason, 'module_name': module_name})
+        self.calls.append(
+            {
+                'wrap_async': wrap_async,
+                'job': conn._spindle_async,
+                'reason': conn._spindle_async_reason,
+                'module_name': module_name,
+            }
+        )
         if conn._spindle_async is not None:
             if self.refuse_native:
                 raise asyncrun.AsyncStock('old-style module')
@@ -110,8 +124,10 @@ class AsyncRunTests(unittest.TestCase):
         a = self.routed(7)
         a._connection._shell.tmpdir = '/tmp/ansible-tmp-1'
         a._execute_module(wrap_async=True)
-        self.assertEqual([(c['wrap_async'], c['reason']) for c in a.calls],
-                         [(True, 'the action made a remote temp dir first')])
+        self.assertEqual(
+            [(c['wrap_async'], c['reason']) for c in a.calls],
+            [(True, 'the action made a remote temp dir first')],
+        )
 
     def test_unverified_version_takes_async_wrapper(self):
         saved = asyncrun._version
@@ -126,10 +142,12 @@ class AsyncRunTests(unittest.TestCase):
     def test_dialect(self):
         saved = asyncrun._version
         self.addCleanup(setattr, asyncrun, '_version', saved)
-        for version, want in (('2.18.19', {'ints': True, 'blank_junk': True}),
-                              ('2.19.14', {'ints': False, 'blank_junk': True}),
-                              ('2.20.10', {'ints': False, 'blank_junk': True}),
-                              ('2.21.5', {'ints': False, 'blank_junk': False})):
+        for version, want in (
+            ('2.18.19', {'ints': True, 'blank_junk': True}),
+            ('2.19.14', {'ints': False, 'blank_junk': True}),
+            ('2.20.10', {'ints': False, 'blank_junk': True}),
+            ('2.21.5', {'ints': False, 'blank_junk': False}),
+        ):
             asyncrun._version = lambda v=version: v
             self.assertEqual(asyncrun.job_dialect(), want, version)
 

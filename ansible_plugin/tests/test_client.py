@@ -474,7 +474,9 @@ class TestConnectionLoss(ClientTestCase):
 
     def test_id_zero_error_then_close(self):
         def act(conn):
-            conn.send({"id": 0, "ok": False, "error": {"kind": "bad_request", "message": "body is not an object"}})
+            conn.send(
+                {"id": 0, "ok": False, "error": {"kind": "bad_request", "message": "body is not an object"}}
+            )
             conn.close()
 
         results = self.hold_n_then(act)

@@ -27,11 +27,12 @@ class Main(unittest.TestCase):
         rc, env = run('--env')
         self.assertEqual(rc, 0)
         pairs = dict(line.split('=', 1) for line in env.splitlines())
-        self.assertEqual(list(pairs), ['ANSIBLE_CALLBACK_PLUGINS', 'ANSIBLE_CALLBACKS_ENABLED',
-                                       'ANSIBLE_LOAD_CALLBACK_PLUGINS'])
+        self.assertEqual(
+            list(pairs),
+            ['ANSIBLE_CALLBACK_PLUGINS', 'ANSIBLE_CALLBACKS_ENABLED', 'ANSIBLE_LOAD_CALLBACK_PLUGINS'],
+        )
         self.assertIn('callback_plugins = %s\n' % pairs['ANSIBLE_CALLBACK_PLUGINS'], cfg)
-        self.assertTrue(os.path.isfile(os.path.join(pairs['ANSIBLE_CALLBACK_PLUGINS'],
-                                                    'spindle.py')))
+        self.assertTrue(os.path.isfile(os.path.join(pairs['ANSIBLE_CALLBACK_PLUGINS'], 'spindle.py')))
         self.assertIn('callbacks_enabled = %s\n' % pairs['ANSIBLE_CALLBACKS_ENABLED'], cfg)
         self.assertIn('bin_ansible_callbacks = %s\n' % pairs['ANSIBLE_LOAD_CALLBACK_PLUGINS'], cfg)
 

@@ -36,7 +36,9 @@ class CoreFilesTests(unittest.TestCase):
         fake.__file__ = os.path.join(self.site, 'ansible', '__init__.py')
         saved = sys.modules.get('ansible')
         sys.modules['ansible'] = fake
-        self.addCleanup(lambda: sys.modules.__setitem__('ansible', saved) if saved else sys.modules.pop('ansible', None))
+        self.addCleanup(
+            lambda: sys.modules.__setitem__('ansible', saved) if saved else sys.modules.pop('ansible', None)
+        )
         modexec._CORE_SHA.clear()
         self.addCleanup(modexec._CORE_SHA.clear)
 
@@ -51,8 +53,10 @@ class CoreFilesTests(unittest.TestCase):
         self.assertEqual(modexec.core_files(manifest), ['ansible/module_utils/basic.py'])
 
     def test_a_shadowed_core_file_disables_warm_mode(self):
-        manifest = {'ansible/module_utils/basic.py': sha(b'BASIC = 1\n'),
-                    'ansible/module_utils/urls.py': sha(b'patched urls\n')}
+        manifest = {
+            'ansible/module_utils/basic.py': sha(b'BASIC = 1\n'),
+            'ansible/module_utils/urls.py': sha(b'patched urls\n'),
+        }
         self.assertIsNone(modexec.core_files(manifest))
 
 
@@ -60,25 +64,32 @@ class StockPathTests(unittest.TestCase):
     """Every module run that does not go to the agent is named with its reason."""
 
     def test_plain_commands_are_no_module_runs(self):
-        for cmd in ("/bin/sh -c 'echo ~ && sleep 0'",
-                    "/bin/sh -c '( umask 77 && mkdir -p \"` echo /root/.ansible/tmp `\"&& mkdir "
-                    "\"` echo /root/.ansible/tmp/ansible-tmp-1-2 `\" ) && sleep 0'",
-                    "/bin/sh -c 'chmod u+rwx /root/.ansible/tmp/ansible-tmp-1-2/ "
-                    "/root/.ansible/tmp/ansible-tmp-1-2/AnsiballZ_ping.py && sleep 0'",
-                    "/bin/sh -c 'rm -f -r /root/.ansible/tmp/ansible-tmp-1-2/ > /dev/null 2>&1 && sleep 0'",
-                    "hostname"):
+        for cmd in (
+            "/bin/sh -c 'echo ~ && sleep 0'",
+            "/bin/sh -c '( umask 77 && mkdir -p \"` echo /root/.ansible/tmp `\"&& mkdir "
+            "\"` echo /root/.ansible/tmp/ansible-tmp-1-2 `\" ) && sleep 0'",
+            "/bin/sh -c 'chmod u+rwx /root/.ansible/tmp/ansible-tmp-1-2/ "
+            "/root/.ansible/tmp/ansible-tmp-1-2/AnsiballZ_ping.py && sleep 0'",
+            "/bin/sh -c 'rm -f -r /root/.ansible/tmp/ansible-tmp-1-2/ > /dev/null 2>&1 && sleep 0'",
+            "hostname",
+        ):
             self.assertIsNone(modexec.file_module_reason(cmd), cmd)
             self.assertIsNone(modexec.plan(cmd, None))
             self.assertIsNone(modexec.plan(cmd, b'echo hi'))
 
     def test_module_files_name_their_reason(self):
-        ansiballz = ("/bin/sh -c '/usr/bin/python3 /root/.ansible/tmp/ansible-tmp-1-2/"
-                     "AnsiballZ_command.py && sleep 0'")
-        old = ("/bin/sh -c '/root/.ansible/tmp/ansible-tmp-1-2/helloworld "
-               "/root/.ansible/tmp/ansible-tmp-1-2/args && sleep 0'")
-        async_cmd = ("/bin/sh -c '/usr/bin/python3 /root/.ansible/tmp/ansible-tmp-1-2/"
-                     "AnsiballZ_async_wrapper.py j1 30 /root/.ansible/tmp/ansible-tmp-1-2/"
-                     "AnsiballZ_command.py _ && sleep 0'")
+        ansiballz = (
+            "/bin/sh -c '/usr/bin/python3 /root/.ansible/tmp/ansible-tmp-1-2/AnsiballZ_command.py && sleep 0'"
+        )
+        old = (
+            "/bin/sh -c '/root/.ansible/tmp/ansible-tmp-1-2/helloworld "
+            "/root/.ansible/tmp/ansible-tmp-1-2/args && sleep 0'"
+        )
+        async_cmd = (
+            "/bin/sh -c '/usr/bin/python3 /root/.ansible/tmp/ansible-tmp-1-2/"
+            "AnsiballZ_async_wrapper.py j1 30 /root/.ansible/tmp/ansible-tmp-1-2/"
+            "AnsiballZ_command.py _ && sleep 0'"
+        )
         fake = types.ModuleType('ansible')
         consts = types.ModuleType('ansible.constants')
         consts.DEFAULT_KEEP_REMOTE_FILES = False
@@ -89,13 +100,14 @@ class StockPathTests(unittest.TestCase):
             self.assertIn('old-style', modexec.file_module_reason(ansiballz))
             self.assertIn('old-style', modexec.file_module_reason(old))
             self.assertIn('async', modexec.file_module_reason(async_cmd))
-            chmod = ("/bin/sh -c 'chmod u+rwx /root/.ansible/tmp/ansible-tmp-1-2/ /root/.ansible/"
-                     "tmp/ansible-tmp-1-2/AnsiballZ_async_wrapper.py && sleep 0'")
+            chmod = (
+                "/bin/sh -c 'chmod u+rwx /root/.ansible/tmp/ansible-tmp-1-2/ /root/.ansible/"
+                "tmp/ansible-tmp-1-2/AnsiballZ_async_wrapper.py && sleep 0'"
+            )
             self.assertIsNone(modexec.file_module_reason(chmod))
             self.assertIn('non-Python', modexec.file_module_reason('/bin/sh', b'#!/bin/sh\n'))
             # ansible-core 2.18's interpreter discovery pipes its platform script, not sudoable
-            self.assertIsNone(modexec.file_module_reason('/usr/bin/python3', b'import json',
-                                                         sudoable=False))
+            self.assertIsNone(modexec.file_module_reason('/usr/bin/python3', b'import json', sudoable=False))
             consts.DEFAULT_KEEP_REMOTE_FILES = True
             self.assertIn('KEEP_REMOTE_FILES', modexec.file_module_reason(ansiballz))
         finally:

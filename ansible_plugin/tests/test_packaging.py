@@ -34,15 +34,17 @@ class PackagingTests(unittest.TestCase):
 
     def test_version_is_the_crates(self):
         cargo = re.search(r'^version\s*=\s*"([^"]+)"', _read(REPO, 'Cargo.toml'), re.M).group(1)
-        self.assertEqual(spindle_ansible.__version__, cargo,
-                         'spindle_ansible.__version__ must follow Cargo.toml (the wheel\'s version)')
+        self.assertEqual(
+            spindle_ansible.__version__,
+            cargo,
+            'spindle_ansible.__version__ must follow Cargo.toml (the wheel\'s version)',
+        )
         self.assertRegex(self.pyproject, r'(?m)^dynamic = \["version"\]$')
 
     def test_maturin_bin_spindle_only(self):
         self.assertRegex(self.pyproject, r'(?m)^build-backend = "maturin"$')
         self.assertRegex(self.pyproject, r'(?m)^bindings = "bin"$')
-        self.assertRegex(self.pyproject,
-                         r'(?m)^targets = \[\{ name = "spindle", kind = "bin" \}\]$')
+        self.assertRegex(self.pyproject, r'(?m)^targets = \[\{ name = "spindle", kind = "bin" \}\]$')
         self.assertRegex(self.pyproject, r'(?m)^manifest-path = "\.\./Cargo\.toml"$')
 
     def test_maturin_pin_within_build_requirement(self):

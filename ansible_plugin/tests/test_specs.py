@@ -23,12 +23,12 @@ class IntOptionTest(unittest.TestCase):
     def builder_spec(self, **options):
         def option(name):
             return options.get(name)
+
         b = specs.SpecBuilder('spindle', '192.0.2.1', None, 'web1')
         return b.spec_from(option, 'ssh', name='web1')
 
     def test_ports(self):
-        for good, want in ((2201, 2201), ('2201', 2201), (' 22 ', 22), (22.0, 22),
-                           (None, None), ('', None)):
+        for good, want in ((2201, 2201), ('2201', 2201), (' 22 ', 22), (22.0, 22), (None, None), ('', None)):
             self.assertEqual(specs.int_option(good, 'port', 'web1', 1, 65535), want, good)
         for bad in ('2201 x', '22x', '0x16', 22.5, True, 0, -1, 65536, [22]):
             with self.assertRaises(AnsibleError) as cm:

@@ -77,8 +77,8 @@ def _children_named(name):
                 stat = f.read()
         except OSError:
             continue
-        comm = stat[stat.index('(') + 1:stat.rindex(')')]
-        fields = stat[stat.rindex(')') + 2:].split()
+        comm = stat[stat.index('(') + 1 : stat.rindex(')')]
+        fields = stat[stat.rindex(')') + 2 :].split()
         if int(fields[1]) != me or comm != name:
             continue
         hwm = None
@@ -89,8 +89,7 @@ def _children_named(name):
                         hwm = int(line.split()[1])
         except OSError:
             pass
-        out.append({'pid': int(entry), 'cpu_s': (int(fields[11]) + int(fields[12])) / tick,
-                    'vmhwm_kb': hwm})
+        out.append({'pid': int(entry), 'cpu_s': (int(fields[11]) + int(fields[12])) / tick, 'vmhwm_kb': hwm})
     return out
 
 
@@ -105,10 +104,10 @@ class CallbackModule(CallbackBase):
         self.out = os.environ.get('BENCH_TIMER_OUT')
         self.t0 = time.monotonic()
         self.wall0 = time.time()
-        self.tasks = []          # [{name, uuid, start, handler}]
+        self.tasks = []  # [{name, uuid, start, handler}]
         self.current = None
-        self.starts = {}         # (task uuid, host) -> monotonic
-        self.records = []        # [{task, host, start, end, status, start_source}]
+        self.starts = {}  # (task uuid, host) -> monotonic
+        self.records = []  # [{task, host, start, end, status, start_source}]
         self.strategy = None
 
     # -- tasks -----------------------------------------------------------------------------
@@ -116,8 +115,13 @@ class CallbackModule(CallbackBase):
         self.strategy = getattr(play, 'strategy', None)
 
     def _task_start(self, task, handler):
-        self.current = {'name': task.get_name(), 'uuid': task._uuid, 'action': task.action,
-                        'start': time.monotonic() - self.t0, 'handler': handler}
+        self.current = {
+            'name': task.get_name(),
+            'uuid': task._uuid,
+            'action': task.action,
+            'start': time.monotonic() - self.t0,
+            'handler': handler,
+        }
         self.tasks.append(self.current)
 
     def v2_playbook_on_task_start(self, task, is_conditional):
@@ -138,9 +142,17 @@ class CallbackModule(CallbackBase):
         if start is None:
             source = 'task_start'
             start = next((t['start'] for t in reversed(self.tasks) if t['uuid'] == task._uuid), now)
-        self.records.append({'task': task.get_name(), 'action': task.action, 'host': host,
-                             'start': round(start, 6), 'end': round(now, 6), 'status': status,
-                             'start_source': source})
+        self.records.append(
+            {
+                'task': task.get_name(),
+                'action': task.action,
+                'host': host,
+                'start': round(start, 6),
+                'end': round(now, 6),
+                'status': status,
+                'start_source': source,
+            }
+        )
 
     def v2_runner_on_ok(self, result, **kwargs):
         self._end(result, 'changed' if result._result.get('changed') else 'ok')

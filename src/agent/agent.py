@@ -6,6 +6,7 @@ cancel, shutdown, log_level) and exits when its input closes,
 killing the process groups of the commands it still runs. Standard library only,
 Python 3.8 and later.
 """
+
 import sys
 
 # Stage 1 leaves the compressed agent in the global `b`: kept to start nested agents.
@@ -31,8 +32,13 @@ OUTPUT_MAX = 44 * 1024 * 1024
 # at most this much: past it the fetch fails (pagemap-like files have no useful end).
 PSEUDO_FILE_MAX = 16 * 1024 * 1024
 CONTROLLER, SELF = 0, 1
-LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
-          "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
+LEVELS = {
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARNING": logging.WARNING,
+    "ERROR": logging.ERROR,
+    "CRITICAL": logging.CRITICAL,
+}
 
 log = logging.getLogger("spindle.agent")
 
@@ -64,7 +70,7 @@ def os_error(exc):
 def write_all(fd, data):
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 class Channel(object):
@@ -82,10 +88,10 @@ class Channel(object):
             if not chunk:
                 return None
             if self.pos:  # drop consumed bytes once per read, not once per frame
-                del self.buf[:self.pos]
+                del self.buf[: self.pos]
                 self.pos = 0
             self.buf += chunk
-        out = self.buf[self.pos:self.pos + n]
+        out = self.buf[self.pos : self.pos + n]
         self.pos += n
         return out
 
@@ -227,6 +233,7 @@ def _killpg(p):
 
 # ---- operations ---------------------------------------------------------------------
 
+
 def op_ping(chan, call_id, call):
     return {"pong": True, "pid": os.getpid()}
 
@@ -239,10 +246,12 @@ def seconds(call, key, default=None):
     value = call.get(key, default)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not 0 < value <= MAX_TIMEOUT:  # NaN fails both comparisons
-        raise AgentError("bad_request", "%s must be a number of seconds > 0 and <= %d, not %r"
-                         % (key, MAX_TIMEOUT, value))
+    if (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_TIMEOUT
+    ):  # NaN fails both comparisons
+        raise AgentError(
+            "bad_request", "%s must be a number of seconds > 0 and <= %d, not %r" % (key, MAX_TIMEOUT, value)
+        )
     return value
 
 
@@ -291,18 +300,29 @@ def op_exec(chan, call_id, call):
         return _exec_tty(args, use_shell, executable, env, cwd, timeout, running(call_id))
     try:
         p = subprocess.Popen(
-            args, shell=use_shell, executable=executable if use_shell else None,
+            args,
+            shell=use_shell,
+            executable=executable if use_shell else None,
             stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
-            start_new_session=True, close_fds=True)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+        )
     except OSError as exc:
         # No such command or bad cwd (Python reports a failed chdir in the child with the
         # same exception types): 127 like a shell's "not found"; anything else (EACCES,
         # ENOEXEC, ...): 126 like a shell's "cannot execute". The reason goes on stderr.
         rc = 127 if isinstance(exc, (FileNotFoundError, NotADirectoryError)) else 126
         err = ("spindle: %s\n" % exc).encode("utf-8", "replace")
-        return {"rc": rc, "stdout_b64": "", "timed_out": False,
-                "stderr_b64": base64.b64encode(err).decode("ascii")}
+        return {
+            "rc": rc,
+            "stdout_b64": "",
+            "timed_out": False,
+            "stderr_b64": base64.b64encode(err).decode("ascii"),
+        }
     with procs_lock:
         procs.add(p)
     run = running(call_id)
@@ -313,8 +333,12 @@ def op_exec(chan, call_id, call):
     finally:
         with procs_lock:
             procs.discard(p)
-    res = {"rc": rc, "stdout_b64": base64.b64encode(out).decode("ascii"),
-           "stderr_b64": base64.b64encode(err).decode("ascii"), "timed_out": timed_out}
+    res = {
+        "rc": rc,
+        "stdout_b64": base64.b64encode(out).decode("ascii"),
+        "stderr_b64": base64.b64encode(err).decode("ascii"),
+        "timed_out": timed_out,
+    }
     if truncated:
         res["output_truncated"] = True
     return res
@@ -328,7 +352,9 @@ def _collect(p, data, timeout, run):
     hold a pipe open). A cancelled call is killed and read no further.
     Returns (stdout, stderr, timed_out, truncated); the command has exited or been killed."""
     import selectors
+
     if data is not None:
+
         def feed():
             try:
                 p.stdin.write(data)
@@ -338,6 +364,7 @@ def _collect(p, data, timeout, run):
                 p.stdin.close()
             except (OSError, ValueError):
                 pass
+
         t = threading.Thread(target=feed, name="exec-stdin-%d" % p.pid)
         t.daemon = True
         t.start()
@@ -401,8 +428,10 @@ def _collect(p, data, timeout, run):
     if lost:
         err += b"spindle: the rest of the output lost after the timeout kill\n"
     if truncated:
-        err += b"spindle: output truncated at %d MiB (stdout and stderr together); " \
-               b"the command was killed\n" % (OUTPUT_MAX >> 20)
+        err += (
+            b"spindle: output truncated at %d MiB (stdout and stderr together); "
+            b"the command was killed\n" % (OUTPUT_MAX >> 20)
+        )
     return out, err, timed_out, truncated
 
 
@@ -422,6 +451,7 @@ def _exec_tty(args, use_shell, executable, env, cwd, timeout, run):
     daemon it started may keep the terminal open, as under sshd). Output is kept up to
     OUTPUT_MAX bytes, as for a command on pipes (then killed, `output_truncated`)."""
     import fcntl, pty, select, termios  # noqa: E401
+
     master, slave = pty.openpty()
 
     def controlling_tty():  # runs in the child after setsid and the dup2s
@@ -429,16 +459,29 @@ def _exec_tty(args, use_shell, executable, env, cwd, timeout, run):
 
     try:
         p = subprocess.Popen(
-            args, shell=use_shell, executable=executable if use_shell else None,
-            stdin=slave, stdout=slave, stderr=slave, env=env, cwd=cwd,
-            start_new_session=True, close_fds=True, preexec_fn=controlling_tty)
+            args,
+            shell=use_shell,
+            executable=executable if use_shell else None,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+            preexec_fn=controlling_tty,
+        )
     except OSError as exc:
         os.close(master)
         os.close(slave)
         rc = 127 if isinstance(exc, (FileNotFoundError, NotADirectoryError)) else 126
         err = ("spindle: %s\r\n" % exc).encode("utf-8", "replace")
-        return {"rc": rc, "stdout_b64": base64.b64encode(err).decode("ascii"),
-                "stderr_b64": "", "timed_out": False}
+        return {
+            "rc": rc,
+            "stdout_b64": base64.b64encode(err).decode("ascii"),
+            "stderr_b64": "",
+            "timed_out": False,
+        }
     os.close(slave)
     with procs_lock:
         procs.add(p)
@@ -477,12 +520,13 @@ def _exec_tty(args, use_shell, executable, env, cwd, timeout, run):
                 if exited or p.wait() is not None:
                     break
             if len(chunk) > OUTPUT_MAX - len(out):
-                chunk, truncated = chunk[:OUTPUT_MAX - len(out)], True
+                chunk, truncated = chunk[: OUTPUT_MAX - len(out)], True
             out += chunk
             if truncated:
                 _killpg(p)
-                out += b"\r\nspindle: output truncated at %d MiB; the command was killed\r\n" \
-                    % (OUTPUT_MAX >> 20)
+                out += b"\r\nspindle: output truncated at %d MiB; the command was killed\r\n" % (
+                    OUTPUT_MAX >> 20
+                )
                 break
         if run.cancelled:
             _killpg(p)
@@ -491,8 +535,12 @@ def _exec_tty(args, use_shell, executable, env, cwd, timeout, run):
         os.close(master)
         with procs_lock:
             procs.discard(p)
-    res = {"rc": rc, "stdout_b64": base64.b64encode(bytes(out)).decode("ascii"),
-           "stderr_b64": "", "timed_out": timed_out}
+    res = {
+        "rc": rc,
+        "stdout_b64": base64.b64encode(bytes(out)).decode("ascii"),
+        "stderr_b64": "",
+        "timed_out": timed_out,
+    }
     if truncated:
         res["output_truncated"] = True
     return res
@@ -525,8 +573,7 @@ def op_fetch_file(chan, call_id, call):
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise AgentError("io", "%s: not a regular file (fetch reads regular files only)"
-                             % path)
+            raise AgentError("io", "%s: not a regular file (fetch reads regular files only)" % path)
         pseudo = st.st_size == 0
         limit = PSEUDO_FILE_MAX if pseudo else st.st_size
         chan.send(DATA, SIZE, call_id, 0, struct.pack(">Q", limit))
@@ -538,9 +585,11 @@ def op_fetch_file(chan, call_id, call):
                 nxt = os.read(fd, min(FETCH_CHUNK, left)) if cur and left > 0 else b""
                 if pseudo and not nxt and cur and left <= 0 and os.read(fd, 1):
                     chan.send(DATA, EOF, call_id, 0, b"")
-                    raise AgentError("io", "%s: reports size 0 but is longer than %d MiB "
-                                     "(a pseudo-file); not fetched"
-                                     % (path, PSEUDO_FILE_MAX >> 20))
+                    raise AgentError(
+                        "io",
+                        "%s: reports size 0 but is longer than %d MiB "
+                        "(a pseudo-file); not fetched" % (path, PSEUDO_FILE_MAX >> 20),
+                    )
                 digest.update(cur)
                 size += len(cur)
                 chan.send(DATA, 0 if nxt else EOF, call_id, 0, cur)
@@ -588,7 +637,8 @@ class Put(object):
             base = os.path.basename(self.path)
             try:
                 self.fd, self.tmp = tempfile.mkstemp(
-                    dir=os.path.dirname(self.path) or ".", prefix="." + base + ".spindle-")
+                    dir=os.path.dirname(self.path) or ".", prefix="." + base + ".spindle-"
+                )
             except OSError as exc:
                 raise os_error(exc)
         except AgentError as exc:
@@ -622,8 +672,7 @@ class Put(object):
     def finish(self):
         """Called at EOF: apply owner and mode, fsync, rename; return the reply."""
         if self.error is None and self.size is not None and self.received != self.size:
-            self.fail(AgentError("io", "received %d bytes, declared size %d"
-                                 % (self.received, self.size)))
+            self.fail(AgentError("io", "received %d bytes, declared size %d" % (self.received, self.size)))
         if self.error is not None:
             raise self.error
         try:
@@ -666,8 +715,10 @@ ROUTES = {}
 BOOT_PLACEHOLDER = "__SPINDLE_BOOT__"
 # Stage 1 for a nested agent: no quote, dollar, backquote or backslash, so it survives any
 # depth of the become plugins' shell quoting; `b` stays a global for the next level.
-CHILD_STAGE1 = ("import os,zlib\nn=%d;b=bytes()\nwhile len(b)<n:\n c=os.read(0,n-len(b))\n"
-                " if not c:raise SystemExit(1)\n b+=c\nexec(zlib.decompress(b))\n")
+CHILD_STAGE1 = (
+    "import os,zlib\nn=%d;b=bytes()\nwhile len(b)<n:\n c=os.read(0,n-len(b))\n"
+    " if not c:raise SystemExit(1)\n b+=c\nexec(zlib.decompress(b))\n"
+)
 SAFE_PATH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./+-")
 TAIL = 4096
 FOR_CHILD, FOR_BEHIND, OWN = 0, 1, 2  # where a frame queued for a context comes from
@@ -741,8 +792,7 @@ class Context(object):
     def start(self, chan):
         self.drainer = threading.Thread(target=self._drain, name="context-%d-err" % self.ctx)
         relay = threading.Thread(target=self._relay, args=(chan,), name="context-%d" % self.ctx)
-        writer = threading.Thread(target=self._write, args=(chan,),
-                                  name="context-%d-in" % self.ctx)
+        writer = threading.Thread(target=self._write, args=(chan,), name="context-%d-in" % self.ctx)
         for t in (self.drainer, relay, writer):
             t.daemon = True
             t.start()
@@ -823,6 +873,7 @@ class Context(object):
         # Its stderr (and anything written on its pty) is copied to ours, tail kept; ends
         # when its stderr closes (the pty stays open: we hold the slave).
         import select
+
         fds = [self.efd, self.master]
         while self.efd in fds:
             try:
@@ -855,8 +906,7 @@ class Context(object):
                         if src not in CONTEXTS:
                             ROUTES.setdefault(src, self.ctx)
                     if ROUTES.get(src) != self.ctx:
-                        log.warning("context %d claimed id %d of another route: dropped",
-                                    self.ctx, src)
+                        log.warning("context %d claimed id %d of another route: dropped", self.ctx, src)
                         continue
                 else:
                     src = self.ctx
@@ -893,8 +943,7 @@ def with_blobs(head, payload):
         call = json.loads(bytes(payload).decode("utf-8"))
         refs = call.pop("blob_refs")
         packed = dict((h, PACKED[h]) for h in refs if h in PACKED)
-        plain = dict((h, base64.b64encode(BLOBS[h]).decode("ascii")) for h in refs
-                     if h not in packed)
+        plain = dict((h, base64.b64encode(BLOBS[h]).decode("ascii")) for h in refs if h not in packed)
     except (ValueError, KeyError, TypeError, AttributeError):
         return [(head, payload)]
     if packed:
@@ -904,7 +953,7 @@ def with_blobs(head, payload):
     body = dumps(call)
     frames = []
     for at in range(0, len(body), MAX_PAYLOAD):
-        part = body[at:at + MAX_PAYLOAD]
+        part = body[at : at + MAX_PAYLOAD]
         more = MORE if at + MAX_PAYLOAD < len(body) else 0
         fl = (flags & ~REFS) | more
         frames.append((HEADER.pack(MAGIC, kind, fl, len(part), dst, src, handle, reply_to), part))
@@ -914,6 +963,7 @@ def with_blobs(head, payload):
 def _spawn_child(cmd):
     """Fork `/bin/sh -c cmd` in a new session whose controlling terminal is a fresh pty."""
     import fcntl, pty, termios  # noqa: E401
+
     master, slave = pty.openpty()
     attrs = termios.tcgetattr(slave)
     attrs[3] &= ~termios.ECHO  # a password typed on the pty is never echoed back
@@ -943,19 +993,28 @@ def _spawn_child(cmd):
 def op_spawn_context(chan, call_id, call):
     """Start a nested agent through a become command; reply once it runs (or why not)."""
     import re, select  # noqa: E401
+
     ctx, cmd, success = call.get("ctx"), call.get("cmd"), call.get("success")
     password, prompt = call.get("password"), call.get("prompt")
     timeout, python = seconds(call, "timeout", 30), call.get("python")
-    if not (isinstance(ctx, int) and SELF < ctx < 2 ** 32 and isinstance(cmd, str)
-            and BOOT_PLACEHOLDER in cmd and "\0" not in cmd
-            and isinstance(success, str) and success):
-        raise AgentError("bad_request", "spawn_context needs 1 < ctx < 2**32, cmd with %s "
-                         "(no NUL), success"
-                         % BOOT_PLACEHOLDER)
+    if not (
+        isinstance(ctx, int)
+        and SELF < ctx < 2**32
+        and isinstance(cmd, str)
+        and BOOT_PLACEHOLDER in cmd
+        and "\0" not in cmd
+        and isinstance(success, str)
+        and success
+    ):
+        raise AgentError(
+            "bad_request",
+            "spawn_context needs 1 < ctx < 2**32, cmd with %s (no NUL), success" % BOOT_PLACEHOLDER,
+        )
     if password is not None and not isinstance(password, str):
         raise AgentError("bad_request", "password must be a string")
-    if python is not None and not (isinstance(python, str) and python
-                                   and set(python) <= SAFE_PATH and python[0] != "-"):
+    if python is not None and not (
+        isinstance(python, str) and python and set(python) <= SAFE_PATH and python[0] != "-"
+    ):
         raise AgentError("bad_request", "python must be a plain interpreter path or name")
     try:
         prompt_re = re.compile(prompt) if prompt else None
@@ -975,7 +1034,11 @@ def op_spawn_context(chan, call_id, call):
         boot = 'exec %s -c "%s"' % (python, stage1)
     else:
         boot = 'if [ -x %s ]; then exec %s -c "%s"; fi; exec python3 -c "%s"' % (
-            sys.executable, sys.executable, stage1, stage1)
+            sys.executable,
+            sys.executable,
+            stage1,
+            stage1,
+        )
     pid, wfd, rfd, efd, ptys = _spawn_child(cmd.replace(BOOT_PLACEHOLDER, boot))
     master = ptys[0]
     out, err, tty = bytearray(), bytearray(), bytearray()
@@ -1028,8 +1091,16 @@ def op_spawn_context(chan, call_id, call):
         if reason == "exited" and status is not None:
             # The become command itself failed (unknown user, bad flags, ...): what it said,
             # for the controller to report as stock Ansible does (rc, stdout, stderr).
-            raise AgentError(reason, dumps({"rc": status, "stdout": _tail(bytes(out)),
-                                            "stderr": _tail(bytes(err)) + _tail(bytes(tty))}).decode("utf-8"))
+            raise AgentError(
+                reason,
+                dumps(
+                    {
+                        "rc": status,
+                        "stdout": _tail(bytes(out)),
+                        "stderr": _tail(bytes(err)) + _tail(bytes(tty)),
+                    }
+                ).decode("utf-8"),
+            )
         raise AgentError(reason, text or "(no output)")
     end = out.find(b"\n", out.find(marker)) + 1
     try:
@@ -1064,8 +1135,12 @@ class CachePut(Put):
         self.digest, self.received = hashlib.sha256(), 0
         self.sha, self.size = call.get("sha256"), call.get("size")
         try:
-            if not (isinstance(self.sha, str) and len(self.sha) == 64
-                    and isinstance(self.size, int) and self.size >= 0):
+            if not (
+                isinstance(self.sha, str)
+                and len(self.sha) == 64
+                and isinstance(self.size, int)
+                and self.size >= 0
+            ):
                 raise AgentError("bad_request", "cache_put needs sha256 and size")
             if not hasattr(os, "memfd_create"):
                 raise AgentError("io", "no memfd_create here: files are not cached on this hop")
@@ -1078,8 +1153,7 @@ class CachePut(Put):
 
     def finish(self):
         if self.error is None and self.received != self.size:
-            self.fail(AgentError("io", "received %d bytes, declared size %d"
-                                 % (self.received, self.size)))
+            self.fail(AgentError("io", "received %d bytes, declared size %d" % (self.received, self.size)))
         if self.error is None and self.digest.hexdigest() != self.sha:
             self.fail(AgentError("io", "content does not match sha256 %s" % self.sha))
         if self.error is not None:
@@ -1104,7 +1178,7 @@ def op_cache_drop(chan, call_id, call):
 def op_relay_put(chan, call_id, call):
     """Send a cached file to direct child `ctx` as CALL `call` (handle `handle`) + DATA."""
     ctx, sha, handle, inner = call.get("ctx"), call.get("sha256"), call.get("handle"), call.get("call")
-    if not (isinstance(handle, int) and 0 < handle < 2 ** 32 and isinstance(inner, dict)):
+    if not (isinstance(handle, int) and 0 < handle < 2**32 and isinstance(inner, dict)):
         raise AgentError("bad_request", "relay_put needs ctx, sha256, handle and call")
     with STARTING_COND:  # queued behind its spawn_context, which runs in another thread
         STARTING_COND.wait_for(lambda: ctx not in STARTING, timeout=600)
@@ -1137,7 +1211,7 @@ def op_relay_put(chan, call_id, call):
 # ---- modules in the agent (src/agent/modrun.py, embedded by the controller as base64) ---
 _MODRUN = []
 MODULE_LOCK = threading.Lock()  # one in-process module run at a time (they share the process)
-TEMPLATE_STREAMS = []           # the interpreter's own stdout/stderr: encodings a fresh one gets
+TEMPLATE_STREAMS = []  # the interpreter's own stdout/stderr: encodings a fresh one gets
 
 
 def modrun():
@@ -1172,8 +1246,7 @@ def _module_set(call):
         if known is None:
             raise AgentError("bad_request", "module set %s is not on the agent" % set_id)
         return known
-    if isinstance(set_id, str) and isinstance(manifest, dict) \
-            and len(MODULE_SETS) < MAX_MODULE_SETS:
+    if isinstance(set_id, str) and isinstance(manifest, dict) and len(MODULE_SETS) < MAX_MODULE_SETS:
         MODULE_SETS[set_id] = (manifest, core)
     return manifest, core
 
@@ -1200,13 +1273,14 @@ def _runs_interpreter(interp):
         return False
     if "/" not in interp:
         import shutil
+
         interp = shutil.which(interp) or interp
     if os.path.realpath(interp) != os.path.realpath(sys.executable):
         return False
     return _venv_of(interp) == _my_venv()
 
 
-ASYNC_MAX_LIMIT = 2 ** 31 - 1  # seconds: the longest async time limit accepted
+ASYNC_MAX_LIMIT = 2**31 - 1  # seconds: the longest async time limit accepted
 
 
 def _async_job(job):
@@ -1217,20 +1291,32 @@ def _async_job(job):
     if not isinstance(job, dict):
         raise AgentError("bad_request", "async must be an object")
     jid, limit = job.get("jid"), job.get("limit")
-    if not isinstance(jid, str) or not 2 <= len(jid) <= 13 or jid[0] != "j" \
-            or any(c not in "0123456789" for c in jid[1:]):
+    if (
+        not isinstance(jid, str)
+        or not 2 <= len(jid) <= 13
+        or jid[0] != "j"
+        or any(c not in "0123456789" for c in jid[1:])
+    ):
         raise AgentError("bad_request", "async.jid must be j followed by 1 to 12 digits")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= ASYNC_MAX_LIMIT:
         raise AgentError("bad_request", "async.limit must be an integer in 0..%d" % ASYNC_MAX_LIMIT)
-    return {"jid": jid, "limit": limit, "ints": bool(job.get("ints")),
-            "blank_junk": bool(job.get("blank_junk", True))}
+    return {
+        "jid": jid,
+        "limit": limit,
+        "ints": bool(job.get("ints")),
+        "blank_junk": bool(job.get("blank_junk", True)),
+    }
 
 
 def _run_module(call):
     req, mode = call.get("req"), call.get("mode", "inproc")
     manifest, core = _module_set(call)
-    if not isinstance(req, dict) or not isinstance(manifest, dict) \
-            or mode not in ("inproc", "warm", "fork") or not isinstance(core, list):
+    if (
+        not isinstance(req, dict)
+        or not isinstance(manifest, dict)
+        or mode not in ("inproc", "warm", "fork")
+        or not isinstance(core, list)
+    ):
         raise AgentError("bad_request", "run_module needs req, manifest, mode inproc|warm|fork")
     interp = call.get("interpreter")
     if interp and not _runs_interpreter(interp):
@@ -1243,8 +1329,7 @@ def _run_module(call):
         files[path] = data
     out, err = TEMPLATE_STREAMS or (sys.__stdout__, sys.__stderr__)
     if "async" in call:  # an async task: a detached job, as Ansible's async_wrapper starts it
-        r = modrun().start_async(req, files, _async_job(call["async"]), out, err,
-                                 disk=bool(call.get("disk")))
+        r = modrun().start_async(req, files, _async_job(call["async"]), out, err, disk=bool(call.get("disk")))
     elif call.get("disk"):  # may re-execute itself: forked, its payload in a private temp dir
         r = modrun().run(req, files, "fork", out, err, core, disk=True)
     elif mode != "fork" and MODULE_LOCK.acquire(False):
@@ -1256,8 +1341,12 @@ def _run_module(call):
         # Asked to fork, or another module runs in this process now (tasks of several hosts
         # delegated to one): in a forked child, alongside it, as stock runs them in parallel.
         r = modrun().run(req, files, "fork", out, err, core)
-    return {"rc": r["rc"], "stdout_b64": base64.b64encode(r["stdout"]).decode("ascii"),
-            "stderr_b64": base64.b64encode(r["stderr"]).decode("ascii"), "seconds": r["seconds"]}
+    return {
+        "rc": r["rc"],
+        "stdout_b64": base64.b64encode(r["stdout"]).decode("ascii"),
+        "stderr_b64": base64.b64encode(r["stderr"]).decode("ascii"),
+        "seconds": r["seconds"],
+    }
 
 
 def _sha1_of(path):
@@ -1292,8 +1381,11 @@ def op_copy_fast(chan, call_id, call):
         data = base64.b64decode(call.get("data_b64") or "")
     except (TypeError, ValueError) as exc:
         raise AgentError("bad_request", "data_b64: %s" % exc)
-    if not all(isinstance(x, str) for x in (dest, checksum, staged)) or \
-            not isinstance(copy_run, dict) or not isinstance(file_run, dict):
+    if (
+        not all(isinstance(x, str) for x in (dest, checksum, staged))
+        or not isinstance(copy_run, dict)
+        or not isinstance(file_run, dict)
+    ):
         raise AgentError("bad_request", "copy_fast needs dest, checksum, staged, copy, file")
     path = os.path.expanduser(dest)
     try:
@@ -1354,12 +1446,14 @@ def op_copy_fast(chan, call_id, call):
     except OSError:  # e.g. a become user without a usable home: the stock flow copes
         if made:
             import shutil
+
             shutil.rmtree(top, ignore_errors=True)
         return {"outcome": "stock"}
     try:
         out = _run_module(copy_run)
     finally:
         import shutil
+
         shutil.rmtree(top, ignore_errors=True)
     if "fallback" in out:
         return {"outcome": "stock"}
@@ -1378,10 +1472,18 @@ def _after_fork_in_child():
     # A forked module run must never write frames or log records into the parent's stream.
     logging.getLogger().handlers = []
 
-THREADED = {"ping": op_ping, "exec": op_exec, "fetch_file": op_fetch_file,
-            "run_module": op_run_module, "spawn_context": op_spawn_context,
-            "copy_fast": op_copy_fast, "copy_stream": op_copy_fast,
-            "relay_put": op_relay_put, "cache_drop": op_cache_drop}
+
+THREADED = {
+    "ping": op_ping,
+    "exec": op_exec,
+    "fetch_file": op_fetch_file,
+    "run_module": op_run_module,
+    "spawn_context": op_spawn_context,
+    "copy_fast": op_copy_fast,
+    "copy_stream": op_copy_fast,
+    "relay_put": op_relay_put,
+    "cache_drop": op_cache_drop,
+}
 
 
 def run_call(chan, call_id, fn, call):
@@ -1420,7 +1522,7 @@ def op_cancel(call):
     stops sending, and its reply is never sent. -> {"cancelled": bool} (false: no such call
     running, e.g. it just finished)."""
     handle = call.get("handle")
-    if isinstance(handle, bool) or not isinstance(handle, int) or not 0 < handle < 2 ** 32:
+    if isinstance(handle, bool) or not isinstance(handle, int) or not 0 < handle < 2**32:
         raise AgentError("bad_request", "cancel needs a call handle (integer 1..2^32-1)")
     with RUNNING_LOCK:
         run = RUNNING.get(handle)
@@ -1471,9 +1573,12 @@ class Agent(object):
             if "blobs_z" in call:
                 store_blobs(call.pop("blobs_z"), packed=True)
             if "blob_refs" in call:
-                raise AgentError("missing_blobs", "module code the agent that started this "
-                                 "one should have sent is not there: %s"
-                                 % ", ".join(str(h)[:12] for h in call["blob_refs"]))
+                raise AgentError(
+                    "missing_blobs",
+                    "module code the agent that started this "
+                    "one should have sent is not there: %s"
+                    % ", ".join(str(h)[:12] for h in call["blob_refs"]),
+                )
         except AgentError as exc:
             return self.chan.reply_error(call_id, exc.kind, exc.message)
         except Exception as exc:  # bad UTF-8 or JSON, too deeply nested, bad base64, ...
@@ -1492,6 +1597,7 @@ class Agent(object):
                     with STARTING_COND:
                         STARTING.discard(call.get("ctx"))
                         STARTING_COND.notify_all()
+
             start_threaded(self.chan, call_id, spawn, call, "%s-%d" % (op, call_id))
         elif op in THREADED:
             start_threaded(self.chan, call_id, THREADED[op], call, "%s-%d" % (op, call_id))
@@ -1505,8 +1611,9 @@ class Agent(object):
         elif op == "log_level":
             level = LEVELS.get(str(call.get("level")).upper())
             if level is None:
-                return self.chan.reply_error(call_id, "bad_request",
-                                             "unknown level %r" % (call.get("level"),))
+                return self.chan.reply_error(
+                    call_id, "bad_request", "unknown level %r" % (call.get("level"),)
+                )
             logging.getLogger().setLevel(level)
             self.chan.reply(call_id, {})
         elif op == "store_blobs":  # code for contexts this agent starts (stored above)
@@ -1594,13 +1701,17 @@ def main():
     UMASK = os.umask(0o022)
     os.umask(UMASK)
     chan = Channel(rfd, wfd)
-    hello = {"proto": PROTO, "python": platform.python_version(),
-             "executable": sys.executable,
-             # the program resolved, for the daemon to match interpreters (not in a venv,
-             # whose python resolves to its base but sees other packages)
-             "realpath": None if _my_venv() else os.path.realpath(sys.executable),
-             "hostname": socket.gethostname(),
-             "uid": os.getuid(), "pid": os.getpid()}
+    hello = {
+        "proto": PROTO,
+        "python": platform.python_version(),
+        "executable": sys.executable,
+        # the program resolved, for the daemon to match interpreters (not in a venv,
+        # whose python resolves to its base but sees other packages)
+        "realpath": None if _my_venv() else os.path.realpath(sys.executable),
+        "hostname": socket.gethostname(),
+        "uid": os.getuid(),
+        "pid": os.getpid(),
+    }
     chan.send(HELLO, 0, 0, 0, dumps(hello))
     root = logging.getLogger()
     for h in list(root.handlers):

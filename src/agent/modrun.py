@@ -14,6 +14,7 @@ Two wrapper dialects are emulated:
 * ``v1`` (ansible-core <= 2.18): ``ANSIBALLZ_TEMPLATE`` of ``executor/module_common.py``:
   ``basic._ANSIBLE_ARGS = params`` then ``runpy.run_module(..., alter_sys=True)``.
 """
+
 import atexit
 import hashlib
 import importlib
@@ -49,8 +50,8 @@ class Payload(object):
     """The files of one AnsiballZ zip, served from RAM under a virtual (non-existent) path."""
 
     def __init__(self, files, root):
-        self.files = files      # 'ansible/module_utils/basic.py' -> bytes
-        self.root = root        # virtual "zip" path, like /tmp/ansible_x_payload_y/ansible_x_payload.zip
+        self.files = files  # 'ansible/module_utils/basic.py' -> bytes
+        self.root = root  # virtual "zip" path, like /tmp/ansible_x_payload_y/ansible_x_payload.zip
         self.shas = {}
 
     def sha(self, rel):
@@ -78,7 +79,9 @@ class _Loader(importlib.abc.InspectLoader):
         code = _CODE_CACHE.get(key)
         if code is None:
             # zipimport compiles exactly like this (dont_inherit=True, no optimisation change)
-            code = _CODE_CACHE[key] = compile(self.payload.files[self.rel], self.path, 'exec', dont_inherit=True)
+            code = _CODE_CACHE[key] = compile(
+                self.payload.files[self.rel], self.path, 'exec', dont_inherit=True
+            )
         return code
 
     def get_source(self, fullname):
@@ -93,8 +96,8 @@ class _Loader(importlib.abc.InspectLoader):
     # ResourceLoader (pkgutil.get_data, linecache fallbacks)
     def get_data(self, path):
         prefix = self.payload.root + '/'
-        if path.startswith(prefix) and path[len(prefix):] in self.payload.files:
-            return self.payload.files[path[len(prefix):]]
+        if path.startswith(prefix) and path[len(prefix) :] in self.payload.files:
+            return self.payload.files[path[len(prefix) :]]
         raise OSError(0, '', path)
 
 
@@ -103,7 +106,7 @@ class _PathEntryFinder(object):
 
     def __init__(self, payload, path):
         self.payload = payload
-        self.prefix = path[len(payload.root):].strip('/')
+        self.prefix = path[len(payload.root) :].strip('/')
 
     def find_spec(self, fullname, target=None):
         tail = fullname.rpartition('.')[2]
@@ -117,8 +120,11 @@ class _PathEntryFinder(object):
             return None
         loader = _Loader(self.payload, rel, pkg)
         return importlib.util.spec_from_file_location(
-            fullname, loader.path, loader=loader,
-            submodule_search_locations=[self.payload.root + '/' + base] if pkg else None)
+            fullname,
+            loader.path,
+            loader=loader,
+            submodule_search_locations=[self.payload.root + '/' + base] if pkg else None,
+        )
 
     def invalidate_caches(self):
         pass
@@ -159,21 +165,21 @@ def _reset_kept_globals():
                 setattr(m, name, None)
     m = sys.modules.get('ansible.module_utils.facts.timeout')
     if m is not None:
-        m.GATHER_TIMEOUT = None                      # setup sets it; other fact users expect the default
+        m.GATHER_TIMEOUT = None  # setup sets it; other fact users expect the default
     m = sys.modules.get('ansible.module_utils.distro._distro')
     if m is not None:
-        m._distro = m.LinuxDistribution()            # cached /etc/os-release, lsb_release output
+        m._distro = m.LinuxDistribution()  # cached /etc/os-release, lsb_release output
     m = sys.modules.get('ansible.module_utils.common.warnings')
     if m is not None:
         for name in ('_global_warnings', '_global_deprecations'):
-            getattr(m, name).clear()      # dict in 2.19+, list in 2.18
+            getattr(m, name).clear()  # dict in 2.19+, list in 2.18
     m = sys.modules.get('ansible.module_utils._internal._traceback')
     if m is not None and hasattr(m, '_module_tracebacks_enabled_events'):
         m._module_tracebacks_enabled_events = None
 
 
 def _validate_kept(payload):
-    for name, (rel, sha) in list(_KEPT.items()):
+    for rel, sha in list(_KEPT.values()):
         if rel not in payload.files or payload.sha(rel) != sha:
             for n in list(_KEPT):
                 sys.modules.pop(n, None)
@@ -182,11 +188,18 @@ def _validate_kept(payload):
 
 
 def _payload_module_names():
-    return [n for n in list(sys.modules) if n == 'ansible' or n.startswith('ansible.')
-            or n == 'ansible_collections' or n.startswith('ansible_collections.')]
+    return [
+        n
+        for n in list(sys.modules)
+        if n == 'ansible'
+        or n.startswith('ansible.')
+        or n == 'ansible_collections'
+        or n.startswith('ansible_collections.')
+    ]
 
 
 # --------------------------------------------------------------------------- run one module
+
 
 class _AtExit(object):
     """Collects atexit.register() calls made by the module (AnsibleModule.tmpdir cleanup...)."""
@@ -228,7 +241,7 @@ def _exit_code(exc):
     if code is None:
         return 0
     if isinstance(code, int):
-        return code & 0xff
+        return code & 0xFF
     sys.stderr.write('%s\n' % (code,))
     return 1
 
@@ -244,13 +257,25 @@ def _std_streams(template_out, template_err, env):
     def writer(fd, template, line_buffering):
         raw = io.FileIO(fd, 'w', closefd=False)
         if unbuffered:
-            return io.TextIOWrapper(raw, encoding=template.encoding, errors=template.errors,
-                                    line_buffering=line_buffering, write_through=True)
-        return io.TextIOWrapper(io.BufferedWriter(raw), encoding=template.encoding,
-                                errors=template.errors, line_buffering=line_buffering)
+            return io.TextIOWrapper(
+                raw,
+                encoding=template.encoding,
+                errors=template.errors,
+                line_buffering=line_buffering,
+                write_through=True,
+            )
+        return io.TextIOWrapper(
+            io.BufferedWriter(raw),
+            encoding=template.encoding,
+            errors=template.errors,
+            line_buffering=line_buffering,
+        )
 
-    stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, 'r', closefd=False)),
-                             encoding=template_out.encoding, errors=template_out.errors)
+    stdin = io.TextIOWrapper(
+        io.BufferedReader(io.FileIO(0, 'r', closefd=False)),
+        encoding=template_out.encoding,
+        errors=template_out.errors,
+    )
     # CPython 3.9+: stderr is line buffered unless -u/PYTHONUNBUFFERED
     return stdin, writer(1, template_out, False), writer(2, template_err, not unbuffered)
 
@@ -262,12 +287,16 @@ def _shim(req):
       File "<stdin>", line <main>, in _ansiballz_main
       File "<stdin>", line <invoke>, in invoke_module"""
     if req['dialect'] == 'v2':
-        call = ('_loader.run_module(json_params=_p, profile=_profile, module_fqn=_fqn, '
-                'modlib_path=_modlib, extensions=_ext)')
+        call = (
+            '_loader.run_module(json_params=_p, profile=_profile, module_fqn=_fqn, '
+            'modlib_path=_modlib, extensions=_ext)'
+        )
     else:
-        call = ('runpy.run_module(mod_name=_fqn, init_globals=dict(_module_fqn=_fqn, _modlib_path=_modlib), '
-                'run_name="__main__", alter_sys=True); '
-                'print(\'{"msg": "New-style module did not handle its own exit", "failed": true}\'); sys.exit(1)')
+        call = (
+            'runpy.run_module(mod_name=_fqn, init_globals=dict(_module_fqn=_fqn, _modlib_path=_modlib), '
+            'run_name="__main__", alter_sys=True); '
+            'print(\'{"msg": "New-style module did not handle its own exit", "failed": true}\'); sys.exit(1)'
+        )
     ln = req.get('tb_lines') or {'invoke': 3, 'main': 4, 'module': 5}
     src = ['def _ansiballz_main():', '    def invoke_module():']
     src += [''] * (ln['invoke'] - 1 - len(src)) + ['        ' + call]
@@ -299,13 +328,23 @@ def _prepare_wrapper(req, payload):
     # strip cwd from sys.path (scriptdir is None: the wrapper came on stdin), then the payload first
     sys.path = [p for p in sys.path if p not in ('', '.')]
     sys.path.insert(0, modlib_path)
-    g = {'__name__': '__main__', 'runpy': runpy, 'sys': sys, '_fqn': req['module_fqn'], '_modlib': modlib_path,
-         '_p': req['params'].encode('utf-8'), '_profile': req['profile'], '_ext': req.get('extensions') or {}}
+    g = {
+        '__name__': '__main__',
+        'runpy': runpy,
+        'sys': sys,
+        '_fqn': req['module_fqn'],
+        '_modlib': modlib_path,
+        '_p': req['params'].encode('utf-8'),
+        '_profile': req['profile'],
+        '_ext': req.get('extensions') or {},
+    }
     if req['dialect'] == 'v2':
         from ansible.module_utils._internal._ansiballz import _loader  # from the payload
+
         g['_loader'] = _loader
     else:
         from ansible.module_utils import basic  # from the payload
+
         basic._ANSIBLE_ARGS = g['_p']
     return g
 
@@ -333,9 +372,20 @@ class ProcessState(object):
         os.umask(self.umask)
         self.locale = locale.setlocale(locale.LC_ALL)
         self.rlimit = resource.getrlimit(resource.RLIMIT_NOFILE)
-        self.sys_attrs = dict((k, getattr(sys, k)) for k in (
-            'argv', 'path', 'meta_path', 'path_hooks', 'stdin', 'stdout', 'stderr',
-            'excepthook', 'displayhook'))
+        self.sys_attrs = dict(
+            (k, getattr(sys, k))
+            for k in (
+                'argv',
+                'path',
+                'meta_path',
+                'path_hooks',
+                'stdin',
+                'stdout',
+                'stderr',
+                'excepthook',
+                'displayhook',
+            )
+        )
         self.sys_lists = (list(sys.argv), list(sys.path), list(sys.meta_path), list(sys.path_hooks))
         self.recursion = sys.getrecursionlimit()
         self.signals = dict((s, signal.getsignal(s)) for s in _SIGNALS)
@@ -346,6 +396,7 @@ class ProcessState(object):
         self.modules = set(sys.modules) - set(_KEPT)
         self.fds = dict((fd, os.dup(fd)) for fd in (0, 1, 2))
         import socket
+
         self.sock_timeout = socket.getdefaulttimeout()
         # module_utils/urls.py open_url() calls urllib.request.install_opener(): process-global
         self.url_opener = getattr(sys.modules.get('urllib.request'), '_opener', None)
@@ -353,6 +404,7 @@ class ProcessState(object):
     def restore(self):
         report = {}
         import socket
+
         socket.setdefaulttimeout(self.sock_timeout)
         if 'urllib.request' in sys.modules:
             sys.modules['urllib.request']._opener = self.url_opener
@@ -363,8 +415,11 @@ class ProcessState(object):
         for k, v in self.sys_attrs.items():
             setattr(sys, k, v)
         sys.argv[:], sys.path[:], sys.meta_path[:], sys.path_hooks[:] = self.sys_lists
-        for key in [k for k in sys.path_importer_cache if isinstance(k, str) and _HOOK.payload
-                    and k.startswith(_HOOK.payload.root)]:
+        for key in [
+            k
+            for k in sys.path_importer_cache
+            if isinstance(k, str) and _HOOK.payload and k.startswith(_HOOK.payload.root)
+        ]:
             del sys.path_importer_cache[key]
         sys.setrecursionlimit(self.recursion)
         changed = [s for s in _SIGNALS if signal.getsignal(s) is not self.signals[s]]
@@ -407,15 +462,19 @@ class ProcessState(object):
         for name in _payload_module_names():
             mod = sys.modules[name]
             loader = getattr(getattr(mod, '__spec__', None), 'loader', None)
-            if (self.warm and isinstance(loader, _Loader) and not name.startswith(_WARM_DENY)
-                    and (loader.rel in self.core or loader.rel in _SYNTHETIC_PKGS)):
+            if (
+                self.warm
+                and isinstance(loader, _Loader)
+                and not name.startswith(_WARM_DENY)
+                and (loader.rel in self.core or loader.rel in _SYNTHETIC_PKGS)
+            ):
                 _KEPT[name] = (loader.rel, loader.payload.sha(loader.rel))
                 continue
             _KEPT.pop(name, None)
             del sys.modules[name]
             parent, _, child = name.rpartition('.')
             if parent in _KEPT and getattr(sys.modules.get(parent), child, None) is mod:
-                delattr(sys.modules[parent], child)   # else `from parent import child` finds the stale one
+                delattr(sys.modules[parent], child)  # else `from parent import child` finds the stale one
         _reset_kept_globals()
         # a kept module's meta-path importer (ansible.module_utils.six adds one) must stay with it
         sys.meta_path.extend(f for f in added_finders if type(f).__module__ in _KEPT)
@@ -435,13 +494,13 @@ class ProcessState(object):
 def _prepare_fresh_process_view(req):
     """What a brand-new interpreter would see that the agent may have cached."""
     importlib.invalidate_caches()
-    tempfile.tempdir = None                   # re-derive from TMPDIR of this run's environment
-    platform._uname_cache = None              # hostname may have changed (hostname module)
+    tempfile.tempdir = None  # re-derive from TMPDIR of this run's environment
+    platform._uname_cache = None  # hostname may have changed (hostname module)
     if hasattr(platform, '_os_release_cache'):
         platform._os_release_cache = None
     for k, v in (req.get('env') or {}).items():
         os.environ[k] = v
-    time.tzset()                              # TZ may come from the task environment
+    time.tzset()  # TZ may come from the task environment
 
 
 def _finish_threads(before):
@@ -468,9 +527,9 @@ def execute(req, payload, out_fd, err_fd, template_out, template_err, state=None
         run_env = dict(os.environ)
         run_env.update(req.get('env') or {})
         sys.stdin, sys.stdout, sys.stderr = _std_streams(template_out, template_err, run_env)
-        sys.argv = ['']                       # `python3` reading its program from stdin
+        sys.argv = ['']  # `python3` reading its program from stdin
         _prepare_fresh_process_view(req)
-        if req.get('cwd'):                    # the local connection's playbook directory
+        if req.get('cwd'):  # the local connection's playbook directory
             os.chdir(req['cwd'])
         if _HOOK not in sys.path_hooks:
             sys.path_hooks.insert(0, _HOOK)
@@ -486,12 +545,14 @@ def execute(req, payload, out_fd, err_fd, template_out, template_err, state=None
             except BaseException:
                 # uncaught: the interpreter prints the traceback with sys.excepthook, status 1
                 etype, value, tb = sys.exc_info()
-                tb = tb.tb_next or tb                  # drop this frame: the traceback starts at "<stdin>"
+                tb = tb.tb_next or tb  # drop this frame: the traceback starts at "<stdin>"
                 value.__traceback__ = tb
                 rc = 1
                 try:
-                    sys.excepthook(etype, value, tb)   # e.g. 2.18 file.py routes AnsibleModuleError to fail_json
-                except SystemExit as e:                # ... which exits from inside the hook: that status wins
+                    sys.excepthook(
+                        etype, value, tb
+                    )  # e.g. 2.18 file.py routes AnsibleModuleError to fail_json
+                except SystemExit as e:  # ... which exits from inside the hook: that status wins
                     rc = _exit_code(e)
                 except BaseException:
                     traceback.print_exception(etype, value, tb)
@@ -547,6 +608,7 @@ def _payload_on_disk(req, files):
     then imports the payload from that path. Returns (directory, zip path)."""
     import shutil
     import zipfile
+
     name = str(req.get('module_fqn') or 'module').rsplit('.', 1)[-1]
     name = ''.join(c if c.isalnum() or c == '_' else '_' for c in name)
     top = tempfile.mkdtemp(prefix='ansible_%s_payload_' % name)
@@ -578,15 +640,22 @@ def run(req, files, mode='inproc', template_out=None, template_err=None, core=()
         mode = 'fork'
         top, payload.root = _payload_on_disk(req, files)
     try:
-        rc, report = _run_mode(req, payload, mode, out_fd, err_fd, template_out, template_err, core,
-                               fresh=disk)
+        rc, report = _run_mode(
+            req, payload, mode, out_fd, err_fd, template_out, template_err, core, fresh=disk
+        )
     finally:
         if top is not None:
             import shutil
+
             shutil.rmtree(top, ignore_errors=True)
     elapsed = time.perf_counter() - t0
-    return {'rc': rc, 'stdout': _read_all(out_fd), 'stderr': _read_all(err_fd),
-            'seconds': elapsed, 'report': report}
+    return {
+        'rc': rc,
+        'stdout': _read_all(out_fd),
+        'stderr': _read_all(err_fd),
+        'seconds': elapsed,
+        'report': report,
+    }
 
 
 def _reset_imports_after_fork():
@@ -596,6 +665,7 @@ def _reset_imports_after_fork():
     (CPython keeps the locks in importlib._bootstrap; 3.8 to 3.13)."""
     try:
         import importlib._bootstrap as bootstrap
+
         bootstrap._module_locks.clear()
         blocking = getattr(bootstrap, '_blocking_on', None)
         if blocking is not None:
@@ -615,8 +685,15 @@ def _run_mode(req, payload, mode, out_fd, err_fd, template_out, template_err, co
             for n in list(_KEPT):
                 sys.modules.pop(n, None)
             _KEPT.clear()
-        rc, report = execute(req, payload, out_fd, err_fd, template_out, template_err,
-                             ProcessState(warm=(mode == 'warm'), core=frozenset(core)))
+        rc, report = execute(
+            req,
+            payload,
+            out_fd,
+            err_fd,
+            template_out,
+            template_err,
+            ProcessState(warm=(mode == 'warm'), core=frozenset(core)),
+        )
     else:
         with _FORK_LOCK:
             active = _ACTIVE
@@ -643,7 +720,6 @@ def _run_mode(req, payload, mode, out_fd, err_fd, template_out, template_err, co
     return rc, report
 
 
-
 # --------------------------------------------------------------------------- async tasks
 
 # An async task (`async: N`) runs as Ansible's async_wrapper (modules/async_wrapper.py, 2.18 to
@@ -666,23 +742,23 @@ def filter_non_json_lines(data, blank_junk=True):
     trailing blank lines count as junk (2.18-2.20 yes; 2.21 only lines with text)."""
     warnings_ = []
     lines = data.splitlines()
-    for start, line in enumerate(lines):
+    for start, line in enumerate(lines):  # noqa: B007 (used after the loop, as in Ansible)
         line = line.strip()
-        if line.startswith(u'{'):
+        if line.startswith('{'):
             break
     else:
         raise ValueError('No start of json char found')
     lines = lines[start:]
-    for reverse_end_offset, line in enumerate(reversed(lines)):
-        if line.strip().endswith(u'}'):
+    for reverse_end_offset, line in enumerate(reversed(lines)):  # noqa: B007 (used after)
+        if line.strip().endswith('}'):
             break
     else:
         raise ValueError('No end of json char found')
     if reverse_end_offset > 0:
-        trailing_junk = lines[len(lines) - reverse_end_offset:]
+        trailing_junk = lines[len(lines) - reverse_end_offset :]
         if blank_junk or any(j.strip() for j in trailing_junk):
             warnings_.append('Module invocation had junk after the JSON data: %s' % '\n'.join(trailing_junk))
-    lines = lines[:(len(lines) - reverse_end_offset)]
+    lines = lines[: (len(lines) - reverse_end_offset)]
     return ('\n'.join(lines), warnings_)
 
 
@@ -722,8 +798,13 @@ def job_result(outdata, stderr, jid, cmd, ints=False, blank_junk=True):
     except OSError as e:
         result = {"failed": failed, "cmd": cmd, "msg": str(e), "outdata": outdata, "stderr": stderr}
     except Exception:
-        result = {"failed": failed, "cmd": cmd, "data": outdata, "stderr": stderr,
-                  "msg": traceback.format_exc()}
+        result = {
+            "failed": failed,
+            "cmd": cmd,
+            "data": outdata,
+            "stderr": stderr,
+            "msg": traceback.format_exc(),
+        }
     result['ansible_job_id'] = jid
     return result
 
@@ -810,8 +891,7 @@ def _watch(pid, limit, path, step, grace):
 def _async_module(req, files, job, jid, path, wfd, template_out, template_err, disk):
     """The job's module process: first status, the start notice, the module, its result."""
     ints = job.get('ints')
-    job_write(path, {"started": 1 if ints else True, "finished": 0 if ints else False,
-                     "ansible_job_id": jid})
+    job_write(path, {"started": 1 if ints else True, "finished": 0 if ints else False, "ansible_job_id": jid})
     _notice(wfd, {'started': True})
     os.close(wfd)
     payload = Payload(files, ROOT)
@@ -831,6 +911,7 @@ def _async_module(req, files, job, jid, path, wfd, template_out, template_err, d
     finally:
         if top is not None:
             import shutil
+
             shutil.rmtree(top, ignore_errors=True)
     # from here on, what async_wrapper does in its own process once the module exited
     for fd in (0, 1, 2):
@@ -858,9 +939,16 @@ def _async_child(req, files, job, wfd, active, template_out, template_err, disk)
     try:
         os.makedirs(jobdir, exist_ok=True)
     except Exception as e:
-        _notice(wfd, {'error': {"failed": 1 if job.get('ints') else True,
-                                "msg": "could not create directory: %s - %s" % (jobdir, e),
-                                "exception": traceback.format_exc()}})
+        _notice(
+            wfd,
+            {
+                'error': {
+                    "failed": 1 if job.get('ints') else True,
+                    "msg": "could not create directory: %s - %s" % (jobdir, e),
+                    "exception": traceback.format_exc(),
+                }
+            },
+        )
         return
     try:
         path = os.path.join(os.getcwd(), job_path)  # the module may change directory
@@ -934,11 +1022,29 @@ def start_async(req, files, job, template_out=None, template_err=None, disk=Fals
     if 'error' in info:
         rc, out = 1, info['error']
     elif 'results_file' in info:
-        rc, out = 0, {"failed": 0 if ints else False, "started": 1 if ints else True,
-                      "finished": 0 if ints else False, "ansible_job_id": info['jid'],
-                      "results_file": info['results_file'], "_ansible_suppress_tmpdir_delete": True}
+        rc, out = (
+            0,
+            {
+                "failed": 0 if ints else False,
+                "started": 1 if ints else True,
+                "finished": 0 if ints else False,
+                "ansible_job_id": info['jid'],
+                "results_file": info['results_file'],
+                "_ansible_suppress_tmpdir_delete": True,
+            },
+        )
     else:
-        rc, out = 1, {"failed": 1 if ints else True,
-                      "msg": "FATAL ERROR: the async job did not start (process %d)" % pid}
-    return {'rc': rc, 'stdout': (json.dumps(out) + '\n').encode('utf-8'), 'stderr': b'',
-            'seconds': time.perf_counter() - t0, 'report': {}}
+        rc, out = (
+            1,
+            {
+                "failed": 1 if ints else True,
+                "msg": "FATAL ERROR: the async job did not start (process %d)" % pid,
+            },
+        )
+    return {
+        'rc': rc,
+        'stdout': (json.dumps(out) + '\n').encode('utf-8'),
+        'stderr': b'',
+        'seconds': time.perf_counter() - t0,
+        'report': {},
+    }

@@ -25,9 +25,13 @@ def available():
 
 def write_cfg(work, *extra):
     """``work``/ansible.cfg: the printed lines, then ``extra`` lines of [defaults]."""
-    lines = subprocess.run([os.path.join(VENV_BIN, 'python'), '-m', 'spindle_ansible'],
-                           env=dict(os.environ, PYTHONPATH=PKG), check=True,
-                           stdout=subprocess.PIPE, universal_newlines=True).stdout
+    lines = subprocess.run(
+        [os.path.join(VENV_BIN, 'python'), '-m', 'spindle_ansible'],
+        env=dict(os.environ, PYTHONPATH=PKG),
+        check=True,
+        stdout=subprocess.PIPE,
+        universal_newlines=True,
+    ).stdout
     path = os.path.join(work, 'ansible.cfg')
     with open(path, 'w') as f:
         f.write(lines.rstrip('\n') + '\n' + ''.join(line + '\n' for line in extra))
@@ -38,10 +42,18 @@ def env(work):
     """The environment for an Ansible CLI run in ``work``: nothing of the caller's ANSIBLE_ or
     SPINDLE_ settings, this checkout's plugin package and daemon binary."""
     out = {k: v for k, v in os.environ.items() if not k.startswith(('ANSIBLE_', 'SPINDLE_'))}
-    out.update({'ANSIBLE_CONFIG': os.path.join(work, 'ansible.cfg'), 'ANSIBLE_HOME': work,
-                'ANSIBLE_LOCAL_TEMP': os.path.join(work, 'tmp'), 'ANSIBLE_NOCOLOR': '1',
-                'SPINDLE_BIN': BIN, 'SPINDLE_PATHS_FILE': os.path.join(work, 'paths.json'),
-                'PYTHONPATH': PKG, 'PATH': VENV_BIN + os.pathsep + os.environ.get('PATH', '')})
+    out.update(
+        {
+            'ANSIBLE_CONFIG': os.path.join(work, 'ansible.cfg'),
+            'ANSIBLE_HOME': work,
+            'ANSIBLE_LOCAL_TEMP': os.path.join(work, 'tmp'),
+            'ANSIBLE_NOCOLOR': '1',
+            'SPINDLE_BIN': BIN,
+            'SPINDLE_PATHS_FILE': os.path.join(work, 'paths.json'),
+            'PYTHONPATH': PKG,
+            'PATH': VENV_BIN + os.pathsep + os.environ.get('PATH', ''),
+        }
+    )
     return out
 
 
@@ -99,8 +111,8 @@ def login_user(name, shell='/bin/bash'):
     def cleanup():
         if os.path.exists(sudoers):
             os.remove(sudoers)
-        subprocess.run(['userdel', '-r', '-f', name], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        subprocess.run(['userdel', '-r', '-f', name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     return cleanup
 
 
@@ -109,14 +121,16 @@ FLEET = os.path.join(REPO, 'containers', 'netns-fleet.sh')
 
 def run(argv, **kw):
     """``argv``'s CompletedProcess, stdout and stderr together as text."""
-    return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          universal_newlines=True, **kw)
+    return subprocess.run(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, **kw
+    )
 
 
 def fleet_up(name, count):
     """A netns fleet of ``count`` sshd targets: its inventory path (unittest.SkipTest when
     this machine cannot make one; RuntimeError when it fails)."""
     import unittest
+
     why = available()
     if why:
         raise unittest.SkipTest(why)

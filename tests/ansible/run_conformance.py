@@ -61,7 +61,8 @@ SKIP = 77
 MAX_GATEWAY_SHARE = 0.5
 
 # Run inside each target: what the play left under TARGET_DIR, as JSON.
-COLLECT = r'''
+COLLECT = (
+    r'''
 import json, os, stat
 root = %r
 out = {}
@@ -80,7 +81,9 @@ for dp, dns, fns in os.walk(root):
                 e["content"] = f.read().decode("utf-8", "replace")
         out[os.path.relpath(p, root)] = e
 print(json.dumps(out, sort_keys=True))
-''' % TARGET_DIR
+'''
+    % TARGET_DIR
+)
 
 
 class Skip(Exception):
@@ -88,13 +91,18 @@ class Skip(Exception):
 
 
 def fleet(*args, check=True):
-    p = subprocess.run(['bash', FLEET] + [str(a) for a in args], stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, universal_newlines=True)
+    p = subprocess.run(
+        ['bash', FLEET] + [str(a) for a in args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+    )
     if p.returncode == SKIP:
         raise Skip('netns-fleet.sh %s: %s' % (args[0], p.stderr.strip()))
     if check and p.returncode != 0:
-        raise RuntimeError('netns-fleet.sh %s failed (%d): %s'
-                           % (' '.join(map(str, args)), p.returncode, p.stderr))
+        raise RuntimeError(
+            'netns-fleet.sh %s failed (%d): %s' % (' '.join(map(str, args)), p.returncode, p.stderr)
+        )
     return p
 
 
@@ -124,17 +132,23 @@ def spindle_bin():
 
 
 def write_cfg(path, kind, strategy):
-    lines = ['[defaults]', 'callback_plugins = %s' % os.path.join(PLUGINS, 'callback'),
-             'callbacks_enabled = spindle_record', 'retry_files_enabled = False',
-             'forks = %d' % max(5, COUNT + 1)]
+    lines = [
+        '[defaults]',
+        'callback_plugins = %s' % os.path.join(PLUGINS, 'callback'),
+        'callbacks_enabled = spindle_record',
+        'retry_files_enabled = False',
+        'forks = %d' % max(5, COUNT + 1),
+    ]
     if kind == 'spindle' and strategy == 'linear':
         # The callback entry point: Ansible's own linear strategy, routed by the callback.
         lines[2] = 'callbacks_enabled = spindle_record, spindle'
         lines += ['strategy = linear']
     elif kind == 'spindle':
-        lines += ['strategy_plugins = %s' % os.path.join(PLUGINS, 'strategy'),
-                  'connection_plugins = %s' % os.path.join(PLUGINS, 'connection'),
-                  'strategy = spindle_%s' % strategy]
+        lines += [
+            'strategy_plugins = %s' % os.path.join(PLUGINS, 'strategy'),
+            'connection_plugins = %s' % os.path.join(PLUGINS, 'connection'),
+            'strategy = spindle_%s' % strategy,
+        ]
     else:
         lines += ['strategy = %s' % strategy]
     with open(path, 'w') as f:
@@ -143,20 +157,24 @@ def write_cfg(path, kind, strategy):
 
 def run_env(work, cfg, record, pipelining=True):
     env = {k: v for k, v in os.environ.items() if not k.startswith(('ANSIBLE_', 'SPINDLE_'))}
-    env.update({
-        'ANSIBLE_CONFIG': cfg,
-        'ANSIBLE_HOME': os.path.join(work, 'home'),
-        'ANSIBLE_LOCAL_TEMP': os.path.join(work, 'tmp'),
-        'ANSIBLE_SSH_CONTROL_PATH_DIR': os.path.join(work, 'cp'),
-        'ANSIBLE_NOCOLOR': '1',
-        'XDG_RUNTIME_DIR': os.path.join(work, 'run'),  # where the strategy puts its daemon
-        'SPINDLE_RECORD': record,
-        'SPINDLE_BIN': spindle_bin(),
-        # the playbook's library/ plus the binary module built for this run
-        'ANSIBLE_LIBRARY': os.pathsep.join([os.path.join(HERE, 'library'), os.path.join(work, 'library')]),
-        'PYTHONPATH': os.pathsep.join([PKG_ROOT] + [p for p in [os.environ.get('PYTHONPATH')] if p]),
-        'SPINDLE_PATHS_FILE': record + '.paths',
-    })
+    env.update(
+        {
+            'ANSIBLE_CONFIG': cfg,
+            'ANSIBLE_HOME': os.path.join(work, 'home'),
+            'ANSIBLE_LOCAL_TEMP': os.path.join(work, 'tmp'),
+            'ANSIBLE_SSH_CONTROL_PATH_DIR': os.path.join(work, 'cp'),
+            'ANSIBLE_NOCOLOR': '1',
+            'XDG_RUNTIME_DIR': os.path.join(work, 'run'),  # where the strategy puts its daemon
+            'SPINDLE_RECORD': record,
+            'SPINDLE_BIN': spindle_bin(),
+            # the playbook's library/ plus the binary module built for this run
+            'ANSIBLE_LIBRARY': os.pathsep.join(
+                [os.path.join(HERE, 'library'), os.path.join(work, 'library')]
+            ),
+            'PYTHONPATH': os.pathsep.join([PKG_ROOT] + [p for p in [os.environ.get('PYTHONPATH')] if p]),
+            'SPINDLE_PATHS_FILE': record + '.paths',
+        }
+    )
     if pipelining:  # else Ansible's default (off)
         env['ANSIBLE_PIPELINING'] = 'True'
     return env
@@ -168,8 +186,10 @@ def snapshot(path):
         for n in fns:
             p = os.path.join(dp, n)
             with open(p, 'rb') as f:
-                out[os.path.relpath(p, path)] = {'mode': oct(os.stat(p).st_mode & 0o7777),
-                                                 'content': f.read().decode('utf-8', 'replace')}
+                out[os.path.relpath(p, path)] = {
+                    'mode': oct(os.stat(p).st_mode & 0o7777),
+                    'content': f.read().decode('utf-8', 'replace'),
+                }
     return out
 
 
@@ -218,10 +238,13 @@ def link(name, a, a_ip, b, b_ip):
     """A veth pair between fleet targets a and b with host routes to each other's address."""
     na, nb = 'sp-%s-%d' % (name, a), 'sp-%s-%d' % (name, b)
     ia, ib = 'vv%dx%d' % (a, b), 'vv%dx%d' % (b, a)
-    for cmd in (['link', 'add', ia, 'netns', na, 'type', 'veth', 'peer', 'name', ib, 'netns', nb],
-                ['-n', na, 'link', 'set', ia, 'up'], ['-n', nb, 'link', 'set', ib, 'up'],
-                ['-n', na, 'route', 'add', b_ip + '/32', 'dev', ia],
-                ['-n', nb, 'route', 'add', a_ip + '/32', 'dev', ib]):
+    for cmd in (
+        ['link', 'add', ia, 'netns', na, 'type', 'veth', 'peer', 'name', ib, 'netns', nb],
+        ['-n', na, 'link', 'set', ia, 'up'],
+        ['-n', nb, 'link', 'set', ib, 'up'],
+        ['-n', na, 'route', 'add', b_ip + '/32', 'dev', ia],
+        ['-n', nb, 'route', 'add', a_ip + '/32', 'dev', ib],
+    ):
         subprocess.run(['ip'] + cmd, check=True)
 
 
@@ -231,8 +254,12 @@ def tx_bytes(ns, dev):
         path = '/sys/class/net/%s/statistics/tx_bytes' % dev
         with open(path) as f:
             return int(f.read())
-    out = subprocess.run(['ip', '-n', ns, '-s', '-j', 'link', 'show', 'dev', dev], check=True,
-                         stdout=subprocess.PIPE, universal_newlines=True).stdout
+    out = subprocess.run(
+        ['ip', '-n', ns, '-s', '-j', 'link', 'show', 'dev', dev],
+        check=True,
+        stdout=subprocess.PIPE,
+        universal_newlines=True,
+    ).stdout
     return int(json.loads(out)[0]['stats64']['tx']['bytes'])
 
 
@@ -253,14 +280,21 @@ def one_run(name, work, kind, strategy, inventories, extra, pipelining=True):
     for inv in inventories:
         argv += ['-i', inv]
     t0 = time.monotonic()
-    p = subprocess.run(argv, env=run_env(work, cfg, record, pipelining), cwd=work, stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, universal_newlines=True)
+    p = subprocess.run(
+        argv,
+        env=run_env(work, cfg, record, pipelining),
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        universal_newlines=True,
+    )
     took = time.monotonic() - t0
     with open(os.path.join(work, tag + '.log'), 'w') as f:
         f.write(p.stdout)
     if not os.path.exists(record):
-        raise RuntimeError('%s: no record written (rc %d); output:\n%s'
-                           % (tag, p.returncode, p.stdout[-4000:]))
+        raise RuntimeError(
+            '%s: no record written (rc %d); output:\n%s' % (tag, p.returncode, p.stdout[-4000:])
+        )
     with open(record) as f:
         records = json.load(f)
     files = {}
@@ -272,12 +306,25 @@ def one_run(name, work, kind, strategy, inventories, extra, pipelining=True):
     if os.path.exists(record + '.paths'):
         with open(record + '.paths') as f:
             paths = json.load(f)
-        print('  %-16s module runs: %d in the agent, %d forked, %d stock %s'
-              % ('', paths['in_agent'], paths['forked'], paths['stock'],
-                 json.dumps(paths['stock_reasons'], sort_keys=True)))
-    return {'paths': paths, 'rc': p.returncode, 'records': records, 'files': files,
-            'fetched': snapshot(os.path.join(work, 'fetched')), 'log': p.stdout,
-            'left_behind': left_behind(work, cfg, record, pipelining) if kind == 'spindle' else []}
+        print(
+            '  %-16s module runs: %d in the agent, %d forked, %d stock %s'
+            % (
+                '',
+                paths['in_agent'],
+                paths['forked'],
+                paths['stock'],
+                json.dumps(paths['stock_reasons'], sort_keys=True),
+            )
+        )
+    return {
+        'paths': paths,
+        'rc': p.returncode,
+        'records': records,
+        'files': files,
+        'fetched': snapshot(os.path.join(work, 'fetched')),
+        'log': p.stdout,
+        'left_behind': left_behind(work, cfg, record, pipelining) if kind == 'spindle' else [],
+    }
 
 
 def left_behind(work, cfg, record, pipelining):
@@ -290,9 +337,13 @@ def left_behind(work, cfg, record, pipelining):
     socks = glob.glob(os.path.join(run, mine, '*', 'sock'))
     if len(socks) != 1:
         left.append('%d persistent daemon sockets (expected 1): %s' % (len(socks), socks))
-    p = subprocess.run([os.path.join(VENV_BIN, 'python'), '-m', 'spindle_ansible', '--stop'],
-                       env=run_env(work, cfg, record, pipelining), stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, universal_newlines=True)
+    p = subprocess.run(
+        [os.path.join(VENV_BIN, 'python'), '-m', 'spindle_ansible', '--stop'],
+        env=run_env(work, cfg, record, pipelining),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        universal_newlines=True,
+    )
     if 'stopped %d persistent' % len(socks) not in p.stdout:
         left.append('--stop: %s' % p.stdout.strip())
     deadline = time.monotonic() + 10
@@ -311,8 +362,9 @@ def by_host(records):
 
 def _udiff(a, b):
     dump = functools.partial(json.dumps, indent=1, sort_keys=True)
-    lines = difflib.unified_diff(dump(a).splitlines(), dump(b).splitlines(), 'stock', 'spindle',
-                                 lineterm='', n=2)
+    lines = difflib.unified_diff(
+        dump(a).splitlines(), dump(b).splitlines(), 'stock', 'spindle', lineterm='', n=2
+    )
     return '\n'.join(lines)
 
 
@@ -329,12 +381,13 @@ def compare(stock, spindle):
             y = rb[i] if i < len(rb) else None
             if x != y:
                 label = (x or y).get('task')
-                problems.append('host %s, result #%d (task %r):\n%s'
-                                % (host, i, label, _udiff(x, y)))
+                problems.append('host %s, result #%d (task %r):\n%s' % (host, i, label, _udiff(x, y)))
                 break  # later results of this host usually follow from the first difference
     if spindle['left_behind']:
-        problems.append('the spindle daemon was not cleaned up at exit: %s left in $XDG_RUNTIME_DIR'
-                        % ', '.join(spindle['left_behind']))
+        problems.append(
+            'the spindle daemon was not cleaned up at exit: %s left in $XDG_RUNTIME_DIR'
+            % ', '.join(spindle['left_behind'])
+        )
     for what in ('files', 'fetched'):
         if stock[what] != spindle[what]:
             problems.append('%s differ:\n%s' % (what, _udiff(stock[what], spindle[what])))
@@ -352,8 +405,7 @@ def unexpected_stock(paths):
     task runs in an agent, whatever pipelining says and whatever the interpreter)."""
     if paths is None:
         return ['the spindle run wrote no module path counts (SPINDLE_PATHS_FILE)']
-    bad = dict((r, n) for r, n in paths['stock_reasons'].items()
-               if not r.startswith(EXPECTED_STOCK))
+    bad = dict((r, n) for r, n in paths['stock_reasons'].items() if not r.startswith(EXPECTED_STOCK))
     if bad:
         return ['module tasks on the stock path for unexpected reasons: %s' % bad]
     if not paths['in_agent']:
@@ -364,14 +416,20 @@ def unexpected_stock(paths):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--strategy', choices=('linear', 'free', 'both'), default='both')
-    ap.add_argument('--pipelining', choices=('on', 'off', 'auto'), default='auto',
-                    help="ANSIBLE_PIPELINING for both runs; auto: on for linear, Ansible's "
-                         "default (off) for free")
+    ap.add_argument(
+        '--pipelining',
+        choices=('on', 'off', 'auto'),
+        default='auto',
+        help="ANSIBLE_PIPELINING for both runs; auto: on for linear, Ansible's default (off) for free",
+    )
     ap.add_argument('--name', default='acnf', help='fleet name ([a-z0-9]{1,5})')
     ap.add_argument('--keep', action='store_true', help='keep the work dir (logs, records)')
     ap.add_argument('--via', action='store_true', help='spindle reaches t1, t2 through t0')
-    ap.add_argument('--bastions', action='store_true',
-                    help='23 targets: spindle reaches t3..t22 through t0 and bastions t1, t2')
+    ap.add_argument(
+        '--bastions',
+        action='store_true',
+        help='23 targets: spindle reaches t3..t22 through t0 and bastions t1, t2',
+    )
     args = ap.parse_args(argv)
     global COUNT
     if args.bastions:
@@ -411,8 +469,10 @@ def main(argv=None):
         if not have_binary:
             print('note: no C compiler here: the binary module task is skipped in both runs')
         with open(extra, 'w') as f:
-            json.dump({'fetch_dir': os.path.join(work, 'fetched'), 'http_urls': urls,
-                       'binary_module': have_binary}, f)
+            json.dump(
+                {'fetch_dir': os.path.join(work, 'fetched'), 'http_urls': urls, 'binary_module': have_binary},
+                f,
+            )
         # A fourth host that refuses connections: both runs must call it UNREACHABLE.
         dead = os.path.join(work, 'dead.ini')
         with open(dead, 'w') as f:
@@ -439,23 +499,30 @@ def main(argv=None):
 
         for strategy in strategies:
             pipelining = {'on': True, 'off': False}.get(args.pipelining, strategy == 'linear')
-            print('strategy %s vs %s, pipelining %s:'
-                  % (strategy, 'linear + callback spindle' if strategy == 'linear'
-                     else 'spindle_' + strategy, 'on' if pipelining else "off (Ansible's default)"))
+            print(
+                'strategy %s vs %s, pipelining %s:'
+                % (
+                    strategy,
+                    'linear + callback spindle' if strategy == 'linear' else 'spindle_' + strategy,
+                    'on' if pipelining else "off (Ansible's default)",
+                )
+            )
             stock = one_run(args.name, work, 'stock', strategy, inventories, extra, pipelining)
             before = link_bytes(args.name, hops) if args.bastions else None
-            spin = one_run(args.name, work, 'spindle', strategy, spindle_inventories, extra,
-                           pipelining)
+            spin = one_run(args.name, work, 'spindle', strategy, spindle_inventories, extra, pipelining)
             if before:
                 # What the hops pass on to the 22 targets behind them against what crossed
                 # the gateway's own link: module code and large files cross it once.
                 gw, down = [b - a for a, b in zip(before, link_bytes(args.name, hops))]
-                print('  bytes sent: controller -> gateway %d, hops -> their targets %d '
-                      '(%.2f)' % (gw, down, gw / float(down or 1)))
+                print(
+                    '  bytes sent: controller -> gateway %d, hops -> their targets %d '
+                    '(%.2f)' % (gw, down, gw / float(down or 1))
+                )
                 if gw > down * MAX_GATEWAY_SHARE:
                     failed = True
-                    print('MISMATCH: over %.2f of the hops\' bytes crossed the gateway link'
-                          % MAX_GATEWAY_SHARE)
+                    print(
+                        'MISMATCH: over %.2f of the hops\' bytes crossed the gateway link' % MAX_GATEWAY_SHARE
+                    )
             problems = compare(stock, spin)
             problems += unexpected_stock(spin['paths'])
             if problems:
@@ -465,8 +532,10 @@ def main(argv=None):
                     print('- ' + p)
             else:
                 hosts = by_host(stock['records'])
-                print('  equal: %d hosts, %s results, files and fetched files identical'
-                      % (len(hosts), '/'.join(str(len(v)) for _, v in sorted(hosts.items()))))
+                print(
+                    '  equal: %d hosts, %s results, files and fetched files identical'
+                    % (len(hosts), '/'.join(str(len(v)) for _, v in sorted(hosts.items())))
+                )
         if failed and args.keep:
             print('work dir kept: %s' % work)
         return 1 if failed else 0

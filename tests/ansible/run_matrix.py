@@ -32,8 +32,9 @@ def venvs():
 
 def run(argv, env):
     t0 = time.monotonic()
-    p = subprocess.run(argv, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       universal_newlines=True)
+    p = subprocess.run(
+        argv, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True
+    )
     return p, time.monotonic() - t0
 
 
@@ -49,9 +50,15 @@ def main(argv=None):
     for core, venv in cells:
         venv = os.path.join(REPO, venv)
         py = os.path.join(venv, 'bin', 'python')
-        version = subprocess.run([py, '-c', 'import ansible.release as r, platform; '
-                                  'print(r.__version__, platform.python_version())'],
-                                 stdout=subprocess.PIPE, universal_newlines=True).stdout.split()
+        version = subprocess.run(
+            [
+                py,
+                '-c',
+                'import ansible.release as r, platform; print(r.__version__, platform.python_version())',
+            ],
+            stdout=subprocess.PIPE,
+            universal_newlines=True,
+        ).stdout.split()
         env = dict(os.environ, SPINDLE_VENV=venv)
         results = []
         for suite in SUITES:
@@ -63,8 +70,17 @@ def main(argv=None):
                 failed = True
                 print(p.stdout[-4000:])
         if not args.no_conformance:
-            p, took = run([py, os.path.join(HERE, 'run_conformance.py'), '--strategy', 'linear',
-                           '--name', 'm' + core.replace('.', '')], env)
+            p, took = run(
+                [
+                    py,
+                    os.path.join(HERE, 'run_conformance.py'),
+                    '--strategy',
+                    'linear',
+                    '--name',
+                    'm' + core.replace('.', ''),
+                ],
+                env,
+            )
             ok = p.returncode == 0
             results.append('%s (%.0f s)' % ('pass' if ok else 'FAIL', took))
             if not ok:
@@ -72,8 +88,11 @@ def main(argv=None):
                 print(p.stdout[-4000:])
         rows.append(['ansible-core %s' % version[0], 'Python %s' % version[1]] + results)
         print('matrix: %s done' % core, flush=True)
-    head = ['ansible-core', 'controller'] + list(SUITES) + ([] if args.no_conformance
-                                                           else ['conformance (linear pair)'])
+    head = (
+        ['ansible-core', 'controller']
+        + list(SUITES)
+        + ([] if args.no_conformance else ['conformance (linear pair)'])
+    )
     table = ['| %s |' % ' | '.join(head), '|' + '---|' * len(head)]
     table += ['| %s |' % ' | '.join(r) for r in rows]
     text = '\n'.join(table) + '\n'

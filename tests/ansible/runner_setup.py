@@ -80,9 +80,13 @@ def available():
 
 def spindle_envvars():
     """``python -m spindle_ansible --envvars``, parsed."""
-    out = subprocess.run([os.path.join(rs.VENV_BIN, 'python'), '-m', 'spindle_ansible',
-                          '--envvars'], env=dict(os.environ, PYTHONPATH=rs.PKG), check=True,
-                         stdout=subprocess.PIPE, universal_newlines=True).stdout
+    out = subprocess.run(
+        [os.path.join(rs.VENV_BIN, 'python'), '-m', 'spindle_ansible', '--envvars'],
+        env=dict(os.environ, PYTHONPATH=rs.PKG),
+        check=True,
+        stdout=subprocess.PIPE,
+        universal_newlines=True,
+    ).stdout
     return yaml.safe_load(out)
 
 
@@ -99,8 +103,7 @@ def select_hosts(fleet_inventory, path, hosts):
             if line.startswith('['):
                 section_hosts = ':vars]' not in line
             words = line.split()
-            if section_hosts and words and not line.startswith(('[', ';', '#')) \
-                    and words[0] not in hosts:
+            if section_hosts and words and not line.startswith(('[', ';', '#')) and words[0] not in hosts:
                 continue
             out.append(line)
     with open(path, 'w') as f:
@@ -108,8 +111,18 @@ def select_hosts(fleet_inventory, path, hosts):
     return path
 
 
-def private_data_dir(root, name, fleet_inventory, spindle, hosts=None, settings=None,
-                     cfg='env', cmdline=None, playbook=PLAYBOOK, more_env=None):
+def private_data_dir(
+    root,
+    name,
+    fleet_inventory,
+    spindle,
+    hosts=None,
+    settings=None,
+    cfg='env',
+    cmdline=None,
+    playbook=PLAYBOOK,
+    more_env=None,
+):
     """``root``/``name``: a private data dir. ``spindle``: enabled by ``cfg`` = 'env' (the
     printed env vars in env/envvars, beside an ansible.cfg with the README's lines) or 'cfg'
     (ansible.cfg with the README's lines only, by ANSIBLE_CONFIG); else stock Ansible (the
@@ -126,11 +139,16 @@ def private_data_dir(root, name, fleet_inventory, spindle, hosts=None, settings=
     else:
         with open(os.path.join(pdd, 'ansible.cfg'), 'w') as f:
             f.write('[defaults]\n' + ''.join(line + '\n' for line in extra))
-    envvars = {'ANSIBLE_CONFIG': os.path.join(pdd, 'ansible.cfg'), 'ANSIBLE_HOME': pdd,
-               'ANSIBLE_LOCAL_TEMP': os.path.join(pdd, 'tmp'), 'ANSIBLE_NOCOLOR': '1',
-               # this checkout's plugin package and daemon (a user's come from the venv)
-               'PYTHONPATH': rs.PKG, 'SPINDLE_BIN': rs.BIN,
-               'SPINDLE_PATHS_FILE': os.path.join(pdd, 'paths.json')}
+    envvars = {
+        'ANSIBLE_CONFIG': os.path.join(pdd, 'ansible.cfg'),
+        'ANSIBLE_HOME': pdd,
+        'ANSIBLE_LOCAL_TEMP': os.path.join(pdd, 'tmp'),
+        'ANSIBLE_NOCOLOR': '1',
+        # this checkout's plugin package and daemon (a user's come from the venv)
+        'PYTHONPATH': rs.PKG,
+        'SPINDLE_BIN': rs.BIN,
+        'SPINDLE_PATHS_FILE': os.path.join(pdd, 'paths.json'),
+    }
     if spindle and cfg == 'env':
         envvars.update(spindle_envvars())
     envvars.update(more_env or {})
@@ -160,9 +178,14 @@ def start(pdd, ident):
     """``ansible-runner run PDD -p site.yml --ident IDENT`` started: a Popen."""
     log = open(os.path.join(pdd, 'runner.log'), 'w')
     try:
-        return subprocess.Popen([RUNNER, 'run', pdd, '-p', 'site.yml', '--ident', ident],
-                                cwd=pdd, env=runner_env(), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [RUNNER, 'run', pdd, '-p', 'site.yml', '--ident', ident],
+            cwd=pdd,
+            env=runner_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     finally:
         log.close()
 
@@ -182,8 +205,14 @@ class Job(object):
 
     def describe(self):
         return '%s: runner rc %s, status %s, rc %s, %.1f s\n--- runner output:\n%s\n--- stdout:\n%s' % (
-            self.ident, self.runner_rc, self.status, self.rc, self.wall, self.log[-3000:],
-            self.stdout[-6000:])
+            self.ident,
+            self.runner_rc,
+            self.status,
+            self.rc,
+            self.wall,
+            self.log[-3000:],
+            self.stdout[-6000:],
+        )
 
 
 def run(pdd, ident):
@@ -225,9 +254,17 @@ def load_events(artifacts):
 
 
 #: job event types that carry a host's result
-RESULT_EVENTS = ('runner_on_ok', 'runner_on_failed', 'runner_on_skipped', 'runner_on_unreachable',
-                 'runner_item_on_ok', 'runner_item_on_failed', 'runner_item_on_skipped',
-                 'runner_on_async_ok', 'runner_on_async_failed')
+RESULT_EVENTS = (
+    'runner_on_ok',
+    'runner_on_failed',
+    'runner_on_skipped',
+    'runner_on_unreachable',
+    'runner_item_on_ok',
+    'runner_item_on_failed',
+    'runner_item_on_skipped',
+    'runner_on_async_ok',
+    'runner_on_async_failed',
+)
 
 #: event types that only carry stdout lines (display output outside any callback method)
 STDOUT_ONLY = ('verbose',)
@@ -266,8 +303,11 @@ def results(events):
         res = data.get('res') or {}
         item = res.get('item') if '_item_' in kind else None
         key = (data.get('task'), data.get('host'), json.dumps(item, sort_keys=True))
-        outcome = {'status': kind, 'changed': bool(res.get('changed')),
-                   'ignore_errors': bool(data.get('ignore_errors'))}
+        outcome = {
+            'status': kind,
+            'changed': bool(res.get('changed')),
+            'ignore_errors': bool(data.get('ignore_errors')),
+        }
         for field in ('rc', 'stdout', 'skipped', 'failed'):
             if field in res:
                 outcome[field] = res[field]
@@ -289,9 +329,10 @@ def stats(events):
     for e in events:
         if e['event'] == 'playbook_on_stats':
             data = e['event_data']
-            return {k: data.get(k) or {} for k in
-                    ('ok', 'changed', 'failures', 'skipped', 'dark', 'ignored', 'rescued',
-                     'processed')}
+            return {
+                k: data.get(k) or {}
+                for k in ('ok', 'changed', 'failures', 'skipped', 'dark', 'ignored', 'rescued', 'processed')
+            }
     return None
 
 
@@ -308,9 +349,12 @@ def bwrap_settings(fleet_inventory):
     job sees /bin, /etc, /usr, /opt, its private data dir and a private /tmp; here it also
     needs, read-only, the venv and its base Python, this checkout (plugin and daemon
     binary) and the fleet's key)."""
-    base = subprocess.run([os.path.join(rs.VENV_BIN, 'python'), '-c',
-                           'import sys; print(sys.base_prefix)'], check=True,
-                          stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
+    base = subprocess.run(
+        [os.path.join(rs.VENV_BIN, 'python'), '-c', 'import sys; print(sys.base_prefix)'],
+        check=True,
+        stdout=subprocess.PIPE,
+        universal_newlines=True,
+    ).stdout.strip()
     key_dir = None
     with open(fleet_inventory) as f:
         for line in f:
@@ -319,8 +363,11 @@ def bwrap_settings(fleet_inventory):
     ro = [os.path.dirname(rs.VENV_BIN), base, rs.REPO, os.path.dirname(os.path.realpath(rs.BIN))]
     if key_dir:
         ro.append(key_dir)
-    return {'process_isolation': True, 'process_isolation_executable': 'bwrap',
-            'process_isolation_ro_paths': ro}
+    return {
+        'process_isolation': True,
+        'process_isolation_executable': 'bwrap',
+        'process_isolation_ro_paths': ro,
+    }
 
 
 def bwrap_works():
@@ -328,11 +375,34 @@ def bwrap_works():
     bwrap = shutil.which('bwrap')
     if not bwrap:
         return 'no bwrap (Debian package bubblewrap; scripts/setup.sh installs it)'
-    p = subprocess.run([bwrap, '--die-with-parent', '--unshare-pid', '--dev-bind', '/dev', '/dev',
-                        '--proc', '/proc', '--ro-bind', '/usr', '/usr', '--symlink', 'usr/bin',
-                        '/bin', '--symlink', 'usr/lib', '/lib', '--symlink', 'usr/lib64', '/lib64',
-                        '/bin/true'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       universal_newlines=True)
+    p = subprocess.run(
+        [
+            bwrap,
+            '--die-with-parent',
+            '--unshare-pid',
+            '--dev-bind',
+            '/dev',
+            '/dev',
+            '--proc',
+            '/proc',
+            '--ro-bind',
+            '/usr',
+            '/usr',
+            '--symlink',
+            'usr/bin',
+            '/bin',
+            '--symlink',
+            'usr/lib',
+            '/lib',
+            '--symlink',
+            'usr/lib64',
+            '/lib64',
+            '/bin/true',
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        universal_newlines=True,
+    )
     if p.returncode:
         return 'bwrap cannot make a sandbox here: ' + p.stdout[-300:]
     return None

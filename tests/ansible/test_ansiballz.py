@@ -8,7 +8,6 @@ Run with the project venv's Python (it imports ansible-core); skipped without it
 
 import os
 import subprocess
-import sys
 import textwrap
 import unittest
 
@@ -51,8 +50,9 @@ class WrapperTests(unittest.TestCase):
         if not os.access(VENV_PY, os.X_OK):
             print('SKIP: no venv at %s' % VENV_PY)
             self.skipTest('no venv (run scripts/venv.sh)')
-        p = subprocess.run([VENV_PY, '-c', CHECK], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           universal_newlines=True)
+        p = subprocess.run(
+            [VENV_PY, '-c', CHECK], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True
+        )
         print(p.stdout)
         self.assertEqual(p.returncode, 0, p.stdout)
         self.assertIn('wrappers ok', p.stdout)

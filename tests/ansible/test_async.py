@@ -246,15 +246,17 @@ class AsyncTasks(unittest.TestCase):
         if kind == 'spindle':
             cfg = rs.write_cfg(work, 'host_key_checking = False')
             with open(cfg) as f:
-                text = f.read().replace('callbacks_enabled = spindle\n',
-                                        'callbacks_enabled = spindle, spindle_record\n')
+                text = f.read().replace(
+                    'callbacks_enabled = spindle\n', 'callbacks_enabled = spindle, spindle_record\n'
+                )
             with open(cfg, 'w') as f:
                 f.write(text)
         else:
             with open(os.path.join(work, 'ansible.cfg'), 'w') as f:
-                f.write('[defaults]\nhost_key_checking = False\ncallbacks_enabled = spindle_record\n'
-                        'callback_plugins = %s\n'
-                        % os.path.join(rs.PKG, 'spindle_ansible', 'plugins', 'callback'))
+                f.write(
+                    '[defaults]\nhost_key_checking = False\ncallbacks_enabled = spindle_record\n'
+                    'callback_plugins = %s\n' % os.path.join(rs.PKG, 'spindle_ansible', 'plugins', 'callback')
+                )
         rs.inventory(self.inventory, os.path.join(work, 'inventory.ini'))
         os.makedirs(os.path.join(work, 'library'))
         with open(os.path.join(work, 'library', 'spx_old_async'), 'w') as f:
@@ -269,8 +271,9 @@ class AsyncTasks(unittest.TestCase):
         env['SPINDLE_PERSIST'] = '0'  # the daemon and its agents end with the run
         env['HOME'] = os.path.expanduser('~root')
         t0 = time.monotonic()
-        p = run([os.path.join(rs.VENV_BIN, 'ansible-playbook'), '-i', 'inventory.ini', name],
-                cwd=work, env=env)
+        p = run(
+            [os.path.join(rs.VENV_BIN, 'ansible-playbook'), '-i', 'inventory.ini', name], cwd=work, env=env
+        )
         took = time.monotonic() - t0
         if not os.path.exists(env['SPINDLE_RECORD']):
             self.fail('%s wrote no record:\n%s' % (name, p.stdout[-3000:]))
@@ -279,8 +282,19 @@ class AsyncTasks(unittest.TestCase):
         return p, records, rs.paths(work), took
 
     def one(self, kind):
-        run(['bash', FLEET, 'exec', FLEET_NAME, '0', 'sh', '-c',
-             'rm -rf /tmp/async-check-mode /tmp/spx-async-jobs /root/.ansible_async /home/%s/.ansible_async' % BECOME_USER])
+        run(
+            [
+                'bash',
+                FLEET,
+                'exec',
+                FLEET_NAME,
+                '0',
+                'sh',
+                '-c',
+                'rm -rf /tmp/async-check-mode /tmp/spx-async-jobs /root/.ansible_async /home/%s/.ansible_async'
+                % BECOME_USER,
+            ]
+        )
         work = self.workdir(kind)
         first = self.playbook(work, PLAY, 'play.yml')
         with open(os.path.join(work, 'jid-t0')) as f:
@@ -295,20 +309,26 @@ class AsyncTasks(unittest.TestCase):
         for kind in ('stock', 'spindle'):
             results[kind] = self.one(kind)
             (p1, _, paths1, t1), (p2, _, paths2, t2), status = results[kind]
-            print('%s: first run %.1f s, later run %.1f s; paths %s / %s'
-                  % (kind, t1, t2, json.dumps(paths1, sort_keys=True),
-                     json.dumps(paths2, sort_keys=True)), file=sys.stderr)
+            print(
+                '%s: first run %.1f s, later run %.1f s; paths %s / %s'
+                % (kind, t1, t2, json.dumps(paths1, sort_keys=True), json.dumps(paths2, sort_keys=True)),
+                file=sys.stderr,
+            )
             self.assertEqual(p1.returncode, 0, p1.stdout)
             self.assertEqual(p2.returncode, 0, p2.stdout)
-            self.assertIn('"started"', status,
-                          '%s: the job for the next run had already ended: %s' % (kind, status))
+            self.assertIn(
+                '"started"', status, '%s: the job for the next run had already ended: %s' % (kind, status)
+            )
         for i, name in ((0, 'play.yml'), (1, 'later.yml')):
             a, b = results['stock'][i][1], results['spindle'][i][1]
             if a != b:
                 diff = difflib.unified_diff(
                     json.dumps(a, indent=1, sort_keys=True).splitlines(),
-                    json.dumps(b, indent=1, sort_keys=True).splitlines(), 'stock', 'spindle',
-                    lineterm='')
+                    json.dumps(b, indent=1, sort_keys=True).splitlines(),
+                    'stock',
+                    'spindle',
+                    lineterm='',
+                )
                 self.fail('stock and spindle differ (%s):\n%s' % (name, '\n'.join(diff)))
         (p1, records, paths1, _), (p2, _, paths2, _), _ = results['spindle']
         # every Python module's async task started in the agent, as a forked child
@@ -325,8 +345,9 @@ class AsyncTasks(unittest.TestCase):
         self.assertEqual(by_task['async_status until finished']['result']['stdout'], 'done async')
         self.assertEqual(by_task['its status says it was killed']['result']['msg'], 'Timeout exceeded')
         self.assertEqual(by_task['time limit, polled past it']['result']['msg'], 'Timeout exceeded')
-        self.assertEqual(by_task['become, async_status']['result']['stdout'],
-                         '%s\n/home/%s' % (BECOME_USER, BECOME_USER))
+        self.assertEqual(
+            by_task['become, async_status']['result']['stdout'], '%s\n/home/%s' % (BECOME_USER, BECOME_USER)
+        )
         self.assertEqual(by_task['become, poll > 0']['result']['stdout'], BECOME_USER)
         self.assertEqual(by_task['its status']['status'], 'failed', by_task['its status'])
         self.assertEqual(by_task['a command that fails']['result']['rc'], 3)

@@ -115,9 +115,13 @@ class Become(unittest.TestCase):
             print('SKIP: %s exists: not overwriting it' % DOAS_CONF)
             self.skipTest('%s exists: not overwriting it' % DOAS_CONF)
         self.addCleanup(self._remove_files)
-        become_users.add_users(self, dict(
-            (user, (password, '/bin/bash' if user == 'spindle-op' else '/bin/sh'))
-            for user, password in USERS.items()))
+        become_users.add_users(
+            self,
+            dict(
+                (user, (password, '/bin/bash' if user == 'spindle-op' else '/bin/sh'))
+                for user, password in USERS.items()
+            ),
+        )
         with open(SUDOERS, 'w') as f:  # timestamp_timeout=0: every sudo asks again
             f.write('spindle-op ALL=(ALL:ALL) ALL\nDefaults:spindle-op timestamp_timeout=0\n')
         os.chmod(SUDOERS, 0o440)
@@ -145,20 +149,28 @@ class Become(unittest.TestCase):
 
     def env(self, spindle, sock=None):
         env = {k: v for k, v in os.environ.items() if not k.startswith(('ANSIBLE_', 'SPINDLE_'))}
-        env.update({
-            'ANSIBLE_HOME': self.work, 'ANSIBLE_LOCAL_TEMP': os.path.join(self.work, 'tmp'),
-            'ANSIBLE_PIPELINING': 'True', 'ANSIBLE_DEPRECATION_WARNINGS': 'False',
-            'ANSIBLE_CALLBACK_PLUGINS': os.path.join(PLUGINS, 'callback'),
-            'ANSIBLE_CALLBACKS_ENABLED': 'spindle_record',
-            'ANSIBLE_BECOME_PLUGINS': BECOME_PLUGINS,
-            'PYTHONPATH': os.path.join(REPO, 'ansible_plugin'),
-        })
+        env.update(
+            {
+                'ANSIBLE_HOME': self.work,
+                'ANSIBLE_LOCAL_TEMP': os.path.join(self.work, 'tmp'),
+                'ANSIBLE_PIPELINING': 'True',
+                'ANSIBLE_DEPRECATION_WARNINGS': 'False',
+                'ANSIBLE_CALLBACK_PLUGINS': os.path.join(PLUGINS, 'callback'),
+                'ANSIBLE_CALLBACKS_ENABLED': 'spindle_record',
+                'ANSIBLE_BECOME_PLUGINS': BECOME_PLUGINS,
+                'PYTHONPATH': os.path.join(REPO, 'ansible_plugin'),
+            }
+        )
         if spindle:
-            env.update({
-                'ANSIBLE_STRATEGY_PLUGINS': os.path.join(PLUGINS, 'strategy'),
-                'ANSIBLE_CONNECTION_PLUGINS': os.path.join(PLUGINS, 'connection'),
-                'ANSIBLE_STRATEGY': 'spindle_linear', 'SPINDLE_SOCKET': sock, 'SPINDLE_BIN': BIN,
-            })
+            env.update(
+                {
+                    'ANSIBLE_STRATEGY_PLUGINS': os.path.join(PLUGINS, 'strategy'),
+                    'ANSIBLE_CONNECTION_PLUGINS': os.path.join(PLUGINS, 'connection'),
+                    'ANSIBLE_STRATEGY': 'spindle_linear',
+                    'SPINDLE_SOCKET': sock,
+                    'SPINDLE_BIN': BIN,
+                }
+            )
         return env
 
     def play(self, env):
@@ -166,8 +178,13 @@ class Become(unittest.TestCase):
         if os.path.exists(record):
             os.unlink(record)
         env = dict(env, SPINDLE_RECORD=record)
-        p = subprocess.run([os.path.join(VENV_BIN, 'ansible-playbook'), '-i', self.inventory, 'play.yml'],
-                           env=env, cwd=self.work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        p = subprocess.run(
+            [os.path.join(VENV_BIN, 'ansible-playbook'), '-i', self.inventory, 'play.yml'],
+            env=env,
+            cwd=self.work,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         if not os.path.exists(record):
             self.fail('no record (rc %d):\n%s' % (p.returncode, p.stdout.decode()))
         with open(record) as f:
@@ -233,8 +250,9 @@ class Become(unittest.TestCase):
         started = after_second['counters']['connects'] - after_first['counters']['connects']
         self.assertEqual(started, FAILING_CONTEXTS * 2, 'second run re-started contexts')
         for host in set(k.split(' ')[0] for k in labels):  # the default-flags sudo context
-            calls = [v['calls'] for k, v in after_second['targets'].items()
-                     if k.startswith(host + ' (sudo:root)')]
+            calls = [
+                v['calls'] for k, v in after_second['targets'].items() if k.startswith(host + ' (sudo:root)')
+            ]
             self.assertGreaterEqual(max(calls), 14, calls)
 
         daemon.kill()

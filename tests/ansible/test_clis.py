@@ -18,8 +18,15 @@ FLEET_NAME = 'clis'
 
 
 def run(argv, work, **kw):
-    return subprocess.run(argv, cwd=work, env=rs.env(work), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, universal_newlines=True, **kw)
+    return subprocess.run(
+        argv,
+        cwd=work,
+        env=rs.env(work),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        universal_newlines=True,
+        **kw,
+    )
 
 
 class Clis(unittest.TestCase):
@@ -79,17 +86,35 @@ class Clis(unittest.TestCase):
         repo = os.path.join(self.work, 'repo')
         os.makedirs(repo)
         with open(os.path.join(repo, 'local.yml'), 'w') as f:
-            f.write('- hosts: localhost\n  gather_facts: false\n  tasks:\n'
-                    '    - command: hostname\n    - stat: {path: /etc/hostname}\n')
-        for argv in (['git', 'init', '-q'], ['git', 'add', '.'],
-                     ['git', '-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'x']):
+            f.write(
+                '- hosts: localhost\n  gather_facts: false\n  tasks:\n'
+                '    - command: hostname\n    - stat: {path: /etc/hostname}\n'
+            )
+        for argv in (
+            ['git', 'init', '-q'],
+            ['git', 'add', '.'],
+            ['git', '-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'x'],
+        ):
             subprocess.run(argv, cwd=repo, check=True)
         # The controller's own interpreter, named: discovery may find a pyenv shim that is not
         # activated here (stock fails on it the same way).
         with open(os.path.join(self.work, 'ansible.cfg'), 'a') as f:
             f.write('interpreter_python = /usr/bin/python3\n')
-        p = run(['ansible-pull', '-U', repo, '-d', os.path.join(self.work, 'checkout'),
-                 '-i', 'localhost,', '-c', 'local', 'local.yml'], self.work)
+        p = run(
+            [
+                'ansible-pull',
+                '-U',
+                repo,
+                '-d',
+                os.path.join(self.work, 'checkout'),
+                '-i',
+                'localhost,',
+                '-c',
+                'local',
+                'local.yml',
+            ],
+            self.work,
+        )
         self.assertEqual(p.returncode, 0, p.stdout)
         self.assert_in_agent(p.stdout, at_least=2)
 

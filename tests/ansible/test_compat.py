@@ -46,16 +46,22 @@ class Compat(unittest.TestCase):
         self.addCleanup(patcher.stop)
 
     def test_every_patch_fits_every_installed_ansible_core(self):
-        code = ('from spindle_ansible import compat; import json; '
-                'print(json.dumps([compat.core_version(), {n: compat._shape(n) for n in %r}]))'
-                % (PATCHES,))
+        code = (
+            'from spindle_ansible import compat; import json; '
+            'print(json.dumps([compat.core_version(), {n: compat._shape(n) for n in %r}]))' % (PATCHES,)
+        )
         found = []
         for py in venvs():
-            p = subprocess.run([py, '-c', code], env=dict(os.environ, PYTHONPATH=PKG),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               universal_newlines=True)
+            p = subprocess.run(
+                [py, '-c', code],
+                env=dict(os.environ, PYTHONPATH=PKG),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                universal_newlines=True,
+            )
             self.assertEqual(p.returncode, 0, p.stdout)
             import json
+
             version, shapes = json.loads(p.stdout.strip().splitlines()[-1])
             self.assertIn(version, self.compat.VERIFIED, py)
             self.assertEqual(shapes, {n: [] for n in PATCHES}, '%s (%s)' % (py, version))
@@ -99,11 +105,13 @@ class Compat(unittest.TestCase):
                     pass
 
             from ansible.plugins.action.copy import ActionModule
+
             action = ActionModule.__new__(ActionModule)
             self.assertIs(type(self.compat.route_action('copy', action, Conn())), ActionModule)
         self.assertEqual(len(self.warnings), 3, self.warnings)
-        self.assertTrue(all("it is not applied, Ansible's own behaviour stays" in w
-                            for w in self.warnings), self.warnings)
+        self.assertTrue(
+            all("it is not applied, Ansible's own behaviour stays" in w for w in self.warnings), self.warnings
+        )
 
     def test_patches_apply_and_restore(self):
         from ansible.plugins.loader import connection_loader

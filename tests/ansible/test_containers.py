@@ -59,19 +59,31 @@ def podman_env(env=None):
 
 
 def podman(*args, check=True, input=None):
-    return subprocess.run(['podman'] + list(args), env=podman_env(), input=input,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, check=check)
+    return subprocess.run(
+        ['podman'] + list(args),
+        env=podman_env(),
+        input=input,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        check=check,
+    )
 
 
 def fleet(*args, check=True):
-    p = subprocess.run(['bash', FLEET] + [str(a) for a in args], env=podman_env(),
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    p = subprocess.run(
+        ['bash', FLEET] + [str(a) for a in args],
+        env=podman_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+    )
     if p.returncode == rc.SKIP:
         raise unittest.SkipTest('podman-fleet.sh %s: %s' % (args[0], p.stderr.strip()[-300:]))
     if check and p.returncode != 0:
-        raise RuntimeError('podman-fleet.sh %s failed (%d): %s'
-                           % (' '.join(map(str, args)), p.returncode, p.stderr[-3000:]))
+        raise RuntimeError(
+            'podman-fleet.sh %s failed (%d): %s' % (' '.join(map(str, args)), p.returncode, p.stderr[-3000:])
+        )
     return p
 
 
@@ -99,13 +111,19 @@ class ContainerTargets(unittest.TestCase):
             why = 'no spindle binary at %s' % rc.spindle_bin()
         if why is None:
             t0 = time.monotonic()
-            p = subprocess.run(['bash', BUILD], env=podman_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, universal_newlines=True)
+            p = subprocess.run(
+                ['bash', BUILD],
+                env=podman_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                universal_newlines=True,
+            )
             if p.returncode == rc.SKIP:
                 why = 'no target image: ' + p.stderr.strip()[-300:]
             elif p.returncode != 0:
-                raise RuntimeError('build-target-image.sh failed (%d):\n%s'
-                                   % (p.returncode, p.stderr[-3000:]))
+                raise RuntimeError(
+                    'build-target-image.sh failed (%d):\n%s' % (p.returncode, p.stderr[-3000:])
+                )
             else:
                 print('image %s ready in %.1fs' % (p.stdout.strip(), time.monotonic() - t0))
         if why:
@@ -133,8 +151,7 @@ class ContainerTargets(unittest.TestCase):
         with open(os.path.join(fleet_dir, 'names.txt')) as f:
             return [line.strip() for line in f if line.strip()]
 
-    def run_playbook(self, kind, playbook, inventory, extra, verbose=False, forks=None,
-                     transport='podman'):
+    def run_playbook(self, kind, playbook, inventory, extra, verbose=False, forks=None, transport='podman'):
         """ansible-playbook, ``kind`` stock or spindle (linear + the spindle callback), with
         spindle_record: (process, records, paths or None)."""
         cfg = os.path.join(self.work, kind + '.cfg')
@@ -147,8 +164,14 @@ class ContainerTargets(unittest.TestCase):
         env = podman_env(rc.run_env(self.work, cfg, record))
         env['ANSIBLE_COLLECTIONS_PATH'] = COLLECTIONS
         env.update(getattr(self, 'extra_env', {}))
-        argv = [os.path.join(rc.VENV_BIN, 'ansible-playbook'), playbook, '-i', inventory,
-                '-e', json.dumps(extra)]
+        argv = [
+            os.path.join(rc.VENV_BIN, 'ansible-playbook'),
+            playbook,
+            '-i',
+            inventory,
+            '-e',
+            json.dumps(extra),
+        ]
         if forks:
             argv += ['--forks', str(forks)]
         if getattr(self, 'limit', None):
@@ -158,8 +181,14 @@ class ContainerTargets(unittest.TestCase):
         if verbose:
             argv.append('-vvv')  # to see that the hosts were routed to spindle's transport
         t0 = time.monotonic()
-        p = subprocess.run(argv, env=env, cwd=self.work, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, universal_newlines=True)
+        p = subprocess.run(
+            argv,
+            env=env,
+            cwd=self.work,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            universal_newlines=True,
+        )
         p.took = time.monotonic() - t0
         with open(os.path.join(self.work, kind + '.log'), 'w') as f:
             f.write(p.stdout)
@@ -172,8 +201,7 @@ class ContainerTargets(unittest.TestCase):
             with open(record + '.paths') as f:
                 paths = json.load(f)
         if kind == 'spindle' and verbose:
-            self.assertIn('ESTABLISH SPINDLE CONNECTION (%s)' % transport, p.stdout,
-                          'not routed to spindle')
+            self.assertIn('ESTABLISH SPINDLE CONNECTION (%s)' % transport, p.stdout, 'not routed to spindle')
         return p, records, paths
 
     def test_conformance(self):
@@ -189,61 +217,97 @@ class ContainerTargets(unittest.TestCase):
         extra = {'fetch_dir': self.fetch_dir, 'big_src': big}
         self.compare_playbook(PLAYBOOK, names, inventory, extra)
         if full:
-            self.compare_playbook(os.path.join(HERE, 'conformance-enter.yml'), names, inventory,
-                                  extra, normalise=shell_free_raw)
+            self.compare_playbook(
+                os.path.join(HERE, 'conformance-enter.yml'), names, inventory, extra, normalise=shell_free_raw
+            )
 
     def compare_playbook(self, playbook, names, inventory, extra, normalise=None, transport='podman'):
         """``playbook`` with the stock podman plugin, then through spindle: results, files
         left in the containers and fetched files equal; every spindle module run in the agent."""
+
         def reset():
             for n in names:
-                podman('exec', n, 'rm', '-rf', rc.TARGET_DIR, '/root/.ansible',
-                       '/home/spindle/.ansible', '/etc/spindle-not-allowed')
+                podman(
+                    'exec',
+                    n,
+                    'rm',
+                    '-rf',
+                    rc.TARGET_DIR,
+                    '/root/.ansible',
+                    '/home/spindle/.ansible',
+                    '/etc/spindle-not-allowed',
+                )
             shutil.rmtree(self.fetch_dir, ignore_errors=True)
             os.makedirs(self.fetch_dir)
 
         def collect():
-            return dict(('t%d' % i, json.loads(podman('exec', '-i', n, 'python3', '-c', rc.COLLECT).stdout))
-                        for i, n in enumerate(names))
+            return dict(
+                ('t%d' % i, json.loads(podman('exec', '-i', n, 'python3', '-c', rc.COLLECT).stdout))
+                for i, n in enumerate(names)
+            )
 
         runs = {}
-        print('%s on %d container(s): the stock %s plugin vs spindle (%s exec -i + agent)'
-              % (os.path.basename(playbook), len(names), transport, transport))
+        print(
+            '%s on %d container(s): the stock %s plugin vs spindle (%s exec -i + agent)'
+            % (os.path.basename(playbook), len(names), transport, transport)
+        )
         for kind in ('stock', 'spindle'):
             reset()
-            p, records, paths = self.run_playbook(kind, playbook, inventory, extra,
-                                                  verbose=(kind == 'spindle'), transport=transport)
+            p, records, paths = self.run_playbook(
+                kind, playbook, inventory, extra, verbose=(kind == 'spindle'), transport=transport
+            )
             print('  %-8s rc=%d %.1fs' % (kind, p.returncode, p.took))
             if normalise:
                 for r in records:
                     if r['status'] != 'recap':
                         normalise(r)
-            runs[kind] = {'rc': p.returncode, 'records': records, 'files': collect(),
-                          'fetched': rc.snapshot(self.fetch_dir), 'log': p.stdout,
-                          'left_behind': sorted(os.listdir(os.path.join(self.work, 'run'))),
-                          'paths': paths}
+            runs[kind] = {
+                'rc': p.returncode,
+                'records': records,
+                'files': collect(),
+                'fetched': rc.snapshot(self.fetch_dir),
+                'log': p.stdout,
+                'left_behind': sorted(os.listdir(os.path.join(self.work, 'run'))),
+                'paths': paths,
+            }
         stock, spin = runs['stock'], runs['spindle']
         problems = rc.compare(stock, spin)
-        self.assertEqual(problems, [], '\n'.join(['stock and spindle differ:'] + problems
-                                                 + ['--- spindle log tail:', spin['log'][-3000:]]))
+        self.assertEqual(
+            problems,
+            [],
+            '\n'.join(
+                ['stock and spindle differ:'] + problems + ['--- spindle log tail:', spin['log'][-3000:]]
+            ),
+        )
         self.assertEqual(stock['rc'], 0, stock['log'][-3000:])
         for r in stock['records']:
             if r['task'] and r['task'].startswith(('facts both', 'default facts both', 'become, command')):
                 res = r['result']
                 print('  %s %s: %s' % (r['host'], r['task'], res.get('msg') or res.get('stdout_lines')))
         n = sum(1 for r in stock['records'] if r['status'] != 'recap')
-        print('  equal: %d results, files (%s) and fetched files (%d)'
-              % (n, ', '.join('%s: %d' % (h, len(f)) for h, f in sorted(stock['files'].items())),
-                 len(stock['fetched'])))
+        print(
+            '  equal: %d results, files (%s) and fetched files (%d)'
+            % (
+                n,
+                ', '.join('%s: %d' % (h, len(f)) for h, f in sorted(stock['files'].items())),
+                len(stock['fetched']),
+            )
+        )
         if playbook == PLAYBOOK:
             for host, files in stock['files'].items():
                 self.assertEqual(len(files['run/big.txt']['content']), self.big_size, host)
                 self.assertEqual(files['run/bec/mine.txt']['uid'], 1000, host)
         paths = spin['paths']
         self.assertIsNotNone(paths, 'the spindle run wrote no module-path counts')
-        print('  spindle module runs: %d in the agent, %d forked, %d stock %s'
-              % (paths['in_agent'], paths['forked'], paths['stock'],
-                 json.dumps(paths['stock_reasons'], sort_keys=True)))
+        print(
+            '  spindle module runs: %d in the agent, %d forked, %d stock %s'
+            % (
+                paths['in_agent'],
+                paths['forked'],
+                paths['stock'],
+                json.dumps(paths['stock_reasons'], sort_keys=True),
+            )
+        )
         self.assertEqual(paths['stock'], 0, paths)
 
     def test_without_python(self):
@@ -296,9 +360,14 @@ class ContainerTargets(unittest.TestCase):
                 # interpreter discovery's warning text is not part of the result; the module's
                 # failure message is compared below as it is
                 r['result'].pop('stderr_lines', None)
-            runs[kind] = {'rc': p.returncode, 'records': records, 'files': {}, 'fetched': {},
-                          'log': p.stdout,
-                          'left_behind': sorted(os.listdir(os.path.join(self.work, 'run')))}
+            runs[kind] = {
+                'rc': p.returncode,
+                'records': records,
+                'files': {},
+                'fetched': {},
+                'log': p.stdout,
+                'left_behind': sorted(os.listdir(os.path.join(self.work, 'run'))),
+            }
         stock, spin = runs['stock'], runs['spindle']
         # The one deliberate difference: the stock podman plugin splits raw's command into
         # words and runs them with `podman exec`, no shell, so `&&` is an argument of echo;
@@ -313,25 +382,41 @@ class ContainerTargets(unittest.TestCase):
             if r['task'] == 'a module':
                 print('  %s: %s' % (r['host'], r['result'].get('msg')))
                 self.assertIn('interpreter', r['result'].get('msg', ''), r)
-            if r['task'] in ('raw works without python', 'raw still works after the failures',
-                             'script (put with the engine\'s cp, run with its exec)'):
+            if r['task'] in (
+                'raw works without python',
+                'raw still works after the failures',
+                'script (put with the engine\'s cp, run with its exec)',
+            ):
                 self.assertEqual(r['status'], 'changed', r)
         problems = rc.compare(stock, spin)
-        self.assertEqual(problems, [], '\n'.join(['stock and spindle differ:'] + problems
-                                                 + ['--- spindle log tail:', spin['log'][-3000:]]))
+        self.assertEqual(
+            problems,
+            [],
+            '\n'.join(
+                ['stock and spindle differ:'] + problems + ['--- spindle log tail:', spin['log'][-3000:]]
+            ),
+        )
 
     def test_docker_api(self):
         """community.docker.docker (the docker CLI, containers/docker-cli.sh) against podman's
         docker-compatible API (`podman system service`), stock vs spindle's docker transport
         (`docker exec -i`), on a short playbook."""
-        cli = subprocess.run(['bash', os.path.join(rc.REPO, 'containers', 'docker-cli.sh')],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+        cli = subprocess.run(
+            ['bash', os.path.join(rc.REPO, 'containers', 'docker-cli.sh')],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            universal_newlines=True,
+        )
         if cli.returncode != 0:
             print('SKIP: no docker client: %s' % cli.stderr.strip()[-300:])
             self.skipTest('no docker client')
         sock = os.path.join(self.work, 'docker.sock')
-        svc = subprocess.Popen(['podman', 'system', 'service', '--time=0', 'unix://' + sock],
-                               env=podman_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        svc = subprocess.Popen(
+            ['podman', 'system', 'service', '--time=0', 'unix://' + sock],
+            env=podman_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.addCleanup(svc.wait)
         self.addCleanup(svc.terminate)
         deadline = time.monotonic() + 30
@@ -342,17 +427,26 @@ class ContainerTargets(unittest.TestCase):
         names = self.names(fleet_dir)
         inventory = os.path.join(self.work, 'docker.ini')
         with open(inventory, 'w') as f:
-            f.write('t0 ansible_host=%s\n[all:vars]\nansible_connection=community.docker.docker\n'
-                    'ansible_python_interpreter=/usr/bin/python3\n' % names[0])
+            f.write(
+                't0 ansible_host=%s\n[all:vars]\nansible_connection=community.docker.docker\n'
+                'ansible_python_interpreter=/usr/bin/python3\n' % names[0]
+            )
         big = os.path.join(self.work, 'big.txt')
         with open(big, 'w') as f:
             for i in range(4096):
                 f.write('line %05d of the large file: %s\n' % (i, 'abcdefgh' * 3))
-        self.extra_env = {'DOCKER_HOST': 'unix://' + sock,
-                          'PATH': cli.stdout.strip() + os.pathsep + os.environ.get('PATH', '')}
+        self.extra_env = {
+            'DOCKER_HOST': 'unix://' + sock,
+            'PATH': cli.stdout.strip() + os.pathsep + os.environ.get('PATH', ''),
+        }
         print('docker client %s, DOCKER_HOST=unix://%s' % (cli.stdout.strip(), sock))
-        self.compare_playbook(DOCKER_PLAYBOOK, names, inventory,
-                              {'fetch_dir': self.fetch_dir, 'big_src': big}, transport='docker')
+        self.compare_playbook(
+            DOCKER_PLAYBOOK,
+            names,
+            inventory,
+            {'fetch_dir': self.fetch_dir, 'big_src': big},
+            transport='docker',
+        )
 
     def hop_sshd(self):
         """An sshd of this test's own on 127.0.0.1 (a free port), in this machine's namespaces,
@@ -361,24 +455,29 @@ class ContainerTargets(unittest.TestCase):
         d = os.path.join(self.work, 'hop')
         os.makedirs(d)
         for name in ('id_ed25519', 'host_key'):
-            subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', os.path.join(d, name)],
-                           check=True)
+            subprocess.run(
+                ['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', os.path.join(d, name)], check=True
+            )
         with socket.socket() as s:
             s.bind(('127.0.0.1', 0))
             port = s.getsockname()[1]
         shutil.copy(os.path.join(d, 'id_ed25519.pub'), os.path.join(d, 'authorized_keys'))
         with open(os.path.join(d, 'sshd_config'), 'w') as f:
-            f.write('ListenAddress 127.0.0.1:%d\nHostKey %s/host_key\nPidFile %s/sshd.pid\n'
-                    'AuthorizedKeysFile %s/authorized_keys\nPermitRootLogin prohibit-password\n'
-                    'PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n'
-                    'StrictModes no\nMaxStartups 100:30:200\nMaxSessions 100\n' % (port, d, d, d))
+            f.write(
+                'ListenAddress 127.0.0.1:%d\nHostKey %s/host_key\nPidFile %s/sshd.pid\n'
+                'AuthorizedKeysFile %s/authorized_keys\nPermitRootLogin prohibit-password\n'
+                'PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n'
+                'StrictModes no\nMaxStartups 100:30:200\nMaxSessions 100\n' % (port, d, d, d)
+            )
         with open(os.path.join(d, 'host_key.pub')) as f:
             hostkey = ' '.join(f.read().split()[:2])
         with open(os.path.join(d, 'known_hosts'), 'w') as f:
             f.write('[127.0.0.1]:%d %s\n' % (port, hostkey))
         os.makedirs('/run/sshd', exist_ok=True)
-        subprocess.run(['/usr/sbin/sshd', '-f', os.path.join(d, 'sshd_config'), '-E',
-                        os.path.join(d, 'sshd.log')], check=True)
+        subprocess.run(
+            ['/usr/sbin/sshd', '-f', os.path.join(d, 'sshd_config'), '-E', os.path.join(d, 'sshd.log')],
+            check=True,
+        )
         pidfile = os.path.join(d, 'sshd.pid')
         deadline = time.monotonic() + 10
         while not os.path.exists(pidfile) and time.monotonic() < deadline:
@@ -402,20 +501,28 @@ class ContainerTargets(unittest.TestCase):
         names = self.names(fleet_dir)
         inventory = os.path.join(self.work, 'via.ini')
         with open(inventory, 'w') as f:
-            f.write("[hop]\nh0 ansible_host=127.0.0.1 ansible_port=%d ansible_user=root "
-                    "ansible_ssh_private_key_file=%s ansible_ssh_common_args='-o UserKnownHostsFile=%s "
-                    "-o StrictHostKeyChecking=yes -o GlobalKnownHostsFile=/dev/null' "
-                    "ansible_python_interpreter=/usr/bin/python3\n[ctr]\n" % (port, key, known))
+            f.write(
+                "[hop]\nh0 ansible_host=127.0.0.1 ansible_port=%d ansible_user=root "
+                "ansible_ssh_private_key_file=%s ansible_ssh_common_args='-o UserKnownHostsFile=%s "
+                "-o StrictHostKeyChecking=yes -o GlobalKnownHostsFile=/dev/null' "
+                "ansible_python_interpreter=/usr/bin/python3\n[ctr]\n" % (port, key, known)
+            )
             for i, n in enumerate(names):
                 f.write('t%d ansible_host=%s\n' % (i, n))
-            f.write('[ctr:vars]\nansible_connection=containers.podman.podman\n'
-                    'ansible_python_interpreter=/usr/bin/python3\nspindle_via=h0\n')
+            f.write(
+                '[ctr:vars]\nansible_connection=containers.podman.podman\n'
+                'ansible_python_interpreter=/usr/bin/python3\nspindle_via=h0\n'
+            )
         big = os.path.join(self.work, 'big.txt')
         with open(big, 'wb') as f:  # 1 MiB that does not compress (under copy_fast's 2 MiB)
             f.write(os.urandom(1024 * 1024))
         sock = os.path.join(self.work, 'daemon.sock')
-        daemon = subprocess.Popen([rc.spindle_bin(), 'serve', '--socket', sock], env=podman_env(),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        daemon = subprocess.Popen(
+            [rc.spindle_bin(), 'serve', '--socket', sock],
+            env=podman_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.addCleanup(daemon.wait)
         self.addCleanup(daemon.terminate)
         deadline = time.monotonic() + 10
@@ -424,34 +531,45 @@ class ContainerTargets(unittest.TestCase):
         self.extra_env = {'SPINDLE_SOCKET': sock}
         self.limit, self.tags = 'ctr', 'via'
         print('via: %d podman containers behind an ssh hop (127.0.0.1:%d)' % (count, port))
-        self.compare_playbook(DOCKER_PLAYBOOK, names, inventory,
-                              {'fetch_dir': self.fetch_dir, 'big_src': big}, normalise=shell_free_raw)
-        stats = json.loads(subprocess.run([rc.spindle_bin(), 'stats', '--socket', sock],
-                                          stdout=subprocess.PIPE, check=True,
-                                          universal_newlines=True).stdout)
+        self.compare_playbook(
+            DOCKER_PLAYBOOK,
+            names,
+            inventory,
+            {'fetch_dir': self.fetch_dir, 'big_src': big},
+            normalise=shell_free_raw,
+        )
+        stats = json.loads(
+            subprocess.run(
+                [rc.spindle_bin(), 'stats', '--socket', sock],
+                stdout=subprocess.PIPE,
+                check=True,
+                universal_newlines=True,
+            ).stdout
+        )
         streams = sorted(stats['targets'])
         for n in names:  # (and their become contexts, `NAME (sudo:spindle) via 127.0.0.1`)
             self.assertIn('%s via 127.0.0.1' % n, streams)
         hop = stats['targets']['127.0.0.1']
         size = os.path.getsize(big)
-        print('  controller -> hop stream: %d bytes for the play on %d containers (the %d-byte '
-              'file %.2fx; once per container would be %dx)'
-              % (hop['bytes_out'], count, size, hop['bytes_out'] / size, count))
+        print(
+            '  controller -> hop stream: %d bytes for the play on %d containers (the %d-byte '
+            'file %.2fx; once per container would be %dx)'
+            % (hop['bytes_out'], count, size, hop['bytes_out'] / size, count)
+        )
         # The file once, plus the agents (hop, containers, become contexts: ~33 KB each) and
         # the module code once: under what the file alone once per container would be.
         self.assertLess(hop['bytes_out'], count * size, hop)
 
     def test_many(self):
         count = int(os.environ.get('SPINDLE_PODMAN_COUNT') or 20)
-        print('many: %d containers in parallel, one ping each through spindle '
-              '(SPINDLE_PODMAN_COUNT)' % count)
+        print('many: %d containers in parallel, one ping each through spindle (SPINDLE_PODMAN_COUNT)' % count)
         fleet_dir = self.fleet_up(MANY_FLEET, count)
         playbook = os.path.join(self.work, 'ping.yml')
         with open(playbook, 'w') as f:
             f.write('- hosts: all\n  gather_facts: false\n  tasks:\n    - ping:\n')
-        p, records, paths = self.run_playbook('spindle', playbook,
-                                              os.path.join(fleet_dir, 'inventory-podman.ini'),
-                                              {}, forks=min(count, 100))
+        p, records, paths = self.run_playbook(
+            'spindle', playbook, os.path.join(fleet_dir, 'inventory-podman.ini'), {}, forks=min(count, 100)
+        )
         print('  spindle ping: rc=%d %.1fs for %d containers' % (p.returncode, p.took, count))
         self.assertEqual(p.returncode, 0, p.stdout[-3000:])
         ok = sorted(r['host'] for r in records if r['status'] == 'ok')

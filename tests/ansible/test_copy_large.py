@@ -18,8 +18,7 @@ import unittest
 import readme_setup as rs
 
 FLEET_NAME = 'lcpy'
-KEYS = ('changed', 'failed', 'checksum', 'dest', 'mode', 'size', 'state', 'uid', 'gid', 'msg',
-        'skipped')
+KEYS = ('changed', 'failed', 'checksum', 'dest', 'mode', 'size', 'state', 'uid', 'gid', 'msg', 'skipped')
 
 PLAYBOOK = """
 - hosts: all
@@ -77,10 +76,24 @@ class CopyLarge(unittest.TestCase):
         out = os.path.join(work, 'out.json')
         env = rs.env(work)
         env['XDG_RUNTIME_DIR'] = work
-        p = rs.run([os.path.join(rs.VENV_BIN, 'ansible-playbook'), os.path.join(self.work, 'site.yml'),
-                    '-vvv', '-e', json.dumps({'big': os.path.join(self.work, 'big'),
-                                              'big2': os.path.join(self.work, 'big2'),
-                                              'out': out, 'label': label})], cwd=work, env=env)
+        p = rs.run(
+            [
+                os.path.join(rs.VENV_BIN, 'ansible-playbook'),
+                os.path.join(self.work, 'site.yml'),
+                '-vvv',
+                '-e',
+                json.dumps(
+                    {
+                        'big': os.path.join(self.work, 'big'),
+                        'big2': os.path.join(self.work, 'big2'),
+                        'out': out,
+                        'label': label,
+                    }
+                ),
+            ],
+            cwd=work,
+            env=env,
+        )
         self.assertEqual(p.returncode, 0, p.stdout[-4000:])
         with open(out) as f:
             got = json.load(f)

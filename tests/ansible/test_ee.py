@@ -47,11 +47,30 @@ IMAGE = 'localhost/spindle-ee:latest'
 FLEET_NAME = 'eefl'
 COUNT = 2
 #: the callback's end-of-run line
-LINE = re.compile(r"spindle: (\d+) module task runs: (\d+) in the agent, (\d+) in a forked child "
-                  r"of the agent, (\d+) on Ansible's stock command path")
+LINE = re.compile(
+    r"spindle: (\d+) module task runs: (\d+) in the agent, (\d+) in a forked child "
+    r"of the agent, (\d+) on Ansible's stock command path"
+)
 #: result keys compared between the stock and the spindle run (times, temp paths left out)
-KEYS = ('changed', 'failed', 'skipped', 'rc', 'stdout', 'stderr', 'msg', 'ping', 'checksum',
-        'dest', 'path', 'state', 'mode', 'size', 'owner', 'cmd', 'unreachable')
+KEYS = (
+    'changed',
+    'failed',
+    'skipped',
+    'rc',
+    'stdout',
+    'stderr',
+    'msg',
+    'ping',
+    'checksum',
+    'dest',
+    'path',
+    'state',
+    'mode',
+    'size',
+    'owner',
+    'cmd',
+    'unreachable',
+)
 STAT_KEYS = ('exists', 'mode', 'size', 'checksum', 'isreg', 'pw_name')
 
 PLAYBOOK = r'''
@@ -109,8 +128,11 @@ def ensure_mqueue():
     if os.path.isdir('/dev/mqueue'):
         return
     os.makedirs('/dev/mqueue', exist_ok=True)
-    subprocess.run(['mount', '-t', 'mqueue', 'mqueue', '/dev/mqueue'],
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        ['mount', '-t', 'mqueue', 'mqueue', '/dev/mqueue'],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def results(events_dir):
@@ -119,8 +141,12 @@ def results(events_dir):
     for path in glob.glob(os.path.join(events_dir, '*.json')):
         with open(path) as f:
             ev = json.load(f)
-        if ev.get('event') not in ('runner_on_ok', 'runner_on_failed', 'runner_on_skipped',
-                                   'runner_on_unreachable'):
+        if ev.get('event') not in (
+            'runner_on_ok',
+            'runner_on_failed',
+            'runner_on_skipped',
+            'runner_on_unreachable',
+        ):
             continue
         data = ev.get('event_data') or {}
         res = data.get('res') or {}
@@ -159,16 +185,20 @@ class ExecutionEnvironment(unittest.TestCase):
         if not venv_tool('ansible-builder'):
             raise unittest.SkipTest('no ansible-builder in %s (scripts/venv.sh)' % rc.VENV)
         start = time.time()
-        p = subprocess.run(['bash', BUILD], env=dict(podman_env(), SPINDLE_VENV=rc.VENV),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           universal_newlines=True)
+        p = subprocess.run(
+            ['bash', BUILD],
+            env=dict(podman_env(), SPINDLE_VENV=rc.VENV),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            universal_newlines=True,
+        )
         if p.returncode == rc.SKIP:
             raise unittest.SkipTest('containers/ee/build-ee.sh: ' + p.stderr.strip()[-300:])
         if p.returncode != 0:
-            raise RuntimeError('containers/ee/build-ee.sh failed (%d): %s'
-                               % (p.returncode, p.stderr[-4000:]))
-        print('\n[ee] %s ready in %.1f s (%s)' % (IMAGE, time.time() - start,
-                                                 p.stderr.strip().splitlines()[-1]))
+            raise RuntimeError('containers/ee/build-ee.sh failed (%d): %s' % (p.returncode, p.stderr[-4000:]))
+        print(
+            '\n[ee] %s ready in %.1f s (%s)' % (IMAGE, time.time() - start, p.stderr.strip().splitlines()[-1])
+        )
         cls.inventory = rs.fleet_up(FLEET_NAME, COUNT)
         cls.fleet_dir = os.path.dirname(cls.inventory)
 
@@ -189,8 +219,9 @@ class ExecutionEnvironment(unittest.TestCase):
         shutil.copy(os.path.join(self.fleet_dir, 'known_hosts'), os.path.join(pdd, 'project'))
         with open(self.inventory) as f:
             inv = f.read()
-        inv = '\n'.join(line for line in inv.splitlines()
-                        if not line.startswith('ansible_ssh_private_key_file='))
+        inv = '\n'.join(
+            line for line in inv.splitlines() if not line.startswith('ansible_ssh_private_key_file=')
+        )
         inv = inv.replace(os.path.join(self.fleet_dir, 'known_hosts'), '/runner/project/known_hosts')
         with open(os.path.join(pdd, 'inventory', 'hosts'), 'w') as f:
             f.write(inv + '\n')
@@ -209,19 +240,46 @@ class ExecutionEnvironment(unittest.TestCase):
             out_dir = tempfile.mkdtemp(prefix='spindle-ee-out-', dir='/var/tmp')
             if not os.environ.get('SPINDLE_TEST_KEEP'):
                 self.addCleanup(shutil.rmtree, out_dir, True)
-            cmd = ('%s transmit %s --ident job -p site.yml -v | podman run --rm -i --network=host '
-                   '--name spindle-ee-worker-%d %s ansible-runner worker --private-data-dir=/runner'
-                   ' | %s process %s' % (self.runner, pdd, os.getpid(), IMAGE, self.runner, out_dir))
-            p = subprocess.run(['bash', '-o', 'pipefail', '-c', cmd], env=podman_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               universal_newlines=True, timeout=600)
+            cmd = (
+                '%s transmit %s --ident job -p site.yml -v | podman run --rm -i --network=host '
+                '--name spindle-ee-worker-%d %s ansible-runner worker --private-data-dir=/runner'
+                ' | %s process %s' % (self.runner, pdd, os.getpid(), IMAGE, self.runner, out_dir)
+            )
+            p = subprocess.run(
+                ['bash', '-o', 'pipefail', '-c', cmd],
+                env=podman_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                universal_newlines=True,
+                timeout=600,
+            )
             artifacts = os.path.join(out_dir, 'artifacts')  # process writes no ident dir
         else:
-            argv = [self.runner, 'run', '--process-isolation', '--process-isolation-executable',
-                    'podman', '--container-image', IMAGE, '--container-option=--network=host',
-                    '--container-option=--user=0', '--ident', 'job', '-p', 'site.yml', '-v', pdd]
-            p = subprocess.run(argv, env=podman_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, universal_newlines=True, timeout=600)
+            argv = [
+                self.runner,
+                'run',
+                '--process-isolation',
+                '--process-isolation-executable',
+                'podman',
+                '--container-image',
+                IMAGE,
+                '--container-option=--network=host',
+                '--container-option=--user=0',
+                '--ident',
+                'job',
+                '-p',
+                'site.yml',
+                '-v',
+                pdd,
+            ]
+            p = subprocess.run(
+                argv,
+                env=podman_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                universal_newlines=True,
+                timeout=600,
+            )
             artifacts = os.path.join(pdd, 'artifacts', 'job')
         took = time.time() - start
         self.assertEqual(p.returncode, 0, p.stdout[-4000:])
@@ -245,18 +303,24 @@ class ExecutionEnvironment(unittest.TestCase):
 
     def compare_stock(self, worker):
         stock_out, stock, stock_paths, stock_s = self.run_runner({'SPINDLE_EE': 'off'}, worker)
-        sp_out, sp, sp_paths, sp_s = self.run_runner(
-            {'SPINDLE_PATHS_FILE': '/runner/paths.json'}, worker)
-        print('\n[ee] %s: stock %.1f s, spindle %.1f s (%d hosts)'
-              % ('ansible-runner worker (AWX)' if worker else 'ansible-runner --process-isolation',
-                 stock_s, sp_s, COUNT))
+        sp_out, sp, sp_paths, sp_s = self.run_runner({'SPINDLE_PATHS_FILE': '/runner/paths.json'}, worker)
+        print(
+            '\n[ee] %s: stock %.1f s, spindle %.1f s (%d hosts)'
+            % (
+                'ansible-runner worker (AWX)' if worker else 'ansible-runner --process-isolation',
+                stock_s,
+                sp_s,
+                COUNT,
+            )
+        )
         # stock: no sign of spindle
         self.assertIsNone(LINE.search(stock_out), stock_out[-3000:])
         self.assertIsNone(stock_paths)
         # every module task of the play on every host, in the agent
         # (setup, ping, command, copy x2, stat, slurp, shell, file: 9 per host)
-        self.assertEqual(self.assert_in_agent(sp_out, None if worker else sp_paths), 9 * COUNT,
-                         sp_out[-2000:])
+        self.assertEqual(
+            self.assert_in_agent(sp_out, None if worker else sp_paths), 9 * COUNT, sp_out[-2000:]
+        )
         self.assertEqual(len(stock), 10 * COUNT, sorted(stock))
         self.assertEqual(sorted(stock), sorted(sp))
         for key in sorted(stock):
@@ -281,20 +345,51 @@ class ExecutionEnvironment(unittest.TestCase):
             self.addCleanup(shutil.rmtree, work, True)
         with open(os.path.join(work, 'site.yml'), 'w') as f:
             f.write(PLAYBOOK)
-        argv = [nav, 'run', 'site.yml', '-i', self.inventory, '--eei', IMAGE, '--mode', 'stdout',
-                '--pull-policy', 'never', '--ce', 'podman', '--co=--network=host', '--co=--user=0',
-                '--pae', 'false', '--lf', os.path.join(work, 'navigator.log'), '-v']
+        argv = [
+            nav,
+            'run',
+            'site.yml',
+            '-i',
+            self.inventory,
+            '--eei',
+            IMAGE,
+            '--mode',
+            'stdout',
+            '--pull-policy',
+            'never',
+            '--ce',
+            'podman',
+            '--co=--network=host',
+            '--co=--user=0',
+            '--pae',
+            'false',
+            '--lf',
+            os.path.join(work, 'navigator.log'),
+            '-v',
+        ]
         env = {k: v for k, v in podman_env().items() if not k.startswith('ANSIBLE_')}
         start = time.time()
-        p = subprocess.run(argv, cwd=work, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, universal_newlines=True, timeout=600)
+        p = subprocess.run(
+            argv,
+            cwd=work,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            universal_newlines=True,
+            timeout=600,
+        )
         took = time.time() - start
         print('\n[ee] ansible-navigator run --eei: %.1f s' % took)
         self.assertEqual(p.returncode, 0, p.stdout[-4000:])
         self.assertEqual(self.assert_in_agent(p.stdout), 9 * COUNT)
-        self.assertEqual(recap(p.stdout), {
-            't%d' % i: 'ok=10 changed=4 unreachable=0 failed=0 skipped=0 rescued=0 ignored=1'
-            for i in range(COUNT)}, p.stdout[-3000:])
+        self.assertEqual(
+            recap(p.stdout),
+            {
+                't%d' % i: 'ok=10 changed=4 unreachable=0 failed=0 skipped=0 rescued=0 ignored=1'
+                for i in range(COUNT)
+            },
+            p.stdout[-3000:],
+        )
 
 
 if __name__ == '__main__':

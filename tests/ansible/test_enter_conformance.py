@@ -44,12 +44,14 @@ def _sh(cmd):
 def build_tree(path):
     """A fresh chroot tree at ``path``: a private tmpfs with /usr and /etc bound read-only."""
     os.makedirs(path, exist_ok=True)
-    _sh('set -e; r=%s; mount -t tmpfs -o mode=0755,size=64m spindle-ecnf "$r"; '
+    _sh(
+        'set -e; r=%s; mount -t tmpfs -o mode=0755,size=64m spindle-ecnf "$r"; '
         'mount --make-private "$r"; mkdir -p "$r/usr" "$r/etc" "$r/dev" "$r/tmp"; '
         'chmod 1777 "$r/tmp"; '
         'for l in bin sbin lib lib64; do if [ -e /$l ]; then ln -s usr/$l "$r/$l"; fi; done; '
         'for d in usr etc; do mount --bind /$d "$r/$d"; mount -o remount,bind,ro "$r/$d"; done; '
-        'mknod -m 666 "$r/dev/null" c 1 3' % path)
+        'mknod -m 666 "$r/dev/null" c 1 3' % path
+    )
 
 
 def destroy_tree(path):
@@ -65,9 +67,13 @@ def raw_on_a_pty(record):
     res = record['result']
     text = (res.pop('stdout', '') or '') + '\n' + (res.pop('stderr', '') or '')
     res.pop('stderr_lines', None)
-    res['stdout_lines'] = sorted(set(
-        line for line in text.replace('\r', '').splitlines()
-        if line and not line.startswith('Shared connection to ')))
+    res['stdout_lines'] = sorted(
+        set(
+            line
+            for line in text.replace('\r', '').splitlines()
+            if line and not line.startswith('Shared connection to ')
+        )
+    )
 
 
 class EnterConformance(unittest.TestCase):
@@ -109,21 +115,31 @@ class EnterConformance(unittest.TestCase):
         argv = [os.path.join(rc.VENV_BIN, 'ansible-playbook'), PLAYBOOK, '-i', inventory, '-e', extra]
         if kind == 'spindle':
             argv.append('-vvv')  # to see that the hosts were routed to spindle's transport
-        p = subprocess.run(argv, env=env, cwd=self.work, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, universal_newlines=True)
+        p = subprocess.run(
+            argv,
+            env=env,
+            cwd=self.work,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            universal_newlines=True,
+        )
         print('  %-8s rc=%d %.1fs' % (kind, p.returncode, time.monotonic() - t0))
         with open(os.path.join(self.work, kind + '.log'), 'w') as f:
             f.write(p.stdout)
         if not os.path.exists(record):
             self.fail('%s: no record (rc %d):\n%s' % (kind, p.returncode, p.stdout[-6000:]))
         if kind == 'spindle':
-            self.assertIn('ESTABLISH SPINDLE CONNECTION (%s)' % transport, p.stdout,
-                          'not routed to spindle')
+            self.assertIn('ESTABLISH SPINDLE CONNECTION (%s)' % transport, p.stdout, 'not routed to spindle')
         with open(record) as f:
             records = json.load(f)
-        return {'rc': p.returncode, 'records': records, 'files': collect(),
-                'fetched': rc.snapshot(self.fetch_dir), 'log': p.stdout,
-                'left_behind': sorted(os.listdir(os.path.join(self.work, 'run')))}
+        return {
+            'rc': p.returncode,
+            'records': records,
+            'files': collect(),
+            'fetched': rc.snapshot(self.fetch_dir),
+            'log': p.stdout,
+            'left_behind': sorted(os.listdir(os.path.join(self.work, 'run'))),
+        }
 
     def compare_runs(self, inventory, reset, collect, transport, normalise=None):
         stock = self.one_run('stock', inventory, reset, collect, transport)
@@ -133,12 +149,21 @@ class EnterConformance(unittest.TestCase):
                 if normalise and r['status'] != 'recap':
                     normalise(r)
         problems = rc.compare(stock, spin)
-        self.assertEqual(problems, [], '\n'.join(['stock and spindle differ:'] + problems
-                                                 + ['--- spindle log tail:', spin['log'][-3000:]]))
+        self.assertEqual(
+            problems,
+            [],
+            '\n'.join(
+                ['stock and spindle differ:'] + problems + ['--- spindle log tail:', spin['log'][-3000:]]
+            ),
+        )
         self.assertEqual(stock['rc'], 0, stock['log'][-3000:])
         for r in stock['records']:  # what both agreed on, for the reader of the test output
-            if r['task'] in ('facts both transports must agree on', 'command in the default directory',
-                             'environment keyword', 'raw'):
+            if r['task'] in (
+                'facts both transports must agree on',
+                'command in the default directory',
+                'environment keyword',
+                'raw',
+            ):
                 res = r['result']
                 print('  %s %s: %s' % (r['host'], r['task'], res.get('msg') or res.get('stdout_lines')))
         n = sum(1 for r in stock['records'] if r['status'] != 'recap')
@@ -155,8 +180,10 @@ class EnterConformance(unittest.TestCase):
         inventory = os.path.join(self.work, 'chroot.ini')
         with open(inventory, 'w') as f:
             f.write(''.join('ch%d ansible_host=%s\n' % (i, t) for i, t in enumerate(trees)))
-            f.write('[all:vars]\nansible_connection=community.general.chroot\n'
-                    'ansible_python_interpreter=/usr/bin/python3\n')
+            f.write(
+                '[all:vars]\nansible_connection=community.general.chroot\n'
+                'ansible_python_interpreter=/usr/bin/python3\n'
+            )
 
         def reset():
             for t in trees:
@@ -166,8 +193,12 @@ class EnterConformance(unittest.TestCase):
         def collect():
             out = {}
             for i, t in enumerate(trees):
-                p = subprocess.run(['chroot', t, '/usr/bin/python3', '-c', rc.COLLECT],
-                                   stdout=subprocess.PIPE, check=True, universal_newlines=True)
+                p = subprocess.run(
+                    ['chroot', t, '/usr/bin/python3', '-c', rc.COLLECT],
+                    stdout=subprocess.PIPE,
+                    check=True,
+                    universal_newlines=True,
+                )
                 out['ch%d' % i] = json.loads(p.stdout)
             return out
 
@@ -186,9 +217,10 @@ class EnterConformance(unittest.TestCase):
 
     def collect_fleet(self):
         """What the play left on each fleet target."""
-        return dict(('t%d' % i, json.loads(rc.fleet('exec', FLEET_NAME, i, 'python3', '-c',
-                                                     rc.COLLECT).stdout))
-                    for i in range(2))
+        return dict(
+            ('t%d' % i, json.loads(rc.fleet('exec', FLEET_NAME, i, 'python3', '-c', rc.COLLECT).stdout))
+            for i in range(2)
+        )
 
     def test_nsenter(self):
         up = self.fleet_up()
@@ -198,8 +230,10 @@ class EnterConformance(unittest.TestCase):
             for i in range(2):
                 with open(os.path.join(fleet_dir, 'sshd-%d.pid' % i)) as pf:
                     f.write('t%d ansible_nsenter_pid=%d\n' % (i, int(pf.read().strip())))
-            f.write('[all:vars]\nansible_connection=community.docker.nsenter\n'
-                    'ansible_python_interpreter=/usr/bin/python3\n')
+            f.write(
+                '[all:vars]\nansible_connection=community.docker.nsenter\n'
+                'ansible_python_interpreter=/usr/bin/python3\n'
+            )
 
         def reset():
             for i in range(2):
@@ -215,10 +249,14 @@ class EnterConformance(unittest.TestCase):
         up = self.fleet_up()
         inventory = up.stdout.strip().splitlines()[-1]
         login, target = SU_USERS
-        self.extra_vars = {'ansible_user': login, 'ansible_become': True,
-                           'ansible_become_method': 'su', 'ansible_become_user': target,
-                           'ansible_become_password': SU_USERS[target],
-                           'ansible_python_interpreter': '/usr/bin/python3'}
+        self.extra_vars = {
+            'ansible_user': login,
+            'ansible_become': True,
+            'ansible_become_method': 'su',
+            'ansible_become_user': target,
+            'ansible_become_password': SU_USERS[target],
+            'ansible_python_interpreter': '/usr/bin/python3',
+        }
 
         def reset():
             for i in range(2):

@@ -124,8 +124,7 @@ def snapshot(path):
 
 class EnterRoutesTests(unittest.TestCase):
     def setUp(self):
-        self.binary = (os.environ.get('SPINDLE_BIN')
-                       or os.path.join(REPO, 'target', 'debug', 'spindle'))
+        self.binary = os.environ.get('SPINDLE_BIN') or os.path.join(REPO, 'target', 'debug', 'spindle')
         if not os.access(os.path.join(VENV_BIN, 'ansible-playbook'), os.X_OK):
             print('SKIP: no venv with ansible-core at %s (run scripts/venv.sh)' % VENV_BIN)
             self.skipTest('no venv (scripts/venv.sh)')
@@ -155,43 +154,44 @@ class EnterRoutesTests(unittest.TestCase):
         kubeconfig = self.path('kubeconfig')
         main = {
             'box-k': 'kubectl -n ertr-ns --kubeconfig %s --context ertr-ctx --v=0 exec -i '
-                     'ertr-pod -c web [ENTER_STANDIN_TAG=k8s]' % kubeconfig,
+            'ertr-pod -c web [ENTER_STANDIN_TAG=k8s]' % kubeconfig,
             'box-lxd.ertr.test': 'lxc --project ertr-proj exec ertr-remote:box-lxd',
             'box-inc': 'incus --project default exec local:ertr-inc',
             'box-b': 'buildah run --user app ertr-wc1',
             'box-jail': 'jexec -U root box-jail',
             'box-lxc': 'lxc-attach --clear-env --name ertr-lxc1',
         }
-        others = ['su app', 'jls -q name', 'buildah mount ertr-wc1',
-                  'buildah copy --chown app ertr-wc1']
-        for tool, where in (('lxc --project ertr-proj', 'ertr-remote:box-lxd'),
-                            ('incus --project default', 'local:ertr-inc')):
+        others = ['su app', 'jls -q name', 'buildah mount ertr-wc1', 'buildah copy --chown app ertr-wc1']
+        for tool, where in (
+            ('lxc --project ertr-proj', 'ertr-remote:box-lxd'),
+            ('incus --project default', 'local:ertr-inc'),
+        ):
             others += ['%s file %s %s' % (tool, op, where) for op in ('push', 'pull')]
         with open(os.path.join(bindir, 'expect'), 'w') as f:
             f.write('\n'.join(list(main.values()) + others) + '\n')
         hosts = {
             'box-k': 'ansible_connection=kubernetes.core.kubectl ansible_kubectl_pod=ertr-pod '
-                     'ansible_kubectl_namespace=ertr-ns ansible_kubectl_container=web '
-                     'ansible_kubectl_kubeconfig=%s ansible_kubectl_context=ertr-ctx '
-                     'ansible_kubectl_extra_args=--v=0 ansible_user=ignored '
-                     'ansible_kubectl_local_env_vars=\'{"ENTER_STANDIN_TAG": "k8s"}\'' % kubeconfig,
+            'ansible_kubectl_namespace=ertr-ns ansible_kubectl_container=web '
+            'ansible_kubectl_kubeconfig=%s ansible_kubectl_context=ertr-ctx '
+            'ansible_kubectl_extra_args=--v=0 ansible_user=ignored '
+            'ansible_kubectl_local_env_vars=\'{"ENTER_STANDIN_TAG": "k8s"}\'' % kubeconfig,
             'box-lxd.ertr.test': 'ansible_connection=community.general.lxd '
-                                 'ansible_lxd_remote=ertr-remote ansible_lxd_project=ertr-proj '
-                                 'ansible_user=app lxd_become_method=%s/su' % bindir,
+            'ansible_lxd_remote=ertr-remote ansible_lxd_project=ertr-proj '
+            'ansible_user=app lxd_become_method=%s/su' % bindir,
             'box-inc': 'ansible_connection=community.general.incus '
-                       'ansible_incus_host=ertr-inc.example.org ansible_user=root',
-            'box-b': 'ansible_connection=containers.podman.buildah ansible_host=ertr-wc1 '
-                     'ansible_user=app',
+            'ansible_incus_host=ertr-inc.example.org ansible_user=root',
+            'box-b': 'ansible_connection=containers.podman.buildah ansible_host=ertr-wc1 ansible_user=app',
             'box-jail': 'ansible_connection=community.general.jail ansible_user=root',
             'box-lxc': 'ansible_connection=community.general.lxc ansible_lxc_host=ertr-lxc1',
         }
         stock_only_skip = {'box-lxc'}  # needs the python lxc bindings
         if os.geteuid() != 0:
             stock_only_skip.add('box-jail')  # the stock jail plugin needs root
-        common = ('[all:vars]\nansible_python_interpreter=/usr/bin/python3\n'
-                  'ansible_remote_tmp=%s\n' % self.path('rtmp'))
-        for name, keep in (('stock', lambda h: h not in stock_only_skip),
-                           ('spindle', lambda h: True)):
+        common = (
+            '[all:vars]\nansible_python_interpreter=/usr/bin/python3\n'
+            'ansible_remote_tmp=%s\n' % self.path('rtmp')
+        )
+        for name, keep in (('stock', lambda h: h not in stock_only_skip), ('spindle', lambda h: True)):
             with open(self.path(name + '.ini'), 'w') as f:
                 f.write(''.join('%s %s\n' % (h, v) for h, v in hosts.items() if keep(h)) + common)
         with open(self.path('src.txt'), 'w') as f:
@@ -206,27 +206,31 @@ class EnterRoutesTests(unittest.TestCase):
         cfg = self.path(kind + '.cfg')
         callbacks = 'spindle_record, spindle' if kind == 'spindle' else 'spindle_record'
         with open(cfg, 'w') as f:
-            f.write('[defaults]\ncallback_plugins = %s\ncallbacks_enabled = %s\n'
-                    'strategy = linear\nretry_files_enabled = False\n'
-                    % (os.path.join(PLUGINS, 'callback'), callbacks))
+            f.write(
+                '[defaults]\ncallback_plugins = %s\ncallbacks_enabled = %s\n'
+                'strategy = linear\nretry_files_enabled = False\n'
+                % (os.path.join(PLUGINS, 'callback'), callbacks)
+            )
         record = self.path(kind + '.json')
         env = {k: v for k, v in os.environ.items() if not k.startswith(('ANSIBLE_', 'SPINDLE_'))}
-        env.update({
-            'ANSIBLE_CONFIG': cfg,
-            'ANSIBLE_HOME': self.path('home'),
-            'ANSIBLE_LOCAL_TEMP': self.path('tmp'),
-            'ANSIBLE_COLLECTIONS_PATH': COLLECTIONS,
-            'ANSIBLE_PIPELINING': 'True',
-            'ANSIBLE_NOCOLOR': '1',
-            'XDG_RUNTIME_DIR': self.path('run'),
-            # a private daemon stopped at exit (the persistent one is test_persist's): the run
-            # must leave nothing in XDG_RUNTIME_DIR
-            'SPINDLE_PERSIST': '0',
-            'SPINDLE_RECORD': record,
-            'SPINDLE_BIN': self.binary,
-            'PATH': self.path('bin') + os.pathsep + os.environ.get('PATH', os.defpath),
-            'PYTHONPATH': PKG_ROOT,
-        })
+        env.update(
+            {
+                'ANSIBLE_CONFIG': cfg,
+                'ANSIBLE_HOME': self.path('home'),
+                'ANSIBLE_LOCAL_TEMP': self.path('tmp'),
+                'ANSIBLE_COLLECTIONS_PATH': COLLECTIONS,
+                'ANSIBLE_PIPELINING': 'True',
+                'ANSIBLE_NOCOLOR': '1',
+                'XDG_RUNTIME_DIR': self.path('run'),
+                # a private daemon stopped at exit (the persistent one is test_persist's): the run
+                # must leave nothing in XDG_RUNTIME_DIR
+                'SPINDLE_PERSIST': '0',
+                'SPINDLE_RECORD': record,
+                'SPINDLE_BIN': self.binary,
+                'PATH': self.path('bin') + os.pathsep + os.environ.get('PATH', os.defpath),
+                'PYTHONPATH': PKG_ROOT,
+            }
+        )
         os.makedirs(self.path('run'), mode=0o700, exist_ok=True)
         for d in ('out', 'fetched'):
             shutil.rmtree(self.path(d), ignore_errors=True)
@@ -235,11 +239,21 @@ class EnterRoutesTests(unittest.TestCase):
         if os.path.exists(log):
             os.unlink(log)
         t0 = time.monotonic()
-        p = subprocess.run([os.path.join(VENV_BIN, 'ansible-playbook'), '-i', kind + '.ini',
-                            'play.yml', '-e', 'out=%s fetched=%s' % (self.path('out'),
-                                                                     self.path('fetched'))],
-                           env=env, cwd=self.work, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, universal_newlines=True)
+        p = subprocess.run(
+            [
+                os.path.join(VENV_BIN, 'ansible-playbook'),
+                '-i',
+                kind + '.ini',
+                'play.yml',
+                '-e',
+                'out=%s fetched=%s' % (self.path('out'), self.path('fetched')),
+            ],
+            env=env,
+            cwd=self.work,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            universal_newlines=True,
+        )
         took = time.monotonic() - t0
         print('  %s: rc=%d %.1fs' % (kind, p.returncode, took))
         self.assertTrue(os.path.exists(record), p.stdout)
@@ -247,18 +261,34 @@ class EnterRoutesTests(unittest.TestCase):
             records = json.load(f)
         with open(log) as f:
             calls = f.read().splitlines()
-        return {'rc': p.returncode, 'out': p.stdout, 'records': records, 'calls': calls,
-                'files': snapshot(self.path('out')), 'fetched': snapshot(self.path('fetched')),
-                'left': sorted(os.listdir(self.path('run')))}
+        return {
+            'rc': p.returncode,
+            'out': p.stdout,
+            'records': records,
+            'calls': calls,
+            'files': snapshot(self.path('out')),
+            'fetched': snapshot(self.path('fetched')),
+            'left': sorted(os.listdir(self.path('run'))),
+        }
 
     def test_kubectl_options_and_routing(self):
         env = {k: v for k, v in os.environ.items() if not k.startswith(('ANSIBLE_', 'SPINDLE_'))}
-        env.update({'ANSIBLE_HOME': self.path('home'), 'ANSIBLE_COLLECTIONS_PATH': COLLECTIONS,
-                    'PYTHONPATH': PKG_ROOT})
+        env.update(
+            {
+                'ANSIBLE_HOME': self.path('home'),
+                'ANSIBLE_COLLECTIONS_PATH': COLLECTIONS,
+                'PYTHONPATH': PKG_ROOT,
+            }
+        )
         script = 'CONNECTION_DIR = %r\n%s' % (os.path.join(PLUGINS, 'connection'), OPTIONS_CHECK)
-        p = subprocess.run([os.path.join(VENV_BIN, 'python'), '-c', script], env=env,
-                           cwd=self.work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           universal_newlines=True)
+        p = subprocess.run(
+            [os.path.join(VENV_BIN, 'python'), '-c', script],
+            env=env,
+            cwd=self.work,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            universal_newlines=True,
+        )
         self.assertEqual(p.returncode, 0, p.stdout)
         self.assertIn('options ok', p.stdout)
 
@@ -293,9 +323,12 @@ class EnterRoutesTests(unittest.TestCase):
         self.assertEqual(sorted(a), sorted(b))
         for host in sorted(a):
             for i, (x, y) in enumerate(zip(a[host], b[host])):
-                self.assertEqual(x, y, 'host %s, result #%d (%s)\nstock: %s\nspindle: %s'
-                                 % (host, i, x.get('task'), stock['out'][-3000:],
-                                    spin['out'][-3000:]))
+                self.assertEqual(
+                    x,
+                    y,
+                    'host %s, result #%d (%s)\nstock: %s\nspindle: %s'
+                    % (host, i, x.get('task'), stock['out'][-3000:], spin['out'][-3000:]),
+                )
             self.assertEqual(len(a[host]), len(b[host]), host)
 
         def without(snap, hosts):
@@ -305,17 +338,21 @@ class EnterRoutesTests(unittest.TestCase):
         self.assertEqual(stock['fetched'], without(spin['fetched'], spindle_only))
         # the spindle-only hosts did everything too
         for host in spindle_only:
-            statuses = [r['status'] for r in spin['records'] if r['host'] == host
-                        and r['status'] != 'recap']
+            statuses = [r['status'] for r in spin['records'] if r['host'] == host and r['status'] != 'recap']
             self.assertEqual(statuses.count('failed'), 2, (host, statuses))
             self.assertEqual(len(statuses), 10, (host, statuses))
         self.assertEqual(stock['rc'], spin['rc'])
-        print('  equal: %s; spindle-only: %s; stand-in lines: stock %d, spindle %d'
-              % (', '.join('%s %d results' % (h, len(a[h])) for h in sorted(a)),
-                 ', '.join(sorted(spindle_only)), len(stock['calls']), len(spin['calls'])))
+        print(
+            '  equal: %s; spindle-only: %s; stand-in lines: stock %d, spindle %d'
+            % (
+                ', '.join('%s %d results' % (h, len(a[h])) for h in sorted(a)),
+                ', '.join(sorted(spindle_only)),
+                len(stock['calls']),
+                len(spin['calls']),
+            )
+        )
         if os.environ.get('ERTR_SHOW_CALLS'):
-            print('\n'.join(['stock:'] + sorted(set(stock['calls'])) + ['spindle:']
-                             + spin['calls']))
+            print('\n'.join(['stock:'] + sorted(set(stock['calls'])) + ['spindle:'] + spin['calls']))
 
 
 if __name__ == '__main__':

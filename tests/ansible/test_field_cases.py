@@ -106,15 +106,17 @@ class FieldCases(unittest.TestCase):
         if kind == 'spindle':
             cfg = rs.write_cfg(work, 'host_key_checking = False')
             with open(cfg) as f:
-                text = f.read().replace('callbacks_enabled = spindle\n',
-                                        'callbacks_enabled = spindle, spindle_record\n')
+                text = f.read().replace(
+                    'callbacks_enabled = spindle\n', 'callbacks_enabled = spindle, spindle_record\n'
+                )
             with open(cfg, 'w') as f:
                 f.write(text)
         else:
             with open(os.path.join(work, 'ansible.cfg'), 'w') as f:
-                f.write('[defaults]\nhost_key_checking = False\ncallbacks_enabled = spindle_record\n'
-                        'callback_plugins = %s\n'
-                        % os.path.join(rs.PKG, 'spindle_ansible', 'plugins', 'callback'))
+                f.write(
+                    '[defaults]\nhost_key_checking = False\ncallbacks_enabled = spindle_record\n'
+                    'callback_plugins = %s\n' % os.path.join(rs.PKG, 'spindle_ansible', 'plugins', 'callback')
+                )
         rs.inventory(self.inventory, os.path.join(work, 'inventory.ini'), user=user)
         if not tty:
             with open(os.path.join(work, 'inventory.ini'), 'a') as f:
@@ -130,8 +132,11 @@ class FieldCases(unittest.TestCase):
             env['ANSIBLE_PIPELINING'] = 'True'
         env['SPINDLE_RECORD'] = os.path.join(work, 'record.json')
         env['HOME'] = os.path.expanduser('~root')
-        p = run([os.path.join(rs.VENV_BIN, 'ansible-playbook'), '-i', 'inventory.ini',
-                 'play.yml'], cwd=work, env=env)
+        p = run(
+            [os.path.join(rs.VENV_BIN, 'ansible-playbook'), '-i', 'inventory.ini', 'play.yml'],
+            cwd=work,
+            env=env,
+        )
         if not os.path.exists(env['SPINDLE_RECORD']):
             self.fail('%s run wrote no record:\n%s' % (kind, p.stdout[-3000:]))
         with open(env['SPINDLE_RECORD']) as f:
@@ -149,16 +154,19 @@ class FieldCases(unittest.TestCase):
                 if a != b:
                     diff = difflib.unified_diff(
                         json.dumps(a, indent=1, sort_keys=True).splitlines(),
-                        json.dumps(b, indent=1, sort_keys=True).splitlines(), 'stock', 'spindle',
-                        lineterm='')
-                    self.fail('stock and spindle differ as %s (tty %s):\n%s'
-                              % (user, tty, '\n'.join(diff)))
+                        json.dumps(b, indent=1, sort_keys=True).splitlines(),
+                        'stock',
+                        'spindle',
+                        lineterm='',
+                    )
+                    self.fail('stock and spindle differ as %s (tty %s):\n%s' % (user, tty, '\n'.join(diff)))
                 # Nothing of root's left in the login user's home on the controller.
                 home = os.path.expanduser('~%s' % user)
                 for dp, dns, fns in os.walk(os.path.join(home, '.ansible')):
                     for n in dns + fns:
-                        self.assertEqual(os.lstat(os.path.join(dp, n)).st_uid,
-                                         os.lstat(home).st_uid, os.path.join(dp, n))
+                        self.assertEqual(
+                            os.lstat(os.path.join(dp, n)).st_uid, os.lstat(home).st_uid, os.path.join(dp, n)
+                        )
 
 
 if __name__ == '__main__':

@@ -127,10 +127,16 @@ class Interpreters(unittest.TestCase):
         cls.work = tempfile.mkdtemp(prefix='spindle-interp-', dir=SHARED_DIR)
         os.chmod(cls.work, 0o755)
         for name in ('pathpy', 'taskpy'):
-            subprocess.run(['/usr/bin/python3', '-m', 'venv', '--without-pip',
-                            os.path.join(cls.work, name)], check=True)
-        site = run([os.path.join(cls.work, 'taskpy', 'bin', 'python'), '-c',
-                    'import sysconfig; print(sysconfig.get_paths()["purelib"])']).stdout.strip()
+            subprocess.run(
+                ['/usr/bin/python3', '-m', 'venv', '--without-pip', os.path.join(cls.work, name)], check=True
+            )
+        site = run(
+            [
+                os.path.join(cls.work, 'taskpy', 'bin', 'python'),
+                '-c',
+                'import sysconfig; print(sysconfig.get_paths()["purelib"])',
+            ]
+        ).stdout.strip()
         with open(os.path.join(site, 'spindle_venv_marker.py'), 'w') as f:
             f.write('NAME = "task-venv"\n')
         cls.taskpy = os.path.join(cls.work, 'taskpy', 'bin', 'python')
@@ -145,8 +151,20 @@ class Interpreters(unittest.TestCase):
         # private to each target; the login user's is shared).
         bashrc = 'export PATH=%s:$PATH\n' % os.path.join(cls.work, 'pathpy', 'bin')
         for i in range(2):
-            r = run(['bash', FLEET, 'exec', FLEET_NAME, str(i), 'sh', '-c',
-                     'printf %s "$1" > /root/.bashrc', 'sh', bashrc])
+            r = run(
+                [
+                    'bash',
+                    FLEET,
+                    'exec',
+                    FLEET_NAME,
+                    str(i),
+                    'sh',
+                    '-c',
+                    'printf %s "$1" > /root/.bashrc',
+                    'sh',
+                    bashrc,
+                ]
+            )
             assert r.returncode == 0, r.stdout
         if LOGIN_USER in cls.users:
             home = os.path.expanduser('~' + LOGIN_USER)
@@ -163,15 +181,21 @@ class Interpreters(unittest.TestCase):
     def playbook(self, text, user, tag):
         """Run ``text`` with only the README's ansible.cfg lines; (rc, output, paths)."""
         work = tempfile.mkdtemp(prefix=tag + '-', dir=self.work)
-        rs.write_cfg(work, 'library = %s' % os.path.join(self.work, 'library'),
-                     'host_key_checking = False')
+        rs.write_cfg(work, 'library = %s' % os.path.join(self.work, 'library'), 'host_key_checking = False')
         # t0 names an interpreter (not the login PATH's python3); t1 leaves it to discovery.
-        rs.inventory(self.inventory, os.path.join(work, 'inventory.ini'), user=user,
-                     interpreters={'t0': '/usr/bin/python3'})
+        rs.inventory(
+            self.inventory,
+            os.path.join(work, 'inventory.ini'),
+            user=user,
+            interpreters={'t0': '/usr/bin/python3'},
+        )
         with open(os.path.join(work, 'play.yml'), 'w') as f:
             f.write(text % {'taskpy': self.taskpy})
-        p = run([os.path.join(rs.VENV_BIN, 'ansible-playbook'), '-i', 'inventory.ini',
-                 'play.yml'], cwd=work, env=rs.env(work))
+        p = run(
+            [os.path.join(rs.VENV_BIN, 'ansible-playbook'), '-i', 'inventory.ini', 'play.yml'],
+            cwd=work,
+            env=rs.env(work),
+        )
         return p.returncode, p.stdout, rs.paths(work)
 
     def test_module_runs_under_the_resolved_interpreter_in_an_agent(self):

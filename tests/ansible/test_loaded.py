@@ -40,8 +40,9 @@ PLAY = '''
 def recap(out):
     """{host: (ok, changed, unreachable, failed)} from a PLAY RECAP."""
     hosts = {}
-    for m in re.finditer(r'^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)',
-                         out, re.M):
+    for m in re.finditer(
+        r'^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)', out, re.M
+    ):
         hosts[m.group(1)] = tuple(int(m.group(i)) for i in range(2, 6))
     return hosts
 
@@ -72,14 +73,21 @@ class Loaded(unittest.TestCase):
         with open(os.path.join(work, 'play.yml'), 'w') as f:
             f.write(PLAY)
         t0 = time.monotonic()
-        p = subprocess.run([os.path.join(rs.VENV_BIN, 'ansible-playbook'), '-i', 'inventory.ini',
-                            'play.yml'], cwd=work, env=rs.env(work), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, universal_newlines=True)
+        p = subprocess.run(
+            [os.path.join(rs.VENV_BIN, 'ansible-playbook'), '-i', 'inventory.ini', 'play.yml'],
+            cwd=work,
+            env=rs.env(work),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            universal_newlines=True,
+        )
         return p, time.monotonic() - t0
 
     def test_same_outcome_as_stock_under_load(self):
-        hogs = [multiprocessing.Process(target=hog, daemon=True)
-                for _ in range(HOGS_PER_CORE * (os.cpu_count() or 1))]
+        hogs = [
+            multiprocessing.Process(target=hog, daemon=True)
+            for _ in range(HOGS_PER_CORE * (os.cpu_count() or 1))
+        ]
         for h in hogs:
             h.start()
         try:
@@ -94,12 +102,20 @@ class Loaded(unittest.TestCase):
             for h in hogs:
                 h.join()
         a, b = recap(stock.stdout), recap(spindle.stdout)
-        print('load %.1f; stock %.1f s, spindle %.1f s; unreachable: stock %d, spindle %d'
-              % (load, t_stock, t_spindle, sum(1 for v in a.values() if v[2]),
-                 sum(1 for v in b.values() if v[2])))
+        print(
+            'load %.1f; stock %.1f s, spindle %.1f s; unreachable: stock %d, spindle %d'
+            % (
+                load,
+                t_stock,
+                t_spindle,
+                sum(1 for v in a.values() if v[2]),
+                sum(1 for v in b.values() if v[2]),
+            )
+        )
         self.assertEqual(len(a), HOSTS, stock.stdout[-3000:])
-        self.assertEqual(a, b, 'per-host outcome differs:\nstock %s\nspindle %s\n%s'
-                         % (a, b, spindle.stdout[-3000:]))
+        self.assertEqual(
+            a, b, 'per-host outcome differs:\nstock %s\nspindle %s\n%s' % (a, b, spindle.stdout[-3000:])
+        )
         self.assertFalse([h for h, v in b.items() if v[2]], spindle.stdout[-3000:])
 
 

@@ -13,7 +13,6 @@ import glob
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 import unittest
@@ -58,12 +57,14 @@ class Persist(unittest.TestCase):
         return env
 
     def stop(self):
-        rs.run([os.path.join(rs.VENV_BIN, 'python'), '-m', 'spindle_ansible', '--stop'],
-               env=self.env())
+        rs.run([os.path.join(rs.VENV_BIN, 'python'), '-m', 'spindle_ansible', '--stop'], env=self.env())
 
     def playbook(self, *args, **env):
-        p = rs.run([os.path.join(rs.VENV_BIN, 'ansible-playbook'), 'site.yml', '-vv'] + list(args),
-                   cwd=self.work, env=self.env(**env))
+        p = rs.run(
+            [os.path.join(rs.VENV_BIN, 'ansible-playbook'), 'site.yml', '-vv'] + list(args),
+            cwd=self.work,
+            env=self.env(**env),
+        )
         self.assertEqual(p.returncode, 0, p.stdout[-3000:])
         return p.stdout
 
@@ -103,11 +104,16 @@ class Persist(unittest.TestCase):
         self.assertEqual(self.sockets(), [])
         left = [n for n in os.listdir(self.run_dir) if not n.startswith('spindle-%d' % os.getuid())]
         self.assertEqual(left, [], 'the private daemon left its directory')
-        p = rs.run([os.path.join(rs.VENV_BIN, 'ansible-playbook'), 'site.yml'], cwd=self.work,
-                   env=self.env(SPINDLE_PERSIST='soon'))
-        self.assertIn("spindle is NOT active for this play: it runs on Ansible's stock "
-                      "connections. spindle: SPINDLE_PERSIST='soon': must be whole seconds",
-                      p.stdout)
+        p = rs.run(
+            [os.path.join(rs.VENV_BIN, 'ansible-playbook'), 'site.yml'],
+            cwd=self.work,
+            env=self.env(SPINDLE_PERSIST='soon'),
+        )
+        self.assertIn(
+            "spindle is NOT active for this play: it runs on Ansible's stock "
+            "connections. spindle: SPINDLE_PERSIST='soon': must be whole seconds",
+            p.stdout,
+        )
 
     def test_a_changed_environment_gets_a_fresh_daemon(self):
         self.playbook()
@@ -116,8 +122,9 @@ class Persist(unittest.TestCase):
         self.playbook(PWD='/elsewhere', ANSIBLE_FORKS='3')  # volatile and Ansible's own: same
         self.assertEqual(len(self.sockets()), 2)
         for i in range(2):  # named in SPINDLE_PERSIST_IGNORE_ENV: left out of the key
-            self.playbook(SPINDLE_TEST_CHANGED='1', JOB_LOG='/tmp/job-%d.log' % i,
-                          SPINDLE_PERSIST_IGNORE_ENV='JOB_LOG')
+            self.playbook(
+                SPINDLE_TEST_CHANGED='1', JOB_LOG='/tmp/job-%d.log' % i, SPINDLE_PERSIST_IGNORE_ENV='JOB_LOG'
+            )
         self.assertEqual(len(self.sockets()), 2, 'the second daemon served both')
 
     def test_the_stock_path_warning_comes_in_every_run(self):
@@ -142,8 +149,7 @@ class Persist(unittest.TestCase):
     def test_a_daemon_directory_that_is_not_private_is_refused(self):
         d = os.path.join(self.run_dir, 'spindle-%d' % os.getuid())
         os.mkdir(d, 0o755)
-        p = rs.run([os.path.join(rs.VENV_BIN, 'ansible-playbook'), 'site.yml'], cwd=self.work,
-                   env=self.env())
+        p = rs.run([os.path.join(rs.VENV_BIN, 'ansible-playbook'), 'site.yml'], cwd=self.work, env=self.env())
         self.assertIn('spindle is NOT active for this play', p.stdout)
         self.assertIn('refusing %s: owned by uid %d with mode 0755' % (d, os.getuid()), p.stdout)
         self.assertIsNone(rs.paths(self.work))

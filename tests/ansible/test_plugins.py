@@ -58,14 +58,16 @@ with open(os.path.join(os.path.dirname(HERE), 'fixtures', 'fake-container-engine
 
 def _env(home):
     env = {k: v for k, v in os.environ.items() if not k.startswith(('ANSIBLE_', 'SPINDLE_'))}
-    env.update({
-        'ANSIBLE_HOME': home,
-        'ANSIBLE_LOCAL_TEMP': os.path.join(home, 'tmp'),
-        'ANSIBLE_STRATEGY_PLUGINS': os.path.join(PLUGINS, 'strategy'),
-        'ANSIBLE_CONNECTION_PLUGINS': os.path.join(PLUGINS, 'connection'),
-        'ANSIBLE_CALLBACK_PLUGINS': os.path.join(PLUGINS, 'callback'),
-        'PYTHONPATH': PKG_ROOT,
-    })
+    env.update(
+        {
+            'ANSIBLE_HOME': home,
+            'ANSIBLE_LOCAL_TEMP': os.path.join(home, 'tmp'),
+            'ANSIBLE_STRATEGY_PLUGINS': os.path.join(PLUGINS, 'strategy'),
+            'ANSIBLE_CONNECTION_PLUGINS': os.path.join(PLUGINS, 'connection'),
+            'ANSIBLE_CALLBACK_PLUGINS': os.path.join(PLUGINS, 'callback'),
+            'PYTHONPATH': PKG_ROOT,
+        }
+    )
     return env
 
 
@@ -78,16 +80,26 @@ class PluginTests(unittest.TestCase):
         self.addCleanup(shutil.rmtree, self.home, True)
 
     def run_venv(self, *argv):
-        p = subprocess.run(list(argv), env=_env(self.home), cwd=self.home, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, universal_newlines=True)
+        p = subprocess.run(
+            list(argv),
+            env=_env(self.home),
+            cwd=self.home,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            universal_newlines=True,
+        )
         self.assertEqual(p.returncode, 0, '%s failed:\n%s' % (' '.join(argv), p.stdout))
         return p.stdout
 
     def test_ansible_doc(self):
         doc = os.path.join(VENV_BIN, 'ansible-doc')
-        for kind, name in (('strategy', 'spindle_linear'), ('strategy', 'spindle_free'),
-                           ('connection', 'spindle'), ('callback', 'spindle_record'),
-                           ('callback', 'spindle')):
+        for kind, name in (
+            ('strategy', 'spindle_linear'),
+            ('strategy', 'spindle_free'),
+            ('connection', 'spindle'),
+            ('callback', 'spindle_record'),
+            ('callback', 'spindle'),
+        ):
             out = self.run_venv(doc, '-t', kind, name)
             self.assertIn(name, out)
         self.assertIn('spindle_socket', self.run_venv(doc, '-t', 'connection', 'spindle'))
@@ -120,11 +132,15 @@ class PluginTests(unittest.TestCase):
         out_dir = os.path.join(self.home, 'out')
         os.mkdir(out_dir)
         with open(os.path.join(self.home, 'inv.ini'), 'w') as f:
-            f.write('box-c1 ansible_connection=docker\n'
-                    'box-c2 ansible_connection=containers.podman.podman ansible_user=root\n'
-                    '[all:vars]\nansible_python_interpreter=/usr/bin/python3\n')
+            f.write(
+                'box-c1 ansible_connection=docker\n'
+                'box-c2 ansible_connection=containers.podman.podman ansible_user=root\n'
+                '[all:vars]\nansible_python_interpreter=/usr/bin/python3\n'
+            )
         with open(os.path.join(self.home, 'play.yml'), 'w') as f:
-            f.write(textwrap.dedent('''
+            f.write(
+                textwrap.dedent(
+                    '''
                 - hosts: all
                   gather_facts: false
                   tasks:
@@ -133,14 +149,27 @@ class PluginTests(unittest.TestCase):
                       register: r
                     - assert: {that: ["r.stdout == inventory_hostname"]}
                     - copy: {content: "from {{ inventory_hostname }}\\n", dest: "%s/{{ inventory_hostname }}"}
-            ''' % out_dir))
+            '''
+                    % out_dir
+                )
+            )
         env = _env(self.home)
-        env.update({'ANSIBLE_STRATEGY': 'spindle_linear', 'SPINDLE_BIN': binary,
-                    'PATH': bindir + os.pathsep + os.environ.get('PATH', ''),
-                    'ANSIBLE_PIPELINING': 'True'})
-        p = subprocess.run([os.path.join(VENV_BIN, 'ansible-playbook'), '-i', 'inv.ini', 'play.yml'],
-                           env=env, cwd=self.home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           universal_newlines=True)
+        env.update(
+            {
+                'ANSIBLE_STRATEGY': 'spindle_linear',
+                'SPINDLE_BIN': binary,
+                'PATH': bindir + os.pathsep + os.environ.get('PATH', ''),
+                'ANSIBLE_PIPELINING': 'True',
+            }
+        )
+        p = subprocess.run(
+            [os.path.join(VENV_BIN, 'ansible-playbook'), '-i', 'inv.ini', 'play.yml'],
+            env=env,
+            cwd=self.home,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            universal_newlines=True,
+        )
         self.assertEqual(p.returncode, 0, p.stdout)
         for host in ('box-c1', 'box-c2'):
             with open(os.path.join(out_dir, host)) as f:
@@ -157,10 +186,13 @@ class PluginTests(unittest.TestCase):
         if not os.access(binary, os.X_OK):
             self.skipTest('no spindle binary')
         with open(os.path.join(self.home, 'inv.ini'), 'w') as f:
-            f.write('h1\nh2\nh3\n[all:vars]\nansible_connection=local\n'
-                    'ansible_python_interpreter=/usr/bin/python3\n')
+            f.write(
+                'h1\nh2\nh3\n[all:vars]\nansible_connection=local\n'
+                'ansible_python_interpreter=/usr/bin/python3\n'
+            )
         with open(os.path.join(self.home, 'play.yml'), 'w') as f:
-            f.write(textwrap.dedent('''
+            f.write(
+                textwrap.dedent('''
                 - hosts: all
                   gather_facts: false
                   tasks:
@@ -169,21 +201,37 @@ class PluginTests(unittest.TestCase):
                       register: r
                     - copy: {content: "{{ r.stdout }}", dest: "{{ playbook_dir }}/span-{{ inventory_hostname }}"}
                       delegate_to: localhost
-            '''))
+            ''')
+            )
         env = _env(self.home)
-        env.update({'ANSIBLE_STRATEGY': 'linear', 'ANSIBLE_CALLBACKS_ENABLED': 'spindle',
-                    'SPINDLE_BIN': binary, 'ANSIBLE_PIPELINING': 'True', 'ANSIBLE_FORKS': '5'})
-        p = subprocess.run([os.path.join(VENV_BIN, 'ansible-playbook'), '-i', 'inv.ini', 'play.yml'],
-                           env=env, cwd=self.home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           universal_newlines=True)
+        env.update(
+            {
+                'ANSIBLE_STRATEGY': 'linear',
+                'ANSIBLE_CALLBACKS_ENABLED': 'spindle',
+                'SPINDLE_BIN': binary,
+                'ANSIBLE_PIPELINING': 'True',
+                'ANSIBLE_FORKS': '5',
+            }
+        )
+        p = subprocess.run(
+            [os.path.join(VENV_BIN, 'ansible-playbook'), '-i', 'inv.ini', 'play.yml'],
+            env=env,
+            cwd=self.home,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            universal_newlines=True,
+        )
         self.assertEqual(p.returncode, 0, p.stdout)
         spans = []
         for host in ('h1', 'h2', 'h3'):
             with open(os.path.join(self.home, 'span-' + host)) as f:
                 start, end = (float(x) for x in f.read().split())
             spans.append((start, end))
-        self.assertLess(max(s for s, _ in spans), min(e for _, e in spans),
-                        'the delegated commands ran one after another: %r' % spans)
+        self.assertLess(
+            max(s for s, _ in spans),
+            min(e for _, e in spans),
+            'the delegated commands ran one after another: %r' % spans,
+        )
 
     def test_chroot_connection_routed(self):
         """Hosts with ansible_connection community.general.chroot run through spindle's chroot
@@ -195,22 +243,30 @@ class PluginTests(unittest.TestCase):
             print('SKIP: needs root (bind mounts, chroot) and the spindle binary')
             self.skipTest('needs root and the spindle binary')
         tree = os.path.join(self.home, 'tree')
-        make = ('set -e; mkdir -p {r}/usr {r}/etc {r}/dev {r}/tmp; '
-                'for l in bin sbin lib lib64; do [ -e /$l ] && ln -sfn usr/$l {r}/$l; done; '
-                'mount --bind /usr {r}/usr && mount -o remount,bind,ro {r}/usr; '
-                'mount --bind /etc {r}/etc && mount -o remount,bind,ro {r}/etc; '
-                '[ -e {r}/dev/null ] || mknod -m 666 {r}/dev/null c 1 3; mount -t tmpfs -o size=16m spindle-chroot {r}/tmp; '
-                'echo inside > {r}/marker.txt').format(r=tree)
-        self.addCleanup(subprocess.run, ['sh', '-c', 'for m in tmp etc usr; do umount -l %s/$m; done'
-                                         % tree], stderr=subprocess.DEVNULL)
+        make = (
+            'set -e; mkdir -p {r}/usr {r}/etc {r}/dev {r}/tmp; '
+            'for l in bin sbin lib lib64; do [ -e /$l ] && ln -sfn usr/$l {r}/$l; done; '
+            'mount --bind /usr {r}/usr && mount -o remount,bind,ro {r}/usr; '
+            'mount --bind /etc {r}/etc && mount -o remount,bind,ro {r}/etc; '
+            '[ -e {r}/dev/null ] || mknod -m 666 {r}/dev/null c 1 3; mount -t tmpfs -o size=16m spindle-chroot {r}/tmp; '
+            'echo inside > {r}/marker.txt'
+        ).format(r=tree)
+        self.addCleanup(
+            subprocess.run,
+            ['sh', '-c', 'for m in tmp etc usr; do umount -l %s/$m; done' % tree],
+            stderr=subprocess.DEVNULL,
+        )
         subprocess.run(['sh', '-c', make], check=True)
         with open(os.path.join(self.home, 'inv.ini'), 'w') as f:
-            f.write('%s ansible_connection=community.general.chroot '
-                    'ansible_python_interpreter=/usr/bin/python3\n' % tree)
+            f.write(
+                '%s ansible_connection=community.general.chroot '
+                'ansible_python_interpreter=/usr/bin/python3\n' % tree
+            )
         with open(os.path.join(self.home, 't.j2'), 'w') as f:
             f.write('rendered for {{ inventory_hostname | basename }}\n')
         with open(os.path.join(self.home, 'play.yml'), 'w') as f:
-            f.write(textwrap.dedent('''
+            f.write(
+                textwrap.dedent('''
                 - hosts: all
                   gather_facts: false
                   tasks:
@@ -228,21 +284,36 @@ class PluginTests(unittest.TestCase):
                           - marker.stdout == "inside"
                           - st.stat.mode == "0600"
                           - out.stdout_lines == ["copied", "rendered for tree", "no-host-fs"]
-            '''))
+            ''')
+            )
         env = _env(self.home)
-        env.update({'ANSIBLE_STRATEGY': 'linear', 'ANSIBLE_CALLBACKS_ENABLED': 'spindle',
-                    'SPINDLE_BIN': binary, 'ANSIBLE_PIPELINING': 'True'})
-        p = subprocess.run([os.path.join(VENV_BIN, 'ansible-playbook'), '-i', 'inv.ini', 'play.yml'],
-                           env=env, cwd=self.home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           universal_newlines=True)
+        env.update(
+            {
+                'ANSIBLE_STRATEGY': 'linear',
+                'ANSIBLE_CALLBACKS_ENABLED': 'spindle',
+                'SPINDLE_BIN': binary,
+                'ANSIBLE_PIPELINING': 'True',
+            }
+        )
+        p = subprocess.run(
+            [os.path.join(VENV_BIN, 'ansible-playbook'), '-i', 'inv.ini', 'play.yml'],
+            env=env,
+            cwd=self.home,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            universal_newlines=True,
+        )
         self.assertEqual(p.returncode, 0, p.stdout)
         with open(os.path.join(tree, 'tmp', 'copied.txt')) as f:
             self.assertEqual(f.read(), 'copied\n')
 
     def test_conformance(self):
-        p = subprocess.run([sys.executable, os.path.join(HERE, 'run_conformance.py')],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           universal_newlines=True)
+        p = subprocess.run(
+            [sys.executable, os.path.join(HERE, 'run_conformance.py')],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            universal_newlines=True,
+        )
         print(p.stdout)
         if p.returncode == SKIP:
             lines = p.stdout.strip().splitlines()

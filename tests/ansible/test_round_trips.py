@@ -43,8 +43,12 @@ class RoundTrips(unittest.TestCase):
             print('SKIP: netns fleet unavailable here')
             self.skipTest('netns fleet unavailable')
         self.assertEqual(up.returncode, 0)
-        self.addCleanup(subprocess.run, ['bash', FLEET, 'down', 'rtt'], stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL)
+        self.addCleanup(
+            subprocess.run,
+            ['bash', FLEET, 'down', 'rtt'],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.inventory = up.stdout.decode().strip().splitlines()[-1]
         self.work = tempfile.mkdtemp(prefix='spindle-rtt-', dir=os.path.join(REPO, 'target'))
         self.addCleanup(shutil.rmtree, self.work, True)
@@ -59,14 +63,19 @@ class RoundTrips(unittest.TestCase):
                 break
             time.sleep(0.02)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(('ANSIBLE_', 'SPINDLE_'))}
-        self.env.update({
-            'ANSIBLE_HOME': self.work, 'ANSIBLE_LOCAL_TEMP': os.path.join(self.work, 'tmp'),
-            'ANSIBLE_STRATEGY_PLUGINS': os.path.join(PLUGINS, 'strategy'),
-            'ANSIBLE_CONNECTION_PLUGINS': os.path.join(PLUGINS, 'connection'),
-            'ANSIBLE_STRATEGY': 'spindle_linear', 'ANSIBLE_PIPELINING': 'True',
-            'SPINDLE_SOCKET': self.sock, 'SPINDLE_BIN': BIN,
-            'PYTHONPATH': os.path.join(REPO, 'ansible_plugin'),
-        })
+        self.env.update(
+            {
+                'ANSIBLE_HOME': self.work,
+                'ANSIBLE_LOCAL_TEMP': os.path.join(self.work, 'tmp'),
+                'ANSIBLE_STRATEGY_PLUGINS': os.path.join(PLUGINS, 'strategy'),
+                'ANSIBLE_CONNECTION_PLUGINS': os.path.join(PLUGINS, 'connection'),
+                'ANSIBLE_STRATEGY': 'spindle_linear',
+                'ANSIBLE_PIPELINING': 'True',
+                'SPINDLE_SOCKET': self.sock,
+                'SPINDLE_BIN': BIN,
+                'PYTHONPATH': os.path.join(REPO, 'ansible_plugin'),
+            }
+        )
 
     def stats(self):
         out = subprocess.run([BIN, 'stats', '--socket', self.sock], stdout=subprocess.PIPE, check=True)
@@ -77,13 +86,21 @@ class RoundTrips(unittest.TestCase):
         path = os.path.join(self.work, 'play.yml')
         with open(path, 'w') as f:
             f.write('- hosts: all\n  gather_facts: false\n  tasks:\n    - %s\n' % task)
-        p = subprocess.run([os.path.join(VENV_BIN, 'ansible-playbook'), '-i', self.inventory, path],
-                           env=self.env, cwd=self.work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        p = subprocess.run(
+            [os.path.join(VENV_BIN, 'ansible-playbook'), '-i', self.inventory, path],
+            env=self.env,
+            cwd=self.work,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         self.assertEqual(p.returncode, 0, p.stdout.decode())
 
     def target_files(self):
-        out = subprocess.run(['bash', FLEET, 'exec', 'rtt', '0', 'find', '/tmp', '/var/tmp', '/root', '-xdev'],
-                             stdout=subprocess.PIPE, check=True)
+        out = subprocess.run(
+            ['bash', FLEET, 'exec', 'rtt', '0', 'find', '/tmp', '/var/tmp', '/root', '-xdev'],
+            stdout=subprocess.PIPE,
+            check=True,
+        )
         return out.stdout.decode()
 
     def test_one_round_trip_per_cached_task(self):
@@ -94,10 +111,14 @@ class RoundTrips(unittest.TestCase):
             before = self.stats()
             self.play(task)
             after = self.stats()
-            d = dict((k, after[k] - before.get(k, 0)) for k in ('calls', 'frames_out', 'frames_in', 'blobs_pushed'))
+            d = dict(
+                (k, after[k] - before.get(k, 0)) for k in ('calls', 'frames_out', 'frames_in', 'blobs_pushed')
+            )
             sent = after['bytes_out'] - before.get('bytes_out', 0)
-            print('%-8s %s, %d bytes out, %d in' % (name, d, sent,
-                                                   after['bytes_in'] - before.get('bytes_in', 0)))
+            print(
+                '%-8s %s, %d bytes out, %d in'
+                % (name, d, sent, after['bytes_in'] - before.get('bytes_in', 0))
+            )
             self.assertEqual(d, {'calls': 1, 'frames_out': 1, 'frames_in': 1, 'blobs_pushed': 0}, name)
             if name != 'setup':
                 # The module's file set went with the first run (set_id), not every time
@@ -116,8 +137,11 @@ class RoundTrips(unittest.TestCase):
             self.play(task % content)  # asserts rc 0
             after = self.stats()
             self.assertEqual(after['calls'] - before.get('calls', 0), 1, content)
-        out = subprocess.run(['bash', FLEET, 'exec', 'rtt', '0', 'cat', '/tmp/rtt-sets.txt'],
-                             stdout=subprocess.PIPE, check=True)
+        out = subprocess.run(
+            ['bash', FLEET, 'exec', 'rtt', '0', 'cat', '/tmp/rtt-sets.txt'],
+            stdout=subprocess.PIPE,
+            check=True,
+        )
         self.assertEqual(out.stdout, b'two\n')
 
 

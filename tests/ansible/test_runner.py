@@ -63,10 +63,10 @@ class Base(unittest.TestCase):
         self.assertTrue(job.events, 'no job events\n' + job.describe())
 
     def assert_in_agent(self, job, hosts):
-        self.assertIsNotNone(job.paths, 'no module path counts: spindle was not active\n'
-                             + job.describe())
-        self.assertGreaterEqual(job.paths['in_agent'], hosts * rr.MODULE_RUNS_AT_LEAST,
-                                (job.paths, job.describe()))
+        self.assertIsNotNone(job.paths, 'no module path counts: spindle was not active\n' + job.describe())
+        self.assertGreaterEqual(
+            job.paths['in_agent'], hosts * rr.MODULE_RUNS_AT_LEAST, (job.paths, job.describe())
+        )
         self.assertEqual(job.paths['stock'], 0, (job.paths, job.describe()))
 
     def assert_same_events(self, stock, spindle):
@@ -82,11 +82,13 @@ class Runner(Base):
     HOSTS = ['t0', 't1', 't2']
 
     def pair(self, settings=None):
-        stock = rr.run(rr.private_data_dir(self.root, 'stock', INVENTORY, False, self.HOSTS,
-                                           settings=settings), 'stock')
-        spindle = rr.run(rr.private_data_dir(self.root, 'spindle', INVENTORY, True, self.HOSTS,
-                                             settings=settings),
-                         'spindle')
+        stock = rr.run(
+            rr.private_data_dir(self.root, 'stock', INVENTORY, False, self.HOSTS, settings=settings), 'stock'
+        )
+        spindle = rr.run(
+            rr.private_data_dir(self.root, 'spindle', INVENTORY, True, self.HOSTS, settings=settings),
+            'spindle',
+        )
         say('%d hosts: stock %.1f s, spindle %.1f s' % (len(self.HOSTS), stock.wall, spindle.wall))
         return stock, spindle
 
@@ -108,10 +110,14 @@ class Runner(Base):
 
     def test_process_isolation_podman(self):
         if not shutil.which('podman'):
-            self.skipTest('--process-isolation with podman (runner\'s default) needs podman, '
-                          'absent here; bubblewrap isolation is tested above')
-        self.skipTest('--process-isolation with podman runs the job in a container image: an '
-                      'execution environment with ansible-core and spindle (issue 15 item 4)')
+            self.skipTest(
+                '--process-isolation with podman (runner\'s default) needs podman, '
+                'absent here; bubblewrap isolation is tested above'
+            )
+        self.skipTest(
+            '--process-isolation with podman runs the job in a container image: an '
+            'execution environment with ansible-core and spindle (issue 15 item 4)'
+        )
 
     def test_readme_cfg_alone_is_stock_under_runner(self):
         # ansible-runner exports ANSIBLE_CALLBACK_PLUGINS (its event callback), which hides the
@@ -119,8 +125,9 @@ class Runner(Base):
         # warns. Hence the README's env vars for runner. If this starts to pass through spindle,
         # the README's advice can be simplified.
         play = '- hosts: t0\n  gather_facts: false\n  tasks:\n    - command: hostname\n'
-        job = rr.run(rr.private_data_dir(self.root, 'cfg', INVENTORY, True, ['t0'], cfg='cfg',
-                                         playbook=play), 'cfg')
+        job = rr.run(
+            rr.private_data_dir(self.root, 'cfg', INVENTORY, True, ['t0'], cfg='cfg', playbook=play), 'cfg'
+        )
         self.assertEqual((job.status, job.rc), ('successful', '0'), job.describe())
         self.assertIsNone(job.paths, job.describe())
         self.assertIn("Skipping callback plugin 'spindle'", job.stdout + job.log, job.describe())
@@ -135,20 +142,34 @@ class Slicing(Base):
     def test_slices_match_unsliced(self):
         hosts = ['t%d' % i for i in range(FLEET_SIZE)]
         # AWX: slice k (1-based) of K gets the inventory's hosts[k-1::K]
-        slices = [hosts[k::self.SLICES] for k in range(self.SLICES)]
+        slices = [hosts[k :: self.SLICES] for k in range(self.SLICES)]
         t0 = time.monotonic()
-        jobs, spans = rr.run_concurrently([
-            # Each slice with a daemon of its own, as AWX runs each job in its own execution
-            # environment container (on one machine, jobs with the same environment would
-            # share this user's persistent daemon: SPINDLE_PERSIST=0 keeps them apart).
-            (rr.private_data_dir(self.root, 'slice%d' % k, INVENTORY, True, part,
-                                 cmdline='-vv', more_env={'SPINDLE_PERSIST': '0'}), 'slice%d' % k)
-            for k, part in enumerate(slices)])
+        jobs, spans = rr.run_concurrently(
+            [
+                # Each slice with a daemon of its own, as AWX runs each job in its own execution
+                # environment container (on one machine, jobs with the same environment would
+                # share this user's persistent daemon: SPINDLE_PERSIST=0 keeps them apart).
+                (
+                    rr.private_data_dir(
+                        self.root,
+                        'slice%d' % k,
+                        INVENTORY,
+                        True,
+                        part,
+                        cmdline='-vv',
+                        more_env={'SPINDLE_PERSIST': '0'},
+                    ),
+                    'slice%d' % k,
+                )
+                for k, part in enumerate(slices)
+            ]
+        )
         sliced_wall = time.monotonic() - t0
         whole = rr.run(rr.private_data_dir(self.root, 'whole', INVENTORY, True, None), 'whole')
-        say('%d hosts: %d concurrent slices %.1f s (each %s s), one unsliced job %.1f s'
-            % (len(hosts), self.SLICES, sliced_wall,
-               '/'.join('%.1f' % j.wall for j in jobs), whole.wall))
+        say(
+            '%d hosts: %d concurrent slices %.1f s (each %s s), one unsliced job %.1f s'
+            % (len(hosts), self.SLICES, sliced_wall, '/'.join('%.1f' % j.wall for j in jobs), whole.wall)
+        )
 
         self.assert_ok_job(whole)
         self.assert_in_agent(whole, len(hosts))

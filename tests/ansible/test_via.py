@@ -45,8 +45,24 @@ PLAY = """
     - {name: client, shell: 'echo $SSH_CLIENT | cut -d" " -f1'}
 """
 
-KEYS = ('failed', 'changed', 'rc', 'stdout', 'stderr', 'msg', 'skipped', 'unreachable', 'ping',
-        'checksum', 'md5sum', 'dest', 'path', 'mode', 'size', 'state')
+KEYS = (
+    'failed',
+    'changed',
+    'rc',
+    'stdout',
+    'stderr',
+    'msg',
+    'skipped',
+    'unreachable',
+    'ping',
+    'checksum',
+    'md5sum',
+    'dest',
+    'path',
+    'mode',
+    'size',
+    'state',
+)
 
 
 def _run(argv, **kw):
@@ -57,10 +73,13 @@ def link(a, a_ip, b, b_ip):
     """A veth pair between fleet targets a and b, with host routes to each other's address."""
     na, nb = 'sp-%s-%d' % (NAME, a), 'sp-%s-%d' % (NAME, b)
     ia, ib = 'vv%dx%d' % (a, b), 'vv%dx%d' % (b, a)
-    for cmd in (['link', 'add', ia, 'netns', na, 'type', 'veth', 'peer', 'name', ib, 'netns', nb],
-                ['-n', na, 'link', 'set', ia, 'up'], ['-n', nb, 'link', 'set', ib, 'up'],
-                ['-n', na, 'route', 'add', b_ip + '/32', 'dev', ia],
-                ['-n', nb, 'route', 'add', a_ip + '/32', 'dev', ib]):
+    for cmd in (
+        ['link', 'add', ia, 'netns', na, 'type', 'veth', 'peer', 'name', ib, 'netns', nb],
+        ['-n', na, 'link', 'set', ia, 'up'],
+        ['-n', nb, 'link', 'set', ib, 'up'],
+        ['-n', na, 'route', 'add', b_ip + '/32', 'dev', ia],
+        ['-n', nb, 'route', 'add', a_ip + '/32', 'dev', ib],
+    ):
         p = _run(['ip'] + cmd)
         assert p.returncode == 0, (cmd, p.stdout)
 
@@ -102,19 +121,28 @@ class Via(unittest.TestCase):
 
     def env(self, spindle, run, sock=None):
         env = {k: v for k, v in os.environ.items() if not k.startswith(('ANSIBLE_', 'SPINDLE_'))}
-        env.update({
-            'ANSIBLE_HOME': self.work, 'ANSIBLE_LOCAL_TEMP': os.path.join(self.work, 'tmp'),
-            'ANSIBLE_PIPELINING': 'True', 'ANSIBLE_DEPRECATION_WARNINGS': 'False',
-            'ANSIBLE_CALLBACK_PLUGINS': os.path.join(PLUGINS, 'callback'),
-            'ANSIBLE_CALLBACKS_ENABLED': 'spindle_record', 'RUN': run,
-            'PYTHONPATH': os.path.join(REPO, 'ansible_plugin'),
-        })
+        env.update(
+            {
+                'ANSIBLE_HOME': self.work,
+                'ANSIBLE_LOCAL_TEMP': os.path.join(self.work, 'tmp'),
+                'ANSIBLE_PIPELINING': 'True',
+                'ANSIBLE_DEPRECATION_WARNINGS': 'False',
+                'ANSIBLE_CALLBACK_PLUGINS': os.path.join(PLUGINS, 'callback'),
+                'ANSIBLE_CALLBACKS_ENABLED': 'spindle_record',
+                'RUN': run,
+                'PYTHONPATH': os.path.join(REPO, 'ansible_plugin'),
+            }
+        )
         if spindle:
-            env.update({
-                'ANSIBLE_STRATEGY_PLUGINS': os.path.join(PLUGINS, 'strategy'),
-                'ANSIBLE_CONNECTION_PLUGINS': os.path.join(PLUGINS, 'connection'),
-                'ANSIBLE_STRATEGY': 'spindle_linear', 'SPINDLE_SOCKET': sock, 'SPINDLE_BIN': BIN,
-            })
+            env.update(
+                {
+                    'ANSIBLE_STRATEGY_PLUGINS': os.path.join(PLUGINS, 'strategy'),
+                    'ANSIBLE_CONNECTION_PLUGINS': os.path.join(PLUGINS, 'connection'),
+                    'ANSIBLE_STRATEGY': 'spindle_linear',
+                    'SPINDLE_SOCKET': sock,
+                    'SPINDLE_BIN': BIN,
+                }
+            )
         return env
 
     def play(self, env, inventory, extra=()):
@@ -122,9 +150,13 @@ class Via(unittest.TestCase):
         if os.path.exists(record):
             os.unlink(record)
         env = dict(env, SPINDLE_RECORD=record)
-        p = subprocess.run([os.path.join(VENV_BIN, 'ansible-playbook'), '-i', inventory, 'play.yml']
-                           + list(extra), env=env, cwd=self.work, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT)
+        p = subprocess.run(
+            [os.path.join(VENV_BIN, 'ansible-playbook'), '-i', inventory, 'play.yml'] + list(extra),
+            env=env,
+            cwd=self.work,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         self.outputs.append(p.stdout.decode())
         if not os.path.exists(record):
             self.fail('no record (rc %d):\n%s' % (p.returncode, p.stdout.decode()))
@@ -174,8 +206,9 @@ class Via(unittest.TestCase):
         self.assertEqual(len([k for k in labels if ' via ' in k]), 4, labels)
 
         # -e spindle_via (highest precedence) sends every host but the gateway through it.
-        again = self.play(self.env(True, 'via', sock), self.inventory,
-                          ['-e', 'spindle_via=t0', '--limit', 't1'])
+        again = self.play(
+            self.env(True, 'via', sock), self.inventory, ['-e', 'spindle_via=t0', '--limit', 't1']
+        )
         self.assertEqual(again[('client', 't1')]['stdout'], self.ips['t0'])
         self.assertEqual(again[('command', 't1')], direct[('command', 't1')])
 
@@ -184,9 +217,14 @@ class ConformanceVia(unittest.TestCase):
     def test_conformance_through_a_hop(self):
         """The conformance playbook with t1, t2 behind t0 (spindle) equals direct stock runs."""
         import sys
-        p = subprocess.run([sys.executable, os.path.join(HERE, 'run_conformance.py'), '--via',
-                            '--name', 'cvia'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           universal_newlines=True, env=dict(os.environ, SPINDLE_BIN=BIN))
+
+        p = subprocess.run(
+            [sys.executable, os.path.join(HERE, 'run_conformance.py'), '--via', '--name', 'cvia'],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            universal_newlines=True,
+            env=dict(os.environ, SPINDLE_BIN=BIN),
+        )
         print(p.stdout)
         if p.returncode == 77:
             self.skipTest(p.stdout.strip().splitlines()[-1] if p.stdout.strip() else 'cannot run')
@@ -199,32 +237,47 @@ class ConformanceVia(unittest.TestCase):
         callback); module code and large files cross the controller -> gateway link once,
         so it carries under MAX_GATEWAY_SHARE of what the hops send on to their targets."""
         import sys
-        p = subprocess.run([sys.executable, os.path.join(HERE, 'run_conformance.py'), '--bastions',
-                            '--strategy', 'linear', '--name', 'cvib'], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, universal_newlines=True,
-                           env=dict(os.environ, SPINDLE_BIN=BIN))
+
+        p = subprocess.run(
+            [
+                sys.executable,
+                os.path.join(HERE, 'run_conformance.py'),
+                '--bastions',
+                '--strategy',
+                'linear',
+                '--name',
+                'cvib',
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            universal_newlines=True,
+            env=dict(os.environ, SPINDLE_BIN=BIN),
+        )
         print(p.stdout)
         if p.returncode == 77:
             self.skipTest(p.stdout.strip().splitlines()[-1] if p.stdout.strip() else 'cannot run')
         self.assertEqual(p.returncode, 0, 'stock and spindle_via runs differ:\n%s' % p.stdout)
         self.assertIn('equal: 24 hosts', p.stdout)  # 23 targets and one that refuses ssh
 
+
 class ProxyJump(unittest.TestCase):
     def test_parse(self):
         import sys
+
         sys.path.insert(0, os.path.join(REPO, 'ansible_plugin'))
         try:
             from spindle_ansible.specs import proxy_jump
         except ImportError as e:  # ansible not importable by this interpreter
             self.skipTest(str(e))
-        self.assertEqual(proxy_jump('-o ProxyJump=b1 -o A=b', None, '-v'),
-                         ('b1', ['-o A=b', None, '-v']))
+        self.assertEqual(proxy_jump('-o ProxyJump=b1 -o A=b', None, '-v'), ('b1', ['-o A=b', None, '-v']))
         self.assertEqual(proxy_jump(None, '-J u@b2:2222', None)[0], 'u@b2:2222')
         self.assertEqual(proxy_jump('-Jb3', None, None)[0], 'b3')
         self.assertEqual(proxy_jump("-o 'ProxyJump b4'", None, None), ('b4', ['', None, None]))
         self.assertEqual(proxy_jump('-o ProxyJump=none', None, None)[0], None)
-        self.assertEqual(proxy_jump("-o 'ProxyCommand=nc %h %p'", None, None),
-                         (None, ["-o 'ProxyCommand=nc %h %p'", None, None]))
+        self.assertEqual(
+            proxy_jump("-o 'ProxyCommand=nc %h %p'", None, None),
+            (None, ["-o 'ProxyCommand=nc %h %p'", None, None]),
+        )
 
 
 if __name__ == '__main__':

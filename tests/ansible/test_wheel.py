@@ -65,8 +65,9 @@ def _checked(argv, **kw):
 
 
 def _purelib(python):
-    return _checked([python, '-c', 'import sysconfig; print(sysconfig.get_path("purelib"))'],
-                    env=_clean_env()).strip()
+    return _checked(
+        [python, '-c', 'import sysconfig; print(sysconfig.get_path("purelib"))'], env=_clean_env()
+    ).strip()
 
 
 def _venv_has_ansible():
@@ -75,11 +76,16 @@ def _venv_has_ansible():
 
 def _clean_env(**extra):
     """No SPINDLE_*/ANSIBLE_* from the caller, and a PATH without any spindle binary."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(('SPINDLE_', 'ANSIBLE_', 'PYTHON', 'VIRTUAL_ENV'))}
-    env['PATH'] = os.pathsep.join(d for d in ('/usr/local/sbin', '/usr/local/bin', '/usr/sbin',
-                                              '/usr/bin', '/sbin', '/bin')
-                                  if not os.path.exists(os.path.join(d, 'spindle')))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(('SPINDLE_', 'ANSIBLE_', 'PYTHON', 'VIRTUAL_ENV'))
+    }
+    env['PATH'] = os.pathsep.join(
+        d
+        for d in ('/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin')
+        if not os.path.exists(os.path.join(d, 'spindle'))
+    )
     env.update(extra)
     return env
 
@@ -94,8 +100,20 @@ class WheelTests(unittest.TestCase):
             base = VENV_PY if os.access(VENV_PY, os.X_OK) else sys.executable
             _checked([base, '-m', 'venv', cls.venv])
             cls.py = os.path.join(cls.venv, 'bin', 'python')
-            _checked([cls.py, '-m', 'pip', 'install', '-q', '--no-index', '--no-deps',
-                      '--disable-pip-version-check', cls.wheel], env=_clean_env())
+            _checked(
+                [
+                    cls.py,
+                    '-m',
+                    'pip',
+                    'install',
+                    '-q',
+                    '--no-index',
+                    '--no-deps',
+                    '--disable-pip-version-check',
+                    cls.wheel,
+                ],
+                env=_clean_env(),
+            )
             cls.site = _purelib(cls.py)
             cls.ansible = _venv_has_ansible()
             if cls.ansible:  # ansible-core from the venv, after the fresh venv's own packages
@@ -117,8 +135,15 @@ class WheelTests(unittest.TestCase):
         if usable != 'maturin ' + pin:
             tools = os.path.join(cls.tmp, 'tools')
             _checked([sys.executable, '-m', 'venv', tools])
-            p = _run([os.path.join(tools, 'bin', 'pip'), 'install', '-q',
-                      '--disable-pip-version-check', 'maturin==' + pin])
+            p = _run(
+                [
+                    os.path.join(tools, 'bin', 'pip'),
+                    'install',
+                    '-q',
+                    '--disable-pip-version-check',
+                    'maturin==' + pin,
+                ]
+            )
             if p.returncode != 0:
                 print('SKIP: cannot install maturin==%s: %s' % (pin, p.stdout.strip()[-500:]))
                 raise unittest.SkipTest('maturin==%s cannot be installed' % pin)
@@ -140,14 +165,15 @@ class WheelTests(unittest.TestCase):
         names = zipfile.ZipFile(self.wheel).namelist()
         scripts = sorted(n.rsplit('/', 1)[1] for n in names if '.data/scripts/' in n)
         self.assertEqual(scripts, ['spindle'], names)
-        for need in ('spindle_ansible/__init__.py',
-                     'spindle_ansible/plugins/strategy/spindle_linear.py',
-                     'spindle_ansible/plugins/connection/spindle.py'):
+        for need in (
+            'spindle_ansible/__init__.py',
+            'spindle_ansible/plugins/strategy/spindle_linear.py',
+            'spindle_ansible/plugins/connection/spindle.py',
+        ):
             self.assertIn(need, names)
         self.assertFalse([n for n in names if '__pycache__' in n or n.endswith('.pyc')], names)
         self.assertIn('-%s-' % _cargo_version(), os.path.basename(self.wheel))
-        print('wheel %s: %d KiB'
-              % (os.path.basename(self.wheel), os.path.getsize(self.wheel) // 1024))
+        print('wheel %s: %d KiB' % (os.path.basename(self.wheel), os.path.getsize(self.wheel) // 1024))
 
     def test_spindle_version_from_venv_bin(self):
         binary = os.path.join(self.venv, 'bin', 'spindle')
@@ -158,11 +184,19 @@ class WheelTests(unittest.TestCase):
 
     def test_plugin_finds_the_wheel_binary(self):
         self._need_ansible()
-        out = _checked([self.py, '-c', textwrap.dedent('''
+        out = _checked(
+            [
+                self.py,
+                '-c',
+                textwrap.dedent('''
             import spindle_ansible.plugins.strategy as s
             print(s.__file__)
             print(s.find_binary())
-        ''')], env=_clean_env(), cwd=self.tmp)
+        '''),
+            ],
+            env=_clean_env(),
+            cwd=self.tmp,
+        )
         where, found = out.strip().splitlines()[-2:]
         self.assertTrue(where.startswith(self.site), where)  # the wheel's copy, not the source tree
         self.assertEqual(found, os.path.join(self.venv, 'bin', 'spindle'))
@@ -173,24 +207,34 @@ class WheelTests(unittest.TestCase):
         work = os.path.join(self.tmp, 'play')
         os.makedirs(os.path.join(work, 'run'))
         with open(os.path.join(work, 'ansible.cfg'), 'w') as f:
-            f.write('[defaults]\nstrategy_plugins = %s\nstrategy = spindle_linear\n'
-                    % os.path.join(self.site, 'spindle_ansible', 'plugins', 'strategy'))
+            f.write(
+                '[defaults]\nstrategy_plugins = %s\nstrategy = spindle_linear\n'
+                % os.path.join(self.site, 'spindle_ansible', 'plugins', 'strategy')
+            )
         with open(os.path.join(work, 'hosts'), 'w') as f:
             f.write('localhost ansible_connection=local ansible_python_interpreter=%s\n' % self.py)
         with open(os.path.join(work, 'play.yml'), 'w') as f:
-            f.write(textwrap.dedent('''
+            f.write(
+                textwrap.dedent('''
                 - hosts: all
                   gather_facts: false
                   tasks:
                     - command: echo spindle-wheel-ok
                       register: r
                     - assert: {that: [r.stdout == "spindle-wheel-ok"]}
-            '''))
+            ''')
+            )
         playbook = os.path.join(VENV, 'bin', 'ansible-playbook')
-        p = _run([self.py, playbook, '-i', 'hosts', 'play.yml', '-vv'], cwd=work, timeout=300,
-                 env=_clean_env(ANSIBLE_HOME=os.path.join(work, 'home'),
-                                ANSIBLE_LOCAL_TEMP=os.path.join(work, 'tmp'),
-                                XDG_RUNTIME_DIR=os.path.join(work, 'run')))
+        p = _run(
+            [self.py, playbook, '-i', 'hosts', 'play.yml', '-vv'],
+            cwd=work,
+            timeout=300,
+            env=_clean_env(
+                ANSIBLE_HOME=os.path.join(work, 'home'),
+                ANSIBLE_LOCAL_TEMP=os.path.join(work, 'tmp'),
+                XDG_RUNTIME_DIR=os.path.join(work, 'run'),
+            ),
+        )
         self.assertEqual(p.returncode, 0, p.stdout)
         self.assertIn('daemon pid', p.stdout)  # the strategy started the wheel's daemon
         self.assertRegex(p.stdout, r'localhost\s*: ok=2 ')
@@ -223,18 +267,18 @@ class LookupOrderTests(unittest.TestCase):
         return path
 
     def find(self, env, dirs):
-        with mock.patch.dict(os.environ, env, clear=True), \
-                mock.patch.object(self.s, 'install_dirs', return_value=dirs):
+        with mock.patch.dict(os.environ, env, clear=True), mock.patch.object(
+            self.s, 'install_dirs', return_value=dirs
+        ):
             return self.s.find_binary()
 
     def test_order(self):
         given = self._fake(os.path.join(self.tmp, 'given'))
-        self.assertEqual(self.find({'SPINDLE_BIN': given, 'PATH': self.onpath}, [self.scripts]),
-                         given)
-        self.assertEqual(self.find({'PATH': self.onpath}, [self.tmp, self.scripts]),
-                         os.path.join(self.scripts, 'spindle'))
-        self.assertEqual(self.find({'PATH': self.onpath}, [self.tmp]),
-                         os.path.join(self.onpath, 'spindle'))
+        self.assertEqual(self.find({'SPINDLE_BIN': given, 'PATH': self.onpath}, [self.scripts]), given)
+        self.assertEqual(
+            self.find({'PATH': self.onpath}, [self.tmp, self.scripts]), os.path.join(self.scripts, 'spindle')
+        )
+        self.assertEqual(self.find({'PATH': self.onpath}, [self.tmp]), os.path.join(self.onpath, 'spindle'))
 
     def test_errors_say_where(self):
         with self.assertRaisesRegex(self.s.AnsibleError, 'SPINDLE_BIN=/nonexistent'):
@@ -242,25 +286,30 @@ class LookupOrderTests(unittest.TestCase):
         with self.assertRaises(self.s.AnsibleError) as cm:
             self.find({'PATH': self.tmp}, [self.tmp])
         msg = str(cm.exception)
-        for part in ('SPINDLE_BIN (not set)', os.path.join(self.tmp, 'spindle'),
-                     'spindle on PATH (%s)' % self.tmp, 'spindle-ansible wheel'):
+        for part in (
+            'SPINDLE_BIN (not set)',
+            os.path.join(self.tmp, 'spindle'),
+            'spindle on PATH (%s)' % self.tmp,
+            'spindle-ansible wheel',
+        ):
             self.assertIn(part, msg)
 
     def test_install_dirs(self):
-        with mock.patch.object(self.s.sysconfig, 'get_path', return_value=self.scripts), \
-                mock.patch.object(self.s.sys, 'executable', os.path.join(self.onpath, 'python')):
+        with mock.patch.object(self.s.sysconfig, 'get_path', return_value=self.scripts), mock.patch.object(
+            self.s.sys, 'executable', os.path.join(self.onpath, 'python')
+        ):
             self.assertEqual(self.s.install_dirs()[0], self.scripts)
             self.assertEqual(self.s.install_dirs()[-1], self.onpath)
-        with mock.patch.object(self.s.sysconfig, 'get_path', return_value=self.scripts), \
-                mock.patch.object(self.s.sys, 'executable', os.path.join(self.scripts, 'python')):
+        with mock.patch.object(self.s.sysconfig, 'get_path', return_value=self.scripts), mock.patch.object(
+            self.s.sys, 'executable', os.path.join(self.scripts, 'python')
+        ):
             self.assertEqual(self.s.install_dirs(), [self.scripts])  # no duplicates
         # installed with pip --user (this module under the user site): the user scheme's scripts
         preferred = getattr(self.s.sysconfig, 'get_preferred_scheme', lambda _: 'posix_user')
         user_scheme = preferred('user')
         with mock.patch.object(self.s.site, 'getusersitepackages', return_value=PKG_ROOT):
             dirs = self.s.install_dirs()
-        self.assertEqual(dirs[1],
-                         os.path.abspath(self.s.sysconfig.get_path('scripts', user_scheme)))
+        self.assertEqual(dirs[1], os.path.abspath(self.s.sysconfig.get_path('scripts', user_scheme)))
 
 
 if __name__ == '__main__':

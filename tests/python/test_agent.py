@@ -4,6 +4,7 @@ starts it (python3 -c STAGE1, compressed source on stdin) and spoken to in frame
 SPINDLE_TEST_PYTHON picks the interpreter (default python3); SPINDLE_TEST_TMP the parent
 directory of temp dirs.
 """
+
 import base64
 import hashlib
 import json
@@ -58,7 +59,12 @@ class Frame(object):
 
     def __repr__(self):
         return "Frame(kind=%d flags=%d handle=%d reply_to=%d len=%d)" % (
-            self.kind, self.flags, self.handle, self.reply_to, self.length)
+            self.kind,
+            self.flags,
+            self.handle,
+            self.reply_to,
+            self.length,
+        )
 
 
 def read_exact(f, n):
@@ -91,9 +97,13 @@ class AgentProc(object):
     def __init__(self, first_frames=b""):
         with open(AGENT_PATH, "rb") as f:
             blob = zlib.compress(f.read(), 9)
-        self.proc = subprocess.Popen([PYTHON, "-c", STAGE1 % len(blob)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=dict(os.environ, SPINDLE_INHERITED="agent-env"))
+        self.proc = subprocess.Popen(
+            [PYTHON, "-c", STAGE1 % len(blob)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(os.environ, SPINDLE_INHERITED="agent-env"),
+        )
         self.frames = []
         self.cond = threading.Condition()
         self.stdout_closed = False
@@ -116,8 +126,11 @@ class AgentProc(object):
 
     def _read_stderr(self):
         while True:
-            chunk = self.proc.stderr.read1(65536) if hasattr(self.proc.stderr, "read1") \
+            chunk = (
+                self.proc.stderr.read1(65536)
+                if hasattr(self.proc.stderr, "read1")
                 else self.proc.stderr.read(1)
+            )
             if not chunk:
                 return
             self.stderr += chunk
@@ -136,8 +149,9 @@ class AgentProc(object):
                         return self.frames.pop(i)
                 left = deadline - time.monotonic()
                 if left <= 0 or self.stdout_closed:
-                    raise AssertionError("no matching frame; have %r; stderr %r"
-                                         % (self.frames, bytes(self.stderr)))
+                    raise AssertionError(
+                        "no matching frame; have %r; stderr %r" % (self.frames, bytes(self.stderr))
+                    )
                 self.cond.wait(left)
 
     def peek(self, pred):
@@ -262,12 +276,15 @@ class AgentTest(unittest.TestCase):
         self.assertEqual((r["rc"], r["stdout"], r["timed_out"]), (0, b"hello world\n", False))
 
     def test_exec_shell_stdin_env_cwd(self):
-        r = run(self.agent, shell="echo $SPINDLE_X; pwd; cat; echo oops >&2; exit 3",
-                env={"SPINDLE_X": "yes"}, cwd=self.tmp,
-                stdin_b64=base64.b64encode(b"from stdin\n").decode())
+        r = run(
+            self.agent,
+            shell="echo $SPINDLE_X; pwd; cat; echo oops >&2; exit 3",
+            env={"SPINDLE_X": "yes"},
+            cwd=self.tmp,
+            stdin_b64=base64.b64encode(b"from stdin\n").decode(),
+        )
         self.assertEqual(r["rc"], 3)
-        self.assertEqual(r["stdout"], b"yes\n" + os.path.realpath(self.tmp).encode()
-                         + b"\nfrom stdin\n")
+        self.assertEqual(r["stdout"], b"yes\n" + os.path.realpath(self.tmp).encode() + b"\nfrom stdin\n")
         self.assertEqual(r["stderr"], b"oops\n")
 
     def test_exec_inherits_environment(self):
@@ -300,23 +317,26 @@ class AgentTest(unittest.TestCase):
             e = self.agent.error("exec", argv=["true"], timeout=timeout)
             self.assertEqual(e["error"], "bad_request", (timeout, e))
             self.assertIn("timeout", e["message"])
-        for args in (dict(argv=["echo", "a\0b"]), dict(shell="echo \0"),
-                     dict(argv=["true"], env={"A": "x\0y"}), dict(argv=["true"], env={"A=B": "1"}),
-                     dict(argv=["true"], env={"": "1"}), dict(argv=["true"], cwd="/\0"),
-                     dict(argv=["true"], cwd=5)):
+        for args in (
+            dict(argv=["echo", "a\0b"]),
+            dict(shell="echo \0"),
+            dict(argv=["true"], env={"A": "x\0y"}),
+            dict(argv=["true"], env={"A=B": "1"}),
+            dict(argv=["true"], env={"": "1"}),
+            dict(argv=["true"], cwd="/\0"),
+            dict(argv=["true"], cwd=5),
+        ):
             e = self.agent.error("exec", **args)
             self.assertEqual(e["error"], "bad_request", (args, e))
-        e = self.agent.error("spawn_context", ctx=2, cmd="__SPINDLE_BOOT__", success="ok",
-                             timeout=1e18)
+        e = self.agent.error("spawn_context", ctx=2, cmd="__SPINDLE_BOOT__", success="ok", timeout=1e18)
         self.assertEqual(e["error"], "bad_request")
-        e = self.agent.error("spawn_context", ctx=2 ** 40, cmd="__SPINDLE_BOOT__", success="ok")
+        e = self.agent.error("spawn_context", ctx=2**40, cmd="__SPINDLE_BOOT__", success="ok")
         self.assertEqual(e["error"], "bad_request")
         self.assertEqual(run(self.agent, argv=["true"], timeout=7 * 24 * 3600)["rc"], 0)
 
     def test_exec_bad_request(self):
         self.assertEqual(self.agent.error("exec", argv="ls")["error"], "bad_request")
-        self.assertEqual(self.agent.error("exec", argv=["ls"], env={"A": 1})["error"],
-                         "bad_request")
+        self.assertEqual(self.agent.error("exec", argv=["ls"], env={"A": 1})["error"], "bad_request")
 
     def test_exec_large_stdout_split_reply(self):
         size = 6 * 1024 * 1024
@@ -341,8 +361,10 @@ class AgentTest(unittest.TestCase):
         # its fd 0 at /dev/null, so a child reaching them via /proc cannot corrupt frames.
         if not os.path.isdir("/proc/self/fd"):
             self.skipTest("no /proc")
-        r = run(self.agent, shell="echo captured >&1; echo STRAY > /proc/$PPID/fd/1; "
-                                  "cat /proc/$PPID/fd/0; echo done")
+        r = run(
+            self.agent,
+            shell="echo captured >&1; echo STRAY > /proc/$PPID/fd/1; cat /proc/$PPID/fd/0; echo done",
+        )
         self.assertEqual(r["stdout"], b"captured\ndone\n")
         self.assertEqual(self.agent.ok("ping")["pong"], True)
         deadline = time.monotonic() + 5
@@ -354,14 +376,13 @@ class AgentTest(unittest.TestCase):
 
     def test_put_file_multi_chunk(self):
         data = os.urandom(3 * 400 * 1024 + 17)
-        chunks = [data[i:i + 400 * 1024] for i in range(0, len(data), 400 * 1024)]
+        chunks = [data[i : i + 400 * 1024] for i in range(0, len(data), 400 * 1024)]
         dest = os.path.join(self.tmp, "dest.bin")
         with open(dest, "wb") as f:
             f.write(b"old")
         flags, obj, _ = self.put(dest, chunks, mode=0o640)
         self.assertFalse(flags & ERROR, obj)
-        self.assertEqual(obj, {"path": dest, "size": len(data),
-                               "sha256": hashlib.sha256(data).hexdigest()})
+        self.assertEqual(obj, {"path": dest, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
         with open(dest, "rb") as f:
             self.assertEqual(f.read(), data)
         self.assertEqual(stat.S_IMODE(os.stat(dest).st_mode), 0o640)
@@ -379,6 +400,7 @@ class AgentTest(unittest.TestCase):
     def test_put_file_owner_by_name(self):
         import grp
         import pwd
+
         user = pwd.getpwuid(os.getuid()).pw_name
         group = grp.getgrgid(os.getgid()).gr_name
         dest = os.path.join(self.tmp, "owned")
@@ -442,16 +464,14 @@ class AgentTest(unittest.TestCase):
         self.assertEqual([len(c.payload) for c in chunks], [256 * 1024, 256 * 1024, 88 * 1024])
         self.assertEqual([bool(c.flags & EOF) for c in chunks], [False, False, True])
         self.assertEqual(b"".join(c.payload for c in chunks), data)
-        self.assertEqual(obj, {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                               "mode": 0o604})
+        self.assertEqual(obj, {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "mode": 0o604})
 
     def test_fetch_empty_file(self):
         src = os.path.join(self.tmp, "empty")
         open(src, "wb").close()
         call_id = self.agent.call("fetch_file", path=src)
         self.assertEqual(self.agent.reply(call_id)[1]["size"], 0)
-        chunks = self.agent.peek(lambda f: f.kind == DATA and f.handle == call_id
-                                 and not f.flags & SIZE)
+        chunks = self.agent.peek(lambda f: f.kind == DATA and f.handle == call_id and not f.flags & SIZE)
         self.assertEqual([(c.payload, c.flags & EOF) for c in chunks], [(b"", EOF)])
 
     def test_fetch_file_errors(self):
@@ -474,8 +494,7 @@ class AgentTest(unittest.TestCase):
             self.assertEqual(obj["error"], "io")
             self.assertIn(path, obj["message"])
             self.assertIn("not a regular file", obj["message"])
-            self.assertEqual(self.agent.peek(lambda f: f.kind == DATA and f.handle == call_id),
-                             [])
+            self.assertEqual(self.agent.peek(lambda f, c=call_id: f.kind == DATA and f.handle == c), [])
 
     def test_fetch_reads_a_pseudo_file_to_its_end(self):
         # /proc files report size 0: read to their end (bounded), as sftp would.
@@ -484,8 +503,10 @@ class AgentTest(unittest.TestCase):
         call_id = self.agent.call("fetch_file", path="/proc/self/status")
         flags, obj, _ = self.agent.reply(call_id)
         self.assertFalse(flags & ERROR, obj)
-        data = b"".join(f.payload for f in self.agent.peek(
-            lambda f: f.kind == DATA and f.handle == call_id and not f.flags & SIZE))
+        data = b"".join(
+            f.payload
+            for f in self.agent.peek(lambda f: f.kind == DATA and f.handle == call_id and not f.flags & SIZE)
+        )
         self.assertIn(b"VmHWM", data)
         self.assertEqual(obj["size"], len(data))
 
@@ -522,8 +543,9 @@ class AgentTest(unittest.TestCase):
 
     def test_cancel_kills_an_exec_and_its_process_group(self):
         pidfile = os.path.join(self.tmp, "pid")
-        call_id = self.agent.call("exec", shell="sleep 1000 & echo $! > %s.tmp; mv %s.tmp %s; "
-                                  "wait" % (pidfile, pidfile, pidfile))
+        call_id = self.agent.call(
+            "exec", shell="sleep 1000 & echo $! > %s.tmp; mv %s.tmp %s; wait" % (pidfile, pidfile, pidfile)
+        )
         pid = self.wait_for_pid(pidfile)
         self.assertFalse(pid_gone(pid))
         self.assertEqual(self.agent.ok("cancel", handle=call_id), {"cancelled": True})
@@ -534,8 +556,11 @@ class AgentTest(unittest.TestCase):
 
     def test_cancel_kills_a_command_on_a_terminal(self):
         pidfile = os.path.join(self.tmp, "pid")
-        call_id = self.agent.call("exec", tty=True, shell="echo $$ > %s.tmp; mv %s.tmp %s; "
-                                  "exec sleep 1000" % (pidfile, pidfile, pidfile))
+        call_id = self.agent.call(
+            "exec",
+            tty=True,
+            shell="echo $$ > %s.tmp; mv %s.tmp %s; exec sleep 1000" % (pidfile, pidfile, pidfile),
+        )
         pid = self.wait_for_pid(pidfile)
         self.assertEqual(self.agent.ok("cancel", handle=call_id), {"cancelled": True})
         self.wait_gone(pid)
@@ -606,8 +631,9 @@ class AgentTest(unittest.TestCase):
 
     def test_stdin_close_kills_children(self):
         pidfile = os.path.join(self.tmp, "pid")
-        call_id = self.agent.call("exec", shell="echo $$ > %s.tmp; mv %s.tmp %s; exec sleep 100"
-                                  % (pidfile, pidfile, pidfile))
+        call_id = self.agent.call(
+            "exec", shell="echo $$ > %s.tmp; mv %s.tmp %s; exec sleep 100" % (pidfile, pidfile, pidfile)
+        )
         pid = self.wait_for_pid(pidfile)
         self.assertFalse(pid_gone(pid))
         self.assertEqual(self.agent.close(), 0)
@@ -686,11 +712,13 @@ class NestedContextTest(unittest.TestCase):
             path = os.path.join(self.tmp, "big")
             call_id = self.agent.next_id
             self.agent.next_id += 1
-            sent = [encode(CALL, handle=call_id, dst=2,
-                           payload={"op": "put_file", "path": path, "size": 8 * 262144})]
+            sent = [
+                encode(
+                    CALL, handle=call_id, dst=2, payload={"op": "put_file", "path": path, "size": 8 * 262144}
+                )
+            ]
             for i in range(8):
-                sent.append(encode(DATA, EOF if i == 7 else 0, call_id, dst=2,
-                                   payload=bytes([i]) * 262144))
+                sent.append(encode(DATA, EOF if i == 7 else 0, call_id, dst=2, payload=bytes([i]) * 262144))
             self.agent.write(b"".join(sent))  # 2 MiB: far more than its pipe holds
             start = time.monotonic()
             self.assertTrue(self.ctx_call(3, "ping")[1]["pong"])
@@ -733,11 +761,10 @@ class NestedContextTest(unittest.TestCase):
         for refs in (digests, ["00" * 32]):
             call_id = self.agent.next_id
             self.agent.next_id += 1
-            frame = encode(CALL, REFS, call_id, dst=2,
-                           payload={"op": "blob_list", "blob_refs": refs})
+            frame = encode(CALL, REFS, call_id, dst=2, payload={"op": "blob_list", "blob_refs": refs})
             sent += len(frame)
             self.agent.write(frame)
-            reply = self.agent.take(lambda f: f.kind == REPLY and f.reply_to == call_id)
+            reply = self.agent.take(lambda f, c=call_id: f.kind == REPLY and f.reply_to == c)
             self.assertEqual(reply.src, 2)
             if refs == digests:
                 self.assertFalse(reply.flags & ERROR, reply.json())
@@ -752,9 +779,11 @@ class NestedContextTest(unittest.TestCase):
         self.assertEqual(credited, sent)
 
     def test_password_on_stderr_goes_to_stdin(self):
-        cmd = ("printf 'Password: ' >&2; read pw; "
-               "if [ \"$pw\" = s3cret ]; then echo SPINDLE-OK-1; __SPINDLE_BOOT__; fi; "
-               "echo 'Sorry, try again.' >&2; printf 'Password: ' >&2; read pw; exit 1")
+        cmd = (
+            "printf 'Password: ' >&2; read pw; "
+            "if [ \"$pw\" = s3cret ]; then echo SPINDLE-OK-1; __SPINDLE_BOOT__; fi; "
+            "echo 'Sorry, try again.' >&2; printf 'Password: ' >&2; read pw; exit 1"
+        )
         flags, obj, _ = self.spawn(cmd, password="s3cret", prompt="Password: ?$")
         self.assertFalse(flags & ERROR, obj)
         self.assertTrue(self.ctx_call(2, "ping")[1]["pong"])
@@ -766,9 +795,11 @@ class NestedContextTest(unittest.TestCase):
         self.assertEqual(obj["error"], "missing_password")
 
     def test_password_on_tty(self):
-        cmd = ("printf 'Passwort: ' >/dev/tty; read pw </dev/tty; "
-               "if [ \"$pw\" = s3cret ]; then echo SPINDLE-OK-1; __SPINDLE_BOOT__; fi; "
-               "echo 'su: Authentication failure' >&2; exit 1")
+        cmd = (
+            "printf 'Passwort: ' >/dev/tty; read pw </dev/tty; "
+            "if [ \"$pw\" = s3cret ]; then echo SPINDLE-OK-1; __SPINDLE_BOOT__; fi; "
+            "echo 'su: Authentication failure' >&2; exit 1"
+        )
         flags, obj, _ = self.spawn(cmd, password="s3cret", prompt="(?i)(Password|Passwort)\\s*:")
         self.assertFalse(flags & ERROR, obj)
         self.assertTrue(self.ctx_call(2, "ping")[1]["pong"])
@@ -780,8 +811,7 @@ class NestedContextTest(unittest.TestCase):
     def test_failures(self):
         flags, obj, _ = self.spawn("sleep 30; __SPINDLE_BOOT__", timeout=0.5)
         self.assertEqual(obj["error"], "timeout")
-        flags, obj, _ = self.spawn("echo 'sudo: a password is required' >&2; exit 1; "
-                                   "__SPINDLE_BOOT__", ctx=3)
+        flags, obj, _ = self.spawn("echo 'sudo: a password is required' >&2; exit 1; __SPINDLE_BOOT__", ctx=3)
         self.assertEqual(obj["error"], "exited")
         self.assertIn("a password is required", obj["message"])
         self.assertEqual(self.spawn("echo no placeholder", ctx=4)[1]["error"], "bad_request")
@@ -792,16 +822,28 @@ class NestedContextTest(unittest.TestCase):
         """A context spawned by a context (a via hop's child): ids are kept end to end."""
         self.assertFalse(self.spawn("echo SPINDLE-OK-1; __SPINDLE_BOOT__")[0] & ERROR)
         self.agent.take(lambda f: f.kind == HELLO and f.src == 2)
-        flags, obj = self.ctx_call(2, "spawn_context", ctx=5, success="SPINDLE-OK-1",
-                                   cmd="echo SPINDLE-OK-1; __SPINDLE_BOOT__", timeout=5)
+        flags, obj = self.ctx_call(
+            2,
+            "spawn_context",
+            ctx=5,
+            success="SPINDLE-OK-1",
+            cmd="echo SPINDLE-OK-1; __SPINDLE_BOOT__",
+            timeout=5,
+        )
         self.assertFalse(flags & ERROR, obj)
         hello = self.agent.take(lambda f: f.kind == HELLO and f.src == 5)
         self.assertEqual(hello.json()["pid"], obj["pid"])
         flags, res = self.ctx_call(5, "ping")
         self.assertEqual(res["pid"], obj["pid"])
         # A third level behind it.
-        flags, obj7 = self.ctx_call(5, "spawn_context", ctx=7, success="SPINDLE-OK-1",
-                                    cmd="echo SPINDLE-OK-1; __SPINDLE_BOOT__", timeout=5)
+        flags, obj7 = self.ctx_call(
+            5,
+            "spawn_context",
+            ctx=7,
+            success="SPINDLE-OK-1",
+            cmd="echo SPINDLE-OK-1; __SPINDLE_BOOT__",
+            timeout=5,
+        )
         self.assertFalse(flags & ERROR, obj7)
         # Hops learn the route from the first frame that comes up (its HELLO).
         self.agent.take(lambda f: f.kind == HELLO and f.src == 7)
@@ -832,8 +874,13 @@ class NestedContextTest(unittest.TestCase):
         for n in (1, 2):
             dest = os.path.join(tmp, "f%d" % n)
             handle = 500 + n
-            res = a.ok("relay_put", ctx=2, sha256=sha, handle=handle,
-                       call={"op": "put_file", "path": dest, "size": len(data), "mode": 0o640})
+            res = a.ok(
+                "relay_put",
+                ctx=2,
+                sha256=sha,
+                handle=handle,
+                call={"op": "put_file", "path": dest, "size": len(data), "mode": 0o640},
+            )
             self.assertEqual(res["size"], len(data))
             frame = a.take(lambda f, h=handle: f.kind == REPLY and f.reply_to == h)
             self.assertEqual(frame.src, 2)
@@ -841,8 +888,10 @@ class NestedContextTest(unittest.TestCase):
             with open(dest, "rb") as f:
                 self.assertEqual(f.read(), data)
         self.assertEqual(a.ok("cache_drop", sha256=sha), {"dropped": True})
-        self.assertEqual(a.error("relay_put", ctx=2, sha256=sha, handle=9,
-                                 call={"op": "put_file", "path": "x"})["error"], "not_found")
+        self.assertEqual(
+            a.error("relay_put", ctx=2, sha256=sha, handle=9, call={"op": "put_file", "path": "x"})["error"],
+            "not_found",
+        )
         # A wrong hash is refused.
         call_id = a.call("cache_put", sha256="0" * 64, size=3)
         a.write(encode(DATA, EOF, call_id, payload=b"abc"))
@@ -869,9 +918,16 @@ class CopyFastTest(unittest.TestCase):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def call(self, dest, staged, follow=True):
-        return self.agent.ok("copy_fast", dest=dest, follow=follow, checksum="0" * 40,
-                             staged=staged, data_b64=base64.b64encode(b"x").decode(),
-                             copy={"req": {}, "manifest": {}}, file={"req": {}, "manifest": {}})
+        return self.agent.ok(
+            "copy_fast",
+            dest=dest,
+            follow=follow,
+            checksum="0" * 40,
+            staged=staged,
+            data_b64=base64.b64encode(b"x").decode(),
+            copy={"req": {}, "manifest": {}},
+            file={"req": {}, "manifest": {}},
+        )
 
     def test_directory_destination_is_left_to_the_action(self):
         r = self.call(self.tmp, os.path.join(self.tmp, "t", "s", ".source"))

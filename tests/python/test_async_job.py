@@ -17,7 +17,9 @@ AGENT_DIR = os.path.join(os.path.dirname(os.path.dirname(HERE)), 'src', 'agent')
 
 
 def load_modrun():
-    spec = importlib.util.spec_from_file_location('spindle_modrun_async', os.path.join(AGENT_DIR, 'modrun.py'))
+    spec = importlib.util.spec_from_file_location(
+        'spindle_modrun_async', os.path.join(AGENT_DIR, 'modrun.py')
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -59,8 +61,13 @@ FILES = {
 
 
 def request(args, env=None):
-    return {'dialect': 'v1', 'module_fqn': 'ansible.modules.spx_job', 'profile': None,
-            'params': json.dumps({'ANSIBLE_MODULE_ARGS': args}), 'env': env or {}}
+    return {
+        'dialect': 'v1',
+        'module_fqn': 'ansible.modules.spx_job',
+        'profile': None,
+        'params': json.dumps({'ANSIBLE_MODULE_ARGS': args}),
+        'env': env or {},
+    }
 
 
 def alive(pid):
@@ -120,8 +127,17 @@ class AsyncJob(unittest.TestCase):
         self.assertRegex(jid, r'^j123\.\d+$')
         path = os.path.join(self.async_dir, jid)
         # async_wrapper's own output, keys in its order
-        self.assertEqual(list(out), ['failed', 'started', 'finished', 'ansible_job_id', 'results_file',
-                                     '_ansible_suppress_tmpdir_delete'])
+        self.assertEqual(
+            list(out),
+            [
+                'failed',
+                'started',
+                'finished',
+                'ansible_job_id',
+                'results_file',
+                '_ansible_suppress_tmpdir_delete',
+            ],
+        )
         self.assertEqual((out['failed'], out['started'], out['finished']), (False, True, False))
         self.assertEqual(out['results_file'], path)
         # the first status is there before the reply
@@ -150,8 +166,11 @@ class AsyncJob(unittest.TestCase):
         cwd = os.getcwd()
         os.chdir(self.dir)
         self.addCleanup(os.chdir, cwd)
-        r = modrun.start_async(request({'chdir': '/', 'sleep': 0.2}, {'ANSIBLE_ASYNC_DIR': 'rel-jobs'}),
-                               dict(FILES), {'jid': 'j7', 'limit': 30})
+        r = modrun.start_async(
+            request({'chdir': '/', 'sleep': 0.2}, {'ANSIBLE_ASYNC_DIR': 'rel-jobs'}),
+            dict(FILES),
+            {'jid': 'j7', 'limit': 30},
+        )
         out = json.loads(r['stdout'].decode())
         self.assertEqual(out['results_file'], os.path.join('rel-jobs', out['ansible_job_id']))
         final = self.wait_final(os.path.join(self.dir, out['results_file']))
@@ -186,8 +205,11 @@ class AsyncJob(unittest.TestCase):
     def test_status_directory_that_cannot_be_made(self):
         blocker = os.path.join(self.dir, 'file')
         open(blocker, 'w').close()
-        r = modrun.start_async(request({}, {'ANSIBLE_ASYNC_DIR': os.path.join(blocker, 'jobs')}),
-                               dict(FILES), {'jid': 'j1', 'limit': 5})
+        r = modrun.start_async(
+            request({}, {'ANSIBLE_ASYNC_DIR': os.path.join(blocker, 'jobs')}),
+            dict(FILES),
+            {'jid': 'j1', 'limit': 5},
+        )
         self.assertEqual(r['rc'], 1)
         out = json.loads(r['stdout'].decode())
         self.assertTrue(out['failed'])
@@ -198,15 +220,23 @@ class Pieces(unittest.TestCase):
     def test_filter_non_json_lines(self):
         f = modrun.filter_non_json_lines
         self.assertEqual(f('x\n{"a": 1}\n'), ('{"a": 1}', []))
-        self.assertEqual(f('{"a": 1}\n\n  \n'), ('{"a": 1}', ['Module invocation had junk after the JSON data: \n  ']))
+        self.assertEqual(
+            f('{"a": 1}\n\n  \n'), ('{"a": 1}', ['Module invocation had junk after the JSON data: \n  '])
+        )
         self.assertEqual(f('{"a": 1}\n\n  \n', blank_junk=False), ('{"a": 1}', []))
         with self.assertRaises(ValueError):
             f('nothing')
 
     def test_job_result(self):
         r = modrun.job_result('\n{"changed": false, "warnings": "one"}\njunk', 'err', 'j1.2', 'c')
-        self.assertEqual(r, {'changed': False, 'stderr': 'err',
-                             'warnings': ['one', 'Module invocation had junk after the JSON data: junk']})
+        self.assertEqual(
+            r,
+            {
+                'changed': False,
+                'stderr': 'err',
+                'warnings': ['one', 'Module invocation had junk after the JSON data: junk'],
+            },
+        )
         r = modrun.job_result('[1]', '', 'j1.2', 'c', ints=True)  # not an object: as async_wrapper
         self.assertEqual((r['failed'], r['ansible_job_id'], r['cmd'], r['data']), (1, 'j1.2', 'c', '[1]'))
 
@@ -256,12 +286,22 @@ class AgentChecksTheJob(unittest.TestCase):
         ns = {'__name__': 'spindle_agent_test'}
         exec(compile(src, 'agent.py', 'exec'), ns)
         check = ns['_async_job']
-        self.assertEqual(check({'jid': 'j0', 'limit': 0}),
-                         {'jid': 'j0', 'limit': 0, 'ints': False, 'blank_junk': True})
-        self.assertEqual(check({'jid': 'j999999999999', 'limit': 2 ** 31 - 1, 'ints': 1})['ints'], True)
-        for bad in ({'jid': 'x1', 'limit': 1}, {'jid': 'j', 'limit': 1}, {'jid': 'j1234567890123', 'limit': 1},
-                    {'jid': 'j1.2', 'limit': 1}, {'jid': 'j1', 'limit': -1}, {'jid': 'j1', 'limit': 2 ** 31},
-                    {'jid': 'j1', 'limit': True}, {'jid': 'j1', 'limit': 1.5}, {'jid': 1, 'limit': 1}, []):
+        self.assertEqual(
+            check({'jid': 'j0', 'limit': 0}), {'jid': 'j0', 'limit': 0, 'ints': False, 'blank_junk': True}
+        )
+        self.assertEqual(check({'jid': 'j999999999999', 'limit': 2**31 - 1, 'ints': 1})['ints'], True)
+        for bad in (
+            {'jid': 'x1', 'limit': 1},
+            {'jid': 'j', 'limit': 1},
+            {'jid': 'j1234567890123', 'limit': 1},
+            {'jid': 'j1.2', 'limit': 1},
+            {'jid': 'j1', 'limit': -1},
+            {'jid': 'j1', 'limit': 2**31},
+            {'jid': 'j1', 'limit': True},
+            {'jid': 'j1', 'limit': 1.5},
+            {'jid': 1, 'limit': 1},
+            [],
+        ):
             with self.assertRaises(ns['AgentError'], msg=bad):
                 check(bad)
 

@@ -47,7 +47,6 @@ from ansible.plugins.become import BecomeBase
 
 
 class BecomeModule(BecomeBase):
-
     name = 'doas'
 
     # The password is asked for on the terminal: Ansible must not pipe the module on stdin
@@ -58,7 +57,7 @@ class BecomeModule(BecomeBase):
     missing = ('Authorization required', 'Authentication required')
 
     def check_password_prompt(self, b_output):
-        return bool(re.search(br'doas \(.*\) password:|Password:', to_bytes(b_output)))
+        return bool(re.search(rb'doas \(.*\) password:|Password:', to_bytes(b_output)))
 
     def build_become_command(self, cmd, shell):
         super(BecomeModule, self).build_become_command(cmd, shell)

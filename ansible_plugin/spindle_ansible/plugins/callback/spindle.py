@@ -68,8 +68,9 @@ class CallbackModule(CallbackBase):
             socket_path = ensure_daemon()
         except AnsibleError as e:
             # (Ansible would only say "Callback dispatch failed"): say what it means.
-            self._display.warning("spindle is NOT active for this play: it runs on Ansible's "
-                                  "stock connections. %s" % (e,))
+            self._display.warning(
+                "spindle is NOT active for this play: it runs on Ansible's stock connections. %s" % (e,)
+            )
             return
         if self._patch is None:
             self._patch = LoaderPatch().apply()

@@ -26,20 +26,59 @@ import os
 from ansible.plugins.callback import CallbackBase
 
 #: result fields recorded (others are noise: timing, temp paths, huge fact sets)
-KEEP = frozenset((
-    'rc', 'stdout', 'stderr', 'stdout_lines', 'stderr_lines', 'msg', 'changed', 'failed',
-    'skipped', 'skip_reason', 'false_condition', 'checksum', 'size', 'mode', 'state', 'path',
-    'dest', 'owner', 'group', 'uid', 'gid', 'md5sum', 'remote_checksum', 'remote_md5sum',
-    'censored', 'cmd', 'item', 'ansible_loop_var', 'module_stdout', 'module_stderr',
-    'status_code', 'url', 'failed_when_result', 'unreachable', 'rescued', 'ignored',
-    'content', 'encoding', 'source', 'started', 'finished',
-))
-STAT_KEEP = frozenset(('exists', 'isdir', 'isreg', 'islnk', 'mode', 'size', 'checksum', 'pw_name',
-                       'gr_name', 'path'))
+KEEP = frozenset(
+    (
+        'rc',
+        'stdout',
+        'stderr',
+        'stdout_lines',
+        'stderr_lines',
+        'msg',
+        'changed',
+        'failed',
+        'skipped',
+        'skip_reason',
+        'false_condition',
+        'checksum',
+        'size',
+        'mode',
+        'state',
+        'path',
+        'dest',
+        'owner',
+        'group',
+        'uid',
+        'gid',
+        'md5sum',
+        'remote_checksum',
+        'remote_md5sum',
+        'censored',
+        'cmd',
+        'item',
+        'ansible_loop_var',
+        'module_stdout',
+        'module_stderr',
+        'status_code',
+        'url',
+        'failed_when_result',
+        'unreachable',
+        'rescued',
+        'ignored',
+        'content',
+        'encoding',
+        'source',
+        'started',
+        'finished',
+    )
+)
+STAT_KEEP = frozenset(
+    ('exists', 'isdir', 'isreg', 'islnk', 'mode', 'size', 'checksum', 'pw_name', 'gr_name', 'path')
+)
 DIFF_KEEP = frozenset(('before', 'after', 'before_header', 'after_header'))
 DIFF_TIMES = frozenset(('atime', 'mtime', 'ctime'))
-FACT_ACTIONS = frozenset(('set_fact', 'ansible.builtin.set_fact', 'include_vars',
-                          'ansible.builtin.include_vars'))
+FACT_ACTIONS = frozenset(
+    ('set_fact', 'ansible.builtin.set_fact', 'include_vars', 'ansible.builtin.include_vars')
+)
 
 
 def _diff(diff):
@@ -130,8 +169,9 @@ class CallbackModule(CallbackBase):
         if not self.path:
             return
         for host in sorted(stats.processed.keys()):
-            self.records.append({'play': None, 'task': None, 'host': host, 'status': 'recap',
-                                 'result': stats.summarize(host)})
+            self.records.append(
+                {'play': None, 'task': None, 'host': host, 'status': 'recap', 'result': stats.summarize(host)}
+            )
         tmp = self.path + '.tmp'
         with open(tmp, 'w') as f:
             json.dump(self.records, f, indent=1, sort_keys=True)

@@ -500,8 +500,16 @@ from ansible.utils.display import Display
 from spindle_ansible import compat
 from spindle_ansible.asyncrun import AsyncStock
 from spindle_ansible.client import Client, SpindleError
-from spindle_ansible.modexec import (StockPath, call_with_blobs, file_module_reason, for_interpreter,
-                                     plain_program, plan, run_async_in_agent, run_in_agent)
+from spindle_ansible.modexec import (
+    StockPath,
+    call_with_blobs,
+    file_module_reason,
+    for_interpreter,
+    plain_program,
+    plan,
+    run_async_in_agent,
+    run_in_agent,
+)
 from spindle_ansible.specs import SpecBuilder
 
 display = Display()
@@ -515,6 +523,7 @@ UNREACHABLE_KINDS = frozenset(
 BOOT_PLACEHOLDER = '__SPINDLE_BOOT__'
 #: Wrapped commands remembered per connection (the last few tasks' commands).
 _BECOME_MEMORY = 16
+
 
 def _read_umask():
     try:  # Linux: no set-and-restore race with other threads
@@ -611,6 +620,7 @@ class Connection(ConnectionBase):
             return getpass.getuser()
         except KeyError:
             import pwd
+
             return pwd.getpwuid(os.getuid()).pw_name
 
     def spindle_route(self, transport):
@@ -651,8 +661,12 @@ class Connection(ConnectionBase):
 
     def _spec(self):
         """Where the daemon starts this host's agent (:mod:`spindle_ansible.specs`)."""
-        builder = SpecBuilder(self._load_name, self._play_context.remote_addr,
-                              self._spindle_hostvars, self._spindle_inventory_name)
+        builder = SpecBuilder(
+            self._load_name,
+            self._play_context.remote_addr,
+            self._spindle_hostvars,
+            self._spindle_inventory_name,
+        )
         spec = builder.target(self.get_option, self._mode())
         spec.python = self._spindle_python
         return spec
@@ -661,8 +675,9 @@ class Connection(ConnectionBase):
         """The Ansible exception for SpindleError ``err`` raised while doing ``what``."""
         host = err.host or self._play_context.remote_addr
         if err.kind in UNREACHABLE_KINDS:
-            return AnsibleConnectionFailure("Failed to connect to the host via spindle: %s: %s: %s"
-                                            % (host, err.kind, err.message))
+            return AnsibleConnectionFailure(
+                "Failed to connect to the host via spindle: %s: %s: %s" % (host, err.kind, err.message)
+            )
         return AnsibleError("spindle: %s failed on %s: %s: %s" % (what, host, err.kind, err.message))
 
     def _unwrap_become(self, cmd):
@@ -710,9 +725,15 @@ class Connection(ConnectionBase):
             user = become.get_option('become_user') or ''
         except KeyError:
             user = ''
-        return {'method': name, 'user': user, 'flags': '|'.join(options),
-                'password': self._become_password(become) or None, 'cmd': cmd,
-                'success': become.success, 'prompt': prompt}
+        return {
+            'method': name,
+            'user': user,
+            'flags': '|'.join(options),
+            'password': self._become_password(become) or None,
+            'cmd': cmd,
+            'success': become.success,
+            'prompt': prompt,
+        }
 
     @staticmethod
     def _become_command_output(err):
@@ -755,16 +776,19 @@ class Connection(ConnectionBase):
         if reason == 'missing_password':
             return AnsibleError('Missing %s password' % become.name)
         if reason == 'timeout':
-            return AnsibleError('Timeout (%ss) waiting for privilege escalation prompt: %s'
-                                % (self.get_option('timeout'), output))
+            return AnsibleError(
+                'Timeout (%ss) waiting for privilege escalation prompt: %s'
+                % (self.get_option('timeout'), output)
+            )
         b_output = to_bytes(output)
         if become.check_incorrect_password(b_output):
             return AnsibleError('Incorrect %s password' % become.name)
         if become.check_missing_password(b_output):
             return AnsibleError('Missing %s password' % become.name)
         host = err.host or self._play_context.remote_addr
-        return AnsibleError('spindle: privilege escalation (%s) failed on %s: %s'
-                            % (become.name, host, err.message))
+        return AnsibleError(
+            'spindle: privilege escalation (%s) failed on %s: %s' % (become.name, host, err.message)
+        )
 
     # -- ConnectionBase ----------------------------------------------------------------
 
@@ -796,13 +820,16 @@ class Connection(ConnectionBase):
         if escalate:
             inner = self._unwrap_become(to_text(cmd))
             if inner is None:
-                raise AnsibleError("spindle: cannot run %r with %s: the command was not built by "
-                                   "this task's become plugin" % (to_text(cmd), become.name))
+                raise AnsibleError(
+                    "spindle: cannot run %r with %s: the command was not built by "
+                    "this task's become plugin" % (to_text(cmd), become.name)
+                )
             cmd = inner
             spec.become = self._become_spec()
-            display.vvv("SPINDLE EXEC (%s to %s) %s" % (become.name, spec.become['user'],
-                                                        to_text(cmd)),
-                        host=self._play_context.remote_addr)
+            display.vvv(
+                "SPINDLE EXEC (%s to %s) %s" % (become.name, spec.become['user'], to_text(cmd)),
+                host=self._play_context.remote_addr,
+            )
         else:
             display.vvv("SPINDLE EXEC %s" % to_text(cmd), host=self._play_context.remote_addr)
         if self._spindle_intercept is not None:
@@ -824,8 +851,14 @@ class Connection(ConnectionBase):
                     self._timing('async job started in the agent', started, spec)
                     return ran
             try:
-                ran = run_in_agent(self._client(), spec, to_text(cmd), in_data,
-                                   self.get_option('spindle_task_isolation'), cwd)
+                ran = run_in_agent(
+                    self._client(),
+                    spec,
+                    to_text(cmd),
+                    in_data,
+                    self.get_option('spindle_task_isolation'),
+                    cwd,
+                )
             except StockPath as e:
                 ran = None
                 self._stock_path(spec, str(e))
@@ -839,8 +872,9 @@ class Connection(ConnectionBase):
             if ran is not None:
                 self._timing('module run in the agent', started, spec)
                 return ran
-            res = self._client().exec(spec, shell=to_text(cmd), stdin=in_data, cwd=cwd,
-                                      login_shell=ssh and not escalate, tty=tty)
+            res = self._client().exec(
+                spec, shell=to_text(cmd), stdin=in_data, cwd=cwd, login_shell=ssh and not escalate, tty=tty
+            )
         except SpindleError as e:
             self._timing('failed (%s)' % e.kind, started, spec)
             if e.kind == 'no_python' and self._mode() in PLAIN_EXEC_MODES:
@@ -869,18 +903,22 @@ class Connection(ConnectionBase):
         Python, so commands and files go by the engine's own commands, as the stock plugin."""
         spec = self._spec()
         host = self._play_context.remote_addr
-        display.vvv("SPINDLE no Python in the container: %s with `%s`" % (what, spec.executable or self._mode()),
-                    host=host)
+        display.vvv(
+            "SPINDLE no Python in the container: %s with `%s`" % (what, spec.executable or self._mode()),
+            host=host,
+        )
         reason = 'no Python on the target: raw commands and files by %s exec/cp' % self._mode()
         try:
             first = self._client().request('note', spec, path='stock', reason=reason).get('first')
         except SpindleError:
             first = False
         if first:
-            display.warning("spindle: %s: no Python interpreter in the container: commands run "
-                            "with `%s exec` and files go by `%s cp`, as with the stock plugin "
-                            "(raw works; modules fail until Python is installed)."
-                            % (spec.label or host, self._mode(), self._mode()))
+            display.warning(
+                "spindle: %s: no Python interpreter in the container: commands run "
+                "with `%s exec` and files go by `%s cp`, as with the stock plugin "
+                "(raw works; modules fail until Python is installed)."
+                % (spec.label or host, self._mode(), self._mode())
+            )
 
     def _plain_exec(self, cmd, in_data):
         """A command in a container without Python (no agent can start there): ``<engine> exec
@@ -903,10 +941,13 @@ class Connection(ConnectionBase):
         argv = self._engine_argv(*words) + [spec.host, '/bin/sh', '-c', cmd]
         display.vvv("SPINDLE RUN %s" % (argv,), host=self._play_context.remote_addr)
         try:
-            p = subprocess.run([to_bytes(a, errors='surrogate_or_strict') for a in argv],
-                               input=in_data if in_data is not None else None,
-                               stdin=None if in_data is not None else subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            p = subprocess.run(
+                [to_bytes(a, errors='surrogate_or_strict') for a in argv],
+                input=in_data if in_data is not None else None,
+                stdin=None if in_data is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
         except OSError as e:
             raise AnsibleConnectionFailure("spindle: %s: cannot run %s: %s" % (spec.host, argv[0], e))
         return p.returncode, p.stdout, p.stderr
@@ -916,11 +957,16 @@ class Connection(ConnectionBase):
         self._no_python(what)
         argv = self._engine_argv('cp', src, dest)
         display.vvv("SPINDLE RUN %s" % (argv,), host=self._play_context.remote_addr)
-        p = subprocess.run([to_bytes(a, errors='surrogate_or_strict') for a in argv],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p = subprocess.run(
+            [to_bytes(a, errors='surrogate_or_strict') for a in argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         if p.returncode != 0:
-            raise AnsibleError("spindle: %s of %s to %s failed: %s"
-                               % (what, src, dest, to_text(p.stderr).strip()))
+            raise AnsibleError(
+                "spindle: %s of %s to %s failed: %s" % (what, src, dest, to_text(p.stderr).strip())
+            )
 
     def spindle_run_async(self):
         """Whether async tasks may start in the agent (spindle_ansible.asyncrun asks)."""
@@ -933,8 +979,15 @@ class Connection(ConnectionBase):
         module the agent does not run."""
         job = self._spindle_async
         try:
-            ran = run_async_in_agent(self._client(), spec, to_text(cmd), in_data, job,
-                                     self.get_option('spindle_task_isolation'), cwd)
+            ran = run_async_in_agent(
+                self._client(),
+                spec,
+                to_text(cmd),
+                in_data,
+                job,
+                self.get_option('spindle_task_isolation'),
+                cwd,
+            )
         except StockPath as e:
             raise AsyncStock(str(e))
         if ran is None:
@@ -961,10 +1014,10 @@ class Connection(ConnectionBase):
     def spindle_inline_limit(self):
         """The largest file copy_fast sends inline in its call (see copyfast.VIA_INLINE)."""
         from spindle_ansible import copyfast
+
         return copyfast.VIA_INLINE if self._spec().via else copyfast.MAX_INLINE
 
-    def spindle_copy_fast(self, copy_run, file_run, dest, follow, checksum, staged, data,
-                          source=None):
+    def spindle_copy_fast(self, copy_run, file_run, dest, follow, checksum, staged, data, source=None):
         """One ``copy_fast`` call (see :mod:`spindle_ansible.copyfast`): ``copy_run`` and
         ``file_run`` are captured ``(cmd, in_data, spec)`` module invocations. Returns the
         agent's answer with ``output`` = the chosen module's (rc, stdout, stderr), or None
@@ -974,8 +1027,7 @@ class Connection(ConnectionBase):
         spec = copy_run[2]  # the same task and connection built both (become included)
         isolation = self.get_option('spindle_task_isolation')
         try:
-            plans = [plan(to_text(cmd), in_data, isolation)
-                     for cmd, in_data, _ in (copy_run, file_run)]
+            plans = [plan(to_text(cmd), in_data, isolation) for cmd, in_data, _ in (copy_run, file_run)]
         except StockPath:
             return None  # the stock action runs the modules: exec_command says why
         if None in plans or plans[0][0]['interpreter'] != plans[1][0]['interpreter']:
@@ -986,8 +1038,15 @@ class Connection(ConnectionBase):
         for payload, run_blobs in plans:
             blobs.update(run_blobs)
             runs.append(dict((k, v) for k, v in payload.items() if k != 'op'))
-        payload = {'op': 'copy_fast', 'dest': dest, 'follow': follow, 'checksum': checksum,
-                   'staged': staged, 'copy': runs[0], 'file': runs[1]}
+        payload = {
+            'op': 'copy_fast',
+            'dest': dest,
+            'follow': follow,
+            'checksum': checksum,
+            'staged': staged,
+            'copy': runs[0],
+            'file': runs[1],
+        }
         if source is None:
             payload['data_b64'] = base64.b64encode(data).decode('ascii')
         else:
@@ -1011,8 +1070,11 @@ class Connection(ConnectionBase):
                     return None  # the stock action runs the module: it reports as stock does
                 raise self._become_failure(e) from None
             if e.kind == 'remote' and "unknown op 'copy_stream'" in (e.message or ''):
-                display.vvv("SPINDLE the agent (an older spindle binary) cannot stream a large "
-                            "copy: Ansible's copy action runs", host=self._play_context.remote_addr)
+                display.vvv(
+                    "SPINDLE the agent (an older spindle binary) cannot stream a large "
+                    "copy: Ansible's copy action runs",
+                    host=self._play_context.remote_addr,
+                )
                 return None
             raise self._failure(e, 'copy') from None
         self._timing('copy in one call (%s)' % r.get('outcome'), started, spec)
@@ -1027,30 +1089,37 @@ class Connection(ConnectionBase):
         host = self._play_context.remote_addr
         display.vvv("SPINDLE stock path (not in the agent): %s" % reason, host=host)
         try:
-            first = self._client().request('note', spec, path='stock', reason=reason,
-                                           run=os.environ.get('SPINDLE_RUN_ID') or None
-                                           ).get('first')
+            first = (
+                self._client()
+                .request(
+                    'note', spec, path='stock', reason=reason, run=os.environ.get('SPINDLE_RUN_ID') or None
+                )
+                .get('first')
+            )
         except SpindleError as e:
             display.vvv("spindle: could not count the stock path: %s" % (e,), host=host)
             first = False
         if first:
-            display.warning("spindle: %s: a module runs on Ansible's stock command path (a new "
-                            "Python per task), not in spindle's agent: %s. (Said once per host "
-                            "and reason; every such task at -vvv; counted in `spindle stats`.)"
-                            % (spec.label or host, reason))
+            display.warning(
+                "spindle: %s: a module runs on Ansible's stock command path (a new "
+                "Python per task), not in spindle's agent: %s. (Said once per host "
+                "and reason; every such task at -vvv; counted in `spindle stats`.)"
+                % (spec.label or host, reason)
+            )
 
     def _timing(self, what, started, spec=None):
         """-vvv: how long spindle took for this step (daemon round trip included)."""
         where = ''
         if spec is not None and spec.become:
             where = ' as %s via %s' % (spec.become['user'], spec.become['method'])
-        display.vvv("SPINDLE %s%s: %.1f ms" % (what, where, (time.monotonic() - started) * 1000.0),
-                    host=self._play_context.remote_addr)
+        display.vvv(
+            "SPINDLE %s%s: %.1f ms" % (what, where, (time.monotonic() - started) * 1000.0),
+            host=self._play_context.remote_addr,
+        )
 
     def put_file(self, in_path, out_path):
         super(Connection, self).put_file(in_path, out_path)
-        display.vvv("SPINDLE PUT %s TO %s" % (in_path, out_path),
-                    host=self._play_context.remote_addr)
+        display.vvv("SPINDLE PUT %s TO %s" % (in_path, out_path), host=self._play_context.remote_addr)
         if not os.path.exists(to_bytes(in_path, errors='surrogate_or_strict')):
             raise AnsibleFileNotFound("file or module does not exist: %s" % to_text(in_path))
         # Like the ssh plugin's sftp: a new file gets the local file's permissions less the
@@ -1060,19 +1129,18 @@ class Connection(ConnectionBase):
             mode = stat.S_IMODE(os.stat(to_bytes(in_path, errors='surrogate_or_strict')).st_mode) & 0o777
         started = time.monotonic()
         try:
-            self._client().put(self._spec(), to_text(in_path), to_text(out_path), mode=mode,
-                               apply_umask=True)
+            self._client().put(self._spec(), to_text(in_path), to_text(out_path), mode=mode, apply_umask=True)
             self._timing('put', started)
         except SpindleError as e:
             if e.kind == 'no_python' and self._mode() in PLAIN_EXEC_MODES:
-                return self._plain_copy(to_text(in_path), '%s:%s' % (self._spec().host, to_text(out_path)),
-                                        'put')
+                return self._plain_copy(
+                    to_text(in_path), '%s:%s' % (self._spec().host, to_text(out_path)), 'put'
+                )
             raise self._failure(e, 'transfer of %s to %s' % (in_path, out_path)) from None
 
     def fetch_file(self, in_path, out_path):
         super(Connection, self).fetch_file(in_path, out_path)
-        display.vvv("SPINDLE FETCH %s TO %s" % (in_path, out_path),
-                    host=self._play_context.remote_addr)
+        display.vvv("SPINDLE FETCH %s TO %s" % (in_path, out_path), host=self._play_context.remote_addr)
         try:
             prior = stat.S_IMODE(os.stat(out_path).st_mode)
         except OSError:
@@ -1083,8 +1151,9 @@ class Connection(ConnectionBase):
             self._timing('fetch', started)
         except SpindleError as e:
             if e.kind == 'no_python' and self._mode() in PLAIN_EXEC_MODES:
-                return self._plain_copy('%s:%s' % (self._spec().host, to_text(in_path)), to_text(out_path),
-                                        'fetch')
+                return self._plain_copy(
+                    '%s:%s' % (self._spec().host, to_text(in_path)), to_text(out_path), 'fetch'
+                )
             raise self._failure(e, 'fetch of %s to %s' % (in_path, out_path)) from None
         # The daemon renames a fresh file into place; give it the mode the stock plugin
         # leaves: an existing file keeps its mode; a new one gets sftp's (remote mode plus
@@ -1096,8 +1165,9 @@ class Connection(ConnectionBase):
         if prior is None:
             remote = res.get('mode')
             mode_of = self._mode()
-            if isinstance(remote, int) and (mode_of == 'docker' or (mode_of == 'podman'
-                                                                     and not self._podman_mounts())):
+            if isinstance(remote, int) and (
+                mode_of == 'docker' or (mode_of == 'podman' and not self._podman_mounts())
+            ):
                 mode = remote & 0o777
             elif mode_of in ('local', 'chroot', 'setns', 'podman') or not isinstance(remote, int):
                 mode = 0o666 & ~_UMASK
@@ -1115,8 +1185,10 @@ class Connection(ConnectionBase):
             return False
         extra = self.get_option('spindle_container_extra_args') or ''
         words = shlex.split(to_text(extra)) if extra else []
-        return not any(w in ('-r', '--remote') or w.startswith(('--url', '--connection', '-c='))
-                       or w == '-c' for w in words)
+        return not any(
+            w in ('-r', '--remote') or w.startswith(('--url', '--connection', '-c=')) or w == '-c'
+            for w in words
+        )
 
     def reset(self):
         """Shut the daemon's stream to this target; the next task opens a new one."""

@@ -62,6 +62,7 @@ ensure_daemon = daemon.ensure_daemon
 
 # -- connection routing: spindle_ansible.compat (every patch of Ansible internals) ------------
 
+
 class LoaderPatch(compat.LoaderPatch):
     """Routes ssh/smart/local/docker/podman (and the enter plugins: ``ROUTES``) to spindle on
     ``connection_loader`` (and gives the copy action spindle's one-round-trip ``_copy_file``)
