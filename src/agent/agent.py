@@ -1,8 +1,9 @@
 """spindle target-side agent: speaks the framed protocol of docs/protocol.md on its stdin/stdout.
 
 It is exec()'d from RAM by stage 1 (nothing is written on the target), answers CALLs
-(ping, exec, put_file, fetch_file, run_module, blob_list, spawn_context, close_context,
-cancel, shutdown, log_level) and exits when its input closes,
+(ops: ping, exec, put_file, fetch_file, run_module, copy_fast, copy_stream, cache_put,
+cache_drop, relay_put, store_blobs, blob_list, spawn_context, close_context, cancel,
+log_level, shutdown) and exits when its input closes,
 killing the process groups of the commands it still runs. Standard library only,
 Python 3.8 and later.
 """
@@ -16,14 +17,18 @@ sys.dont_write_bytecode = True
 import base64, collections, grp, hashlib, json, logging, os, platform, pwd, signal, socket  # noqa: E401
 import stat, struct, subprocess, tempfile, threading, time, traceback, types, zlib  # noqa: E401
 
+# --- wire constants: generated from src/proto (proto::python); do not edit ---
 PROTO = 1
 MAGIC = b"SP"
 HEADER = struct.Struct(">2sBBIIIII")  # magic kind flags len dst src handle reply_to
-MAX_PAYLOAD = 4 * 1024 * 1024
-READ_CHUNK = 1024 * 1024
-FETCH_CHUNK = 256 * 1024
+HEADER_LEN = 24
+MAX_PAYLOAD = 4194304
 HELLO, CALL, REPLY, DATA, LOG, CREDIT = 1, 2, 3, 4, 5, 6
 MORE, ERROR, EOF, ABORT, REFS, SIZE = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+CONTROLLER, SELF = 0, 1
+# --- end of wire constants ---
+READ_CHUNK = 1024 * 1024
+FETCH_CHUNK = 256 * 1024
 # An exec keeps at most this much of its command's stdout + stderr together (then the command
 # is killed and the reply says output_truncated): base64 makes it 4/3 larger, and the daemon
 # refuses replies over 64 MiB.
@@ -31,7 +36,6 @@ OUTPUT_MAX = 44 * 1024 * 1024
 # A regular file whose size reads 0 (a /proc or /sys pseudo-file) is fetched to its end, but
 # at most this much: past it the fetch fails (pagemap-like files have no useful end).
 PSEUDO_FILE_MAX = 16 * 1024 * 1024
-CONTROLLER, SELF = 0, 1
 LEVELS = {
     "DEBUG": logging.DEBUG,
     "INFO": logging.INFO,

@@ -6,6 +6,7 @@
 
 mod decode;
 mod frame;
+pub mod python;
 
 pub use decode::{DecodeError, Decoder};
 pub use frame::{encode_frame, FrameHeader, Kind, HEADER_LEN, MAGIC, MAX_PAYLOAD};

@@ -1,7 +1,7 @@
 //! The event loop's I/O surface: register file descriptors under integer keys, wait for
 //! readiness, get `(key, readable, writable)` events back.
 //!
-//! The daemon never names a backend; it asks [`Reactor::new`] for one. Only this module talks
+//! The daemon never names a backend; it asks [`new_backend`] for one. Only this module talks
 //! to the kernel's polling interfaces and holds the `unsafe` that registration needs. The
 //! routing logic (`crate::router`) is sans-IO and takes bytes and time as inputs, so a
 //! completion backend (io_uring) sits behind the same surface without touching it.

@@ -616,7 +616,7 @@ fn dedup_module_set(
     }
     let key = json!([manifest, p.get("core").unwrap_or(&serde_json::Value::Null)]);
     let digest = sha2::Sha256::digest(serde_json::to_vec(&key).unwrap_or_default());
-    let id: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let id = crate::cache::hex(&digest[..16]);
     if sent.contains(&id) {
         p.remove("manifest");
         p.remove("core");

@@ -74,7 +74,7 @@ impl Router {
         if pos != md.size() {
             return None;
         }
-        let h: String = d.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let h = crate::cache::hex(&d.finalize());
         if self.hashes.len() >= 4096 {
             self.hashes.clear();
         }

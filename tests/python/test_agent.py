@@ -21,14 +21,29 @@ import time
 import unittest
 import zlib
 
+# The wire constants, from agent.py's block generated from src/proto (wire.py).
+from wire import (
+    ABORT,
+    CALL,
+    CREDIT,
+    DATA,
+    EOF,
+    ERROR,
+    HEADER,
+    HELLO,
+    LOG,
+    MAX_PAYLOAD,
+    MORE,
+    REFS,
+    REPLY,
+    SIZE,
+)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 AGENT_PATH = os.path.join(ROOT, "src", "agent", "agent.py")
 PYTHON = os.environ.get("SPINDLE_TEST_PYTHON", "python3")
 
-HEADER = struct.Struct(">2sBBIIIII")
-MAX_PAYLOAD = 4 * 1024 * 1024
-HELLO, CALL, REPLY, DATA, LOG, CREDIT = 1, 2, 3, 4, 5, 6
-MORE, ERROR, EOF, ABORT, REFS, SIZE = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+
 OUTPUT_MAX = 44 * 1024 * 1024  # the agent's cap on an exec's stdout + stderr
 TIMEOUT = 10.0
 
