@@ -1,6 +1,7 @@
 //! Fanning one request out to many targets through one daemon connection, and summarising the
 //! outcomes the way an operator reads them (ok / failed / unreachable, slowest hosts).
 
+use crate::api::ErrorKind;
 use crate::client::{Client, ClientError};
 use crate::transport::Spec;
 use std::collections::HashMap;
@@ -36,13 +37,15 @@ impl Outcome {
             Ok(_) => Status::Ok,
             Err(ClientError::Api { kind, .. })
                 if matches!(
-                    kind.as_str(),
-                    "unreachable"
-                        | "auth_failed"
-                        | "host_key_mismatch"
-                        | "no_python"
-                        | "timeout"
-                        | "connection_lost"
+                    ErrorKind::from_name(kind),
+                    Some(
+                        ErrorKind::Unreachable
+                            | ErrorKind::AuthFailed
+                            | ErrorKind::HostKeyMismatch
+                            | ErrorKind::NoPython
+                            | ErrorKind::Timeout
+                            | ErrorKind::ConnectionLost
+                    )
                 ) =>
             {
                 Status::Unreachable

@@ -1,8 +1,11 @@
 //! The daemon's client API: message framing (4-byte length + JSON object), the request type,
 //! reply builders, and the server loop ([`server`]). Documented in `docs/api.md`.
 
+mod kind;
 pub mod server;
 pub mod validate;
+
+pub use kind::ErrorKind;
 
 use crate::transport::Spec;
 use serde::Deserialize;
@@ -129,7 +132,7 @@ pub fn ok_value(id: u64, v: &serde_json::Value) -> Vec<u8> {
 }
 
 /// An error reply.
-pub fn error(id: u64, kind: &str, host: &str, message: &str) -> Vec<u8> {
+pub fn error(id: u64, kind: ErrorKind, host: &str, message: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "id": id, "ok": false,
         "error": {"kind": kind, "host": host, "message": message},
@@ -140,7 +143,7 @@ pub fn error(id: u64, kind: &str, host: &str, message: &str) -> Vec<u8> {
 /// An error reply with extra fields in the error object (e.g. `missing` blob hashes).
 pub fn error_with(
     id: u64,
-    kind: &str,
+    kind: ErrorKind,
     host: &str,
     message: &str,
     extra: serde_json::Value,

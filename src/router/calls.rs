@@ -7,9 +7,10 @@ use super::{
     encode_call, header, Action, ClientId, Router, TargetId, CHUNK, EXEC_GRACE, LOW_WATER,
     MAX_INFLIGHT, MAX_OUTBOUND,
 };
+use crate::api::ErrorKind;
 use crate::api::{self, validate::deadline_after, Request};
 use crate::proto::{encode_frame, flags, Kind};
-use crate::transport::{classify::classify, classify::FailKind};
+use crate::transport::classify::classify;
 use base64::Engine as _;
 use serde_json::json;
 use std::collections::HashSet;
@@ -121,7 +122,7 @@ impl Router {
         let id = req.id;
         if self.targets[t].calls.len() >= MAX_INFLIGHT {
             let m = format!("{MAX_INFLIGHT} calls already in flight to this target");
-            return self.reply_err(client, id, "busy", &label, &m);
+            return self.reply_err(client, id, ErrorKind::Busy, &label, &m);
         }
         self.targets[t].last_used = now;
         if self.queued(t) > MAX_OUTBOUND {
@@ -129,7 +130,7 @@ impl Router {
                 "the target is not reading: over {} MiB already queued to it",
                 MAX_OUTBOUND >> 20
             );
-            return self.reply_err(client, id, "busy", &label, &m);
+            return self.reply_err(client, id, ErrorKind::Busy, &label, &m);
         }
         // Validated at parse time (api::validate); an unrepresentable deadline is none.
         let mut deadline = req.call_timeout.and_then(|s| deadline_after(now, s));
@@ -140,12 +141,12 @@ impl Router {
             "exec" => {
                 if req.argv.is_none() == req.shell.is_none() {
                     let m = "exec needs exactly one of \"argv\" or \"shell\"";
-                    return self.reply_err(client, id, "bad_request", &label, m);
+                    return self.reply_err(client, id, ErrorKind::BadRequest, &label, m);
                 }
                 if let Some(s) = &req.stdin_b64 {
                     if base64::engine::general_purpose::STANDARD.decode(s).is_err() {
                         let m = "stdin_b64 is not valid base64";
-                        return self.reply_err(client, id, "bad_request", &label, m);
+                        return self.reply_err(client, id, ErrorKind::BadRequest, &label, m);
                     }
                 }
                 let exec_end = req.timeout.and_then(|s| deadline_after(now, s));
@@ -165,7 +166,7 @@ impl Router {
             "put" => {
                 let (Some(src), Some(dest)) = (&req.src, &req.dest) else {
                     let m = "put needs \"src\" and \"dest\"";
-                    return self.reply_err(client, id, "bad_request", &label, m);
+                    return self.reply_err(client, id, ErrorKind::BadRequest, &label, m);
                 };
                 let opened = File::open(src).and_then(|f| {
                     let md = f.metadata()?;
@@ -178,7 +179,7 @@ impl Router {
                     Ok(x) => x,
                     Err(e) => {
                         let m = format!("cannot read {src}: {e}");
-                        return self.reply_err(client, id, "local_io", &label, &m);
+                        return self.reply_err(client, id, ErrorKind::LocalIo, &label, &m);
                     }
                 };
                 let p = json!({"op": "put_file", "path": dest, "size": size, "mode": req.mode,
@@ -202,7 +203,7 @@ impl Router {
             "fetch" => {
                 let (Some(src), Some(dest)) = (&req.src, &req.dest) else {
                     let m = "fetch needs \"src\" and \"dest\"";
-                    return self.reply_err(client, id, "bad_request", &label, m);
+                    return self.reply_err(client, id, ErrorKind::BadRequest, &label, m);
                 };
                 let dest = PathBuf::from(dest);
                 let tmp = tmp_path_for(&dest, t, self.targets[t].next_handle);
@@ -210,7 +211,7 @@ impl Router {
                     Ok(f) => f,
                     Err(e) => {
                         let m = format!("cannot write {}: {e}", tmp.display());
-                        return self.reply_err(client, id, "local_io", &label, &m);
+                        return self.reply_err(client, id, ErrorKind::LocalIo, &label, &m);
                     }
                 };
                 let p = json!({"op": "fetch_file", "path": src});
@@ -226,14 +227,14 @@ impl Router {
             "call" => {
                 let Some(serde_json::Value::Object(mut p)) = req.payload.clone() else {
                     let m = "call needs a \"payload\" object";
-                    return self.reply_err(client, id, "bad_request", &label, m);
+                    return self.reply_err(client, id, ErrorKind::BadRequest, &label, m);
                 };
                 let reserved = ["blobs", "blobs_z", "blob_refs"];
                 if !p.get("op").is_some_and(|o| o.is_string())
                     || reserved.iter().any(|k| p.contains_key(*k))
                 {
                     let m = "call payload needs a string \"op\" and no blobs keys";
-                    return self.reply_err(client, id, "bad_request", &label, m);
+                    return self.reply_err(client, id, ErrorKind::BadRequest, &label, m);
                 }
                 let mut hashes: Vec<String> = Vec::new();
                 let mut missing = Vec::new();
@@ -253,7 +254,7 @@ impl Router {
                     );
                     let msg = api::error_with(
                         id,
-                        "missing_blobs",
+                        ErrorKind::MissingBlobs,
                         &label,
                         &m,
                         json!({"missing": missing}),
@@ -379,7 +380,7 @@ impl Router {
         &mut self,
         t: TargetId,
         handle: u32,
-        answer: Option<(&str, &str)>,
+        answer: Option<(ErrorKind, &str)>,
     ) -> bool {
         let Some(x) = self.targets.get_mut(t) else {
             return false;
@@ -444,18 +445,26 @@ impl Router {
                         // The hop ran ssh (or another transport): classify its output.
                         let hop = spec.via.as_ref().map(|v| v.label()).unwrap_or_default();
                         let class = match (kind, classify(text, false)) {
-                            ("timeout", _) => "timeout",
-                            (_, FailKind::ConnectionLost) => "unreachable",
-                            (_, k) => k.as_str(),
+                            ("timeout", _) => ErrorKind::Timeout,
+                            (_, ErrorKind::ConnectionLost) => ErrorKind::Unreachable,
+                            (_, k) => k,
                         };
                         let last = crate::transport::classify::reason_line(text);
                         let m = format!("via {hop}: {kind}: {last}");
                         self.fail_target(child, class, &m);
                     } else if spec.escalate.is_none() {
                         // An interpreter context: that Python did not start an agent.
-                        self.fail_target(child, "interpreter_failed", &format!("{kind}: {text}"));
+                        self.fail_target(
+                            child,
+                            ErrorKind::InterpreterFailed,
+                            &format!("{kind}: {text}"),
+                        );
                     } else {
-                        self.fail_target(child, "become_failed", &format!("{kind}: {text}"));
+                        self.fail_target(
+                            child,
+                            ErrorKind::BecomeFailed,
+                            &format!("{kind}: {text}"),
+                        );
                     }
                 }
                 return;
@@ -495,7 +504,7 @@ impl Router {
                         if let Some(call) = y.calls.remove(handle) {
                             let label = y.label.clone();
                             if let Some(client) = call.client {
-                                let msg = api::error(call.id, "remote", &label, &m);
+                                let msg = api::error(call.id, ErrorKind::Remote, &label, &m);
                                 self.actions.push_back(Action::Reply(client, msg));
                             }
                         }
@@ -511,9 +520,14 @@ impl Router {
             if let Op::Fetch { tmp, .. } = &c.op {
                 let _ = std::fs::remove_file(tmp);
             }
-            api::error(c.id, "local_io", &label, &m)
+            api::error(c.id, ErrorKind::LocalIo, &label, &m)
         } else if c.overflow {
-            api::error(c.id, "protocol", &label, "reply larger than 64 MiB")
+            api::error(
+                c.id,
+                ErrorKind::Protocol,
+                &label,
+                "reply larger than 64 MiB",
+            )
         } else if fl & flags::ERROR != 0 {
             if let Op::Fetch { tmp, .. } = &c.op {
                 let _ = std::fs::remove_file(tmp);
@@ -527,9 +541,9 @@ impl Router {
                     x.sent_blobs.clear();
                 }
             }
-            api::error(c.id, "remote", &label, &format!("{kind}: {text}"))
+            api::error(c.id, ErrorKind::Remote, &label, &format!("{kind}: {text}"))
         } else if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
-            api::error(c.id, "protocol", &label, "agent reply is not JSON")
+            api::error(c.id, ErrorKind::Protocol, &label, "agent reply is not JSON")
         } else {
             match c.op {
                 Op::Ping => {
@@ -570,11 +584,11 @@ impl Router {
                     if let Err(e) = res {
                         let _ = std::fs::remove_file(&tmp);
                         let m = format!("cannot write {}: {e}", dest.display());
-                        api::error(c.id, "local_io", &label, &m)
+                        api::error(c.id, ErrorKind::LocalIo, &label, &m)
                     } else if v["size"].as_u64() != Some(received) {
                         let _ = std::fs::remove_file(&dest);
                         let m = format!("fetched {received} bytes, agent reported {}", v["size"]);
-                        api::error(c.id, "protocol", &label, &m)
+                        api::error(c.id, ErrorKind::Protocol, &label, &m)
                     } else {
                         api::ok_raw(c.id, &body)
                     }

@@ -6,13 +6,11 @@
 use super::calls::{Call, Op};
 use super::target::{Phase, Target};
 use super::{on_frame, Action, Router, TargetId, SPAWN_GRACE};
-use crate::api;
+use crate::api::{self, ErrorKind};
 use crate::metrics::TargetCounters;
 use crate::proto::{self, Decoder, FrameHeader, Kind};
 use crate::transfer::Outbound;
-use crate::transport::{
-    classify::classify, classify::FailKind, plain_program, Spec, BOOT_PLACEHOLDER,
-};
+use crate::transport::{classify::classify, plain_program, Spec, BOOT_PLACEHOLDER};
 use serde_json::json;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -195,9 +193,10 @@ impl Router {
         if let Some(c) = victim {
             tracing::debug!(host = %self.targets[c].label, "closing the least recently used context");
             self.counters.recycled += 1;
+            // Only a context without calls or children is recycled: no reply carries this.
             self.close_target(
                 c,
-                "recycled",
+                ErrorKind::ConnectionLost,
                 "closed to stay within the interpreter limit",
                 false,
             );
@@ -225,13 +224,13 @@ impl Router {
         let res = on_frame(x, h, payload, &mut done, &mut refused, now);
         let now_ready = x.phase == Phase::Ready;
         for (handle, m) in refused {
-            self.abandon(c, handle, Some(("protocol", &m)));
+            self.abandon(c, handle, Some((ErrorKind::Protocol, &m)));
         }
         for (handle, fl, body) in done {
             self.complete(c, handle, fl, body);
         }
         match res {
-            Err((kind, m)) => self.fail_target(c, &kind, &m),
+            Err((kind, m)) => self.fail_target(c, kind, &m),
             // Calls queued while it started were held back: it exists on the target now.
             Ok(()) if now_ready && !was_ready => {
                 self.release_held_stores(c);
@@ -253,24 +252,24 @@ impl Router {
         let kind = classify(stderr, connected);
         let last = crate::transport::classify::reason_line(stderr);
         let m = match kind {
-            FailKind::NoPython => "no Python interpreter found on the target".to_string(),
-            FailKind::ConnectionLost if connected => {
+            ErrorKind::NoPython => "no Python interpreter found on the target".to_string(),
+            ErrorKind::ConnectionLost if connected => {
                 format!("connection lost (agent or ssh ended){}", suffix(last))
             }
-            FailKind::ConnectionLost => format!("agent failed to start{}", suffix(last)),
+            ErrorKind::ConnectionLost => format!("agent failed to start{}", suffix(last)),
             _ => last.to_string(),
         };
-        self.fail_target(t, kind.as_str(), &m);
+        self.fail_target(t, kind, &m);
     }
 
     /// Fails every call of a target and schedules its process to be killed.
-    pub(super) fn fail_target(&mut self, t: TargetId, kind: &str, message: &str) {
+    pub(super) fn fail_target(&mut self, t: TargetId, kind: ErrorKind, message: &str) {
         self.close_target(t, kind, message, true);
     }
 
     /// Ends a stream or become context: its calls (and its contexts' calls) fail with `kind`;
     /// a context is closed on its stream's agent. `warn` logs it as a failure.
-    pub(super) fn close_target(&mut self, t: TargetId, kind: &str, message: &str, warn: bool) {
+    pub(super) fn close_target(&mut self, t: TargetId, kind: ErrorKind, message: &str, warn: bool) {
         let Some(x) = self.targets.get_mut(t) else {
             return;
         };
@@ -282,7 +281,7 @@ impl Router {
             return;
         };
         if warn {
-            tracing::warn!(host = %x.label, kind, message, "target failed");
+            tracing::warn!(host = %x.label, kind = kind.as_str(), message, "target failed");
             self.counters.failures += 1;
         }
         x.phase = Phase::Dead;

@@ -35,7 +35,7 @@ mod target;
 #[cfg(test)]
 mod tests;
 
-use crate::api::{self, Request};
+use crate::api::{self, ErrorKind, Request};
 use crate::cache::BlobCache;
 use crate::metrics::{ClientUsage, Counters, FdUsage, TargetCounters};
 use crate::proto::{self, encode_frame, flags, FrameHeader, Kind};
@@ -311,7 +311,7 @@ impl Router {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     let m = format!("put aborted: {e}");
-                    self.fail_target(t, "local_io", &m);
+                    self.fail_target(t, ErrorKind::LocalIo, &m);
                     return Ok(total);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(total),
@@ -330,7 +330,7 @@ impl Router {
         let id = req.id;
         if let Err(e) = api::validate::request(&req) {
             let host = req.target.as_ref().map(|s| s.label()).unwrap_or_default();
-            return self.reply_err(client, id, "bad_request", &host, &e.to_string());
+            return self.reply_err(client, id, ErrorKind::BadRequest, &host, &e.to_string());
         }
         match req.op.as_str() {
             "stats" => {
@@ -357,14 +357,20 @@ impl Router {
             "blob_put" => {
                 let (Some(hash), Some(data)) = (&req.hash, &req.data_b64) else {
                     let m = "blob_put needs \"hash\" and \"data_b64\"";
-                    return self.reply_err(client, id, "bad_request", "", m);
+                    return self.reply_err(client, id, ErrorKind::BadRequest, "", m);
                 };
                 let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(data) else {
-                    return self.reply_err(client, id, "bad_request", "", "data_b64 is not base64");
+                    return self.reply_err(
+                        client,
+                        id,
+                        ErrorKind::BadRequest,
+                        "",
+                        "data_b64 is not base64",
+                    );
                 };
                 let msg = match self.cache.put(hash, bytes) {
                     Ok(()) => api::ok_raw(id, b"{}"),
-                    Err(e) => api::error(id, "bad_request", "", &e.to_string()),
+                    Err(e) => api::error(id, ErrorKind::BadRequest, "", &e.to_string()),
                 };
                 self.actions.push_back(Action::Reply(client, msg));
                 return;
@@ -382,7 +388,7 @@ impl Router {
                     (&req.target, req.path.as_deref(), req.reason.as_deref())
                 else {
                     let m = "note needs \"target\", \"path\": \"stock\" and a \"reason\"";
-                    return self.reply_err(client, id, "bad_request", "", m);
+                    return self.reply_err(client, id, ErrorKind::BadRequest, "", m);
                 };
                 let run = req.run.as_deref().unwrap_or("");
                 let first = self.paths.stock(run, &spec.parent().label(), reason);
@@ -394,11 +400,17 @@ impl Router {
             "ping" | "exec" | "put" | "fetch" | "close" | "call" => {}
             other => {
                 let m = format!("unknown op {other:?}");
-                return self.reply_err(client, id, "bad_request", "", &m);
+                return self.reply_err(client, id, ErrorKind::BadRequest, "", &m);
             }
         }
         let Some(spec) = req.target.clone() else {
-            return self.reply_err(client, id, "bad_request", "", "this op needs a \"target\"");
+            return self.reply_err(
+                client,
+                id,
+                ErrorKind::BadRequest,
+                "",
+                "this op needs a \"target\"",
+            );
         };
         match crate::transport::command(&spec, None) {
             // A password is checked again when the process is spawned (askpass available).
@@ -406,7 +418,7 @@ impl Router {
             Err(e) => return self.reply_err(client, id, e.kind(), &spec.label(), &e.to_string()),
         }
         if let Err(m) = validate_chain(&spec) {
-            return self.reply_err(client, id, "bad_request", &spec.label(), &m);
+            return self.reply_err(client, id, ErrorKind::BadRequest, &spec.label(), &m);
         }
         if req.op == "close" {
             if let Some(&t) = self.by_key.get(&spec.key()) {
@@ -421,10 +433,15 @@ impl Router {
                     .filter(|&c| self.targets.get(c).is_some_and(|y| y.phase != Phase::Dead))
                     .partition(|&c| !self.targets[c].spec.is_context());
                 if carried.is_empty() {
-                    self.fail_target(t, "connection_lost", "stream closed by request");
+                    self.fail_target(t, ErrorKind::ConnectionLost, "stream closed by request");
                 } else {
                     for c in own {
-                        self.close_target(c, "connection_lost", "stream closed by request", false);
+                        self.close_target(
+                            c,
+                            ErrorKind::ConnectionLost,
+                            "stream closed by request",
+                            false,
+                        );
                     }
                 }
             }
@@ -474,14 +491,14 @@ impl Router {
         let mut done: Vec<(u32, u8, Vec<u8>)> = Vec::new();
         let mut refused: Vec<(u32, String)> = Vec::new();
         let mut nested: Vec<(TargetId, FrameHeader, Vec<u8>)> = Vec::new();
-        let mut fatal: Option<(String, String)> = None;
+        let mut fatal: Option<(ErrorKind, String)> = None;
         loop {
             let (h, payload) = match decoder.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
                     let m = format!("malformed frame from agent: {e}");
-                    fatal = Some(("protocol".into(), m));
+                    fatal = Some((ErrorKind::Protocol, m));
                     break;
                 }
             };
@@ -504,13 +521,13 @@ impl Router {
         x.decoder = decoder;
         // Refused before completed: a reply read after the refused DATA finds no call.
         for (handle, m) in refused {
-            self.abandon(t, handle, Some(("protocol", &m)));
+            self.abandon(t, handle, Some((ErrorKind::Protocol, &m)));
         }
         for (handle, fl, body) in done {
             self.complete(t, handle, fl, body);
         }
         if let Some((kind, m)) = fatal {
-            self.fail_target(t, &kind, &m);
+            self.fail_target(t, kind, &m);
         }
         for (c, h, payload) in nested {
             self.context_frame(c, &h, &payload, now);
@@ -564,7 +581,7 @@ impl Router {
                 crate::transport::BOOTSTRAP_MIN_SECS,
                 spec.bootstrap_limit_secs()
             );
-            self.fail_target(t, "timeout", &m);
+            self.fail_target(t, ErrorKind::Timeout, &m);
         }
         for (t, h) in expired_calls {
             let probe = self.targets[t]
@@ -574,11 +591,15 @@ impl Router {
             if probe {
                 // An idle stream that does not answer: a fresh one takes its requests.
                 let m = "no answer to a liveness check of the idle stream";
-                self.fail_target(t, "connection_lost", m);
+                self.fail_target(t, ErrorKind::ConnectionLost, m);
                 continue;
             }
             // Stopped on the target too: a put aborted, an exec or fetch cancelled.
-            self.abandon(t, h, Some(("timeout", "the call's deadline passed")));
+            self.abandon(
+                t,
+                h,
+                Some((ErrorKind::Timeout, "the call's deadline passed")),
+            );
         }
         self.run_replay(now);
     }
@@ -603,7 +624,7 @@ impl Router {
         }
     }
 
-    fn reply_err(&mut self, client: ClientId, id: u64, kind: &str, host: &str, m: &str) {
+    fn reply_err(&mut self, client: ClientId, id: u64, kind: ErrorKind, host: &str, m: &str) {
         self.actions
             .push_back(Action::Reply(client, api::error(id, kind, host, m)));
     }
@@ -620,10 +641,10 @@ fn on_frame(
     done: &mut Vec<(u32, u8, Vec<u8>)>,
     refused: &mut Vec<(u32, String)>,
     now: Instant,
-) -> Result<(), (String, String)> {
+) -> Result<(), (ErrorKind, String)> {
     match h.kind {
         Kind::Hello => {
-            parse_hello(payload).map_err(|m| ("protocol".to_string(), m))?;
+            parse_hello(payload).map_err(|m| (ErrorKind::Protocol, m))?;
             x.hello = Some(payload.to_vec());
             x.phase = Phase::Ready;
             if tracing::enabled!(tracing::Level::DEBUG) {
@@ -635,7 +656,7 @@ fn on_frame(
         Kind::Reply if h.reply_to == 0 && h.flags & flags::EOF != 0 && x.parent.is_some() => {
             let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
             let m = v["message"].as_str().unwrap_or("become context ended");
-            return Err(("connection_lost".into(), m.to_string()));
+            return Err((ErrorKind::ConnectionLost, m.to_string()));
         }
         Kind::Reply => {
             let Some(c) = x.calls.get_mut(&h.reply_to) else {

@@ -14,7 +14,7 @@
 use super::calls::Op;
 use super::target::Phase;
 use super::{ClientId, Router, TargetId, MAX_INFLIGHT};
-use crate::api::Request;
+use crate::api::{ErrorKind, Request};
 use crate::transport::{Spec, TransportKind};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -61,7 +61,7 @@ impl Router {
             if p.held.len() >= MAX_INFLIGHT {
                 let m = format!("{MAX_INFLIGHT} requests already wait for a liveness check");
                 let label = x.label.clone();
-                self.reply_err(client, req.id, "busy", &label, &m);
+                self.reply_err(client, req.id, ErrorKind::Busy, &label, &m);
                 return None;
             }
             p.held.push((client, req));

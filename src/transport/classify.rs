@@ -1,57 +1,27 @@
-//! Turning a failed connection (ssh's stderr, the stage-0 marker) into a typed error kind.
+//! Turning a failed connection (ssh's stderr, the stage-0 marker) into its API error kind.
 
 use super::bootstrap::NO_PYTHON_MARKER;
-
-/// Error kinds shared with the API (`docs/api.md`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailKind {
-    /// No TCP connection.
-    Unreachable,
-    /// Authentication refused.
-    AuthFailed,
-    /// Host key unknown or changed.
-    HostKeyMismatch,
-    /// No interpreter on the target.
-    NoPython,
-    /// A deadline passed.
-    Timeout,
-    /// The stream died after it was up (or for a reason not recognised).
-    ConnectionLost,
-}
-
-impl FailKind {
-    /// The API name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailKind::Unreachable => "unreachable",
-            FailKind::AuthFailed => "auth_failed",
-            FailKind::HostKeyMismatch => "host_key_mismatch",
-            FailKind::NoPython => "no_python",
-            FailKind::Timeout => "timeout",
-            FailKind::ConnectionLost => "connection_lost",
-        }
-    }
-}
+use crate::api::ErrorKind;
 
 /// Classifies a stream that ended; `connected` is whether the agent had said HELLO.
-pub fn classify(stderr: &str, connected: bool) -> FailKind {
+pub fn classify(stderr: &str, connected: bool) -> ErrorKind {
     let has = |s: &str| stderr.contains(s);
     if has(NO_PYTHON_MARKER) {
-        return FailKind::NoPython;
+        return ErrorKind::NoPython;
     }
     if connected {
-        return FailKind::ConnectionLost;
+        return ErrorKind::ConnectionLost;
     }
     if has("REMOTE HOST IDENTIFICATION HAS CHANGED")
         || has("Host key verification failed")
         || has("host key is known")
         || has("Host key for")
     {
-        FailKind::HostKeyMismatch
+        ErrorKind::HostKeyMismatch
     } else if has("Permission denied") || has("Too many authentication failures") {
-        FailKind::AuthFailed
+        ErrorKind::AuthFailed
     } else if has("timed out") {
-        FailKind::Timeout
+        ErrorKind::Timeout
     } else if has("Connection refused")
         || has("No route to host")
         || has("Could not resolve hostname")
@@ -61,9 +31,9 @@ pub fn classify(stderr: &str, connected: bool) -> FailKind {
         || has("Connection reset")
         || has("kex_exchange_identification")
     {
-        FailKind::Unreachable
+        ErrorKind::Unreachable
     } else {
-        FailKind::ConnectionLost
+        ErrorKind::ConnectionLost
     }
 }
 
@@ -119,24 +89,24 @@ mod tests {
         let c = |s| classify(s, false);
         assert_eq!(
             c("ssh: connect to host 10.0.0.1 port 22: Connection refused"),
-            FailKind::Unreachable
+            ErrorKind::Unreachable
         );
         assert_eq!(
             c("root@h: Permission denied (publickey)."),
-            FailKind::AuthFailed
+            ErrorKind::AuthFailed
         );
         assert_eq!(
             c("Host key verification failed."),
-            FailKind::HostKeyMismatch
+            ErrorKind::HostKeyMismatch
         );
         assert_eq!(
             c("ssh: connect to host h port 22: Connection timed out"),
-            FailKind::Timeout
+            ErrorKind::Timeout
         );
         assert_eq!(
             c("spindle: no python interpreter found"),
-            FailKind::NoPython
+            ErrorKind::NoPython
         );
-        assert_eq!(classify("", true), FailKind::ConnectionLost);
+        assert_eq!(classify("", true), ErrorKind::ConnectionLost);
     }
 }

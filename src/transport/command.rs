@@ -1,6 +1,7 @@
 //! Building the argv that starts a target's agent.
 
 use super::{bootstrap, Spec, TransportKind};
+use crate::api::ErrorKind;
 
 /// Why a spec cannot be turned into a command.
 #[derive(Debug, thiserror::Error)]
@@ -34,10 +35,12 @@ pub enum CommandError {
 
 impl CommandError {
     /// The API error kind for this spec problem (docs/api.md).
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            CommandError::BadHost { .. } => "unreachable",
-            CommandError::BadSpec { .. } | CommandError::NeedsAskpass { .. } => "bad_request",
+            CommandError::BadHost { .. } => ErrorKind::Unreachable,
+            CommandError::BadSpec { .. } | CommandError::NeedsAskpass { .. } => {
+                ErrorKind::BadRequest
+            }
         }
     }
 }

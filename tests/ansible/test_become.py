@@ -31,7 +31,11 @@ BIN = os.environ.get('SPINDLE_BIN') or os.path.join(REPO, 'target', 'debug', 'sp
 USERS = {'spindle-op': 'op-pass-1', 'spindle-app': 'app-pass-2'}
 SUDOERS = '/etc/sudoers.d/spindle-tests'
 DOAS_CONF = '/etc/doas.conf'
-BECOME_PLUGINS = os.path.join(HERE, 'become_plugins')  # doas: ansible-core ships no plugin
+# doas: ansible-core ships no plugin; community.general's (scripts/collections.sh) is the usual one.
+COLLECTIONS = os.path.join(os.path.dirname(VENV_BIN), 'collections')
+DOAS_PLUGIN = os.path.join(
+    COLLECTIONS, 'ansible_collections', 'community', 'general', 'plugins', 'become', 'doas.py'
+)
 
 PLAY = """
 - hosts: all
@@ -75,25 +79,81 @@ PLAY = """
       become_user: spindle-app
       vars: {ansible_become_password: wrong-pass}
       ignore_errors: true
-    # (no doas-missing task: stock Ansible reports doas's refusal as a module deserialization
-    # failure, spindle as "Missing doas password"; sudo-missing covers the mechanism)
+    # When the become command itself fails (issue 14): stock's result shape (rc,
+    # module_stdout, module_stderr, msg) for su and doas, with and without a password.
+    - name: su-missing
+      command: id -un
+      become: true
+      become_method: su
+      become_user: spindle-app
+      vars: {ansible_become_password: ""}
+      ignore_errors: true
+    - name: su-unknown
+      command: id -un
+      become: true
+      become_method: su
+      become_user: spindle_no_such_user
+      vars: {ansible_become_password: app-pass-2}
+      ignore_errors: true
+    - name: su-badflag
+      command: id -un
+      become: true
+      become_method: su
+      become_user: spindle-app
+      become_flags: --spindle-bad-flag
+      vars: {ansible_become_password: app-pass-2}
+      ignore_errors: true
+    - name: sudo-unknown
+      command: id -un
+      become: true
+      become_user: spindle_no_such_user
+      ignore_errors: true
     - name: doas-root
       command: id -un
       become: true
-      become_method: doas
+      become_method: community.general.doas
     - name: doas-wrong
       command: id -un
       become: true
-      become_method: doas
+      become_method: community.general.doas
       vars: {ansible_become_password: wrong-pass}
+      ignore_errors: true
+    - name: doas-missing
+      command: id -un
+      become: true
+      become_method: community.general.doas
+      vars: {ansible_become_password: ""}
+      ignore_errors: true
+    - name: doas-unknown
+      command: id -un
+      become: true
+      become_method: community.general.doas
+      become_user: spindle_no_such_user
+      ignore_errors: true
+    - name: doas-badflag
+      command: id -un
+      become: true
+      become_method: community.general.doas
+      become_flags: --spindle-bad-flag
       ignore_errors: true
     - {name: no-become, command: id -un}
     - {name: sudo-cleanup, file: {path: /root/spindle-become.txt, state: absent}, become: true}
 """
 
-KEYS = ('failed', 'changed', 'rc', 'stdout', 'stderr', 'msg', 'skipped', 'unreachable')
+KEYS = (
+    'failed',
+    'changed',
+    'rc',
+    'stdout',
+    'stderr',
+    'msg',
+    'skipped',
+    'unreachable',
+    'module_stdout',
+    'module_stderr',
+)
 # Contexts that fail to start (wrong or missing password) per host and run.
-FAILING_CONTEXTS = 4
+FAILING_CONTEXTS = 11
 
 
 def _run(argv, **kw):
@@ -111,6 +171,9 @@ class Become(unittest.TestCase):
             if not os.access(tool, os.X_OK):
                 print('SKIP: %s missing (scripts/setup.sh installs it)' % tool)
                 self.skipTest('%s missing' % tool)
+        if not os.path.exists(DOAS_PLUGIN):
+            print('SKIP: community.general missing (scripts/collections.sh installs it)')
+            self.skipTest('community.general missing')
         if os.path.exists(DOAS_CONF):  # before anything is changed (or set to be removed)
             print('SKIP: %s exists: not overwriting it' % DOAS_CONF)
             self.skipTest('%s exists: not overwriting it' % DOAS_CONF)
@@ -157,7 +220,7 @@ class Become(unittest.TestCase):
                 'ANSIBLE_DEPRECATION_WARNINGS': 'False',
                 'ANSIBLE_CALLBACK_PLUGINS': os.path.join(PLUGINS, 'callback'),
                 'ANSIBLE_CALLBACKS_ENABLED': 'spindle_record',
-                'ANSIBLE_BECOME_PLUGINS': BECOME_PLUGINS,
+                'ANSIBLE_COLLECTIONS_PATH': COLLECTIONS,
                 'PYTHONPATH': os.path.join(REPO, 'ansible_plugin'),
             }
         )
@@ -222,7 +285,7 @@ class Become(unittest.TestCase):
         second = self.play(env)
         after_second = self.stats(sock)
 
-        self.assertEqual(len(stock), 18 * 2, self.outputs[0])
+        self.assertEqual(len(stock), 25 * 2, self.outputs[0])
         for runs in (stock, first, second):  # stock raw runs on a pty (-tt): CRLF, merged
             for (task, _), res in runs.items():  # streams, ssh's "Shared connection" note
                 if task == 'raw-sudo':

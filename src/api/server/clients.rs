@@ -4,7 +4,7 @@
 
 use super::budget::Verdict;
 use super::{fd_usage, key, Server, CLIENT_OUT_LIMIT, TAG_CLIENT};
-use crate::api::{self, MessageDecoder};
+use crate::api::{self, ErrorKind, MessageDecoder};
 use crate::reactor::Interest;
 use crate::router::ClientId;
 use std::io::{self, Read, Write};
@@ -84,7 +84,7 @@ impl Server {
                     "API message of {n} bytes exceeds the daemon's client buffer budget of \
                      {limit} bytes (serve --client-buffer-mib, SPINDLE_CLIENT_BUFFER_MIB)"
                 );
-                let msg = api::error(0, "bad_request", "", &m);
+                let msg = api::error(0, ErrorKind::BadRequest, "", &m);
                 self.send(id, &msg);
                 return false;
             }
@@ -115,7 +115,7 @@ impl Server {
                 Ok(None) => return true,
                 Err(e) => {
                     c.closing = true;
-                    let msg = api::error(0, "bad_request", "", &e.to_string());
+                    let msg = api::error(0, ErrorKind::BadRequest, "", &e.to_string());
                     self.send(id, &msg);
                     return true;
                 }
@@ -129,7 +129,7 @@ impl Server {
                     self.router.request(id, req, now)
                 }
                 Err((rid, m)) => {
-                    let msg = api::error(rid, "bad_request", "", &m);
+                    let msg = api::error(rid, ErrorKind::BadRequest, "", &m);
                     self.send(id, &msg);
                 }
             }
