@@ -34,6 +34,7 @@ lint: venv
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	.venv/bin/ruff check .
+	python3 tests/python/agent_source.py | .venv/bin/ruff check --stdin-filename src/agent/agent.py -
 	.venv/bin/ruff format --check .
 
 # The agent's tests also on the oldest and newest target Python here (pyenv's 3.8 and 3.13,

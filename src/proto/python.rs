@@ -1,20 +1,21 @@
-//! The wire constants in Python: the block between the markers in `src/agent/agent.py` is
-//! rendered from this module's Rust constants, so the protocol has one source.
+//! The wire constants in Python: the block between the markers in the agent's first part,
+//! `src/agent/parts/00_channel.py`, is rendered from this module's Rust constants, so the
+//! protocol has one source.
 //!
-//! The agent stays a plain Python file (its tests start it from the source tree, and
-//! `transport::bootstrap` ships it as it is), so the block is generated into the file rather
+//! The agent stays plain Python files (its tests start it from the source tree, and
+//! `transport::bootstrap` ships the parts joined as they are), so the block is generated into the file rather
 //! than at build time, in the way rust-analyzer keeps its generated sources: the test below
 //! renders it and fails when the file differs; `SPINDLE_BLESS=1 cargo test --lib proto::python`
-//! rewrites it. `tests/python` reads the same block from agent.py (no copy of its own).
+//! rewrites it. `tests/python` reads the same block from 00_channel.py (no copy of its own).
 
 use super::{
     flags, Kind, CTX_AGENT, CTX_CONTROLLER, HEADER_LEN, MAGIC, MAX_PAYLOAD, PROTO_VERSION,
 };
 
-/// First line of the generated block in agent.py.
+/// First line of the generated block in 00_channel.py.
 pub const BEGIN: &str =
     "# --- wire constants: generated from src/proto (proto::python); do not edit ---";
-/// Last line of the generated block in agent.py.
+/// Last line of the generated block in 00_channel.py.
 pub const END: &str = "# --- end of wire constants ---";
 
 /// Python name of a frame kind. Exhaustive: a new [`Kind`] does not compile until named here.
@@ -77,15 +78,17 @@ mod tests {
     use super::*;
 
     fn agent_path() -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/agent/agent.py")
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/agent/parts/00_channel.py")
     }
 
-    /// `(before, block, after)` of agent.py's text, split at the markers.
+    /// `(before, block, after)` of 00_channel.py's text, split at the markers.
     fn split(text: &str) -> (&str, &str, &str) {
-        let start = text.find(BEGIN).expect("agent.py has the BEGIN marker");
+        let start = text
+            .find(BEGIN)
+            .expect("00_channel.py has the BEGIN marker");
         let end_at = text[start..]
             .find(END)
-            .expect("agent.py has the END marker")
+            .expect("00_channel.py has the END marker")
             + start;
         let stop = end_at + END.len() + 1; // the END line's newline
         (&text[..start], &text[start..stop], &text[stop..])
@@ -94,20 +97,20 @@ mod tests {
     #[test]
     fn agent_py_holds_the_generated_constants() {
         let path = agent_path();
-        let text = std::fs::read_to_string(&path).expect("read agent.py");
+        let text = std::fs::read_to_string(&path).expect("read 00_channel.py");
         let (before, block, after) = split(&text);
         let want = constants();
         if block == want {
             return;
         }
         if std::env::var_os("SPINDLE_BLESS").is_some() {
-            std::fs::write(&path, format!("{before}{want}{after}")).expect("write agent.py");
+            std::fs::write(&path, format!("{before}{want}{after}")).expect("write 00_channel.py");
             return;
         }
         panic!(
-            "src/agent/agent.py's wire constants differ from src/proto; run \
+            "src/agent/parts/00_channel.py's wire constants differ from src/proto; run \
              `SPINDLE_BLESS=1 cargo test --lib proto::python` to regenerate.\n\
-             --- in agent.py\n{block}--- from src/proto\n{want}"
+             --- in 00_channel.py\n{block}--- from src/proto\n{want}"
         );
     }
 

@@ -6,8 +6,34 @@ use flate2::{write::ZlibEncoder, Compression};
 use std::io::Write;
 use std::sync::OnceLock;
 
-/// The agent's Python source, embedded at build time.
-pub const AGENT_SOURCE: &str = include_str!("../agent/agent.py");
+/// One agent part: its file name and text.
+macro_rules! part {
+    ($name:literal) => {
+        ($name, include_str!(concat!("../agent/parts/", $name)))
+    };
+}
+
+/// The agent's Python source in parts (`src/agent/parts/`, each owning one area), embedded at
+/// build time and joined in this order into one source: one namespace, as if one file. The
+/// test `agent_parts_are_every_file_in_order` keeps this list equal to the directory.
+pub const AGENT_PARTS: &[(&str, &str)] = &[
+    part!("00_channel.py"),
+    part!("10_exec.py"),
+    part!("20_files.py"),
+    part!("30_contexts.py"),
+    part!("40_hop_cache.py"),
+    part!("50_modules.py"),
+    part!("60_main.py"),
+];
+
+/// The agent's parts joined (what `tests/python/agent_source.py` builds the same way).
+pub fn agent_source() -> &'static str {
+    static SRC: OnceLock<String> = OnceLock::new();
+    SRC.get_or_init(|| {
+        let texts: Vec<&str> = AGENT_PARTS.iter().map(|p| p.1).collect();
+        texts.join("\n\n")
+    })
+}
 /// The module runner (`src/agent/modrun.py`), given to the agent as a base64 string and
 /// loaded by it on first `run_module`.
 pub const MODRUN_SOURCE: &str = include_str!("../agent/modrun.py");
@@ -18,7 +44,7 @@ pub fn full_agent_source() -> &'static str {
     SRC.get_or_init(|| {
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::STANDARD.encode(MODRUN_SOURCE);
-        format!("_SPINDLE_MODRUN_B64 = \"{b64}\"\n{AGENT_SOURCE}")
+        format!("_SPINDLE_MODRUN_B64 = \"{b64}\"\n{}", agent_source())
     })
 }
 
@@ -80,6 +106,29 @@ pub fn stage0(python: Option<(&str, &str)>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_parts_are_every_file_in_order() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/agent/parts");
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("src/agent/parts")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".py"))
+            .collect();
+        names.sort();
+        let listed: Vec<&str> = AGENT_PARTS.iter().map(|p| p.0).collect();
+        assert_eq!(
+            names, listed,
+            "AGENT_PARTS must list every part, in name order"
+        );
+        for (name, text) in AGENT_PARTS {
+            assert!(text.ends_with('\n'), "{name} ends without a newline");
+            assert!(
+                text.lines().count() <= 450,
+                "{name} is over 450 lines: split it"
+            );
+        }
+    }
 
     #[test]
     fn stage1_has_no_single_quote_and_blob_inflates() {

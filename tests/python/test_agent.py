@@ -1,4 +1,4 @@
-"""End-to-end tests of src/agent/agent.py: the agent is started the way the controller
+"""End-to-end tests of the agent (src/agent/parts/, joined as the controller joins them): the agent is started the way the controller
 starts it (python3 -c STAGE1, compressed source on stdin) and spoken to in frames.
 
 SPINDLE_TEST_PYTHON picks the interpreter (default python3); SPINDLE_TEST_TMP the parent
@@ -21,7 +21,9 @@ import time
 import unittest
 import zlib
 
-# The wire constants, from agent.py's block generated from src/proto (wire.py).
+import agent_source
+
+# The wire constants, from the agent's block generated from src/proto (wire.py).
 from wire import (
     ABORT,
     CALL,
@@ -40,7 +42,6 @@ from wire import (
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-AGENT_PATH = os.path.join(ROOT, "src", "agent", "agent.py")
 PYTHON = os.environ.get("SPINDLE_TEST_PYTHON", "python3")
 
 
@@ -110,8 +111,7 @@ class AgentProc(object):
     """A running agent plus a reader thread that collects its frames."""
 
     def __init__(self, first_frames=b""):
-        with open(AGENT_PATH, "rb") as f:
-            blob = zlib.compress(f.read(), 9)
+        blob = zlib.compress(agent_source.text().encode("utf-8"), 9)
         self.proc = subprocess.Popen(
             [PYTHON, "-c", STAGE1 % len(blob)],
             stdin=subprocess.PIPE,

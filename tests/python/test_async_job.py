@@ -281,10 +281,10 @@ class Pieces(unittest.TestCase):
 
 class AgentChecksTheJob(unittest.TestCase):
     def test_async_job_is_range_checked(self):
-        with open(os.path.join(AGENT_DIR, 'agent.py')) as f:
-            src = f.read()
+        import agent_source
+
         ns = {'__name__': 'spindle_agent_test'}
-        exec(compile(src, 'agent.py', 'exec'), ns)
+        exec(compile(agent_source.text(), 'agent', 'exec'), ns)
         check = ns['_async_job']
         self.assertEqual(
             check({'jid': 'j0', 'limit': 0}), {'jid': 'j0', 'limit': 0, 'ints': False, 'blank_junk': True}

@@ -1,4 +1,5 @@
-"""The wire constants the agent tests speak, read from src/agent/agent.py's generated block
+"""The wire constants the agent tests speak, read from the agent's generated block
+(src/agent/parts/00_channel.py)
 (rendered from src/proto by proto::python, checked by `cargo test --lib proto::python`): the
 tests keep no copy of their own, so the three agree by construction."""
 
@@ -6,7 +7,11 @@ import os
 import struct
 
 AGENT_PATH = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src", "agent", "agent.py"
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "src",
+    "agent",
+    "parts",
+    "00_channel.py",
 )
 BEGIN = "# --- wire constants: generated from src/proto (proto::python); do not edit ---"
 END = "# --- end of wire constants ---"

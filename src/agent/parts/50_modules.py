@@ -1,0 +1,263 @@
+# spindle agent, 50_modules: modules in the agent (run_module through modrun.py, copy_fast/copy_stream).
+# One of the parts src/agent/parts/*.py joined in name order into one source (one
+# namespace) by transport::bootstrap; see 00_channel.py.
+
+
+# ---- modules in the agent (src/agent/modrun.py, embedded by the controller as base64) ---
+_MODRUN = []
+MODULE_LOCK = threading.Lock()  # one in-process module run at a time (they share the process)
+TEMPLATE_STREAMS = []  # the interpreter's own stdout/stderr: encodings a fresh one gets
+
+
+def modrun():
+    if not _MODRUN:
+        src = globals().get("_SPINDLE_MODRUN_B64")
+        if src is None:
+            raise AgentError("internal", "this agent was started without the module runner")
+        mod = types.ModuleType("spindle_modrun")
+        exec(compile(base64.b64decode(src), "<spindle-modrun>", "exec"), mod.__dict__)
+        _MODRUN.append(mod)
+    return _MODRUN[0]
+
+
+def op_run_module(chan, call_id, call):
+    """Run an Ansible module from cached blobs: in this process (state restored) or forked."""
+    return _run_module(call)
+
+
+# Module file sets (manifest + warm core list) by the id the controller gave them: a later
+# run_module with only "set_id" reuses one (the controller sends each set once per stream, and
+# at most MAX_MODULE_SETS of them).
+MODULE_SETS = {}
+MAX_MODULE_SETS = 1024
+
+
+def _module_set(call):
+    """(manifest, core) of a run_module call: given in it (and kept under its set_id, which
+    the controller will send alone from now on), or the kept set its set_id names."""
+    manifest, core, set_id = call.get("manifest"), call.get("core") or [], call.get("set_id")
+    if isinstance(set_id, str) and manifest is None:
+        known = MODULE_SETS.get(set_id)
+        if known is None:
+            raise AgentError("bad_request", "module set %s is not on the agent" % set_id)
+        return known
+    if isinstance(set_id, str) and isinstance(manifest, dict) and len(MODULE_SETS) < MAX_MODULE_SETS:
+        MODULE_SETS[set_id] = (manifest, core)
+    return manifest, core
+
+
+def _venv_of(executable):
+    """The virtualenv `executable` runs in (the real path of the directory whose pyvenv.cfg
+    Python finds beside the executable or one level up), or None."""
+    here = os.path.dirname(os.path.abspath(executable))
+    for d in (here, os.path.dirname(here)):
+        if os.path.isfile(os.path.join(d, "pyvenv.cfg")):
+            return os.path.realpath(d)
+    return None
+
+
+def _my_venv():
+    return os.path.realpath(sys.prefix) if sys.prefix != getattr(sys, "base_prefix", sys.prefix) else None
+
+
+def _runs_interpreter(interp):
+    """Whether this agent is `interp` (a path, or a name looked up on PATH as exec would):
+    the same program, and the same virtualenv (a venv's python is a symlink to its base
+    interpreter, but sees other packages)."""
+    if not isinstance(interp, str):
+        return False
+    if "/" not in interp:
+        import shutil
+
+        interp = shutil.which(interp) or interp
+    if os.path.realpath(interp) != os.path.realpath(sys.executable):
+        return False
+    return _venv_of(interp) == _my_venv()
+
+
+ASYNC_MAX_LIMIT = 2**31 - 1  # seconds: the longest async time limit accepted
+
+
+def _async_job(job):
+    """The `async` of a run_module call, checked: {"jid": "j<1-12 digits>" (the controller's
+    prefix; the job id adds the job's pid, as async_wrapper does), "limit": seconds (0 to
+    ASYNC_MAX_LIMIT; 0, as gather_facts gives its parallel jobs: killed at the first check), "ints": 2.18's 1/0 started/finished flags, "blank_junk": trailing blank
+    lines after the JSON are junk (before 2.21)}."""
+    if not isinstance(job, dict):
+        raise AgentError("bad_request", "async must be an object")
+    jid, limit = job.get("jid"), job.get("limit")
+    if (
+        not isinstance(jid, str)
+        or not 2 <= len(jid) <= 13
+        or jid[0] != "j"
+        or any(c not in "0123456789" for c in jid[1:])
+    ):
+        raise AgentError("bad_request", "async.jid must be j followed by 1 to 12 digits")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= ASYNC_MAX_LIMIT:
+        raise AgentError("bad_request", "async.limit must be an integer in 0..%d" % ASYNC_MAX_LIMIT)
+    return {
+        "jid": jid,
+        "limit": limit,
+        "ints": bool(job.get("ints")),
+        "blank_junk": bool(job.get("blank_junk", True)),
+    }
+
+
+def _run_module(call):
+    req, mode = call.get("req"), call.get("mode", "inproc")
+    manifest, core = _module_set(call)
+    if (
+        not isinstance(req, dict)
+        or not isinstance(manifest, dict)
+        or mode not in ("inproc", "warm", "fork")
+        or not isinstance(core, list)
+    ):
+        raise AgentError("bad_request", "run_module needs req, manifest, mode inproc|warm|fork")
+    interp = call.get("interpreter")
+    if interp and not _runs_interpreter(interp):
+        return {"fallback": "interpreter %s is not the agent's %s" % (interp, sys.executable)}
+    files = {}
+    for path, digest in manifest.items():
+        data = BLOBS.get(digest)
+        if data is None:
+            raise AgentError("bad_request", "blob %s for %s is not on the agent" % (digest, path))
+        files[path] = data
+    out, err = TEMPLATE_STREAMS or (sys.__stdout__, sys.__stderr__)
+    if "async" in call:  # an async task: a detached job, as Ansible's async_wrapper starts it
+        r = modrun().start_async(req, files, _async_job(call["async"]), out, err, disk=bool(call.get("disk")))
+    elif call.get("disk"):  # may re-execute itself: forked, its payload in a private temp dir
+        r = modrun().run(req, files, "fork", out, err, core, disk=True)
+    elif mode != "fork" and MODULE_LOCK.acquire(False):
+        try:
+            r = modrun().run(req, files, mode, out, err, core)
+        finally:
+            MODULE_LOCK.release()
+    else:
+        # Asked to fork, or another module runs in this process now (tasks of several hosts
+        # delegated to one): in a forked child, alongside it, as stock runs them in parallel.
+        r = modrun().run(req, files, "fork", out, err, core)
+    return {
+        "rc": r["rc"],
+        "stdout_b64": base64.b64encode(r["stdout"]).decode("ascii"),
+        "stderr_b64": base64.b64encode(r["stderr"]).decode("ascii"),
+        "seconds": r["seconds"],
+    }
+
+
+def _sha1_of(path):
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def op_copy_fast(chan, call_id, call):
+    """Ansible's copy action for one small file in one call: the decisions the action takes
+    on the controller after its remote stat (stat here with the same rules: follow, sha1),
+    then the `copy` module on the content staged where the module's src says, or the `file`
+    module when the content is already there. Cases the action handles with more steps (dest
+    is a directory, an unchanged file reached through a symlink) answer {"outcome": "stock"}
+    before anything is changed.
+
+    A large file (op `copy_stream`, which an agent without it refuses as unknown, so the
+    controller takes the stock flow) does not come inline: the first call answers {"outcome": "send"}
+    when the content differs and `staged` (beside dest: the module's move is a rename) can be
+    written; the controller then puts the file there (a stream at line rate) and calls again
+    with `prestaged`, which runs the module on it. The staged file never outlives the call."""
+    dest, follow = call.get("dest"), bool(call.get("follow"))
+    checksum, staged = call.get("checksum"), call.get("staged")
+    big, prestaged = call.get("op") == "copy_stream", bool(call.get("prestaged"))
+    copy_run, file_run = call.get("copy"), call.get("file")
+    for run in (copy_run, file_run):  # keep both sets: the controller sent each once
+        if isinstance(run, dict):
+            _module_set(run)
+    try:
+        data = base64.b64decode(call.get("data_b64") or "")
+    except (TypeError, ValueError) as exc:
+        raise AgentError("bad_request", "data_b64: %s" % exc)
+    if (
+        not all(isinstance(x, str) for x in (dest, checksum, staged))
+        or not isinstance(copy_run, dict)
+        or not isinstance(file_run, dict)
+    ):
+        raise AgentError("bad_request", "copy_fast needs dest, checksum, staged, copy, file")
+    path = os.path.expanduser(dest)
+    try:
+        st = os.stat(path) if follow else os.lstat(path)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        return {"outcome": "stock"}
+    remote = "1"  # what the action compares with when dest does not exist
+    if st is not None and stat.S_ISREG(st.st_mode):
+        try:
+            remote = _sha1_of(path)
+        except OSError:
+            remote = ""
+    elif st is not None:
+        remote = ""
+    src = os.path.expanduser(staged)
+    if remote == checksum:
+        if prestaged:
+            _unlink_quietly(src)
+        if follow and os.path.islink(path):
+            return {"outcome": "stock"}  # the action re-targets dest to the link's source
+        out = _run_module(file_run)
+        if "fallback" in out:
+            return {"outcome": "stock"}
+        out["outcome"] = "file"
+        return out
+    if big and not prestaged:
+        where = os.path.dirname(src) or "."
+        if not (os.path.isdir(where) and os.access(where, os.W_OK | os.X_OK)):
+            return {"outcome": "stock"}
+        return {"outcome": "send"}
+    if prestaged:
+        try:
+            if not stat.S_ISREG(os.lstat(src).st_mode):
+                return {"outcome": "stock"}
+        except OSError:
+            return {"outcome": "stock"}
+        try:
+            out = _run_module(copy_run)
+        finally:
+            _unlink_quietly(src)  # moved by the module when it succeeded
+        if "fallback" in out:
+            return {"outcome": "stock"}
+        out["outcome"] = "copy"
+        return out
+    top = os.path.dirname(src)
+    made = False  # only a directory made here is removed here
+    try:
+        os.makedirs(os.path.dirname(top), mode=0o700, exist_ok=True)
+        os.mkdir(top, 0o700)
+        made = True
+        fd = os.open(src, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            write_all(fd, data)
+        finally:
+            os.close(fd)
+    except OSError:  # e.g. a become user without a usable home: the stock flow copes
+        if made:
+            import shutil
+
+            shutil.rmtree(top, ignore_errors=True)
+        return {"outcome": "stock"}
+    try:
+        out = _run_module(copy_run)
+    finally:
+        import shutil
+
+        shutil.rmtree(top, ignore_errors=True)
+    if "fallback" in out:
+        return {"outcome": "stock"}
+    out["outcome"] = "copy"
+    return out
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
