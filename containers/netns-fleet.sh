@@ -12,7 +12,8 @@
 # Each target i is a network namespace sp-NAME-i joined to the host by a veth pair
 # (host spNAMEh<i>, target spNAMEt<i>) on its own /30, running its own sshd as root.
 # Targets share the host's filesystem and PID space, except that each gets private tmpfs
-# mounts on /tmp, /var/tmp and /root (unless --shared-fs), so what a test writes on a
+# mounts on /tmp, /var/tmp and /root (unless --shared-fs; root's pyenv versions, when there,
+# stay visible read-only in the private /root), so what a test writes on a
 # target stays on that target and disappears with it.
 #
 # Addressing: fleet NAME uses 10.S.0.0/16 with S = 100 + N, N in 0..127 (--net N, default
@@ -212,7 +213,20 @@ umount -l /run/netns 2>/dev/null || true
 if [ "$private" = 1 ]; then
   mount -t tmpfs -o mode=1777,size=256m spindle-tmp /tmp
   mount -t tmpfs -o mode=1777,size=256m spindle-tmp /var/tmp
+  # Interpreters installed in root's home (pyenv's versions) stay visible, read-only, in the
+  # private one: targets can run the oldest and newest Python (tests/ansible/run_matrix.py).
+  pyenv=""
+  if [ -d /root/.pyenv/versions ] && mkdir -p /tmp/.spindle-pyenv &&
+     mount --bind /root/.pyenv/versions /tmp/.spindle-pyenv; then
+    pyenv=1
+  fi
   mount -t tmpfs -o mode=0700,size=256m spindle-home /root
+  if [ -n "$pyenv" ]; then
+    mkdir -p /root/.pyenv/versions
+    mount --bind /tmp/.spindle-pyenv /root/.pyenv/versions
+    mount -o remount,bind,ro /root/.pyenv/versions || true
+    umount /tmp/.spindle-pyenv && rmdir /tmp/.spindle-pyenv
+  fi
 fi
 exec "$sshd" -f "$dir/sshd_config" -o "ListenAddress=$tip" -o "PidFile=$dir/sshd-$i.pid" -E "$dir/sshd-$i.log"
 '

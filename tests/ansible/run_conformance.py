@@ -23,8 +23,10 @@ run here (no fleet, venv or daemon binary).
 
 Everything lives in a work dir that is removed at the end (``--keep`` keeps it); nothing is
 written to $HOME.  Ansible comes from the venv .venv, or $SPINDLE_VENV (as in
-scripts/venv.sh).  Usage: ``python3 tests/ansible/run_conformance.py [--strategy
-linear|free|both] [--name NAME] [--via | --bastions] [--keep]``.
+scripts/venv.sh).  ``--target-pythons P1,P2``: t0 and t1 run modules (and, through spindle, their
+agents) under those interpreters, in both runs; t2 keeps interpreter discovery.  Usage:
+``python3 tests/ansible/run_conformance.py [--strategy linear|free|both] [--name NAME]
+[--via | --bastions] [--target-pythons P1,P2] [--keep]``.
 """
 
 import argparse
@@ -423,6 +425,12 @@ def main(argv=None):
         help="ANSIBLE_PIPELINING for both runs; auto: on for linear, Ansible's default (off) for free",
     )
     ap.add_argument('--name', default='acnf', help='fleet name ([a-z0-9]{1,5})')
+    ap.add_argument(
+        '--target-pythons',
+        metavar='P1[,P2]',
+        help='ansible_python_interpreter of t0 (and t1) in both runs (t2 keeps discovery): '
+        'the agent and modules on those Pythons',
+    )
     ap.add_argument('--keep', action='store_true', help='keep the work dir (logs, records)')
     ap.add_argument('--via', action='store_true', help='spindle reaches t1, t2 through t0')
     ap.add_argument(
@@ -478,6 +486,14 @@ def main(argv=None):
         with open(dead, 'w') as f:
             f.write('[fleet]\ntdead ansible_host=%s ansible_port=1\n' % ips[0])
         inventories = [inventory, dead]
+        if args.target_pythons:
+            pythons = os.path.join(work, 'pythons.ini')
+            with open(pythons, 'w') as f:
+                f.write('[fleet]\n')
+                for i, py in enumerate(args.target_pythons.split(',')[: COUNT - 1]):
+                    f.write('t%d ansible_python_interpreter=%s\n' % (i, py))
+            inventories.append(pythons)
+            print('target Pythons: %s (t2: discovered)' % args.target_pythons)
         spindle_inventories = inventories
         if args.via:
             for i in range(1, COUNT):

@@ -20,6 +20,36 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 SUITES = ('test_interpreters', 'test_field_cases', 'test_clis')
+# The target Pythons each ansible-core supports (its module support matrix): the conformance
+# run puts the oldest and the newest of them found here on two of its three targets.
+TARGET_PYTHONS = {
+    '2.18': ('3.8', '3.13'),
+    '2.19': ('3.8', '3.13'),
+    '2.20': ('3.9', '3.14'),
+    '2.21': ('3.9', '3.14'),
+}
+PYENV = os.path.join(os.environ.get('PYENV_ROOT') or os.path.expanduser('~root/.pyenv'), 'versions')
+
+
+def _pyenv_python(minor):
+    """pyenv's pythonX.Y (a netns target sees root's pyenv versions), or None."""
+    for d in sorted(os.listdir(PYENV)) if os.path.isdir(PYENV) else ():
+        exe = os.path.join(PYENV, d, 'bin', 'python' + minor)
+        if (d == minor or d.startswith(minor + '.')) and os.access(exe, os.X_OK):
+            return exe
+    return None
+
+
+def target_pythons(core):
+    """(oldest, newest) interpreter paths of ``core``'s supported target Pythons found here:
+    the oldest supported one there is, and the newest (or the newest here under it)."""
+    lo, hi = TARGET_PYTHONS.get('.'.join(core.split('.')[:2]), ('3.8', '3.13'))
+    minors = ['3.%d' % n for n in range(int(lo.split('.')[1]), int(hi.split('.')[1]) + 1)]
+    found = [(m, _pyenv_python(m)) for m in minors]
+    found = [(m, p) for m, p in found if p]
+    if not found:
+        return []
+    return [found[0][1], found[-1][1]] if len(found) > 1 else [found[0][1]]
 
 
 def venvs():
@@ -70,19 +100,21 @@ def main(argv=None):
                 failed = True
                 print(p.stdout[-4000:])
         if not args.no_conformance:
-            p, took = run(
-                [
-                    py,
-                    os.path.join(HERE, 'run_conformance.py'),
-                    '--strategy',
-                    'linear',
-                    '--name',
-                    'm' + core.replace('.', ''),
-                ],
-                env,
-            )
+            pythons = target_pythons(version[0])
+            argv = [
+                py,
+                os.path.join(HERE, 'run_conformance.py'),
+                '--strategy',
+                'linear',
+                '--name',
+                'm' + core.replace('.', ''),
+            ]
+            if pythons:
+                argv += ['--target-pythons', ','.join(pythons)]
+            p, took = run(argv, env)
             ok = p.returncode == 0
-            results.append('%s (%.0f s)' % ('pass' if ok else 'FAIL', took))
+            names = ', '.join(os.path.basename(x) for x in pythons) or 'none here'
+            results.append('%s (%.0f s; targets: %s + discovered)' % ('pass' if ok else 'FAIL', took, names))
             if not ok:
                 failed = True
                 print(p.stdout[-4000:])
@@ -91,7 +123,7 @@ def main(argv=None):
     head = (
         ['ansible-core', 'controller']
         + list(SUITES)
-        + ([] if args.no_conformance else ['conformance (linear pair)'])
+        + ([] if args.no_conformance else ['conformance (linear pair; target Pythons)'])
     )
     table = ['| %s |' % ' | '.join(head), '|' + '---|' * len(head)]
     table += ['| %s |' % ' | '.join(r) for r in rows]

@@ -308,8 +308,21 @@ class PluginTests(unittest.TestCase):
             self.assertEqual(f.read(), 'copied\n')
 
     def test_conformance(self):
+        # Two of the three targets on the oldest and newest target Python this ansible-core
+        # supports (as found here, run_matrix.target_pythons); the third keeps discovery.
+        import run_matrix
+
+        core = subprocess.run(
+            [os.path.join(VENV_BIN, 'python'), '-c', 'import ansible.release as r; print(r.__version__)'],
+            stdout=subprocess.PIPE,
+            universal_newlines=True,
+        ).stdout.strip()
+        argv = [sys.executable, os.path.join(HERE, 'run_conformance.py')]
+        pythons = run_matrix.target_pythons(core) if core else []
+        if pythons:
+            argv += ['--target-pythons', ','.join(pythons)]
         p = subprocess.run(
-            [sys.executable, os.path.join(HERE, 'run_conformance.py')],
+            argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             universal_newlines=True,
