@@ -1,0 +1,97 @@
+use super::*;
+
+#[test]
+fn fetch_data_past_the_announced_size_fails_the_call_not_the_stream() {
+    let dir = std::env::temp_dir().join(format!("spindle-router-fetch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let mut r = Router::new();
+    let now = Instant::now();
+    let t = target(serde_json::json!({}));
+    let fetch = |id: u64| {
+        let dest = dir.join(format!("f{id}"));
+        request(
+            serde_json::json!({"id": id, "op": "fetch", "src": "/x", "dest": dest,
+            "target": t}),
+        )
+    };
+    let size = crate::proto::flags::SIZE;
+    r.request(1, fetch(1), now);
+    hello(&mut r, 0, "/usr/bin/python3", now);
+    let h = only_call(&r, 0);
+    agent_frame(&mut r, 0, Kind::Data, size, h, &10u64.to_be_bytes());
+    agent_frame(&mut r, 0, Kind::Data, 0, h, &[7u8; 6]);
+    assert!(errors(&mut r).is_empty());
+    agent_frame(&mut r, 0, Kind::Data, 0, h, &[7u8; 5]);
+    let e = errors(&mut r);
+    assert!(
+        e.len() == 1 && e[0].starts_with("protocol") && e[0].contains("the 10 bytes it announced"),
+        "{e:?}"
+    );
+    assert!(queued(&r, 0).contains(&cancel_of(h)), "no cancel queued");
+    // An announcement over the daemon's limit, or a malformed one, fails at once.
+    for bad in [
+        (crate::router::FETCH_MAX + 1).to_be_bytes().to_vec(),
+        vec![1, 2, 3],
+    ] {
+        r.request(1, fetch(2), now);
+        let h = only_call(&r, 0);
+        agent_frame(&mut r, 0, Kind::Data, size, h, &bad);
+        let e = errors(&mut r);
+        assert!(e.len() == 1 && e[0].starts_with("protocol"), "{e:?}");
+    }
+    // Without an announcement, FETCH_MAX still bounds it (checked arithmetic, no panic).
+    r.request(1, fetch(3), now);
+    let h = only_call(&r, 0);
+    if let crate::router::calls::Op::Fetch { received, .. } =
+        &mut r.targets[0].calls.get_mut(&h).expect("call").op
+    {
+        *received = crate::router::FETCH_MAX;
+    }
+    agent_frame(&mut r, 0, Kind::Data, 0, h, &[0u8; 1]);
+    assert!(errors(&mut r)[0].contains("fetch limit"));
+    // The stream lives on.
+    assert_eq!(r.streams(), 1);
+    assert_ne!(r.targets[0].phase, crate::router::target::Phase::Dead);
+    assert_eq!(
+        std::fs::read_dir(&dir).expect("dir").count(),
+        0,
+        "temp files left"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_reply_read_with_refused_fetch_data_does_not_complete_it() {
+    let dir = std::env::temp_dir().join(format!("spindle-router-batch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let mut r = Router::new();
+    let now = Instant::now();
+    let dest = dir.join("f");
+    let f = serde_json::json!({"id": 1, "op": "fetch", "src": "/x", "dest": dest,
+        "target": target(serde_json::json!({}))});
+    r.request(1, request(f), now);
+    hello(&mut r, 0, "/usr/bin/python3", now);
+    let h = only_call(&r, 0);
+    // One read: a malformed SIZE frame, then a reply claiming an empty file.
+    let mut b = Vec::new();
+    let mut hd = FrameHeader {
+        kind: Kind::Data,
+        flags: crate::proto::flags::SIZE,
+        dst: CTX_CONTROLLER,
+        src: CTX_AGENT,
+        handle: h,
+        reply_to: 0,
+    };
+    encode_frame(&mut b, &hd, &[1]);
+    hd.kind = Kind::Reply;
+    hd.flags = 0;
+    hd.reply_to = h;
+    let sha_empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    let body = serde_json::json!({"size": 0, "sha256": sha_empty, "mode": 420});
+    encode_frame(&mut b, &hd, body.to_string().as_bytes());
+    r.target_bytes(0, &b, now);
+    let e = errors(&mut r);
+    assert!(e.len() == 1 && e[0].starts_with("protocol"), "{e:?}");
+    assert!(!dest.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
