@@ -55,3 +55,145 @@ fn a_gone_clients_exec_is_cancelled_without_a_reply() {
         "a reply or action for a gone client"
     );
 }
+
+#[test]
+fn a_call_past_its_call_timeout_gets_timeout_and_a_cancel() {
+    let mut r = Router::new();
+    let t0 = Instant::now();
+    let t = target(serde_json::json!({}));
+    r.request(1, exec(1, t.clone()), t0);
+    hello(&mut r, 0, "/usr/bin/python3", t0);
+    let h = only_call(&r, 0);
+    reply(&mut r, 0, h, r#"{"rc": 0}"#, t0);
+    assert_eq!(answered(&mut r), vec![1]);
+    written(&mut r, 0);
+    r.request(
+        1,
+        module_run(2, t, serde_json::json!({"call_timeout": 5})),
+        t0,
+    );
+    let h = only_call(&r, 0);
+    r.tick(t0 + Duration::from_millis(4999));
+    assert!(replies(&mut r).is_empty(), "timed out early");
+    r.tick(t0 + Duration::from_secs(5));
+    let e = only_error(&mut r, 2);
+    assert_eq!(e["kind"], "timeout", "{e}");
+    assert_eq!(e["host"], "t", "{e}");
+    assert!(r.targets[0].calls.is_empty(), "the call is still awaited");
+    // The agent is told to stop it: a cancel CALL to its context, after the call itself.
+    let calls = sent_calls(&r, 0);
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0].1["op"], "run_module");
+    let (h1, cancel) = &calls[1];
+    assert_eq!(h1.dst, CTX_AGENT);
+    assert_eq!(cancel, &serde_json::json!({"op": "cancel", "handle": h}));
+    // Its late reply (and the cancel's) find no call: no second answer, the stream lives on.
+    reply(&mut r, 0, h, r#"{"rc": 0}"#, t0 + Duration::from_secs(6));
+    reply(&mut r, 0, h1.handle, r#"{"cancelled": true}"#, t0);
+    assert!(replies(&mut r).is_empty());
+    assert_eq!(r.targets[0].phase, crate::router::Phase::Ready);
+}
+
+#[test]
+fn an_exec_gets_its_own_timeout_plus_grace_or_its_call_timeout_if_sooner() {
+    let grace = crate::router::EXEC_GRACE;
+    let t = target(serde_json::json!({}));
+    let ex = |id: u64, extra: serde_json::Value| {
+        let mut v = serde_json::json!({"id": id, "op": "exec", "shell": "sleep 100",
+            "target": t, "timeout": 10});
+        if let (Some(o), Some(x)) = (v.as_object_mut(), extra.as_object()) {
+            o.extend(x.clone());
+        }
+        request(v)
+    };
+    // (extra fields, when the daemon gives up)
+    let cases = [
+        (serde_json::json!({}), Duration::from_secs(10) + grace),
+        (
+            serde_json::json!({"call_timeout": 600}),
+            Duration::from_secs(10) + grace,
+        ),
+        (
+            serde_json::json!({"call_timeout": 12.5}),
+            Duration::from_millis(12500),
+        ),
+    ];
+    for (extra, limit) in cases {
+        let mut r = Router::new();
+        let t0 = Instant::now();
+        r.request(1, ex(1, extra.clone()), t0);
+        hello(&mut r, 0, "/usr/bin/python3", t0);
+        let h = only_call(&r, 0);
+        written(&mut r, 0);
+        r.tick(t0 + limit - Duration::from_millis(1));
+        assert!(
+            replies(&mut r).is_empty(),
+            "{extra}: gave up before {limit:?}"
+        );
+        r.tick(t0 + limit);
+        let e = only_error(&mut r, 1);
+        assert_eq!(e["kind"], "timeout", "{extra}: {e}");
+        let calls = sent_calls(&r, 0);
+        assert_eq!(
+            calls.iter().map(|c| &c.1).collect::<Vec<_>>(),
+            vec![&serde_json::json!({"op": "cancel", "handle": h})],
+            "{extra}"
+        );
+    }
+}
+
+#[test]
+fn a_become_start_gets_its_prompt_timeout_plus_grace() {
+    let grace = crate::router::SPAWN_GRACE;
+    let become_target = target(serde_json::json!({"become": sudo("app"), "connect_timeout": 10}));
+    // The stream runs; the become context's start is bounded by twice its prompt timeout
+    // (10 s) plus the grace, by which the agent's own error would have come.
+    let start = |r: &mut Router, t0: Instant| {
+        r.request(1, exec(1, target(serde_json::json!({}))), t0);
+        hello(r, 0, "/usr/bin/python3", t0);
+        let h = only_call(r, 0);
+        reply(r, 0, h, r#"{"rc": 0}"#, t0);
+        assert_eq!(answered(r), vec![1]);
+        r.request(1, exec(2, become_target.clone()), t0);
+        assert!(replies(r).is_empty());
+        id_of(r, &become_target)
+    };
+    let mut r = Router::new();
+    let t0 = Instant::now();
+    let c = start(&mut r, t0);
+    let limit = Duration::from_secs(20) + grace;
+    r.tick(t0 + limit - Duration::from_millis(1));
+    assert!(replies(&mut r).is_empty(), "gave up before {limit:?}");
+    r.tick(t0 + limit);
+    let e = only_error(&mut r, 2);
+    assert_eq!(e["kind"], "timeout", "{e}");
+    assert_eq!(e["host"], "t (sudo:app)", "{e}");
+    let ctx = r.targets[c].ctx;
+    let last = sent_calls(&r, 0).pop().expect("a CALL").1;
+    assert_eq!(last, serde_json::json!({"op": "close_context", "ctx": ctx}));
+    // Within it, the agent's answer to spawn_context decides: `become_failed` with its reason.
+    let mut r = Router::new();
+    let c = start(&mut r, t0);
+    let ctx = r.targets[c].ctx;
+    let spawn = sent_calls(&r, 0)
+        .into_iter()
+        .find(|(_, v)| v["op"] == "spawn_context")
+        .expect("a spawn_context");
+    assert_eq!(spawn.1["ctx"], ctx);
+    assert_eq!(spawn.1["timeout"], 10);
+    let err = r#"{"error": "incorrect_password", "message": "Sorry, try again."}"#;
+    let at = t0 + Duration::from_secs(10);
+    frame_from(
+        &mut r,
+        0,
+        CTX_AGENT,
+        Kind::Reply,
+        crate::proto::flags::ERROR,
+        spawn.0.handle,
+        err.as_bytes(),
+        at,
+    );
+    let e = only_error(&mut r, 2);
+    assert_eq!(e["kind"], "become_failed", "{e}");
+    assert_eq!(e["message"], "incorrect_password: Sorry, try again.", "{e}");
+}

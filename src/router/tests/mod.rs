@@ -3,12 +3,15 @@
 //!
 //! This file holds the fake agent and client helpers; the tests are grouped by theme: `start`
 //! (agent start deadlines, refused specs), `probe` (idle ssh streams checked before use),
-//! `deadlines` (call deadlines, cancels), `fetch` (fetch size limits) and `contexts`
+//! `deadlines` (call, exec and context start deadlines, cancels), `limits` (`busy`), `frames`
+//! (replies in parts, malformed frames), `fetch` (fetch size limits) and `contexts`
 //! (interpreter contexts).
 
 mod contexts;
 mod deadlines;
 mod fetch;
+mod frames;
+mod limits;
 mod probe;
 mod start;
 
@@ -132,4 +135,170 @@ fn answered(r: &mut Router) -> Vec<u64> {
         }
     }
     out
+}
+
+/// Feeds the router one frame read from stream `t`: from its own agent (`src` 1) or from a
+/// nested context behind it (`src` = the context id). `id` is the frame's handle, and for a
+/// REPLY also the call it answers; for a CREDIT, the bytes credited.
+#[allow(clippy::too_many_arguments)]
+fn frame_from(
+    r: &mut Router,
+    t: TargetId,
+    src: u32,
+    kind: Kind,
+    flags: u8,
+    id: u32,
+    p: &[u8],
+    now: Instant,
+) {
+    let mut b = Vec::new();
+    let h = FrameHeader {
+        kind,
+        flags,
+        dst: CTX_CONTROLLER,
+        src,
+        handle: id,
+        reply_to: if kind == Kind::Reply { id } else { 0 },
+    };
+    encode_frame(&mut b, &h, p);
+    r.target_bytes(t, &b, now);
+}
+
+/// The HELLO of the nested agent `c` (a become, interpreter or via context), read from its
+/// root stream.
+fn context_hello(r: &mut Router, c: TargetId, now: Instant) {
+    let root = r.root_of(c);
+    let ctx = r.targets[c].ctx;
+    let body = serde_json::json!({"proto": 1, "python": "3.11.2",
+        "executable": "/usr/bin/python3", "hostname": "h", "uid": 0, "pid": 2});
+    frame_from(
+        r,
+        root,
+        ctx,
+        Kind::Hello,
+        0,
+        0,
+        body.to_string().as_bytes(),
+        now,
+    );
+}
+
+/// The frames queued on stream `t` (after the agent's bootstrap code, if that is still
+/// queued). Only for queues without file ranges (their DATA payloads are left out).
+fn sent(r: &Router, t: TargetId) -> Vec<(FrameHeader, Vec<u8>)> {
+    let bytes = r.targets[t].out.queued_bytes();
+    let blob = crate::transport::bootstrap::agent_blob();
+    let frames = bytes.strip_prefix(blob).unwrap_or(&bytes);
+    let mut d = crate::proto::Decoder::default();
+    d.push(frames);
+    let mut out = Vec::new();
+    while let Some((h, p)) = d
+        .next_frame()
+        .expect("the router queued well-formed frames")
+    {
+        out.push((h, p.to_vec()));
+    }
+    out
+}
+
+/// The CALLs queued on stream `t` (MORE continuations joined): the first frame's header and
+/// the payload as JSON.
+fn sent_calls(r: &Router, t: TargetId) -> Vec<(FrameHeader, serde_json::Value)> {
+    let mut out = Vec::new();
+    let mut body: Vec<u8> = Vec::new();
+    let mut first: Option<FrameHeader> = None;
+    for (h, p) in sent(r, t) {
+        if h.kind != Kind::Call {
+            continue;
+        }
+        let head = *first.get_or_insert(h);
+        body.extend_from_slice(&p);
+        if h.flags & crate::proto::flags::MORE == 0 {
+            let v = serde_json::from_slice(&body).expect("a CALL payload is JSON");
+            out.push((head, v));
+            body.clear();
+            first = None;
+        }
+    }
+    out
+}
+
+/// The I/O layer wrote everything queued on stream `t` (the target read it).
+fn written(r: &mut Router, t: TargetId) {
+    r.targets[t].out.clear();
+}
+
+/// Replies sent so far, as JSON (successes and errors).
+fn replies(r: &mut Router) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    while let Some(a) = r.poll_action() {
+        if let Action::Reply(_, body) = a {
+            out.push(serde_json::from_slice(&body).expect("a reply is JSON"));
+        }
+    }
+    out
+}
+
+/// A become spec as the Ansible plugin builds it for `sudo` to `user` (docs/api.md, `become`).
+fn sudo(user: &str) -> serde_json::Value {
+    let success = format!("BECOME-SUCCESS-{user}");
+    serde_json::json!({"method": "sudo", "user": user, "flags": "sudo|-H -S -n",
+        "password": null,
+        "cmd": format!("sudo -H -S -n -u {user} /bin/sh -c 'echo {success}; __SPINDLE_BOOT__'"),
+        "success": success, "prompt": r"(?i)password[^\n:]*[:：]\s*$"})
+}
+
+/// The target id the router keeps for `spec` (a stream or a context).
+fn id_of(r: &Router, spec: &serde_json::Value) -> TargetId {
+    let s: crate::transport::Spec = serde_json::from_value(spec.clone()).expect("a valid spec");
+    *r.by_key.get(&s.key()).expect("a target for this spec")
+}
+
+/// A module run as the Ansible plugin sends it (`modexec.plan`), `extra` added to the request.
+fn module_run(id: u64, t: serde_json::Value, extra: serde_json::Value) -> Request {
+    let payload = serde_json::json!({"op": "run_module", "mode": "warm",
+        "req": {"ansible_module": "command", "params": {"_raw_params": "sleep 100"}},
+        "manifest": {}, "interpreter": "/usr/bin/python3"});
+    let mut v = serde_json::json!({"id": id, "op": "call", "target": t, "payload": payload});
+    if let (Some(o), Some(x)) = (v.as_object_mut(), extra.as_object()) {
+        o.extend(x.clone());
+    }
+    request(v)
+}
+
+/// The error object of the only reply sent so far, which must be for request `id`.
+fn only_error(r: &mut Router, id: u64) -> serde_json::Value {
+    let v = replies(r);
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0]["id"], id, "{v:?}");
+    assert_eq!(v[0]["ok"], false, "{v:?}");
+    v[0]["error"].clone()
+}
+
+/// Opens the target of `spec` (a stream, or a context on a ready parent) with one exec
+/// (request id 0) that its agent answers; what was queued counts as written. Its id.
+fn ready(r: &mut Router, spec: &serde_json::Value, now: Instant) -> TargetId {
+    r.request(1, exec(0, spec.clone()), now);
+    let t = id_of(r, spec);
+    let root = r.root_of(t);
+    if t == root {
+        hello(r, t, "/usr/bin/python3", now);
+    } else {
+        context_hello(r, t, now);
+        // Its parent's agent answers the spawn_context as well.
+        let p = r.targets[t].parent.expect("a context has a parent");
+        let spawn = r.targets[p].calls.iter().find_map(|(h, c)| {
+            matches!(c.op, crate::router::calls::Op::Spawn { child, .. } if child == t)
+                .then_some(*h)
+        });
+        let (pctx, h) = (r.targets[p].ctx, spawn.expect("a spawn_context in flight"));
+        let body = format!(r#"{{"ctx": {}, "pid": 3}}"#, r.targets[t].ctx);
+        frame_from(r, root, pctx, Kind::Reply, 0, h, body.as_bytes(), now);
+    }
+    let h = only_call(r, t);
+    let ctx = r.targets[t].ctx;
+    frame_from(r, root, ctx, Kind::Reply, 0, h, br#"{"rc": 0}"#, now);
+    assert_eq!(answered(r), vec![0]);
+    written(r, root);
+    t
 }
