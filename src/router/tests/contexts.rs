@@ -52,3 +52,244 @@ fn before_hello_the_start_interpreter_decides() {
     let e = errors(&mut r);
     assert!(e.iter().any(|m| m.starts_with("bad_request")), "{e:?}");
 }
+
+#[test]
+fn a_context_gets_at_most_its_window_in_flight_until_credit() {
+    use crate::router::CONTEXT_WINDOW;
+    let mut r = Router::new();
+    let now = Instant::now();
+    let t = target(serde_json::json!({}));
+    let s = ready(&mut r, &t, now);
+    let bt = target(serde_json::json!({"become": sudo("app")}));
+    // Five calls of 700 KiB for a become context (3.5 MiB): they wait for its HELLO.
+    let big = |id: u64| {
+        let payload = serde_json::json!({"op": "run_module", "mode": "warm",
+            "req": {"ansible_module": "copy", "params": {"content": "x".repeat(700 << 10)}},
+            "manifest": {}, "interpreter": "/usr/bin/python3"});
+        request(serde_json::json!({"id": id, "op": "call", "target": bt, "payload": payload}))
+    };
+    for id in 1..=5 {
+        r.request(1, big(id), now);
+    }
+    let c = id_of(&r, &bt);
+    let ctx = r.targets[c].ctx;
+    let calls = sent_calls(&r, s);
+    assert_eq!(
+        calls.len(),
+        1,
+        "only the spawn_context goes before the HELLO"
+    );
+    assert_eq!(calls[0].1["op"], "spawn_context");
+    written(&mut r, s);
+    context_hello(&mut r, c, now);
+    // A window's worth moves to the stream (whole frames: it may be passed by one chunk).
+    let moved = r.targets[s].out.len();
+    assert!(
+        (CONTEXT_WINDOW..2 * CONTEXT_WINDOW).contains(&moved),
+        "{moved} bytes in flight"
+    );
+    assert_eq!(r.targets[c].unacked, moved);
+    let first = sent_calls(&r, s);
+    assert!(first.len() < 5 && !r.targets[c].out.is_empty(), "no window");
+    assert!(first
+        .iter()
+        .all(|(h, v)| h.dst == ctx && v["op"] == "run_module"));
+    // No credit, no more: not even for a new call, nor for a CREDIT of the stream's own agent.
+    written(&mut r, s);
+    r.request(1, exec(6, bt.clone()), now);
+    frame_from(&mut r, s, CTX_AGENT, Kind::Credit, 0, 1 << 20, &[], now);
+    r.take_touched();
+    assert!(r.targets[s].out.is_empty(), "sent past the window");
+    // The agent wrote 1 MiB into the context's input: as much more may go.
+    frame_from(&mut r, s, ctx, Kind::Credit, 0, 1 << 20, &[], now);
+    let second = sent_calls(&r, s);
+    assert!(!second.is_empty(), "credit released nothing");
+    assert!(r.targets[c].unacked <= CONTEXT_WINDOW + r.targets[s].out.len());
+    // Credit for everything: the rest goes, in order.
+    written(&mut r, s);
+    let all = u32::try_from(r.targets[c].unacked).expect("small");
+    frame_from(&mut r, s, ctx, Kind::Credit, 0, all, &[], now);
+    let third = sent_calls(&r, s);
+    assert!(r.targets[c].out.is_empty(), "frames left behind");
+    let handles: Vec<u32> = [first, second, third]
+        .concat()
+        .iter()
+        .map(|(h, _)| h.handle)
+        .collect();
+    assert_eq!(handles.len(), 6, "{handles:?}");
+    assert!(handles.windows(2).all(|w| w[0] < w[1]), "{handles:?}");
+}
+
+#[test]
+fn the_least_recently_used_idle_become_context_is_recycled() {
+    use crate::router::DEFAULT_MAX_INTERPRETERS as MAX;
+    let mut r = Router::new();
+    let t0 = Instant::now();
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let s = ready(&mut r, &target(serde_json::json!({})), t0);
+    let user = |i: usize| target(serde_json::json!({"become": sudo(&format!("u{i}"))}));
+    let ctxs: Vec<TargetId> = (0..MAX)
+        .map(|i| ready(&mut r, &user(i), at(i as u64)))
+        .collect();
+    // u0 is used again, u1 has a call in flight: u2 is the least recently used idle one.
+    let _ = ready(&mut r, &user(0), at(100));
+    r.request(1, exec(1, user(1)), at(101));
+    let u2 = (ctxs[2], r.targets[ctxs[2]].ctx);
+    r.request(1, exec(2, user(MAX)), at(102));
+    let mut killed = Vec::new();
+    while let Some(a) = r.poll_action() {
+        match a {
+            Action::Kill(t) => killed.push(t),
+            Action::Reply(..) => panic!("a reply: {a:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(killed, vec![u2.0]);
+    assert_eq!(r.counters.recycled, 1);
+    let close = serde_json::json!({"op": "close_context", "ctx": u2.1});
+    let calls = sent_calls(&r, s);
+    assert!(
+        calls.iter().any(|(h, v)| h.dst == CTX_AGENT && v == &close),
+        "{calls:?}"
+    );
+    assert!(calls.iter().any(|(_, v)| v["op"] == "spawn_context"));
+    assert_eq!(r.targets[s].children.len(), MAX);
+    assert_eq!(
+        r.targets[ctxs[1]].calls.len(),
+        1,
+        "the busy one was touched"
+    );
+    for i in (0..MAX).filter(|&i| i != 2) {
+        assert_ne!(r.targets[ctxs[i]].phase, crate::router::Phase::Dead, "u{i}");
+    }
+    // u2 again: a new context, and the next least recently used idle one (u3) goes.
+    written(&mut r, s);
+    r.request(1, exec(3, user(2)), at(103));
+    assert_ne!(id_of(&r, &user(2)), u2.0);
+    assert!(r.by_key.len() == MAX + 1 && r.targets[ctxs[3]].phase == crate::router::Phase::Dead);
+    assert_eq!(r.counters.recycled, 2);
+}
+
+/// A gateway, a bastion behind it, a web host behind the bastion, and a db host behind the
+/// gateway (ssh targets as the plugin sends them, `via` nested).
+fn hop_tree() -> [serde_json::Value; 4] {
+    let gw = serde_json::json!({"transport": "ssh", "host": "gw.example", "name": "gw"});
+    let bastion = serde_json::json!({"transport": "ssh", "host": "10.0.0.2", "name": "bastion",
+        "via": gw});
+    let web = serde_json::json!({"transport": "ssh", "host": "10.0.1.5", "name": "web",
+        "via": bastion});
+    let db = serde_json::json!({"transport": "ssh", "host": "10.0.0.9", "name": "db",
+        "via": gw});
+    [gw, bastion, web, db]
+}
+
+/// Request ids of the failed replies sent so far, with their kinds, sorted.
+fn failed(r: &mut Router) -> Vec<(u64, String)> {
+    let mut out: Vec<(u64, String)> = replies(r)
+        .iter()
+        .filter(|v| v["ok"] == false)
+        .map(|v| {
+            (
+                v["id"].as_u64().unwrap_or(0),
+                v["error"]["kind"].to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_hop_that_ends_fails_the_targets_behind_it_and_no_other() {
+    let mut r = Router::new();
+    let now = Instant::now();
+    let [gw, bastion, web, db] = hop_tree();
+    let ids: Vec<TargetId> = [&gw, &bastion, &web, &db]
+        .into_iter()
+        .map(|s| ready(&mut r, s, now))
+        .collect();
+    let (g, b, w) = (ids[0], ids[1], ids[2]);
+    assert_eq!(r.targets[w].label, "web via bastion");
+    for (id, spec) in [(1, &web), (2, &db), (3, &gw), (4, &bastion)] {
+        r.request(1, exec(id, spec.clone()), now);
+    }
+    let web_call = only_call(&r, w);
+    let (bctx, wctx) = (r.targets[b].ctx, r.targets[w].ctx);
+    written(&mut r, g);
+    // The bastion's agent ends (its ssh from the gateway dropped): the gateway says so.
+    let end = br#"{"error": "connection_lost", "message": "context 2 ended: Connection reset"}"#;
+    let fl = crate::proto::flags::ERROR | crate::proto::flags::EOF;
+    frame_from(&mut r, g, bctx, Kind::Reply, fl, 0, end, now);
+    let lost = "\"connection_lost\"".to_string();
+    assert_eq!(failed(&mut r), vec![(1, lost.clone()), (4, lost)]);
+    let close = serde_json::json!({"op": "close_context", "ctx": bctx});
+    assert_eq!(sent_calls(&r, g).last().map(|c| &c.1), Some(&close));
+    assert!(!r.targets[g].routes.contains_key(&bctx) && !r.targets[g].routes.contains_key(&wctx));
+    // A late frame of the web host is dropped; the gateway and the db host carry on.
+    frame_from(
+        &mut r,
+        g,
+        wctx,
+        Kind::Reply,
+        0,
+        web_call,
+        br#"{"rc": 0}"#,
+        now,
+    );
+    assert!(replies(&mut r).is_empty());
+    let (hd, hg) = (client_call(&r, ids[3]), client_call(&r, g));
+    let dctx = r.targets[ids[3]].ctx;
+    frame_from(&mut r, g, dctx, Kind::Reply, 0, hd, br#"{"rc": 0}"#, now);
+    frame_from(
+        &mut r,
+        g,
+        CTX_AGENT,
+        Kind::Reply,
+        0,
+        hg,
+        br#"{"rc": 0}"#,
+        now,
+    );
+    assert_eq!(answered(&mut r), vec![2, 3]);
+    // The next request for the web host starts the bastion again through the gateway.
+    written(&mut r, g);
+    r.request(1, exec(5, web), now);
+    let calls = sent_calls(&r, g);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].1["op"], "spawn_context");
+    assert!(calls[0].1["cmd"]
+        .as_str()
+        .is_some_and(|c| c.contains("10.0.0.2")));
+}
+
+#[test]
+fn a_lost_hop_stream_fails_every_target_behind_it_and_no_other() {
+    let mut r = Router::new();
+    let now = Instant::now();
+    let [gw, bastion, web, db] = hop_tree();
+    let other = target(serde_json::json!({}));
+    let ids: Vec<TargetId> = [&gw, &bastion, &web, &db, &other]
+        .into_iter()
+        .map(|s| ready(&mut r, s, now))
+        .collect();
+    for (id, spec) in [(1, &web), (2, &db), (3, &gw), (4, &bastion), (5, &other)] {
+        r.request(1, exec(id, spec.clone()), now);
+    }
+    r.target_closed(ids[0], "Connection to gw.example closed by remote host.");
+    let lost = "\"connection_lost\"".to_string();
+    assert_eq!(
+        failed(&mut r),
+        (1..=4).map(|i| (i, lost.clone())).collect::<Vec<_>>()
+    );
+    assert!(ids[..4]
+        .iter()
+        .all(|&t| r.targets[t].phase == crate::router::Phase::Dead));
+    assert_eq!(r.streams(), 1);
+    let h = only_call(&r, ids[4]);
+    reply(&mut r, ids[4], h, r#"{"rc": 0}"#, now);
+    assert_eq!(answered(&mut r), vec![5]);
+    // The next request for a host behind it opens the chain anew, from the gateway.
+    r.request(1, exec(6, db), now);
+    assert!(matches!(r.poll_action(), Some(Action::Spawn(t)) if t != ids[0]));
+    assert_eq!(r.streams(), 3, "other, gw and db");
+}

@@ -117,10 +117,13 @@ fn patched_reply(h: u32, patch: impl Fn(&mut [u8])) -> Vec<u8> {
     b
 }
 
+/// A change to a frame's bytes.
+type Patch = Box<dyn Fn(&mut [u8])>;
+
 #[test]
 fn malformed_bytes_from_an_agent_fail_its_stream_and_no_other() {
     let over = (crate::proto::MAX_PAYLOAD as u32 + 1).to_be_bytes();
-    let cases: [(&str, Box<dyn Fn(&mut [u8])>); 4] = [
+    let cases: [(&str, Patch); 4] = [
         (
             "bad frame magic",
             Box::new(|b| b[..2].copy_from_slice(b"Tr")),

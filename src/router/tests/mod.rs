@@ -5,7 +5,7 @@
 //! (agent start deadlines, refused specs), `probe` (idle ssh streams checked before use),
 //! `deadlines` (call, exec and context start deadlines, cancels), `limits` (`busy`), `frames`
 //! (replies in parts, malformed frames), `fetch` (fetch size limits) and `contexts`
-//! (interpreter contexts).
+//! (interpreter, become and via contexts: window, recycling, hops that fail).
 
 mod contexts;
 mod deadlines;
@@ -94,6 +94,18 @@ fn agent_frame(r: &mut Router, t: TargetId, kind: Kind, flags: u8, handle: u32, 
 /// The handle of the only call in flight on target `t`.
 fn only_call(r: &Router, t: TargetId) -> u32 {
     let handles: Vec<u32> = r.targets[t].calls.keys().copied().collect();
+    assert_eq!(handles.len(), 1, "{handles:?}");
+    handles[0]
+}
+
+/// The handle of the only call of target `t` that a client waits for.
+fn client_call(r: &Router, t: TargetId) -> u32 {
+    let handles: Vec<u32> = r.targets[t]
+        .calls
+        .iter()
+        .filter(|(_, c)| c.client.is_some())
+        .map(|(h, _)| *h)
+        .collect();
     assert_eq!(handles.len(), 1, "{handles:?}");
     handles[0]
 }
@@ -275,13 +287,18 @@ fn only_error(r: &mut Router, id: u64) -> serde_json::Value {
     v[0]["error"].clone()
 }
 
-/// Opens the target of `spec` (a stream, or a context on a ready parent) with one exec
-/// (request id 0) that its agent answers; what was queued counts as written. Its id.
+/// Opens the target of `spec` (a stream, or a context on a ready parent), or uses it again,
+/// with one exec (request id 0) that its agent answers; what was queued counts as written.
+/// Its id.
 fn ready(r: &mut Router, spec: &serde_json::Value, now: Instant) -> TargetId {
+    let s: crate::transport::Spec = serde_json::from_value(spec.clone()).expect("a valid spec");
+    let open = r.by_key.contains_key(&s.key());
     r.request(1, exec(0, spec.clone()), now);
     let t = id_of(r, spec);
     let root = r.root_of(t);
-    if t == root {
+    if open {
+        // Its agent runs already.
+    } else if t == root {
         hello(r, t, "/usr/bin/python3", now);
     } else {
         context_hello(r, t, now);
