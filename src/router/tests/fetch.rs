@@ -95,3 +95,104 @@ fn a_reply_read_with_refused_fetch_data_does_not_complete_it() {
     assert!(!dest.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_fetch_cut_short_fails_and_leaves_no_file() {
+    use crate::proto::flags::{EOF, SIZE};
+    let dir = tempfile::tempdir().expect("scratch dir");
+    let mut r = Router::new();
+    let now = Instant::now();
+    let t = target(serde_json::json!({}));
+    let s = ready(&mut r, &t, now);
+    let fetch = |id: u64, name: &str| {
+        request(
+            serde_json::json!({"id": id, "op": "fetch", "src": "/var/log/syslog",
+            "dest": dir.path().join(name), "target": t}),
+        )
+    };
+    let data = b"0123456789";
+    let answer = |size: usize| {
+        let sha = crate::cache::sha256_hex(&data[..size]);
+        serde_json::json!({"size": size, "sha256": sha, "mode": 420}).to_string()
+    };
+    let start = |r: &mut Router, id: u64, name: &str| {
+        r.request(1, fetch(id, name), now);
+        let h = only_call(r, s);
+        frame_from(
+            r,
+            s,
+            CTX_AGENT,
+            Kind::Data,
+            SIZE,
+            h,
+            &10u64.to_be_bytes(),
+            now,
+        );
+        frame_from(r, s, CTX_AGENT, Kind::Data, 0, h, &data[..6], now);
+        h
+    };
+    // Whole: 10 bytes announced, sent and reported.
+    let h = start(&mut r, 1, "whole");
+    frame_from(&mut r, s, CTX_AGENT, Kind::Data, EOF, h, &data[6..], now);
+    frame_from(
+        &mut r,
+        s,
+        CTX_AGENT,
+        Kind::Reply,
+        0,
+        h,
+        answer(10).as_bytes(),
+        now,
+    );
+    assert_eq!(answered(&mut r), vec![1]);
+    assert_eq!(
+        std::fs::read(dir.path().join("whole")).expect("fetched"),
+        data
+    );
+    // The reply comes after 6 of the 10 bytes, claiming 10: refused.
+    let h = start(&mut r, 2, "short");
+    frame_from(&mut r, s, CTX_AGENT, Kind::Data, EOF, h, &[], now);
+    frame_from(
+        &mut r,
+        s,
+        CTX_AGENT,
+        Kind::Reply,
+        0,
+        h,
+        answer(10).as_bytes(),
+        now,
+    );
+    let e = only_error(&mut r, 2);
+    assert_eq!(e["kind"], "protocol", "{e}");
+    assert_eq!(e["message"], "fetched 6 bytes, agent reported 10", "{e}");
+    // A file that shrank while read: the agent reports what it sent (the announced size is
+    // a maximum), and that is the file.
+    let h = start(&mut r, 3, "shrank");
+    frame_from(&mut r, s, CTX_AGENT, Kind::Data, EOF, h, &[], now);
+    frame_from(
+        &mut r,
+        s,
+        CTX_AGENT,
+        Kind::Reply,
+        0,
+        h,
+        answer(6).as_bytes(),
+        now,
+    );
+    assert_eq!(answered(&mut r), vec![3]);
+    assert_eq!(
+        std::fs::read(dir.path().join("shrank")).expect("fetched"),
+        &data[..6]
+    );
+    // The stream ends after 6 of the 10 bytes.
+    start(&mut r, 4, "lost");
+    r.target_closed(s, "");
+    assert_eq!(only_error(&mut r, 4)["kind"], "connection_lost");
+    // Neither a destination nor a temp file of the failed ones is left.
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["shrank", "whole"]);
+}

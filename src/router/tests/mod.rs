@@ -1,12 +1,14 @@
 //! The router in memory: requests, target bytes and time in, actions and queued bytes out
 //! (no sockets, no processes, a fake clock made of `Instant` offsets).
 //!
-//! This file holds the fake agent and client helpers; the tests are grouped by theme: `start`
-//! (agent start deadlines, refused specs), `probe` (idle ssh streams checked before use),
-//! `deadlines` (call, exec and context start deadlines, cancels), `limits` (`busy`), `frames`
-//! (replies in parts, malformed frames), `fetch` (fetch size limits) and `contexts`
-//! (interpreter, become and via contexts: window, recycling, hops that fail).
+//! This file holds the fake agent and client helpers; the tests are grouped by theme:
+//! `start` (agent start deadlines, refused specs), `probe` (idle ssh streams checked before
+//! use), `deadlines` (call, exec and context start deadlines, cancels), `limits` (`busy`),
+//! `frames` (replies in parts, malformed frames), `fetch` (fetch size limits, a fetch cut
+//! short), `contexts` (interpreter, become and via contexts: window, recycling, hops that
+//! fail) and `blobs` (module code pushed once, by reference to a context's parent).
 
+mod blobs;
 mod contexts;
 mod deadlines;
 mod fetch;
