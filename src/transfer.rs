@@ -109,6 +109,25 @@ impl Outbound {
         out
     }
 
+    /// Everything queued, file ranges read from their files, for in-memory tests.
+    #[cfg(test)]
+    pub(crate) fn queued_with_files(&self) -> Vec<u8> {
+        use std::os::unix::fs::FileExt as _;
+        let mut out = Vec::new();
+        for c in &self.chunks {
+            match c {
+                Chunk::Bytes { data, pos } => out.extend_from_slice(&data[*pos..]),
+                Chunk::File { file, offset, len } => {
+                    let at = out.len();
+                    out.resize(at + len, 0);
+                    file.read_exact_at(&mut out[at..], *offset)
+                        .expect("a queued file range is readable");
+                }
+            }
+        }
+        out
+    }
+
     /// Appends protocol bytes via a closure writing into a byte buffer (e.g. `encode_frame`).
     pub fn with_bytes(&mut self, f: impl FnOnce(&mut Vec<u8>)) {
         let extend =

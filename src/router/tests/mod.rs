@@ -3,9 +3,9 @@
 //!
 //! This file holds the fake agent and client helpers; the tests are grouped by theme:
 //! `start` (agent start deadlines, refused specs), `probe` (idle ssh streams checked before
-//! use), `deadlines` (call, exec and context start deadlines, cancels), `limits` (`busy`),
-//! `frames` (replies in parts, malformed frames), `fetch` (fetch size limits, a fetch cut
-//! short), `contexts` (interpreter, become and via contexts: window, recycling, hops that
+//! use, requests held meanwhile), `deadlines` (call, exec and context start deadlines, cancels), `limits` (`busy`),
+//! `frames` (replies in parts, malformed frames), `put` (low-water refill, abort, hop file
+//! cache), `fetch` (fetch size limits, a fetch cut short), `contexts` (interpreter, become and via contexts: window, recycling, hops that
 //! fail) and `blobs` (module code pushed once, by reference to a context's parent).
 
 mod blobs;
@@ -15,6 +15,7 @@ mod fetch;
 mod frames;
 mod limits;
 mod probe;
+mod put;
 mod start;
 
 use super::{Action, Router, TargetId};
@@ -198,9 +199,9 @@ fn context_hello(r: &mut Router, c: TargetId, now: Instant) {
 }
 
 /// The frames queued on stream `t` (after the agent's bootstrap code, if that is still
-/// queued). Only for queues without file ranges (their DATA payloads are left out).
+/// queued), file data read from the files.
 fn sent(r: &Router, t: TargetId) -> Vec<(FrameHeader, Vec<u8>)> {
-    let bytes = r.targets[t].out.queued_bytes();
+    let bytes = r.targets[t].out.queued_with_files();
     let blob = crate::transport::bootstrap::agent_blob();
     let frames = bytes.strip_prefix(blob).unwrap_or(&bytes);
     let mut d = crate::proto::Decoder::default();

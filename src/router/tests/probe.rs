@@ -122,3 +122,30 @@ fn local_streams_and_busy_streams_are_not_checked() {
     assert_eq!(r.targets[0].calls.len(), 2);
     assert!(!queued(&r, 0).contains("\"ping\""));
 }
+
+#[test]
+fn busy_when_too_many_requests_wait_for_a_liveness_check() {
+    use crate::router::MAX_INFLIGHT;
+    let mut r = Router::new();
+    let t0 = Instant::now();
+    used_ssh_stream(&mut r, t0);
+    let later = t0 + crate::router::PROBE_AFTER * 3;
+    for id in 0..MAX_INFLIGHT as u64 {
+        r.request(1, exec(100 + id, ssh_target()), later);
+    }
+    assert!(replies(&mut r).is_empty());
+    let probe = only_call(&r, 0);
+    r.request(1, exec(5000, ssh_target()), later);
+    let e = only_error(&mut r, 5000);
+    assert_eq!(e["kind"], "busy", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("wait for a liveness check")),
+        "{e}"
+    );
+    // The answer lets every held one go.
+    reply(&mut r, 0, probe, r#"{"pong": true}"#, later);
+    assert!(replies(&mut r).is_empty());
+    assert_eq!(r.targets[0].calls.len(), MAX_INFLIGHT);
+}

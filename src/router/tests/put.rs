@@ -1,0 +1,205 @@
+use super::*;
+use crate::proto::flags::{ABORT, EOF};
+use crate::router::{CHUNK, LOW_WATER};
+
+/// A local file of `len` bytes in `dir`: its path and content.
+fn source(dir: &tempfile::TempDir, len: usize) -> (std::path::PathBuf, Vec<u8>) {
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let path = dir.path().join(format!("src-{len}"));
+    std::fs::write(&path, &data).expect("source file");
+    (path, data)
+}
+
+/// A `put` as the plugin sends it (`Client.put`).
+fn put(id: u64, src: &std::path::Path, t: &serde_json::Value, extra: serde_json::Value) -> Request {
+    let mut v = serde_json::json!({"id": id, "op": "put", "target": t, "src": src,
+        "dest": "/etc/motd", "mode": 420});
+    if let (Some(o), Some(x)) = (v.as_object_mut(), extra.as_object()) {
+        o.extend(x.clone());
+    }
+    request(v)
+}
+
+#[test]
+fn put_data_is_queued_only_below_the_low_water_mark() {
+    let dir = tempfile::tempdir().expect("scratch dir");
+    let (src, data) = source(&dir, 3 << 20);
+    let mut r = Router::new();
+    let now = Instant::now();
+    let t = target(serde_json::json!({}));
+    let s = ready(&mut r, &t, now);
+    r.request(1, put(1, &src, &t, serde_json::json!({})), now);
+    let h = only_call(&r, s);
+    let (mut got, mut rounds) = (Vec::new(), 0);
+    loop {
+        // What is queued: under the mark plus one chunk (and its frame header, the CALL).
+        let q = r.targets[s].out.len();
+        assert!(q < LOW_WATER + CHUNK + 1024, "{q} bytes queued");
+        let mut eof = false;
+        for (hd, p) in sent(&r, s) {
+            if hd.kind == Kind::Call {
+                let v: serde_json::Value = serde_json::from_slice(&p).expect("JSON");
+                assert_eq!(v["op"], "put_file");
+                assert_eq!(
+                    (&v["path"], &v["size"], &v["mode"]),
+                    (&"/etc/motd".into(), &data.len().into(), &420.into())
+                );
+                continue;
+            }
+            assert_eq!((hd.kind, hd.handle), (Kind::Data, h));
+            assert!(p.len() <= CHUNK);
+            got.extend_from_slice(&p);
+            eof = hd.flags & EOF != 0;
+        }
+        if eof {
+            break;
+        }
+        // The target read it all: the I/O layer refills.
+        written(&mut r, s);
+        r.refill(s);
+        rounds += 1;
+    }
+    assert_eq!(got, data);
+    assert_eq!(rounds, 5, "3 MiB in rounds of 512 KiB + 256 KiB");
+    let sha = crate::cache::sha256_hex(&data);
+    let answer = serde_json::json!({"path": "/etc/motd", "size": data.len(), "sha256": sha});
+    reply(&mut r, s, h, &answer.to_string(), now);
+    assert_eq!(answered(&mut r), vec![1]);
+}
+
+#[test]
+fn a_timed_out_put_is_aborted_and_a_gone_clients_put_completes() {
+    let dir = tempfile::tempdir().expect("scratch dir");
+    let (src, _) = source(&dir, 2 << 20);
+    let mut r = Router::new();
+    let t0 = Instant::now();
+    let t = target(serde_json::json!({}));
+    let s = ready(&mut r, &t, t0);
+    r.request(
+        1,
+        put(1, &src, &t, serde_json::json!({"call_timeout": 2})),
+        t0,
+    );
+    let h = only_call(&r, s);
+    written(&mut r, s);
+    r.tick(t0 + Duration::from_secs(2));
+    assert_eq!(only_error(&mut r, 1)["kind"], "timeout");
+    // DATA with ABORT tells the agent to drop the partial file; no more data follows.
+    let frames = sent(&r, s);
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    let (hd, p) = &frames[0];
+    assert_eq!(
+        (hd.kind, hd.flags, hd.handle, p.len()),
+        (Kind::Data, ABORT, h, 0)
+    );
+    written(&mut r, s);
+    r.refill(s);
+    assert!(r.targets[s].out.is_empty() && r.targets[s].puts.is_empty());
+    // A client that goes away leaves its put to complete (no ABORT), its reply dropped.
+    r.request(2, put(2, &src, &t, serde_json::json!({})), t0);
+    let h = only_call(&r, s);
+    r.client_gone(2);
+    assert!(sent(&r, s).iter().all(|(hd, _)| hd.flags & ABORT == 0));
+    assert_eq!(r.targets[s].puts.len(), 1, "the put stopped");
+    reply(
+        &mut r,
+        s,
+        h,
+        r#"{"path": "/etc/motd", "size": 2097152}"#,
+        t0,
+    );
+    assert!(r.poll_action().is_none(), "a reply for a gone client");
+}
+
+#[test]
+fn a_large_put_to_hosts_behind_a_hop_crosses_the_link_once() {
+    let dir = tempfile::tempdir().expect("scratch dir");
+    let (src, data) = source(&dir, crate::router::HOP_CACHE_MIN as usize + 1000);
+    let sha = crate::cache::sha256_hex(&data);
+    let mut r = Router::new();
+    let now = Instant::now();
+    let gw = serde_json::json!({"transport": "ssh", "host": "gw.example", "name": "gw"});
+    let web = |i: u32| {
+        serde_json::json!({"transport": "ssh", "host": format!("10.0.1.{i}"),
+            "name": format!("web{i}"), "via": gw})
+    };
+    let g = ready(&mut r, &gw, now);
+    let w: Vec<TargetId> = (1..=2).map(|i| ready(&mut r, &web(i), now)).collect();
+    r.request(1, put(1, &src, &web(1), serde_json::json!({})), now);
+    r.request(1, put(2, &src, &web(2), serde_json::json!({})), now);
+    // The file goes once, into the gateway's cache: no put_file to either web host yet.
+    let frames = sent(&r, g);
+    let (hd, call) = &frames[0];
+    let call: serde_json::Value = serde_json::from_slice(call).expect("JSON");
+    assert_eq!((hd.kind, hd.dst), (Kind::Call, CTX_AGENT));
+    assert_eq!(
+        call,
+        serde_json::json!({"op": "cache_put", "sha256": sha, "size": data.len()})
+    );
+    let fill: Vec<u8> = frames[1..]
+        .iter()
+        .inspect(|(d, _)| {
+            assert_eq!(
+                (d.kind, d.handle, d.dst),
+                (Kind::Data, hd.handle, CTX_AGENT)
+            )
+        })
+        .flat_map(|(_, p)| p.clone())
+        .collect();
+    assert_eq!(fill, data);
+    written(&mut r, g);
+    // Once it is there, the gateway sends it on to each.
+    let cached = serde_json::json!({"sha256": sha, "size": data.len()}).to_string();
+    reply(&mut r, g, hd.handle, &cached, now);
+    let relays = sent_calls(&r, g);
+    assert_eq!(relays.len(), 2, "{relays:?}");
+    for ((hd, v), &wt) in relays.iter().zip(&w) {
+        let handle = client_call(&r, wt);
+        assert_eq!(hd.dst, CTX_AGENT);
+        assert_eq!(
+            (&v["op"], &v["ctx"], &v["sha256"]),
+            (
+                &"relay_put".into(),
+                &r.targets[wt].ctx.into(),
+                &sha.clone().into()
+            )
+        );
+        assert_eq!(v["handle"], handle);
+        assert_eq!(
+            (&v["call"]["op"], &v["call"]["size"]),
+            (&"put_file".into(), &data.len().into())
+        );
+    }
+    // Each web host answers its put (the relay's own answer goes to no client).
+    for (i, &wt) in w.iter().enumerate() {
+        let (ctx, handle) = (r.targets[wt].ctx, client_call(&r, wt));
+        let answer = serde_json::json!({"path": "/etc/motd", "size": data.len(), "sha256": sha});
+        frame_from(
+            &mut r,
+            g,
+            ctx,
+            Kind::Reply,
+            0,
+            handle,
+            answer.to_string().as_bytes(),
+            now,
+        );
+        assert_eq!(answered(&mut r), vec![i as u64 + 1]);
+    }
+    for (hd, _) in relays {
+        reply(
+            &mut r,
+            g,
+            hd.handle,
+            &format!(r#"{{"size": {}}}"#, data.len()),
+            now,
+        );
+    }
+    assert!(replies(&mut r).is_empty());
+    // Again to web1: straight from the cache.
+    written(&mut r, g);
+    r.request(1, put(3, &src, &web(1), serde_json::json!({})), now);
+    let calls = sent_calls(&r, g);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].1["op"], "relay_put");
+}
