@@ -293,3 +293,54 @@ fn a_lost_hop_stream_fails_every_target_behind_it_and_no_other() {
     assert!(matches!(r.poll_action(), Some(Action::Spawn(t)) if t != ids[0]));
     assert_eq!(r.streams(), 3, "other, gw and db");
 }
+
+#[test]
+fn a_host_its_hop_cannot_reach_fails_with_the_hops_reason_and_no_other() {
+    let mut r = Router::new();
+    let now = Instant::now();
+    let [gw, _, _, db] = hop_tree();
+    let g = ready(&mut r, &gw, now);
+    let d = ready(&mut r, &db, now);
+    let web = serde_json::json!({"transport": "ssh", "host": "10.0.0.7", "name": "web7",
+        "via": gw});
+    r.request(1, exec(1, web.clone()), now);
+    r.request(1, exec(2, db), now);
+    let w = id_of(&r, &web);
+    let spawn = sent_calls(&r, g)
+        .into_iter()
+        .find(|(_, v)| v["op"] == "spawn_context" && v["ctx"] == r.targets[w].ctx)
+        .expect("a spawn_context for web7");
+    let cmd = spawn.1["cmd"].as_str().unwrap_or_default();
+    assert!(
+        cmd.contains("10.0.0.7") && cmd.contains("SPINDLE-VIA-"),
+        "{cmd}"
+    );
+    // The gateway's ssh to it fails: the error says so, classified as a direct start's.
+    let err = serde_json::json!({"error": "exited",
+        "message": "ssh: connect to host 10.0.0.7 port 22: Connection refused\r\n"});
+    let fl = crate::proto::flags::ERROR;
+    let body = err.to_string();
+    frame_from(
+        &mut r,
+        g,
+        CTX_AGENT,
+        Kind::Reply,
+        fl,
+        spawn.0.handle,
+        body.as_bytes(),
+        now,
+    );
+    let e = only_error(&mut r, 1);
+    assert_eq!(e["kind"], "unreachable", "{e}");
+    assert_eq!(e["host"], "web7 via gw", "{e}");
+    let m = e["message"].as_str().unwrap_or_default();
+    assert!(
+        m.starts_with("via gw: exited: ") && m.contains("Connection refused"),
+        "{m}"
+    );
+    // The gateway and the db host behind it carry on.
+    let (h, dctx) = (client_call(&r, d), r.targets[d].ctx);
+    frame_from(&mut r, g, dctx, Kind::Reply, 0, h, br#"{"rc": 0}"#, now);
+    assert_eq!(answered(&mut r), vec![2]);
+    assert_eq!(r.targets[g].phase, crate::router::Phase::Ready);
+}
