@@ -203,3 +203,42 @@ fn a_large_put_to_hosts_behind_a_hop_crosses_the_link_once() {
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0].1["op"], "relay_put");
 }
+
+#[test]
+fn a_hops_file_cache_drops_the_least_recently_used_file_for_room() {
+    use crate::router::hop_cache::HopFile;
+    use crate::router::HOP_CACHE_BYTES;
+    let dir = tempfile::tempdir().expect("scratch dir");
+    let (src, data) = source(&dir, crate::router::HOP_CACHE_MIN as usize);
+    let mut r = Router::new();
+    let now = Instant::now();
+    let gw = serde_json::json!({"transport": "ssh", "host": "gw.example", "name": "gw"});
+    let web = serde_json::json!({"transport": "ssh", "host": "10.0.1.1", "name": "web1",
+        "via": gw});
+    let g = ready(&mut r, &gw, now);
+    ready(&mut r, &web, now);
+    // The daemon's view of the gateway's cache: full, "old" used before "new".
+    let half = HOP_CACHE_BYTES / 2;
+    for (sha, seq) in [("old", 1), ("new", 2)] {
+        let f = HopFile::Ready { size: half, seq };
+        r.targets[g].hop_files.insert(sha.into(), f);
+    }
+    r.hop_seq = 2;
+    r.request(1, put(1, &src, &web, serde_json::json!({})), now);
+    let calls: Vec<serde_json::Value> = sent(&r, g)
+        .into_iter()
+        .filter(|(h, _)| h.kind == Kind::Call)
+        .map(|(_, p)| serde_json::from_slice(&p).expect("JSON"))
+        .collect();
+    let sha = crate::cache::sha256_hex(&data);
+    assert_eq!(
+        calls,
+        vec![
+            serde_json::json!({"op": "cache_drop", "sha256": "old"}),
+            serde_json::json!({"op": "cache_put", "sha256": sha, "size": data.len()}),
+        ]
+    );
+    let kept: std::collections::BTreeSet<&str> =
+        r.targets[g].hop_files.keys().map(|k| k.as_str()).collect();
+    assert_eq!(kept, ["new", sha.as_str()].into());
+}
