@@ -7,14 +7,57 @@
 //! on the controller's local files for `put`/`fetch` (reading the source in bounded chunks,
 //! writing the destination as data arrives), which keeps a large file out of memory.
 //!
-//! Bounds: at most [`MAX_INFLIGHT`] calls per target (then `busy`); outbound bytes per target
-//! are refilled from file transfers only below [`LOW_WATER`]; a reply is capped at
-//! [`crate::api::MAX_MESSAGE`]. A slow target therefore holds at most about
-//! `LOW_WATER + CHUNK` bytes of file data, and stalls only its own stream; a nested context
-//! (become, via) has at most [`CONTEXT_WINDOW`] bytes in flight to the agent that feeds it.
-//! A fetch takes at most the size its agent announced, never over [`FETCH_MAX`]. A call given
-//! up on (deadline, client gone, data over a limit) is stopped on the target too
-//! (`calls::abandon`: a `cancel` CALL, or DATA ABORT for a put).
+//! Bounds, each with the in-memory test (`tests/`) that checks it:
+//!
+//! - at most [`MAX_INFLIGHT`] calls per target, then `busy` (test:
+//!   `busy_at_the_inflight_limit`);
+//! - at most [`MAX_OUTBOUND`] bytes queued to a target's stream, then `busy`, for it and the
+//!   contexts it carries (test: `busy_at_the_outbound_limit_when_the_target_stops_reading`);
+//! - outbound bytes per target are refilled from file transfers only below [`LOW_WATER`]
+//!   (test: `put_data_is_queued_only_below_the_low_water_mark`): a slow target therefore
+//!   holds at most about `LOW_WATER + CHUNK` bytes of file data, and stalls only its own
+//!   stream;
+//! - a reply is capped at [`crate::api::MAX_MESSAGE`] over all its MORE frames: past it the
+//!   call fails, not the stream (tests: `a_reply_split_over_frames_is_reassembled`,
+//!   `a_split_reply_over_the_message_limit_fails_its_call_not_the_stream`);
+//! - a nested context (become, via) has at most [`CONTEXT_WINDOW`] bytes in flight to the
+//!   agent that feeds it, more going as its CREDIT frames come (test:
+//!   `a_context_gets_at_most_its_window_in_flight_until_credit`);
+//! - at most [`DEFAULT_MAX_INTERPRETERS`] (`max_interpreters`) become and interpreter contexts
+//!   per stream: opening one more closes the least recently used idle one (test:
+//!   `the_least_recently_used_idle_become_context_is_recycled`);
+//! - a fetch takes at most the size its agent announced, never over [`FETCH_MAX`], and
+//!   succeeds only with as many bytes as its reply reports (tests:
+//!   `fetch_data_past_the_announced_size_fails_the_call_not_the_stream`,
+//!   `a_fetch_cut_short_fails_and_leaves_no_file`);
+//! - deadlines, answered `timeout`: a call's `call_timeout` (test:
+//!   `a_call_past_its_call_timeout_gets_timeout_and_a_cancel`); an exec's own `timeout` plus
+//!   `EXEC_GRACE` (test:
+//!   `an_exec_gets_its_own_timeout_plus_grace_or_its_call_timeout_if_sooner`);
+//!   a become context's start, twice its prompt timeout plus `SPAWN_GRACE` (test:
+//!   `a_become_start_gets_its_prompt_timeout_plus_grace`); an agent's start, its bootstrap
+//!   period (tests: `a_slow_agent_start_is_not_a_timeout`,
+//!   `progress_moves_the_start_deadline_within_its_limit`);
+//! - a call given up on (deadline, client gone, data over a limit) is stopped on the target
+//!   too (`calls::abandon`: a `cancel` CALL, or DATA ABORT for a put) (tests:
+//!   `a_timed_out_exec_or_fetch_is_cancelled_on_the_target`,
+//!   `a_gone_clients_exec_is_cancelled_without_a_reply`,
+//!   `a_timed_out_put_is_aborted_and_a_gone_clients_put_completes`);
+//! - a file of at least [`HOP_CACHE_MIN`] for targets behind a via hop crosses each link
+//!   once, through the hop's cache of at most [`HOP_CACHE_BYTES`] (tests:
+//!   `a_large_put_to_hosts_behind_a_hop_crosses_the_link_once`,
+//!   `a_hops_file_cache_drops_the_least_recently_used_file_for_room`), and so does module
+//!   code, pushed once per stream and by reference to a context's parent (`blob_refs`; tests:
+//!   `a_calls_blobs_go_to_a_stream_once`,
+//!   `a_call_naming_blobs_the_daemon_lacks_gets_missing_blobs`,
+//!   `a_become_context_gets_blob_refs_its_parent_fills_in`,
+//!   `code_for_a_host_behind_two_hops_crosses_each_link_once`);
+//! - a failure stays within its stream or context: malformed bytes fail their stream alone
+//!   (tests: `malformed_bytes_from_an_agent_fail_its_stream_and_no_other`,
+//!   `an_agent_speaking_another_protocol_is_refused`), a hop that fails fails the targets
+//!   behind it and no other (tests: `a_hop_that_ends_fails_the_targets_behind_it_and_no_other`,
+//!   `a_lost_hop_stream_fails_every_target_behind_it_and_no_other`,
+//!   `a_host_its_hop_cannot_reach_fails_with_the_hops_reason_and_no_other`).
 //!
 //! This file holds the [`Router`] itself, its public API and the dispatch of frames read from
 //! a stream; the parts that own one idea live beside it: `target` (a stream's or context's
@@ -22,8 +65,9 @@
 //! via contexts: start, recycle, close), `hop_cache` (files relayed from a via hop's
 //! cache), `blob_refs` (module code a nested context gets from its parent's store) and `probe`
 //! (an ssh stream idle for [`PROBE_AFTER`] is checked alive before it is used again: the
-//! persistent daemon's streams outlive playbooks, and hosts reboot in between; held requests
-//! per stream: at most [`MAX_INFLIGHT`]).
+//! persistent daemon's streams outlive playbooks, and hosts reboot in between (test:
+//! `an_idle_ssh_stream_is_checked_before_use_and_then_used`); held requests per stream: at
+//! most [`MAX_INFLIGHT`] (test: `busy_when_too_many_requests_wait_for_a_liveness_check`)).
 
 mod agent_log;
 mod blob_refs;
