@@ -576,19 +576,20 @@ impl Router {
                     received,
                     ..
                 } => {
-                    let res = file
+                    // Checked before the rename: a failed fetch leaves `dest` as it was.
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    if v["size"].as_u64() != Some(received) {
+                        let _ = std::fs::remove_file(&tmp);
+                        let m = format!("fetched {received} bytes, agent reported {}", v["size"]);
+                        api::error(c.id, ErrorKind::Protocol, &label, &m)
+                    } else if let Err(e) = file
                         .map(|f| f.sync_all())
                         .unwrap_or(Ok(()))
-                        .and_then(|_| std::fs::rename(&tmp, &dest));
-                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                    if let Err(e) = res {
+                        .and_then(|_| std::fs::rename(&tmp, &dest))
+                    {
                         let _ = std::fs::remove_file(&tmp);
                         let m = format!("cannot write {}: {e}", dest.display());
                         api::error(c.id, ErrorKind::LocalIo, &label, &m)
-                    } else if v["size"].as_u64() != Some(received) {
-                        let _ = std::fs::remove_file(&dest);
-                        let m = format!("fetched {received} bytes, agent reported {}", v["size"]);
-                        api::error(c.id, ErrorKind::Protocol, &label, &m)
                     } else {
                         api::ok_raw(c.id, &body)
                     }

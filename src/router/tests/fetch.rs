@@ -196,3 +196,53 @@ fn a_fetch_cut_short_fails_and_leaves_no_file() {
     names.sort();
     assert_eq!(names, vec!["shrank", "whole"]);
 }
+
+#[test]
+fn a_failed_fetch_leaves_the_file_at_its_destination_alone() {
+    use crate::proto::flags::SIZE;
+    let dir = tempfile::tempdir().expect("scratch dir");
+    let dest = dir.path().join("motd");
+    std::fs::write(&dest, "the fetch of last week\n").expect("an earlier file");
+    let mut r = Router::new();
+    let now = Instant::now();
+    let t = target(serde_json::json!({}));
+    let s = ready(&mut r, &t, now);
+    let f = serde_json::json!({"id": 1, "op": "fetch", "src": "/etc/motd", "dest": dest,
+        "target": t});
+    r.request(1, request(f), now);
+    let h = only_call(&r, s);
+    frame_from(
+        &mut r,
+        s,
+        CTX_AGENT,
+        Kind::Data,
+        SIZE,
+        h,
+        &10u64.to_be_bytes(),
+        now,
+    );
+    frame_from(&mut r, s, CTX_AGENT, Kind::Data, 0, h, b"012345", now);
+    let sha = crate::cache::sha256_hex(b"0123456789");
+    let body = serde_json::json!({"size": 10, "sha256": sha, "mode": 420}).to_string();
+    frame_from(
+        &mut r,
+        s,
+        CTX_AGENT,
+        Kind::Reply,
+        0,
+        h,
+        body.as_bytes(),
+        now,
+    );
+    assert_eq!(only_error(&mut r, 1)["kind"], "protocol");
+    // "dest is written through a temp file renamed on success" (docs/api.md): not on failure.
+    assert_eq!(
+        std::fs::read_to_string(&dest).ok().as_deref(),
+        Some("the fetch of last week\n")
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("dir").count(),
+        1,
+        "temp file left"
+    );
+}
