@@ -29,7 +29,8 @@
 //! - a fetch takes at most the size its agent announced, never over [`FETCH_MAX`], and
 //!   succeeds only with as many bytes as its reply reports (tests:
 //!   `fetch_data_past_the_announced_size_fails_the_call_not_the_stream`,
-//!   `a_fetch_cut_short_fails_and_leaves_no_file`);
+//!   `a_fetch_cut_short_fails_and_leaves_no_file`,
+//!   `a_failed_fetch_leaves_the_file_at_its_destination_alone`);
 //! - deadlines, answered `timeout`: a call's `call_timeout` (test:
 //!   `a_call_past_its_call_timeout_gets_timeout_and_a_cancel`); an exec's own `timeout` plus
 //!   `EXEC_GRACE` (test:
@@ -54,6 +55,7 @@
 //!   `code_for_a_host_behind_two_hops_crosses_each_link_once`);
 //! - a failure stays within its stream or context: malformed bytes fail their stream alone
 //!   (tests: `malformed_bytes_from_an_agent_fail_its_stream_and_no_other`,
+//!   `replies_read_before_malformed_bytes_count_for_contexts_too`,
 //!   `an_agent_speaking_another_protocol_is_refused`), a hop that fails fails the targets
 //!   behind it and no other (tests: `a_hop_that_ends_fails_the_targets_behind_it_and_no_other`,
 //!   `a_lost_hop_stream_fails_every_target_behind_it_and_no_other`,
@@ -570,11 +572,12 @@ impl Router {
         for (handle, fl, body) in done {
             self.complete(t, handle, fl, body);
         }
-        if let Some((kind, m)) = fatal {
-            self.fail_target(t, kind, &m);
-        }
+        // Frames read whole before bytes that broke the stream count, its contexts' too.
         for (c, h, payload) in nested {
             self.context_frame(c, &h, &payload, now);
+        }
+        if let Some((kind, m)) = fatal {
+            self.fail_target(t, kind, &m);
         }
         self.run_replay(now);
     }

@@ -222,3 +222,40 @@ fn an_agent_speaking_another_protocol_is_refused() {
     );
     assert_eq!(r.streams(), 0);
 }
+
+#[test]
+fn replies_read_before_malformed_bytes_count_for_contexts_too() {
+    let mut r = Router::new();
+    let now = Instant::now();
+    let t = target(serde_json::json!({}));
+    let bt = target(serde_json::json!({"become": sudo("app")}));
+    let s = ready(&mut r, &t, now);
+    let c = ready(&mut r, &bt, now);
+    r.request(1, exec(1, t.clone()), now);
+    r.request(1, exec(2, bt.clone()), now);
+    r.request(1, exec(3, bt), now);
+    let hs = only_call(&r, s);
+    let mut hc: Vec<u32> = r.targets[c].calls.keys().copied().collect();
+    hc.sort();
+    // One read: whole replies for the stream's call and the context's first, then garbage.
+    let mut bytes = Vec::new();
+    for (src, h) in [(CTX_AGENT, hs), (r.targets[c].ctx, hc[0])] {
+        let hd = FrameHeader {
+            kind: Kind::Reply,
+            flags: 0,
+            dst: CTX_CONTROLLER,
+            src,
+            handle: h,
+            reply_to: h,
+        };
+        encode_frame(&mut bytes, &hd, br#"{"rc": 0}"#);
+    }
+    bytes.extend_from_slice(b"Traceback (most recent call last):\n");
+    r.target_bytes(s, &bytes, now);
+    let mut v: Vec<(u64, bool)> = replies(&mut r)
+        .iter()
+        .map(|v| (v["id"].as_u64().unwrap_or(0), v["ok"] == true))
+        .collect();
+    v.sort();
+    assert_eq!(v, vec![(1, true), (2, true), (3, false)]);
+}
