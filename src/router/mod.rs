@@ -24,8 +24,10 @@
 //!   agent that feeds it, more going as its CREDIT frames come (test:
 //!   `a_context_gets_at_most_its_window_in_flight_until_credit`);
 //! - at most [`DEFAULT_MAX_INTERPRETERS`] (`max_interpreters`) become and interpreter contexts
-//!   per stream: opening one more closes the least recently used idle one (test:
-//!   `the_least_recently_used_idle_become_context_is_recycled`);
+//!   per stream: opening one more closes the least recently used idle one, never one with
+//!   hosts behind it, and hosts behind a via hop are not counted (tests:
+//!   `the_least_recently_used_idle_become_context_is_recycled`,
+//!   `hosts_behind_a_hop_and_contexts_with_hosts_behind_them_are_not_recycled`);
 //! - a fetch takes at most the size its agent announced, never over [`FETCH_MAX`], and
 //!   succeeds only with as many bytes as its reply reports (tests:
 //!   `fetch_data_past_the_announced_size_fails_the_call_not_the_stream`,

@@ -344,3 +344,86 @@ fn a_host_its_hop_cannot_reach_fails_with_the_hops_reason_and_no_other() {
     assert_eq!(answered(&mut r), vec![2]);
     assert_eq!(r.targets[g].phase, crate::router::Phase::Ready);
 }
+
+#[test]
+fn hosts_behind_a_hop_and_contexts_with_hosts_behind_them_are_not_recycled() {
+    let mut r = Router::new();
+    r.max_interpreters = 2;
+    let t0 = Instant::now();
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let gw = serde_json::json!({"transport": "ssh", "host": "gw.example", "name": "gw"});
+    let as_user = |u: &str| {
+        let mut s = gw.clone();
+        s["become"] = sudo(u);
+        s
+    };
+    let behind = |hop: &serde_json::Value, i: u32| {
+        serde_json::json!({"transport": "ssh", "host": format!("10.0.0.{i}"),
+            "name": format!("db{i}"), "via": hop})
+    };
+    let g = ready(&mut r, &gw, at(0));
+    // The oldest context carries a host of its own; three hosts are behind the gateway.
+    let app = ready(&mut r, &as_user("app"), at(1));
+    let web = ready(&mut r, &behind(&as_user("app"), 9), at(1));
+    let u1 = ready(&mut r, &as_user("u1"), at(2));
+    let dbs: Vec<TargetId> = (1..=3)
+        .map(|i| ready(&mut r, &behind(&gw, i), at(3)))
+        .collect();
+    // A third context: the idle one without hosts behind it goes, though it is newer.
+    r.request(1, exec(1, as_user("u2")), at(10));
+    assert_eq!(r.counters.recycled, 1);
+    let dead = |r: &Router, t: TargetId| r.targets[t].phase == crate::router::Phase::Dead;
+    assert!(dead(&r, u1));
+    assert!(![g, app, web].iter().chain(&dbs).any(|&t| dead(&r, t)));
+    assert!(replies(&mut r).is_empty());
+}
+
+#[test]
+fn close_on_a_hop_that_carries_hosts_closes_only_its_own_contexts() {
+    let mut r = Router::new();
+    let now = Instant::now();
+    let [gw, _, _, db] = hop_tree();
+    let mut gw_app = gw.clone();
+    gw_app["become"] = sudo("app");
+    let g = ready(&mut r, &gw, now);
+    let d = ready(&mut r, &db, now);
+    let app = ready(&mut r, &gw_app, now);
+    r.request(1, exec(1, db.clone()), now);
+    r.request(1, exec(2, gw_app.clone()), now);
+    // Ansible's reset_connection on the bastion host.
+    r.request(
+        1,
+        request(serde_json::json!({"id": 3, "op": "close", "target": gw})),
+        now,
+    );
+    let mut v: Vec<(u64, serde_json::Value)> = replies(&mut r)
+        .into_iter()
+        .map(|v| (v["id"].as_u64().unwrap_or(0), v))
+        .collect();
+    v.sort_by_key(|(id, _)| *id);
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert_eq!(
+        (v[0].0, &v[0].1["error"]["kind"]),
+        (2, &"connection_lost".into())
+    );
+    assert_eq!((v[1].0, &v[1].1["ok"]), (3, &true.into()));
+    assert_eq!(r.targets[app].phase, crate::router::Phase::Dead);
+    assert_eq!(r.targets[g].phase, crate::router::Phase::Ready);
+    let h = client_call(&r, d);
+    let dctx = r.targets[d].ctx;
+    frame_from(&mut r, g, dctx, Kind::Reply, 0, h, br#"{"rc": 0}"#, now);
+    assert_eq!(answered(&mut r), vec![1]);
+    // Without hosts behind it, close ends the stream.
+    r.request(
+        1,
+        request(serde_json::json!({"id": 4, "op": "close", "target": db})),
+        now,
+    );
+    r.request(
+        1,
+        request(serde_json::json!({"id": 5, "op": "close", "target": gw})),
+        now,
+    );
+    assert_eq!(answered(&mut r), vec![4, 5]);
+    assert_eq!(r.streams(), 0);
+}
