@@ -390,7 +390,8 @@ impl Router {
         };
         let live = x.phase != Phase::Dead;
         match &c.op {
-            Op::Put { .. } => {
+            // A relayed put's data comes from its hop's cache: the ABORT stops it as well.
+            Op::Put { .. } | Op::RelayedPut => {
                 x.puts.retain(|p| *p != handle);
                 if live {
                     let hd = header(Kind::Data, flags::ABORT, handle, x.ctx);

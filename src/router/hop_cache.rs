@@ -221,10 +221,12 @@ impl Router {
     }
 
     fn send_relay(&mut self, hop: TargetId, r: Relay) {
+        // (not for a put given up on while the file went into the cache)
         let Some(ctx) = self
             .targets
             .get(r.to)
             .filter(|y| y.key == r.key && y.phase != Phase::Dead)
+            .filter(|y| r.fill || y.calls.contains_key(&r.handle))
             .map(|y| y.ctx)
         else {
             return;

@@ -45,7 +45,8 @@
 //!   too (`calls::abandon`: a `cancel` CALL, or DATA ABORT for a put) (tests:
 //!   `a_timed_out_exec_or_fetch_is_cancelled_on_the_target`,
 //!   `a_gone_clients_exec_is_cancelled_without_a_reply`,
-//!   `a_timed_out_put_is_aborted_and_a_gone_clients_put_completes`);
+//!   `a_timed_out_put_is_aborted_and_a_gone_clients_put_completes`,
+//!   `a_timed_out_put_behind_a_hop_is_not_relayed_and_is_aborted`);
 //! - a file of at least [`HOP_CACHE_MIN`] for targets behind a via hop crosses each link
 //!   once, through the hop's cache of at most [`HOP_CACHE_BYTES`] (tests:
 //!   `a_large_put_to_hosts_behind_a_hop_crosses_the_link_once`,

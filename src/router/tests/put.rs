@@ -242,3 +242,55 @@ fn a_hops_file_cache_drops_the_least_recently_used_file_for_room() {
         r.targets[g].hop_files.keys().map(|k| k.as_str()).collect();
     assert_eq!(kept, ["new", sha.as_str()].into());
 }
+
+#[test]
+fn a_timed_out_put_behind_a_hop_is_not_relayed_and_is_aborted() {
+    let dir = tempfile::tempdir().expect("scratch dir");
+    let (src, data) = source(&dir, crate::router::HOP_CACHE_MIN as usize);
+    let mut r = Router::new();
+    let t0 = Instant::now();
+    let gw = serde_json::json!({"transport": "ssh", "host": "gw.example", "name": "gw"});
+    let web = |i: u32| {
+        serde_json::json!({"transport": "ssh", "host": format!("10.0.1.{i}"),
+            "name": format!("web{i}"), "via": gw})
+    };
+    let g = ready(&mut r, &gw, t0);
+    let w1 = ready(&mut r, &web(1), t0);
+    let w2 = ready(&mut r, &web(2), t0);
+    let timeout = serde_json::json!({"call_timeout": 5});
+    r.request(1, put(1, &src, &web(1), timeout.clone()), t0);
+    let k1 = client_call(&r, w1);
+    let fill = sent(&r, g)[0].0.handle;
+    written(&mut r, g);
+    // Its deadline passes while the file is still going into the gateway's cache.
+    r.tick(t0 + Duration::from_secs(5));
+    assert_eq!(only_error(&mut r, 1)["kind"], "timeout");
+    let aborts = |r: &Router| -> Vec<(u32, u32)> {
+        sent(r, g)
+            .iter()
+            .filter(|(h, _)| h.kind == Kind::Data && h.flags & crate::proto::flags::ABORT != 0)
+            .map(|(h, _)| (h.dst, h.handle))
+            .collect()
+    };
+    assert_eq!(aborts(&r), vec![(r.targets[w1].ctx, k1)]);
+    written(&mut r, g);
+    // The cache is filled all the same, but nothing is relayed for the forgotten put.
+    let cached = serde_json::json!({"sha256": crate::cache::sha256_hex(&data), "size": data.len()});
+    reply(
+        &mut r,
+        g,
+        fill,
+        &cached.to_string(),
+        t0 + Duration::from_secs(6),
+    );
+    assert!(sent_calls(&r, g).is_empty(), "{:?}", sent_calls(&r, g));
+    // A put whose relay is on its way when its deadline passes: aborted on the target.
+    let t1 = t0 + Duration::from_secs(10);
+    r.request(1, put(2, &src, &web(2), timeout), t1);
+    let k2 = client_call(&r, w2);
+    assert_eq!(sent_calls(&r, g)[0].1["op"], "relay_put");
+    written(&mut r, g);
+    r.tick(t1 + Duration::from_secs(5));
+    assert_eq!(only_error(&mut r, 2)["kind"], "timeout");
+    assert_eq!(aborts(&r), vec![(r.targets[w2].ctx, k2)]);
+}
