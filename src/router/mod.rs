@@ -21,8 +21,9 @@
 //!   call fails, not the stream (tests: `a_reply_split_over_frames_is_reassembled`,
 //!   `a_split_reply_over_the_message_limit_fails_its_call_not_the_stream`);
 //! - a nested context (become, via) has at most [`CONTEXT_WINDOW`] bytes in flight to the
-//!   agent that feeds it, more going as its CREDIT frames come (test:
-//!   `a_context_gets_at_most_its_window_in_flight_until_credit`);
+//!   agent that feeds it, more going as its CREDIT frames come (tests:
+//!   `a_context_gets_at_most_its_window_in_flight_until_credit`,
+//!   `a_put_into_a_become_context_goes_a_window_at_a_time`);
 //! - at most [`DEFAULT_MAX_INTERPRETERS`] (`max_interpreters`) become and interpreter contexts
 //!   per stream: opening one more closes the least recently used idle one, never one with
 //!   hosts behind it, and hosts behind a via hop are not counted (tests:

@@ -294,3 +294,49 @@ fn a_timed_out_put_behind_a_hop_is_not_relayed_and_is_aborted() {
     assert_eq!(only_error(&mut r, 2)["kind"], "timeout");
     assert_eq!(aborts(&r), vec![(r.targets[w2].ctx, k2)]);
 }
+
+#[test]
+fn a_put_into_a_become_context_goes_a_window_at_a_time() {
+    use crate::router::CONTEXT_WINDOW;
+    let dir = tempfile::tempdir().expect("scratch dir");
+    let (src, data) = source(&dir, 5 << 20);
+    let mut r = Router::new();
+    let now = Instant::now();
+    let s = ready(&mut r, &target(serde_json::json!({})), now);
+    let bt = target(serde_json::json!({"become": sudo("app")}));
+    let c = ready(&mut r, &bt, now);
+    let ctx = r.targets[c].ctx;
+    r.request(1, put(1, &src, &bt, serde_json::json!({})), now);
+    let h = client_call(&r, c);
+    let mut got = Vec::new();
+    let mut eof = false;
+    while !eof {
+        // The stream writes what it has; the context's data goes on as far as its window.
+        loop {
+            for (hd, p) in sent(&r, s) {
+                assert_eq!(hd.dst, ctx);
+                if hd.kind == Kind::Data {
+                    assert_eq!(hd.handle, h);
+                    got.extend_from_slice(&p);
+                    eof |= hd.flags & EOF != 0;
+                }
+            }
+            let before = r.targets[c].unacked;
+            written(&mut r, s);
+            r.refill(s);
+            r.refill(c);
+            assert!(r.targets[c].unacked <= CONTEXT_WINDOW + CHUNK + 1024);
+            if r.targets[c].unacked == before {
+                break;
+            }
+        }
+        assert!(
+            eof || r.targets[c].unacked >= CONTEXT_WINDOW,
+            "stalled below the window"
+        );
+        // The agent wrote it into the context's input.
+        let n = u32::try_from(r.targets[c].unacked).expect("small");
+        frame_from(&mut r, s, ctx, Kind::Credit, 0, n, &[], now);
+    }
+    assert_eq!(got, data);
+}
