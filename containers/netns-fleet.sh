@@ -213,7 +213,7 @@ umount -l /run/netns 2>/dev/null || true
 if [ "$private" = 1 ]; then
   mount -t tmpfs -o mode=1777,size=256m spindle-tmp /tmp
   mount -t tmpfs -o mode=1777,size=256m spindle-tmp /var/tmp
-  # Interpreters installed in root's home (pyenv's versions) stay visible, read-only, in the
+  # Interpreters installed in the home of root (pyenv versions) stay visible, read-only, in the
   # private one: targets can run the oldest and newest Python (tests/ansible/run_matrix.py).
   pyenv=""
   if [ -d /root/.pyenv/versions ] && mkdir -p /tmp/.spindle-pyenv &&

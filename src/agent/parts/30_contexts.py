@@ -403,14 +403,15 @@ def op_spawn_context(chan, call_id, call):
         text = (_tail(bytes(err)) + _tail(bytes(tty))).strip()
         if reason == "exited" and status is not None:
             # The become command itself failed (unknown user, bad flags, ...): what it said,
-            # for the controller to report as stock Ansible does (rc, stdout, stderr).
+            # for the controller to report as stock Ansible does (rc, stdout, stderr). What
+            # the terminal showed came first (the line end after a typed password).
             raise AgentError(
                 reason,
                 dumps(
                     {
                         "rc": status,
                         "stdout": _tail(bytes(out)),
-                        "stderr": _tail(bytes(err)) + _tail(bytes(tty)),
+                        "stderr": _tail(bytes(tty)) + _tail(bytes(err)),
                     }
                 ).decode("utf-8"),
             )

@@ -760,6 +760,14 @@ class Connection(ConnectionBase):
         b_output = ran[1] + ran[2] if ran is not None else to_bytes(output)
         if reason == 'incorrect_password' or become.check_incorrect_password(b_output):
             return AnsibleError('Incorrect %s password' % become.name)
+        if reason == 'missing_password' and not getattr(become, 'missing', None):
+            # A method that cannot tell a missing password (su): stock sends nothing at its
+            # prompt and gives up at the timeout, as UNREACHABLE. Same outcome here, without
+            # the wait (the agent saw the prompt and had no password to type).
+            return AnsibleConnectionFailure(
+                'Timeout waiting for privilege escalation password: %s asked for one and no '
+                'become password was given' % become.name
+            )
         if reason == 'missing_password' or become.check_missing_password(b_output):
             return AnsibleError('Missing %s password' % become.name)
         return None
@@ -882,7 +890,15 @@ class Connection(ConnectionBase):
             if e.kind == 'become_failed':
                 output = self._become_command_output(e)
                 if output is not None and self._become_password_failure(e, output) is None:
-                    return self._as_ssh_tty(*output) if tty else output
+                    # A become method that cannot pipeline (su, doas) always runs under stock
+                    # as a file on a terminal: its failure comes back in that shape.
+                    on_tty = tty or bool(
+                        ssh
+                        and sudoable
+                        and self.get_option('use_tty')
+                        and not getattr(self.become, 'pipelining', True)
+                    )
+                    return self._as_ssh_tty(*output) if on_tty else output
                 raise self._become_failure(e) from None
             raise self._failure(e, 'exec') from None
         self._timing('command (rc %s)' % res.rc, started, spec)
