@@ -101,6 +101,69 @@ impl Call {
     }
 }
 
+/// A target op's CALL, built by its `*_call` function: the payload, the call's state and
+/// the frame flags (REFS when module code is named by hash, see blob_refs).
+pub(super) struct Outgoing {
+    payload: serde_json::Value,
+    op: Op,
+    flags: u8,
+}
+
+impl Outgoing {
+    fn new(payload: serde_json::Value, op: Op) -> Outgoing {
+        Outgoing {
+            payload,
+            op,
+            flags: 0,
+        }
+    }
+}
+
+/// Why a target op sends no CALL: refused (the client gets this error), or already answered
+/// (a put relayed through a hop's cache, a `missing_blobs` reply with its hashes).
+pub(super) enum Refused {
+    Error(ErrorKind, String),
+    Answered,
+}
+
+impl Refused {
+    fn bad(m: &str) -> Refused {
+        Refused::Error(ErrorKind::BadRequest, m.to_string())
+    }
+}
+
+/// `exec`: argv or shell, stdin checked as base64; the call's deadline is the command's own
+/// timeout plus EXEC_GRACE when that is sooner.
+fn exec_call(
+    req: &Request,
+    now: Instant,
+    deadline: &mut Option<Instant>,
+) -> Result<Outgoing, Refused> {
+    if req.argv.is_none() == req.shell.is_none() {
+        return Err(Refused::bad(
+            "exec needs exactly one of \"argv\" or \"shell\"",
+        ));
+    }
+    if let Some(s) = &req.stdin_b64 {
+        if base64::engine::general_purpose::STANDARD.decode(s).is_err() {
+            return Err(Refused::bad("stdin_b64 is not valid base64"));
+        }
+    }
+    let exec_end = req.timeout.and_then(|s| deadline_after(now, s));
+    if let Some(d) = exec_end.and_then(|d| d.checked_add(EXEC_GRACE)) {
+        *deadline = Some(deadline.map_or(d, |x| x.min(d)));
+    }
+    let mut p = json!({"op": "exec", "argv": req.argv, "shell": req.shell,
+        "stdin_b64": req.stdin_b64, "env": req.env, "cwd": req.cwd,
+        "timeout": req.timeout});
+    for (k, v) in [("login_shell", req.login_shell), ("tty", req.tty)] {
+        if v == Some(true) {
+            p[k] = json!(true);
+        }
+    }
+    Ok(Outgoing::new(p, Op::Exec))
+}
+
 impl Router {
     /// Queues a CALL of the daemon's own (no client waits for its reply); its handle.
     pub(super) fn internal_call(&mut self, t: TargetId, payload: serde_json::Value, op: Op) -> u32 {
@@ -117,6 +180,8 @@ impl Router {
         handle
     }
 
+    /// Starts one client request on target `t`: the checks every op shares (in-flight and
+    /// outbound limits, the call's deadline), then the op's own `*_call` builds its CALL.
     pub(super) fn start_call(&mut self, t: TargetId, client: ClientId, req: Request, now: Instant) {
         let label = self.targets[t].label.clone();
         let id = req.id;
@@ -134,187 +199,180 @@ impl Router {
         }
         // Validated at parse time (api::validate); an unrepresentable deadline is none.
         let mut deadline = req.call_timeout.and_then(|s| deadline_after(now, s));
-        // flags::REFS when a call's module code is named by hash (see blob_refs).
-        let mut fl = 0;
-        let (payload, op) = match req.op.as_str() {
-            "ping" => (json!({"op": "ping"}), Op::Ping),
-            "exec" => {
-                if req.argv.is_none() == req.shell.is_none() {
-                    let m = "exec needs exactly one of \"argv\" or \"shell\"";
-                    return self.reply_err(client, id, ErrorKind::BadRequest, &label, m);
-                }
-                if let Some(s) = &req.stdin_b64 {
-                    if base64::engine::general_purpose::STANDARD.decode(s).is_err() {
-                        let m = "stdin_b64 is not valid base64";
-                        return self.reply_err(client, id, ErrorKind::BadRequest, &label, m);
-                    }
-                }
-                let exec_end = req.timeout.and_then(|s| deadline_after(now, s));
-                if let Some(d) = exec_end.and_then(|d| d.checked_add(EXEC_GRACE)) {
-                    deadline = Some(deadline.map_or(d, |x| x.min(d)));
-                }
-                let mut p = json!({"op": "exec", "argv": req.argv, "shell": req.shell,
-                    "stdin_b64": req.stdin_b64, "env": req.env, "cwd": req.cwd,
-                    "timeout": req.timeout});
-                for (k, v) in [("login_shell", req.login_shell), ("tty", req.tty)] {
-                    if v == Some(true) {
-                        p[k] = json!(true);
-                    }
-                }
-                (p, Op::Exec)
-            }
-            "put" => {
-                let (Some(src), Some(dest)) = (&req.src, &req.dest) else {
-                    let m = "put needs \"src\" and \"dest\"";
-                    return self.reply_err(client, id, ErrorKind::BadRequest, &label, m);
-                };
-                let opened = File::open(src).and_then(|f| {
-                    let md = f.metadata()?;
-                    if !md.is_file() {
-                        return Err(std::io::Error::other("not a regular file"));
-                    }
-                    Ok((f, md.len()))
-                });
-                let (file, size) = match opened {
-                    Ok(x) => x,
-                    Err(e) => {
-                        let m = format!("cannot read {src}: {e}");
-                        return self.reply_err(client, id, ErrorKind::LocalIo, &label, &m);
-                    }
-                };
-                let p = json!({"op": "put_file", "path": dest, "size": size, "mode": req.mode,
-                    "owner": req.owner, "group": req.group, "apply_umask": req.apply_umask});
-                let file = Arc::new(file);
-                if let Some(hop) = self.cache_hop(t, size) {
-                    if let Some(sha) = self.file_sha(&file) {
-                        return self.relayed_put(t, hop, client, id, deadline, p, file, size, sha);
-                    }
-                }
-                (
-                    p,
-                    Op::Put {
-                        file: Some(file),
-                        offset: 0,
-                        remaining: size,
-                        fill: None,
-                    },
-                )
-            }
-            "fetch" => {
-                let (Some(src), Some(dest)) = (&req.src, &req.dest) else {
-                    let m = "fetch needs \"src\" and \"dest\"";
-                    return self.reply_err(client, id, ErrorKind::BadRequest, &label, m);
-                };
-                let dest = PathBuf::from(dest);
-                let tmp = tmp_path_for(&dest, t, self.targets[t].next_handle);
-                let file = match File::create(&tmp) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        let m = format!("cannot write {}: {e}", tmp.display());
-                        return self.reply_err(client, id, ErrorKind::LocalIo, &label, &m);
-                    }
-                };
-                let p = json!({"op": "fetch_file", "path": src});
-                let op = Op::Fetch {
-                    file: Some(file),
-                    tmp,
-                    dest,
-                    received: 0,
-                    announced: None,
-                };
-                (p, op)
-            }
-            "call" => {
-                let Some(serde_json::Value::Object(mut p)) = req.payload.clone() else {
-                    let m = "call needs a \"payload\" object";
-                    return self.reply_err(client, id, ErrorKind::BadRequest, &label, m);
-                };
-                let reserved = ["blobs", "blobs_z", "blob_refs"];
-                if !p.get("op").is_some_and(|o| o.is_string())
-                    || reserved.iter().any(|k| p.contains_key(*k))
-                {
-                    let m = "call payload needs a string \"op\" and no blobs keys";
-                    return self.reply_err(client, id, ErrorKind::BadRequest, &label, m);
-                }
-                let mut hashes: Vec<String> = Vec::new();
-                let mut missing = Vec::new();
-                for h in req.blobs.iter().flatten() {
-                    if self.targets[t].sent_blobs.contains(h) || hashes.contains(h) {
-                        continue;
-                    }
-                    match self.cache.get(h) {
-                        Some(_) => hashes.push(h.clone()),
-                        None => missing.push(h.clone()),
-                    }
-                }
-                if !missing.is_empty() {
-                    let m = format!(
-                        "{} blob(s) not in the daemon cache; blob_put them first",
-                        missing.len()
-                    );
-                    let msg = api::error_with(
-                        id,
-                        ErrorKind::MissingBlobs,
-                        &label,
-                        &m,
-                        json!({"missing": missing}),
-                    );
-                    self.actions.push_back(Action::Reply(client, msg));
-                    return;
-                }
-                let by_ref = !hashes.is_empty() && {
-                    let body_len = serde_json::to_vec(&p).map_or(usize::MAX, |b| b.len());
-                    self.blobs_by_ref(t, &hashes, body_len)
-                };
-                if by_ref {
-                    // Its parent puts them in: they do not cross the links above it again.
-                    p.insert("blob_refs".into(), json!(hashes));
-                    fl = flags::REFS;
-                } else if !hashes.is_empty() {
-                    p.insert("blobs_z".into(), self.packed_blobs(&hashes));
-                }
-                let path = crate::metrics::AgentPath::of(
-                    p.get("op").and_then(|o| o.as_str()),
-                    p.get("mode").and_then(|m| m.as_str()),
-                );
-                let x = &mut self.targets[t];
-                x.counters.blobs_pushed += hashes.len() as u64;
-                x.sent_blobs.extend(hashes);
-                match p.get("op").and_then(|o| o.as_str()) {
-                    Some("run_module") => dedup_module_set(&mut p, &mut x.sent_sets),
-                    // copy_fast carries the two module runs it chooses from.
-                    Some("copy_fast" | "copy_stream") => {
-                        for k in ["copy", "file"] {
-                            if let Some(serde_json::Value::Object(run)) = p.get_mut(k) {
-                                dedup_module_set(run, &mut x.sent_sets);
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-                (serde_json::Value::Object(p), Op::Call { path })
-            }
-            _ => unreachable!("ops filtered in request()"),
+        let prepared = match req.op.as_str() {
+            "ping" => Ok(Outgoing::new(json!({"op": "ping"}), Op::Ping)),
+            "exec" => exec_call(&req, now, &mut deadline),
+            "put" => self.put_call(t, client, &req, deadline),
+            "fetch" => self.fetch_call(t, &req),
+            "call" => self.agent_call(t, client, &req),
+            other => Err(Refused::Error(
+                ErrorKind::BadRequest,
+                format!("unknown target op {other:?}"),
+            )),
+        };
+        let out = match prepared {
+            Ok(out) => out,
+            Err(Refused::Error(kind, m)) => return self.reply_err(client, id, kind, &label, &m),
+            Err(Refused::Answered) => return,
         };
         let x = &mut self.targets[t];
         let handle = x.take_handle();
-        let body = serde_json::to_vec(&payload).unwrap_or_default();
+        let body = serde_json::to_vec(&out.payload).unwrap_or_default();
         let ctx = x.ctx;
         let mut frames = 0;
         x.out
-            .with_bytes(|b| frames = encode_call(b, &body, fl, handle, ctx));
+            .with_bytes(|b| frames = encode_call(b, &body, out.flags, handle, ctx));
         self.counters.frames_out += frames;
         self.counters.calls += 1;
         x.counters.frames_out += frames;
         x.counters.calls += 1;
-        if matches!(op, Op::Put { .. }) {
+        if matches!(out.op, Op::Put { .. }) {
             x.puts.push_back(handle);
         }
-        let call = Call::new(Some(client), id, op, deadline);
+        let call = Call::new(Some(client), id, out.op, deadline);
         x.calls.insert(handle, call);
         tracing::debug!(host = %x.label, handle, op = %req.op, "call");
         self.touched.push(t);
         self.refill(t);
+    }
+
+    /// `put`: the local file opened (a regular file) and its `put_file` CALL; a large file to
+    /// a host behind a via hop goes through the hop's cache instead (answered there).
+    fn put_call(
+        &mut self,
+        t: TargetId,
+        client: ClientId,
+        req: &Request,
+        deadline: Option<Instant>,
+    ) -> Result<Outgoing, Refused> {
+        let (Some(src), Some(dest)) = (&req.src, &req.dest) else {
+            return Err(Refused::bad("put needs \"src\" and \"dest\""));
+        };
+        let opened = File::open(src).and_then(|f| {
+            let md = f.metadata()?;
+            if !md.is_file() {
+                return Err(std::io::Error::other("not a regular file"));
+            }
+            Ok((f, md.len()))
+        });
+        let (file, size) = opened
+            .map_err(|e| Refused::Error(ErrorKind::LocalIo, format!("cannot read {src}: {e}")))?;
+        let p = json!({"op": "put_file", "path": dest, "size": size, "mode": req.mode,
+            "owner": req.owner, "group": req.group, "apply_umask": req.apply_umask});
+        let file = Arc::new(file);
+        if let Some(hop) = self.cache_hop(t, size) {
+            if let Some(sha) = self.file_sha(&file) {
+                self.relayed_put(t, hop, client, req.id, deadline, p, file, size, sha);
+                return Err(Refused::Answered);
+            }
+        }
+        let op = Op::Put {
+            file: Some(file),
+            offset: 0,
+            remaining: size,
+            fill: None,
+        };
+        Ok(Outgoing::new(p, op))
+    }
+
+    /// `fetch`: the destination's temp file created beside it, and the `fetch_file` CALL.
+    fn fetch_call(&mut self, t: TargetId, req: &Request) -> Result<Outgoing, Refused> {
+        let (Some(src), Some(dest)) = (&req.src, &req.dest) else {
+            return Err(Refused::bad("fetch needs \"src\" and \"dest\""));
+        };
+        let dest = PathBuf::from(dest);
+        let tmp = tmp_path_for(&dest, t, self.targets[t].next_handle);
+        let file = File::create(&tmp).map_err(|e| {
+            let m = format!("cannot write {}: {e}", tmp.display());
+            Refused::Error(ErrorKind::LocalIo, m)
+        })?;
+        let p = json!({"op": "fetch_file", "path": src});
+        let op = Op::Fetch {
+            file: Some(file),
+            tmp,
+            dest,
+            received: 0,
+            announced: None,
+        };
+        Ok(Outgoing::new(p, op))
+    }
+
+    /// `call`: an agent operation passed through, with the module code (blobs) this stream
+    /// lacks added inline (`blobs_z`) or, behind a parent that holds it, by reference
+    /// (`blob_refs`, flag REFS); module sets the stream has already seen are named by id.
+    fn agent_call(
+        &mut self,
+        t: TargetId,
+        client: ClientId,
+        req: &Request,
+    ) -> Result<Outgoing, Refused> {
+        let Some(serde_json::Value::Object(mut p)) = req.payload.clone() else {
+            return Err(Refused::bad("call needs a \"payload\" object"));
+        };
+        let reserved = ["blobs", "blobs_z", "blob_refs"];
+        if !p.get("op").is_some_and(|o| o.is_string())
+            || reserved.iter().any(|k| p.contains_key(*k))
+        {
+            return Err(Refused::bad(
+                "call payload needs a string \"op\" and no blobs keys",
+            ));
+        }
+        let mut hashes: Vec<String> = Vec::new();
+        let mut missing = Vec::new();
+        for h in req.blobs.iter().flatten() {
+            if self.targets[t].sent_blobs.contains(h) || hashes.contains(h) {
+                continue;
+            }
+            match self.cache.get(h) {
+                Some(_) => hashes.push(h.clone()),
+                None => missing.push(h.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            let m = format!(
+                "{} blob(s) not in the daemon cache; blob_put them first",
+                missing.len()
+            );
+            let label = &self.targets[t].label;
+            let extra = json!({"missing": missing});
+            let msg = api::error_with(req.id, ErrorKind::MissingBlobs, label, &m, extra);
+            self.actions.push_back(Action::Reply(client, msg));
+            return Err(Refused::Answered);
+        }
+        let by_ref = !hashes.is_empty() && {
+            let body_len = serde_json::to_vec(&p).map_or(usize::MAX, |b| b.len());
+            self.blobs_by_ref(t, &hashes, body_len)
+        };
+        let mut fl = 0;
+        if by_ref {
+            // Its parent puts them in: they do not cross the links above it again.
+            p.insert("blob_refs".into(), json!(hashes));
+            fl = flags::REFS;
+        } else if !hashes.is_empty() {
+            p.insert("blobs_z".into(), self.packed_blobs(&hashes));
+        }
+        let path = crate::metrics::AgentPath::of(
+            p.get("op").and_then(|o| o.as_str()),
+            p.get("mode").and_then(|m| m.as_str()),
+        );
+        let x = &mut self.targets[t];
+        x.counters.blobs_pushed += hashes.len() as u64;
+        x.sent_blobs.extend(hashes);
+        match p.get("op").and_then(|o| o.as_str()) {
+            Some("run_module") => dedup_module_set(&mut p, &mut x.sent_sets),
+            // copy_fast carries the two module runs it chooses from.
+            Some("copy_fast" | "copy_stream") => {
+                for k in ["copy", "file"] {
+                    if let Some(serde_json::Value::Object(run)) = p.get_mut(k) {
+                        dedup_module_set(run, &mut x.sent_sets);
+                    }
+                }
+            }
+            _ => {}
+        }
+        let mut out = Outgoing::new(serde_json::Value::Object(p), Op::Call { path });
+        out.flags = fl;
+        Ok(out)
     }
 
     /// Queues file data of active puts (as file ranges, not bytes) while the outbound queue is
