@@ -15,85 +15,196 @@ use std::io::Write;
 /// Largest API message either way (64 MiB).
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
-/// One client request. Unknown fields are refused so typos fail loudly.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One client request: the fields every op shares, and the op with its own fields (a typed
+/// [`Op`]: an op's unknown or missing field is refused at parse time, so typos fail loudly).
+#[derive(Debug, Clone)]
 pub struct Request {
     /// Client-chosen id echoed in the reply.
     pub id: u64,
-    /// Operation name.
-    pub op: String,
-    /// Target connection spec (all ops but `stats`/`shutdown`).
-    #[serde(default)]
+    /// Target connection spec (all ops but `stats`, `blob_put`, `shutdown`).
     pub target: Option<Spec>,
-    /// exec: argv.
+    /// Any op: seconds after which the daemon gives up on the call (`timeout` error).
+    pub call_timeout: Option<f64>,
+    /// The operation and its fields.
+    pub op: Op,
+}
+
+/// The operations of docs/api.md, each with its fields (`"op"` names the variant).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// The agent's pong and HELLO.
+    Ping(NoFields),
+    /// Run a command.
+    Exec(ExecArgs),
+    /// Copy a controller file to the target.
+    Put(PutArgs),
+    /// Copy a target file to the controller.
+    Fetch(FetchArgs),
+    /// An agent operation passed through, with the module code it needs.
+    Call(CallArgs),
+    /// Store a code blob in the daemon's cache.
+    BlobPut(BlobPutArgs),
+    /// Shut the target's stream down.
+    Close(NoFields),
+    /// A module task the client runs on Ansible's stock path.
+    Note(NoteArgs),
+    /// The daemon's counters.
+    Stats(NoFields),
+    /// Stop the daemon.
+    Shutdown(NoFields),
+}
+
+impl Op {
+    /// The op's wire name (logs).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Ping(_) => "ping",
+            Op::Exec(_) => "exec",
+            Op::Put(_) => "put",
+            Op::Fetch(_) => "fetch",
+            Op::Call(_) => "call",
+            Op::BlobPut(_) => "blob_put",
+            Op::Close(_) => "close",
+            Op::Note(_) => "note",
+            Op::Stats(_) => "stats",
+            Op::Shutdown(_) => "shutdown",
+        }
+    }
+}
+
+/// An op without fields of its own.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoFields {}
+
+/// `exec`'s fields.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecArgs {
+    /// The command as argv.
     #[serde(default)]
     pub argv: Option<Vec<String>>,
-    /// exec: shell command string.
+    /// Or as a shell command string.
     #[serde(default)]
     pub shell: Option<String>,
-    /// exec: stdin bytes, base64.
+    /// stdin bytes, base64.
     #[serde(default)]
     pub stdin_b64: Option<String>,
-    /// exec: environment additions.
+    /// Environment additions.
     #[serde(default)]
     pub env: Option<BTreeMap<String, String>>,
-    /// exec: run `shell` with the target user's login shell (`<shell> -c`, as sshd does)
-    /// instead of `/bin/sh`.
+    /// Run `shell` with the target user's login shell (`<shell> -c`, as sshd does) instead
+    /// of `/bin/sh`.
     #[serde(default)]
     pub login_shell: Option<bool>,
-    /// exec: run on a new pseudo-terminal (as `ssh -tt`): the output, stderr included, comes
-    /// back as stdout with the terminal's line ends; no `stdin_b64`.
+    /// Run on a new pseudo-terminal (as `ssh -tt`): the output, stderr included, comes back
+    /// as stdout with the terminal's line ends; no `stdin_b64`.
     #[serde(default)]
     pub tty: Option<bool>,
-    /// exec: working directory.
+    /// Working directory.
     #[serde(default)]
     pub cwd: Option<String>,
-    /// exec: timeout in seconds (the agent kills the command).
+    /// Timeout in seconds (the agent kills the command).
     #[serde(default)]
     pub timeout: Option<f64>,
-    /// put/fetch: source path.
-    #[serde(default)]
-    pub src: Option<String>,
-    /// put/fetch: destination path.
-    #[serde(default)]
-    pub dest: Option<String>,
-    /// put: file mode.
+}
+
+/// `put`'s fields.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutArgs {
+    /// Source path on the controller.
+    pub src: String,
+    /// Destination path on the target.
+    pub dest: String,
+    /// File mode.
     #[serde(default)]
     pub mode: Option<u32>,
-    /// put: the target's umask applies to `mode` (as for a file created by sftp).
+    /// The target's umask applies to `mode` (as for a file created by sftp).
     #[serde(default)]
     pub apply_umask: Option<bool>,
-    /// put: owner name.
+    /// Owner name.
     #[serde(default)]
     pub owner: Option<String>,
-    /// put: group name.
+    /// Group name.
     #[serde(default)]
     pub group: Option<String>,
-    /// call: the agent operation (a JSON object with an `op`).
-    #[serde(default)]
-    pub payload: Option<serde_json::Value>,
-    /// call: content hashes of blobs the agent needs for this call (pushed if it lacks them).
+}
+
+/// `fetch`'s fields.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchArgs {
+    /// Source path on the target.
+    pub src: String,
+    /// Destination path on the controller.
+    pub dest: String,
+}
+
+/// `call`'s fields.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallArgs {
+    /// The agent operation (a JSON object with an `op`).
+    pub payload: serde_json::Value,
+    /// Content hashes of blobs the agent needs for this call (pushed if it lacks them).
     #[serde(default)]
     pub blobs: Option<Vec<String>>,
-    /// blob_put: the blob's SHA-256 (hex).
-    #[serde(default)]
-    pub hash: Option<String>,
-    /// blob_put: the blob's content, base64.
-    #[serde(default)]
-    pub data_b64: Option<String>,
-    /// note: the path a module task took (`stock`).
-    #[serde(default)]
-    pub path: Option<String>,
-    /// note: why it took that path.
-    #[serde(default)]
-    pub reason: Option<String>,
-    /// note: the playbook run it belongs to (each run is warned once per host and reason).
+}
+
+/// `blob_put`'s fields.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobPutArgs {
+    /// The blob's SHA-256 (hex).
+    pub hash: String,
+    /// The blob's content, base64.
+    pub data_b64: String,
+}
+
+/// `note`'s fields.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoteArgs {
+    /// The path a module task took (`stock`).
+    pub path: String,
+    /// Why it took that path.
+    pub reason: String,
+    /// The playbook run it belongs to (each run is warned once per host and reason).
     #[serde(default)]
     pub run: Option<String>,
-    /// Any op: seconds after which the daemon gives up on the call (`timeout` error).
-    #[serde(default)]
-    pub call_timeout: Option<f64>,
+}
+
+impl<'de> Deserialize<'de> for Request {
+    /// The shared fields are taken out, the rest is the op's (its own unknown fields refused).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Request, D::Error> {
+        use serde::de::Error as _;
+        let mut m = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let id = match m.remove("id") {
+            Some(v) => u64::deserialize(v).map_err(|e| D::Error::custom(format!("id: {e}")))?,
+            None => return Err(D::Error::missing_field("id")),
+        };
+        let target = match m.remove("target") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => {
+                Some(Spec::deserialize(v).map_err(|e| D::Error::custom(format!("target: {e}")))?)
+            }
+        };
+        let call_timeout = match m.remove("call_timeout") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => Some(
+                f64::deserialize(v).map_err(|e| D::Error::custom(format!("call_timeout: {e}")))?,
+            ),
+        };
+        let op = Op::deserialize(serde_json::Value::Object(m)).map_err(D::Error::custom)?;
+        Ok(Request {
+            id,
+            target,
+            call_timeout,
+            op,
+        })
+    }
 }
 
 /// Parses one request body: a JSON object (never an array, nor one where `target`, `via`,
@@ -269,5 +380,46 @@ mod tests {
     fn ok_raw_is_json() {
         let v: serde_json::Value = serde_json::from_slice(&ok_raw(5, b"{\"rc\":0}")).unwrap();
         assert_eq!(v["result"]["rc"], 0);
+    }
+
+    #[test]
+    fn requests_parse_into_typed_ops_and_refuse_what_an_op_does_not_take() {
+        let ok = |b: &str| parse_request(b.as_bytes()).map(|r| (r.id, r.op.name()));
+        assert_eq!(ok(r#"{"id":1,"op":"stats"}"#), Ok((1, "stats")));
+        assert_eq!(
+            ok(
+                r#"{"id":2,"op":"exec","argv":["true"],"call_timeout":3,"target":{"transport":"local"}}"#
+            ),
+            Ok((2, "exec"))
+        );
+        // Each failure keeps the request's id for the reply and says what is wrong.
+        let bad = |b: &str, says: &str| match parse_request(b.as_bytes()) {
+            Err((id, m)) => {
+                assert_eq!(id, 9, "{b}");
+                assert!(m.contains(says), "{b}: {m}");
+            }
+            Ok(r) => panic!("{b} parsed: {r:?}"),
+        };
+        bad(r#"{"id":9,"op":"nope"}"#, "unknown variant");
+        bad(
+            r#"{"id":9,"op":"ping","argv":["x"]}"#,
+            "unknown field `argv`",
+        );
+        bad(r#"{"id":9,"op":"exec","src":"/x"}"#, "unknown field `src`");
+        bad(r#"{"id":9,"op":"put","src":"/x"}"#, "missing field `dest`");
+        bad(
+            r#"{"id":9,"op":"blob_put","hash":"h"}"#,
+            "missing field `data_b64`",
+        );
+        bad(
+            r#"{"id":9,"op":"note","reason":"r"}"#,
+            "missing field `path`",
+        );
+        bad(r#"{"id":9,"op":"call"}"#, "missing field `payload`");
+        bad(
+            r#"{"id":9,"op":"exec","argv":["x"],"call_timeout":"soon"}"#,
+            "call_timeout",
+        );
+        bad(r#"{"id":9}"#, "op");
     }
 }

@@ -3,7 +3,7 @@
 //! naming the field, so nothing later (deadlines, `Duration`s, the agent) sees it. The ranges
 //! are listed in `docs/api.md` and `docs/security.md`.
 
-use super::Request;
+use super::{ExecArgs, Op, Request};
 use crate::transport::Spec;
 use std::time::{Duration, Instant};
 
@@ -58,40 +58,64 @@ pub const MAX_RUN_ID_LEN: usize = 128;
 /// Checks every client-supplied number and C string of `req` (the target spec too).
 pub fn request(req: &Request) -> Result<(), BadField> {
     seconds("call_timeout", req.call_timeout)?;
-    seconds("timeout", req.timeout)?;
-    if let Some(m) = req.mode {
-        if m > MAX_MODE {
-            return Err(bad(
-                "mode",
-                format!("must be a permission value 0..=0o7777, not {m:#o}"),
-            ));
+    match &req.op {
+        Op::Exec(e) => exec(e)?,
+        Op::Put(p) => {
+            if let Some(m) = p.mode {
+                if m > MAX_MODE {
+                    return Err(bad(
+                        "mode",
+                        format!("must be a permission value 0..=0o7777, not {m:#o}"),
+                    ));
+                }
+            }
+            no_nul("src", &p.src)?;
+            no_nul("dest", &p.dest)?;
+            for (field, v) in [("owner", &p.owner), ("group", &p.group)] {
+                if let Some(s) = v {
+                    no_nul(field, s)?;
+                }
+            }
         }
+        Op::Fetch(f) => {
+            no_nul("src", &f.src)?;
+            no_nul("dest", &f.dest)?;
+        }
+        Op::Note(n) => {
+            if let Some(run) = &n.run {
+                if run.len() > MAX_RUN_ID_LEN {
+                    return Err(bad(
+                        "run",
+                        format!("must be at most {MAX_RUN_ID_LEN} bytes, not {}", run.len()),
+                    ));
+                }
+            }
+        }
+        Op::Ping(_)
+        | Op::Call(_)
+        | Op::BlobPut(_)
+        | Op::Close(_)
+        | Op::Stats(_)
+        | Op::Shutdown(_) => {}
     }
-    for (i, a) in req.argv.iter().flatten().enumerate() {
+    if let Some(t) = &req.target {
+        spec("target", t)?;
+    }
+    Ok(())
+}
+
+/// `exec`'s timeout, argv, strings and environment.
+fn exec(e: &ExecArgs) -> Result<(), BadField> {
+    seconds("timeout", e.timeout)?;
+    for (i, a) in e.argv.iter().flatten().enumerate() {
         no_nul(&format!("argv[{i}]"), a)?;
     }
-    let strings = [
-        ("shell", &req.shell),
-        ("cwd", &req.cwd),
-        ("src", &req.src),
-        ("dest", &req.dest),
-        ("owner", &req.owner),
-        ("group", &req.group),
-    ];
-    for (field, v) in strings {
+    for (field, v) in [("shell", &e.shell), ("cwd", &e.cwd)] {
         if let Some(s) = v {
             no_nul(field, s)?;
         }
     }
-    if let Some(run) = &req.run {
-        if run.len() > MAX_RUN_ID_LEN {
-            return Err(bad(
-                "run",
-                format!("must be at most {MAX_RUN_ID_LEN} bytes, not {}", run.len()),
-            ));
-        }
-    }
-    for (k, v) in req.env.iter().flatten() {
+    for (k, v) in e.env.iter().flatten() {
         if k.is_empty() || k.contains('=') {
             return Err(bad(
                 "env",
@@ -100,9 +124,6 @@ pub fn request(req: &Request) -> Result<(), BadField> {
         }
         no_nul("env", k)?;
         no_nul(&format!("env[{k:?}]"), v)?;
-    }
-    if let Some(t) = &req.target {
-        spec("target", t)?;
     }
     Ok(())
 }

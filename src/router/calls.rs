@@ -8,7 +8,9 @@ use super::{
     MAX_INFLIGHT, MAX_OUTBOUND,
 };
 use crate::api::ErrorKind;
-use crate::api::{self, validate::deadline_after, Request};
+use crate::api::{
+    self, validate::deadline_after, CallArgs, ExecArgs, FetchArgs, Op as ApiOp, PutArgs, Request,
+};
 use crate::proto::{encode_frame, flags, Kind};
 use crate::transport::classify::classify;
 use base64::Engine as _;
@@ -135,7 +137,7 @@ impl Refused {
 /// `exec`: argv or shell, stdin checked as base64; the call's deadline is the command's own
 /// timeout plus EXEC_GRACE when that is sooner.
 fn exec_call(
-    req: &Request,
+    req: &ExecArgs,
     now: Instant,
     deadline: &mut Option<Instant>,
 ) -> Result<Outgoing, Refused> {
@@ -199,15 +201,15 @@ impl Router {
         }
         // Validated at parse time (api::validate); an unrepresentable deadline is none.
         let mut deadline = req.call_timeout.and_then(|s| deadline_after(now, s));
-        let prepared = match req.op.as_str() {
-            "ping" => Ok(Outgoing::new(json!({"op": "ping"}), Op::Ping)),
-            "exec" => exec_call(&req, now, &mut deadline),
-            "put" => self.put_call(t, client, &req, deadline),
-            "fetch" => self.fetch_call(t, &req),
-            "call" => self.agent_call(t, client, &req),
+        let prepared = match &req.op {
+            ApiOp::Ping(_) => Ok(Outgoing::new(json!({"op": "ping"}), Op::Ping)),
+            ApiOp::Exec(e) => exec_call(e, now, &mut deadline),
+            ApiOp::Put(p) => self.put_call(t, client, id, p, deadline),
+            ApiOp::Fetch(f) => self.fetch_call(t, f),
+            ApiOp::Call(c) => self.agent_call(t, client, id, c),
             other => Err(Refused::Error(
                 ErrorKind::BadRequest,
-                format!("unknown target op {other:?}"),
+                format!("{} is not an op on a target's stream", other.name()),
             )),
         };
         let out = match prepared {
@@ -231,7 +233,7 @@ impl Router {
         }
         let call = Call::new(Some(client), id, out.op, deadline);
         x.calls.insert(handle, call);
-        tracing::debug!(host = %x.label, handle, op = %req.op, "call");
+        tracing::debug!(host = %x.label, handle, op = req.op.name(), "call");
         self.touched.push(t);
         self.refill(t);
     }
@@ -242,12 +244,11 @@ impl Router {
         &mut self,
         t: TargetId,
         client: ClientId,
-        req: &Request,
+        id: u64,
+        req: &PutArgs,
         deadline: Option<Instant>,
     ) -> Result<Outgoing, Refused> {
-        let (Some(src), Some(dest)) = (&req.src, &req.dest) else {
-            return Err(Refused::bad("put needs \"src\" and \"dest\""));
-        };
+        let (src, dest) = (&req.src, &req.dest);
         let opened = File::open(src).and_then(|f| {
             let md = f.metadata()?;
             if !md.is_file() {
@@ -262,7 +263,7 @@ impl Router {
         let file = Arc::new(file);
         if let Some(hop) = self.cache_hop(t, size) {
             if let Some(sha) = self.file_sha(&file) {
-                self.relayed_put(t, hop, client, req.id, deadline, p, file, size, sha);
+                self.relayed_put(t, hop, client, id, deadline, p, file, size, sha);
                 return Err(Refused::Answered);
             }
         }
@@ -276,10 +277,8 @@ impl Router {
     }
 
     /// `fetch`: the destination's temp file created beside it, and the `fetch_file` CALL.
-    fn fetch_call(&mut self, t: TargetId, req: &Request) -> Result<Outgoing, Refused> {
-        let (Some(src), Some(dest)) = (&req.src, &req.dest) else {
-            return Err(Refused::bad("fetch needs \"src\" and \"dest\""));
-        };
+    fn fetch_call(&mut self, t: TargetId, req: &FetchArgs) -> Result<Outgoing, Refused> {
+        let (src, dest) = (&req.src, &req.dest);
         let dest = PathBuf::from(dest);
         let tmp = tmp_path_for(&dest, t, self.targets[t].next_handle);
         let file = File::create(&tmp).map_err(|e| {
@@ -304,9 +303,10 @@ impl Router {
         &mut self,
         t: TargetId,
         client: ClientId,
-        req: &Request,
+        id: u64,
+        req: &CallArgs,
     ) -> Result<Outgoing, Refused> {
-        let Some(serde_json::Value::Object(mut p)) = req.payload.clone() else {
+        let serde_json::Value::Object(mut p) = req.payload.clone() else {
             return Err(Refused::bad("call needs a \"payload\" object"));
         };
         let reserved = ["blobs", "blobs_z", "blob_refs"];
@@ -335,7 +335,7 @@ impl Router {
             );
             let label = &self.targets[t].label;
             let extra = json!({"missing": missing});
-            let msg = api::error_with(req.id, ErrorKind::MissingBlobs, label, &m, extra);
+            let msg = api::error_with(id, ErrorKind::MissingBlobs, label, &m, extra);
             self.actions.push_back(Action::Reply(client, msg));
             return Err(Refused::Answered);
         }

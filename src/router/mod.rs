@@ -382,8 +382,8 @@ impl Router {
             let host = req.target.as_ref().map(|s| s.label()).unwrap_or_default();
             return self.reply_err(client, id, ErrorKind::BadRequest, &host, &e.to_string());
         }
-        match req.op.as_str() {
-            "stats" => {
+        match &req.op {
+            api::Op::Stats(_) => {
                 // Keyed by label; become contexts sharing one (other flags or password) get
                 // their context id appended.
                 let mut targets: BTreeMap<String, TargetCounters> = BTreeMap::new();
@@ -404,11 +404,8 @@ impl Router {
                     .push_back(Action::Reply(client, api::ok_value(id, &v)));
                 return;
             }
-            "blob_put" => {
-                let (Some(hash), Some(data)) = (&req.hash, &req.data_b64) else {
-                    let m = "blob_put needs \"hash\" and \"data_b64\"";
-                    return self.reply_err(client, id, ErrorKind::BadRequest, "", m);
-                };
+            api::Op::BlobPut(b) => {
+                let (hash, data) = (&b.hash, &b.data_b64);
                 let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(data) else {
                     return self.reply_err(
                         client,
@@ -425,33 +422,33 @@ impl Router {
                 self.actions.push_back(Action::Reply(client, msg));
                 return;
             }
-            "shutdown" => {
+            api::Op::Shutdown(_) => {
                 self.actions
                     .push_back(Action::Reply(client, api::ok_raw(id, b"{}")));
                 self.actions.push_back(Action::Shutdown);
                 return;
             }
-            "note" => {
+            api::Op::Note(n) => {
                 // A module task the plugin runs on the stock path (docs/api.md): counted, and
                 // whether this host gave this reason before (the plugin warns once).
-                let (Some(spec), Some("stock"), Some(reason)) =
-                    (&req.target, req.path.as_deref(), req.reason.as_deref())
+                let (Some(spec), "stock", reason) = (&req.target, n.path.as_str(), &n.reason)
                 else {
                     let m = "note needs \"target\", \"path\": \"stock\" and a \"reason\"";
                     return self.reply_err(client, id, ErrorKind::BadRequest, "", m);
                 };
-                let run = req.run.as_deref().unwrap_or("");
+                let run = n.run.as_deref().unwrap_or("");
                 let first = self.paths.stock(run, &spec.parent().label(), reason);
                 let v = json!({ "first": first });
                 self.actions
                     .push_back(Action::Reply(client, api::ok_value(id, &v)));
                 return;
             }
-            "ping" | "exec" | "put" | "fetch" | "close" | "call" => {}
-            other => {
-                let m = format!("unknown op {other:?}");
-                return self.reply_err(client, id, ErrorKind::BadRequest, "", &m);
-            }
+            api::Op::Ping(_)
+            | api::Op::Exec(_)
+            | api::Op::Put(_)
+            | api::Op::Fetch(_)
+            | api::Op::Close(_)
+            | api::Op::Call(_) => {}
         }
         let Some(spec) = req.target.clone() else {
             return self.reply_err(
@@ -470,7 +467,7 @@ impl Router {
         if let Err(m) = validate_chain(&spec) {
             return self.reply_err(client, id, ErrorKind::BadRequest, &spec.label(), &m);
         }
-        if req.op == "close" {
+        if matches!(req.op, api::Op::Close(_)) {
             if let Some(&t) = self.by_key.get(&spec.key()) {
                 // A hop that carries other targets stays (their streams depend on it): only
                 // its own become contexts are closed (Ansible's reset_connection on a

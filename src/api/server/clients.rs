@@ -122,7 +122,7 @@ impl Server {
             };
             match api::parse_request(&body) {
                 Ok(req) => {
-                    if req.op == "stats" {
+                    if matches!(req.op, api::Op::Stats(_)) {
                         self.router.fds = fd_usage();
                         self.router.clients = self.client_usage();
                     }
