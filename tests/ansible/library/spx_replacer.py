@@ -1,6 +1,6 @@
 #!/usr/bin/python
 # "Module Replacer" style: Ansible substitutes the line below with module_utils.basic.
-# <<INCLUDE_ANSIBLE_MODULE_COMMON>>
+#<<INCLUDE_ANSIBLE_MODULE_COMMON>>
 
 
 def main():

@@ -852,6 +852,11 @@ class Connection(ConnectionBase):
         # terminal when the plugin would use `ssh -tt`.
         ssh = self._mode() == 'ssh'
         tty = bool(ssh and not in_data and sudoable and self.get_option('use_tty'))
+        # A become method that cannot pipeline (su, doas) always runs under stock as a file on
+        # a terminal: what such a command prints comes back in that shape here too.
+        tty_shape = tty or bool(
+            ssh and escalate and self.get_option('use_tty') and not getattr(become, 'pipelining', True)
+        )
         try:
             if self._spindle_async is not None:
                 ran = self._run_async(spec, cmd, in_data, sudoable, cwd)
@@ -890,19 +895,11 @@ class Connection(ConnectionBase):
             if e.kind == 'become_failed':
                 output = self._become_command_output(e)
                 if output is not None and self._become_password_failure(e, output) is None:
-                    # A become method that cannot pipeline (su, doas) always runs under stock
-                    # as a file on a terminal: its failure comes back in that shape.
-                    on_tty = tty or bool(
-                        ssh
-                        and sudoable
-                        and self.get_option('use_tty')
-                        and not getattr(self.become, 'pipelining', True)
-                    )
-                    return self._as_ssh_tty(*output) if on_tty else output
+                    return self._as_ssh_tty(*output) if tty_shape else output
                 raise self._become_failure(e) from None
             raise self._failure(e, 'exec') from None
         self._timing('command (rc %s)' % res.rc, started, spec)
-        if tty:
+        if tty_shape:
             return self._as_ssh_tty(res.rc, res.stdout, res.stderr)
         return res.rc, res.stdout, res.stderr
 
