@@ -83,7 +83,7 @@ class Compat(unittest.TestCase):
 
     def test_a_missing_shape_keeps_ansibles_own_behaviour(self):
         from ansible.plugins.loader import action_loader, connection_loader
-        from spindle_ansible.plugins.strategy import LoaderPatch
+        from spindle_ansible.routing import LoaderPatch
 
         missing = mock.patch.object(self.compat, '_shape', return_value=['X.y'])
         with missing:
@@ -115,7 +115,7 @@ class Compat(unittest.TestCase):
 
     def test_patches_apply_and_restore(self):
         from ansible.plugins.loader import connection_loader
-        from spindle_ansible.plugins.strategy import LoaderPatch
+        from spindle_ansible.routing import LoaderPatch
 
         patch = LoaderPatch().apply()
         try:

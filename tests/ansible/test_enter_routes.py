@@ -66,7 +66,7 @@ OPTIONS_CHECK = textwrap.dedent('''
     from ansible.plugins.loader import connection_loader, init_plugin_loader
     init_plugin_loader()
     from spindle_ansible.specs import kubectl_words as _kubectl_words
-    from spindle_ansible.plugins.strategy import LoaderPatch, ROUTES
+    from spindle_ansible.routing import LoaderPatch, ROUTES
     connection_loader.add_directory(CONNECTION_DIR)
     pc = PlayContext()
     pc.remote_addr = 'pod-x'

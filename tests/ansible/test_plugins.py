@@ -27,7 +27,7 @@ ROUTING_CHECK = textwrap.dedent('''
     from ansible.playbook.play_context import PlayContext
     from ansible.plugins.loader import connection_loader, init_plugin_loader
     init_plugin_loader()
-    from spindle_ansible.plugins.strategy import LoaderPatch
+    from spindle_ansible.routing import LoaderPatch
     from ansible import constants as C
     before = connection_loader.get_with_context
     p1 = LoaderPatch().apply()

@@ -43,7 +43,7 @@ from ansible.plugins.callback import CallbackBase
 
 from spindle_ansible import paths
 from spindle_ansible.daemon import ensure_daemon
-from spindle_ansible.plugins.strategy import LoaderPatch
+from spindle_ansible.routing import LoaderPatch
 
 
 class CallbackModule(CallbackBase):
