@@ -235,6 +235,9 @@ impl Router {
         x.calls.insert(handle, call);
         tracing::debug!(host = %x.label, handle, op = req.op.name(), "call");
         self.touched.push(t);
+        if let Some(d) = deadline {
+            self.deadline_at(d);
+        }
         self.refill(t);
     }
 

@@ -98,6 +98,7 @@ impl Router {
         });
         self.by_key.insert(key.clone(), t);
         self.counters.connects += 1;
+        self.deadline_at(deadline);
         tracing::debug!(target_id = t, host = %self.targets[t].label, "opening stream");
         match parent {
             None => self.actions.push_back(Action::Spawn(t)),

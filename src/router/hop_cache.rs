@@ -113,6 +113,9 @@ impl Router {
             sha,
             fill: false,
         };
+        if let Some(d) = deadline {
+            self.deadline_at(d);
+        }
         self.relay_via(hop, r);
     }
 

@@ -7,6 +7,12 @@
 //! on the controller's local files for `put`/`fetch` (reading the source in bounded chunks,
 //! writing the destination as data arrives), which keeps a large file out of memory.
 //!
+//! Time: [`Router::poll_timeout`] tells the I/O loop how long it may wait before
+//! [`Router::tick`] is due (the earliest connect or call deadline, ticks at most every
+//! [`TICK_MIN`], at least every [`TICK_MAX`] while a stream lives; None when nothing is timed),
+//! so an idle daemon does not wake to scan its streams (test:
+//! `poll_timeout_wakes_the_loop_for_the_earliest_deadline_and_not_otherwise`).
+//!
 //! Bounds, each with the in-memory test (`tests/`) that checks it:
 //!
 //! - at most [`MAX_INFLIGHT`] calls per target, then `busy` (test:
@@ -131,6 +137,10 @@ pub const CHUNK: usize = 256 * 1024;
 /// found at open, and sends no more; a hostile target could announce anything): past it the
 /// call fails and the agent is told to stop.
 pub const FETCH_MAX: u64 = 64 * 1024 * 1024 * 1024;
+/// The shortest time between two [`Router::tick`]s: deadlines are kept to this precision.
+pub const TICK_MIN: Duration = Duration::from_millis(100);
+/// The longest time between two ticks while any stream lives.
+pub const TICK_MAX: Duration = Duration::from_secs(1);
 /// Extra time the daemon waits past an exec's own timeout before giving up on the agent.
 const EXEC_GRACE: Duration = Duration::from_secs(30);
 /// Default limit of become contexts (nested agents) per target; beyond it the least recently
@@ -192,6 +202,13 @@ pub struct Router {
     hashes: HashMap<(u64, u64, u64, i64, i64), String>,
     /// Requests a liveness check released or orphaned, to handle at the next input.
     replay: Vec<(ClientId, Request)>,
+    /// No deadline is earlier than this (a lower bound: set when a deadline is made, exact
+    /// after each [`Router::tick`]); None: nothing is timed.
+    next_deadline: Option<Instant>,
+    /// A starting stream made progress since the last tick (its start deadline moves).
+    progress_pending: bool,
+    /// When [`Router::tick`] last ran.
+    last_tick: Option<Instant>,
 }
 
 impl Default for Router {
@@ -249,7 +266,34 @@ impl Router {
             hop_seq: 0,
             hashes: HashMap::new(),
             replay: Vec::new(),
+            next_deadline: None,
+            progress_pending: false,
+            last_tick: None,
         }
+    }
+
+    /// Notes a deadline just made (a call's, a stream's start): [`Router::poll_timeout`]
+    /// wakes the loop for it.
+    pub(super) fn deadline_at(&mut self, at: Instant) {
+        self.next_deadline = Some(self.next_deadline.map_or(at, |d| d.min(at)));
+    }
+
+    /// How long the I/O loop may wait before [`Router::tick`] is due: until the earliest
+    /// deadline, but ticks at most every [`TICK_MIN`] (deadlines of busy streams expire
+    /// together), within [`TICK_MIN`] when a starting stream made progress, and at least every
+    /// [`TICK_MAX`] while any stream lives (rate-limited log reports). None: nothing is timed
+    /// (wait for input).
+    pub fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        let last = self.last_tick.unwrap_or(now);
+        let mut at = self.next_deadline;
+        if self.progress_pending {
+            at = Some(at.map_or(last + TICK_MIN, |d| d.min(last + TICK_MIN)));
+        }
+        if !self.targets.is_empty() {
+            at = Some(at.map_or(last + TICK_MAX, |d| d.min(last + TICK_MAX)));
+        }
+        let floor = self.last_tick.map(|l| l + TICK_MIN);
+        at.map(|d| floor.map_or(d, |f| d.max(f)).saturating_duration_since(now))
     }
 
     /// Next action for the I/O layer.
@@ -350,7 +394,9 @@ impl Router {
                 Ok(0) => return Ok(total),
                 Ok(n) => {
                     total += n;
-                    x.read_since_tick |= matches!(x.phase, Phase::Connecting { .. });
+                    let starting = matches!(x.phase, Phase::Connecting { .. });
+                    x.read_since_tick |= starting;
+                    self.progress_pending |= starting;
                     x.counters.bytes_out += n as u64;
                     self.counters.bytes_out += n as u64;
                     let children: Vec<TargetId> = x.routes.values().copied().collect();
@@ -585,6 +631,8 @@ impl Router {
 
     /// Expires connect and call deadlines.
     pub fn tick(&mut self, now: Instant) {
+        self.last_tick = Some(now);
+        self.progress_pending = false;
         let read: Vec<TargetId> = self
             .targets
             .iter()
@@ -649,6 +697,20 @@ impl Router {
                 Some((ErrorKind::Timeout, "the call's deadline passed")),
             );
         }
+        // The exact earliest deadline left (the lower bound kept between ticks is reset).
+        self.next_deadline = self
+            .targets
+            .iter()
+            .flat_map(|(_, x)| {
+                let start = match x.phase {
+                    Phase::Connecting { deadline, .. } => Some(deadline),
+                    _ => None,
+                };
+                start
+                    .into_iter()
+                    .chain(x.calls.values().filter_map(|c| c.deadline))
+            })
+            .min();
         self.run_replay(now);
     }
 

@@ -84,6 +84,7 @@ impl Router {
         let handle = self.internal_call(r, json!({"op": "ping"}), Op::Probe);
         if let Some(c) = self.targets[r].calls.get_mut(&handle) {
             c.deadline = Some(now + wait);
+            self.deadline_at(now + wait);
         }
         None
     }

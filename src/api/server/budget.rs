@@ -351,6 +351,14 @@ impl ClientBudget {
         v
     }
 
+    /// Whether a client has part of a request and is not waiting for admission (its deadline
+    /// runs: [`ClientBudget::expired`]).
+    pub fn partial_pending(&self) -> bool {
+        self.clients
+            .values()
+            .any(|h| !h.waiting && h.partial_since.is_some())
+    }
+
     /// The partial-request deadline.
     pub fn partial_timeout(&self) -> Duration {
         self.partial_timeout

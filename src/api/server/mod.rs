@@ -44,7 +44,13 @@ const TAG_STDIN: usize = 3;
 const TAG_STDERR: usize = 4;
 /// A client whose unread replies exceed this is disconnected (it is not reading).
 const CLIENT_OUT_LIMIT: usize = 256 * 1024 * 1024;
+/// How often the server's own chores run while any is pending (a partial request's deadline,
+/// clients waiting for budget, a half-closed target, an unreaped child); with none pending
+/// the loop sleeps until the router's next deadline ([`Router::poll_timeout`]), the idle
+/// limit, or input.
 const TICK: Duration = Duration::from_millis(100);
+/// The longest wait for input: how soon a stop requested by a signal is seen.
+const STOP_CHECK: Duration = Duration::from_millis(500);
 /// After `accept` fails for want of descriptors (EMFILE, ENFILE, ...), the listener is not
 /// polled for this long: the loop does not spin on a connection it cannot take.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
@@ -276,14 +282,25 @@ impl Server {
                 return Ok(());
             }
             events.clear();
-            let wake = [self.next_retry(), self.accept_paused_until]
-                .into_iter()
-                .flatten()
-                .min();
-            let timeout = wake.map_or(TICK, |at| {
-                at.saturating_duration_since(Instant::now()).min(TICK)
+            let before = Instant::now();
+            let chores = self.chores_pending();
+            let wake = [
+                self.next_retry(),
+                self.accept_paused_until,
+                chores.then_some(last_tick + TICK),
+                self.idle_deadline(),
+                self.router.poll_timeout(before).map(|d| before + d),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            // A signal interrupts the wait only when this thread takes it: the stop flag is
+            // looked at least every STOP_CHECK (nothing else runs on such a wake-up).
+            let timeout = wake.map_or(STOP_CHECK, |at| {
+                at.saturating_duration_since(before).min(STOP_CHECK)
             });
-            self.backend.wait(Some(timeout), &mut events)?;
+            let timeout = Some(timeout);
+            self.backend.wait(timeout, &mut events)?;
             let now = Instant::now();
             if self.accept_paused_until.is_some_and(|at| now >= at) {
                 self.accept_paused_until = None;
@@ -304,26 +321,46 @@ impl Server {
                     self.set_reading(id, true);
                 }
             }
-            if now.duration_since(last_tick) >= TICK {
+            if self.chores_pending() && now.duration_since(last_tick) >= TICK {
                 last_tick = now;
                 self.expire_partial_requests(now);
                 self.budget.recheck();
-                self.router.tick(now);
                 self.check_half_closed(now);
                 if tracing::enabled!(tracing::Level::DEBUG) {
                     self.report_stderr_drops(now);
                 }
                 self.zombies
                     .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
-                if self.idle_expired(now) {
-                    return Ok(());
-                }
+            }
+            if self.router.poll_timeout(now) == Some(Duration::ZERO) {
+                self.router.tick(now);
+            }
+            if self.idle_expired(now) {
+                return Ok(());
             }
             self.drain_actions();
             if self.shutdown && self.clients.iter().all(|(_, c)| c.out_pos == c.out.len()) {
                 return Ok(());
             }
         }
+    }
+
+    /// Whether any of the server's own timed chores is pending (see [`TICK`]).
+    fn chores_pending(&self) -> bool {
+        self.budget.partial_pending()
+            || self.budget.waiting() > 0
+            || !self.zombies.is_empty()
+            || self.procs.values().any(|p| p.stdout_eof_at.is_some())
+            || tracing::enabled!(tracing::Level::DEBUG)
+    }
+
+    /// When the idle limit ends the daemon, if no client is connected.
+    fn idle_deadline(&self) -> Option<Instant> {
+        let limit = self.idle_exit?;
+        self.clients
+            .is_empty()
+            .then(|| self.idle_since.checked_add(limit))
+            .flatten()
     }
 
     /// True when `idle_exit` is set and no API client has been connected for that long.

@@ -197,3 +197,36 @@ fn a_become_start_gets_its_prompt_timeout_plus_grace() {
     assert_eq!(e["kind"], "become_failed", "{e}");
     assert_eq!(e["message"], "incorrect_password: Sorry, try again.", "{e}");
 }
+
+#[test]
+fn poll_timeout_wakes_the_loop_for_the_earliest_deadline_and_not_otherwise() {
+    use crate::router::{TICK_MAX, TICK_MIN};
+    let mut r = Router::new();
+    let t0 = Instant::now();
+    assert_eq!(r.poll_timeout(t0), None, "nothing timed: wait for input");
+    let t = target(serde_json::json!({}));
+    let ex = serde_json::json!({"id": 1, "op": "exec", "argv": ["true"], "target": t,
+        "call_timeout": 0.5});
+    r.request(1, request(ex), t0);
+    hello(&mut r, 0, "/usr/bin/python3", t0);
+    // The call's deadline, sooner than the once-a-second tick while a stream lives.
+    assert_eq!(r.poll_timeout(t0), Some(Duration::from_millis(500)));
+    assert!(r.poll_timeout(t0 + Duration::from_millis(600)) == Some(Duration::ZERO));
+    r.tick(t0 + Duration::from_millis(600));
+    assert!(errors(&mut r)[0].starts_with("timeout"));
+    // Nothing timed is left: a tick a second while the stream lives, never sooner than
+    // TICK_MIN after the last one however near a new deadline is.
+    let t1 = t0 + Duration::from_millis(600);
+    assert_eq!(r.poll_timeout(t1), Some(TICK_MAX));
+    let ex = serde_json::json!({"id": 2, "op": "exec", "argv": ["true"], "target": t,
+        "call_timeout": 0.001});
+    r.request(1, request(ex), t1);
+    assert_eq!(r.poll_timeout(t1), Some(TICK_MIN));
+    // The stream gone, nothing is timed again.
+    r.tick(t1 + TICK_MIN);
+    let _ = errors(&mut r);
+    r.fail_target(0, crate::api::ErrorKind::ConnectionLost, "gone");
+    r.release(0);
+    r.tick(t1 + TICK_MIN * 2);
+    assert_eq!(r.poll_timeout(t1 + TICK_MIN * 2), None);
+}
