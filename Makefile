@@ -4,7 +4,7 @@
 CARGO ?= cargo
 PY ?= python3
 
-.PHONY: demo test setup venv wheel ee build build-debug lint unit-python test-rust test-ansible test-matrix test-matrix-ends test-scale test-bench bench clean
+.PHONY: demo test setup venv wheel ee build build-debug lint unit-python test-rust test-ansible test-matrix test-matrix-ends test-scale test-bench test-bench-podman bench clean
 
 setup:
 	bash scripts/setup.sh
@@ -75,6 +75,18 @@ test-scale:
 # that test-ansible builds anyway.
 test-bench: venv build-debug
 	$(PY) bench/run --suite quick --check --require-modes stock,spindle --spindle-bin $(CURDIR)/target/debug/spindle
+
+# The bench on real podman containers (containers/podman-fleet.sh, ssh to each container on
+# podman's bridge): one cell, hostname20 on 2 targets with stock and spindle, first with the
+# controller here, then with every ansible-playbook inside a controller container (spindle's
+# execution environment image, `make ee`; built by the harness when missing), each with
+# --check; no timing thresholds. Without root or podman it prints `check: SKIP` and passes.
+BENCH_PODMAN_PREFIX ?= bp
+BENCH_PODMAN_CELL = --fleet podman --fleet-prefix $(BENCH_PODMAN_PREFIX) --suite custom --workloads hostname20 \
+	--sizes 2 --modes stock,spindle --check --require-modes stock,spindle --spindle-bin $(CURDIR)/target/debug/spindle
+test-bench-podman: venv build-debug
+	$(PY) bench/run $(BENCH_PODMAN_CELL)
+	$(PY) bench/run $(BENCH_PODMAN_CELL) --controller container
 
 # criterion micro-benchmarks (frame codec, router dispatch, blob cache); bench/README.md.
 bench:
