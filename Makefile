@@ -4,7 +4,7 @@
 CARGO ?= cargo
 PY ?= python3
 
-.PHONY: demo test setup venv wheel ee build build-debug lint unit-python test-rust test-ansible test-matrix test-matrix-ends test-scale test-bench bench clean
+.PHONY: demo test setup venv wheel ee build build-debug lint unit-python test-rust test-ansible test-matrix test-matrix-ends test-scale test-bench test-bench-podman bench clean
 
 setup:
 	bash scripts/setup.sh
@@ -77,13 +77,26 @@ test-scale:
 test-bench: venv build-debug
 	$(PY) bench/run --suite quick --check --require-modes stock,spindle --spindle-bin $(CURDIR)/target/debug/spindle
 
+# The bench on real podman containers (containers/podman-fleet.sh, ssh to each container on
+# podman's bridge): one cell, hostname20 on 2 targets with stock and spindle, first with the
+# controller here, then with every ansible-playbook inside a controller container (spindle's
+# execution environment image, `make ee`; built by the harness when missing), each with
+# --check; no timing thresholds (37 s and 2 min here at load average 3 and 5, images cached).
+# Without root or podman it prints `check: SKIP` and passes.
+BENCH_PODMAN_PREFIX ?= bp
+BENCH_PODMAN_CELL = --fleet podman --fleet-prefix $(BENCH_PODMAN_PREFIX) --suite custom --workloads hostname20 \
+	--sizes 2 --modes stock,spindle --check --require-modes stock,spindle --spindle-bin $(CURDIR)/target/debug/spindle
+test-bench-podman: venv build-debug
+	$(PY) bench/run $(BENCH_PODMAN_CELL)
+	$(PY) bench/run $(BENCH_PODMAN_CELL) --controller container
+
 # criterion micro-benchmarks (frame codec, router dispatch, blob cache); bench/README.md.
 bench:
 	$(CARGO) bench --bench hot_paths
 
 ## test: everything CI runs (the version matrix on its oldest and newest ansible-core, 2.18 and
 ## 2.21, beside the main venv's 2.19: `make test-matrix` alone adds 2.20)
-test: setup lint unit-python test-rust test-ansible test-matrix-ends test-scale test-bench
+test: setup lint unit-python test-rust test-ansible test-matrix-ends test-scale test-bench test-bench-podman
 
 test-matrix-ends:
 	MATRIX="2.18 2.21" $(MAKE) test-matrix

@@ -368,6 +368,49 @@ def pngs(out):
     return n
 
 
+def where_lines(meta):
+    """Which fleet and which controller ran the suite (bullets)."""
+    fi = meta.get('fleet_info') or {'kind': meta.get('fleet')}
+    ci = meta.get('controller') or {'kind': 'host (not recorded: results from before --controller)'}
+    L = []
+    fl = '- **fleet**: `%s`' % fi.get('kind')
+    if fi.get('image'):
+        fl += ', image `%s` (id %s)' % (fi['image'], fi.get('image_id'))
+    if fi.get('network'):
+        fl += '; %s' % fi['network']
+    L.append(fl)
+    meas = ['%s: %s' % (k.replace('_', ' '), fi[k]) for k in ('target_cpu', 'wire', 'files') if fi.get(k)]
+    if meas:
+        L.append('  (measured: %s)' % '; '.join(meas))
+    if ci.get('kind') == 'container':
+        L.append(
+            '- **controller**: `container`, image `%s` (id %s), container `%s`, %s, Python %s, '
+            'ansible-core %s; %s'
+            % (
+                ci.get('image'),
+                ci.get('image_id'),
+                ci.get('container'),
+                ci.get('engine'),
+                ci.get('python'),
+                ci.get('ansible_core'),
+                ci.get('network'),
+            )
+        )
+        L.append(
+            '  (each run: %s; controller CPU by rusage inside the container, the container\'s '
+            'cgroup CPU in `controller.cpu_container_cgroup_s` as a cross-check)' % ci.get('how')
+        )
+    else:
+        L.append(
+            '- **controller**: `%s`%s'
+            % (
+                ci.get('kind'),
+                ', Python %s, venv `%s`' % (ci['python'], ci.get('stock_venv')) if ci.get('python') else '',
+            )
+        )
+    return L
+
+
 def write_report(out):
     res = load(out)
     meta = res['meta']
@@ -387,6 +430,9 @@ def write_report(out):
             ' / '.join('%.1f' % x for x in meta['machine'].get('loadavg_end', [])),
         )
     )
+    L.append('')
+    L += where_lines(meta)
+    L.append('')
     L.append('Other work on the machine shares the same CPUs: figures are noisy, one run per cell.')
     L.append('')
     L.append('## Modes')
@@ -454,11 +500,13 @@ def write_report(out):
             ratio=False,
         )
         L += table(big, 'bigcopy.MiB_per_s', 'bigcopy: the copy task\'s throughput (MiB/s, all targets)')
-    L += table(runs, 'targets.cpu_s', 'Target CPU (s, all processes in the target namespaces)')
+    L += table(
+        runs, 'targets.cpu_s', 'Target CPU (s, every process in the targets; how: the fleet line above)'
+    )
     L += table(
         runs,
         'wire.bytes_per_task',
-        'Bytes on the wire per host-task (veth counters, both directions)',
+        'Bytes on the wire per host-task (each target\'s link counters, both directions)',
         unit='B',
     )
     L += table(runs, 'wire.bytes_total', 'Bytes on the wire, total', unit='B')
@@ -538,12 +586,17 @@ def figures(out):
     by = _by(runs)
     modes = _modes(runs)
     L = [
-        'Suite `%s`, %s, %.0f s, load average %s at start; one run per cell.'
+        'Suite `%s`, %s, %.0f s, load average %s at start, fleet `%s`, controller `%s`%s; one run per cell.'
         % (
             meta['suite'],
             meta.get('started'),
             meta.get('elapsed_s', 0),
             '%.1f' % meta['machine']['loadavg_start'][0],
+            meta.get('fleet'),
+            (meta.get('controller') or {}).get('kind', 'host'),
+            ' (image %s, id %s)' % (meta['controller'].get('image'), meta['controller'].get('image_id'))
+            if (meta.get('controller') or {}).get('kind') == 'container'
+            else '',
         ),
         '',
     ]
@@ -653,6 +706,10 @@ def verify(out, strict=False):
     runs = res.get('runs')
     if not isinstance(runs, list) or not runs:
         return ['results.json has no runs']
+    if meta.get('fleet') and 'controller' in meta:
+        for k in ('fleet_info',):
+            if not meta.get(k):
+                problems.append('results.json: meta.%s missing' % k)
     for m in ('stock',):
         if m in meta.get('modes', {}) and not meta['modes'][m].get('available'):
             problems.append('mode %s was not available: %s' % (m, meta['modes'][m].get('reason')))
@@ -672,7 +729,7 @@ def verify(out, strict=False):
         keys = list(REQUIRED)
         if r.get('status') == 'ok':
             keys += REQUIRED_OK
-            if meta.get('fleet') == 'netns':
+            if meta.get('fleet') in ('netns', 'podman'):
                 keys += REQUIRED_NETNS
             if r.get('mode') == 'spindle':
                 keys += ['spindle.calls', 'spindle.round_trips_per_task', 'spindle.in_agent_share']
@@ -697,6 +754,8 @@ def verify(out, strict=False):
     rep = os.path.join(out, 'report.md')
     if not os.path.exists(rep) or '| workload |' not in open(rep).read():
         problems.append('report.md missing or without tables')
+    elif 'controller' in meta and '**controller**' not in open(rep).read():
+        problems.append('report.md does not say which fleet and controller ran the suite')
     svgs = (
         [x for x in os.listdir(os.path.join(out, 'plots'))]
         if os.path.isdir(os.path.join(out, 'plots'))

@@ -4,7 +4,7 @@
 # (root by key, inventory.ini) and with `podman exec` (ansible_connection=containers.podman.podman,
 # inventory-podman.ini).
 #
-#   containers/podman-fleet.sh up NAME COUNT [--dir DIR] [--image IMAGE] [--timeout S] [--jobs J] [--keep-on-failure]
+#   containers/podman-fleet.sh up NAME COUNT [--dir DIR] [--image IMAGE] [--timeout S] [--jobs J] [--tmpfs] [--keep-on-failure]
 #   containers/podman-fleet.sh down NAME [--dir DIR]     # idempotent
 #   containers/podman-fleet.sh status [NAME]             # no NAME: list fleets; exit 1 if a container is down
 #
@@ -14,6 +14,8 @@
 # stderr and only the ssh inventory's path on stdout (`inv=$(containers/podman-fleet.sh up p1 5)`).
 # An existing fleet of the same NAME is taken down first; a failed `up` cleans up after itself
 # unless --keep-on-failure. Exit 77 means skip (not root, no podman, the image cannot be built).
+# --tmpfs gives every container private tmpfs mounts at /tmp, /var/tmp and /root (as the netns
+# fleet's targets have): bench/run counts the files a run creates there by tmpfs inode numbers.
 #
 # NAME matches [a-z0-9]{1,5}. Container i is `spc-NAME-i` (also its hostname), labelled
 # spindle.fleet=NAME; `down` removes exactly the containers with that label.
@@ -29,7 +31,7 @@
 #   ssh_host_ed25519_key  the fleet's one host key (mounted into every container)
 #   known_hosts           that key listed for every container IP
 #   ssh_config            `ssh -F DIR/ssh_config t3`
-#   fleet.env             NAME DIR COUNT IMAGE (shell-sourceable)
+#   fleet.env             NAME DIR COUNT IMAGE TMPFS (shell-sourceable)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$HERE/containers.conf}
@@ -50,7 +52,7 @@ if [[ $CMD == up ]]; then
   COUNT=${1:-}; [[ $COUNT =~ ^[0-9]+$ && $COUNT -ge 1 && $COUNT -le 2000 ]] || { log "COUNT must be 1..2000"; usage; }
   shift
 fi
-DIR= IMAGE=localhost/spindle-target:latest TIMEOUT=60 JOBS=8 KEEP=0
+DIR= IMAGE=localhost/spindle-target:latest TIMEOUT=60 JOBS=8 KEEP=0 TMPFS=0
 while (($#)); do
   case $1 in
     --dir) DIR=$2; shift 2 ;;
@@ -58,6 +60,7 @@ while (($#)); do
     --timeout) TIMEOUT=$2; shift 2 ;;
     --jobs) JOBS=$2; shift 2 ;;
     --keep-on-failure) KEEP=1; shift ;;
+    --tmpfs) TMPFS=1; shift ;;
     *) log "unknown argument $1"; usage ;;
   esac
 done
@@ -126,17 +129,21 @@ up() {
   mkdir -p "$dir" "$BASE/.state"
   chmod 0700 "$dir"
   touch "$dir/$MARKER"
-  printf 'NAME=%q\nDIR=%q\nCOUNT=%q\nIMAGE=%q\n' "$name" "$dir" "$count" "$IMAGE" | tee "$dir/fleet.env" >"$(state_file "$name")"
+  printf 'NAME=%q\nDIR=%q\nCOUNT=%q\nIMAGE=%q\nTMPFS=%q\n' "$name" "$dir" "$count" "$IMAGE" "$TMPFS" | tee "$dir/fleet.env" >"$(state_file "$name")"
   ssh-keygen -q -t ed25519 -N '' -C "spindle-podman-$name" -f "$dir/id_ed25519"
   ssh-keygen -q -t ed25519 -N '' -C "spindle-podman-$name-host" -f "$dir/ssh_host_ed25519_key"
   log "starting $count containers spc-$name-0.. from $IMAGE ($JOBS at a time)"
   # shellcheck disable=SC2016
+  # --tmpfs: exec allowed (as the netns targets' tmpfs); /root 0700, its .ssh made by the runtime
+  # under the key's bind mount
   seq 0 $((count - 1)) | xargs -P "$JOBS" -I{} sh -c '
     n=spc-$0-{}
-    podman run -d --name "$n" --hostname "$n" --label spindle.fleet=$0 \
+    t=
+    [ "$3" = 1 ] && t="--tmpfs /tmp:rw,exec,mode=1777 --tmpfs /var/tmp:rw,exec,mode=1777 --tmpfs /root:rw,exec,mode=0700"
+    podman run -d --name "$n" --hostname "$n" --label spindle.fleet=$0 $t \
       -v "$1/id_ed25519.pub:/root/.ssh/authorized_keys:ro" \
       -v "$1/ssh_host_ed25519_key:/etc/ssh/ssh_host_ed25519_key:ro" \
-      "$2" >/dev/null || { echo "podman run $n failed" >&2; exit 255; }' "$name" "$dir" "$IMAGE" \
+      "$2" >/dev/null || { echo "podman run $n failed" >&2; exit 255; }' "$name" "$dir" "$IMAGE" "$TMPFS" \
     || return 1
   : >"$dir/names.txt"; : >"$dir/hosts.txt"
   for ((i = 0; i < count; i++)); do echo "spc-$name-$i" >>"$dir/names.txt"; done
