@@ -58,6 +58,18 @@ impl LogLimiter {
         }
     }
 
+    /// When the next drop report is due (None: nothing dropped since the last one): the
+    /// router's tick is woken for it.
+    pub fn report_due_at(&self, now: Instant) -> Option<Instant> {
+        if self.dropped == 0 {
+            return None;
+        }
+        Some(
+            self.reported
+                .map_or(now, |at| (at + DROP_REPORT_EVERY).max(now)),
+        )
+    }
+
     /// The number of records dropped since the last report, when there are some and the
     /// last report is at least [`DROP_REPORT_EVERY`] old.
     pub fn due_report(&mut self, now: Instant) -> Option<u64> {

@@ -230,6 +230,9 @@ impl Router {
         for (handle, fl, body) in done {
             self.complete(c, handle, fl, body);
         }
+        if h.kind == Kind::Log {
+            self.log_report_due(c, now);
+        }
         match res {
             Err((kind, m)) => self.fail_target(c, kind, &m),
             // Calls queued while it started were held back: it exists on the target now.

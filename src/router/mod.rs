@@ -626,7 +626,15 @@ impl Router {
         if let Some((kind, m)) = fatal {
             self.fail_target(t, kind, &m);
         }
+        self.log_report_due(t, now);
         self.run_replay(now);
+    }
+
+    /// Wakes the next tick for target `t`'s report of dropped log records, if one is due.
+    pub(super) fn log_report_due(&mut self, t: TargetId, now: Instant) {
+        if let Some(at) = self.targets.get(t).and_then(|x| x.logs.report_due_at(now)) {
+            self.deadline_at(at);
+        }
     }
 
     /// Expires connect and call deadlines.
@@ -709,6 +717,7 @@ impl Router {
                 start
                     .into_iter()
                     .chain(x.calls.values().filter_map(|c| c.deadline))
+                    .chain(x.logs.report_due_at(now))
             })
             .min();
         self.run_replay(now);
