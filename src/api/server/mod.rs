@@ -321,7 +321,9 @@ impl Server {
                     self.set_reading(id, true);
                 }
             }
-            if self.chores_pending() && now.duration_since(last_tick) >= TICK {
+            // (`chores` as found before the wait: one that became pending meanwhile is seen
+            // at the next turn, before the next wait, so the scan of targets is done once.)
+            if chores && now.duration_since(last_tick) >= TICK {
                 last_tick = now;
                 self.expire_partial_requests(now);
                 self.budget.recheck();
