@@ -29,6 +29,14 @@ are those of docs/api.md plus three raised by the client itself:
 * ``timeout``: no reply within the call's wait timeout (the daemon's own deadline
   errors use the same kind).
 
+A call may wait for its reply as long as its command runs (a module has no deadline unless
+the task sets one), but never on a daemon that stopped answering: after ``liveness[0]``
+seconds without the reply (30 by default) the caller asks the daemon on the same
+connection whether it is alive (op ``alive``), and again every ``liveness[0]`` seconds; a
+daemon that does not answer within ``liveness[1]`` seconds (60) is given up
+(``daemon_lost``, every pending call wakes): a stopped, wedged or swapped-out daemon fails
+the task in about a minute and a half instead of hanging the play.
+
 Standard library only; Python 3.8+.
 """
 
@@ -36,9 +44,11 @@ import base64
 import itertools
 import json
 import os
+import select
 import socket
 import struct
 import threading
+import time
 import weakref
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
@@ -61,6 +71,10 @@ _HEADER = struct.Struct(">I")
 _EXEC_GRACE = 60.0
 
 _CONNECT_TIMEOUT = 30.0
+
+#: (seconds without a reply before the daemon is asked whether it is alive, and again after
+#: each answer; seconds the daemon has to answer): the module docstring, liveness.
+LIVENESS = (30.0, 60.0)
 
 
 class _Default:
@@ -252,6 +266,34 @@ class _Connection:
             self.sock.sendall(header)
             self.sock.sendall(payload)
 
+    def send_within(self, payload: bytes, seconds: float) -> bool:
+        """Send a small message, or give up (False) after ``seconds``: it never blocks
+        longer on a daemon that stopped reading or on a sender stuck in ``send``."""
+        end = time.monotonic() + seconds
+        if not self.send_lock.acquire(timeout=max(seconds, 0.0)):
+            return False
+        try:
+            if self.closed:
+                return False
+            data = memoryview(_HEADER.pack(len(payload)) + payload)
+            while data:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                _r, w, _x = select.select([], [self.sock], [], left)
+                if not w:
+                    continue
+                try:
+                    n = self.sock.send(data, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                data = data[n:]
+            return True
+        except OSError:
+            return False
+        finally:
+            self.send_lock.release()
+
     def fail(self, reason: str) -> None:
         """Mark dead, wake every pending call with daemon_lost, stop the reader."""
         with self.lock:
@@ -402,9 +444,15 @@ class Client:
     carry the request out.
     """
 
-    def __init__(self, socket_path: PathLike, timeout: Optional[float] = None):
+    def __init__(
+        self,
+        socket_path: PathLike,
+        timeout: Optional[float] = None,
+        liveness: "tuple[float, float]" = LIVENESS,
+    ):
         self.socket_path = os.fspath(socket_path)
         self.timeout = timeout
+        self.liveness = liveness
         self._lock = threading.Lock()
         self._conn: Optional[_Connection] = None
         self._ids = itertools.count(1)
@@ -511,7 +559,7 @@ class Client:
             conn.send(payload)
         except OSError as e:
             conn.fail("lost the spindle daemon while sending: %s" % (e,))
-        if not slot.event.wait(wait):
+        if not self._wait(conn, slot, wait, op):
             conn.discard(rid)
             if not slot.event.is_set():
                 raise SpindleError(
@@ -531,6 +579,45 @@ class Client:
                 err = {}
             return self._raise(err, label)
         raise SpindleError("protocol", "malformed reply from the spindle daemon: %r" % (reply,), label)
+
+    def _wait(self, conn: _Connection, slot: _Slot, wait: Optional[float], op: str) -> bool:
+        """Wait up to ``wait`` seconds (None: without end) for ``slot``, asking the daemon
+        whether it is alive after each ``liveness[0]`` seconds of silence; a daemon that
+        does not answer fails the connection (the slot wakes with ``daemon_lost``)."""
+        every, grace = self.liveness
+        end = None if wait is None else time.monotonic() + wait
+        while True:
+            step = every if end is None else min(every, end - time.monotonic())
+            if step > 0 and slot.event.wait(step):
+                return True
+            if end is not None and time.monotonic() >= end:
+                return slot.event.is_set()
+            if op == "alive":
+                continue
+            why = self._unanswered(conn, grace)
+            if why is not None:
+                conn.fail(why)
+                return True
+
+    def _unanswered(self, conn: _Connection, grace: float) -> Optional[str]:
+        """None when the daemon answers ``alive`` within ``grace`` seconds, else why not."""
+        with self._lock:
+            rid = next(self._ids)
+        try:
+            probe = conn.register(rid)
+        except SpindleError:
+            return None  # the connection is already dead: the caller's slot has woken
+        payload = json.dumps({"op": "alive", "id": rid}).encode("ascii")
+        start = time.monotonic()
+        sent = conn.send_within(payload, grace)
+        answered = sent and probe.event.wait(max(grace - (time.monotonic() - start), 0.0))
+        conn.discard(rid)
+        if answered or probe.event.is_set():
+            return None  # any reply, an error one from an older daemon too, is an answer
+        return (
+            "the spindle daemon at %s did not answer a liveness check within %gs "
+            "(stopped, wedged or starved of CPU?)" % (conn.path, grace)
+        )
 
     @staticmethod
     def _raise(err: Mapping[str, Any], label: Optional[str]) -> Any:

@@ -553,3 +553,93 @@ class TestFork(ClientTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestLiveness(ClientTestCase):
+    """A call waiting long for its reply asks the daemon whether it is alive (op ``alive``)
+    and gives a daemon that does not answer up, instead of waiting for ever."""
+
+    answer_alive = True
+
+    def setUp(self):
+        self.probes = []
+        self.held = queue.Queue()
+        self.handler = self._handle
+        super().setUp()
+        self.client = Client(self.daemon.path, timeout=None, liveness=(0.2, 0.5))
+
+    def _handle(self, conn, msg):
+        if msg["op"] == "alive":
+            self.probes.append(time.monotonic())
+            if self.answer_alive:
+                conn.reply(msg["id"], {"pid": 1})
+        else:
+            self.held.put((conn, msg))
+
+    def test_a_slow_reply_from_a_live_daemon_is_waited_for(self):
+        def answer_late():
+            conn, msg = self.held.get(timeout=WAIT)
+            time.sleep(1.2)
+            conn.reply(msg["id"], {"late": True})
+
+        t = threading.Thread(target=answer_late)
+        t.start()
+        self.assertEqual(self.client.request("ping", SSH), {"late": True})
+        t.join(WAIT)
+        self.assertGreaterEqual(len(self.probes), 3, "asked whether it is alive every 0.2 s")
+
+    def test_a_daemon_that_stops_answering_is_given_up(self):
+        self.answer_alive = False
+        start = time.monotonic()
+        with self.assertRaises(SpindleError) as cm:
+            self.client.request("ping", SSH)
+        took = time.monotonic() - start
+        self.assertEqual(cm.exception.kind, "daemon_lost")
+        self.assertIn("did not answer a liveness check within 0.5s", cm.exception.message)
+        self.assertLess(took, 5.0)
+        self.assertEqual(len(self.probes), 1)
+
+
+def _spindle_bin():
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.environ.get("SPINDLE_BIN") or os.path.join(repo, "target", "release", "spindle")
+    return path if os.access(path, os.X_OK) else None
+
+
+class TestLivenessRealDaemon(unittest.TestCase):
+    """The real daemon, stopped (SIGSTOP) while a command runs on a local target: the call
+    ends with daemon_lost within the liveness window instead of hanging."""
+
+    def test_stopped_daemon(self):
+        import signal
+        import subprocess
+
+        binary = _spindle_bin()
+        if binary is None:
+            self.skipTest("no spindle binary (cargo build --release)")
+        tmp = tempfile.mkdtemp(prefix="spl-", dir=os.environ.get("SPINDLE_TEST_TMP") or None)
+        sock = os.path.join(tmp, "s.sock")
+        log = open(os.path.join(tmp, "daemon.log"), "wb")
+        proc = subprocess.Popen([binary, "serve", "--socket", sock], stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + WAIT
+            while not os.path.exists(sock) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            client = Client(sock, timeout=None, liveness=(0.5, 1.0))
+            local = TargetSpec(transport="local", name="here")
+            # a command longer than the liveness window: the daemon answers each check
+            self.assertEqual(client.exec(local, argv=["sleep", "2"]).rc, 0)
+            threading.Timer(0.5, proc.send_signal, (signal.SIGSTOP,)).start()
+            start = time.monotonic()
+            with self.assertRaises(SpindleError) as cm:
+                client.exec(local, argv=["sleep", "30"])
+            self.assertEqual(cm.exception.kind, "daemon_lost")
+            self.assertIn("liveness check", cm.exception.message)
+            self.assertLess(time.monotonic() - start, 10.0)
+            client.close()
+        finally:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            proc.wait()
+            log.close()
+            shutil.rmtree(tmp, ignore_errors=True)

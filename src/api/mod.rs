@@ -51,6 +51,8 @@ pub enum Op {
     Note(NoteArgs),
     /// The daemon's counters.
     Stats(NoFields),
+    /// Whether the daemon still answers (a client waiting long for a reply asks).
+    Alive(NoFields),
     /// Stop the daemon.
     Shutdown(NoFields),
 }
@@ -68,6 +70,7 @@ impl Op {
             Op::Close(_) => "close",
             Op::Note(_) => "note",
             Op::Stats(_) => "stats",
+            Op::Alive(_) => "alive",
             Op::Shutdown(_) => "shutdown",
         }
     }
@@ -386,6 +389,7 @@ mod tests {
     fn requests_parse_into_typed_ops_and_refuse_what_an_op_does_not_take() {
         let ok = |b: &str| parse_request(b.as_bytes()).map(|r| (r.id, r.op.name()));
         assert_eq!(ok(r#"{"id":1,"op":"stats"}"#), Ok((1, "stats")));
+        assert_eq!(ok(r#"{"id":1,"op":"alive"}"#), Ok((1, "alive")));
         assert_eq!(
             ok(
                 r#"{"id":2,"op":"exec","argv":["true"],"call_timeout":3,"target":{"transport":"local"}}"#

@@ -96,6 +96,7 @@ pub fn request(req: &Request) -> Result<(), BadField> {
         | Op::BlobPut(_)
         | Op::Close(_)
         | Op::Stats(_)
+        | Op::Alive(_)
         | Op::Shutdown(_) => {}
     }
     if let Some(t) = &req.target {

@@ -78,8 +78,7 @@ pub(super) struct Call {
     pub(super) client: Option<ClientId>,
     pub(super) id: u64,
     pub(super) op: Op,
-    pub(super) reply: Vec<u8>,
-    pub(super) overflow: bool,
+    pub(super) reply: super::replies::ReplyBuf,
     pub(super) local_error: Option<String>,
     pub(super) deadline: Option<Instant>,
 }
@@ -95,8 +94,7 @@ impl Call {
             client,
             id,
             op,
-            reply: Vec::new(),
-            overflow: false,
+            reply: Default::default(),
             local_error: None,
             deadline,
         }
@@ -583,13 +581,15 @@ impl Router {
                 let _ = std::fs::remove_file(tmp);
             }
             api::error(c.id, ErrorKind::LocalIo, &label, &m)
-        } else if c.overflow {
-            api::error(
-                c.id,
-                ErrorKind::Protocol,
-                &label,
-                "reply larger than 64 MiB",
-            )
+        } else if let Some(over) = c.reply.overflow {
+            let m = match over {
+                super::replies::Overflow::Message => "reply larger than 64 MiB".to_string(),
+                super::replies::Overflow::Budget => format!(
+                    "replies being assembled, all targets together, passed the daemon's {} MiB budget",
+                    super::replies::REPLIES_MAX >> 20
+                ),
+            };
+            api::error(c.id, ErrorKind::Protocol, &label, &m)
         } else if fl & flags::ERROR != 0 {
             if let Op::Fetch { tmp, .. } = &c.op {
                 let _ = std::fs::remove_file(tmp);

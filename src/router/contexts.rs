@@ -222,7 +222,7 @@ impl Router {
         x.counters.bytes_in += (proto::HEADER_LEN + payload.len()) as u64;
         let was_ready = x.phase == Phase::Ready;
         let (mut done, mut refused) = (Vec::new(), Vec::new());
-        let res = on_frame(x, h, payload, &mut done, &mut refused, now);
+        let res = on_frame(x, &self.replies, h, payload, &mut done, &mut refused, now);
         let now_ready = x.phase == Phase::Ready;
         for (handle, m) in refused {
             self.abandon(c, handle, Some((ErrorKind::Protocol, &m)));

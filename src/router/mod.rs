@@ -26,6 +26,9 @@
 //! - a reply is capped at [`crate::api::MAX_MESSAGE`] over all its MORE frames: past it the
 //!   call fails, not the stream (tests: `a_reply_split_over_frames_is_reassembled`,
 //!   `a_split_reply_over_the_message_limit_fails_its_call_not_the_stream`);
+//! - replies being assembled, all targets together, hold at most [`replies::REPLIES_MAX`]
+//!   bytes: the call whose frame would pass it fails, not the stream (test:
+//!   `replies_in_assembly_over_the_daemons_budget_fail_the_call_that_passes_it`);
 //! - a nested context (become, via) has at most [`CONTEXT_WINDOW`] bytes in flight to the
 //!   agent that feeds it, more going as its CREDIT frames come (tests:
 //!   `a_context_gets_at_most_its_window_in_flight_until_credit`,
@@ -87,6 +90,7 @@ mod calls;
 mod contexts;
 mod hop_cache;
 mod probe;
+mod replies;
 mod target;
 #[cfg(test)]
 mod tests;
@@ -209,6 +213,8 @@ pub struct Router {
     progress_pending: bool,
     /// When [`Router::tick`] last ran.
     last_tick: Option<Instant>,
+    /// Reply bytes in assembly, all calls together (`replies`).
+    pub(super) replies: replies::ReplyBudget,
 }
 
 impl Default for Router {
@@ -269,6 +275,7 @@ impl Router {
             next_deadline: None,
             progress_pending: false,
             last_tick: None,
+            replies: Default::default(),
         }
     }
 
@@ -474,6 +481,12 @@ impl Router {
                 self.actions.push_back(Action::Shutdown);
                 return;
             }
+            api::Op::Alive(_) => {
+                let v = json!({ "pid": std::process::id() });
+                self.actions
+                    .push_back(Action::Reply(client, api::ok_value(id, &v)));
+                return;
+            }
             api::Op::Note(n) => {
                 // A module task the plugin runs on the stock path (docs/api.md): counted, and
                 // whether this host gave this reason before (the plugin warns once).
@@ -606,7 +619,7 @@ impl Router {
                 continue;
             }
             x.counters.frames_in += 1;
-            if let Err(f) = on_frame(x, &h, payload, &mut done, &mut refused, now) {
+            if let Err(f) = on_frame(x, &self.replies, &h, payload, &mut done, &mut refused, now) {
                 fatal = Some(f);
                 break;
             }
@@ -755,6 +768,7 @@ impl Router {
 /// abandons it: its client gets `protocol`, the agent a cancel).
 fn on_frame(
     x: &mut Target,
+    replies: &replies::ReplyBudget,
     h: &FrameHeader,
     payload: &[u8],
     done: &mut Vec<(u32, u8, Vec<u8>)>,
@@ -782,14 +796,9 @@ fn on_frame(
                 tracing::debug!(host = %x.label, reply_to = h.reply_to, "reply for no call (timed out?)");
                 return Ok(());
             };
-            if c.reply.len() + payload.len() > api::MAX_MESSAGE {
-                c.overflow = true;
-                c.reply = Vec::new();
-            } else if !c.overflow {
-                c.reply.extend_from_slice(payload);
-            }
+            c.reply.extend(payload, replies);
             if h.flags & flags::MORE == 0 {
-                let body = std::mem::take(&mut c.reply);
+                let body = c.reply.take();
                 done.push((h.reply_to, h.flags, body));
             }
         }

@@ -259,3 +259,39 @@ fn replies_read_before_malformed_bytes_count_for_contexts_too() {
     v.sort();
     assert_eq!(v, vec![(1, true), (2, true), (3, false)]);
 }
+
+#[test]
+fn replies_in_assembly_over_the_daemons_budget_fail_the_call_that_passes_it() {
+    let mut r = Router::new();
+    r.replies = crate::router::replies::ReplyBudget::new(10 << 20);
+    let now = Instant::now();
+    let (ta, tb) = (target(serde_json::json!({})), ssh_target());
+    let a = ready(&mut r, &ta, now);
+    let b = ready(&mut r, &tb, now);
+    r.request(1, exec(1, ta), now);
+    r.request(2, exec(2, tb), now);
+    let (ha, hb) = (only_call(&r, a), only_call(&r, b));
+    let part = vec![b' '; 4 << 20];
+    // A holds 8 MiB of its reply; B's first 4 MiB would pass the 10 MiB budget.
+    frame_from(&mut r, a, CTX_AGENT, Kind::Reply, MORE, ha, &part, now);
+    frame_from(&mut r, a, CTX_AGENT, Kind::Reply, MORE, ha, &part, now);
+    frame_from(&mut r, b, CTX_AGENT, Kind::Reply, MORE, hb, &part, now);
+    assert_eq!(r.replies.used(), 8 << 20, "B's part was dropped, A's kept");
+    frame_from(&mut r, b, CTX_AGENT, Kind::Reply, 0, hb, b"}", now);
+    let e = only_error(&mut r, 2);
+    assert_eq!(e["kind"], "protocol", "{e}");
+    assert!(
+        e["message"].as_str().is_some_and(|m| m.contains("budget")),
+        "{e}"
+    );
+    // A completes (its reply is not JSON here; what matters is that it was kept whole).
+    frame_from(&mut r, a, CTX_AGENT, Kind::Reply, 0, ha, b"", now);
+    assert_eq!(r.replies.used(), 0, "every byte released");
+    // A call dropped with its reply half assembled releases its bytes too.
+    r.request(1, exec(3, target(serde_json::json!({}))), now);
+    let h3 = only_call(&r, a);
+    frame_from(&mut r, a, CTX_AGENT, Kind::Reply, MORE, h3, &part, now);
+    assert_eq!(r.replies.used(), 4 << 20);
+    r.targets[a].calls.remove(&h3);
+    assert_eq!(r.replies.used(), 0);
+}
