@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use shared::FaultMode;
 use spindle::proto::{encode_frame, flags, Decoder, FrameHeader, Kind, CTX_AGENT, CTX_CONTROLLER};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -97,6 +97,8 @@ struct Counters {
     replies: u64,
     error_replies: u64,
     faults: u64,
+    /// Waiting execs dropped by a `cancel`.
+    cancelled: u64,
 }
 
 struct Sim {
@@ -105,6 +107,8 @@ struct Sim {
     listeners: Vec<(UnixListener, Option<FaultMode>)>,
     conns: slab::Slab<Conn>,
     timers: BinaryHeap<Reverse<Timer>>,
+    /// Waiting `exec`s the daemon cancelled (connection key, connection number, handle).
+    cancelled: HashSet<(usize, u64, u32)>,
     mix: Vec<(FaultMode, f64)>,
     rng: shared::Rng,
     seq: u64,
@@ -170,6 +174,7 @@ impl Sim {
             listeners: ls,
             conns: slab::Slab::new(),
             timers: BinaryHeap::new(),
+            cancelled: HashSet::new(),
             mix,
             seq: 0,
             next_n: 1,
@@ -376,6 +381,22 @@ impl Sim {
                 true
             }
             Some("exec") => self.on_exec(key, h.handle, &v),
+            Some("cancel") => {
+                // As the agent's op_cancel: a waiting exec is dropped, never answered.
+                let target = v["handle"].as_u64().and_then(|x| u32::try_from(x).ok());
+                let found = target.is_some_and(|t| {
+                    self.timers
+                        .iter()
+                        .any(|r| r.0.key == key && r.0.n == n && r.0.handle == t)
+                });
+                if let (true, Some(t)) = (found, target) {
+                    self.cancelled.insert((key, n, t));
+                    self.c.cancelled += 1;
+                }
+                let v = json!({ "cancelled": found });
+                self.send_json(key, Kind::Reply, 0, h.handle, &v);
+                true
+            }
             Some("shutdown") => {
                 self.send_json(key, Kind::Reply, 0, h.handle, &json!({}));
                 if let Some(c) = self.conns.get_mut(key) {
@@ -468,6 +489,9 @@ impl Sim {
             let Some(Reverse(t)) = self.timers.pop() else {
                 return;
             };
+            if self.cancelled.remove(&(t.key, t.n, t.handle)) {
+                continue;
+            }
             if self.conns.get(t.key).is_some_and(|c| c.n == t.n) {
                 self.answer_exec(t.key, t.handle, &t.token);
             }
