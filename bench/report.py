@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import svgplot  # noqa: E402
 
-MODE_ORDER = ['stock', 'stock-nopipe', 'mitogen', 'spindle']
+MODE_ORDER = ['stock', 'stock-nopipe', 'mitogen', 'spindle', 'floor']
 WL_ORDER = [
     'hostname100',
     'hostname20',
@@ -184,6 +184,46 @@ def profile_table(runs):
         '| **controller CPU per task, plain run** (all processes: Python, ssh, daemon) | %s |'
         % ' | '.join(cpu_per_task(m) for m in modes)
     )
+    L.append('')
+    return L
+
+
+def floor_table(runs):
+    """Each mode against Ansible's own per-task cost (the ``floor`` mode: stock Ansible with
+    ``debug`` in place of each module task) in the same cell: wall time as a multiple of the
+    floor's, and controller CPU per host-task above the floor's (all processes: Ansible,
+    ssh, spindle's daemon)."""
+    by = _by(runs)
+    modes = [m for m in _modes(runs) if m != 'floor']
+    cells = [c for c in _cells(runs) if (by.get(c + ('floor',)) or {}).get('status') == 'ok']
+    if not cells:
+        return []
+    L = [
+        "### Against the floor (Ansible's own per-task cost, same cell)",
+        '',
+        'The `floor` mode runs the workload with `debug` in place of each module task (no '
+        'remote work). Per mode: wall time / the floor\'s, and controller CPU per host-task '
+        'above the floor\'s (ms; all controller processes: Ansible, ssh, the spindle daemon).',
+        '',
+        '| workload | hosts | floor wall s | floor CPU ms/task | '
+        + ' | '.join('%s wall ×floor | %s CPU ms/task above' % (m, m) for m in modes)
+        + ' |',
+        '|---|---:|---:|---:|' + '---:|---:|' * len(modes),
+    ]
+    for c in cells:
+        f = by[c + ('floor',)]
+        n = f.get('task_results') or 0
+        if not n:
+            continue
+        row = ['%.2f' % f['wall_s'], '%.1f' % (1000.0 * f['controller']['cpu_s'] / n)]
+        for m in modes:
+            r = by.get(c + (m,))
+            if not r or r.get('status') != 'ok':
+                row += ['–', '–']
+                continue
+            above = 1000.0 * (r['controller']['cpu_s'] - f['controller']['cpu_s']) / n
+            row += ['%.2f' % (r['wall_s'] / f['wall_s']), '%.1f' % above]
+        L.append('| %s | %d | %s |' % (c[0], c[1], ' | '.join(row)))
     L.append('')
     return L
 
@@ -469,6 +509,7 @@ def write_report(out):
     )
     L.append('')
     L += speedup_table(runs)
+    L += floor_table(runs)
     L += table(runs, 'wall_s', 'Wall time (s)')
     L += table(
         runs,

@@ -24,7 +24,7 @@ def _lit(node):
     return ast.literal_eval(node)
 
 
-def _tb_lines(tree):
+def _tb_lines(tree, need_module=True):
     """Line numbers of the three wrapper frames a stock traceback shows (`File "<stdin>", line N`):
     the top-level `_ansiballz_main(` call, its `invoke_module(` call, and the
     `runpy.run_module(` (v1) / `_loader.run_module(` (v2) call inside invoke_module."""
@@ -39,6 +39,12 @@ def _tb_lines(tree):
             elif isinstance(f, ast.Attribute) and f.attr == 'run_module':
                 # the first one in the source is in invoke_module (debug() comes later)
                 lines['invoke'] = min(node.lineno, lines.get('invoke', node.lineno))
+    if not need_module:  # a template alone: its call comes after it
+        return (
+            lines
+            if len(lines) == 2 and 'module' not in lines and 2 < lines['invoke'] < lines['main']
+            else None
+        )
     if len(lines) == 3 and 2 < lines['invoke'] < lines['main'] < lines['module']:
         return lines
     return None
@@ -46,6 +52,24 @@ def _tb_lines(tree):
 
 #: The zip literal of a v2 wrapper's final call: most of the wrapper's bytes, base64 only.
 _ZIP_LITERAL = re.compile(rb"\bzip_data=(['\"])([A-Za-z0-9+/=]*)\1")
+
+_B64 = b'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/='
+
+
+def _zip_literal(src, start):
+    """``(begin, end)`` of the first ``zip_data='<base64>'`` literal's content at or after
+    ``start``, or None: what ``_ZIP_LITERAL`` finds, without a regex loop over ~200 KB."""
+    i = src.find(b'zip_data=', start)
+    if i < 0 or (i > 0 and (src[i - 1 : i].isalnum() or src[i - 1 : i] == b'_')):
+        return None
+    quote = src[i + 9 : i + 10]
+    if quote not in (b"'", b'"'):
+        return None
+    begin = i + 10
+    end = src.find(quote, begin)
+    if end < 0 or src[begin:end].translate(None, _B64):
+        return None
+    return begin, end
 
 
 def parse_wrapper(src):
@@ -66,29 +90,79 @@ def parse_wrapper(src):
     return _parse(src)
 
 
+def read_wrapper(src, cache=None):
+    """:func:`parse_wrapper`'s metadata without decoding the zip: ``zip_b64`` (the literal's
+    base64 bytes) instead of ``zip``. Only the wrapper's last statement (the call carrying
+    the module's arguments) is parsed each time; the template before it, the same for
+    every module of one ansible-core, is parsed for its traceback lines once per ``cache``
+    (a :class:`spindle_ansible.plancache.PlanCache`, entry ``tpl-<sha256>``). Other wrappers
+    (ansible-core 2.18's) get :func:`parse_wrapper` (``zip`` decoded)."""
+    if b'_ANSIBALLZ_WRAPPER = True' not in src[:4096]:
+        raise NotAnsiballz('not an AnsiballZ wrapper')
+    tail = src.rfind(b'\nif __name__ == ')
+    span = _zip_literal(src, tail) if tail >= 0 else None
+    if span:
+        try:
+            out = _v2_call(ast.parse(src[tail : span[0]] + src[span[1] :]))
+        except (SyntaxError, ValueError, KeyError, NotAnsiballz):
+            out = None
+        if out is not None and out['zip'] == b'':
+            call_line = out.pop('call_line')
+            out['tb_lines'] = _template_lines(src[:tail], cache, src.count(b'\n', 0, tail) + call_line)
+            del out['zip']
+            out['zip_b64'] = src[span[0] : span[1]]
+            return out
+    return parse_wrapper(src)
+
+
+def _template_lines(template, cache, module_line):
+    """:func:`_tb_lines` of a wrapper whose template (all before its last statement) is
+    ``template`` and whose ``_ansiballz_main(`` call is on line ``module_line``."""
+    key = hashlib.sha256(template).hexdigest()
+    lines = cache.get('tpl', key) if cache is not None else None
+    if lines is None:
+        found = _tb_lines(ast.parse(template), need_module=False)
+        lines = dict((k, found[k]) for k in ('main', 'invoke')) if found else {}
+        if cache is not None and lines:
+            cache.put('tpl', key, lines)
+    if not lines or not 2 < lines['invoke'] < lines['main'] < module_line:
+        return None
+    return dict(lines, module=module_line)
+
+
+def _v2_call(tree):
+    """The metadata in a v2 wrapper's last statement (``if __name__ == "__main__":
+    _ansiballz_main(zip_data=..., ...)``), with ``call_line``; None if it is not one."""
+    last = tree.body[-1]
+    if not (isinstance(last, ast.If) and last.body and isinstance(last.body[0], ast.Expr)):
+        return None
+    call = last.body[0].value
+    if not (
+        isinstance(call, ast.Call) and getattr(call.func, 'id', None) == '_ansiballz_main' and call.keywords
+    ):
+        return None
+    kw = dict((k.arg, k.value) for k in call.keywords)
+    return dict(
+        dialect='v2',
+        call_line=call.lineno,
+        ansible_module=_lit(kw['ansible_module']),
+        module_fqn=_lit(kw['module_fqn']),
+        profile=_lit(kw['profile']),
+        rlimit_nofile=_lit(kw['rlimit_nofile']),
+        params=_lit(kw['params']),
+        extensions=_lit(kw['extensions']),
+        zip=base64.b64decode(_lit(kw['zip_data'])),
+    )
+
+
 def _parse(src):
     tree = ast.parse(src)
-    last = tree.body[-1]
     # v2: if __name__ == "__main__": _ansiballz_main(zip_data=..., ...)
-    if isinstance(last, ast.If) and last.body and isinstance(last.body[0], ast.Expr):
-        call = last.body[0].value
-        if (
-            isinstance(call, ast.Call)
-            and getattr(call.func, 'id', None) == '_ansiballz_main'
-            and call.keywords
-        ):
-            kw = dict((k.arg, k.value) for k in call.keywords)
-            return dict(
-                dialect='v2',
-                tb_lines=_tb_lines(tree),
-                ansible_module=_lit(kw['ansible_module']),
-                module_fqn=_lit(kw['module_fqn']),
-                profile=_lit(kw['profile']),
-                rlimit_nofile=_lit(kw['rlimit_nofile']),
-                params=_lit(kw['params']),
-                extensions=_lit(kw['extensions']),
-                zip=base64.b64decode(_lit(kw['zip_data'])),
-            )
+    v2 = _v2_call(tree)
+    if v2 is not None:
+        del v2['call_line']
+        v2['tb_lines'] = _tb_lines(tree)
+        return v2
     # v1: def _ansiballz_main(): ... ZIPDATA = '...'; ANSIBALLZ_PARAMS = '...'
     main = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == '_ansiballz_main']
     if not main:

@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 import os
 
-from spindle_ansible import ansiballz
+from spindle_ansible import ansiballz, plancache
 from spindle_ansible.client import SpindleError
 
 #: Modules that can re-launch themselves under another interpreter (``respawn_module``, when
@@ -171,15 +171,19 @@ def file_module_reason(cmd, in_data=None, sudoable=True):
     return 'old-style, WANT_JSON or binary module (Ansible runs it from a file)'
 
 
-def plan(cmd, in_data, isolation='warm', cwd=None):
-    """The agent request for a pipelined module run and its code blobs; None when ``in_data``
-    is no module (a plain command); :class:`StockPath` when the module must run stock."""
+def plan(cmd, in_data, isolation='warm', cwd=None, cache=None):
+    """The agent request for a pipelined module run and its code :class:`Blobs`; None when
+    ``in_data`` is no module (a plain command); :class:`StockPath` when the module must run
+    stock. What the payload's zip holds is read once per run (``cache``: the run's
+    :mod:`spindle_ansible.plancache`), so a cached task hashes the zip instead of unpacking it."""
     if not is_module_run(in_data):
         return None
     if isolation == 'off':
         raise StockPath('spindle_task_isolation is off')
+    if cache is None:
+        cache = plancache.run_cache()
     try:
-        meta = ansiballz.parse_wrapper(in_data)
+        meta = ansiballz.read_wrapper(in_data, cache)
         env, argv = ansiballz.split_module_command(cmd)
     except Exception as e:
         raise StockPath('the module payload could not be read (%s: %s)' % (type(e).__name__, e))
@@ -191,15 +195,35 @@ def plan(cmd, in_data, isolation='warm', cwd=None):
         )
     if not plain_program(argv[0]):
         raise StockPath('interpreter %r is not a plain path' % argv[0])
-    if 'zip' not in meta or 'params' not in meta:
+    if ('zip' not in meta and 'zip_b64' not in meta) or 'params' not in meta:
         raise StockPath('unrecognised AnsiballZ wrapper')
     name = str(meta.get('ansible_module') or '')
-    files = ansiballz.unpack(meta.pop('zip'))
-    manifest = ansiballz.manifest(files)
+    zip_b64, zip_bytes = meta.pop('zip_b64', None), meta.pop('zip', None)
+    if zip_b64 is not None:
+        key = 'b' + hashlib.sha256(zip_b64).hexdigest()
+
+        def unpack():
+            return ansiballz.unpack(base64.b64decode(zip_b64))
+    else:
+        key = 'z' + hashlib.sha256(zip_bytes).hexdigest()
+
+        def unpack():
+            return ansiballz.unpack(zip_bytes)
+
+    known = cache.get('zip', key)
+    if known is None:
+        files = unpack()
+        manifest = ansiballz.manifest(files)
+        known = {'manifest': manifest, 'core': core_files(manifest)}
+        cache.put('zip', key, known)
+        blobs = Blobs(manifest.values(), lambda: files, manifest)
+    else:
+        manifest = known['manifest']
+        blobs = Blobs(manifest.values(), unpack, manifest)
     mode = 'fork' if isolation == 'fork' or name in ALWAYS_FORK or name in RESPAWNING else 'inproc'
     core = None
     if mode == 'inproc' and isolation == 'warm':
-        core = core_files(manifest)
+        core = known['core']
         if core:
             mode = 'warm'
     req = dict(meta, env=env)
@@ -210,8 +234,35 @@ def plan(cmd, in_data, isolation='warm', cwd=None):
         payload['disk'] = True
     if mode == 'warm':
         payload['core'] = core
-    blobs = dict((manifest[p], files[p]) for p in files)
     return payload, blobs
+
+
+class Blobs(object):
+    """Module code blobs by content hash: the hashes at once, the bytes only when the daemon
+    lacks some (a plan read from the run's cache has not unpacked its zip). ``update`` merges
+    another run's (copy_fast carries two module runs)."""
+
+    def __init__(self, hashes=(), load=None, manifest=None):
+        self._hashes = set(hashes)
+        self._sources = [(load, manifest)] if load is not None else []
+        self._data = None
+
+    def hashes(self):
+        return sorted(self._hashes)
+
+    def update(self, other):
+        self._hashes |= other._hashes
+        self._sources += other._sources
+        self._data = None
+
+    def get(self, digest):
+        """The bytes of blob ``digest``, or None."""
+        if self._data is None:
+            self._data = {}
+            for load, manifest in self._sources:
+                for path, data in load().items():
+                    self._data[manifest[path]] = data
+        return self._data.get(digest)
 
 
 def for_interpreter(target, interpreter):
@@ -222,10 +273,10 @@ def for_interpreter(target, interpreter):
 
 
 def call_with_blobs(client, target, payload, blobs):
-    """The daemon's ``call`` with code blobs (hash -> bytes): the daemon pushes to the target
+    """The daemon's ``call`` with code :class:`Blobs`: the daemon pushes to the target
     those its stream lacks; blobs the daemon itself lacks are uploaded once and the call
     retried."""
-    hashes = sorted(blobs)
+    hashes = blobs.hashes()
     for attempt in (1, 2):
         try:
             return client.request('call', target, payload=payload, blobs=hashes)
@@ -233,8 +284,9 @@ def call_with_blobs(client, target, payload, blobs):
             if e.kind != 'missing_blobs' or attempt == 2:
                 raise
             for h in e.details.get('missing') or hashes:
-                if h in blobs:
-                    client.request('blob_put', hash=h, data_b64=base64.b64encode(blobs[h]).decode('ascii'))
+                data = blobs.get(h)
+                if data is not None:
+                    client.request('blob_put', hash=h, data_b64=base64.b64encode(data).decode('ascii'))
     raise AssertionError('unreachable')
 
 

@@ -491,10 +491,16 @@ def main(argv=None):
                 {'fetch_dir': os.path.join(work, 'fetched'), 'http_urls': urls, 'binary_module': have_binary},
                 f,
             )
-        # A fourth host that refuses connections: both runs must call it UNREACHABLE.
+        # Hosts that cannot be served, which both runs must report alike: one that refuses
+        # connections and one whose name does not resolve (UNREACHABLE), and one whose
+        # ansible_connection names no plugin (FAILED: spindle must not turn it into ssh).
         dead = os.path.join(work, 'dead.ini')
         with open(dead, 'w') as f:
-            f.write('[fleet]\ntdead ansible_host=%s ansible_port=1\n' % ips[0])
+            f.write(
+                '[fleet]\ntdead ansible_host=%s ansible_port=1\n'
+                'tnoname ansible_host=no-such-host.invalid\n'
+                'tnoconn ansible_connection=no_such_connection\n' % ips[0]
+            )
         inventories = [inventory, dead]
         if args.target_pythons:
             pythons = os.path.join(work, 'pythons.ini')

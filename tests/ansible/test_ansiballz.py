@@ -23,7 +23,9 @@ CHECK = textwrap.dedent('''
     from ansible.executor import module_common
     from ansible.template import Templar
     from ansible.parsing.dataloader import DataLoader
-    from spindle_ansible import ansiballz
+    import base64, tempfile
+    from spindle_ansible import ansiballz, modexec, plancache
+    cache_dir = tempfile.mkdtemp()
     cases = [
         ('command', {'_raw_params': 'hostname'}),
         ('copy', {'content': "zip_data='QUJD' and zip_data=\\"QUJD\\"\\n" * 3000, 'dest': '/tmp/x'}),
@@ -34,9 +36,20 @@ CHECK = textwrap.dedent('''
             module_name=name, module_path=module_loader.find_plugin(name), module_args=args,
             templar=Templar(loader=DataLoader()),
             task_vars={'ansible_python_interpreter': '/usr/bin/python3'})
-        src = built.b_module_data
+        src = built.b_module_data if hasattr(built, 'b_module_data') else built[0]  # 2.18: a tuple
         quick, full = ansiballz.parse_wrapper(src), ansiballz._parse(src)
         assert quick == full, (name, set(quick) ^ set(full))
+        # the run cache's reading: template lines from a cache (second time: from disk)
+        for cache in (plancache.PlanCache(cache_dir), plancache.PlanCache(cache_dir)):
+            lazy = ansiballz.read_wrapper(src, cache)
+            if 'zip_b64' in lazy:
+                lazy['zip'] = base64.b64decode(lazy.pop('zip_b64'))
+            assert lazy == full, (name, [k for k in full if lazy.get(k) != full[k]])
+        planned = [modexec.plan('/usr/bin/python3', src, cache=plancache.PlanCache(d))
+                   for d in (None, cache_dir, cache_dir)]
+        assert planned[0][0] == planned[1][0] == planned[2][0], name
+        blobs = planned[2][1]
+        assert [blobs.get(h) for h in blobs.hashes()] == [planned[0][1].get(h) for h in blobs.hashes()]
         assert len(full['zip']) > 1000, name
         if full['dialect'] == 'v2':  # ansible-core 2.19 and later: the quick reading applies
             assert ansiballz._ZIP_LITERAL.search(src, src.rfind(b'\\nif __name__ == ')), name

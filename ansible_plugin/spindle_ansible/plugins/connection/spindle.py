@@ -502,6 +502,7 @@ from spindle_ansible.asyncrun import AsyncStock
 from spindle_ansible.client import Client, SpindleError
 from spindle_ansible.modexec import (
     StockPath,
+    Blobs,
     call_with_blobs,
     file_module_reason,
     for_interpreter,
@@ -1046,7 +1047,7 @@ class Connection(ConnectionBase):
         if None in plans or plans[0][0]['interpreter'] != plans[1][0]['interpreter']:
             return None
         spec = for_interpreter(spec, plans[0][0]['interpreter'])
-        blobs = {}
+        blobs = Blobs()
         runs = []
         for payload, run_blobs in plans:
             blobs.update(run_blobs)
