@@ -556,6 +556,7 @@ def ensure_daemon():
         sock = _daemon.socket
         display.vv("spindle: daemon pid %d on %s" % (_daemon.proc.pid, sock))
     modexec.prime_core_hashes()  # before the workers fork (warm mode compares module_utils)
+    modexec.prime_worker_imports()
     _exported = sock
     os.environ['SPINDLE_SOCKET'] = sock
     return sock
