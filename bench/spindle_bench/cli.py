@@ -213,30 +213,7 @@ def run_suite(args, ap, ctl, share, out):
     cells = plan(args)
     log('suite %s: %d cells, modes %s; results in %s' % (args.suite, len(cells), ','.join(modes_wanted), out))
 
-    modes = {}
-    cleanup_dirs = []
-    for name in modes_wanted:
-        m = Mode(name, ctl)
-        if name == 'stock':
-            setup_stock(m, True)
-        elif name == 'stock-nopipe':
-            setup_stock(m, False)
-        elif name == 'floor':
-            setup_stock(m, True)
-            if m.available:
-                m.info['runs'] = 'debug in place of each module task (%s only)' % ', '.join(
-                    sorted(FLOOR_BOOKS)
-                )
-        elif name == 'mitogen':
-            setup_mitogen(m, not args.no_install, os.path.join(out, 'logs'))
-        elif name == 'spindle':
-            snapdir = tempfile.mkdtemp(prefix='snap-', dir=share)  # the controller container sees it
-            cleanup_dirs.append(snapdir)
-            plugin_from = ctl.default_plugin if args.spindle_plugin == 'auto' else args.spindle_plugin
-            setup_spindle(m, os.path.abspath(args.spindle_bin), plugin_from, snapdir)
-        modes[name] = m
-        if not m.available:
-            log('mode %s: SKIPPED: %s' % (name, m.reason))
+    modes, cleanup_dirs = setup_modes(args, ctl, share, out, modes_wanted)
 
     runner = Runner(args, out, progress, ctl, share)
     runner.payloads = make_payloads()
@@ -297,49 +274,8 @@ def run_suite(args, ap, ctl, share, out):
                 )
             forks = args.forks or min(size, 50)
             size_cells = [c for c in cells if c[1] == size]
-            for w, h, rtt, ms in size_cells:
-                cell_modes = modes_for_cell(w, rtt, ms, modes_wanted, modes)
-                if w in WARM_CELLS:
-                    first, again = WARM_CELLS[w]
-                    for mn in cell_modes:
-                        runner.run(
-                            modes[mn], first, fleet, inv, h, None, {'kind': 'direct'}, forks, reap=False
-                        )
-                        runner.run(
-                            modes[mn], again, fleet, inv, h, None, {'kind': 'direct'}, forks, reap=False
-                        )
-                        runner.ctl.reap_all(runner.known_children)  # the next mode starts cold
-                elif rtt is None:
-                    if w == 'bigcopy' and h not in runner.line_rates:
-                        lr = line_rate(fleet, h, runner.payloads['big'], ctl)
-                        if lr:
-                            runner.line_rates[h] = lr
-                            meta.setdefault('line_rate', []).append(dict(lr, fleet=fleet.name))
-                            progress.note(
-                                'line rate, raw ssh cat of the bigcopy file to %d target(s): '
-                                '%.0f MiB/s' % (h, lr['MiB_per_s'])
-                            )
-                    for mn in cell_modes:
-                        runner.run(modes[mn], w, fleet, inv, h, None, {'kind': 'direct'}, forks)
-                else:
-                    emu = LinkEmu(fleet, rtt, args.rate_mbit, runner.tmp, ctl)
-                    emu_inv = emu.start()
-                    runner.known_children.add(emu.proc.pid)
-                    info = {
-                        'kind': 'linkemu',
-                        'rtt_ms': rtt,
-                        'rate_mbit': args.rate_mbit or None,
-                        'how': 'bench/linkemu.py on the controller: 127.0.0.1:port_i -> target_i:22, '
-                        'one-way delay RTT/2 per chunk in each direction (delay queue)',
-                    }
-                    try:
-                        for mn in cell_modes:
-                            runner.run(modes[mn], w, fleet, emu_inv, h, rtt, info, forks)
-                    finally:
-                        st = emu.stop()
-                        runner.known_children.discard(emu.proc.pid)
-                        if st:
-                            meta.setdefault('linkemu', []).append(dict(st, fleet=fleet.name, hosts=h))
+            for cell in size_cells:
+                run_cell(args, runner, modes, modes_wanted, cell, fleet, inv, forks, meta, progress)
             if args.profile and k == 0:
                 for mn in [m for m in modes_wanted if modes[m].available and m != 'floor']:
                     runner.run(
@@ -365,47 +301,7 @@ def run_suite(args, ap, ctl, share, out):
         for d in cleanup_dirs:
             shutil.rmtree(d, ignore_errors=True)
 
-    for name, m in modes.items():
-        meta['modes'][name] = {'available': m.available, 'reason': m.reason, 'info': m.info}
-    meta['finished'] = datetime.datetime.now().isoformat(timespec='seconds')
-    meta['elapsed_s'] = round(time.monotonic() - t_start, 1)
-    meta['machine']['loadavg_end'] = os.getloadavg()
-    meta['interrupted'] = interrupted
-    results = {'meta': meta, 'runs': runner.runs}
-    with open(os.path.join(out, 'results.json'), 'w') as f:
-        json.dump(results, f, indent=1, sort_keys=True)
-    if runner.runs:
-        if len(set(r['hosts'] for r in runner.runs if r['link']['kind'] == 'direct')) >= 3:
-            try:
-                import capacity
-
-                capacity.validate(
-                    out,
-                    os.path.join(out, 'plots'),
-                    spindle=args.spindle_bin if os.access(args.spindle_bin, os.X_OK) else None,
-                )
-            except Exception as e:
-                log('capacity validation failed: %s' % e)
-        report.write_report(out)
-        log('report: %s' % os.path.join(out, 'report.md'))
-    log('done in %s' % fmt_s(time.monotonic() - t_start))
-
-    if args.check:
-        if exit_code == 77:
-            print('check: SKIP (%s)' % '; '.join(meta['notes']))
-            return 0
-        problems = report.verify(out)
-        required = [n for n in (args.require_modes or '').split(',') if n]
-        problems += [
-            'mode %s was required but did not run: %s' % (n, modes[n].reason)
-            for n in required
-            if n in modes and not modes[n].available
-        ]
-        for p in problems:
-            print('check: FAIL %s' % p)
-        print('check: %s (%s)' % ('ok' if not problems else 'FAILED', out))
-        return 1 if problems or interrupted else 0
-    return exit_code
+    return finish_suite(args, out, meta, modes, runner, t_start, exit_code, interrupted)
 
 
 def free_fleet_name(prefix, k, statedir):
@@ -454,3 +350,124 @@ def probe_modes(runner, modes, fleet, inv, progress, meta, out):
 
 if __name__ == '__main__':
     sys.exit(main())
+
+
+def setup_modes(args, ctl, share, out, modes_wanted):
+    """The wanted modes, each set up (or marked skipped with its reason), and the temporary
+    directories they made."""
+    modes = {}
+    cleanup_dirs = []
+    for name in modes_wanted:
+        m = Mode(name, ctl)
+        if name == 'stock':
+            setup_stock(m, True)
+        elif name == 'stock-nopipe':
+            setup_stock(m, False)
+        elif name == 'floor':
+            setup_stock(m, True)
+            if m.available:
+                m.info['runs'] = 'debug in place of each module task (%s only)' % ', '.join(
+                    sorted(FLOOR_BOOKS)
+                )
+        elif name == 'mitogen':
+            setup_mitogen(m, not args.no_install, os.path.join(out, 'logs'))
+        elif name == 'spindle':
+            snapdir = tempfile.mkdtemp(prefix='snap-', dir=share)  # the controller container sees it
+            cleanup_dirs.append(snapdir)
+            plugin_from = ctl.default_plugin if args.spindle_plugin == 'auto' else args.spindle_plugin
+            setup_spindle(m, os.path.abspath(args.spindle_bin), plugin_from, snapdir)
+        modes[name] = m
+        if not m.available:
+            log('mode %s: SKIPPED: %s' % (name, m.reason))
+    return modes, cleanup_dirs
+
+
+def run_cell(args, runner, modes, modes_wanted, cell, fleet, inv, forks, meta, progress):
+    """Every mode of one cell on ``fleet``: a warm pair (cold run, then the repeat), a direct
+    run (bigcopy measures the raw line rate first), or runs through the link emulator."""
+    w, h, rtt, ms = cell
+    ctl = runner.ctl
+    cell_modes = modes_for_cell(w, rtt, ms, modes_wanted, modes)
+    if w in WARM_CELLS:
+        first, again = WARM_CELLS[w]
+        for mn in cell_modes:
+            runner.run(modes[mn], first, fleet, inv, h, None, {'kind': 'direct'}, forks, reap=False)
+            runner.run(modes[mn], again, fleet, inv, h, None, {'kind': 'direct'}, forks, reap=False)
+            runner.ctl.reap_all(runner.known_children)  # the next mode starts cold
+    elif rtt is None:
+        if w == 'bigcopy' and h not in runner.line_rates:
+            lr = line_rate(fleet, h, runner.payloads['big'], ctl)
+            if lr:
+                runner.line_rates[h] = lr
+                meta.setdefault('line_rate', []).append(dict(lr, fleet=fleet.name))
+                progress.note(
+                    'line rate, raw ssh cat of the bigcopy file to %d target(s): '
+                    '%.0f MiB/s' % (h, lr['MiB_per_s'])
+                )
+        for mn in cell_modes:
+            runner.run(modes[mn], w, fleet, inv, h, None, {'kind': 'direct'}, forks)
+    else:
+        emu = LinkEmu(fleet, rtt, args.rate_mbit, runner.tmp, ctl)
+        emu_inv = emu.start()
+        runner.known_children.add(emu.proc.pid)
+        info = {
+            'kind': 'linkemu',
+            'rtt_ms': rtt,
+            'rate_mbit': args.rate_mbit or None,
+            'how': 'bench/linkemu.py on the controller: 127.0.0.1:port_i -> target_i:22, '
+            'one-way delay RTT/2 per chunk in each direction (delay queue)',
+        }
+        try:
+            for mn in cell_modes:
+                runner.run(modes[mn], w, fleet, emu_inv, h, rtt, info, forks)
+        finally:
+            st = emu.stop()
+            runner.known_children.discard(emu.proc.pid)
+            if st:
+                meta.setdefault('linkemu', []).append(dict(st, fleet=fleet.name, hosts=h))
+
+
+def finish_suite(args, out, meta, modes, runner, t_start, exit_code, interrupted):
+    """results.json, the capacity model's blind test (3+ fleet sizes), the report, and with
+    ``--check`` the verification; the exit code."""
+    for name, m in modes.items():
+        meta['modes'][name] = {'available': m.available, 'reason': m.reason, 'info': m.info}
+    meta['finished'] = datetime.datetime.now().isoformat(timespec='seconds')
+    meta['elapsed_s'] = round(time.monotonic() - t_start, 1)
+    meta['machine']['loadavg_end'] = os.getloadavg()
+    meta['interrupted'] = interrupted
+    results = {'meta': meta, 'runs': runner.runs}
+    with open(os.path.join(out, 'results.json'), 'w') as f:
+        json.dump(results, f, indent=1, sort_keys=True)
+    if runner.runs:
+        if len(set(r['hosts'] for r in runner.runs if r['link']['kind'] == 'direct')) >= 3:
+            try:
+                import capacity
+
+                capacity.validate(
+                    out,
+                    os.path.join(out, 'plots'),
+                    spindle=args.spindle_bin if os.access(args.spindle_bin, os.X_OK) else None,
+                )
+            except Exception as e:
+                log('capacity validation failed: %s' % e)
+        report.write_report(out)
+        log('report: %s' % os.path.join(out, 'report.md'))
+    log('done in %s' % fmt_s(time.monotonic() - t_start))
+
+    if args.check:
+        if exit_code == 77:
+            print('check: SKIP (%s)' % '; '.join(meta['notes']))
+            return 0
+        problems = report.verify(out)
+        required = [n for n in (args.require_modes or '').split(',') if n]
+        problems += [
+            'mode %s was required but did not run: %s' % (n, modes[n].reason)
+            for n in required
+            if n in modes and not modes[n].available
+        ]
+        for p in problems:
+            print('check: FAIL %s' % p)
+        print('check: %s (%s)' % ('ok' if not problems else 'FAILED', out))
+        return 1 if problems or interrupted else 0
+    return exit_code
