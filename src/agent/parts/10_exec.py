@@ -5,17 +5,37 @@
 
 # ---- child processes ---------------------------------------------------------------
 
-procs = set()
-procs_lock = threading.Lock()
+
+class ProcessGroups(object):
+    """The commands running now (each the leader of its own process group), so that an agent
+    that dies takes them with it."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._procs = set()
+
+    def add(self, p):
+        with self._lock:
+            self._procs.add(p)
+
+    def discard(self, p):
+        with self._lock:
+            self._procs.discard(p)
+
+    def kill_all(self):
+        with self._lock:
+            for p in list(self._procs):
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+
+CHILDREN = ProcessGroups()
 
 
 def kill_children():
-    with procs_lock:
-        for p in list(procs):
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except OSError:
-                pass
+    CHILDREN.kill_all()
 
 
 def die(code, message=None):
@@ -58,14 +78,33 @@ class Running(object):
             _killpg(p)
 
 
-RUNNING = {}  # call id -> Running, for the threaded calls in flight
-RUNNING_LOCK = threading.Lock()
+class RunningCalls(object):
+    """The threaded calls in flight: call id -> Running (what `cancel` reaches)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._calls = {}
+
+    def start(self, call_id):
+        with self._lock:
+            self._calls[call_id] = Running()
+
+    def get(self, call_id):
+        with self._lock:
+            return self._calls.get(call_id)
+
+    def finish(self, call_id):
+        """The call's record, forgotten (None if it had none)."""
+        with self._lock:
+            return self._calls.pop(call_id, None)
+
+
+CALLS = RunningCalls()
 
 
 def running(call_id):
     """The Running record of call `call_id` (a fresh one when it has none: called directly)."""
-    with RUNNING_LOCK:
-        r = RUNNING.get(call_id)
+    r = CALLS.get(call_id)
     return r if r is not None else Running()
 
 
@@ -168,16 +207,14 @@ def op_exec(chan, call_id, call):
             "timed_out": False,
             "stderr_b64": base64.b64encode(err).decode("ascii"),
         }
-    with procs_lock:
-        procs.add(p)
+    CHILDREN.add(p)
     run = running(call_id)
     run.attach(p)
     try:
         out, err, timed_out, truncated = _collect(p, data, timeout, run)
         rc = -9 if timed_out else p.wait()  # killed, or _collect saw it exit
     finally:
-        with procs_lock:
-            procs.discard(p)
+        CHILDREN.discard(p)
     res = {
         "rc": rc,
         "stdout_b64": base64.b64encode(out).decode("ascii"),
@@ -328,8 +365,7 @@ def _exec_tty(args, use_shell, executable, env, cwd, timeout, run):
             "timed_out": False,
         }
     os.close(slave)
-    with procs_lock:
-        procs.add(p)
+    CHILDREN.add(p)
     run.attach(p)
     out, timed_out, drained_by, truncated = bytearray(), False, None, False
     deadline = None if timeout is None else time.monotonic() + max(0.0, float(timeout))
@@ -378,8 +414,7 @@ def _exec_tty(args, use_shell, executable, env, cwd, timeout, run):
         rc = -9 if timed_out else p.wait()
     finally:
         os.close(master)
-        with procs_lock:
-            procs.discard(p)
+        CHILDREN.discard(p)
     res = {
         "rc": rc,
         "stdout_b64": base64.b64encode(bytes(out)).decode("ascii"),

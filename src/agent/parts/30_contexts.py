@@ -3,13 +3,6 @@
 # namespace) by transport::bootstrap; see 00_channel.py.
 
 
-# ---- dispatch -----------------------------------------------------------------------
-
-# Code blobs (module and module_utils sources) by sha256 hex, kept for the agent's life,
-# and as they came (base64 of zlib) when packed, to pass on to nested contexts as they are.
-BLOBS = {}
-PACKED = {}
-
 # ---- nested contexts (become) ------------------------------------------------------------
 # A context is a second agent started through a privilege-escalation command (sudo, su, doas,
 # ... as Ansible's become plugin built it on the controller). Its frames travel over this
@@ -17,14 +10,55 @@ PACKED = {}
 # `src` set to the context id. Passwords are typed here, on the stdin pipe when the prompt
 # came on stderr (sudo -S) or on the child's controlling pty when it came there (su, doas).
 
-CONTEXTS = {}
-CONTEXTS_LOCK = threading.Lock()
-# Deeper contexts (a via hop's children, their become contexts, ...): context id -> the id of
-# the direct child they were seen behind. Context ids are unique per root stream (the
-# controller allocates them), so a hop learns a route from the first frame that comes up
-# with that `src` and forwards frames for it unchanged. The first claim wins: a subtree cannot
-# take over a route another child already holds.
-ROUTES = {}
+
+class ContextTable(object):
+    """This agent's direct child contexts by id, and the routes to deeper ones.
+
+    Deeper contexts (a via hop's children, their become contexts, ...) map to the id of the
+    direct child they were seen behind. Context ids are unique per root stream (the
+    controller allocates them), so a hop learns a route from the first frame that comes up
+    with that `src` and forwards frames for it unchanged. The first claim wins: a subtree
+    cannot take over a route another child already holds."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._children = {}
+        self._routes = {}
+
+    def get(self, ctx):
+        """The direct child context ``ctx``, or None."""
+        return self._children.get(ctx)
+
+    def behind(self, dst):
+        """The direct child deeper context ``dst`` was seen behind, or None."""
+        return self._children.get(self._routes.get(dst))
+
+    def add(self, ctx, context):
+        """Registers a started child (spawn_context refused a taken id before starting it)."""
+        with self._lock:
+            self._children[ctx] = context
+
+    def has(self, ctx):
+        with self._lock:
+            return ctx in self._children
+
+    def claim(self, src, via):
+        """Whether frames from deeper context ``src`` may come up through child ``via`` (the
+        first child to carry it claims the route)."""
+        with self._lock:
+            if src not in self._children:
+                self._routes.setdefault(src, via)
+            return self._routes.get(src) == via
+
+    def remove(self, ctx):
+        """Forgets child ``ctx`` and the routes through it."""
+        with self._lock:
+            self._children.pop(ctx, None)
+            for k in [k for k, v in self._routes.items() if v == ctx]:
+                del self._routes[k]
+
+
+CONTEXTS = ContextTable()
 BOOT_PLACEHOLDER = "__SPINDLE_BOOT__"
 # Stage 1 for a nested agent: no quote, dollar, backquote or backslash, so it survives any
 # depth of the become plugins' shell quoting; `b` stays a global for the next level.
@@ -215,10 +249,7 @@ class Context(object):
                     break
                 kind, flags, handle, reply_to, payload, _dst, src = frame
                 if src > SELF:  # from a context behind it: keep its id, learn the route
-                    with CONTEXTS_LOCK:
-                        if src not in CONTEXTS:
-                            ROUTES.setdefault(src, self.ctx)
-                    if ROUTES.get(src) != self.ctx:
+                    if not CONTEXTS.claim(src, self.ctx):
                         log.warning("context %d claimed id %d of another route: dropped", self.ctx, src)
                         continue
                 else:
@@ -227,10 +258,7 @@ class Context(object):
         except (FrameError, OSError) as exc:
             reason = "nested agent stream broken: %s" % exc
         self.close()
-        with CONTEXTS_LOCK:
-            CONTEXTS.pop(self.ctx, None)
-            for k in [k for k, v in ROUTES.items() if v == self.ctx]:
-                del ROUTES[k]
+        CONTEXTS.remove(self.ctx)
         try:
             os.waitpid(self.pid, 0)
         except OSError:
@@ -255,8 +283,7 @@ def with_blobs(head, payload):
     try:
         call = json.loads(bytes(payload).decode("utf-8"))
         refs = call.pop("blob_refs")
-        packed = dict((h, PACKED[h]) for h in refs if h in PACKED)
-        plain = dict((h, base64.b64encode(BLOBS[h]).decode("ascii")) for h in refs if h not in packed)
+        packed, plain = CODE.for_child(refs)
     except (ValueError, KeyError, TypeError, AttributeError):
         return [(head, payload)]
     if packed:
@@ -337,9 +364,8 @@ def op_spawn_context(chan, call_id, call):
         raise AgentError("internal", "this agent does not hold its own code (not started by stage 1)")
     if not sys.executable or not set(sys.executable) <= SAFE_PATH:
         raise AgentError("internal", "interpreter path %r cannot be quoted safely" % sys.executable)
-    with CONTEXTS_LOCK:
-        if ctx in CONTEXTS:
-            raise AgentError("bad_request", "context %d already exists" % ctx)
+    if CONTEXTS.has(ctx):
+        raise AgentError("bad_request", "context %d already exists" % ctx)
     # Our interpreter if the become user may run it (a per-user install may be private),
     # else the first python3 on that user's PATH.
     stage1 = CHILD_STAGE1 % len(_BOOT_BLOB)
@@ -422,7 +448,6 @@ def op_spawn_context(chan, call_id, call):
     except OSError as exc:
         raise AgentError("exited", "nested agent did not read its code: %s" % exc)
     context = Context(ctx, pid, wfd, rfd, efd, ptys, bytes(out[end:]))
-    with CONTEXTS_LOCK:
-        CONTEXTS[ctx] = context
+    CONTEXTS.add(ctx, context)
     context.start(chan)
     return {"ctx": ctx, "pid": pid}

@@ -12,8 +12,31 @@
 
 FILE_CACHE = {}  # sha256 hex -> (fd, size)
 FILE_CACHE_LOCK = threading.Lock()
-STARTING = set()  # contexts whose spawn_context runs (a relay_put for one waits for it)
-STARTING_COND = threading.Condition()
+
+
+class StartingContexts(object):
+    """Contexts whose spawn_context runs (in its own thread): a relay_put for one waits."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._ctxs = set()
+
+    def begin(self, ctx):
+        with self._cond:
+            self._ctxs.add(ctx)
+
+    def end(self, ctx):
+        with self._cond:
+            self._ctxs.discard(ctx)
+            self._cond.notify_all()
+
+    def wait(self, ctx, timeout):
+        """Until ``ctx`` is started (or failed to), at most ``timeout`` seconds."""
+        with self._cond:
+            self._cond.wait_for(lambda: ctx not in self._ctxs, timeout=timeout)
+
+
+STARTING = StartingContexts()
 
 
 class CachePut(Put):
@@ -69,8 +92,7 @@ def op_relay_put(chan, call_id, call):
     ctx, sha, handle, inner = call.get("ctx"), call.get("sha256"), call.get("handle"), call.get("call")
     if not (isinstance(handle, int) and 0 < handle < 2**32 and isinstance(inner, dict)):
         raise AgentError("bad_request", "relay_put needs ctx, sha256, handle and call")
-    with STARTING_COND:  # queued behind its spawn_context, which runs in another thread
-        STARTING_COND.wait_for(lambda: ctx not in STARTING, timeout=600)
+    STARTING.wait(ctx, 600)  # queued behind its spawn_context, which runs in another thread
     context = CONTEXTS.get(ctx)
     if context is None:
         raise AgentError("not_found", "no context %r here" % (ctx,))

@@ -3,7 +3,40 @@
 # namespace) by transport::bootstrap; see 00_channel.py.
 
 
+# ---- code blobs --------------------------------------------------------------------------
+
+
+class BlobStore(object):
+    """Code blobs (module and module_utils sources) by sha256 hex, kept for the agent's life,
+    and as they came (base64 of zlib) when packed, to pass on to nested contexts as they are.
+    Written by the dispatch thread only (dict operations are atomic for the readers)."""
+
+    def __init__(self):
+        self.plain = {}
+        self.packed = {}
+
+    def put(self, digest, data, packed=None):
+        self.plain[digest] = data
+        if packed is not None:
+            self.packed[digest] = packed
+
+    def get(self, digest):
+        return self.plain.get(digest)
+
+    def hashes(self):
+        return sorted(self.plain)
+
+    def for_child(self, refs):
+        """(packed, plain base64) of the blobs ``refs`` names; KeyError for one not held."""
+        packed = dict((h, self.packed[h]) for h in refs if h in self.packed)
+        plain = dict((h, base64.b64encode(self.plain[h]).decode("ascii")) for h in refs if h not in packed)
+        return packed, plain
+
+
+CODE = BlobStore()
+
 # ---- modules in the agent (src/agent/modrun.py, embedded by the controller as base64) ---
+
 _MODRUN = []
 MODULE_LOCK = threading.Lock()  # one in-process module run at a time (they share the process)
 TEMPLATE_STREAMS = []  # the interpreter's own stdout/stderr: encodings a fresh one gets
@@ -118,7 +151,7 @@ def _run_module(call):
         return {"fallback": "interpreter %s is not the agent's %s" % (interp, sys.executable)}
     files = {}
     for path, digest in manifest.items():
-        data = BLOBS.get(digest)
+        data = CODE.get(digest)
         if data is None:
             raise AgentError("bad_request", "blob %s for %s is not on the agent" % (digest, path))
         files[path] = data

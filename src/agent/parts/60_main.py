@@ -34,8 +34,7 @@ def run_call(chan, call_id, fn, call):
         reply = lambda: chan.reply_error(call_id, "internal", text)  # noqa: E731
     else:
         reply = lambda: chan.reply(call_id, result)  # noqa: E731
-    with RUNNING_LOCK:
-        run = RUNNING.pop(call_id, None)
+    run = CALLS.finish(call_id)
     if run is not None and run.cancelled:
         log.debug("call %d was cancelled: reply discarded", call_id)
         return
@@ -43,9 +42,8 @@ def run_call(chan, call_id, fn, call):
 
 
 def start_threaded(chan, call_id, fn, call, name):
-    """Run a call in its own thread, registered in RUNNING so that `cancel` can reach it."""
-    with RUNNING_LOCK:
-        RUNNING[call_id] = Running()
+    """Run a call in its own thread, registered in CALLS so that `cancel` can reach it."""
+    CALLS.start(call_id)
     t = threading.Thread(target=run_call, args=(chan, call_id, fn, call), name=name)
     t.daemon = True
     t.start()
@@ -59,8 +57,7 @@ def op_cancel(call):
     handle = call.get("handle")
     if isinstance(handle, bool) or not isinstance(handle, int) or not 0 < handle < 2**32:
         raise AgentError("bad_request", "cancel needs a call handle (integer 1..2^32-1)")
-    with RUNNING_LOCK:
-        run = RUNNING.get(handle)
+    run = CALLS.get(handle)
     if run is None:
         return {"cancelled": False}
     run.cancel()
@@ -80,9 +77,7 @@ def store_blobs(blobs, packed=False):
             data = zlib.decompress(data)
         if hashlib.sha256(data).hexdigest() != digest:
             raise AgentError("bad_request", "blob %s does not match its hash" % digest)
-        BLOBS[digest] = data
-        if packed:
-            PACKED[digest] = b64
+        CODE.put(digest, data, b64 if packed else None)
 
 
 class Agent(object):
@@ -121,17 +116,14 @@ class Agent(object):
         op = call["op"]
         log.debug("call %s handle %d", op, call_id)
         if op == "spawn_context":
-            with STARTING_COND:
-                STARTING.add(call.get("ctx"))
+            STARTING.begin(call.get("ctx"))
             fn = THREADED[op]
 
             def spawn(chan, call_id, call):
                 try:
                     return fn(chan, call_id, call)
                 finally:
-                    with STARTING_COND:
-                        STARTING.discard(call.get("ctx"))
-                        STARTING_COND.notify_all()
+                    STARTING.end(call.get("ctx"))
 
             start_threaded(self.chan, call_id, spawn, call, "%s-%d" % (op, call_id))
         elif op in THREADED:
@@ -154,7 +146,7 @@ class Agent(object):
         elif op == "store_blobs":  # code for contexts this agent starts (stored above)
             self.chan.reply(call_id, {})
         elif op == "blob_list":
-            self.chan.reply(call_id, {"hashes": sorted(BLOBS)})
+            self.chan.reply(call_id, {"hashes": CODE.hashes()})
         elif op == "close_context":
             ctx = CONTEXTS.get(call.get("ctx"))
             if ctx is not None:
@@ -204,7 +196,7 @@ class Agent(object):
                 if ctx is not None:
                     ctx.forward(kind, flags, handle, reply_to, payload)
                     continue
-                ctx = CONTEXTS.get(ROUTES.get(dst))  # deeper: to the child it is behind
+                ctx = CONTEXTS.behind(dst)  # deeper: to the child it is behind
                 if ctx is None:
                     log.debug("frame for context %d, which is gone: dropped", dst)
                 else:
