@@ -119,6 +119,10 @@ def _shape(name):
                 missing.append('ActionBase.%s(%s)' % (attr, ', '.join((want or ['...'])[1:])))
         if 'wrap_async' not in (_params(getattr(ActionBase, '_execute_module', None)) or []):
             missing.append('ActionBase._execute_module(..., wrap_async)')
+        from ansible.plugins.shell import ShellBase
+
+        if not callable(getattr(ShellBase, '_generate_temp_dir_name', None)):
+            missing.append('ShellBase._generate_temp_dir_name()')
     elif name == 'become-wrap':
         from ansible.plugins.become import BecomeBase
 

@@ -21,9 +21,11 @@ placeholder exactly as ``exec`` runs a command (login shell, terminal as ``ssh -
 and removes the dir whatever happens. Ansible parses the reply as stock parses the command's.
 
 What keeps the stock path (and says why): async tasks (async_wrapper runs them from files),
-ANSIBLE_KEEP_REMOTE_FILES (the user wants the files), an action that made its remote temp dir
-before the module (the module goes in it), ``spindle_task_isolation: off``, and a module file
-over :data:`MAX_MODULE`.
+ANSIBLE_KEEP_REMOTE_FILES (the user wants the files), a remote temp dir made before the module
+was built (by the action, whose module goes in it, or by ``_execute_module`` for a task Ansible
+does not pipeline: ansible-core 2.18 with su, :data:`NOT_PIPELINED`, said for new-style modules
+run from a file too), ``spindle_task_isolation: off``, and a module file over
+:data:`MAX_MODULE`.
 """
 
 import os
@@ -39,6 +41,11 @@ PLACEHOLDER_ROOT = '/spindle-deferred-tmp'
 
 #: The reason prefix of every file-module stock path (and of async tasks of these modules).
 STYLE = 'old-style, WANT_JSON or binary module'
+
+#: Why a module (any style) runs from a file when Ansible itself does not pipeline the task:
+#: _execute_module then makes the temp dir before it builds the module (ansible-core 2.18
+#: decides pipelining itself and refuses it with su; 2.19+ asks the connection).
+NOT_PIPELINED = 'Ansible does not pipeline this task (ansible-core 2.18 with su): the module runs from a file'
 
 
 def built_style(built):
@@ -64,6 +71,7 @@ class Scope(object):
 
     def __init__(self, conn, wrap_async=False):
         self.wrap_async = wrap_async
+        self.entry_tmpdir = conn._shell.tmpdir  # a temp dir the action made before the call
         self.style = None
         self.ready = False  # the module may go to the agent: defer the temp dir
         self.placeholder = None
@@ -79,13 +87,20 @@ class Scope(object):
         except (TypeError, ValueError):
             return
         self.style = style
-        if style not in FILE_STYLES or self.wrap_async:
+        if self.wrap_async:
             return  # async: the async_wrapper path gives its own reason
         from ansible import constants as C
 
         conn = action._connection
         if C.DEFAULT_KEEP_REMOTE_FILES:
             return  # the connection names this reason (modexec.file_module_reason)
+        if self.entry_tmpdir is None and conn._shell.tmpdir is not None:
+            # _execute_module made it before building the module: Ansible does not pipeline
+            # this task, so even a new-style module runs from a file
+            self.reason = conn._spindle_file_reason = NOT_PIPELINED
+            return
+        if style not in FILE_STYLES:
+            return
         if conn._shell.tmpdir is not None:
             why = 'the action made its remote temp dir first (Ansible runs it from a file there)'
         elif size is None or size > MAX_MODULE:

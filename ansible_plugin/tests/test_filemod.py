@@ -134,18 +134,30 @@ class FileModulePatch(unittest.TestCase):
 
     def test_the_stock_path_says_why(self):
         for attrs, refusal, why in (
-            ({'made_first': True}, None, 'made its remote temp dir first'),
+            ({'made_first': True}, None, 'Ansible does not pipeline this task'),
+            ({'action_made': True}, None, 'the action made its remote temp dir first'),
             ({'data': b'x' * (filemod.MAX_MODULE + 1)}, None, 'over 16 MiB'),
             ({}, 'spindle_task_isolation is off', 'spindle_task_isolation is off'),
         ):
+            action_made = attrs.pop('action_made', False)
             action, conn = self.action(**attrs)
             conn.refusal = refusal
+            if action_made:
+                action._make_tmp_path()
             action._execute_module()
             self.assertEqual(conn.begun, [])
             self.assertIn('real', action.made)
-            self.assertTrue(conn.seen_reason.startswith(filemod.STYLE + ': '), conn.seen_reason)
             self.assertIn(why, conn.seen_reason)
             self.assertIsNone(conn._spindle_file_reason)  # said during the call only
+
+    def test_a_new_style_module_ansible_does_not_pipeline_says_so(self):
+        action, conn = self.action(style='new', made_first=True)
+        action._execute_module()
+        self.assertEqual(conn.seen_reason, filemod.NOT_PIPELINED)
+        self.assertIsNone(conn._spindle_file_reason)
+        action, conn = self.action(style='new')
+        action._execute_module()
+        self.assertIsNone(conn.seen_reason)
 
     def test_shape(self):
         del compat._checked['file-module']
