@@ -9,7 +9,8 @@ through its two entry points: stock ``linear`` with the ``spindle`` callback ena
 callback. ``--pipelining auto`` (the default) runs the linear pair with ANSIBLE_PIPELINING=True
 and the free pair with Ansible's default (off); the spindle runs must put every module task in
 an agent either way, except those the playbook takes to the stock path by design (the
-old-style/WANT_JSON/binary modules: ``EXPECTED_STOCK``; its async tasks start in the agent).  After each run it also collects what the play left on every
+JSONARGS shell module: ``EXPECTED_STOCK``; old-style, WANT_JSON and binary modules run in the
+agent, and its async tasks start there).  After each run it also collects what the play left on every
 target (under /tmp/spindle-conf: content, mode, type) and in the controller fetch dir, then
 cleans both.  Records, files and exit codes must be equal per host, and the spindle run must
 leave no daemon behind; on mismatch it prints a readable diff and exits 1.  ``--via``: the
@@ -397,9 +398,10 @@ def compare(stock, spindle):
 
 
 #: The conformance playbook's module tasks that take Ansible's stock command path, by design
-#: (the old-style, WANT_JSON and binary modules, and the JSONARGS shell module). Its async
-#: tasks (command, shell) start in the agent: an "async task" reason is unexpected.
-EXPECTED_STOCK = ('old-style, WANT_JSON or binary module', 'non-Python module')
+#: (the JSONARGS shell module: a non-Python module piped to its interpreter). Its old-style,
+#: WANT_JSON and binary modules run in the agent (one call each), and its async tasks
+#: (command, shell) start in the agent: any other reason is unexpected.
+EXPECTED_STOCK = ('non-Python module',)
 #: ansible-core 2.18 does not pipeline su tasks: its module (the playbook's su task) runs from a
 #: file on the stock path, and says so (2.19+ asks the connection, and they run in the agent).
 EXPECTED_STOCK_218 = ('Ansible does not pipeline this task (ansible-core 2.18 with su)',)
