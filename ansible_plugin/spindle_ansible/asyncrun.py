@@ -17,10 +17,11 @@ knows the job's id prefix and time limit; then it does what stock does after an 
 (``changed`` is true). Verified on ansible-core 2.18.19, 2.19.14, 2.20.10 and 2.21.5
 (``VERIFIED``). Anything else takes the stock path, and says why (a warning once per host and
 reason, counted in ``spindle stats``): another ansible-core version, ANSIBLE_KEEP_REMOTE_FILES,
-an action that made a remote temp dir first, and modules the agent does not run (old-style,
-WANT_JSON, binary, non-Python; ``spindle_task_isolation: off``), which the connection refuses
-before anything runs (:class:`AsyncStock`), and the stock method then runs them with
-async_wrapper.
+an action that made a remote temp dir first, and modules the agent does not start as a job
+(old-style, WANT_JSON and binary ones, which it runs only synchronously:
+:mod:`spindle_ansible.filemod`; non-Python ones; ``spindle_task_isolation: off``), which the
+connection refuses before anything runs (:class:`AsyncStock`; for a file module, before its
+temp dir exists), and the stock method then runs them with async_wrapper.
 """
 
 import inspect

@@ -20,6 +20,14 @@ it relies on (attributes and signatures, checked before it is applied):
     (:mod:`spindle_ansible.asyncrun` holds the per-task decisions: a version outside
     ``asyncrun.VERIFIED`` or a module the agent does not run takes async_wrapper, with the
     reason) (:func:`route_async`).
+``file-module``
+    Every action with a spindle connection gets a subclass whose ``_execute_module`` marks
+    the run, whose ``_configure_module`` notes an old-style, WANT_JSON or binary module (the
+    styles Ansible runs from files), and whose ``_make_tmp_path``, for such a module, makes no
+    remote temp dir but hands Ansible a placeholder path: Ansible's own transfers (module,
+    args file), chmod and command then reach the connection, which runs them as one agent
+    call (the agent makes the private dir, writes the files, runs the command, removes the
+    dir: :mod:`spindle_ansible.filemod`) (:func:`route_file_module`).
 ``become-wrap``
     A become plugin's ``build_become_command`` is wrapped (per instance) to remember each
     command it wraps, so the connection runs the unwrapped command in a nested agent that
@@ -96,6 +104,25 @@ def _shape(name):
 
         if 'wrap_async' not in (_params(getattr(ActionBase, '_execute_module', None)) or []):
             missing.append('ActionBase._execute_module(..., wrap_async)')
+    elif name == 'file-module':
+        from ansible.plugins.action import ActionBase
+
+        for attr, want in (
+            ('_execute_module', None),
+            ('_configure_module', ['self', 'module_name', 'module_args', 'task_vars']),
+            ('_make_tmp_path', ['self', 'remote_user']),
+            ('_is_become_unprivileged', ['self']),
+            ('get_shell_option', ['self', 'option', 'default']),
+        ):
+            params = _params(getattr(ActionBase, attr, None))
+            if params is None or (want is not None and params != want):
+                missing.append('ActionBase.%s(%s)' % (attr, ', '.join((want or ['...'])[1:])))
+        if 'wrap_async' not in (_params(getattr(ActionBase, '_execute_module', None)) or []):
+            missing.append('ActionBase._execute_module(..., wrap_async)')
+        from ansible.plugins.shell import ShellBase
+
+        if not callable(getattr(ShellBase, '_generate_temp_dir_name', None)):
+            missing.append('ShellBase._generate_temp_dir_name()')
     elif name == 'become-wrap':
         from ansible.plugins.become import BecomeBase
 
@@ -168,7 +195,8 @@ def _routed_action_get(action_get):
         if kwargs.get('class_only'):
             return obj
         connection = kwargs.get('connection')
-        return route_async(route_action(name, obj, connection), connection)
+        obj = route_file_module(route_action(name, obj, connection), connection)
+        return route_async(obj, connection)
 
     get.spindle_routed = True
     return get
@@ -402,4 +430,85 @@ def route_async(obj, connection):
     if not applies('async-execute-module'):
         return obj
     obj.__class__ = async_class(type(obj))
+    return obj
+
+
+# -- file-module --------------------------------------------------------------------------------
+
+_FILE_CLASSES = {}
+
+
+def _file_execute_module(cls, self, *args, **kwargs):
+    from spindle_ansible import filemod
+
+    conn = self._connection
+    outer = getattr(self, '_spindle_file_scope', None)
+    scope = filemod.Scope(
+        conn,
+        wrap_async=bool(kwargs.get('wrap_async', args[6] if len(args) > 6 else False)),
+    )
+    self._spindle_file_scope = scope
+    try:
+        return super(cls, self)._execute_module(*args, **kwargs)
+    finally:
+        self._spindle_file_scope = outer
+        scope.end(conn)
+
+
+def _file_configure_module(cls, self, module_name, module_args, task_vars):
+    built = super(cls, self)._configure_module(
+        module_name=module_name, module_args=module_args, task_vars=task_vars
+    )
+    scope = getattr(self, '_spindle_file_scope', None)
+    if scope is not None:
+        scope.configured(self, built)
+    return built
+
+
+def _file_make_tmp_path(cls, self, remote_user=None):
+    scope = getattr(self, '_spindle_file_scope', None)
+    if scope is not None:
+        placeholder = scope.defer_tmp(self)
+        if placeholder is not None:
+            return placeholder
+    return super(cls, self)._make_tmp_path(remote_user)
+
+
+def file_module_class(cls):
+    """``cls`` with the file-module overrides (one subclass per action class)."""
+    sub = _FILE_CLASSES.get(cls)
+    if sub is None:
+
+        def execute_module(self, *args, **kwargs):
+            return _file_execute_module(sub, self, *args, **kwargs)
+
+        def configure_module(self, module_name, module_args, task_vars):
+            return _file_configure_module(sub, self, module_name, module_args, task_vars)
+
+        def make_tmp_path(self, remote_user=None):
+            return _file_make_tmp_path(sub, self, remote_user)
+
+        sub = type(
+            'SpindleFile' + cls.__name__,
+            (cls,),
+            {
+                '_execute_module': execute_module,
+                '_configure_module': configure_module,
+                '_make_tmp_path': make_tmp_path,
+                '_spindle_file_action': True,
+                '__module__': cls.__module__,  # (route_async knows gather_facts by its module)
+            },
+        )
+        _FILE_CLASSES[cls] = sub
+    return sub
+
+
+def route_file_module(obj, connection):
+    """Called on every action plugin the loader hands out: with a spindle connection, an
+    old-style, WANT_JSON or binary module the action runs goes to the agent in one call."""
+    if obj is None or isinstance(obj, type) or getattr(obj, '_spindle_file_action', False):
+        return obj
+    if not hasattr(connection, 'spindle_file_module') or not applies('file-module'):
+        return obj
+    obj.__class__ = file_module_class(type(obj))
     return obj

@@ -190,6 +190,9 @@ def file_module_reason(cmd, in_data=None, sudoable=True):
 
     if C.DEFAULT_KEEP_REMOTE_FILES:
         return 'ANSIBLE_KEEP_REMOTE_FILES is set (modules run from files)'
+    # Such a module runs in the agent (spindle_ansible.filemod) unless it is an async task's
+    # first try (async_wrapper then runs it: "async task: ..."), or the connection was told a
+    # more precise reason (which it says instead), or the file-module patch is not applied.
     return 'old-style, WANT_JSON or binary module (Ansible runs it from a file)'
 
 

@@ -1,5 +1,5 @@
-"""One round trip per task once code is cached: command, shell, file, stat, setup, copy and
-template tasks run in the persistent agent with exactly one CALL frame out and one REPLY frame
+"""One round trip per task once code is cached: command, shell, file, stat, setup, copy,
+template, old-style and WANT_JSON module tasks run in the persistent agent with exactly one CALL frame out and one REPLY frame
 in (read from the daemon's per-target counters), and no file appears on the target that the
 tasks did not ask for (copy and template write their destination, nothing else).
 
@@ -31,6 +31,9 @@ TASKS = {
     # New content every run: the copy module runs (not only the file module).
     'copy': 'copy: {content: "{{ 999999999 | random }}", dest: /tmp/rtt-copy.txt, mode: "0600"}',
     'template': "template: {src: rtt.j2, dest: /tmp/rtt-template.txt}",
+    # Run by Ansible from files: in the agent, its private temp dir made and removed there.
+    'old-style': "spx_oldstyle: {color: red, size: 3}",
+    'WANT_JSON': "spx_wantjson: {color: green}",
 }
 
 
@@ -74,6 +77,7 @@ class RoundTrips(unittest.TestCase):
                 'SPINDLE_SOCKET': self.sock,
                 'SPINDLE_BIN': BIN,
                 'PYTHONPATH': os.path.join(REPO, 'ansible_plugin'),
+                'ANSIBLE_LIBRARY': os.path.join(HERE, 'library'),
             }
         )
 

@@ -54,8 +54,92 @@ def modrun():
 
 
 def op_run_module(chan, call_id, call):
-    """Run an Ansible module from cached blobs: in this process (state restored) or forked."""
+    """Run an Ansible module from cached blobs: in this process (state restored) or forked;
+    with `file`, an old-style, WANT_JSON or binary module from a private temp dir."""
+    if "file" in call:
+        return _run_file_module(chan, call_id, call)
     return _run_module(call)
+
+
+# Characters a temp dir path may have to take the placeholder's place in the command as it is
+# (what shlex.quote leaves unquoted, so the command's quoting stays right).
+_PLAIN_PATH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./-")
+
+
+def _file_name(name):
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\0" not in name
+
+
+def _run_file_module(chan, call_id, call):
+    """An old-style, WANT_JSON or binary module as Ansible runs it from files, in one call:
+    `file` = {"tmp": the placeholder dir Ansible's command names, "base": the remote tmp
+    (`~` and variables expanded here, as the user this agent runs as), "name":
+    "ansible-tmp-...", "shell": the command, "login_shell", "tty", "cwd", "files": [{"name",
+    "mode" (before the umask; u+x is added, as Ansible's chmod does), "sha" (a code blob of the
+    manifest) or "data_b64"}]}. The dir is made 0700 (parents too, as `umask 77; mkdir -p`),
+    the files written, the command run as `exec` runs it with the dir's real path in place of
+    the placeholder, and the dir removed whatever happens. A dir that cannot be made answers
+    {"tmp_failed": why} (nothing ran)."""
+    spec = call.get("file")
+    manifest, _core = _module_set(call)
+    if not isinstance(spec, dict) or not isinstance(manifest, dict):
+        raise AgentError("bad_request", "run_module file needs file and manifest objects")
+    tmp, base, name, shell = spec.get("tmp"), spec.get("base"), spec.get("name"), spec.get("shell")
+    files = spec.get("files")
+    if (
+        not all(isinstance(x, str) and x for x in (tmp, base, shell))
+        or not _file_name(name)
+        or not name.startswith("ansible-tmp-")
+        or tmp not in shell
+        or not isinstance(files, list)
+    ):
+        raise AgentError("bad_request", "run_module file needs tmp, base, name, shell and files")
+    contents = []
+    for f in files:
+        if not isinstance(f, dict) or not _file_name(f.get("name")):
+            raise AgentError("bad_request", "run_module file: each file needs a plain name")
+        mode = f.get("mode", 0o600)
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+            raise AgentError("bad_request", "run_module file: mode must be 0..0o7777")
+        if "sha" in f:
+            data = BLOBS.get(f["sha"]) if f["sha"] in manifest.values() else None
+            if data is None:
+                raise AgentError("bad_request", "blob %s for %s is not on the agent" % (f["sha"], f["name"]))
+        else:
+            try:
+                data = base64.b64decode(f.get("data_b64") or "")
+            except (TypeError, ValueError) as exc:
+                raise AgentError("bad_request", "data_b64: %s" % exc)
+        contents.append((f["name"], (mode & ~UMASK & 0o7777) | 0o100, data))
+    where = os.path.abspath(os.path.expandvars(os.path.expanduser(c_string("base", base))))
+    real = os.path.join(where, name)
+    if not set(real) <= _PLAIN_PATH:
+        return {"tmp_failed": "the temp dir %r would need shell quoting in the module's command" % real}
+    try:
+        os.makedirs(where, mode=0o700, exist_ok=True)
+        os.mkdir(real, 0o700)
+    except OSError as exc:
+        return {"tmp_failed": "%s: %s" % (real, exc)}
+    import shutil
+
+    try:
+        for fname, mode, data in contents:
+            try:
+                fd = os.open(os.path.join(real, fname), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    write_all(fd, data)
+                    os.fchmod(fd, mode)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise AgentError("io", "writing %s: %s" % (os.path.join(real, fname), exc))
+        run = {"shell": shell.replace(tmp, real), "login_shell": bool(spec.get("login_shell"))}
+        for key in ("tty", "cwd"):
+            if spec.get(key) is not None:
+                run[key] = spec[key]
+        return op_exec(chan, call_id, run)
+    finally:
+        shutil.rmtree(real, ignore_errors=True)
 
 
 # Module file sets (manifest + warm core list) by the id the controller gave them: a later

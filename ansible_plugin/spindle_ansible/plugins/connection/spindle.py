@@ -483,6 +483,7 @@ DOCUMENTATION = """
 import base64
 import copy
 import getpass
+import hashlib
 import json
 import os
 import re
@@ -497,7 +498,8 @@ from ansible.module_utils.common.text.converters import to_bytes, to_text
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
-from spindle_ansible import compat
+from spindle_ansible import compat, filemod
+from spindle_ansible.ansiballz import split_module_command
 from spindle_ansible.asyncrun import AsyncStock
 from spindle_ansible.client import Client, SpindleError
 from spindle_ansible.modexec import (
@@ -524,6 +526,9 @@ UNREACHABLE_KINDS = frozenset(
 BOOT_PLACEHOLDER = '__SPINDLE_BOOT__'
 #: Wrapped commands remembered per connection (the last few tasks' commands).
 _BECOME_MEMORY = 16
+#: Commands Ansible runs on its temp dir's files around a module run from files (chmod u+x,
+#: the setfacl/chown/chgrp attempts for an unprivileged become user, rm).
+_TMP_TOOLS = frozenset(('chmod', 'chown', 'chgrp', 'setfacl', 'chflags', 'rm'))
 
 
 def _read_umask():
@@ -582,6 +587,11 @@ class Connection(ConnectionBase):
         # why an async task takes the stock async_wrapper path (said with its warning).
         self._spindle_async = None
         self._spindle_async_reason = None
+        # Set by spindle_ansible.filemod while an old-style, WANT_JSON or binary module is
+        # built: the placeholder temp dir Ansible was given and the files it put there (one
+        # agent call runs them); and why such a module takes the stock path.
+        self._spindle_file = None
+        self._spindle_file_reason = None
 
     def set_become_plugin(self, plugin):
         """Keep Ansible's become plugin, remembering each command it wraps: spindle runs the
@@ -864,6 +874,13 @@ class Connection(ConnectionBase):
                 if ran is not None:
                     self._timing('async job started in the agent', started, spec)
                     return ran
+            pending = self._spindle_file
+            if pending is not None and pending['tmp'] in to_text(cmd):
+                if self._file_module_step(pending, to_text(cmd)) == 'tool':
+                    return 0, b'', b''  # chmod/setfacl/rm of the placeholder: the agent's job
+                ran = self._run_file_module(pending, spec, to_text(cmd), cwd, ssh and not escalate, tty)
+                self._timing('file module run in the agent', started, spec)
+                return self._as_ssh_tty(*ran) if tty_shape else ran
             try:
                 ran = run_in_agent(
                     self._client(),
@@ -881,6 +898,8 @@ class Connection(ConnectionBase):
                     reason = file_module_reason(to_text(cmd), in_data, sudoable)
                     if reason and self._spindle_async_reason and 'async_wrapper' in to_text(cmd):
                         reason = 'async task: %s' % self._spindle_async_reason
+                    elif reason and self._spindle_file_reason and reason.startswith(filemod.STYLE):
+                        reason = self._spindle_file_reason
                     if reason:
                         self._stock_path(spec, reason)
             if ran is not None:
@@ -903,6 +922,99 @@ class Connection(ConnectionBase):
         if tty_shape:
             return self._as_ssh_tty(res.rc, res.stdout, res.stderr)
         return res.rc, res.stdout, res.stderr
+
+    # -- old-style, WANT_JSON and binary modules (spindle_ansible.filemod) ------------------
+
+    def spindle_file_module(self):
+        """Why an old-style, WANT_JSON or binary module cannot run in the agent, or None
+        (asked by spindle_ansible.filemod before Ansible would make the temp dir)."""
+        if self.get_option('spindle_task_isolation') == 'off':
+            return 'spindle_task_isolation is off'
+        return None
+
+    def spindle_file_module_begin(self, placeholder, base, name):
+        """Ansible was given ``placeholder`` as its remote temp dir (the agent makes
+        ``<base>/<name>`` when the module runs)."""
+        self._spindle_file = {'tmp': placeholder, 'base': base, 'name': name, 'files': {}, 'ran': False}
+
+    def spindle_file_module_end(self, placeholder):
+        if self._spindle_file is not None and self._spindle_file['tmp'] == placeholder:
+            self._spindle_file = None
+
+    def _keep_file(self, pending, in_path, out_path):
+        """A transfer into the placeholder dir: kept here, written by the agent."""
+        name = to_text(out_path)[len(pending['tmp']) + 1 :]
+        if not name or '/' in name or pending['ran']:
+            raise AnsibleError("spindle: unexpected transfer to %s" % to_text(out_path))
+        b_in = to_bytes(in_path, errors='surrogate_or_strict')
+        with open(b_in, 'rb') as f:
+            data = f.read()
+        # as put_file gives it (the local file's mode, the local plugin's copyfile 0666), less
+        # the target's umask, plus Ansible's chmod u+x (both done by the agent)
+        mode = 0o666 if self._mode() == 'local' else stat.S_IMODE(os.stat(b_in).st_mode) & 0o777
+        pending['files'][name] = (data, mode)
+        display.vvv(
+            "SPINDLE kept %s for the module's run in the agent" % name, host=self._play_context.remote_addr
+        )
+
+    @staticmethod
+    def _file_module_step(pending, cmd):
+        """``tool`` for a command on the placeholder dir's files that the agent's run does
+        itself (Ansible's chmod u+x, its setfacl/chown attempts when becoming an
+        unprivileged user, rm), ``run`` for the module's command."""
+        try:
+            _env, argv = split_module_command(cmd)
+        except ValueError:
+            argv = []
+        if argv and os.path.basename(argv[0]) in _TMP_TOOLS:
+            return 'tool'
+        prefix = pending['tmp'] + '/'
+        names = [n for n in pending['files'] if n != 'args']
+        if pending['ran'] or not names or not any(w == prefix + n for w in argv for n in names):
+            raise AnsibleError(
+                "spindle: a command on the temp dir of an old-style, WANT_JSON or binary module "
+                "that spindle does not know how to run: %s" % cmd
+            )
+        return 'run'
+
+    def _run_file_module(self, pending, spec, cmd, cwd, login_shell, tty):
+        """The module's command run in the agent, in the private temp dir it makes, fills and
+        removes (one call): ``(rc, stdout, stderr)``."""
+        pending['ran'] = True
+        manifest, blobs, files = {}, {}, []
+        for name, (data, mode) in sorted(pending['files'].items()):
+            entry = {'name': name, 'mode': mode}
+            if name == 'args':  # per task: inline
+                entry['data_b64'] = base64.b64encode(data).decode('ascii')
+            else:  # module code: a blob, sent once per stream
+                sha = hashlib.sha256(data).hexdigest()
+                manifest[name] = entry['sha'] = sha
+                blobs[sha] = data
+            files.append(entry)
+        payload = {
+            'op': 'run_module',
+            'mode': 'fork',
+            'manifest': manifest,
+            'file': {
+                'tmp': pending['tmp'],
+                'base': pending['base'],
+                'name': pending['name'],
+                'shell': cmd,
+                'login_shell': login_shell,
+                'tty': tty,
+                'cwd': cwd,
+                'files': files,
+            },
+        }
+        r = call_with_blobs(self._client(), spec, payload, blobs)
+        if 'tmp_failed' in r:
+            raise AnsibleConnectionFailure(
+                'Failed to create temporary directory. In some cases, you may have been able to '
+                'authenticate and did not have permissions on the target directory. Consider '
+                'changing the remote tmp path in ansible.cfg to a path rooted in "/tmp", for more '
+                'error information use -vvv. spindle: %s' % r['tmp_failed']
+            )
+        return r['rc'], base64.b64decode(r['stdout_b64']), base64.b64decode(r['stderr_b64'])
 
     def _engine_argv(self, *words):
         """``<engine> [extra args] WORDS...`` for this docker/podman host."""
@@ -1133,6 +1245,9 @@ class Connection(ConnectionBase):
 
     def put_file(self, in_path, out_path):
         super(Connection, self).put_file(in_path, out_path)
+        pending = self._spindle_file
+        if pending is not None and to_text(out_path).startswith(pending['tmp'] + '/'):
+            return self._keep_file(pending, in_path, out_path)
         display.vvv("SPINDLE PUT %s TO %s" % (in_path, out_path), host=self._play_context.remote_addr)
         if not os.path.exists(to_bytes(in_path, errors='surrogate_or_strict')):
             raise AnsibleFileNotFound("file or module does not exist: %s" % to_text(in_path))
