@@ -102,7 +102,7 @@ def _run_file_module(chan, call_id, call):
         if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
             raise AgentError("bad_request", "run_module file: mode must be 0..0o7777")
         if "sha" in f:
-            data = BLOBS.get(f["sha"]) if f["sha"] in manifest.values() else None
+            data = CODE.get(f["sha"]) if f["sha"] in manifest.values() else None
             if data is None:
                 raise AgentError("bad_request", "blob %s for %s is not on the agent" % (f["sha"], f["name"]))
         else:
