@@ -272,6 +272,11 @@ class Blobs(object):
         self._sources = [(load, manifest)] if load is not None else []
         self._data = None
 
+    @classmethod
+    def of(cls, data):
+        """Blobs already in memory (hash -> bytes)."""
+        return cls(data, lambda: data, dict((h, h) for h in data))
+
     def hashes(self):
         return sorted(self._hashes)
 

@@ -129,3 +129,22 @@ class StockPathTests(unittest.TestCase):
 
 if __name__ == '__main__':
     unittest.main()
+
+
+class BlobsTests(unittest.TestCase):
+    def test_hashes_at_once_bytes_when_asked_merged_runs(self):
+        loads = []
+
+        def load():
+            loads.append(1)
+            return {'a.py': b'A', 'b.py': b'B'}
+
+        lazy = modexec.Blobs(['ha', 'hb'], load, {'a.py': 'ha', 'b.py': 'hb'})
+        self.assertEqual(lazy.hashes(), ['ha', 'hb'])
+        self.assertEqual(loads, [], 'nothing unpacked for the hashes')
+        both = modexec.Blobs()
+        both.update(lazy)
+        both.update(modexec.Blobs.of({'hc': b'C'}))
+        self.assertEqual(both.hashes(), ['ha', 'hb', 'hc'])
+        self.assertEqual((both.get('hb'), both.get('hc'), both.get('hx')), (b'B', b'C', None))
+        self.assertEqual(loads, [1], 'unpacked once')

@@ -1006,7 +1006,7 @@ class Connection(ConnectionBase):
                 'files': files,
             },
         }
-        r = call_with_blobs(self._client(), spec, payload, blobs)
+        r = call_with_blobs(self._client(), spec, payload, Blobs.of(blobs))
         if 'tmp_failed' in r:
             raise AnsibleConnectionFailure(
                 'Failed to create temporary directory. In some cases, you may have been able to '
