@@ -38,6 +38,19 @@ def write_cfg(work, *extra):
     return path
 
 
+def write_record_cfg(work, *extra):
+    """:func:`write_cfg` with the ``spindle_record`` callback enabled beside ``spindle`` (the
+    tests that compare per-task results with stock's)."""
+    path = write_cfg(work, *extra)
+    with open(path) as f:
+        text = f.read().replace(
+            'callbacks_enabled = spindle\n', 'callbacks_enabled = spindle, spindle_record\n'
+        )
+    with open(path, 'w') as f:
+        f.write(text)
+    return path
+
+
 def env(work):
     """The environment for an Ansible CLI run in ``work``: nothing of the caller's ANSIBLE_ or
     SPINDLE_ settings, this checkout's plugin package and daemon binary."""

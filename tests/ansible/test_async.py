@@ -244,13 +244,7 @@ class AsyncTasks(unittest.TestCase):
         self.addCleanup(shutil.rmtree, work, True)
         os.chmod(work, 0o755)
         if kind == 'spindle':
-            cfg = rs.write_cfg(work, 'host_key_checking = False')
-            with open(cfg) as f:
-                text = f.read().replace(
-                    'callbacks_enabled = spindle\n', 'callbacks_enabled = spindle, spindle_record\n'
-                )
-            with open(cfg, 'w') as f:
-                f.write(text)
+            rs.write_record_cfg(work, 'host_key_checking = False')
         else:
             with open(os.path.join(work, 'ansible.cfg'), 'w') as f:
                 f.write(

@@ -168,13 +168,7 @@ class FileModules(unittest.TestCase):
                     % ('spindle_record', os.path.join(rs.PKG, 'spindle_ansible', 'plugins', 'callback'))
                 )
         else:
-            cfg = rs.write_cfg(work, 'host_key_checking = False')
-            with open(cfg) as f:
-                text = f.read().replace(
-                    'callbacks_enabled = spindle\n', 'callbacks_enabled = spindle, spindle_record\n'
-                )
-            with open(cfg, 'w') as f:
-                f.write(text)
+            rs.write_record_cfg(work, 'host_key_checking = False')
         rs.inventory(self.inventory, os.path.join(work, 'inventory.ini'))
         lib = os.path.join(work, 'library')
         os.makedirs(lib)
