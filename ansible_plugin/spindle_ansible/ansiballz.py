@@ -112,7 +112,48 @@ def read_wrapper(src, cache=None):
             del out['zip']
             out['zip_b64'] = src[span[0] : span[1]]
             return out
-    return parse_wrapper(src)
+    out = _read_v1(src, cache)
+    return out if out is not None else parse_wrapper(src)
+
+
+_V1_ZIP = b'\n    ZIPDATA = '
+_V1_PARAMS = b'\n    ANSIBALLZ_PARAMS = '
+
+
+def _read_v1(src, cache):
+    """A v1 wrapper (ansible-core 2.18) read as :func:`read_wrapper` reads v2: the zip and the
+    parameters (each one line) are cut out, and what is left, the same for every task of one
+    module, is parsed once per ``cache`` (entry ``v1-<sha256>``). None if it is not one."""
+    z = src.find(_V1_ZIP)
+    p = src.find(_V1_PARAMS)
+    if z < 0 or p < z:
+        return None
+    z += len(_V1_ZIP)
+    quote = src[z : z + 1]
+    end = src.find(quote, z + 1) if quote in (b"'", b'"') else -1
+    if end < 0 or src[z + 1 : end].translate(None, _B64):
+        return None
+    p += len(_V1_PARAMS)
+    line_end = src.find(b'\n', p)
+    try:
+        params = ast.literal_eval(src[p:line_end].decode('utf-8'))
+    except (SyntaxError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(params, str):
+        return None
+    template = src[: z + 1] + src[end:p] + b"''" + src[line_end:]
+    key = hashlib.sha256(template).hexdigest()
+    meta = cache.get('v1', key) if cache is not None else None
+    if meta is None:
+        try:
+            meta = _parse(template)
+        except (SyntaxError, ValueError, KeyError, NotAnsiballz):
+            return None
+        if meta.get('dialect') != 'v1' or meta.pop('zip', None) != b'' or meta.pop('params', None) != '':
+            return None
+        if cache is not None:
+            cache.put('v1', key, meta)
+    return dict(meta, params=params, zip_b64=src[z + 1 : end])
 
 
 def _template_lines(template, cache, module_line):

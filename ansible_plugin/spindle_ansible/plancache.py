@@ -11,7 +11,9 @@ the run ends, where Ansible keeps its ``ansiballz_cache`` too), one small JSON f
   and unpacked only when the daemon lacks one of its blobs;
 * ``tpl-<sha256 of the wrapper template>``: the line numbers of the wrapper's own frames
   that a module's traceback shows (the template is the same for every module of one
-  ansible-core, but parsing it took a few ms per task).
+  ansible-core, but parsing it took a few ms per task);
+* ``v1-<sha256 of an ansible-core 2.18 wrapper without its zip and parameters>``: that
+  wrapper's metadata (module name, traceback lines, ...), the same for every task of a module.
 
 Entries are keyed by the hash of what they were computed from, so a stale or foreign entry
 cannot be used for other input; a malformed one is ignored. Bounded: at most
@@ -93,7 +95,12 @@ def _valid_template(v):
     return isinstance(v, dict) and all(isinstance(v.get(k), int) and v[k] > 0 for k in ('main', 'invoke'))
 
 
-_VALID = {'zip': _valid_zip, 'tpl': _valid_template}
+def _valid_v1(v):
+    keys = ('dialect', 'profile', 'extensions', 'rlimit_nofile', 'tb_lines', 'module_fqn', 'ansible_module')
+    return isinstance(v, dict) and v.get('dialect') == 'v1' and all(k in v for k in keys)
+
+
+_VALID = {'zip': _valid_zip, 'tpl': _valid_template, 'v1': _valid_v1}
 
 _run_cache = None
 

@@ -60,15 +60,27 @@ CHECK = textwrap.dedent('''
 
 class WrapperTests(unittest.TestCase):
     def test_quick_reading_equals_full_parse(self):
+        """On the venv's ansible-core, and on 2.18 and 2.21 where their venvs exist
+        (scripts/matrix.sh): v1 and v2 wrappers."""
         if not os.access(VENV_PY, os.X_OK):
             print('SKIP: no venv at %s' % VENV_PY)
             self.skipTest('no venv (run scripts/venv.sh)')
-        p = subprocess.run(
-            [VENV_PY, '-c', CHECK], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True
-        )
-        print(p.stdout)
-        self.assertEqual(p.returncode, 0, p.stdout)
-        self.assertIn('wrappers ok', p.stdout)
+        pythons = [VENV_PY] + [
+            p
+            for p in (os.path.join(REPO, '.venv-%s' % v, 'bin', 'python') for v in ('2.18', '2.21'))
+            if os.access(p, os.X_OK) and p != VENV_PY
+        ]
+        for py in pythons:
+            with self.subTest(python=py):
+                p = subprocess.run(
+                    [py, '-c', CHECK],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    universal_newlines=True,
+                )
+                print(py, p.stdout)
+                self.assertEqual(p.returncode, 0, p.stdout)
+                self.assertIn('wrappers ok', p.stdout)
 
 
 if __name__ == '__main__':
