@@ -91,6 +91,18 @@ SUITES = {
         + [('hostname20', 10, r, NO_NOPIPE) for r in (0, 10, 50, 150)]
         + [('hostname20', 50, None)],
     },
+    'floor': {
+        'about': 'the controller against Ansible\'s own per-task cost, in one run: hostname100, '
+        'hostname20, bigcopy (with the raw line rate) and warm1 on 1 target, hostname20 on 50; '
+        'every mode and the debug floor. About 8 minutes on a quiet 2-core machine.',
+        'cells': [
+            ('hostname100', 1, None),
+            ('hostname20', 1, None),
+            ('bigcopy', 1, None),
+            ('warm1', 1, None),
+            ('hostname20', 50, None),
+        ],
+    },
     'full': {
         'about': 'the whole matrix: hostname100, mixed on 1, 10, 50, 100; bigcopy on 1, 10, 50; '
         'manyfiles (1,000 files) on 1 and 10; hostname100 at RTT 0/10/50/150 ms on 1 and 10 '
