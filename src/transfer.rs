@@ -8,14 +8,15 @@
 //! file system does not support it) it falls back to `pread` + `write` for that stream, logging
 //! why once, and counts those bytes as copied through user space.
 //!
-//! The router owns an `Outbound` per target and stays sans-IO; the server calls `write_to`.
+//! The router owns an `Outbound` per target and stays sans-IO; the server takes it
+//! (`Router::poll_transmit`), calls `write_to` and reports what went (`Router::transmitted`).
 //!
 //! ## Why not `IORING_OP_SPLICE` under `--io uring`
 //!
 //! With the io_uring backend the payload still moves by the `splice(2)` syscall, on purpose.
 //! Issuing it as an io_uring op is feasible without touching the router (a per-`Outbound`
 //! token, the op pushed to the reactor's ring, its completion handed back to the stream by
-//! the server before it calls `flush_into` again), but it costs more than it saves:
+//! the server before it writes the queue again), but it costs more than it saves:
 //!
 //! - The kernel never runs `IORING_OP_SPLICE` inline: `io_splice` refuses the nonblocking
 //!   attempt (`IO_URING_F_NONBLOCK` → `-EAGAIN`, or `REQ_F_FORCE_ASYNC` in newer kernels), so

@@ -95,7 +95,7 @@ use crate::api::{self, ErrorKind, Request};
 use crate::cache::BlobCache;
 use crate::metrics::{ClientUsage, Counters, FdUsage, TargetCounters};
 use crate::proto::{self, encode_frame, flags, FrameHeader, Kind};
-use crate::transfer::TransferCounters;
+use crate::transfer::{Outbound, TransferCounters};
 use crate::transport::Spec;
 use base64::Engine as _;
 use calls::Op;
@@ -104,7 +104,6 @@ use serde_json::json;
 use slab::Slab;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write;
-use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 use target::{Phase, Target};
 
@@ -378,42 +377,42 @@ impl Router {
         self.targets.get(t).is_some_and(|x| !x.out.is_empty())
     }
 
-    /// Writes a target's outbound queue into its (nonblocking) transport pipe: protocol bytes
-    /// by `write`, file payload by `splice` (see [`crate::transfer`]); then refills file data.
-    /// A source file that shrank mid-send fails the target (its framing is broken).
-    pub fn flush_into(&mut self, t: TargetId, fd: BorrowedFd<'_>) -> std::io::Result<usize> {
-        let mut total = 0;
-        loop {
-            let Some(x) = self.targets.get_mut(t) else {
-                return Ok(total);
-            };
-            if x.out.is_empty() {
-                return Ok(total);
-            }
-            match x.out.write_to(fd, &mut self.transfer) {
-                Ok(0) => return Ok(total),
-                Ok(n) => {
-                    total += n;
-                    let starting = matches!(x.phase, Phase::Connecting { .. });
-                    x.read_since_tick |= starting;
-                    self.progress_pending |= starting;
-                    x.counters.bytes_out += n as u64;
-                    self.counters.bytes_out += n as u64;
-                    let children: Vec<TargetId> = x.routes.values().copied().collect();
-                    self.refill(t);
-                    for c in children {
-                        self.refill(c);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    let m = format!("put aborted: {e}");
-                    self.fail_target(t, ErrorKind::LocalIo, &m);
-                    return Ok(total);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(total),
-                Err(e) => return Err(e),
-            }
+    /// Stream `t`'s outbound queue for the I/O layer to write (quinn-proto's
+    /// `poll_transmit`): protocol bytes and file ranges, which the server moves into the
+    /// transport pipe (`write`, and `splice` for file payload: see [`crate::transfer`]) and
+    /// reports with [`Router::transmitted`] (or [`Router::transmit_failed`]). None: nothing
+    /// is queued. The counters are the daemon's (spliced vs copied file bytes).
+    pub fn poll_transmit(&mut self, t: TargetId) -> Option<(&mut Outbound, &mut TransferCounters)> {
+        let x = self.targets.get_mut(t)?;
+        if x.out.is_empty() {
+            return None;
         }
+        Some((&mut x.out, &mut self.transfer))
+    }
+
+    /// The I/O layer wrote `n` bytes of stream `t`'s queue (taken from its front): a starting
+    /// stream made progress, and file data of its puts (and its contexts') is refilled.
+    pub fn transmitted(&mut self, t: TargetId, n: usize) {
+        let Some(x) = self.targets.get_mut(t) else {
+            return;
+        };
+        let starting = matches!(x.phase, Phase::Connecting { .. });
+        x.read_since_tick |= starting;
+        self.progress_pending |= starting;
+        x.counters.bytes_out += n as u64;
+        self.counters.bytes_out += n as u64;
+        let children: Vec<TargetId> = x.routes.values().copied().collect();
+        self.refill(t);
+        for c in children {
+            self.refill(c);
+        }
+    }
+
+    /// The I/O layer could not move stream `t`'s queue for a local reason (a put's source
+    /// file shrank while being sent): its framing is broken, so the stream fails.
+    pub fn transmit_failed(&mut self, t: TargetId, why: &str) {
+        let m = format!("put aborted: {why}");
+        self.fail_target(t, ErrorKind::LocalIo, &m);
     }
 
     /// Number of live target streams.
