@@ -20,6 +20,7 @@ fn a_timed_out_exec_or_fetch_is_cancelled_on_the_target() {
     let f = serde_json::json!({"id": 2, "op": "fetch", "src": "/big", "dest": dest,
         "target": t, "call_timeout": 1});
     r.request(1, request(f), t0);
+    files(&mut r, t0);
     let h = only_call(&r, 0);
     agent_frame(
         &mut r,

@@ -16,6 +16,7 @@ fn fetch_data_past_the_announced_size_fails_the_call_not_the_stream() {
     };
     let size = crate::proto::flags::SIZE;
     r.request(1, fetch(1), now);
+    files(&mut r, now);
     hello(&mut r, 0, "/usr/bin/python3", now);
     let h = only_call(&r, 0);
     agent_frame(&mut r, 0, Kind::Data, size, h, &10u64.to_be_bytes());
@@ -34,6 +35,7 @@ fn fetch_data_past_the_announced_size_fails_the_call_not_the_stream() {
         vec![1, 2, 3],
     ] {
         r.request(1, fetch(2), now);
+        files(&mut r, now);
         let h = only_call(&r, 0);
         agent_frame(&mut r, 0, Kind::Data, size, h, &bad);
         let e = errors(&mut r);
@@ -41,6 +43,7 @@ fn fetch_data_past_the_announced_size_fails_the_call_not_the_stream() {
     }
     // Without an announcement, FETCH_MAX still bounds it (checked arithmetic, no panic).
     r.request(1, fetch(3), now);
+    files(&mut r, now);
     let h = only_call(&r, 0);
     if let crate::router::calls::Op::Fetch { received, .. } =
         &mut r.targets[0].calls.get_mut(&h).expect("call").op
@@ -70,6 +73,7 @@ fn a_reply_read_with_refused_fetch_data_does_not_complete_it() {
     let f = serde_json::json!({"id": 1, "op": "fetch", "src": "/x", "dest": dest,
         "target": target(serde_json::json!({}))});
     r.request(1, request(f), now);
+    files(&mut r, now);
     hello(&mut r, 0, "/usr/bin/python3", now);
     let h = only_call(&r, 0);
     // One read: a malformed SIZE frame, then a reply claiming an empty file.
@@ -117,6 +121,7 @@ fn a_fetch_cut_short_fails_and_leaves_no_file() {
     };
     let start = |r: &mut Router, id: u64, name: &str| {
         r.request(1, fetch(id, name), now);
+        files(r, now);
         let h = only_call(r, s);
         frame_from(
             r,
@@ -210,6 +215,7 @@ fn a_failed_fetch_leaves_the_file_at_its_destination_alone() {
     let f = serde_json::json!({"id": 1, "op": "fetch", "src": "/etc/motd", "dest": dest,
         "target": t});
     r.request(1, request(f), now);
+    files(&mut r, now);
     let h = only_call(&r, s);
     frame_from(
         &mut r,
@@ -245,4 +251,111 @@ fn a_failed_fetch_leaves_the_file_at_its_destination_alone() {
         1,
         "temp file left"
     );
+}
+
+#[test]
+fn a_fetch_is_answered_once_its_file_is_synced_and_renamed() {
+    use crate::proto::flags::{EOF, SIZE};
+    let dir = tempfile::tempdir().expect("scratch dir");
+    let mut r = Router::new();
+    let now = Instant::now();
+    let t = target(serde_json::json!({}));
+    let s = ready(&mut r, &t, now);
+    let fetch = |id: u64, dest: &std::path::Path| {
+        request(
+            serde_json::json!({"id": id, "op": "fetch", "src": "/etc/motd",
+            "dest": dest, "target": t}),
+        )
+    };
+    let dest = dir.path().join("motd");
+    r.request(1, fetch(1, &dest), now);
+    // Its temp file is created (by the server) before its CALL goes.
+    let op = r.poll_file_op().expect("a file request");
+    let FileOp::Create { token, path: tmp } = op else {
+        panic!("{op:?}")
+    };
+    assert_eq!(tmp.parent(), Some(dir.path()));
+    assert!(r.targets[s].calls.is_empty());
+    std::fs::File::create(&tmp).expect("temp file");
+    r.file_done(token, FileDone::Created(Ok(())), now);
+    let h = only_call(&r, s);
+    frame_from(
+        &mut r,
+        s,
+        CTX_AGENT,
+        Kind::Data,
+        SIZE,
+        h,
+        &4u64.to_be_bytes(),
+        now,
+    );
+    frame_from(&mut r, s, CTX_AGENT, Kind::Data, EOF, h, b"motd", now);
+    assert_eq!(std::fs::read(&tmp).expect("written"), b"motd");
+    // The agent's reply asks for the sync and rename; the client waits for them.
+    let sha = crate::cache::sha256_hex(b"motd");
+    let body = serde_json::json!({"size": 4, "sha256": sha, "mode": 420}).to_string();
+    let mut b = Vec::new();
+    let hd = FrameHeader {
+        kind: Kind::Reply,
+        flags: 0,
+        dst: CTX_CONTROLLER,
+        src: CTX_AGENT,
+        handle: h,
+        reply_to: h,
+    };
+    encode_frame(&mut b, &hd, body.as_bytes());
+    r.target_bytes(s, &b, now);
+    let op = r.poll_file_op().expect("a file request");
+    assert_eq!(
+        op,
+        FileOp::Finish {
+            token,
+            tmp: tmp.clone(),
+            dest: dest.clone()
+        }
+    );
+    assert!(
+        r.poll_action().is_none(),
+        "answered before its file was renamed"
+    );
+    std::fs::rename(&tmp, &dest).expect("rename");
+    r.file_done(token, FileDone::Finished(Ok(())), now);
+    assert_eq!(answered(&mut r), vec![1]);
+    assert_eq!(std::fs::read(&dest).expect("fetched"), b"motd");
+    // A failed sync or rename fails the call (local_io) with the server's reason.
+    r.request(1, fetch(2, &dir.path().join("full")), now);
+    files(&mut r, now);
+    let h = only_call(&r, s);
+    frame_from(&mut r, s, CTX_AGENT, Kind::Data, EOF, h, b"", now);
+    let body = serde_json::json!({"size": 0, "sha256": "", "mode": 420}).to_string();
+    let mut b = Vec::new();
+    encode_frame(
+        &mut b,
+        &FrameHeader {
+            handle: h,
+            reply_to: h,
+            ..hd
+        },
+        body.as_bytes(),
+    );
+    r.target_bytes(s, &b, now);
+    let Some(FileOp::Finish { token, .. }) = r.poll_file_op() else {
+        panic!("no finish asked for")
+    };
+    r.file_done(
+        token,
+        FileDone::Finished(Err("cannot write full: disk full".into())),
+        now,
+    );
+    let e = only_error(&mut r, 2);
+    assert_eq!(
+        (&e["kind"], &e["message"]),
+        (&"local_io".into(), &"cannot write full: disk full".into())
+    );
+    // A temp file that cannot be created fails the call before anything goes to the target.
+    written(&mut r, s);
+    r.request(1, fetch(3, &dir.path().join("no-such-dir").join("f")), now);
+    files(&mut r, now);
+    assert_eq!(only_error(&mut r, 3)["kind"], "local_io");
+    assert!(r.targets[s].calls.is_empty() && r.targets[s].out.is_empty());
 }

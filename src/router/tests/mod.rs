@@ -18,7 +18,7 @@ mod probe;
 mod put;
 mod start;
 
-use super::{Action, Router, TargetId};
+use super::{Action, FileDone, FileOp, FileToken, Router, TargetId};
 use crate::api::Request;
 use crate::proto::{encode_frame, FrameHeader, Kind, CTX_AGENT, CTX_CONTROLLER};
 use std::time::{Duration, Instant};
@@ -59,10 +59,12 @@ fn hello(r: &mut Router, t: TargetId, executable: &str, now: Instant) {
     };
     encode_frame(&mut b, &h, body.to_string().as_bytes());
     r.target_bytes(t, &b, now);
+    files(r, now);
 }
 
 /// Error kinds of the replies sent so far.
 fn errors(r: &mut Router) -> Vec<String> {
+    files(r, Instant::now());
     let mut out = Vec::new();
     while let Some(a) = r.poll_action() {
         if let Action::Reply(_, body) = a {
@@ -92,6 +94,7 @@ fn agent_frame(r: &mut Router, t: TargetId, kind: Kind, flags: u8, handle: u32, 
     };
     encode_frame(&mut b, &h, p);
     r.target_bytes(t, &b, Instant::now());
+    files(r, Instant::now());
 }
 
 /// The handle of the only call in flight on target `t`.
@@ -140,6 +143,7 @@ fn reply(r: &mut Router, t: TargetId, h: u32, body: &str, now: Instant) {
 
 /// Replies (not errors) sent so far, by request id.
 fn answered(r: &mut Router) -> Vec<u64> {
+    files(r, Instant::now());
     let mut out = Vec::new();
     while let Some(a) = r.poll_action() {
         if let Action::Reply(_, body) = a {
@@ -177,6 +181,7 @@ fn frame_from(
     };
     encode_frame(&mut b, &h, p);
     r.target_bytes(t, &b, now);
+    files(r, now);
 }
 
 /// The HELLO of the nested agent `c` (a become, interpreter or via context), read from its
@@ -245,6 +250,7 @@ fn written(r: &mut Router, t: TargetId) {
 
 /// Replies sent so far, as JSON (successes and errors).
 fn replies(r: &mut Router) -> Vec<serde_json::Value> {
+    files(r, Instant::now());
     let mut out = Vec::new();
     while let Some(a) = r.poll_action() {
         if let Action::Reply(_, body) = a {
@@ -321,4 +327,56 @@ fn ready(r: &mut Router, spec: &serde_json::Value, now: Instant) -> TargetId {
     assert_eq!(answered(r), vec![0]);
     written(r, root);
     t
+}
+
+/// The server's part of puts and fetches: carries out the router's file requests on real
+/// files, at once (as the server's workers would, in order), and hands the answers back at
+/// `now`.
+fn files(r: &mut Router, now: Instant) {
+    use std::io::Write as _;
+    while let Some(op) = r.poll_file_op() {
+        let done = match op {
+            FileOp::Open { token, path, hash } => {
+                let memo = crate::fileio::Hashes::default();
+                let o = crate::fileio::open_source(std::path::Path::new(&path), hash, &memo);
+                Some((token, FileDone::Opened(o)))
+            }
+            FileOp::Create { token, path } => {
+                let c = std::fs::File::create(&path).map(drop);
+                Some((token, FileDone::Created(c.map_err(|e| e.to_string()))))
+            }
+            FileOp::Write { token, data } => {
+                // (None: a fetch given up on in the same read; its Remove follows.)
+                if let Some(path) = tmp_of(r, token) {
+                    let f = std::fs::OpenOptions::new().append(true).open(path);
+                    f.and_then(|mut f| f.write_all(&data))
+                        .expect("a fetch's temp file");
+                }
+                None
+            }
+            FileOp::Finish { token, tmp, dest } => {
+                let done = std::fs::rename(tmp, dest).map_err(|e| e.to_string());
+                Some((token, FileDone::Finished(done)))
+            }
+            FileOp::Remove { path, .. } => {
+                let _ = std::fs::remove_file(path);
+                None
+            }
+        };
+        if let Some((token, done)) = done {
+            r.file_done(token, done, now);
+        }
+    }
+}
+
+/// The temp file of the fetch in flight whose file is `token`.
+fn tmp_of(r: &Router, token: FileToken) -> Option<std::path::PathBuf> {
+    r.targets.iter().find_map(|(_, x)| {
+        x.calls.values().find_map(|c| match &c.op {
+            crate::router::calls::Op::Fetch { file, tmp, .. } if *file == token => {
+                Some(tmp.clone())
+            }
+            _ => None,
+        })
+    })
 }
