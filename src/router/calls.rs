@@ -126,6 +126,21 @@ pub(super) enum Waiting {
     },
 }
 
+impl Waiting {
+    /// When the client stops waiting: a call's deadline while its file is opened or created
+    /// (None once its client is gone or answered).
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        match self {
+            Waiting::Start {
+                client: Some(_),
+                deadline,
+                ..
+            } => *deadline,
+            _ => None,
+        }
+    }
+}
+
 /// A target op's CALL, built by its `*_call` function: the payload, the call's state and
 /// the frame flags (REFS when module code is named by hash, see blob_refs).
 pub(super) struct Outgoing {
@@ -318,6 +333,36 @@ impl Router {
             tmp,
         };
         self.waiting.insert(token, w);
+        if let Some(d) = deadline {
+            self.deadline_at(d);
+        }
+    }
+
+    /// Calls whose deadline passed while their file was being opened or created (a hung
+    /// file system) are answered `timeout`; the answer, when it comes, starts nothing.
+    pub(super) fn expire_waiting(&mut self, now: Instant) {
+        let mut late = Vec::new();
+        for (token, w) in self.waiting.iter_mut() {
+            if let Waiting::Start {
+                client: client @ Some(_),
+                req,
+                deadline: Some(d),
+                ..
+            } = w
+            {
+                if now >= *d {
+                    let host = req.target.as_ref().map(|s| s.label()).unwrap_or_default();
+                    late.push((*token, client.take(), req.id, host));
+                }
+            }
+        }
+        late.sort_by_key(|l| l.0); // answered in the order asked
+        for (_, client, id, host) in late {
+            if let Some(c) = client {
+                let m = "the call's deadline passed while its local file was opened";
+                self.reply_err(c, id, ErrorKind::Timeout, &host, m);
+            }
+        }
     }
 
     /// The answer to file request `token` (see [`FileOp`]): a put or fetch waiting for it

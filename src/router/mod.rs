@@ -802,7 +802,9 @@ impl Router {
                 Some((ErrorKind::Timeout, "the call's deadline passed")),
             );
         }
+        self.expire_waiting(now);
         // The exact earliest deadline left (the lower bound kept between ticks is reset).
+        let waiting = self.waiting.values().filter_map(|w| w.deadline());
         self.next_deadline = self
             .targets
             .iter()
@@ -816,6 +818,7 @@ impl Router {
                     .chain(x.calls.values().filter_map(|c| c.deadline))
                     .chain(x.logs.report_due_at(now))
             })
+            .chain(waiting)
             .min();
         self.run_replay(now);
     }

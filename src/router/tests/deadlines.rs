@@ -231,3 +231,57 @@ fn poll_timeout_wakes_the_loop_for_the_earliest_deadline_and_not_otherwise() {
     r.tick(t1 + TICK_MIN * 2);
     assert_eq!(r.poll_timeout(t1 + TICK_MIN * 2), None);
 }
+
+#[test]
+fn a_call_whose_local_file_is_not_ready_by_its_deadline_gets_timeout_and_never_starts() {
+    let dir = tempfile::tempdir().expect("scratch dir");
+    let src = dir.path().join("src");
+    std::fs::write(&src, b"data").expect("source");
+    let mut r = Router::new();
+    let t0 = Instant::now();
+    let t = target(serde_json::json!({}));
+    let s = ready(&mut r, &t, t0);
+    let put = serde_json::json!({"id": 1, "op": "put", "target": t, "src": src,
+        "dest": "/tmp/x", "call_timeout": 1});
+    let dest = dir.path().join("fetched");
+    let fetch = serde_json::json!({"id": 2, "op": "fetch", "target": t, "src": "/x",
+        "dest": dest, "call_timeout": 1});
+    r.request(1, request(put), t0);
+    r.request(1, request(fetch), t0);
+    // The server's file system hangs: neither answer comes before the deadline.
+    let (Some(open), Some(create)) = (r.poll_file_op(), r.poll_file_op()) else {
+        panic!("no file requests")
+    };
+    assert_eq!(r.poll_timeout(t0), Some(Duration::from_secs(1)));
+    r.tick(t0 + Duration::from_secs(2));
+    let kinds: Vec<(u64, String)> = replies(&mut r)
+        .iter()
+        .map(|v| {
+            (
+                v["id"].as_u64().unwrap_or(0),
+                v["error"]["kind"].to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![(1, "\"timeout\"".into()), (2, "\"timeout\"".into())]
+    );
+    // The answers come at last: nothing starts, the temp file is removed.
+    let FileOp::Open { token, .. } = open else {
+        panic!("{open:?}")
+    };
+    let o = crate::fileio::open_source(&src, None, &Default::default());
+    r.file_done(token, FileDone::Opened(o), t0 + Duration::from_secs(3));
+    let FileOp::Create { token, path } = create else {
+        panic!("{create:?}")
+    };
+    r.file_done(
+        token,
+        FileDone::Created(Ok(())),
+        t0 + Duration::from_secs(3),
+    );
+    assert_eq!(r.poll_file_op(), Some(FileOp::Remove { token, path }));
+    assert!(replies(&mut r).is_empty());
+    assert!(r.targets[s].calls.is_empty() && r.targets[s].out.is_empty());
+}
