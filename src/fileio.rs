@@ -310,3 +310,81 @@ mod tests {
         assert_eq!(o.sha, None, "outside the range: not hashed");
     }
 }
+
+/// The disk side of the router's in-memory tests: the server's part of a put or fetch done at
+/// once on real files (its [`FileOp`]s answered in order), and the scratch files the tests
+/// set up and check. Kept here, with the file I/O it stands in for: `src/router` names none.
+#[cfg(test)]
+pub(crate) mod scratch {
+    use super::*;
+
+    /// Carries out `op` at once; the answer, if it has one. `tmp_of`: the temp file of a
+    /// fetch's token, while the router knows it (a write for a fetch given up on in the same
+    /// read is dropped; its Remove follows).
+    pub(crate) fn answer(
+        op: FileOp,
+        tmp_of: impl Fn(FileToken) -> Option<PathBuf>,
+    ) -> Option<(FileToken, FileDone)> {
+        match op {
+            FileOp::Open { token, path, hash } => {
+                let o = open_source(Path::new(&path), hash, &Hashes::default());
+                Some((token, FileDone::Opened(o)))
+            }
+            FileOp::Create { token, path } => {
+                let c = File::create(&path).map(drop).map_err(|e| e.to_string());
+                Some((token, FileDone::Created(c)))
+            }
+            FileOp::Write { token, data } => {
+                if let Some(path) = tmp_of(token) {
+                    let f = std::fs::OpenOptions::new().append(true).open(path);
+                    f.and_then(|mut f| f.write_all(&data))
+                        .expect("a fetch's temp file");
+                }
+                None
+            }
+            FileOp::Finish { token, tmp, dest } => {
+                let done = std::fs::rename(tmp, dest).map_err(|e| e.to_string());
+                Some((token, FileDone::Finished(done)))
+            }
+            FileOp::Remove { path, .. } => {
+                let _ = std::fs::remove_file(path);
+                None
+            }
+        }
+    }
+
+    /// A put's source as the server opens it.
+    pub(crate) fn open(path: &Path) -> Result<Opened, String> {
+        open_source(path, None, &Hashes::default())
+    }
+
+    /// Writes a file (a put's source, an earlier destination, an empty temp file).
+    pub(crate) fn write(path: &Path, data: impl AsRef<[u8]>) {
+        std::fs::write(path, data).expect("a scratch file");
+    }
+
+    /// A file's content, if it exists.
+    pub(crate) fn read(path: &Path) -> Option<Vec<u8>> {
+        std::fs::read(path).ok()
+    }
+
+    /// Renames a file (a fetch's temp file over its destination).
+    pub(crate) fn rename(from: &Path, to: &Path) {
+        std::fs::rename(from, to).expect("a rename");
+    }
+
+    /// The names in a directory, sorted.
+    pub(crate) fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .expect("a scratch dir")
+            .map(|e| {
+                e.expect("an entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}

@@ -2,8 +2,8 @@ use super::*;
 
 #[test]
 fn a_timed_out_exec_or_fetch_is_cancelled_on_the_target() {
-    let dir = std::env::temp_dir().join(format!("spindle-router-cancel-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let scratch_dir = tempfile::tempdir().expect("scratch dir");
+    let dir = scratch_dir.path();
     let mut r = Router::new();
     let t0 = Instant::now();
     let t = target(serde_json::json!({}));
@@ -36,8 +36,7 @@ fn a_timed_out_exec_or_fetch_is_cancelled_on_the_target() {
     assert!(queued(&r, 0).contains(&cancel_of(h)), "no cancel queued");
     // The temp file is gone, and later DATA for the forgotten call is dropped.
     agent_frame(&mut r, 0, Kind::Data, 0, h, &[0u8; 1000]);
-    assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 0);
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(scratch::names(dir), Vec::<String>::new());
 }
 
 #[test]
@@ -236,7 +235,7 @@ fn poll_timeout_wakes_the_loop_for_the_earliest_deadline_and_not_otherwise() {
 fn a_call_whose_local_file_is_not_ready_by_its_deadline_gets_timeout_and_never_starts() {
     let dir = tempfile::tempdir().expect("scratch dir");
     let src = dir.path().join("src");
-    std::fs::write(&src, b"data").expect("source");
+    scratch::write(&src, b"data");
     let mut r = Router::new();
     let t0 = Instant::now();
     let t = target(serde_json::json!({}));
@@ -271,7 +270,7 @@ fn a_call_whose_local_file_is_not_ready_by_its_deadline_gets_timeout_and_never_s
     let FileOp::Open { token, .. } = open else {
         panic!("{open:?}")
     };
-    let o = crate::fileio::open_source(&src, None, &Default::default());
+    let o = scratch::open(&src);
     r.file_done(token, FileDone::Opened(o), t0 + Duration::from_secs(3));
     let FileOp::Create { token, path } = create else {
         panic!("{create:?}")

@@ -2,8 +2,8 @@ use super::*;
 
 #[test]
 fn fetch_data_past_the_announced_size_fails_the_call_not_the_stream() {
-    let dir = std::env::temp_dir().join(format!("spindle-router-fetch-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let scratch_dir = tempfile::tempdir().expect("scratch dir");
+    let dir = scratch_dir.path();
     let mut r = Router::new();
     let now = Instant::now();
     let t = target(serde_json::json!({}));
@@ -55,18 +55,13 @@ fn fetch_data_past_the_announced_size_fails_the_call_not_the_stream() {
     // The stream lives on.
     assert_eq!(r.streams(), 1);
     assert_ne!(r.targets[0].phase, crate::router::target::Phase::Dead);
-    assert_eq!(
-        std::fs::read_dir(&dir).expect("dir").count(),
-        0,
-        "temp files left"
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(scratch::names(dir), Vec::<String>::new(), "temp files left");
 }
 
 #[test]
 fn a_reply_read_with_refused_fetch_data_does_not_complete_it() {
-    let dir = std::env::temp_dir().join(format!("spindle-router-batch-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let scratch_dir = tempfile::tempdir().expect("scratch dir");
+    let dir = scratch_dir.path();
     let mut r = Router::new();
     let now = Instant::now();
     let dest = dir.join("f");
@@ -97,7 +92,6 @@ fn a_reply_read_with_refused_fetch_data_does_not_complete_it() {
     let e = errors(&mut r);
     assert!(e.len() == 1 && e[0].starts_with("protocol"), "{e:?}");
     assert!(!dest.exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -151,7 +145,7 @@ fn a_fetch_cut_short_fails_and_leaves_no_file() {
     );
     assert_eq!(answered(&mut r), vec![1]);
     assert_eq!(
-        std::fs::read(dir.path().join("whole")).expect("fetched"),
+        scratch::read(&dir.path().join("whole")).expect("fetched"),
         data
     );
     // The reply comes after 6 of the 10 bytes, claiming 10: refused.
@@ -186,7 +180,7 @@ fn a_fetch_cut_short_fails_and_leaves_no_file() {
     );
     assert_eq!(answered(&mut r), vec![3]);
     assert_eq!(
-        std::fs::read(dir.path().join("shrank")).expect("fetched"),
+        scratch::read(&dir.path().join("shrank")).expect("fetched"),
         &data[..6]
     );
     // The stream ends after 6 of the 10 bytes.
@@ -194,12 +188,7 @@ fn a_fetch_cut_short_fails_and_leaves_no_file() {
     r.target_closed(s, "");
     assert_eq!(only_error(&mut r, 4)["kind"], "connection_lost");
     // Neither a destination nor a temp file of the failed ones is left.
-    let mut names: Vec<String> = std::fs::read_dir(dir.path())
-        .expect("dir")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names, vec!["shrank", "whole"]);
+    assert_eq!(scratch::names(dir.path()), vec!["shrank", "whole"]);
 }
 
 #[test]
@@ -207,7 +196,7 @@ fn a_failed_fetch_leaves_the_file_at_its_destination_alone() {
     use crate::proto::flags::SIZE;
     let dir = tempfile::tempdir().expect("scratch dir");
     let dest = dir.path().join("motd");
-    std::fs::write(&dest, "the fetch of last week\n").expect("an earlier file");
+    scratch::write(&dest, "the fetch of last week\n");
     let mut r = Router::new();
     let now = Instant::now();
     let t = target(serde_json::json!({}));
@@ -243,14 +232,10 @@ fn a_failed_fetch_leaves_the_file_at_its_destination_alone() {
     assert_eq!(only_error(&mut r, 1)["kind"], "protocol");
     // "dest is written through a temp file renamed on success" (docs/api.md): not on failure.
     assert_eq!(
-        std::fs::read_to_string(&dest).ok().as_deref(),
-        Some("the fetch of last week\n")
+        scratch::read(&dest).as_deref(),
+        Some(&b"the fetch of last week\n"[..])
     );
-    assert_eq!(
-        std::fs::read_dir(dir.path()).expect("dir").count(),
-        1,
-        "temp file left"
-    );
+    assert_eq!(scratch::names(dir.path()).len(), 1, "temp file left");
 }
 
 #[test]
@@ -276,7 +261,7 @@ fn a_fetch_is_answered_once_its_file_is_synced_and_renamed() {
     };
     assert_eq!(tmp.parent(), Some(dir.path()));
     assert!(r.targets[s].calls.is_empty());
-    std::fs::File::create(&tmp).expect("temp file");
+    scratch::write(&tmp, b"");
     r.file_done(token, FileDone::Created(Ok(())), now);
     let h = only_call(&r, s);
     frame_from(
@@ -290,7 +275,7 @@ fn a_fetch_is_answered_once_its_file_is_synced_and_renamed() {
         now,
     );
     frame_from(&mut r, s, CTX_AGENT, Kind::Data, EOF, h, b"motd", now);
-    assert_eq!(std::fs::read(&tmp).expect("written"), b"motd");
+    assert_eq!(scratch::read(&tmp).as_deref(), Some(&b"motd"[..]));
     // The agent's reply asks for the sync and rename; the client waits for them.
     let sha = crate::cache::sha256_hex(b"motd");
     let body = serde_json::json!({"size": 4, "sha256": sha, "mode": 420}).to_string();
@@ -318,10 +303,10 @@ fn a_fetch_is_answered_once_its_file_is_synced_and_renamed() {
         r.poll_action().is_none(),
         "answered before its file was renamed"
     );
-    std::fs::rename(&tmp, &dest).expect("rename");
+    scratch::rename(&tmp, &dest);
     r.file_done(token, FileDone::Finished(Ok(())), now);
     assert_eq!(answered(&mut r), vec![1]);
-    assert_eq!(std::fs::read(&dest).expect("fetched"), b"motd");
+    assert_eq!(scratch::read(&dest).as_deref(), Some(&b"motd"[..]));
     // A failed sync or rename fails the call (local_io) with the server's reason.
     r.request(1, fetch(2, &dir.path().join("full")), now);
     files(&mut r, now);

@@ -20,6 +20,7 @@ mod start;
 
 use super::{Action, FileDone, FileOp, FileToken, Router, TargetId};
 use crate::api::Request;
+use crate::fileio::scratch;
 use crate::proto::{encode_frame, FrameHeader, Kind, CTX_AGENT, CTX_CONTROLLER};
 use std::time::{Duration, Instant};
 
@@ -333,37 +334,8 @@ fn ready(r: &mut Router, spec: &serde_json::Value, now: Instant) -> TargetId {
 /// files, at once (as the server's workers would, in order), and hands the answers back at
 /// `now`.
 fn files(r: &mut Router, now: Instant) {
-    use std::io::Write as _;
     while let Some(op) = r.poll_file_op() {
-        let done = match op {
-            FileOp::Open { token, path, hash } => {
-                let memo = crate::fileio::Hashes::default();
-                let o = crate::fileio::open_source(std::path::Path::new(&path), hash, &memo);
-                Some((token, FileDone::Opened(o)))
-            }
-            FileOp::Create { token, path } => {
-                let c = std::fs::File::create(&path).map(drop);
-                Some((token, FileDone::Created(c.map_err(|e| e.to_string()))))
-            }
-            FileOp::Write { token, data } => {
-                // (None: a fetch given up on in the same read; its Remove follows.)
-                if let Some(path) = tmp_of(r, token) {
-                    let f = std::fs::OpenOptions::new().append(true).open(path);
-                    f.and_then(|mut f| f.write_all(&data))
-                        .expect("a fetch's temp file");
-                }
-                None
-            }
-            FileOp::Finish { token, tmp, dest } => {
-                let done = std::fs::rename(tmp, dest).map_err(|e| e.to_string());
-                Some((token, FileDone::Finished(done)))
-            }
-            FileOp::Remove { path, .. } => {
-                let _ = std::fs::remove_file(path);
-                None
-            }
-        };
-        if let Some((token, done)) = done {
+        if let Some((token, done)) = scratch::answer(op, |t| tmp_of(r, t)) {
             r.file_done(token, done, now);
         }
     }

@@ -6,7 +6,7 @@ use crate::router::{CHUNK, LOW_WATER};
 fn source(dir: &tempfile::TempDir, len: usize) -> (std::path::PathBuf, Vec<u8>) {
     let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
     let path = dir.path().join(format!("src-{len}"));
-    std::fs::write(&path, &data).expect("source file");
+    scratch::write(&path, &data);
     (path, data)
 }
 
@@ -368,7 +368,7 @@ fn a_put_waits_for_its_source_to_open_and_one_that_cannot_fails_alone() {
     assert_eq!((Some(path.as_str()), hash), (src.to_str(), None));
     assert!(r.targets[s].calls.is_empty() && r.targets[s].out.is_empty());
     // Opened later (by a worker): the CALL and the data go then.
-    let o = crate::fileio::open_source(&src, None, &Default::default());
+    let o = scratch::open(&src);
     r.file_done(token, FileDone::Opened(o), now);
     let calls = sent_calls(&r, s);
     assert_eq!(calls.len(), 1, "{calls:?}");
@@ -406,7 +406,7 @@ fn a_put_waits_for_its_source_to_open_and_one_that_cannot_fails_alone() {
     };
     r.target_closed(s, "");
     assert_eq!(only_error(&mut r, 1)["kind"], "connection_lost");
-    let o = crate::fileio::open_source(&src, None, &Default::default());
+    let o = scratch::open(&src);
     r.file_done(token, FileDone::Opened(o), now);
     assert_eq!(only_error(&mut r, 3)["kind"], "connection_lost");
     assert!(r.targets[s].out.is_empty());
