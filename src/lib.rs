@@ -14,6 +14,7 @@ pub mod cache;
 pub mod capacity;
 pub mod client;
 pub mod fanout;
+pub mod fileio;
 pub mod inventory;
 pub mod metrics;
 pub mod proto;

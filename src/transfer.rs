@@ -8,14 +8,15 @@
 //! file system does not support it) it falls back to `pread` + `write` for that stream, logging
 //! why once, and counts those bytes as copied through user space.
 //!
-//! The router owns an `Outbound` per target and stays sans-IO; the server calls `write_to`.
+//! The router owns an `Outbound` per target and stays sans-IO; the server takes it
+//! (`Router::poll_transmit`), calls `write_to` and reports what went (`Router::transmitted`).
 //!
 //! ## Why not `IORING_OP_SPLICE` under `--io uring`
 //!
 //! With the io_uring backend the payload still moves by the `splice(2)` syscall, on purpose.
 //! Issuing it as an io_uring op is feasible without touching the router (a per-`Outbound`
 //! token, the op pushed to the reactor's ring, its completion handed back to the stream by
-//! the server before it calls `flush_into` again), but it costs more than it saves:
+//! the server before it writes the queue again), but it costs more than it saves:
 //!
 //! - The kernel never runs `IORING_OP_SPLICE` inline: `io_splice` refuses the nonblocking
 //!   attempt (`IO_URING_F_NONBLOCK` → `-EAGAIN`, or `REQ_F_FORCE_ASYNC` in newer kernels), so
@@ -53,6 +54,17 @@ pub struct TransferCounters {
     pub file_bytes_spliced: u64,
     /// File payload copied through user space (fallback).
     pub file_bytes_copied: u64,
+}
+
+/// A `put` source the server opened for reading: the router holds it only as a handle, to
+/// queue ranges of it (it never reads it; [`Outbound::write_to`] splices from it).
+#[derive(Debug, Clone)]
+pub struct Source(Arc<File>);
+
+impl From<File> for Source {
+    fn from(f: File) -> Source {
+        Source(Arc::new(f))
+    }
 }
 
 enum Chunk {
@@ -146,9 +158,10 @@ impl Outbound {
     }
 
     /// Appends `len` bytes of `file` starting at `offset`.
-    pub fn push_file(&mut self, file: Arc<File>, offset: u64, len: usize) {
+    pub fn push_file(&mut self, file: &Source, offset: u64, len: usize) {
         if len > 0 {
             self.queued += len;
+            let file = Arc::clone(&file.0);
             self.chunks.push_back(Chunk::File { file, offset, len });
         }
     }
@@ -312,10 +325,10 @@ mod tests {
             .unwrap()
             .write_all(b"0123456789abcdef")
             .unwrap();
-        let file = Arc::new(File::open(&path).unwrap());
+        let file = Source::from(File::open(&path).unwrap());
         let mut o = Outbound::default();
         o.with_bytes(|b| b.extend_from_slice(b"<hdr>"));
-        o.push_file(file.clone(), 4, 8);
+        o.push_file(&file, 4, 8);
         o.with_bytes(|b| b.extend_from_slice(b"<end>"));
         assert_eq!(o.len(), 18);
         let (r, w) = rustix::pipe::pipe().unwrap();
@@ -334,10 +347,10 @@ mod tests {
 
     #[test]
     fn move_prefix_keeps_file_ranges_with_their_headers() {
-        let file = Arc::new(File::open("/proc/self/exe").unwrap());
+        let file = Source::from(File::open("/proc/self/exe").unwrap());
         let mut ctx = Outbound::default();
         ctx.with_bytes(|b| b.extend_from_slice(&[1u8; 10])); // frames, then a DATA header
-        ctx.push_file(file.clone(), 0, 100);
+        ctx.push_file(&file, 0, 100);
         ctx.with_bytes(|b| b.extend_from_slice(&[2u8; 2 << 20])); // past COALESCE: 2 chunks
         ctx.with_bytes(|b| b.extend_from_slice(&[3u8; 5]));
         assert_eq!(ctx.len(), 10 + 100 + (2 << 20) + 5);

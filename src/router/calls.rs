@@ -4,21 +4,20 @@
 
 use super::target::Phase;
 use super::{
-    encode_call, header, Action, ClientId, Router, TargetId, CHUNK, EXEC_GRACE, LOW_WATER,
-    MAX_INFLIGHT, MAX_OUTBOUND,
+    encode_call, header, Action, ClientId, FileDone, FileOp, FileToken, Opened, Router, TargetId,
+    CHUNK, EXEC_GRACE, HOP_CACHE_BYTES, HOP_CACHE_MIN, LOW_WATER, MAX_INFLIGHT, MAX_OUTBOUND,
 };
 use crate::api::ErrorKind;
 use crate::api::{
     self, validate::deadline_after, CallArgs, ExecArgs, FetchArgs, Op as ApiOp, PutArgs, Request,
 };
 use crate::proto::{encode_frame, flags, Kind};
+use crate::transfer::Source;
 use crate::transport::classify::classify;
 use base64::Engine as _;
 use serde_json::json;
 use std::collections::HashSet;
-use std::fs::File;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Debug)]
@@ -32,7 +31,7 @@ pub(super) enum Op {
         path: Option<crate::metrics::AgentPath>,
     },
     Put {
-        file: Option<Arc<File>>,
+        file: Option<Source>,
         offset: u64,
         remaining: u64,
         /// A `cache_put` filling this hop's file cache (no client): the content's sha256.
@@ -54,7 +53,9 @@ pub(super) enum Op {
         fill: bool,
     },
     Fetch {
-        file: Option<File>,
+        /// Its temp file (created by the server), written while `writing`.
+        file: FileToken,
+        writing: bool,
         tmp: PathBuf,
         dest: PathBuf,
         received: u64,
@@ -79,7 +80,6 @@ pub(super) struct Call {
     pub(super) id: u64,
     pub(super) op: Op,
     pub(super) reply: super::replies::ReplyBuf,
-    pub(super) local_error: Option<String>,
     pub(super) deadline: Option<Instant>,
 }
 
@@ -95,8 +95,46 @@ impl Call {
             id,
             op,
             reply: Default::default(),
-            local_error: None,
             deadline,
+        }
+    }
+}
+
+/// A client's call waiting for the answer to a [`FileOp`]: a put for its source to open, a
+/// fetch for its temp file to be created (then its CALL goes), or a fetch done on the target
+/// for its file to be synced and renamed (then its client is answered).
+#[derive(Debug)]
+pub(super) enum Waiting {
+    Start {
+        t: TargetId,
+        /// Guards against a reused slab slot.
+        key: String,
+        /// None: the client went away meanwhile.
+        client: Option<ClientId>,
+        req: Box<Request>,
+        deadline: Option<Instant>,
+        /// The fetch's temp file.
+        tmp: Option<PathBuf>,
+    },
+    Finish {
+        client: Option<ClientId>,
+        id: u64,
+        label: String,
+        body: Vec<u8>,
+    },
+}
+
+impl Waiting {
+    /// When the client stops waiting: a call's deadline while its file is opened or created
+    /// (None once its client is gone or answered).
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        match self {
+            Waiting::Start {
+                client: Some(_),
+                deadline,
+                ..
+            } => *deadline,
+            _ => None,
         }
     }
 }
@@ -202,17 +240,33 @@ impl Router {
         let prepared = match &req.op {
             ApiOp::Ping(_) => Ok(Outgoing::new(json!({"op": "ping"}), Op::Ping)),
             ApiOp::Exec(e) => exec_call(e, now, &mut deadline),
-            ApiOp::Put(p) => self.put_call(t, client, id, p, deadline),
-            ApiOp::Fetch(f) => self.fetch_call(t, f),
+            ApiOp::Put(_) | ApiOp::Fetch(_) => return self.wait_for_file(t, client, req, deadline),
             ApiOp::Call(c) => self.agent_call(t, client, id, c),
             other => Err(Refused::Error(
                 ErrorKind::BadRequest,
                 format!("{} is not an op on a target's stream", other.name()),
             )),
         };
+        self.send_call(t, client, &req, prepared, deadline);
+    }
+
+    /// Queues the CALL a `*_call` function built for request `req` of `client` (or answers
+    /// the client when it was refused), then file data if it is a put.
+    fn send_call(
+        &mut self,
+        t: TargetId,
+        client: ClientId,
+        req: &Request,
+        prepared: Result<Outgoing, Refused>,
+        deadline: Option<Instant>,
+    ) {
+        let id = req.id;
         let out = match prepared {
             Ok(out) => out,
-            Err(Refused::Error(kind, m)) => return self.reply_err(client, id, kind, &label, &m),
+            Err(Refused::Error(kind, m)) => {
+                let label = self.targets[t].label.clone();
+                return self.reply_err(client, id, kind, &label, &m);
+            }
             Err(Refused::Answered) => return,
         };
         let x = &mut self.targets[t];
@@ -239,8 +293,169 @@ impl Router {
         self.refill(t);
     }
 
-    /// `put`: the local file opened (a regular file) and its `put_file` CALL; a large file to
-    /// a host behind a via hop goes through the hop's cache instead (answered there).
+    /// A put or fetch first needs a local file: its source opened (and hashed, if it may
+    /// go through a hop's file cache), or its temp file created beside its destination. The
+    /// server is asked ([`FileOp`]); the call goes on at the answer ([`Router::file_done`]).
+    fn wait_for_file(
+        &mut self,
+        t: TargetId,
+        client: ClientId,
+        req: Request,
+        deadline: Option<Instant>,
+    ) {
+        let token = self.next_file;
+        self.next_file += 1;
+        let (op, tmp) = match &req.op {
+            ApiOp::Put(p) => {
+                let hash = self
+                    .cache_hop(t, HOP_CACHE_MIN)
+                    .map(|_| (HOP_CACHE_MIN, HOP_CACHE_BYTES / 4));
+                let path = p.src.clone();
+                (FileOp::Open { token, path, hash }, None)
+            }
+            ApiOp::Fetch(f) => {
+                let path = tmp_path_for(std::path::Path::new(&f.dest), token);
+                let tmp = Some(path.clone());
+                (FileOp::Create { token, path }, tmp)
+            }
+            _ => return,
+        };
+        self.file_ops.push_back(op);
+        let key = self.targets[t].key.clone();
+        let w = Waiting::Start {
+            t,
+            key,
+            client: Some(client),
+            req: Box::new(req),
+            deadline,
+            tmp,
+        };
+        self.waiting.insert(token, w);
+        if let Some(d) = deadline {
+            self.deadline_at(d);
+        }
+    }
+
+    /// Calls whose deadline passed while their file was being opened or created (a hung
+    /// file system) are answered `timeout`; the answer, when it comes, starts nothing.
+    pub(super) fn expire_waiting(&mut self, now: Instant) {
+        let mut late = Vec::new();
+        for (token, w) in self.waiting.iter_mut() {
+            if let Waiting::Start {
+                client: client @ Some(_),
+                req,
+                deadline: Some(d),
+                ..
+            } = w
+            {
+                if now >= *d {
+                    let host = req.target.as_ref().map(|s| s.label()).unwrap_or_default();
+                    late.push((*token, client.take(), req.id, host));
+                }
+            }
+        }
+        late.sort_by_key(|l| l.0); // answered in the order asked
+        for (_, client, id, host) in late {
+            if let Some(c) = client {
+                let m = "the call's deadline passed while its local file was opened";
+                self.reply_err(c, id, ErrorKind::Timeout, &host, m);
+            }
+        }
+    }
+
+    /// The answer to file request `token` (see [`FileOp`]): a put or fetch waiting for it
+    /// starts, or fails with the reason; a finished fetch is answered.
+    pub fn file_done(&mut self, token: FileToken, done: FileDone, now: Instant) {
+        let Some(w) = self.waiting.remove(&token) else {
+            return;
+        };
+        let (t, key, client, req, deadline, tmp) = match (w, done) {
+            (
+                Waiting::Finish {
+                    client,
+                    id,
+                    label,
+                    body,
+                },
+                FileDone::Finished(r),
+            ) => {
+                let msg = match r {
+                    Ok(()) => api::ok_raw(id, &body),
+                    Err(m) => api::error(id, ErrorKind::LocalIo, &label, &m),
+                };
+                if let Some(client) = client {
+                    self.actions.push_back(Action::Reply(client, msg));
+                }
+                return;
+            }
+            (
+                Waiting::Start {
+                    t,
+                    key,
+                    client,
+                    req,
+                    deadline,
+                    tmp,
+                },
+                done,
+            ) => (t, key, client, req, deadline, (tmp, done)),
+            (w, done) => {
+                tracing::debug!(token, ?w, ?done, "file answer of another kind; ignored");
+                return;
+            }
+        };
+        let (tmp, done) = tmp;
+        let created = matches!(done, FileDone::Created(Ok(())));
+        let label = self
+            .targets
+            .get(t)
+            .filter(|x| x.key == key && x.phase != Phase::Dead)
+            .map(|x| x.label.clone());
+        let gone = match (client, &label) {
+            (None, _) => Some(None),
+            (Some(c), None) => {
+                let host = req.target.as_ref().map(|s| s.label()).unwrap_or_default();
+                let m = "the target's stream ended before the call could start";
+                Some(Some((c, ErrorKind::ConnectionLost, host, m)))
+            }
+            (Some(c), Some(l)) if deadline.is_some_and(|d| now >= d) => Some(Some((
+                c,
+                ErrorKind::Timeout,
+                l.clone(),
+                "the call's deadline passed",
+            ))),
+            _ => None,
+        };
+        if let Some(answer) = gone {
+            if let (true, Some(path)) = (created, tmp) {
+                self.file_ops.push_back(FileOp::Remove { token, path });
+            }
+            if let Some((c, kind, host, m)) = answer {
+                self.reply_err(c, req.id, kind, &host, m);
+            }
+            return;
+        }
+        let Some(client) = client else { return };
+        let prepared = match (done, &req.op, tmp) {
+            (FileDone::Opened(Ok(o)), ApiOp::Put(p), _) => {
+                self.put_call(t, client, req.id, p, deadline, o)
+            }
+            (FileDone::Created(Ok(())), ApiOp::Fetch(f), Some(tmp)) => {
+                Ok(fetch_call(f, token, tmp))
+            }
+            (FileDone::Opened(Err(m)) | FileDone::Created(Err(m)), _, _) => {
+                Err(Refused::Error(ErrorKind::LocalIo, m))
+            }
+            (done, _, _) => {
+                tracing::debug!(token, ?done, "file answer for another op; ignored");
+                return;
+            }
+        };
+        self.send_call(t, client, &req, prepared, deadline);
+    }
+
+    /// `put`: the `put_file` CALL of the local file the server opened; a large file to a host
+    /// behind a via hop goes through the hop's cache instead (answered there).
     fn put_call(
         &mut self,
         t: TargetId,
@@ -248,51 +463,19 @@ impl Router {
         id: u64,
         req: &PutArgs,
         deadline: Option<Instant>,
+        o: Opened,
     ) -> Result<Outgoing, Refused> {
-        let (src, dest) = (&req.src, &req.dest);
-        let opened = File::open(src).and_then(|f| {
-            let md = f.metadata()?;
-            if !md.is_file() {
-                return Err(std::io::Error::other("not a regular file"));
-            }
-            Ok((f, md.len()))
-        });
-        let (file, size) = opened
-            .map_err(|e| Refused::Error(ErrorKind::LocalIo, format!("cannot read {src}: {e}")))?;
-        let p = json!({"op": "put_file", "path": dest, "size": size, "mode": req.mode,
+        let p = json!({"op": "put_file", "path": req.dest, "size": o.size, "mode": req.mode,
             "owner": req.owner, "group": req.group, "apply_umask": req.apply_umask});
-        let file = Arc::new(file);
-        if let Some(hop) = self.cache_hop(t, size) {
-            if let Some(sha) = self.file_sha(&file) {
-                self.relayed_put(t, hop, client, id, deadline, p, file, size, sha);
-                return Err(Refused::Answered);
-            }
+        if let (Some(hop), Some(sha)) = (self.cache_hop(t, o.size), o.sha) {
+            self.relayed_put(t, hop, client, id, deadline, p, o.source, o.size, sha);
+            return Err(Refused::Answered);
         }
         let op = Op::Put {
-            file: Some(file),
+            file: Some(o.source),
             offset: 0,
-            remaining: size,
+            remaining: o.size,
             fill: None,
-        };
-        Ok(Outgoing::new(p, op))
-    }
-
-    /// `fetch`: the destination's temp file created beside it, and the `fetch_file` CALL.
-    fn fetch_call(&mut self, t: TargetId, req: &FetchArgs) -> Result<Outgoing, Refused> {
-        let (src, dest) = (&req.src, &req.dest);
-        let dest = PathBuf::from(dest);
-        let tmp = tmp_path_for(&dest, t, self.targets[t].next_handle);
-        let file = File::create(&tmp).map_err(|e| {
-            let m = format!("cannot write {}: {e}", tmp.display());
-            Refused::Error(ErrorKind::LocalIo, m)
-        })?;
-        let p = json!({"op": "fetch_file", "path": src});
-        let op = Op::Fetch {
-            file: Some(file),
-            tmp,
-            dest,
-            received: 0,
-            announced: None,
         };
         Ok(Outgoing::new(p, op))
     }
@@ -416,7 +599,7 @@ impl Router {
                 encode_frame(b, &h, &[]);
                 b[at + 4..at + 8].copy_from_slice(&(n as u32).to_be_bytes());
             });
-            x.out.push_file(f.clone(), *offset, n);
+            x.out.push_file(f, *offset, n);
             *offset += n as u64;
             self.counters.frames_out += 1;
             x.counters.frames_out += 1;
@@ -471,8 +654,9 @@ impl Router {
             }
             _ => {}
         }
-        if let Op::Fetch { tmp, .. } = &c.op {
-            let _ = std::fs::remove_file(tmp);
+        if let Op::Fetch { file, tmp, .. } = &c.op {
+            let (token, path) = (*file, tmp.clone());
+            self.file_ops.push_back(FileOp::Remove { token, path });
         }
         let label = x.label.clone();
         tracing::debug!(host = %label, handle, "call abandoned");
@@ -576,12 +760,14 @@ impl Router {
         }
         let label = x.label.clone();
         let hello = x.hello.clone();
-        let msg = if let Some(m) = c.local_error {
-            if let Op::Fetch { tmp, .. } = &c.op {
-                let _ = std::fs::remove_file(tmp);
+        if let Op::Fetch { file, tmp, .. } = &c.op {
+            // Kept (renamed over its destination) only when the agent sent it all (below).
+            if c.reply.overflow.is_some() || fl & flags::ERROR != 0 {
+                let (token, path) = (*file, tmp.clone());
+                self.file_ops.push_back(FileOp::Remove { token, path });
             }
-            api::error(c.id, ErrorKind::LocalIo, &label, &m)
-        } else if let Some(over) = c.reply.overflow {
+        }
+        let msg = if let Some(over) = c.reply.overflow {
             let m = match over {
                 super::replies::Overflow::Message => "reply larger than 64 MiB".to_string(),
                 super::replies::Overflow::Budget => format!(
@@ -591,9 +777,6 @@ impl Router {
             };
             api::error(c.id, ErrorKind::Protocol, &label, &m)
         } else if fl & flags::ERROR != 0 {
-            if let Op::Fetch { tmp, .. } = &c.op {
-                let _ = std::fs::remove_file(tmp);
-            }
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             let kind = v["error"].as_str().unwrap_or("unknown");
             let text = v["message"].as_str().unwrap_or("");
@@ -632,7 +815,7 @@ impl Router {
                 | Op::HopFill { .. }
                 | Op::Relay { .. } => return,
                 Op::Fetch {
-                    file,
+                    file: token,
                     tmp,
                     dest,
                     received,
@@ -641,19 +824,20 @@ impl Router {
                     // Checked before the rename: a failed fetch leaves `dest` as it was.
                     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                     if v["size"].as_u64() != Some(received) {
-                        let _ = std::fs::remove_file(&tmp);
+                        self.file_ops.push_back(FileOp::Remove { token, path: tmp });
                         let m = format!("fetched {received} bytes, agent reported {}", v["size"]);
                         api::error(c.id, ErrorKind::Protocol, &label, &m)
-                    } else if let Err(e) = file
-                        .map(|f| f.sync_all())
-                        .unwrap_or(Ok(()))
-                        .and_then(|_| std::fs::rename(&tmp, &dest))
-                    {
-                        let _ = std::fs::remove_file(&tmp);
-                        let m = format!("cannot write {}: {e}", dest.display());
-                        api::error(c.id, ErrorKind::LocalIo, &label, &m)
                     } else {
-                        api::ok_raw(c.id, &body)
+                        // Synced and renamed by the server, off the loop: answered then.
+                        self.file_ops.push_back(FileOp::Finish { token, tmp, dest });
+                        let w = Waiting::Finish {
+                            client: c.client,
+                            id: c.id,
+                            label,
+                            body,
+                        };
+                        self.waiting.insert(token, w);
+                        return;
                     }
                 }
             }
@@ -664,12 +848,27 @@ impl Router {
     }
 }
 
-fn tmp_path_for(dest: &std::path::Path, t: TargetId, h: u32) -> PathBuf {
+/// `fetch`: the `fetch_file` CALL, its data written to temp file `token` at `tmp`.
+fn fetch_call(req: &FetchArgs, token: FileToken, tmp: PathBuf) -> Outgoing {
+    let p = json!({"op": "fetch_file", "path": req.src});
+    let op = Op::Fetch {
+        file: token,
+        writing: true,
+        tmp,
+        dest: PathBuf::from(&req.dest),
+        received: 0,
+        announced: None,
+    };
+    Outgoing::new(p, op)
+}
+
+/// A fetch's temp file: beside its destination, named for the daemon and the file's token.
+fn tmp_path_for(dest: &std::path::Path, token: FileToken) -> PathBuf {
     let name = dest
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    dest.with_file_name(format!(".{name}.spindle-{}-{t}-{h}", std::process::id()))
+    dest.with_file_name(format!(".{name}.spindle-{}-{token}", std::process::id()))
 }
 
 /// Module file sets an agent keeps at most (its `MAX_MODULE_SETS`); past it, sets are sent whole.

@@ -5,7 +5,7 @@
 
 use super::calls::{Call, Op};
 use super::target::{Phase, Target};
-use super::{on_frame, Action, Router, TargetId, SPAWN_GRACE};
+use super::{on_frame, Action, FileOp, Router, TargetId, SPAWN_GRACE};
 use crate::api::{self, ErrorKind};
 use crate::metrics::TargetCounters;
 use crate::proto::{self, Decoder, FrameHeader, Kind};
@@ -222,7 +222,17 @@ impl Router {
         x.counters.bytes_in += (proto::HEADER_LEN + payload.len()) as u64;
         let was_ready = x.phase == Phase::Ready;
         let (mut done, mut refused) = (Vec::new(), Vec::new());
-        let res = on_frame(x, &self.replies, h, payload, &mut done, &mut refused, now);
+        let ops = &mut self.file_ops;
+        let res = on_frame(
+            x,
+            &self.replies,
+            h,
+            payload,
+            &mut done,
+            &mut refused,
+            ops,
+            now,
+        );
         let now_ready = x.phase == Phase::Ready;
         for (handle, m) in refused {
             self.abandon(c, handle, Some((ErrorKind::Protocol, &m)));
@@ -299,8 +309,9 @@ impl Router {
         x.puts.clear();
         x.out.clear();
         for c in calls {
-            if let Op::Fetch { tmp, .. } = &c.op {
-                let _ = std::fs::remove_file(tmp);
+            if let Op::Fetch { file, tmp, .. } = &c.op {
+                let (token, path) = (*file, tmp.clone());
+                self.file_ops.push_back(FileOp::Remove { token, path });
             }
             if let Some(client) = c.client {
                 let msg = api::error(c.id, kind, &label, message);

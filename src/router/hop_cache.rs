@@ -1,20 +1,19 @@
 //! Via hops' file caches: a file put to targets behind a hop crosses each link once
 //! (`cache_put` fills the hop's cache, `relay_put` sends it on from there), with the daemon's
-//! view of each hop's cache ([`HopFile`]), its least-recently-used eviction, and the fallback
+//! view of each hop's cache ([`HopEntry`]), its least-recently-used eviction, and the fallback
 //! to a plain put when the cache cannot be used.
 
 use super::calls::{Call, Op};
 use super::target::Phase;
 use super::{header, ClientId, Router, TargetId, HOP_CACHE_BYTES, HOP_CACHE_MIN};
 use crate::proto::{encode_frame, Kind};
+use crate::transfer::Source;
 use serde_json::json;
-use std::fs::File;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// A file in a hop's cache, as the daemon knows it.
 #[derive(Debug)]
-pub(super) enum HopFile {
+pub(super) enum HopEntry {
     /// Being sent to the hop; these relays go out once it is there.
     Filling { size: u64, waiting: Vec<Relay> },
     /// In the hop's RAM; `seq` orders use (least recently used dropped first).
@@ -29,7 +28,7 @@ pub(super) struct Relay {
     key: String,
     handle: u32,
     call: serde_json::Value,
-    file: Arc<File>,
+    file: Source,
     size: u64,
     sha: String,
     fill: bool,
@@ -51,37 +50,6 @@ impl Router {
         Some(p)
     }
 
-    /// The sha256 of an open local file (cached by identity and modification time).
-    pub(super) fn file_sha(&mut self, file: &File) -> Option<String> {
-        use sha2::Digest as _;
-        use std::os::unix::fs::MetadataExt as _;
-        let md = file.metadata().ok()?;
-        let id = (md.dev(), md.ino(), md.size(), md.mtime(), md.mtime_nsec());
-        if let Some(h) = self.hashes.get(&id) {
-            return Some(h.clone());
-        }
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut d = sha2::Sha256::new();
-        let mut pos = 0u64;
-        loop {
-            let n = std::os::unix::fs::FileExt::read_at(file, &mut buf, pos).ok()?;
-            if n == 0 {
-                break;
-            }
-            d.update(&buf[..n]);
-            pos += n as u64;
-        }
-        if pos != md.size() {
-            return None;
-        }
-        let h = crate::cache::hex(&d.finalize());
-        if self.hashes.len() >= 4096 {
-            self.hashes.clear();
-        }
-        self.hashes.insert(id, h.clone());
-        Some(h)
-    }
-
     /// Starts a put to `t` that its hop sends from its file cache.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn relayed_put(
@@ -92,7 +60,7 @@ impl Router {
         id: u64,
         deadline: Option<Instant>,
         payload: serde_json::Value,
-        file: Arc<File>,
+        file: Source,
         size: u64,
         sha: String,
     ) {
@@ -128,11 +96,11 @@ impl Router {
             return self.relay_fallback(r);
         };
         match h.hop_files.get_mut(&r.sha) {
-            Some(HopFile::Ready { seq: s, .. }) => {
+            Some(HopEntry::Ready { seq: s, .. }) => {
                 *s = seq;
                 return self.send_relay(hop, r);
             }
-            Some(HopFile::Filling { waiting, .. }) => return waiting.push(r),
+            Some(HopEntry::Filling { waiting, .. }) => return waiting.push(r),
             None => {}
         }
         if !self.make_room(hop, r.size) {
@@ -142,7 +110,7 @@ impl Router {
         let h = &mut self.targets[hop];
         h.hop_files.insert(
             sha.clone(),
-            HopFile::Filling {
+            HopEntry::Filling {
                 size,
                 waiting: vec![r],
             },
@@ -200,7 +168,7 @@ impl Router {
                 .hop_files
                 .values()
                 .map(|f| match f {
-                    HopFile::Filling { size, .. } | HopFile::Ready { size, .. } => *size,
+                    HopEntry::Filling { size, .. } | HopEntry::Ready { size, .. } => *size,
                 })
                 .sum();
             if used + size <= HOP_CACHE_BYTES {
@@ -210,8 +178,8 @@ impl Router {
                 .hop_files
                 .iter()
                 .filter_map(|(k, f)| match f {
-                    HopFile::Ready { seq, .. } => Some((*seq, k.clone())),
-                    HopFile::Filling { .. } => None,
+                    HopEntry::Ready { seq, .. } => Some((*seq, k.clone())),
+                    HopEntry::Filling { .. } => None,
                 })
                 .min();
             let Some((_, sha)) = victim else {
@@ -251,14 +219,14 @@ impl Router {
         let Some(h) = self.targets.get_mut(hop) else {
             return;
         };
-        let Some(HopFile::Filling { size, waiting }) = h.hop_files.remove(sha) else {
+        let Some(HopEntry::Filling { size, waiting }) = h.hop_files.remove(sha) else {
             return;
         };
         if ok {
             self.hop_seq += 1;
             let seq = self.hop_seq;
             h.hop_files
-                .insert(sha.to_string(), HopFile::Ready { size, seq });
+                .insert(sha.to_string(), HopEntry::Ready { size, seq });
             for r in waiting {
                 self.send_relay(hop, r);
             }

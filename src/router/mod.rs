@@ -1,11 +1,24 @@
 //! The router: sans-IO state of every target stream and every call in flight.
 //!
-//! It takes API requests, bytes read from targets and the current time as inputs, and yields
-//! [`Action`]s (spawn a target, reply to a client, kill a target) plus per-target outbound
-//! bytes. It never touches a socket, a pipe or the clock, so it is tested deterministically and
-//! both reactor backends share it unchanged (the quinn-proto pattern). The one I/O it does is
-//! on the controller's local files for `put`/`fetch` (reading the source in bounded chunks,
-//! writing the destination as data arrives), which keeps a large file out of memory.
+//! It takes API requests, bytes read from targets, the current time and the answers to its
+//! file requests as inputs, and yields [`Action`]s (spawn a target, reply to a client, kill a
+//! target), [`FileOp`]s and per-target outbound queues. It makes no system call: no socket,
+//! pipe, file or clock, so it is tested deterministically and both reactor backends share it
+//! unchanged (the quinn-proto pattern). The server does every syscall:
+//!
+//! - it writes each stream's outbound queue ([`Router::poll_transmit`], then
+//!   [`Router::transmitted`]): protocol bytes by `write`, a put's file ranges by `splice` from
+//!   the source into the pipe (zero-copy, [`crate::transfer`]);
+//! - it does the controller's local file I/O for `put` and `fetch` ([`Router::poll_file_op`],
+//!   answers by [`Router::file_done`]; [`crate::fileio`]): opening a put's source (hashing it
+//!   when it goes through a hop's file cache), creating a fetch's temp file, appending each
+//!   DATA frame's bytes to it, syncing and renaming it over the destination, removing it. The
+//!   open and the sync + rename run off the loop thread; a call waiting for its file is
+//!   answered when the answer comes (tests: `a_put_waits_for_its_source_to_open_and_one_that_
+//!   cannot_fails_alone`, `a_fetch_is_answered_once_its_file_is_synced_and_renamed`).
+//!
+//! The router holds a put's open source only as an opaque [`Source`] handle, to queue ranges of
+//! it: a large file never sits in memory (a fetch's data is handed over frame by frame).
 //!
 //! Time: [`Router::poll_timeout`] tells the I/O loop how long it may wait before
 //! [`Router::tick`] is due (the earliest connect or call deadline, ticks at most every
@@ -99,7 +112,7 @@ use crate::api::{self, ErrorKind, Request};
 use crate::cache::BlobCache;
 use crate::metrics::{ClientUsage, Counters, FdUsage, TargetCounters};
 use crate::proto::{self, encode_frame, flags, FrameHeader, Kind};
-use crate::transfer::TransferCounters;
+use crate::transfer::{Outbound, Source, TransferCounters};
 use crate::transport::Spec;
 use base64::Engine as _;
 use calls::Op;
@@ -107,8 +120,7 @@ use contexts::validate_chain;
 use serde_json::json;
 use slab::Slab;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::Write;
-use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use target::{Phase, Target};
 
@@ -173,6 +185,80 @@ pub enum Action {
     Shutdown,
 }
 
+/// Names a local file the router asked the server to open or create, in [`FileOp`]s and
+/// their [`FileDone`] answers (unique per router).
+pub type FileToken = u64;
+
+/// Local file I/O the router asks the server for ([`Router::poll_file_op`]); the answer, for
+/// those that have one, comes back through [`Router::file_done`] with the same token.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FileOp {
+    /// Open a put's source for reading, a regular file; answered [`FileDone::Opened`], with
+    /// its sha256 when its size is within `hash` (for a hop's file cache).
+    Open {
+        /// Names the answer.
+        token: FileToken,
+        /// The client's `src`.
+        path: String,
+        /// Hash the content when the size is within these bounds (inclusive).
+        hash: Option<(u64, u64)>,
+    },
+    /// Create (or truncate) a fetch's temp file for writing; answered [`FileDone::Created`].
+    Create {
+        /// Names the file from now on.
+        token: FileToken,
+        /// Beside the destination.
+        path: PathBuf,
+    },
+    /// Append a DATA frame's bytes to the created file. Not answered: a failed write is
+    /// reported by the file's [`FileOp::Finish`].
+    Write {
+        /// The file.
+        token: FileToken,
+        /// The bytes, in order.
+        data: Vec<u8>,
+    },
+    /// Sync the file, close it and rename `tmp` over `dest`, after its writes; on a failure
+    /// (this or a write's) remove `tmp`. Answered [`FileDone::Finished`].
+    Finish {
+        /// The file.
+        token: FileToken,
+        /// Where it was created.
+        tmp: PathBuf,
+        /// The client's `dest`.
+        dest: PathBuf,
+    },
+    /// Close the file if open and remove `path` (a fetch that failed). Not answered.
+    Remove {
+        /// The file.
+        token: FileToken,
+        /// Where it was created.
+        path: PathBuf,
+    },
+}
+
+/// A put's source, opened by the server.
+#[derive(Debug)]
+pub struct Opened {
+    /// The open file (the router queues ranges of it).
+    pub source: Source,
+    /// Its size at open.
+    pub size: u64,
+    /// Its sha256, when asked for and read whole at that size.
+    pub sha: Option<String>,
+}
+
+/// The answer to a [`FileOp`]; `Err` holds the message for the client.
+#[derive(Debug)]
+pub enum FileDone {
+    /// To [`FileOp::Open`].
+    Opened(Result<Opened, String>),
+    /// To [`FileOp::Create`].
+    Created(Result<(), String>),
+    /// To [`FileOp::Finish`].
+    Finished(Result<(), String>),
+}
+
 /// All target streams and calls.
 pub struct Router {
     targets: Slab<Target>,
@@ -201,9 +287,12 @@ pub struct Router {
     pub hop_cache: bool,
     /// Use order of hop cache entries.
     hop_seq: u64,
-    /// sha256 of local files by (device, inode, size, mtime), so a file sent to many targets
-    /// is read for hashing once.
-    hashes: HashMap<(u64, u64, u64, i64, i64), String>,
+    /// Local file I/O for the server to do (see [`FileOp`]).
+    file_ops: VecDeque<FileOp>,
+    /// Calls waiting for the answer to a [`FileOp`] (see `calls::Waiting`).
+    waiting: HashMap<FileToken, calls::Waiting>,
+    /// The next [`FileToken`].
+    next_file: FileToken,
     /// Requests a liveness check released or orphaned, to handle at the next input.
     replay: Vec<(ClientId, Request)>,
     /// No deadline is earlier than this (a lower bound: set when a deadline is made, exact
@@ -270,7 +359,9 @@ impl Router {
             max_interpreters: DEFAULT_MAX_INTERPRETERS,
             hop_cache: true,
             hop_seq: 0,
-            hashes: HashMap::new(),
+            file_ops: VecDeque::new(),
+            waiting: HashMap::new(),
+            next_file: 1,
             replay: Vec::new(),
             next_deadline: None,
             progress_pending: false,
@@ -306,6 +397,11 @@ impl Router {
     /// Next action for the I/O layer.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
+    }
+
+    /// Next local file request for the I/O layer (see [`FileOp`]), in the order asked.
+    pub fn poll_file_op(&mut self) -> Option<FileOp> {
+        self.file_ops.pop_front()
     }
 
     /// Targets whose outbound bytes grew since the last call (may repeat).
@@ -385,42 +481,42 @@ impl Router {
         self.targets.get(t).is_some_and(|x| !x.out.is_empty())
     }
 
-    /// Writes a target's outbound queue into its (nonblocking) transport pipe: protocol bytes
-    /// by `write`, file payload by `splice` (see [`crate::transfer`]); then refills file data.
-    /// A source file that shrank mid-send fails the target (its framing is broken).
-    pub fn flush_into(&mut self, t: TargetId, fd: BorrowedFd<'_>) -> std::io::Result<usize> {
-        let mut total = 0;
-        loop {
-            let Some(x) = self.targets.get_mut(t) else {
-                return Ok(total);
-            };
-            if x.out.is_empty() {
-                return Ok(total);
-            }
-            match x.out.write_to(fd, &mut self.transfer) {
-                Ok(0) => return Ok(total),
-                Ok(n) => {
-                    total += n;
-                    let starting = matches!(x.phase, Phase::Connecting { .. });
-                    x.read_since_tick |= starting;
-                    self.progress_pending |= starting;
-                    x.counters.bytes_out += n as u64;
-                    self.counters.bytes_out += n as u64;
-                    let children: Vec<TargetId> = x.routes.values().copied().collect();
-                    self.refill(t);
-                    for c in children {
-                        self.refill(c);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    let m = format!("put aborted: {e}");
-                    self.fail_target(t, ErrorKind::LocalIo, &m);
-                    return Ok(total);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(total),
-                Err(e) => return Err(e),
-            }
+    /// Stream `t`'s outbound queue for the I/O layer to write (quinn-proto's
+    /// `poll_transmit`): protocol bytes and file ranges, which the server moves into the
+    /// transport pipe (`write`, and `splice` for file payload: see [`crate::transfer`]) and
+    /// reports with [`Router::transmitted`] (or [`Router::transmit_failed`]). None: nothing
+    /// is queued. The counters are the daemon's (spliced vs copied file bytes).
+    pub fn poll_transmit(&mut self, t: TargetId) -> Option<(&mut Outbound, &mut TransferCounters)> {
+        let x = self.targets.get_mut(t)?;
+        if x.out.is_empty() {
+            return None;
         }
+        Some((&mut x.out, &mut self.transfer))
+    }
+
+    /// The I/O layer wrote `n` bytes of stream `t`'s queue (taken from its front): a starting
+    /// stream made progress, and file data of its puts (and its contexts') is refilled.
+    pub fn transmitted(&mut self, t: TargetId, n: usize) {
+        let Some(x) = self.targets.get_mut(t) else {
+            return;
+        };
+        let starting = matches!(x.phase, Phase::Connecting { .. });
+        x.read_since_tick |= starting;
+        self.progress_pending |= starting;
+        x.counters.bytes_out += n as u64;
+        self.counters.bytes_out += n as u64;
+        let children: Vec<TargetId> = x.routes.values().copied().collect();
+        self.refill(t);
+        for c in children {
+            self.refill(c);
+        }
+    }
+
+    /// The I/O layer could not move stream `t`'s queue for a local reason (a put's source
+    /// file shrank while being sent): its framing is broken, so the stream fails.
+    pub fn transmit_failed(&mut self, t: TargetId, why: &str) {
+        let m = format!("put aborted: {why}");
+        self.fail_target(t, ErrorKind::LocalIo, &m);
     }
 
     /// Number of live target streams.
@@ -619,7 +715,17 @@ impl Router {
                 continue;
             }
             x.counters.frames_in += 1;
-            if let Err(f) = on_frame(x, &self.replies, &h, payload, &mut done, &mut refused, now) {
+            let ops = &mut self.file_ops;
+            if let Err(f) = on_frame(
+                x,
+                &self.replies,
+                &h,
+                payload,
+                &mut done,
+                &mut refused,
+                ops,
+                now,
+            ) {
                 fatal = Some(f);
                 break;
             }
@@ -718,7 +824,9 @@ impl Router {
                 Some((ErrorKind::Timeout, "the call's deadline passed")),
             );
         }
+        self.expire_waiting(now);
         // The exact earliest deadline left (the lower bound kept between ticks is reset).
+        let waiting = self.waiting.values().filter_map(|w| w.deadline());
         self.next_deadline = self
             .targets
             .iter()
@@ -732,12 +840,14 @@ impl Router {
                     .chain(x.calls.values().filter_map(|c| c.deadline))
                     .chain(x.logs.report_due_at(now))
             })
+            .chain(waiting)
             .min();
         self.run_replay(now);
     }
 
     /// A client went away: its execs, fetches and agent calls are cancelled on their targets
-    /// (nobody waits for them); its puts complete, their replies dropped.
+    /// (nobody waits for them); its puts complete, their replies dropped (a put or fetch still
+    /// waiting for its local file does not start).
     pub fn client_gone(&mut self, client: ClientId) {
         self.probe_client_gone(client);
         let mut gone = Vec::new();
@@ -754,6 +864,17 @@ impl Router {
         for (t, h) in gone {
             self.abandon(t, h, None);
         }
+        for w in self.waiting.values_mut() {
+            match w {
+                calls::Waiting::Start { client: c, .. }
+                | calls::Waiting::Finish { client: c, .. }
+                    if *c == Some(client) =>
+                {
+                    *c = None
+                }
+                _ => {}
+            }
+        }
     }
 
     fn reply_err(&mut self, client: ClientId, id: u64, kind: ErrorKind, host: &str, m: &str) {
@@ -765,7 +886,9 @@ impl Router {
 /// One frame for target (or become context) `x`. Completed replies go to `done`; an error
 /// means the stream cannot continue.
 /// A fetch whose data breaks its limits goes to `refused` with the reason (the caller
-/// abandons it: its client gets `protocol`, the agent a cancel).
+/// abandons it: its client gets `protocol`, the agent a cancel); a fetch's data goes to
+/// `file_ops`, to be written.
+#[allow(clippy::too_many_arguments)] // the router's parts it may touch, borrowed apart from `x`
 fn on_frame(
     x: &mut Target,
     replies: &replies::ReplyBudget,
@@ -773,6 +896,7 @@ fn on_frame(
     payload: &[u8],
     done: &mut Vec<(u32, u8, Vec<u8>)>,
     refused: &mut Vec<(u32, String)>,
+    file_ops: &mut VecDeque<FileOp>,
     now: Instant,
 ) -> Result<(), (ErrorKind, String)> {
     match h.kind {
@@ -808,13 +932,14 @@ fn on_frame(
             };
             if let Op::Fetch {
                 file,
+                writing,
                 received,
                 announced,
                 ..
             } = &mut c.op
             {
                 if let Err(m) = fetch_limits(h.flags, payload, *received, announced) {
-                    *file = None;
+                    *writing = false;
                     refused.push((h.handle, m));
                     return Ok(());
                 }
@@ -822,11 +947,9 @@ fn on_frame(
                     return Ok(());
                 }
                 *received += payload.len() as u64;
-                if let Some(f) = file {
-                    if let Err(e) = f.write_all(payload) {
-                        c.local_error = Some(format!("writing the destination failed: {e}"));
-                        *file = None;
-                    }
+                if *writing {
+                    let data = payload.to_vec();
+                    file_ops.push_back(FileOp::Write { token: *file, data });
                 }
             }
         }

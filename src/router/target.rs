@@ -2,7 +2,7 @@
 //! decoder, outbound queue, calls in flight, and its place in a chain of contexts.
 
 use super::calls::Call;
-use super::hop_cache::HopFile;
+use super::hop_cache::HopEntry;
 use super::TargetId;
 use crate::metrics::TargetCounters;
 use crate::proto::Decoder;
@@ -50,7 +50,7 @@ pub(super) struct Target {
     /// up carry it as `src`).
     pub(super) routes: HashMap<u32, TargetId>,
     /// On a via hop: files its agent keeps for the targets behind it, by sha256.
-    pub(super) hop_files: HashMap<String, HopFile>,
+    pub(super) hop_files: HashMap<String, HopEntry>,
     pub(super) next_ctx: u32,
     /// For a context: bytes of its frames moved to its stream and not yet credited back by
     /// the agent that writes them into its input (at most about [`super::CONTEXT_WINDOW`]).

@@ -12,7 +12,8 @@
 //! This file holds the loop and the listener; `clients` owns the API clients' connections
 //! (read, write, disconnect), `budget` the accounting of their bytes, `procs` the target
 //! processes' pipes (spawn, read, write, kill) and `unix_connect` the nonblocking connect of
-//! transport `unix` sockets.
+//! transport `unix` sockets. The router's local file requests (put sources, fetch files) go to
+//! [`crate::fileio::Files`], whose workers wake the loop through an eventfd.
 
 mod budget;
 mod clients;
@@ -24,6 +25,7 @@ pub use budget::{BudgetCounters, DEFAULT_BUDGET, DEFAULT_PARTIAL_TIMEOUT};
 use clients::Client;
 
 use super::MessageDecoder;
+use crate::fileio::Files;
 use crate::reactor::{new_backend, Backend, Interest, IoBackend, Ready};
 use crate::router::{Action, Router, TargetId};
 use procs::Proc;
@@ -42,6 +44,8 @@ const TAG_CLIENT: usize = 1;
 const TAG_STDOUT: usize = 2;
 const TAG_STDIN: usize = 3;
 const TAG_STDERR: usize = 4;
+/// The file workers' wake-up eventfd (see [`crate::fileio`]).
+const TAG_FILES: usize = 5;
 /// A client whose unread replies exceed this is disconnected (it is not reading).
 const CLIENT_OUT_LIMIT: usize = 256 * 1024 * 1024;
 /// How often the server's own chores run while any is pending (a partial request's deadline,
@@ -163,6 +167,8 @@ pub struct Server {
     accept_reported: Option<Instant>,
     /// Bytes buffered for clients (see `budget`).
     budget: ClientBudget,
+    /// The router's local file requests, carried out (see [`crate::fileio`]).
+    files: Files,
 }
 
 /// Binds `path` with mode 0600. Only a stale socket is replaced: a socket whose connect is
@@ -234,6 +240,10 @@ impl Server {
         let mut backend = new_backend(opts.io)?;
         backend.add(listener.as_fd(), key(0, TAG_LISTENER), Interest::READ)?;
         tracing::info!(socket = %opts.socket.display(), io = backend.name(), "spindle daemon listening");
+        let files = Files::new(crate::fileio::WORKERS)?;
+        if let Some(fd) = files.wake_fd() {
+            backend.add(fd, key(0, TAG_FILES), Interest::READ)?;
+        }
         let mut router = Router::new();
         router.backend = backend.name();
         router.splice = opts.splice;
@@ -258,6 +268,7 @@ impl Server {
             accept_failures: 0,
             accept_reported: None,
             budget: ClientBudget::new(opts.client_budget, opts.partial_timeout),
+            files,
         })
     }
 
@@ -411,6 +422,7 @@ impl Server {
                 }
             }
             TAG_STDERR => self.proc_stderr(id),
+            TAG_FILES => self.files.woken(), // the answers are taken in `drain_actions`
             TAG_STDIN => self.proc_stdin(id),
             _ => {}
         }
@@ -496,8 +508,20 @@ impl Server {
         }
     }
 
+    /// Carries out what the router asks for (actions, local file requests) until it asks for
+    /// nothing more, handing file answers back; then writes to the targets whose queues grew.
+    /// File requests go first, before any action the router asked for after them: a client
+    /// answered sees the files as they end (a failed fetch's temp file already removed).
     fn drain_actions(&mut self) {
-        while let Some(a) = self.router.poll_action() {
+        loop {
+            self.submit_file_ops();
+            while let Some((token, done)) = self.files.poll_done() {
+                self.router.file_done(token, done, Instant::now());
+                self.submit_file_ops();
+            }
+            let Some(a) = self.router.poll_action() else {
+                break;
+            };
             match a {
                 Action::Spawn(t) => self.spawn(t),
                 Action::Reply(c, body) => self.send(c, &body),
@@ -507,6 +531,13 @@ impl Server {
         }
         for t in self.router.take_touched() {
             self.proc_stdin(t);
+        }
+    }
+
+    /// Hands the router's pending file requests to [`Files`] (quick ones done at once).
+    fn submit_file_ops(&mut self) {
+        while let Some(op) = self.router.poll_file_op() {
+            self.files.submit(op);
         }
     }
 }

@@ -6,7 +6,7 @@
 use super::unix_connect::Connecting;
 use super::{key, Server, TAG_STDERR, TAG_STDIN, TAG_STDOUT};
 use crate::reactor::{Backend, Interest};
-use crate::router::TargetId;
+use crate::router::{Router, TargetId};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -167,7 +167,7 @@ impl Server {
         let Some(fd) = fd else {
             return;
         };
-        if let Err(e) = self.router.flush_into(t, fd.as_fd()) {
+        if let Err(e) = transmit(&mut self.router, t, fd.as_fd()) {
             // The agent's side is gone; EOF on its output will follow and classify it.
             tracing::debug!(target_id = t, "write to agent failed: {e}");
             if !p.duplex {
@@ -388,5 +388,31 @@ fn deregister<T: AsFd>(backend: &mut dyn Backend, slot: &mut Option<T>) {
     if let Some(s) = slot.take() {
         let fd: BorrowedFd<'_> = s.as_fd();
         let _ = backend.delete(fd);
+    }
+}
+
+/// Writes stream `t`'s outbound queue into its nonblocking transport pipe, as much as it
+/// takes: protocol bytes by `write`, file payload by `splice` ([`crate::transfer`]), each
+/// write reported to the router (which refills file data). A source file that shrank mid-send
+/// fails the target (its framing is broken); `Err` is the pipe's own error.
+fn transmit(router: &mut Router, t: TargetId, fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut total = 0;
+    loop {
+        let Some((out, stats)) = router.poll_transmit(t) else {
+            return Ok(total);
+        };
+        match out.write_to(fd, stats) {
+            Ok(0) => return Ok(total),
+            Ok(n) => {
+                total += n;
+                router.transmitted(t, n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                router.transmit_failed(t, &e.to_string());
+                return Ok(total);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
+            Err(e) => return Err(e),
+        }
     }
 }

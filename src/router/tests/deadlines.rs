@@ -2,8 +2,8 @@ use super::*;
 
 #[test]
 fn a_timed_out_exec_or_fetch_is_cancelled_on_the_target() {
-    let dir = std::env::temp_dir().join(format!("spindle-router-cancel-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let scratch_dir = tempfile::tempdir().expect("scratch dir");
+    let dir = scratch_dir.path();
     let mut r = Router::new();
     let t0 = Instant::now();
     let t = target(serde_json::json!({}));
@@ -20,6 +20,7 @@ fn a_timed_out_exec_or_fetch_is_cancelled_on_the_target() {
     let f = serde_json::json!({"id": 2, "op": "fetch", "src": "/big", "dest": dest,
         "target": t, "call_timeout": 1});
     r.request(1, request(f), t0);
+    files(&mut r, t0);
     let h = only_call(&r, 0);
     agent_frame(
         &mut r,
@@ -35,8 +36,7 @@ fn a_timed_out_exec_or_fetch_is_cancelled_on_the_target() {
     assert!(queued(&r, 0).contains(&cancel_of(h)), "no cancel queued");
     // The temp file is gone, and later DATA for the forgotten call is dropped.
     agent_frame(&mut r, 0, Kind::Data, 0, h, &[0u8; 1000]);
-    assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 0);
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(scratch::names(dir), Vec::<String>::new());
 }
 
 #[test]
@@ -229,4 +229,58 @@ fn poll_timeout_wakes_the_loop_for_the_earliest_deadline_and_not_otherwise() {
     r.release(0);
     r.tick(t1 + TICK_MIN * 2);
     assert_eq!(r.poll_timeout(t1 + TICK_MIN * 2), None);
+}
+
+#[test]
+fn a_call_whose_local_file_is_not_ready_by_its_deadline_gets_timeout_and_never_starts() {
+    let dir = tempfile::tempdir().expect("scratch dir");
+    let src = dir.path().join("src");
+    scratch::write(&src, b"data");
+    let mut r = Router::new();
+    let t0 = Instant::now();
+    let t = target(serde_json::json!({}));
+    let s = ready(&mut r, &t, t0);
+    let put = serde_json::json!({"id": 1, "op": "put", "target": t, "src": src,
+        "dest": "/tmp/x", "call_timeout": 1});
+    let dest = dir.path().join("fetched");
+    let fetch = serde_json::json!({"id": 2, "op": "fetch", "target": t, "src": "/x",
+        "dest": dest, "call_timeout": 1});
+    r.request(1, request(put), t0);
+    r.request(1, request(fetch), t0);
+    // The server's file system hangs: neither answer comes before the deadline.
+    let (Some(open), Some(create)) = (r.poll_file_op(), r.poll_file_op()) else {
+        panic!("no file requests")
+    };
+    assert_eq!(r.poll_timeout(t0), Some(Duration::from_secs(1)));
+    r.tick(t0 + Duration::from_secs(2));
+    let kinds: Vec<(u64, String)> = replies(&mut r)
+        .iter()
+        .map(|v| {
+            (
+                v["id"].as_u64().unwrap_or(0),
+                v["error"]["kind"].to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![(1, "\"timeout\"".into()), (2, "\"timeout\"".into())]
+    );
+    // The answers come at last: nothing starts, the temp file is removed.
+    let FileOp::Open { token, .. } = open else {
+        panic!("{open:?}")
+    };
+    let o = scratch::open(&src);
+    r.file_done(token, FileDone::Opened(o), t0 + Duration::from_secs(3));
+    let FileOp::Create { token, path } = create else {
+        panic!("{create:?}")
+    };
+    r.file_done(
+        token,
+        FileDone::Created(Ok(())),
+        t0 + Duration::from_secs(3),
+    );
+    assert_eq!(r.poll_file_op(), Some(FileOp::Remove { token, path }));
+    assert!(replies(&mut r).is_empty());
+    assert!(r.targets[s].calls.is_empty() && r.targets[s].out.is_empty());
 }

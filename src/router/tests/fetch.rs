@@ -2,8 +2,8 @@ use super::*;
 
 #[test]
 fn fetch_data_past_the_announced_size_fails_the_call_not_the_stream() {
-    let dir = std::env::temp_dir().join(format!("spindle-router-fetch-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let scratch_dir = tempfile::tempdir().expect("scratch dir");
+    let dir = scratch_dir.path();
     let mut r = Router::new();
     let now = Instant::now();
     let t = target(serde_json::json!({}));
@@ -16,6 +16,7 @@ fn fetch_data_past_the_announced_size_fails_the_call_not_the_stream() {
     };
     let size = crate::proto::flags::SIZE;
     r.request(1, fetch(1), now);
+    files(&mut r, now);
     hello(&mut r, 0, "/usr/bin/python3", now);
     let h = only_call(&r, 0);
     agent_frame(&mut r, 0, Kind::Data, size, h, &10u64.to_be_bytes());
@@ -34,6 +35,7 @@ fn fetch_data_past_the_announced_size_fails_the_call_not_the_stream() {
         vec![1, 2, 3],
     ] {
         r.request(1, fetch(2), now);
+        files(&mut r, now);
         let h = only_call(&r, 0);
         agent_frame(&mut r, 0, Kind::Data, size, h, &bad);
         let e = errors(&mut r);
@@ -41,6 +43,7 @@ fn fetch_data_past_the_announced_size_fails_the_call_not_the_stream() {
     }
     // Without an announcement, FETCH_MAX still bounds it (checked arithmetic, no panic).
     r.request(1, fetch(3), now);
+    files(&mut r, now);
     let h = only_call(&r, 0);
     if let crate::router::calls::Op::Fetch { received, .. } =
         &mut r.targets[0].calls.get_mut(&h).expect("call").op
@@ -52,24 +55,20 @@ fn fetch_data_past_the_announced_size_fails_the_call_not_the_stream() {
     // The stream lives on.
     assert_eq!(r.streams(), 1);
     assert_ne!(r.targets[0].phase, crate::router::target::Phase::Dead);
-    assert_eq!(
-        std::fs::read_dir(&dir).expect("dir").count(),
-        0,
-        "temp files left"
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(scratch::names(dir), Vec::<String>::new(), "temp files left");
 }
 
 #[test]
 fn a_reply_read_with_refused_fetch_data_does_not_complete_it() {
-    let dir = std::env::temp_dir().join(format!("spindle-router-batch-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let scratch_dir = tempfile::tempdir().expect("scratch dir");
+    let dir = scratch_dir.path();
     let mut r = Router::new();
     let now = Instant::now();
     let dest = dir.join("f");
     let f = serde_json::json!({"id": 1, "op": "fetch", "src": "/x", "dest": dest,
         "target": target(serde_json::json!({}))});
     r.request(1, request(f), now);
+    files(&mut r, now);
     hello(&mut r, 0, "/usr/bin/python3", now);
     let h = only_call(&r, 0);
     // One read: a malformed SIZE frame, then a reply claiming an empty file.
@@ -93,7 +92,6 @@ fn a_reply_read_with_refused_fetch_data_does_not_complete_it() {
     let e = errors(&mut r);
     assert!(e.len() == 1 && e[0].starts_with("protocol"), "{e:?}");
     assert!(!dest.exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -117,6 +115,7 @@ fn a_fetch_cut_short_fails_and_leaves_no_file() {
     };
     let start = |r: &mut Router, id: u64, name: &str| {
         r.request(1, fetch(id, name), now);
+        files(r, now);
         let h = only_call(r, s);
         frame_from(
             r,
@@ -146,7 +145,7 @@ fn a_fetch_cut_short_fails_and_leaves_no_file() {
     );
     assert_eq!(answered(&mut r), vec![1]);
     assert_eq!(
-        std::fs::read(dir.path().join("whole")).expect("fetched"),
+        scratch::read(&dir.path().join("whole")).expect("fetched"),
         data
     );
     // The reply comes after 6 of the 10 bytes, claiming 10: refused.
@@ -181,7 +180,7 @@ fn a_fetch_cut_short_fails_and_leaves_no_file() {
     );
     assert_eq!(answered(&mut r), vec![3]);
     assert_eq!(
-        std::fs::read(dir.path().join("shrank")).expect("fetched"),
+        scratch::read(&dir.path().join("shrank")).expect("fetched"),
         &data[..6]
     );
     // The stream ends after 6 of the 10 bytes.
@@ -189,12 +188,7 @@ fn a_fetch_cut_short_fails_and_leaves_no_file() {
     r.target_closed(s, "");
     assert_eq!(only_error(&mut r, 4)["kind"], "connection_lost");
     // Neither a destination nor a temp file of the failed ones is left.
-    let mut names: Vec<String> = std::fs::read_dir(dir.path())
-        .expect("dir")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names, vec!["shrank", "whole"]);
+    assert_eq!(scratch::names(dir.path()), vec!["shrank", "whole"]);
 }
 
 #[test]
@@ -202,7 +196,7 @@ fn a_failed_fetch_leaves_the_file_at_its_destination_alone() {
     use crate::proto::flags::SIZE;
     let dir = tempfile::tempdir().expect("scratch dir");
     let dest = dir.path().join("motd");
-    std::fs::write(&dest, "the fetch of last week\n").expect("an earlier file");
+    scratch::write(&dest, "the fetch of last week\n");
     let mut r = Router::new();
     let now = Instant::now();
     let t = target(serde_json::json!({}));
@@ -210,6 +204,7 @@ fn a_failed_fetch_leaves_the_file_at_its_destination_alone() {
     let f = serde_json::json!({"id": 1, "op": "fetch", "src": "/etc/motd", "dest": dest,
         "target": t});
     r.request(1, request(f), now);
+    files(&mut r, now);
     let h = only_call(&r, s);
     frame_from(
         &mut r,
@@ -237,12 +232,115 @@ fn a_failed_fetch_leaves_the_file_at_its_destination_alone() {
     assert_eq!(only_error(&mut r, 1)["kind"], "protocol");
     // "dest is written through a temp file renamed on success" (docs/api.md): not on failure.
     assert_eq!(
-        std::fs::read_to_string(&dest).ok().as_deref(),
-        Some("the fetch of last week\n")
+        scratch::read(&dest).as_deref(),
+        Some(&b"the fetch of last week\n"[..])
     );
+    assert_eq!(scratch::names(dir.path()).len(), 1, "temp file left");
+}
+
+#[test]
+fn a_fetch_is_answered_once_its_file_is_synced_and_renamed() {
+    use crate::proto::flags::{EOF, SIZE};
+    let dir = tempfile::tempdir().expect("scratch dir");
+    let mut r = Router::new();
+    let now = Instant::now();
+    let t = target(serde_json::json!({}));
+    let s = ready(&mut r, &t, now);
+    let fetch = |id: u64, dest: &std::path::Path| {
+        request(
+            serde_json::json!({"id": id, "op": "fetch", "src": "/etc/motd",
+            "dest": dest, "target": t}),
+        )
+    };
+    let dest = dir.path().join("motd");
+    r.request(1, fetch(1, &dest), now);
+    // Its temp file is created (by the server) before its CALL goes.
+    let op = r.poll_file_op().expect("a file request");
+    let FileOp::Create { token, path: tmp } = op else {
+        panic!("{op:?}")
+    };
+    assert_eq!(tmp.parent(), Some(dir.path()));
+    assert!(r.targets[s].calls.is_empty());
+    scratch::write(&tmp, b"");
+    r.file_done(token, FileDone::Created(Ok(())), now);
+    let h = only_call(&r, s);
+    frame_from(
+        &mut r,
+        s,
+        CTX_AGENT,
+        Kind::Data,
+        SIZE,
+        h,
+        &4u64.to_be_bytes(),
+        now,
+    );
+    frame_from(&mut r, s, CTX_AGENT, Kind::Data, EOF, h, b"motd", now);
+    assert_eq!(scratch::read(&tmp).as_deref(), Some(&b"motd"[..]));
+    // The agent's reply asks for the sync and rename; the client waits for them.
+    let sha = crate::cache::sha256_hex(b"motd");
+    let body = serde_json::json!({"size": 4, "sha256": sha, "mode": 420}).to_string();
+    let mut b = Vec::new();
+    let hd = FrameHeader {
+        kind: Kind::Reply,
+        flags: 0,
+        dst: CTX_CONTROLLER,
+        src: CTX_AGENT,
+        handle: h,
+        reply_to: h,
+    };
+    encode_frame(&mut b, &hd, body.as_bytes());
+    r.target_bytes(s, &b, now);
+    let op = r.poll_file_op().expect("a file request");
     assert_eq!(
-        std::fs::read_dir(dir.path()).expect("dir").count(),
-        1,
-        "temp file left"
+        op,
+        FileOp::Finish {
+            token,
+            tmp: tmp.clone(),
+            dest: dest.clone()
+        }
     );
+    assert!(
+        r.poll_action().is_none(),
+        "answered before its file was renamed"
+    );
+    scratch::rename(&tmp, &dest);
+    r.file_done(token, FileDone::Finished(Ok(())), now);
+    assert_eq!(answered(&mut r), vec![1]);
+    assert_eq!(scratch::read(&dest).as_deref(), Some(&b"motd"[..]));
+    // A failed sync or rename fails the call (local_io) with the server's reason.
+    r.request(1, fetch(2, &dir.path().join("full")), now);
+    files(&mut r, now);
+    let h = only_call(&r, s);
+    frame_from(&mut r, s, CTX_AGENT, Kind::Data, EOF, h, b"", now);
+    let body = serde_json::json!({"size": 0, "sha256": "", "mode": 420}).to_string();
+    let mut b = Vec::new();
+    encode_frame(
+        &mut b,
+        &FrameHeader {
+            handle: h,
+            reply_to: h,
+            ..hd
+        },
+        body.as_bytes(),
+    );
+    r.target_bytes(s, &b, now);
+    let Some(FileOp::Finish { token, .. }) = r.poll_file_op() else {
+        panic!("no finish asked for")
+    };
+    r.file_done(
+        token,
+        FileDone::Finished(Err("cannot write full: disk full".into())),
+        now,
+    );
+    let e = only_error(&mut r, 2);
+    assert_eq!(
+        (&e["kind"], &e["message"]),
+        (&"local_io".into(), &"cannot write full: disk full".into())
+    );
+    // A temp file that cannot be created fails the call before anything goes to the target.
+    written(&mut r, s);
+    r.request(1, fetch(3, &dir.path().join("no-such-dir").join("f")), now);
+    files(&mut r, now);
+    assert_eq!(only_error(&mut r, 3)["kind"], "local_io");
+    assert!(r.targets[s].calls.is_empty() && r.targets[s].out.is_empty());
 }

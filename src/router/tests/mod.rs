@@ -18,8 +18,9 @@ mod probe;
 mod put;
 mod start;
 
-use super::{Action, Router, TargetId};
+use super::{Action, FileDone, FileOp, FileToken, Router, TargetId};
 use crate::api::Request;
+use crate::fileio::scratch;
 use crate::proto::{encode_frame, FrameHeader, Kind, CTX_AGENT, CTX_CONTROLLER};
 use std::time::{Duration, Instant};
 
@@ -59,10 +60,12 @@ fn hello(r: &mut Router, t: TargetId, executable: &str, now: Instant) {
     };
     encode_frame(&mut b, &h, body.to_string().as_bytes());
     r.target_bytes(t, &b, now);
+    files(r, now);
 }
 
 /// Error kinds of the replies sent so far.
 fn errors(r: &mut Router) -> Vec<String> {
+    files(r, Instant::now());
     let mut out = Vec::new();
     while let Some(a) = r.poll_action() {
         if let Action::Reply(_, body) = a {
@@ -92,6 +95,7 @@ fn agent_frame(r: &mut Router, t: TargetId, kind: Kind, flags: u8, handle: u32, 
     };
     encode_frame(&mut b, &h, p);
     r.target_bytes(t, &b, Instant::now());
+    files(r, Instant::now());
 }
 
 /// The handle of the only call in flight on target `t`.
@@ -140,6 +144,7 @@ fn reply(r: &mut Router, t: TargetId, h: u32, body: &str, now: Instant) {
 
 /// Replies (not errors) sent so far, by request id.
 fn answered(r: &mut Router) -> Vec<u64> {
+    files(r, Instant::now());
     let mut out = Vec::new();
     while let Some(a) = r.poll_action() {
         if let Action::Reply(_, body) = a {
@@ -177,6 +182,7 @@ fn frame_from(
     };
     encode_frame(&mut b, &h, p);
     r.target_bytes(t, &b, now);
+    files(r, now);
 }
 
 /// The HELLO of the nested agent `c` (a become, interpreter or via context), read from its
@@ -245,6 +251,7 @@ fn written(r: &mut Router, t: TargetId) {
 
 /// Replies sent so far, as JSON (successes and errors).
 fn replies(r: &mut Router) -> Vec<serde_json::Value> {
+    files(r, Instant::now());
     let mut out = Vec::new();
     while let Some(a) = r.poll_action() {
         if let Action::Reply(_, body) = a {
@@ -321,4 +328,27 @@ fn ready(r: &mut Router, spec: &serde_json::Value, now: Instant) -> TargetId {
     assert_eq!(answered(r), vec![0]);
     written(r, root);
     t
+}
+
+/// The server's part of puts and fetches: carries out the router's file requests on real
+/// files, at once (as the server's workers would, in order), and hands the answers back at
+/// `now`.
+fn files(r: &mut Router, now: Instant) {
+    while let Some(op) = r.poll_file_op() {
+        if let Some((token, done)) = scratch::answer(op, |t| tmp_of(r, t)) {
+            r.file_done(token, done, now);
+        }
+    }
+}
+
+/// The temp file of the fetch in flight whose file is `token`.
+fn tmp_of(r: &Router, token: FileToken) -> Option<std::path::PathBuf> {
+    r.targets.iter().find_map(|(_, x)| {
+        x.calls.values().find_map(|c| match &c.op {
+            crate::router::calls::Op::Fetch { file, tmp, .. } if *file == token => {
+                Some(tmp.clone())
+            }
+            _ => None,
+        })
+    })
 }

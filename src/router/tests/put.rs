@@ -6,7 +6,7 @@ use crate::router::{CHUNK, LOW_WATER};
 fn source(dir: &tempfile::TempDir, len: usize) -> (std::path::PathBuf, Vec<u8>) {
     let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
     let path = dir.path().join(format!("src-{len}"));
-    std::fs::write(&path, &data).expect("source file");
+    scratch::write(&path, &data);
     (path, data)
 }
 
@@ -29,6 +29,7 @@ fn put_data_is_queued_only_below_the_low_water_mark() {
     let t = target(serde_json::json!({}));
     let s = ready(&mut r, &t, now);
     r.request(1, put(1, &src, &t, serde_json::json!({})), now);
+    files(&mut r, now);
     let h = only_call(&r, s);
     let (mut got, mut rounds) = (Vec::new(), 0);
     loop {
@@ -80,6 +81,7 @@ fn a_timed_out_put_is_aborted_and_a_gone_clients_put_completes() {
         put(1, &src, &t, serde_json::json!({"call_timeout": 2})),
         t0,
     );
+    files(&mut r, t0);
     let h = only_call(&r, s);
     written(&mut r, s);
     r.tick(t0 + Duration::from_secs(2));
@@ -97,6 +99,7 @@ fn a_timed_out_put_is_aborted_and_a_gone_clients_put_completes() {
     assert!(r.targets[s].out.is_empty() && r.targets[s].puts.is_empty());
     // A client that goes away leaves its put to complete (no ABORT), its reply dropped.
     r.request(2, put(2, &src, &t, serde_json::json!({})), t0);
+    files(&mut r, t0);
     let h = only_call(&r, s);
     r.client_gone(2);
     assert!(sent(&r, s).iter().all(|(hd, _)| hd.flags & ABORT == 0));
@@ -126,7 +129,9 @@ fn a_large_put_to_hosts_behind_a_hop_crosses_the_link_once() {
     let g = ready(&mut r, &gw, now);
     let w: Vec<TargetId> = (1..=2).map(|i| ready(&mut r, &web(i), now)).collect();
     r.request(1, put(1, &src, &web(1), serde_json::json!({})), now);
+    files(&mut r, now);
     r.request(1, put(2, &src, &web(2), serde_json::json!({})), now);
+    files(&mut r, now);
     // The file goes once, into the gateway's cache: no put_file to either web host yet.
     let frames = sent(&r, g);
     let (hd, call) = &frames[0];
@@ -199,6 +204,7 @@ fn a_large_put_to_hosts_behind_a_hop_crosses_the_link_once() {
     // Again to web1: straight from the cache.
     written(&mut r, g);
     r.request(1, put(3, &src, &web(1), serde_json::json!({})), now);
+    files(&mut r, now);
     let calls = sent_calls(&r, g);
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0].1["op"], "relay_put");
@@ -206,7 +212,7 @@ fn a_large_put_to_hosts_behind_a_hop_crosses_the_link_once() {
 
 #[test]
 fn a_hops_file_cache_drops_the_least_recently_used_file_for_room() {
-    use crate::router::hop_cache::HopFile;
+    use crate::router::hop_cache::HopEntry;
     use crate::router::HOP_CACHE_BYTES;
     let dir = tempfile::tempdir().expect("scratch dir");
     let (src, data) = source(&dir, crate::router::HOP_CACHE_MIN as usize);
@@ -220,11 +226,12 @@ fn a_hops_file_cache_drops_the_least_recently_used_file_for_room() {
     // The daemon's view of the gateway's cache: full, "old" used before "new".
     let half = HOP_CACHE_BYTES / 2;
     for (sha, seq) in [("old", 1), ("new", 2)] {
-        let f = HopFile::Ready { size: half, seq };
+        let f = HopEntry::Ready { size: half, seq };
         r.targets[g].hop_files.insert(sha.into(), f);
     }
     r.hop_seq = 2;
     r.request(1, put(1, &src, &web, serde_json::json!({})), now);
+    files(&mut r, now);
     let calls: Vec<serde_json::Value> = sent(&r, g)
         .into_iter()
         .filter(|(h, _)| h.kind == Kind::Call)
@@ -259,6 +266,7 @@ fn a_timed_out_put_behind_a_hop_is_not_relayed_and_is_aborted() {
     let w2 = ready(&mut r, &web(2), t0);
     let timeout = serde_json::json!({"call_timeout": 5});
     r.request(1, put(1, &src, &web(1), timeout.clone()), t0);
+    files(&mut r, t0);
     let k1 = client_call(&r, w1);
     let fill = sent(&r, g)[0].0.handle;
     written(&mut r, g);
@@ -287,6 +295,7 @@ fn a_timed_out_put_behind_a_hop_is_not_relayed_and_is_aborted() {
     // A put whose relay is on its way when its deadline passes: aborted on the target.
     let t1 = t0 + Duration::from_secs(10);
     r.request(1, put(2, &src, &web(2), timeout), t1);
+    files(&mut r, t1);
     let k2 = client_call(&r, w2);
     assert_eq!(sent_calls(&r, g)[0].1["op"], "relay_put");
     written(&mut r, g);
@@ -307,6 +316,7 @@ fn a_put_into_a_become_context_goes_a_window_at_a_time() {
     let c = ready(&mut r, &bt, now);
     let ctx = r.targets[c].ctx;
     r.request(1, put(1, &src, &bt, serde_json::json!({})), now);
+    files(&mut r, now);
     let h = client_call(&r, c);
     let mut got = Vec::new();
     let mut eof = false;
@@ -339,4 +349,65 @@ fn a_put_into_a_become_context_goes_a_window_at_a_time() {
         frame_from(&mut r, s, ctx, Kind::Credit, 0, n, &[], now);
     }
     assert_eq!(got, data);
+}
+
+#[test]
+fn a_put_waits_for_its_source_to_open_and_one_that_cannot_fails_alone() {
+    let dir = tempfile::tempdir().expect("scratch dir");
+    let (src, data) = source(&dir, 1000);
+    let mut r = Router::new();
+    let now = Instant::now();
+    let t = target(serde_json::json!({}));
+    let s = ready(&mut r, &t, now);
+    r.request(1, put(1, &src, &t, serde_json::json!({})), now);
+    // The server is asked to open the source; nothing goes to the target meanwhile.
+    let op = r.poll_file_op().expect("a file request");
+    let FileOp::Open { token, path, hash } = op else {
+        panic!("{op:?}")
+    };
+    assert_eq!((Some(path.as_str()), hash), (src.to_str(), None));
+    assert!(r.targets[s].calls.is_empty() && r.targets[s].out.is_empty());
+    // Opened later (by a worker): the CALL and the data go then.
+    let o = scratch::open(&src);
+    r.file_done(token, FileDone::Opened(o), now);
+    let calls = sent_calls(&r, s);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(
+        (&calls[0].1["op"], &calls[0].1["size"]),
+        (&"put_file".into(), &1000.into())
+    );
+    let payload: Vec<u8> = sent(&r, s)
+        .into_iter()
+        .filter(|(h, _)| h.kind == Kind::Data)
+        .flat_map(|(_, p)| p)
+        .collect();
+    assert_eq!(payload, data);
+    written(&mut r, s);
+    // A source that cannot be opened fails its call (local_io), and nothing goes out.
+    r.request(
+        1,
+        put(2, &dir.path().join("missing"), &t, serde_json::json!({})),
+        now,
+    );
+    files(&mut r, now);
+    let e = only_error(&mut r, 2);
+    assert_eq!(e["kind"], "local_io", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot read")),
+        "{e}"
+    );
+    assert!(r.targets[s].out.is_empty());
+    // Opened after its target's stream ended: the client is told so; nothing is queued.
+    r.request(1, put(3, &src, &t, serde_json::json!({})), now);
+    let Some(FileOp::Open { token, .. }) = r.poll_file_op() else {
+        panic!("no open asked for")
+    };
+    r.target_closed(s, "");
+    assert_eq!(only_error(&mut r, 1)["kind"], "connection_lost");
+    let o = scratch::open(&src);
+    r.file_done(token, FileDone::Opened(o), now);
+    assert_eq!(only_error(&mut r, 3)["kind"], "connection_lost");
+    assert!(r.targets[s].out.is_empty());
 }
