@@ -60,7 +60,7 @@ def main(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__,
     )
-    ap.add_argument('--suite', choices=['quick', 'default', 'full', 'custom'], default='quick')
+    ap.add_argument('--suite', choices=sorted(SUITES) + ['custom'], default='quick')
     ap.add_argument('--out', help='results directory (default bench/results/<timestamp>)')
     ap.add_argument(
         '--fleet',
