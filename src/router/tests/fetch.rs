@@ -279,17 +279,7 @@ fn a_fetch_is_answered_once_its_file_is_synced_and_renamed() {
     // The agent's reply asks for the sync and rename; the client waits for them.
     let sha = crate::cache::sha256_hex(b"motd");
     let body = serde_json::json!({"size": 4, "sha256": sha, "mode": 420}).to_string();
-    let mut b = Vec::new();
-    let hd = FrameHeader {
-        kind: Kind::Reply,
-        flags: 0,
-        dst: CTX_CONTROLLER,
-        src: CTX_AGENT,
-        handle: h,
-        reply_to: h,
-    };
-    encode_frame(&mut b, &hd, body.as_bytes());
-    r.target_bytes(s, &b, now);
+    reply(&mut r, s, h, &body, now);
     let op = r.poll_file_op().expect("a file request");
     assert_eq!(
         op,
@@ -313,17 +303,7 @@ fn a_fetch_is_answered_once_its_file_is_synced_and_renamed() {
     let h = only_call(&r, s);
     frame_from(&mut r, s, CTX_AGENT, Kind::Data, EOF, h, b"", now);
     let body = serde_json::json!({"size": 0, "sha256": "", "mode": 420}).to_string();
-    let mut b = Vec::new();
-    encode_frame(
-        &mut b,
-        &FrameHeader {
-            handle: h,
-            reply_to: h,
-            ..hd
-        },
-        body.as_bytes(),
-    );
-    r.target_bytes(s, &b, now);
+    reply(&mut r, s, h, &body, now);
     let Some(FileOp::Finish { token, .. }) = r.poll_file_op() else {
         panic!("no finish asked for")
     };
