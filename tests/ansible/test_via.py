@@ -257,7 +257,8 @@ class ConformanceVia(unittest.TestCase):
         if p.returncode == 77:
             self.skipTest(p.stdout.strip().splitlines()[-1] if p.stdout.strip() else 'cannot run')
         self.assertEqual(p.returncode, 0, 'stock and spindle_via runs differ:\n%s' % p.stdout)
-        self.assertIn('equal: 26 hosts', p.stdout)  # 23 targets and three that cannot be served (run_conformance)
+        # 23 targets and three that cannot be served (run_conformance)
+        self.assertIn('equal: 26 hosts', p.stdout)
 
 
 class ProxyJump(unittest.TestCase):
