@@ -1,6 +1,7 @@
 //! Calls in flight: what each one is ([`Op`], [`Call`]), starting a client's call on a
-//! target, queuing the daemon's own calls, feeding put data below the low-water mark, and
-//! turning a completed reply into the client's answer.
+//! target (one `*_call` function per op builds its CALL), queuing the daemon's own calls,
+//! feeding put data below the low-water mark, and giving a call up. What a completed reply
+//! means is `answers`.
 
 use super::target::Phase;
 use super::{
@@ -13,7 +14,6 @@ use crate::api::{
 };
 use crate::proto::{encode_frame, flags, Kind};
 use crate::transfer::Source;
-use crate::transport::classify::classify;
 use base64::Engine as _;
 use serde_json::json;
 use std::collections::HashSet;
@@ -666,185 +666,6 @@ impl Router {
         }
         self.refill(t);
         true
-    }
-
-    pub(super) fn complete(&mut self, t: TargetId, handle: u32, fl: u8, body: Vec<u8>) {
-        let x = &mut self.targets[t];
-        let Some(c) = x.calls.remove(&handle) else {
-            return;
-        };
-        match &c.op {
-            Op::Spawn { child, key } => {
-                let alive = self
-                    .targets
-                    .get(*child)
-                    .is_some_and(|x| &x.key == key && x.phase != Phase::Dead);
-                if fl & flags::ERROR != 0 && alive {
-                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                    let kind = v["error"].as_str().unwrap_or("unknown");
-                    let text = v["message"].as_str().unwrap_or("");
-                    let child = *child;
-                    let spec = &self.targets[child].spec;
-                    if !spec.is_context() && spec.via.is_some() {
-                        // The hop ran ssh (or another transport): classify its output.
-                        let hop = spec.via.as_ref().map(|v| v.label()).unwrap_or_default();
-                        let class = match (kind, classify(text, false)) {
-                            ("timeout", _) => ErrorKind::Timeout,
-                            (_, ErrorKind::ConnectionLost) => ErrorKind::Unreachable,
-                            (_, k) => k,
-                        };
-                        let last = crate::transport::classify::reason_line(text);
-                        let m = format!("via {hop}: {kind}: {last}");
-                        self.fail_target(child, class, &m);
-                    } else if spec.escalate.is_none() {
-                        // An interpreter context: that Python did not start an agent.
-                        self.fail_target(
-                            child,
-                            ErrorKind::InterpreterFailed,
-                            &format!("{kind}: {text}"),
-                        );
-                    } else {
-                        self.fail_target(
-                            child,
-                            ErrorKind::BecomeFailed,
-                            &format!("{kind}: {text}"),
-                        );
-                    }
-                }
-                return;
-            }
-            Op::CloseContext => return,
-            Op::Probe => return self.probe_answered(t),
-            Op::StoreBlobs => {
-                if fl & flags::ERROR != 0 {
-                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                    let m = v["message"].as_str().unwrap_or("").to_string();
-                    self.store_failed(t, &m);
-                }
-                return;
-            }
-            Op::HopFill { sha }
-            | Op::Put {
-                fill: Some(sha), ..
-            } => {
-                let sha = sha.clone();
-                return self.hop_filled(t, &sha, fl & flags::ERROR == 0);
-            }
-            Op::Relay {
-                to,
-                key,
-                handle,
-                sha,
-                fill,
-            } => {
-                if fl & flags::ERROR != 0 {
-                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                    let m = format!("relay from the hop failed: {}", v["message"]);
-                    tracing::debug!(hop = %x.label, "{m}");
-                    if *fill {
-                        self.hop_filled(*to, sha, false);
-                    } else if self.targets.get(*to).is_some_and(|y| &y.key == key) {
-                        let y = &mut self.targets[*to];
-                        if let Some(call) = y.calls.remove(handle) {
-                            let label = y.label.clone();
-                            if let Some(client) = call.client {
-                                let msg = api::error(call.id, ErrorKind::Remote, &label, &m);
-                                self.actions.push_back(Action::Reply(client, msg));
-                            }
-                        }
-                    }
-                }
-                return;
-            }
-            _ => {}
-        }
-        let label = x.label.clone();
-        let hello = x.hello.clone();
-        if let Op::Fetch { file, tmp, .. } = &c.op {
-            // Kept (renamed over its destination) only when the agent sent it all (below).
-            if c.reply.overflow.is_some() || fl & flags::ERROR != 0 {
-                let (token, path) = (*file, tmp.clone());
-                self.file_ops.push_back(FileOp::Remove { token, path });
-            }
-        }
-        let msg = if let Some(over) = c.reply.overflow {
-            let m = match over {
-                super::replies::Overflow::Message => "reply larger than 64 MiB".to_string(),
-                super::replies::Overflow::Budget => format!(
-                    "replies being assembled, all targets together, passed the daemon's {} MiB budget",
-                    super::replies::REPLIES_MAX >> 20
-                ),
-            };
-            api::error(c.id, ErrorKind::Protocol, &label, &m)
-        } else if fl & flags::ERROR != 0 {
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            let kind = v["error"].as_str().unwrap_or("unknown");
-            let text = v["message"].as_str().unwrap_or("");
-            if kind == "missing_blobs" {
-                // Its parent could not put in the code it named: send it again next time.
-                if let Some(x) = self.targets.get_mut(t) {
-                    x.sent_blobs.clear();
-                }
-            }
-            api::error(c.id, ErrorKind::Remote, &label, &format!("{kind}: {text}"))
-        } else if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
-            api::error(c.id, ErrorKind::Protocol, &label, "agent reply is not JSON")
-        } else {
-            match c.op {
-                Op::Ping => {
-                    let mut v: serde_json::Value =
-                        serde_json::from_slice(&body).unwrap_or_default();
-                    if let (Some(o), Some(h)) = (v.as_object_mut(), hello) {
-                        let hv = serde_json::from_slice(&h).unwrap_or_default();
-                        o.insert("hello".into(), hv);
-                    }
-                    api::ok_value(c.id, &v)
-                }
-                Op::Call { path } => {
-                    // An agent that cannot run the module answers {"fallback": why}.
-                    if let Some(path) = path.filter(|_| !body.starts_with(b"{\"fallback\"")) {
-                        self.paths.ran(path);
-                    }
-                    api::ok_raw(c.id, &body)
-                }
-                Op::Exec | Op::Put { .. } | Op::RelayedPut => api::ok_raw(c.id, &body),
-                Op::Spawn { .. }
-                | Op::CloseContext
-                | Op::Probe
-                | Op::StoreBlobs
-                | Op::HopFill { .. }
-                | Op::Relay { .. } => return,
-                Op::Fetch {
-                    file: token,
-                    tmp,
-                    dest,
-                    received,
-                    ..
-                } => {
-                    // Checked before the rename: a failed fetch leaves `dest` as it was.
-                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                    if v["size"].as_u64() != Some(received) {
-                        self.file_ops.push_back(FileOp::Remove { token, path: tmp });
-                        let m = format!("fetched {received} bytes, agent reported {}", v["size"]);
-                        api::error(c.id, ErrorKind::Protocol, &label, &m)
-                    } else {
-                        // Synced and renamed by the server, off the loop: answered then.
-                        self.file_ops.push_back(FileOp::Finish { token, tmp, dest });
-                        let w = Waiting::Finish {
-                            client: c.client,
-                            id: c.id,
-                            label,
-                            body,
-                        };
-                        self.waiting.insert(token, w);
-                        return;
-                    }
-                }
-            }
-        };
-        if let Some(client) = c.client {
-            self.actions.push_back(Action::Reply(client, msg));
-        }
     }
 }
 

@@ -98,6 +98,7 @@
 //! most [`MAX_INFLIGHT`] (test: `busy_when_too_many_requests_wait_for_a_liveness_check`)).
 
 mod agent_log;
+mod answers;
 mod blob_refs;
 mod calls;
 mod contexts;
