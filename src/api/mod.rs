@@ -58,6 +58,14 @@ pub enum Op {
 }
 
 impl Op {
+    /// Whether the op goes to a target's stream (its `target` is started if need be).
+    pub fn on_stream(&self) -> bool {
+        matches!(
+            self,
+            Op::Ping(_) | Op::Exec(_) | Op::Put(_) | Op::Fetch(_) | Op::Call(_) | Op::Close(_)
+        )
+    }
+
     /// The op's wire name (logs).
     pub fn name(&self) -> &'static str {
         match self {
@@ -210,16 +218,48 @@ impl<'de> Deserialize<'de> for Request {
     }
 }
 
-/// Parses one request body: a JSON object (never an array, nor one where `target`, `via`,
-/// `become`, `env` or `payload` is an array), with known fields only. The error carries the
-/// request's `id` when the body had one, for the reply. Numbers and strings are range-checked
-/// by [`validate::request`] (the router runs it on every request).
-pub fn parse_request(body: &[u8]) -> Result<Request, (u64, String)> {
+/// A request refused before it reaches the router: the reply's fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The request's `id` when the body had one (else 0).
+    pub id: u64,
+    /// `bad_request`, or `unreachable` for an ssh host name that cannot be one.
+    pub kind: ErrorKind,
+    /// The target's label when the request named one.
+    pub host: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Parses and validates one request body, once, before the router sees it: a JSON object
+/// (never an array, nor one where `target`, `via`, `become`, `env` or `payload` is an
+/// array), with known fields only, every number and string in its range
+/// ([`validate::request`]), and for an op on a target's stream a target spec the daemon can
+/// start ([`validate::target`]). The refusal carries the request's `id` and target label.
+pub fn parse_request(body: &[u8]) -> Result<Request, Refusal> {
+    let refuse = |id, host: &str, message: String| Refusal {
+        id,
+        kind: ErrorKind::BadRequest,
+        host: host.to_string(),
+        message,
+    };
     let v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| (0, format!("bad request: {e}")))?;
+        serde_json::from_slice(body).map_err(|e| refuse(0, "", format!("bad request: {e}")))?;
     let id = v.get("id").and_then(|i| i.as_u64()).unwrap_or(0);
-    validate::objects_only(&v).map_err(|e| (id, e.to_string()))?;
-    serde_json::from_value(v).map_err(|e| (id, format!("bad request: {e}")))
+    validate::objects_only(&v).map_err(|e| refuse(id, "", e.to_string()))?;
+    let req: Request =
+        serde_json::from_value(v).map_err(|e| refuse(id, "", format!("bad request: {e}")))?;
+    let host = req.target.as_ref().map(|s| s.label()).unwrap_or_default();
+    validate::request(&req).map_err(|e| refuse(id, &host, e.to_string()))?;
+    if let (Some(spec), true) = (&req.target, req.op.on_stream()) {
+        validate::target(spec).map_err(|(kind, message)| Refusal {
+            id,
+            kind,
+            host,
+            message,
+        })?;
+    }
+    Ok(req)
 }
 
 /// Appends a length-prefixed message.
@@ -398,9 +438,9 @@ mod tests {
         );
         // Each failure keeps the request's id for the reply and says what is wrong.
         let bad = |b: &str, says: &str| match parse_request(b.as_bytes()) {
-            Err((id, m)) => {
+            Err(Refusal { id, message, .. }) => {
                 assert_eq!(id, 9, "{b}");
-                assert!(m.contains(says), "{b}: {m}");
+                assert!(message.contains(says), "{b}: {message}");
             }
             Ok(r) => panic!("{b} parsed: {r:?}"),
         };
@@ -425,5 +465,15 @@ mod tests {
             "call_timeout",
         );
         bad(r#"{"id":9}"#, "op");
+        // Numbers are range-checked at parse time too; the refusal names the target.
+        let r = parse_request(
+            br#"{"id":4,"op":"exec","argv":["x"],"call_timeout":1e300,"target":{"transport":"local","name":"db"}}"#,
+        );
+        let r = r.expect_err("call_timeout 1e300");
+        assert_eq!(
+            (r.id, r.kind, r.host.as_str()),
+            (4, ErrorKind::BadRequest, "db")
+        );
+        assert!(r.message.starts_with("call_timeout "), "{r:?}");
     }
 }

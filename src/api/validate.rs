@@ -3,7 +3,7 @@
 //! naming the field, so nothing later (deadlines, `Duration`s, the agent) sees it. The ranges
 //! are listed in `docs/api.md` and `docs/security.md`.
 
-use super::{ExecArgs, Op, Request};
+use super::{ErrorKind, ExecArgs, Op, Request};
 use crate::transport::Spec;
 use std::time::{Duration, Instant};
 
@@ -154,6 +154,47 @@ pub fn spec(field: &str, s: &Spec) -> Result<(), BadField> {
         spec(&format!("{field}.via"), v)?;
     }
     Ok(())
+}
+
+/// Checks that the daemon can start a stream to `spec`: its transport command builds (an ssh
+/// host name that cannot be one is `unreachable`, as ssh would say), and every hop of its
+/// `via` chain is well formed (depth, become method, interpreter, the hop's command).
+/// A password is checked again when the process is spawned (askpass available).
+pub fn target(spec: &Spec) -> Result<(), (ErrorKind, String)> {
+    match crate::transport::command(spec, None) {
+        Ok(_) | Err(crate::transport::CommandError::NeedsAskpass { .. }) => {}
+        Err(e) => return Err((e.kind(), e.to_string())),
+    }
+    chain(spec).map_err(|m| (ErrorKind::BadRequest, m))
+}
+
+/// A spec and every hop of its `via` chain, before anything starts.
+fn chain(spec: &Spec) -> Result<(), String> {
+    if spec.via_depth() > crate::transport::MAX_VIA_DEPTH {
+        return Err(format!(
+            "more than {} hops in the via chain",
+            crate::transport::MAX_VIA_DEPTH
+        ));
+    }
+    let mut s = spec;
+    loop {
+        if let Some(b) = &s.escalate {
+            b.validate()?;
+        }
+        s.validate_interpreter()?;
+        if s.via.is_some() && s.escalate.is_none() {
+            crate::transport::hop_command(s, "M").map_err(|e| e.to_string())?;
+        }
+        match &s.via {
+            Some(v) => s = v,
+            None => break,
+        }
+    }
+    // The first hop is started by the daemon.
+    match crate::transport::command(s, None) {
+        Err(crate::transport::CommandError::NeedsAskpass { .. }) | Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Whether any string (or key) in `v` holds a NUL byte.

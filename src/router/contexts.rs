@@ -355,36 +355,6 @@ fn hello_runs(hello: &[u8], python: &str) -> bool {
         .any(|k| v[*k].as_str() == Some(python))
 }
 
-/// Checks a spec and every hop of its `via` chain before anything starts.
-pub(super) fn validate_chain(spec: &Spec) -> Result<(), String> {
-    if spec.via_depth() > crate::transport::MAX_VIA_DEPTH {
-        return Err(format!(
-            "more than {} hops in the via chain",
-            crate::transport::MAX_VIA_DEPTH
-        ));
-    }
-    let mut s = spec;
-    loop {
-        if let Some(b) = &s.escalate {
-            b.validate()?;
-        }
-        s.validate_interpreter()?;
-        if s.via.is_some() && s.escalate.is_none() {
-            crate::transport::hop_command(s, "M").map_err(|e| e.to_string())?;
-        }
-        match &s.via {
-            Some(v) => s = v,
-            None => break,
-        }
-    }
-    // The first hop is started by the daemon (a password is checked again at spawn time,
-    // with the askpass helper).
-    match crate::transport::command(s, None) {
-        Err(crate::transport::CommandError::NeedsAskpass { .. }) | Ok(_) => Ok(()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 fn suffix(last: &str) -> String {
     if last.is_empty() {
         String::new()

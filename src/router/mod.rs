@@ -117,7 +117,6 @@ use crate::transfer::{Outbound, Source, TransferCounters};
 use crate::transport::Spec;
 use base64::Engine as _;
 use calls::Op;
-use contexts::validate_chain;
 use serde_json::json;
 use slab::Slab;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -525,13 +524,9 @@ impl Router {
         self.by_key.len()
     }
 
-    /// Handles one API request from `client`.
+    /// Handles one API request from `client`, parsed and validated by [`api::parse_request`].
     pub fn request(&mut self, client: ClientId, req: Request, now: Instant) {
         let id = req.id;
-        if let Err(e) = api::validate::request(&req) {
-            let host = req.target.as_ref().map(|s| s.label()).unwrap_or_default();
-            return self.reply_err(client, id, ErrorKind::BadRequest, &host, &e.to_string());
-        }
         match &req.op {
             api::Op::Stats(_) => {
                 // Keyed by label; become contexts sharing one (other flags or password) get
@@ -615,14 +610,6 @@ impl Router {
                 "this op needs a \"target\"",
             );
         };
-        match crate::transport::command(&spec, None) {
-            // A password is checked again when the process is spawned (askpass available).
-            Ok(_) | Err(crate::transport::CommandError::NeedsAskpass { .. }) => {}
-            Err(e) => return self.reply_err(client, id, e.kind(), &spec.label(), &e.to_string()),
-        }
-        if let Err(m) = validate_chain(&spec) {
-            return self.reply_err(client, id, ErrorKind::BadRequest, &spec.label(), &m);
-        }
         if matches!(req.op, api::Op::Close(_)) {
             if let Some(&t) = self.by_key.get(&spec.key()) {
                 // A hop that carries other targets stays (their streams depend on it): only

@@ -128,8 +128,8 @@ impl Server {
                     }
                     self.router.request(id, req, now)
                 }
-                Err((rid, m)) => {
-                    let msg = api::error(rid, ErrorKind::BadRequest, "", &m);
+                Err(r) => {
+                    let msg = api::error(r.id, r.kind, &r.host, &r.message);
                     self.send(id, &msg);
                 }
             }

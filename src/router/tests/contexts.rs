@@ -46,11 +46,20 @@ fn before_hello_the_start_interpreter_decides() {
     r.request(1, module_call(1, target(py.clone())), now);
     r.request(1, module_call(2, target(py)), now);
     assert_eq!(r.targets.len(), 1);
-    // A bad interpreter is refused before anything starts.
-    let bad = serde_json::json!({"interpreter": "python3; rm -rf /"});
-    r.request(1, module_call(3, target(bad)), now);
-    let e = errors(&mut r);
-    assert!(e.iter().any(|m| m.starts_with("bad_request")), "{e:?}");
+    // A bad interpreter is refused when the request is parsed: nothing starts.
+    let bad = serde_json::json!({"id": 3, "op": "call", "payload": {"op": "ping"},
+        "target": target(serde_json::json!({"interpreter": "python3; rm -rf /"}))});
+    let refused = crate::api::parse_request(&serde_json::to_vec(&bad).unwrap_or_default());
+    let r3 = refused.expect_err("an interpreter that is not a path or a name");
+    assert_eq!(
+        (r3.id, r3.kind, r3.host.as_str()),
+        (
+            3,
+            crate::api::ErrorKind::BadRequest,
+            "t [python3; rm -rf /]"
+        )
+    );
+    assert_eq!(r.targets.len(), 1);
 }
 
 #[test]

@@ -24,8 +24,9 @@ use crate::fileio::scratch;
 use crate::proto::{encode_frame, FrameHeader, Kind, CTX_AGENT, CTX_CONTROLLER};
 use std::time::{Duration, Instant};
 
+/// A request as the server hands it to the router: parsed and validated.
 fn request(v: serde_json::Value) -> Request {
-    serde_json::from_value(v).expect("a valid request")
+    crate::api::parse_request(&serde_json::to_vec(&v).unwrap_or_default()).expect("a valid request")
 }
 
 /// A `local` target (the router never spawns it here: the `Spawn` action is not carried out).
