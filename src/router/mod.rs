@@ -105,21 +105,20 @@ mod contexts;
 mod hop_cache;
 mod probe;
 mod replies;
+mod requests;
 mod target;
 #[cfg(test)]
 mod tests;
 
 use crate::api::{self, ErrorKind, Request};
 use crate::cache::BlobCache;
-use crate::metrics::{ClientUsage, Counters, FdUsage, TargetCounters};
+use crate::metrics::{ClientUsage, Counters, FdUsage};
 use crate::proto::{self, encode_frame, flags, FrameHeader, Kind};
 use crate::transfer::{Outbound, Source, TransferCounters};
 use crate::transport::Spec;
-use base64::Engine as _;
 use calls::Op;
-use serde_json::json;
 use slab::Slab;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use target::{Phase, Target};
@@ -522,129 +521,6 @@ impl Router {
     /// Number of live target streams.
     pub fn streams(&self) -> usize {
         self.by_key.len()
-    }
-
-    /// Handles one API request from `client`, parsed and validated by [`api::parse_request`].
-    pub fn request(&mut self, client: ClientId, req: Request, now: Instant) {
-        let id = req.id;
-        match &req.op {
-            api::Op::Stats(_) => {
-                // Keyed by label; become contexts sharing one (other flags or password) get
-                // their context id appended.
-                let mut targets: BTreeMap<String, TargetCounters> = BTreeMap::new();
-                for &t in self.by_key.values() {
-                    let x = &self.targets[t];
-                    let mut label = x.label.clone();
-                    if targets.contains_key(&label) {
-                        label = format!("{label} [ctx {}]", x.ctx);
-                    }
-                    targets.insert(label, x.counters);
-                }
-                let v = json!({"streams": self.streams(), "io": self.backend, "counters": self.counters, "paths": self.paths, "transfer": self.transfer,
-                    "fds": self.fds,
-                    "clients": self.clients,
-                    "blobs": {"count": self.cache.len(), "bytes": self.cache.bytes()},
-                    "targets": targets});
-                self.actions
-                    .push_back(Action::Reply(client, api::ok_value(id, &v)));
-                return;
-            }
-            api::Op::BlobPut(b) => {
-                let (hash, data) = (&b.hash, &b.data_b64);
-                let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(data) else {
-                    return self.reply_err(
-                        client,
-                        id,
-                        ErrorKind::BadRequest,
-                        "",
-                        "data_b64 is not base64",
-                    );
-                };
-                let msg = match self.cache.put(hash, bytes) {
-                    Ok(()) => api::ok_raw(id, b"{}"),
-                    Err(e) => api::error(id, ErrorKind::BadRequest, "", &e.to_string()),
-                };
-                self.actions.push_back(Action::Reply(client, msg));
-                return;
-            }
-            api::Op::Shutdown(_) => {
-                self.actions
-                    .push_back(Action::Reply(client, api::ok_raw(id, b"{}")));
-                self.actions.push_back(Action::Shutdown);
-                return;
-            }
-            api::Op::Alive(_) => {
-                let v = json!({ "pid": std::process::id() });
-                self.actions
-                    .push_back(Action::Reply(client, api::ok_value(id, &v)));
-                return;
-            }
-            api::Op::Note(n) => {
-                // A module task the plugin runs on the stock path (docs/api.md): counted, and
-                // whether this host gave this reason before (the plugin warns once).
-                let (Some(spec), "stock", reason) = (&req.target, n.path.as_str(), &n.reason)
-                else {
-                    let m = "note needs \"target\", \"path\": \"stock\" and a \"reason\"";
-                    return self.reply_err(client, id, ErrorKind::BadRequest, "", m);
-                };
-                let run = n.run.as_deref().unwrap_or("");
-                let first = self.paths.stock(run, &spec.parent().label(), reason);
-                let v = json!({ "first": first });
-                self.actions
-                    .push_back(Action::Reply(client, api::ok_value(id, &v)));
-                return;
-            }
-            api::Op::Ping(_)
-            | api::Op::Exec(_)
-            | api::Op::Put(_)
-            | api::Op::Fetch(_)
-            | api::Op::Close(_)
-            | api::Op::Call(_) => {}
-        }
-        let Some(spec) = req.target.clone() else {
-            return self.reply_err(
-                client,
-                id,
-                ErrorKind::BadRequest,
-                "",
-                "this op needs a \"target\"",
-            );
-        };
-        if matches!(req.op, api::Op::Close(_)) {
-            if let Some(&t) = self.by_key.get(&spec.key()) {
-                // A hop that carries other targets stays (their streams depend on it): only
-                // its own become contexts are closed (Ansible's reset_connection on a
-                // bastion must not cut the hosts behind it).
-                let x = &self.targets[t];
-                let (carried, own): (Vec<TargetId>, Vec<TargetId>) = x
-                    .children
-                    .values()
-                    .copied()
-                    .filter(|&c| self.targets.get(c).is_some_and(|y| y.phase != Phase::Dead))
-                    .partition(|&c| !self.targets[c].spec.is_context());
-                if carried.is_empty() {
-                    self.fail_target(t, ErrorKind::ConnectionLost, "stream closed by request");
-                } else {
-                    for c in own {
-                        self.close_target(
-                            c,
-                            ErrorKind::ConnectionLost,
-                            "stream closed by request",
-                            false,
-                        );
-                    }
-                }
-            }
-            self.actions
-                .push_back(Action::Reply(client, api::ok_raw(id, b"{}")));
-            return;
-        }
-        let spec = self.resolve_interpreter(spec);
-        let Some(req) = self.probe_gate(&spec, client, req, now) else {
-            return; // held until its idle stream is checked (see `probe`)
-        };
-        let t = self.target_for(spec, now);
-        self.start_call(t, client, req, now);
     }
 
     /// Handles bytes read from a target's stdout. Frames from a become context (`src` > 1)
