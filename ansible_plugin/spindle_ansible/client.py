@@ -51,7 +51,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 __all__ = [
     "MAX_MESSAGE",
@@ -709,6 +709,8 @@ class Client:
         group: Optional[str] = None,
         *,
         apply_umask: bool = False,
+        digests: Optional[List[str]] = None,
+        sync: bool = True,
         call_timeout=_DEFAULT,
     ) -> Dict[str, Any]:
         """Copy controller file ``src`` to ``dest`` on the target; ``{"path", "size", "sha256"}``.
@@ -716,6 +718,9 @@ class Client:
         ``src`` is made absolute here (the daemon has its own working directory).
         ``mode`` is an int or an octal string (``"0644"``); it is sent as an int. With
         ``apply_umask`` the target's umask applies to it, as for a file sftp creates.
+        ``digests`` (of ``sha1``, ``md5``, ``sha256``) replace sha256 in the reply: the agent
+        takes them while receiving and remembers them for a module run on the file next
+        (Ansible's copy). ``sync=False``: no fsync before the rename.
         """
         return self.request(
             "put",
@@ -727,6 +732,8 @@ class Client:
             owner=owner,
             group=group,
             apply_umask=apply_umask or None,
+            digests=digests,
+            sync=None if sync else False,
         )
 
     def fetch(self, target, src: PathLike, dest: PathLike, *, call_timeout=_DEFAULT) -> Dict[str, Any]:

@@ -16,11 +16,16 @@ to an unprivileged user, a file over the inline limit to a relative dest) run th
 action unchanged. A file over the inline limit (:data:`MAX_INLINE`; :data:`VIA_INLINE`, 64 KiB,
 behind a spindle_via hop) is streamed beside dest between two calls (behind a hop through the
 hop's file cache: it crosses each link once, whatever the number of targets behind it).
+For such a file the controller's sha1 is taken on a thread while the transfer is decided
+and streams (a dest that is missing or of another size differs whatever the checksums), and
+the agent takes the copy module's sha1 and md5 of the staged file while receiving it
+(put ``digests``): no hashing stands between the bytes and the module's result.
 """
 
 import os
 import posixpath
 import stat
+import threading
 import uuid
 
 from ansible.errors import AnsibleFileNotFound
@@ -38,6 +43,29 @@ MAX_INLINE = 2 * 1024 * 1024
 VIA_INLINE = 64 * 1024 - 1
 
 _MARKER = b'_ANSIBALLZ_WRAPPER = True'
+
+
+class PendingChecksum(object):
+    """Ansible's ``checksum`` (sha1) of a local file, taken on a thread (hashlib and the reads
+    release the GIL): ``placeholder`` stands for it in module args built before it is known."""
+
+    def __init__(self, path):
+        self.placeholder = 'spindle-pending-checksum-%s' % uuid.uuid4().hex
+        self._value, self._error = None, None
+        self._thread = threading.Thread(target=self._run, args=(path,), name='spindle-sha1', daemon=True)
+        self._thread.start()
+
+    def _run(self, path):
+        try:
+            self._value = checksum(path)
+        except Exception as e:  # re-raised in the task's thread by get()
+            self._error = e
+
+    def get(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _is_module_run(in_data):
@@ -117,7 +145,12 @@ def fast_copy_file(action, source_full, source_rel, content, content_tempfile, d
     lmode = None
     if args.get('mode', None) == 'preserve':
         lmode = '0%03o' % stat.S_IMODE(os.stat(real).st_mode)
-    local_checksum = checksum(real)
+    pending = None
+    if data is None:
+        pending = PendingChecksum(real)  # while the module runs are built and the file streams
+        local_checksum = pending.placeholder
+    else:
+        local_checksum = checksum(real)
     suffix = os.path.splitext(dest)[1]
     if data is None:
         # Streamed beside dest (the module's move is then a rename on one filesystem).
@@ -147,11 +180,16 @@ def fast_copy_file(action, source_full, source_rel, content, content_tempfile, d
         captured[1],
         dest=dest,
         follow=bool(follow),
-        checksum=local_checksum,
+        checksum=local_checksum if pending is None else pending,
         staged=staged,
         data=data,
         source=None if data is not None else real,
     )
+    if pending is not None:
+        local_checksum = pending.get()
+        for _, module_args in runs:
+            if module_args.get('checksum') == pending.placeholder:
+                module_args['checksum'] = local_checksum
     if res is None or res.get('outcome') not in ('copy', 'file'):
         action._loader.cleanup_tmp_file(real)
         return NotImplemented

@@ -72,6 +72,8 @@ class _Loader(importlib.abc.InspectLoader):
 
     def exec_module(self, module):
         exec(self.get_code(module.__name__), module.__dict__)
+        if module.__name__ == 'ansible.module_utils.basic':
+            _memo_digests(module)
 
     # InspectLoader / ExecutionLoader (runpy uses get_code and get_filename)
     def get_code(self, fullname):
@@ -99,6 +101,34 @@ class _Loader(importlib.abc.InspectLoader):
         if path.startswith(prefix) and path[len(prefix) :] in self.payload.files:
             return self.payload.files[path[len(prefix) :]]
         raise OSError(0, '', path)
+
+
+#: The agent's memo of digests taken while puts were received (its DigestMemo, set when the
+#: agent loads this runner), or None.
+DIGESTS = None
+
+
+def _memo_digests(basic):
+    """AnsibleModule.digest_from_file answers from the agent's memo for a file a put wrote
+    and nothing changed since (same inode, size, mtime and ctime): a copy's sha1 and md5 of
+    the file it was sent are those of the bytes received, taken while they streamed, instead
+    of two more reads of it after. Any other file is read as stock reads it."""
+    cls = getattr(basic, 'AnsibleModule', None)
+    orig = getattr(cls, 'digest_from_file', None)
+    if orig is None or getattr(orig, '_spindle_memo', False):
+        return
+
+    def digest_from_file(self, filename, algorithm):
+        memo = DIGESTS
+        if memo is not None and isinstance(algorithm, str):
+            hit = memo.lookup(filename, algorithm)
+            if hit is not None:
+                return hit
+        return orig(self, filename, algorithm)
+
+    digest_from_file._spindle_memo = True
+    digest_from_file.__doc__ = orig.__doc__
+    cls.digest_from_file = digest_from_file
 
 
 class _PathEntryFinder(object):

@@ -141,6 +141,13 @@ pub struct PutArgs {
     /// Group name.
     #[serde(default)]
     pub group: Option<String>,
+    /// Digests of the content the agent takes while receiving it (`sha1`, `md5`, `sha256`;
+    /// default `sha256`), in the reply, and remembered for modules run on the file after.
+    #[serde(default)]
+    pub digests: Option<Vec<String>>,
+    /// `false`: no fsync before the rename (a file staged for a module that moves it).
+    #[serde(default)]
+    pub sync: Option<bool>,
 }
 
 /// `fetch`'s fields.

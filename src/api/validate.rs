@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 /// Longest `call_timeout` and exec `timeout` accepted, in seconds (one week).
 pub const MAX_TIMEOUT_SECS: f64 = 7.0 * 24.0 * 3600.0;
 pub use crate::transport::MAX_CONNECT_TIMEOUT_SECS;
+/// The digests a put may ask the agent for (its `PUT_DIGESTS`).
+pub const PUT_DIGESTS: [&str; 3] = ["sha1", "md5", "sha256"];
 /// Largest `mode` of a put (all permission bits, set-id and sticky bits).
 pub const MAX_MODE: u32 = 0o7777;
 
@@ -71,6 +73,15 @@ pub fn request(req: &Request) -> Result<(), BadField> {
             }
             no_nul("src", &p.src)?;
             no_nul("dest", &p.dest)?;
+            if let Some(d) = &p.digests {
+                let known = |n: &String| PUT_DIGESTS.contains(&n.as_str());
+                if d.len() > PUT_DIGESTS.len() || !d.iter().all(known) {
+                    return Err(bad(
+                        "digests",
+                        format!("must be a list of at most {PUT_DIGESTS:?}, not {d:?}"),
+                    ));
+                }
+            }
             for (field, v) in [("owner", &p.owner), ("group", &p.group)] {
                 if let Some(s) = v {
                     no_nul(field, s)?;

@@ -466,7 +466,8 @@ impl Router {
         o: Opened,
     ) -> Result<Outgoing, Refused> {
         let p = json!({"op": "put_file", "path": req.dest, "size": o.size, "mode": req.mode,
-            "owner": req.owner, "group": req.group, "apply_umask": req.apply_umask});
+            "owner": req.owner, "group": req.group, "apply_umask": req.apply_umask,
+            "digests": req.digests, "sync": req.sync});
         if let (Some(hop), Some(sha)) = (self.cache_hop(t, o.size), o.sha) {
             self.relayed_put(t, hop, client, id, deadline, p, o.source, o.size, sha);
             return Err(Refused::Answered);

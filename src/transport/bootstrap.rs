@@ -20,6 +20,7 @@ pub const AGENT_PARTS: &[(&str, &str)] = &[
     part!("00_channel.py"),
     part!("10_exec.py"),
     part!("20_files.py"),
+    part!("22_digests.py"),
     part!("25_context_table.py"),
     part!("30_contexts.py"),
     part!("40_hop_cache.py"),

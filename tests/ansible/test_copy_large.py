@@ -2,7 +2,8 @@
 compares checksums and the one that runs the module, with the results of stock Ansible.
 
 Real sshd target (netns fleet ``lcpy``), real ansible-playbook, ansible.cfg exactly as the
-README says: a new file, the same again (unchanged: nothing sent), a changed one, an explicit
+README says: a new file, the same again (unchanged: nothing sent), one of the same size and
+other content (the checksums decide), a changed one, an explicit
 mode, ``mode: preserve``, become, a destination directory that does not exist (an error as
 stock's), and dest a directory (the stock flow). The registered results and the files on the
 target must equal stock's; spindle's run must take the streamed path (no temp dir in
@@ -18,7 +19,20 @@ import unittest
 import readme_setup as rs
 
 FLEET_NAME = 'lcpy'
-KEYS = ('changed', 'failed', 'checksum', 'dest', 'mode', 'size', 'state', 'uid', 'gid', 'msg', 'skipped')
+KEYS = (
+    'changed',
+    'failed',
+    'checksum',
+    'md5sum',
+    'dest',
+    'mode',
+    'size',
+    'state',
+    'uid',
+    'gid',
+    'msg',
+    'skipped',
+)
 
 PLAYBOOK = """
 - hosts: all
@@ -30,6 +44,7 @@ PLAYBOOK = """
     - file: {path: "{{ d }}/sub", state: directory}
     - {name: new, copy: {src: "{{ big }}", dest: "{{ d }}/a.bin"}, register: r1}
     - {name: same, copy: {src: "{{ big }}", dest: "{{ d }}/a.bin"}, register: r2}
+    - {name: same size, copy: {src: "{{ big3 }}", dest: "{{ d }}/a.bin"}, register: r2b}
     - {name: changed, copy: {src: "{{ big2 }}", dest: "{{ d }}/a.bin", mode: "0640"}, register: r3}
     - {name: preserve, copy: {src: "{{ big }}", dest: "{{ d }}/p.bin", mode: preserve}, register: r4}
     - {name: become, copy: {src: "{{ big }}", dest: "{{ d }}/b.bin"}, become: true, register: r5}
@@ -40,7 +55,7 @@ PLAYBOOK = """
       register: listing
     - copy:
         dest: "{{ out }}"
-        content: "{{ {'r': [r1, r2, r3, r4, r5, r6, r7], 'listing': listing.stdout_lines} | to_json }}"
+        content: "{{ {'r': [r1, r2, r2b, r3, r4, r5, r6, r7], 'listing': listing.stdout_lines} | to_json }}"
       delegate_to: localhost
 """
 
@@ -57,7 +72,11 @@ class CopyLarge(unittest.TestCase):
     def setUp(self):
         self.work = tempfile.mkdtemp(prefix='spindle-lcpy-')
         self.addCleanup(shutil.rmtree, self.work, True)
-        for name, size, seed in (('big', 3 << 20, b'a'), ('big2', (5 << 20) + 17, b'b')):
+        for name, size, seed in (
+            ('big', 3 << 20, b'a'),
+            ('big2', (5 << 20) + 17, b'b'),
+            ('big3', 3 << 20, b'c'),
+        ):
             with open(os.path.join(self.work, name), 'wb') as f:
                 f.write((seed * 4096 + os.urandom(4096)) * (size // 8192) + seed * (size % 8192))
         os.chmod(os.path.join(self.work, 'big'), 0o604)
@@ -86,6 +105,7 @@ class CopyLarge(unittest.TestCase):
                     {
                         'big': os.path.join(self.work, 'big'),
                         'big2': os.path.join(self.work, 'big2'),
+                        'big3': os.path.join(self.work, 'big3'),
                         'out': out,
                         'label': label,
                     }
@@ -114,8 +134,9 @@ class CopyLarge(unittest.TestCase):
             self.assertEqual(a, b, 'result %d differs' % (i + 1))
         self.assertEqual(stock_files, files)
         self.assertFalse(any('.spindle-copy-' in line for line in files), files)
-        # new, changed, preserve and become were streamed (the unchanged one sent nothing)
-        self.assertGreaterEqual(log.count('SPINDLE copy in one call (copy)'), 4, log[-3000:])
+        # new, same size (other content), changed, preserve and become were streamed (the
+        # unchanged one sent nothing)
+        self.assertGreaterEqual(log.count('SPINDLE copy in one call (copy)'), 5, log[-3000:])
         self.assertIn('SPINDLE copy in one call (file)', log)
         self.assertNotIn('.source.bin', log.split('TASK [no dir]')[0])
 

@@ -72,11 +72,15 @@ def _owner_id(value, db, what):
 
 
 class Put(object):
-    """One put_file transfer, driven by the frame-reading thread."""
+    """One put_file transfer, driven by the frame-reading thread. The reply carries the
+    content's digests (`digests`, of PUT_DIGESTS; sha256 when not given), taken while it is
+    received; asked for explicitly, they are also remembered for the module runner (DIGESTS).
+    `sync: false` skips the fsync (a file staged for a module that moves it: stock's transfer
+    does not sync either)."""
 
     def __init__(self, call):
         self.fd, self.tmp, self.error = None, None, None
-        self.digest, self.received = hashlib.sha256(), 0
+        self.digest, self.received = None, 0
         try:
             self.path = call.get("path")
             if not isinstance(self.path, str) or not self.path:
@@ -84,6 +88,13 @@ class Put(object):
             self.size, mode = call.get("size"), call.get("mode")
             if self.size is not None and (not isinstance(self.size, int) or self.size < 0):
                 raise AgentError("bad_request", "size must be a non-negative integer")
+            names = call.get("digests")
+            self.remember = names is not None
+            if names is None:
+                names = ["sha256"]
+            if not isinstance(names, list) or not all(n in PUT_DIGESTS for n in names):
+                raise AgentError("bad_request", "digests must be a list of %s" % ", ".join(PUT_DIGESTS))
+            self.sync = call.get("sync", True) is not False
             if mode is not None and (not isinstance(mode, int) or not 0 <= mode <= 0o7777):
                 raise AgentError("bad_request", "mode must be an integer permission value")
             self.mode = (0o666 & ~UMASK) if mode is None else mode
@@ -91,6 +102,7 @@ class Put(object):
                 self.mode = mode & ~UMASK
             self.uid = _owner_id(call.get("owner"), pwd.getpwnam, "user")
             self.gid = _owner_id(call.get("group"), grp.getgrnam, "group")
+            self.digest = Hasher(names, (self.size or 0) >= HASH_THREAD_MIN)
             base = os.path.basename(self.path)
             try:
                 self.fd, self.tmp = tempfile.mkstemp(
@@ -104,6 +116,8 @@ class Put(object):
     def fail(self, exc):
         if self.error is None:
             self.error = exc
+        if self.digest is not None:
+            self.digest.close()
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -136,7 +150,8 @@ class Put(object):
             if self.uid != -1 or self.gid != -1:
                 os.fchown(self.fd, self.uid, self.gid)
             os.fchmod(self.fd, self.mode)  # after chown, which may clear set-id bits
-            os.fsync(self.fd)
+            if self.sync:
+                os.fsync(self.fd)
             os.close(self.fd)
             self.fd = None
             os.replace(self.tmp, self.path)
@@ -144,4 +159,9 @@ class Put(object):
         except OSError as exc:
             self.fail(os_error(exc))
             raise self.error
-        return {"path": self.path, "size": self.received, "sha256": self.digest.hexdigest()}
+        digests = self.digest.hexdigests()
+        if self.remember:
+            DIGESTS.record(self.path, digests)
+        reply = {"path": self.path, "size": self.received}
+        reply.update(digests)
+        return reply

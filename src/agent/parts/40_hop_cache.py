@@ -44,7 +44,7 @@ class CachePut(Put):
 
     def __init__(self, call):
         self.fd, self.tmp, self.error = None, None, None
-        self.digest, self.received = hashlib.sha256(), 0
+        self.digest, self.received = Hasher(["sha256"], False), 0
         self.sha, self.size = call.get("sha256"), call.get("size")
         try:
             if not (
@@ -66,7 +66,7 @@ class CachePut(Put):
     def finish(self):
         if self.error is None and self.received != self.size:
             self.fail(AgentError("io", "received %d bytes, declared size %d" % (self.received, self.size)))
-        if self.error is None and self.digest.hexdigest() != self.sha:
+        if self.error is None and self.digest.hexdigests().get("sha256") != self.sha:
             self.fail(AgentError("io", "content does not match sha256 %s" % self.sha))
         if self.error is not None:
             raise self.error

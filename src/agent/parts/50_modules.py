@@ -49,6 +49,7 @@ def modrun():
             raise AgentError("internal", "this agent was started without the module runner")
         mod = types.ModuleType("spindle_modrun")
         exec(compile(base64.b64decode(src), "<spindle-modrun>", "exec"), mod.__dict__)
+        mod.DIGESTS = DIGESTS  # what puts received, for AnsibleModule.digest_from_file
         _MODRUN.append(mod)
     return _MODRUN[0]
 
@@ -281,9 +282,14 @@ def op_copy_fast(chan, call_id, call):
     controller takes the stock flow) does not come inline: the first call answers {"outcome": "send"}
     when the content differs and `staged` (beside dest: the module's move is a rename) can be
     written; the controller then puts the file there (a stream at line rate) and calls again
-    with `prestaged`, which runs the module on it. The staged file never outlives the call."""
+    with `prestaged`, which runs the module on it. The staged file never outlives the call.
+    Its first call may come before the controller's checksum (`checksum` null, the source's
+    `size` given): a dest that is missing or of another size differs whatever the checksums;
+    one of the same size answers {"outcome": "checksum"} (call again with it)."""
     dest, follow = call.get("dest"), bool(call.get("follow"))
-    checksum, staged = call.get("checksum"), call.get("staged")
+    checksum, staged, size = call.get("checksum"), call.get("staged"), call.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        size = None
     big, prestaged = call.get("op") == "copy_stream", bool(call.get("prestaged"))
     copy_run, file_run = call.get("copy"), call.get("file")
     for run in (copy_run, file_run):  # keep both sets: the controller sent each once
@@ -293,8 +299,11 @@ def op_copy_fast(chan, call_id, call):
         data = base64.b64decode(call.get("data_b64") or "")
     except (TypeError, ValueError) as exc:
         raise AgentError("bad_request", "data_b64: %s" % exc)
+    by_size = checksum is None and big and not prestaged and size is not None
+    if not (isinstance(checksum, str) or by_size):
+        raise AgentError("bad_request", "copy_fast needs dest, checksum, staged, copy, file")
     if (
-        not all(isinstance(x, str) for x in (dest, checksum, staged))
+        not all(isinstance(x, str) for x in (dest, staged))
         or not isinstance(copy_run, dict)
         or not isinstance(file_run, dict)
     ):
@@ -308,10 +317,15 @@ def op_copy_fast(chan, call_id, call):
         return {"outcome": "stock"}
     remote = "1"  # what the action compares with when dest does not exist
     if st is not None and stat.S_ISREG(st.st_mode):
-        try:
-            remote = _sha1_of(path)
-        except OSError:
-            remote = ""
+        if size is not None and st.st_size != size:
+            remote = ""  # another size: the content differs (no need to read it)
+        elif checksum is None:
+            return {"outcome": "checksum"}
+        else:
+            try:
+                remote = _sha1_of(path)
+            except OSError:
+                remote = ""
     elif st is not None:
         remote = ""
     src = os.path.expanduser(staged)

@@ -1147,7 +1147,10 @@ class Connection(ConnectionBase):
         """One ``copy_fast`` call (see :mod:`spindle_ansible.copyfast`): ``copy_run`` and
         ``file_run`` are captured ``(cmd, in_data, spec)`` module invocations. Returns the
         agent's answer with ``output`` = the chosen module's (rc, stdout, stderr), or None
-        when this path does not apply (the caller runs the stock action)."""
+        when this path does not apply (the caller runs the stock action). For a streamed
+        ``source``, ``checksum`` may be a :class:`~spindle_ansible.copyfast.PendingChecksum`:
+        the first call decides by size, and its placeholder in the copy run's args is
+        replaced by the value before the module runs."""
         if self.cwd and self._mode() == 'local':
             return None  # (the stock action's module runs still go to the agent)
         spec = copy_run[2]  # the same task and connection built both (become included)
@@ -1164,29 +1167,54 @@ class Connection(ConnectionBase):
         for payload, run_blobs in plans:
             blobs.update(run_blobs)
             runs.append(dict((k, v) for k, v in payload.items() if k != 'op'))
+        pending = None if isinstance(checksum, str) else checksum
         payload = {
             'op': 'copy_fast',
             'dest': dest,
             'follow': follow,
-            'checksum': checksum,
+            'checksum': checksum if pending is None else None,
             'staged': staged,
             'copy': runs[0],
             'file': runs[1],
         }
+
+        def known():
+            # The controller's checksum, in the payload and in the copy run's args.
+            if pending is not None and payload['checksum'] is None:
+                value = pending.get()
+                payload['checksum'] = value
+                req = payload['copy'].get('req') or {}
+                if isinstance(req.get('params'), str):
+                    req['params'] = req['params'].replace(pending.placeholder, value)
+
         if source is None:
+            known()
             payload['data_b64'] = base64.b64encode(data).decode('ascii')
         else:
             # ``source`` is streamed to ``staged`` if the agent asks (an agent that does not
             # know the op refuses it: the stock action runs)
             payload['op'] = 'copy_stream'
+            payload['size'] = os.path.getsize(source)
         started = time.monotonic()
         try:
             r = call_with_blobs(self._client(), spec, payload, blobs)
+            if r.get('outcome') == 'checksum':
+                # dest has the source's size: the checksums decide
+                known()
+                r = call_with_blobs(self._client(), spec, payload, blobs)
             if r.get('outcome') == 'send':
-                # The content differs: stream it beside dest (as the task's user), then run
-                # the module on it.
-                self._client().put(copy_run[2], to_text(source), to_text(staged), mode=0o600)
+                # The content differs: stream it beside dest (as the task's user), its sha1 and
+                # md5 taken as it is received (the copy module's), then run the module on it.
+                self._client().put(
+                    copy_run[2],
+                    to_text(source),
+                    to_text(staged),
+                    mode=0o600,
+                    digests=['sha1', 'md5'],
+                    sync=False,
+                )
                 self._timing('put of %s' % source, started, spec)
+                known()
                 payload['prestaged'] = True
                 r = call_with_blobs(self._client(), spec, payload, blobs)
         except SpindleError as e:
