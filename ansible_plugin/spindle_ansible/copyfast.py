@@ -22,15 +22,24 @@ the agent takes the copy module's sha1 and md5 of the staged file while receivin
 (put ``digests``): no hashing stands between the bytes and the module's result.
 """
 
+import base64
 import os
 import posixpath
 import stat
 import threading
+import time
 import uuid
 
 from ansible.errors import AnsibleFileNotFound
+from ansible.module_utils.common.text.converters import to_text
 from ansible.module_utils.parsing.convert_bool import boolean
+from ansible.utils.display import Display
 from ansible.utils.hashing import checksum
+
+from spindle_ansible.client import SpindleError
+from spindle_ansible.modexec import Blobs, StockPath, call_with_blobs, for_interpreter, plan
+
+display = Display()
 
 #: Larger files are not sent inline: they are streamed (put, spliced on the controller) to a
 #: staging name beside dest between the call that compares checksums and the one that runs
@@ -211,3 +220,97 @@ def fast_copy_file(action, source_full, source_rel, content, content_tempfile, d
     result = {'diff': []}
     result.update(module_return)
     return result
+
+
+def agent_copy(conn, copy_run, file_run, dest, follow, sha1, staged, data, source=None):
+    """One ``copy_fast`` call (see :mod:`spindle_ansible.copyfast`): ``copy_run`` and
+    ``file_run`` are captured ``(cmd, in_data, spec)`` module invocations. Returns the
+    agent's answer with ``output`` = the chosen module's (rc, stdout, stderr), or None
+    when this path does not apply (the caller runs the stock action). For a streamed
+    ``source``, ``sha1`` (the local file's checksum) may be a :class:`PendingChecksum`:
+    the first call decides by size, and its placeholder in the copy run's args is
+    replaced by the value before the module runs."""
+    if conn.cwd and conn._mode() == 'local':
+        return None  # (the stock action's module runs still go to the agent)
+    spec = copy_run[2]  # the same task and connection built both (become included)
+    isolation = conn.get_option('spindle_task_isolation')
+    try:
+        plans = [plan(to_text(cmd), in_data, isolation) for cmd, in_data, _ in (copy_run, file_run)]
+    except StockPath:
+        return None  # the stock action runs the modules: exec_command says why
+    if None in plans or plans[0][0]['interpreter'] != plans[1][0]['interpreter']:
+        return None
+    spec = for_interpreter(spec, plans[0][0]['interpreter'])
+    blobs = Blobs()
+    runs = []
+    for payload, run_blobs in plans:
+        blobs.update(run_blobs)
+        runs.append(dict((k, v) for k, v in payload.items() if k != 'op'))
+    pending = None if isinstance(sha1, str) else sha1
+    payload = {
+        'op': 'copy_fast',
+        'dest': dest,
+        'follow': follow,
+        'checksum': sha1 if pending is None else None,
+        'staged': staged,
+        'copy': runs[0],
+        'file': runs[1],
+    }
+
+    def known():
+        # The controller's checksum, in the payload and in the copy run's args.
+        if pending is not None and payload['checksum'] is None:
+            value = pending.get()
+            payload['checksum'] = value
+            req = payload['copy'].get('req') or {}
+            if isinstance(req.get('params'), str):
+                req['params'] = req['params'].replace(pending.placeholder, value)
+
+    if source is None:
+        known()
+        payload['data_b64'] = base64.b64encode(data).decode('ascii')
+    else:
+        # ``source`` is streamed to ``staged`` if the agent asks (an agent that does not
+        # know the op refuses it: the stock action runs)
+        payload['op'] = 'copy_stream'
+        payload['size'] = os.path.getsize(source)
+    started = time.monotonic()
+    try:
+        r = call_with_blobs(conn._client(), spec, payload, blobs)
+        if r.get('outcome') == 'checksum':
+            # dest has the source's size: the checksums decide
+            known()
+            r = call_with_blobs(conn._client(), spec, payload, blobs)
+        if r.get('outcome') == 'send':
+            # The content differs: stream it beside dest (as the task's user), its sha1 and
+            # md5 taken as it is received (the copy module's), then run the module on it.
+            conn._client().put(
+                copy_run[2],
+                to_text(source),
+                to_text(staged),
+                mode=0o600,
+                digests=['sha1', 'md5'],
+                sync=False,
+            )
+            conn._timing('put of %s' % source, started, spec)
+            known()
+            payload['prestaged'] = True
+            r = call_with_blobs(conn._client(), spec, payload, blobs)
+    except SpindleError as e:
+        if e.kind == 'become_failed':
+            output = conn._become_command_output(e)
+            if output is not None and conn._become_password_failure(e, output) is None:
+                return None  # the stock action runs the module: it reports as stock does
+            raise conn._become_failure(e) from None
+        if e.kind == 'remote' and "unknown op 'copy_stream'" in (e.message or ''):
+            display.vvv(
+                "SPINDLE the agent (an older spindle binary) cannot stream a large "
+                "copy: Ansible's copy action runs",
+                host=conn._play_context.remote_addr,
+            )
+            return None
+        raise conn._failure(e, 'copy') from None
+    conn._timing('copy in one call (%s)' % r.get('outcome'), started, spec)
+    if r.get('outcome') in ('copy', 'file'):
+        r['output'] = (r['rc'], base64.b64decode(r['stdout_b64']), base64.b64decode(r['stderr_b64']))
+    return r

@@ -28,7 +28,23 @@ run from a file too), ``spindle_task_isolation: off``, and a module file over
 :data:`MAX_MODULE`.
 """
 
+import base64
+import hashlib
 import os
+import stat
+
+from ansible.errors import AnsibleConnectionFailure, AnsibleError
+from ansible.module_utils.common.text.converters import to_bytes, to_text
+from ansible.utils.display import Display
+
+from spindle_ansible.ansiballz import split_module_command
+from spindle_ansible.modexec import Blobs, call_with_blobs
+
+display = Display()
+
+#: Commands Ansible runs on its temp dir's files around a module run from files (chmod u+x,
+#: the setfacl/chown/chgrp attempts for an unprivileged become user, rm).
+_TMP_TOOLS = frozenset(('chmod', 'chown', 'chgrp', 'setfacl', 'chflags', 'rm'))
 
 #: Module styles Ansible runs from files (ansible/executor/module_common.py).
 FILE_STYLES = ('old', 'non_native_want_json', 'binary')
@@ -139,3 +155,83 @@ class Scope(object):
                 conn._shell.tmpdir = None  # nothing to remove: the agent removed the dir
         if self.reason is not None and getattr(conn, '_spindle_file_reason', None) == self.reason:
             conn._spindle_file_reason = None
+
+
+# -- in the connection: the files kept, the commands answered, the run ------------------------
+
+
+def keep_file(conn, pending, in_path, out_path):
+    """A transfer into the placeholder dir: kept here, written by the agent."""
+    name = to_text(out_path)[len(pending['tmp']) + 1 :]
+    if not name or '/' in name or pending['ran']:
+        raise AnsibleError("spindle: unexpected transfer to %s" % to_text(out_path))
+    b_in = to_bytes(in_path, errors='surrogate_or_strict')
+    with open(b_in, 'rb') as f:
+        data = f.read()
+    # as put_file gives it (the local file's mode, the local plugin's copyfile 0666), less
+    # the target's umask, plus Ansible's chmod u+x (both done by the agent)
+    mode = 0o666 if conn._mode() == 'local' else stat.S_IMODE(os.stat(b_in).st_mode) & 0o777
+    pending['files'][name] = (data, mode)
+    display.vvv(
+        "SPINDLE kept %s for the module's run in the agent" % name, host=conn._play_context.remote_addr
+    )
+
+
+def step(pending, cmd):
+    """``tool`` for a command on the placeholder dir's files that the agent's run does
+    itself (Ansible's chmod u+x, its setfacl/chown attempts when becoming an
+    unprivileged user, rm), ``run`` for the module's command."""
+    try:
+        _env, argv = split_module_command(cmd)
+    except ValueError:
+        argv = []
+    if argv and os.path.basename(argv[0]) in _TMP_TOOLS:
+        return 'tool'
+    prefix = pending['tmp'] + '/'
+    names = [n for n in pending['files'] if n != 'args']
+    if pending['ran'] or not names or not any(w == prefix + n for w in argv for n in names):
+        raise AnsibleError(
+            "spindle: a command on the temp dir of an old-style, WANT_JSON or binary module "
+            "that spindle does not know how to run: %s" % cmd
+        )
+    return 'run'
+
+
+def run(conn, pending, spec, cmd, cwd, login_shell, tty):
+    """The module's command run in the agent, in the private temp dir it makes, fills and
+    removes (one call): ``(rc, stdout, stderr)``."""
+    pending['ran'] = True
+    manifest, blobs, files = {}, {}, []
+    for name, (data, mode) in sorted(pending['files'].items()):
+        entry = {'name': name, 'mode': mode}
+        if name == 'args':  # per task: inline
+            entry['data_b64'] = base64.b64encode(data).decode('ascii')
+        else:  # module code: a blob, sent once per stream
+            sha = hashlib.sha256(data).hexdigest()
+            manifest[name] = entry['sha'] = sha
+            blobs[sha] = data
+        files.append(entry)
+    payload = {
+        'op': 'run_module',
+        'mode': 'fork',
+        'manifest': manifest,
+        'file': {
+            'tmp': pending['tmp'],
+            'base': pending['base'],
+            'name': pending['name'],
+            'shell': cmd,
+            'login_shell': login_shell,
+            'tty': tty,
+            'cwd': cwd,
+            'files': files,
+        },
+    }
+    r = call_with_blobs(conn._client(), spec, payload, Blobs.of(blobs))
+    if 'tmp_failed' in r:
+        raise AnsibleConnectionFailure(
+            'Failed to create temporary directory. In some cases, you may have been able to '
+            'authenticate and did not have permissions on the target directory. Consider '
+            'changing the remote tmp path in ansible.cfg to a path rooted in "/tmp", for more '
+            'error information use -vvv. spindle: %s' % r['tmp_failed']
+        )
+    return r['rc'], base64.b64decode(r['stdout_b64']), base64.b64decode(r['stderr_b64'])

@@ -480,10 +480,8 @@ DOCUMENTATION = """
             - name: ansible_spindle_socket
 """
 
-import base64
 import copy
 import getpass
-import hashlib
 import json
 import os
 import re
@@ -499,17 +497,12 @@ from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
 from spindle_ansible import compat, filemod
-from spindle_ansible.ansiballz import split_module_command
 from spindle_ansible.asyncrun import AsyncStock
 from spindle_ansible.client import Client, SpindleError
 from spindle_ansible.modexec import (
     StockPath,
-    Blobs,
-    call_with_blobs,
     file_module_reason,
-    for_interpreter,
     plain_program,
-    plan,
     run_async_in_agent,
     run_in_agent,
 )
@@ -526,9 +519,6 @@ UNREACHABLE_KINDS = frozenset(
 BOOT_PLACEHOLDER = '__SPINDLE_BOOT__'
 #: Wrapped commands remembered per connection (the last few tasks' commands).
 _BECOME_MEMORY = 16
-#: Commands Ansible runs on its temp dir's files around a module run from files (chmod u+x,
-#: the setfacl/chown/chgrp attempts for an unprivileged become user, rm).
-_TMP_TOOLS = frozenset(('chmod', 'chown', 'chgrp', 'setfacl', 'chflags', 'rm'))
 
 
 def _read_umask():
@@ -876,9 +866,9 @@ class Connection(ConnectionBase):
                     return ran
             pending = self._spindle_file
             if pending is not None and pending['tmp'] in to_text(cmd):
-                if self._file_module_step(pending, to_text(cmd)) == 'tool':
+                if filemod.step(pending, to_text(cmd)) == 'tool':
                     return 0, b'', b''  # chmod/setfacl/rm of the placeholder: the agent's job
-                ran = self._run_file_module(pending, spec, to_text(cmd), cwd, ssh and not escalate, tty)
+                ran = filemod.run(self, pending, spec, to_text(cmd), cwd, ssh and not escalate, tty)
                 self._timing('file module run in the agent', started, spec)
                 return self._as_ssh_tty(*ran) if tty_shape else ran
             try:
@@ -940,81 +930,6 @@ class Connection(ConnectionBase):
     def spindle_file_module_end(self, placeholder):
         if self._spindle_file is not None and self._spindle_file['tmp'] == placeholder:
             self._spindle_file = None
-
-    def _keep_file(self, pending, in_path, out_path):
-        """A transfer into the placeholder dir: kept here, written by the agent."""
-        name = to_text(out_path)[len(pending['tmp']) + 1 :]
-        if not name or '/' in name or pending['ran']:
-            raise AnsibleError("spindle: unexpected transfer to %s" % to_text(out_path))
-        b_in = to_bytes(in_path, errors='surrogate_or_strict')
-        with open(b_in, 'rb') as f:
-            data = f.read()
-        # as put_file gives it (the local file's mode, the local plugin's copyfile 0666), less
-        # the target's umask, plus Ansible's chmod u+x (both done by the agent)
-        mode = 0o666 if self._mode() == 'local' else stat.S_IMODE(os.stat(b_in).st_mode) & 0o777
-        pending['files'][name] = (data, mode)
-        display.vvv(
-            "SPINDLE kept %s for the module's run in the agent" % name, host=self._play_context.remote_addr
-        )
-
-    @staticmethod
-    def _file_module_step(pending, cmd):
-        """``tool`` for a command on the placeholder dir's files that the agent's run does
-        itself (Ansible's chmod u+x, its setfacl/chown attempts when becoming an
-        unprivileged user, rm), ``run`` for the module's command."""
-        try:
-            _env, argv = split_module_command(cmd)
-        except ValueError:
-            argv = []
-        if argv and os.path.basename(argv[0]) in _TMP_TOOLS:
-            return 'tool'
-        prefix = pending['tmp'] + '/'
-        names = [n for n in pending['files'] if n != 'args']
-        if pending['ran'] or not names or not any(w == prefix + n for w in argv for n in names):
-            raise AnsibleError(
-                "spindle: a command on the temp dir of an old-style, WANT_JSON or binary module "
-                "that spindle does not know how to run: %s" % cmd
-            )
-        return 'run'
-
-    def _run_file_module(self, pending, spec, cmd, cwd, login_shell, tty):
-        """The module's command run in the agent, in the private temp dir it makes, fills and
-        removes (one call): ``(rc, stdout, stderr)``."""
-        pending['ran'] = True
-        manifest, blobs, files = {}, {}, []
-        for name, (data, mode) in sorted(pending['files'].items()):
-            entry = {'name': name, 'mode': mode}
-            if name == 'args':  # per task: inline
-                entry['data_b64'] = base64.b64encode(data).decode('ascii')
-            else:  # module code: a blob, sent once per stream
-                sha = hashlib.sha256(data).hexdigest()
-                manifest[name] = entry['sha'] = sha
-                blobs[sha] = data
-            files.append(entry)
-        payload = {
-            'op': 'run_module',
-            'mode': 'fork',
-            'manifest': manifest,
-            'file': {
-                'tmp': pending['tmp'],
-                'base': pending['base'],
-                'name': pending['name'],
-                'shell': cmd,
-                'login_shell': login_shell,
-                'tty': tty,
-                'cwd': cwd,
-                'files': files,
-            },
-        }
-        r = call_with_blobs(self._client(), spec, payload, Blobs.of(blobs))
-        if 'tmp_failed' in r:
-            raise AnsibleConnectionFailure(
-                'Failed to create temporary directory. In some cases, you may have been able to '
-                'authenticate and did not have permissions on the target directory. Consider '
-                'changing the remote tmp path in ansible.cfg to a path rooted in "/tmp", for more '
-                'error information use -vvv. spindle: %s' % r['tmp_failed']
-            )
-        return r['rc'], base64.b64decode(r['stdout_b64']), base64.b64decode(r['stderr_b64'])
 
     def _engine_argv(self, *words):
         """``<engine> [extra args] WORDS...`` for this docker/podman host."""
@@ -1144,97 +1059,10 @@ class Connection(ConnectionBase):
         return copyfast.VIA_INLINE if self._spec().via else copyfast.MAX_INLINE
 
     def spindle_copy_fast(self, copy_run, file_run, dest, follow, checksum, staged, data, source=None):
-        """One ``copy_fast`` call (see :mod:`spindle_ansible.copyfast`): ``copy_run`` and
-        ``file_run`` are captured ``(cmd, in_data, spec)`` module invocations. Returns the
-        agent's answer with ``output`` = the chosen module's (rc, stdout, stderr), or None
-        when this path does not apply (the caller runs the stock action). For a streamed
-        ``source``, ``checksum`` may be a :class:`~spindle_ansible.copyfast.PendingChecksum`:
-        the first call decides by size, and its placeholder in the copy run's args is
-        replaced by the value before the module runs."""
-        if self.cwd and self._mode() == 'local':
-            return None  # (the stock action's module runs still go to the agent)
-        spec = copy_run[2]  # the same task and connection built both (become included)
-        isolation = self.get_option('spindle_task_isolation')
-        try:
-            plans = [plan(to_text(cmd), in_data, isolation) for cmd, in_data, _ in (copy_run, file_run)]
-        except StockPath:
-            return None  # the stock action runs the modules: exec_command says why
-        if None in plans or plans[0][0]['interpreter'] != plans[1][0]['interpreter']:
-            return None
-        spec = for_interpreter(spec, plans[0][0]['interpreter'])
-        blobs = Blobs()
-        runs = []
-        for payload, run_blobs in plans:
-            blobs.update(run_blobs)
-            runs.append(dict((k, v) for k, v in payload.items() if k != 'op'))
-        pending = None if isinstance(checksum, str) else checksum
-        payload = {
-            'op': 'copy_fast',
-            'dest': dest,
-            'follow': follow,
-            'checksum': checksum if pending is None else None,
-            'staged': staged,
-            'copy': runs[0],
-            'file': runs[1],
-        }
+        """One ``copy_fast`` call: :func:`spindle_ansible.copyfast.agent_copy`."""
+        from spindle_ansible import copyfast
 
-        def known():
-            # The controller's checksum, in the payload and in the copy run's args.
-            if pending is not None and payload['checksum'] is None:
-                value = pending.get()
-                payload['checksum'] = value
-                req = payload['copy'].get('req') or {}
-                if isinstance(req.get('params'), str):
-                    req['params'] = req['params'].replace(pending.placeholder, value)
-
-        if source is None:
-            known()
-            payload['data_b64'] = base64.b64encode(data).decode('ascii')
-        else:
-            # ``source`` is streamed to ``staged`` if the agent asks (an agent that does not
-            # know the op refuses it: the stock action runs)
-            payload['op'] = 'copy_stream'
-            payload['size'] = os.path.getsize(source)
-        started = time.monotonic()
-        try:
-            r = call_with_blobs(self._client(), spec, payload, blobs)
-            if r.get('outcome') == 'checksum':
-                # dest has the source's size: the checksums decide
-                known()
-                r = call_with_blobs(self._client(), spec, payload, blobs)
-            if r.get('outcome') == 'send':
-                # The content differs: stream it beside dest (as the task's user), its sha1 and
-                # md5 taken as it is received (the copy module's), then run the module on it.
-                self._client().put(
-                    copy_run[2],
-                    to_text(source),
-                    to_text(staged),
-                    mode=0o600,
-                    digests=['sha1', 'md5'],
-                    sync=False,
-                )
-                self._timing('put of %s' % source, started, spec)
-                known()
-                payload['prestaged'] = True
-                r = call_with_blobs(self._client(), spec, payload, blobs)
-        except SpindleError as e:
-            if e.kind == 'become_failed':
-                output = self._become_command_output(e)
-                if output is not None and self._become_password_failure(e, output) is None:
-                    return None  # the stock action runs the module: it reports as stock does
-                raise self._become_failure(e) from None
-            if e.kind == 'remote' and "unknown op 'copy_stream'" in (e.message or ''):
-                display.vvv(
-                    "SPINDLE the agent (an older spindle binary) cannot stream a large "
-                    "copy: Ansible's copy action runs",
-                    host=self._play_context.remote_addr,
-                )
-                return None
-            raise self._failure(e, 'copy') from None
-        self._timing('copy in one call (%s)' % r.get('outcome'), started, spec)
-        if r.get('outcome') in ('copy', 'file'):
-            r['output'] = (r['rc'], base64.b64decode(r['stdout_b64']), base64.b64decode(r['stderr_b64']))
-        return r
+        return copyfast.agent_copy(self, copy_run, file_run, dest, follow, checksum, staged, data, source)
 
     def _stock_path(self, spec, reason):
         """A module that runs on Ansible's stock command path (a new Python per task): said
@@ -1275,7 +1103,7 @@ class Connection(ConnectionBase):
         super(Connection, self).put_file(in_path, out_path)
         pending = self._spindle_file
         if pending is not None and to_text(out_path).startswith(pending['tmp'] + '/'):
-            return self._keep_file(pending, in_path, out_path)
+            return filemod.keep_file(self, pending, in_path, out_path)
         display.vvv("SPINDLE PUT %s TO %s" % (in_path, out_path), host=self._play_context.remote_addr)
         if not os.path.exists(to_bytes(in_path, errors='surrogate_or_strict')):
             raise AnsibleFileNotFound("file or module does not exist: %s" % to_text(in_path))
