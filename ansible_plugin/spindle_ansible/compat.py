@@ -133,6 +133,18 @@ def _shape(name):
     return missing
 
 
+#: Every patch this module applies (each named in its section below).
+PATCHES = ('loader-routing', 'copy-fast-path', 'become-wrap', 'async-execute-module', 'file-module')
+
+
+def prime():
+    """Decide every patch in the controller process, before Ansible forks a worker per task:
+    the workers inherit the answers (no signature inspection per task, ~0.5 ms) and a
+    version warning is said once per run, not once per task."""
+    for name in PATCHES:
+        applies(name)
+
+
 def applies(name):
     """Whether patch ``name`` is applied here (decided, and warned about, once)."""
     if name in _checked:

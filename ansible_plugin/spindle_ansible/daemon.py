@@ -514,7 +514,7 @@ def ensure_daemon():
     """The socket path of a running daemon: the user's (SPINDLE_SOCKET), else the persistent
     one, else a private one (module doc)."""
     global _daemon, _exported, _at_exit
-    from spindle_ansible import modexec
+    from spindle_ansible import compat, modexec
 
     run_id()
     given = os.environ.get('SPINDLE_SOCKET')
@@ -557,6 +557,7 @@ def ensure_daemon():
         display.vv("spindle: daemon pid %d on %s" % (_daemon.proc.pid, sock))
     modexec.prime_core_hashes()  # before the workers fork (warm mode compares module_utils)
     modexec.prime_worker_imports()
+    compat.prime()
     _exported = sock
     os.environ['SPINDLE_SOCKET'] = sock
     return sock

@@ -72,7 +72,10 @@ HOP_TRANSPORTS['containers.podman.podman'] = 'podman'
 
 def proxy_jump(*arg_strings):
     """The ProxyJump destination named in ssh argument strings (``-J x``, ``-Jx``,
-    ``-o ProxyJump=x``, ``-oProxyJump x``), or None, and the arguments without it."""
+    ``-o ProxyJump=x``, ``-oProxyJump x``), or None, and the arguments without it (each
+    string as it was when it names none: shlex, slow, runs only when one might)."""
+    if not any(s and ('-J' in s or 'proxyjump' in s.lower()) for s in arg_strings):
+        return None, list(arg_strings)
     found, kept = None, []
     for s in arg_strings:
         words = shlex.split(s) if s else []
