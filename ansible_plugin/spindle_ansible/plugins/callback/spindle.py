@@ -41,7 +41,7 @@ import os
 from ansible.errors import AnsibleError
 from ansible.plugins.callback import CallbackBase
 
-from spindle_ansible import paths
+from spindle_ansible import paths, plancache
 from spindle_ansible.daemon import ensure_daemon
 from spindle_ansible.routing import LoaderPatch
 
@@ -76,6 +76,13 @@ class CallbackModule(CallbackBase):
             self._patch = LoaderPatch().apply()
             self._socket = socket_path
             self._before = paths.snapshot(socket_path)  # a daemon given by SPINDLE_SOCKET counts on
+
+    def v2_playbook_on_task_start(self, task, is_conditional):
+        # In the controller, before the task's workers fork: they inherit the module plans.
+        if self._patch is not None:
+            plancache.run_cache().preload()
+
+    v2_playbook_on_handler_task_start = v2_playbook_on_task_start
 
     def v2_playbook_on_stats(self, stats):
         if self._patch is not None:
