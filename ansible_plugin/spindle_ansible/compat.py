@@ -28,6 +28,17 @@ it relies on (attributes and signatures, checked before it is applied):
     args file), chmod and command then reach the connection, which runs them as one agent
     call (the agent makes the private dir, writes the files, runs the command, removes the
     dir: :mod:`spindle_ansible.filemod`) (:func:`route_file_module`).
+``module-token``
+    ansible-core 2.19+ builds a module's AnsiballZ zip once per run and then, for every task,
+    loads it from its cache (``module_common._CachedModule.load``) and writes it, base64 (some
+    580 KB for ``command``), into the task's wrapper, which spindle's plan then scans again.
+    While an action of a spindle connection builds a module it will pipeline (inside
+    ``_execute_module``, not async, files not kept), ``load`` hands ``modify_module`` a short
+    token in place of the zip and keeps the zip in this worker (:func:`token_zip`): the wrapper
+    is ~5 KB, everything else in it is Ansible's own. The plan reads the zip by its token; a
+    command that goes anywhere but the agent gets the wrapper with the zip put back first
+    (:func:`expand_token`, byte for byte what Ansible would have built). 2.18 has no such
+    cache object: there the patch is not applied, silently (:func:`install_module_token`).
 ``become-wrap``
     A become plugin's ``build_become_command`` is wrapped (per instance) to remember each
     command it wraps, so the connection runs the unwrapped command in a nested agent that
@@ -42,7 +53,10 @@ Ansible's internals.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import inspect
+import os
 import secrets
 
 from ansible.utils.display import Display
@@ -123,6 +137,20 @@ def _shape(name):
 
         if not callable(getattr(ShellBase, '_generate_temp_dir_name', None)):
             missing.append('ShellBase._generate_temp_dir_name()')
+    elif name == 'module-token':
+        from ansible.executor import module_common
+        from ansible.plugins.action import ActionBase
+
+        cached = getattr(module_common, '_CachedModule', None)
+        fields = [f.name for f in dataclasses.fields(cached)] if dataclasses.is_dataclass(cached) else []
+        if 'zip_data' not in fields or not callable(getattr(cached, 'load', None)):
+            missing.append('module_common._CachedModule(zip_data=...).load(path)')
+        if _params(getattr(ActionBase, '_is_pipelining_enabled', None)) != [
+            'self',
+            'module_style',
+            'wrap_async',
+        ]:
+            missing.append('ActionBase._is_pipelining_enabled(module_style, wrap_async)')
     elif name == 'become-wrap':
         from ansible.plugins.become import BecomeBase
 
@@ -134,7 +162,14 @@ def _shape(name):
 
 
 #: Every patch this module applies (each named in its section below).
-PATCHES = ('loader-routing', 'copy-fast-path', 'become-wrap', 'async-execute-module', 'file-module')
+PATCHES = (
+    'loader-routing',
+    'copy-fast-path',
+    'become-wrap',
+    'async-execute-module',
+    'file-module',
+    'module-token',
+)
 
 
 def prime():
@@ -142,7 +177,9 @@ def prime():
     the workers inherit the answers (no signature inspection per task, ~0.5 ms) and a
     version warning is said once per run, not once per task."""
     for name in PATCHES:
-        applies(name)
+        if name != 'module-token':
+            applies(name)
+    install_module_token()
 
 
 def applies(name):
@@ -468,10 +505,18 @@ def _file_execute_module(cls, self, *args, **kwargs):
 
 
 def _file_configure_module(cls, self, module_name, module_args, task_vars):
-    built = super(cls, self)._configure_module(
-        module_name=module_name, module_args=module_args, task_vars=task_vars
-    )
     scope = getattr(self, '_spindle_file_scope', None)
+    tokens = bool(_TOKENS['installed'] and scope is not None and not _TOKENS['active'])
+    if tokens:  # a module this _execute_module pipelines to the connection: see module-token
+        tokens = self._is_pipelining_enabled('new', scope.wrap_async)
+    _TOKENS['active'] = tokens or _TOKENS['active']
+    try:
+        built = super(cls, self)._configure_module(
+            module_name=module_name, module_args=module_args, task_vars=task_vars
+        )
+    finally:
+        if tokens:
+            _TOKENS['active'] = False
     if scope is not None:
         scope.configured(self, built)
     return built
@@ -524,3 +569,69 @@ def route_file_module(obj, connection):
         return obj
     obj.__class__ = file_module_class(type(obj))
     return obj
+
+
+# -- module-token -------------------------------------------------------------------------------
+
+#: What a wrapper carries in place of its zip: this prefix and 64 hex digits (base64 letters,
+#: so the wrapper's zip literal stays well formed).
+TOKEN_PREFIX = b'spindleZ'
+#: ``installed``: the load patch is in place (decided in the controller before the workers
+#: fork); ``active``: a module being built now gets a token; ``zips``: token -> the zip's
+#: base64 bytes, in this worker (a worker runs one task: a few entries at most).
+_TOKENS = {'installed': False, 'active': False, 'zips': {}}
+
+
+def install_module_token():
+    """Patch ``_CachedModule.load`` (once, in the controller: workers inherit it). Silent on
+    ansible-core 2.18, which has no such object (its cache holds the zip bytes alone)."""
+    if _TOKENS['installed']:
+        return
+    from ansible.executor import module_common
+
+    if core_version() == '2.18' and not hasattr(module_common, '_CachedModule'):
+        return
+    if not applies('module-token'):
+        return
+    cached = module_common._CachedModule
+    orig = cached.load.__func__
+
+    def load(cls, path):
+        module = orig(cls, path)
+        if not _TOKENS['active']:
+            return module
+        try:
+            st = os.stat(path)
+        except OSError:
+            return module
+        # The cache file is written once per run (renamed into place): its identity names
+        # its content for the rest of the run.
+        ident = '%s\0%d\0%d\0%d' % (path, st.st_ino, st.st_size, st.st_mtime_ns)
+        token = TOKEN_PREFIX + hashlib.sha256(ident.encode('utf-8', 'surrogateescape')).hexdigest().encode()
+        data = module.zip_data
+        _TOKENS['zips'][token] = data if isinstance(data, bytes) else str(data).encode('ascii')
+        return dataclasses.replace(module, zip_data=token)
+
+    load.spindle_token = True
+    cached.load = classmethod(load)
+    _TOKENS['installed'] = True
+
+
+def token_zip(literal):
+    """The zip (base64 bytes) a wrapper's zip literal stands for, if it is a token of this
+    worker's; None for anything else."""
+    if not literal.startswith(TOKEN_PREFIX):
+        return None
+    return _TOKENS['zips'].get(bytes(literal))
+
+
+def expand_token(in_data):
+    """``in_data`` as Ansible would have built it: a wrapper carrying a token gets its zip back
+    (for a command that goes anywhere but the agent). Anything else is returned as it is."""
+    if not in_data or not _TOKENS['zips'] or TOKEN_PREFIX not in in_data:
+        return in_data
+    for token, data in _TOKENS['zips'].items():
+        quoted = b"zip_data='" + token + b"'"
+        if quoted in in_data:
+            in_data = in_data.replace(quoted, b"zip_data='" + data + b"'")
+    return in_data

@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 import os
 
-from spindle_ansible import ansiballz, plancache
+from spindle_ansible import ansiballz, compat, plancache
 from spindle_ansible.client import SpindleError
 
 #: Modules that can re-launch themselves under another interpreter (``respawn_module``, when
@@ -224,7 +224,16 @@ def plan(cmd, in_data, isolation='warm', cwd=None, cache=None):
         raise StockPath('unrecognised AnsiballZ wrapper')
     name = str(meta.get('ansible_module') or '')
     zip_b64, zip_bytes = meta.pop('zip_b64', None), meta.pop('zip', None)
-    if zip_b64 is not None:
+    if zip_b64 is not None and zip_b64.startswith(compat.TOKEN_PREFIX):
+        # the zip this worker's Ansible would have put there (compat: module-token)
+        real = compat.token_zip(zip_b64)
+        if real is None:
+            raise StockPath('the module payload names a zip this worker does not hold')
+        key = 't' + zip_b64[len(compat.TOKEN_PREFIX) :].decode('ascii')
+
+        def unpack():
+            return ansiballz.unpack(base64.b64decode(real))
+    elif zip_b64 is not None:
         key = 'b' + hashlib.sha256(zip_b64).hexdigest()
 
         def unpack():

@@ -19,6 +19,43 @@ PKG = os.path.join(REPO, 'ansible_plugin')
 PATCHES = ('loader-routing', 'copy-fast-path', 'become-wrap', 'async-execute-module')
 
 
+TOKEN_SCRIPT = r"""
+import json, re, tempfile
+from ansible import constants as C
+C.DEFAULT_LOCAL_TMP = tempfile.mkdtemp(prefix='spindle-token-')
+from ansible.executor import module_common
+from ansible.parsing.dataloader import DataLoader
+from ansible.plugins.loader import init_plugin_loader, module_loader
+from ansible.template import Templar
+from spindle_ansible import compat, modexec
+from spindle_ansible.plancache import PlanCache
+
+init_plugin_loader()
+compat.install_module_token()
+out = {'installed': compat._TOKENS['installed']}
+if out['installed']:
+    path = module_loader.find_plugin_with_context('ansible.legacy.command').plugin_resolved_path
+
+    def build():
+        return module_common.modify_module(
+            module_name='ansible.legacy.command', module_path=path,
+            module_args={'_raw_params': 'hostname'}, templar=Templar(loader=DataLoader()),
+            task_vars={'ansible_python_interpreter': '/usr/bin/python3'}).b_module_data
+
+    build()
+    full = build()  # from the run's cache, no token
+    compat._TOKENS['active'] = True
+    tok = build()
+    compat._TOKENS['active'] = False
+    norm = lambda b: re.sub(rb'date_time=[^\n]*\n', b'', b)
+    out.update(small=len(tok) < 20000, big=len(full) > 100000,
+               equal=norm(compat.expand_token(tok)) == norm(full))
+    (a, ba), (b, bb) = [modexec.plan('/usr/bin/python3', d, cache=PlanCache(None)) for d in (tok, full)]
+    out['same_plan'] = a['manifest'] == b['manifest'] and all(ba.get(h) == bb.get(h) for h in bb.hashes())
+print(json.dumps([compat.core_version(), out]))
+"""
+
+
 def venvs():
     out = []
     for name in ('.venv', '.venv-2.18', '.venv-2.20', '.venv-2.21'):
@@ -67,6 +104,31 @@ class Compat(unittest.TestCase):
             self.assertEqual(shapes, {n: [] for n in PATCHES}, '%s (%s)' % (py, version))
             found.append(version)
         print('compat: shapes match on ansible-core %s' % ', '.join(found))
+        self.assertTrue(found)
+
+    def test_module_token_round_trips_on_every_installed_ansible_core(self):
+        # The wrapper built with a token is ~5 KB, gives the same plan (manifest, blob bytes) as
+        # the full one, and expand_token puts back exactly what Ansible builds (but the date).
+        found = []
+        for py in venvs():
+            p = subprocess.run(
+                [py, '-c', TOKEN_SCRIPT],
+                env=dict(os.environ, PYTHONPATH=PKG),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                universal_newlines=True,
+            )
+            self.assertEqual(p.returncode, 0, p.stdout)
+            import json
+
+            version, out = json.loads(p.stdout.strip().splitlines()[-1])
+            if version == '2.18':
+                self.assertEqual(out, {'installed': False}, py)  # no cached module object there
+                continue
+            want = {'installed': True, 'small': True, 'big': True, 'equal': True, 'same_plan': True}
+            self.assertEqual(out, want, '%s (%s)' % (py, version))
+            found.append(version)
+        print('compat: module-token round trips on ansible-core %s' % ', '.join(found))
         self.assertTrue(found)
 
     def test_verified_version_applies_silently(self):

@@ -896,12 +896,17 @@ class Connection(ConnectionBase):
                 self._timing('module run in the agent', started, spec)
                 return ran
             res = self._client().exec(
-                spec, shell=to_text(cmd), stdin=in_data, cwd=cwd, login_shell=ssh and not escalate, tty=tty
+                spec,
+                shell=to_text(cmd),
+                stdin=compat.expand_token(in_data),
+                cwd=cwd,
+                login_shell=ssh and not escalate,
+                tty=tty,
             )
         except SpindleError as e:
             self._timing('failed (%s)' % e.kind, started, spec)
             if e.kind == 'no_python' and self._mode() in PLAIN_EXEC_MODES:
-                return self._plain_exec(as_given, in_data)
+                return self._plain_exec(as_given, compat.expand_token(in_data))
             if e.kind == 'become_failed':
                 output = self._become_command_output(e)
                 if output is not None and self._become_password_failure(e, output) is None:
