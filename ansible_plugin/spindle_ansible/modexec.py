@@ -314,12 +314,16 @@ def for_interpreter(target, interpreter):
 def call_with_blobs(client, target, payload, blobs):
     """The daemon's ``call`` with code :class:`Blobs`: the daemon pushes to the target
     those its stream lacks; blobs the daemon itself lacks are uploaded once and the call
-    retried."""
+    retried. An agent that dropped code it was sent (its store is bounded) answers
+    ``missing_blobs`` before running anything; the daemon then forgets what it sent that
+    stream, and the call is made once more (the code goes with it)."""
     hashes = blobs.hashes()
     for attempt in (1, 2):
         try:
             return client.request('call', target, payload=payload, blobs=hashes)
         except SpindleError as e:
+            if attempt == 1 and e.kind == 'remote' and (e.message or '').startswith('missing_blobs:'):
+                continue
             if e.kind != 'missing_blobs' or attempt == 2:
                 raise
             for h in e.details.get('missing') or hashes:

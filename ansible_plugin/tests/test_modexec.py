@@ -127,24 +127,41 @@ class StockPathTests(unittest.TestCase):
         self.assertIn('isolation', str(e.exception))
 
 
+class CallWithBlobsTests(unittest.TestCase):
+    """modexec.call_with_blobs: code the daemon lacks is uploaded and the call retried; code
+    the agent dropped (bounded store: ``remote`` ``missing_blobs: ...``, nothing ran) makes
+    the call once more; anything else is raised at once."""
+
+    class Client(object):
+        def __init__(self, errors):
+            self.errors = list(errors)
+            self.calls = []
+
+        def request(self, op, target=None, **kw):
+            self.calls.append(op)
+            if op == 'call' and self.errors:
+                raise self.errors.pop(0)
+            return {'rc': 0}
+
+    def test_retries(self):
+        from spindle_ansible.client import SpindleError
+
+        blobs = modexec.Blobs.of({'h1': b'code'})
+        agent_dropped = SpindleError('remote', 'missing_blobs: blob h1 for m.py is not on the agent')
+        c = self.Client([agent_dropped])
+        self.assertEqual(modexec.call_with_blobs(c, None, {'op': 'run_module'}, blobs), {'rc': 0})
+        self.assertEqual(c.calls, ['call', 'call'])
+        c = self.Client([SpindleError('missing_blobs', 'x', details={'missing': ['h1']})])
+        modexec.call_with_blobs(c, None, {}, blobs)
+        self.assertEqual(c.calls, ['call', 'blob_put', 'call'])
+        c = self.Client([agent_dropped, agent_dropped])
+        with self.assertRaises(SpindleError):
+            modexec.call_with_blobs(c, None, {}, blobs)
+        c = self.Client([SpindleError('remote', 'io: disk full')])
+        with self.assertRaises(SpindleError):
+            modexec.call_with_blobs(c, None, {}, blobs)
+        self.assertEqual(c.calls, ['call'])
+
+
 if __name__ == '__main__':
     unittest.main()
-
-
-class BlobsTests(unittest.TestCase):
-    def test_hashes_at_once_bytes_when_asked_merged_runs(self):
-        loads = []
-
-        def load():
-            loads.append(1)
-            return {'a.py': b'A', 'b.py': b'B'}
-
-        lazy = modexec.Blobs(['ha', 'hb'], load, {'a.py': 'ha', 'b.py': 'hb'})
-        self.assertEqual(lazy.hashes(), ['ha', 'hb'])
-        self.assertEqual(loads, [], 'nothing unpacked for the hashes')
-        both = modexec.Blobs()
-        both.update(lazy)
-        both.update(modexec.Blobs.of({'hc': b'C'}))
-        self.assertEqual(both.hashes(), ['ha', 'hb', 'hc'])
-        self.assertEqual((both.get('hb'), both.get('hc'), both.get('hx')), (b'B', b'C', None))
-        self.assertEqual(loads, [1], 'unpacked once')

@@ -153,8 +153,9 @@ impl Router {
         } else if failed {
             let (kind, text) = agent_error(&body);
             if kind == "missing_blobs" {
-                // Its parent could not put in the code it named: send it again next time.
-                self.targets[t].sent_blobs.clear();
+                // The agent (or the parent that was to put the code in) no longer holds code
+                // it was sent (its store is bounded): send it again, up the chain, next time.
+                self.forget_sent_blobs(t);
             }
             api::error(c.id, ErrorKind::Remote, &label, &format!("{kind}: {text}"))
         } else if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
@@ -186,6 +187,21 @@ impl Router {
         };
         if let Some(client) = c.client {
             self.actions.push_back(Action::Reply(client, msg));
+        }
+    }
+
+    /// What `t` and the contexts above it were sent is forgotten: the next call that needs
+    /// code pushes it again.
+    fn forget_sent_blobs(&mut self, t: TargetId) {
+        let mut at = Some(t);
+        let mut hops = 0;
+        while let Some(x) = at.and_then(|i| self.targets.get_mut(i)) {
+            x.sent_blobs.clear();
+            at = x.parent;
+            hops += 1;
+            if hops > 64 {
+                break; // (chains are a few links deep: never loop on a reused slot)
+            }
         }
     }
 

@@ -24,6 +24,7 @@ pub const AGENT_PARTS: &[(&str, &str)] = &[
     part!("25_context_table.py"),
     part!("30_contexts.py"),
     part!("40_hop_cache.py"),
+    part!("48_blob_store.py"),
     part!("50_modules.py"),
     part!("60_main.py"),
 ];

@@ -3,38 +3,6 @@
 # namespace) by transport::bootstrap; see 00_channel.py.
 
 
-# ---- code blobs --------------------------------------------------------------------------
-
-
-class BlobStore(object):
-    """Code blobs (module and module_utils sources) by sha256 hex, kept for the agent's life,
-    and as they came (base64 of zlib) when packed, to pass on to nested contexts as they are.
-    Written by the dispatch thread only (dict operations are atomic for the readers)."""
-
-    def __init__(self):
-        self.plain = {}
-        self.packed = {}
-
-    def put(self, digest, data, packed=None):
-        self.plain[digest] = data
-        if packed is not None:
-            self.packed[digest] = packed
-
-    def get(self, digest):
-        return self.plain.get(digest)
-
-    def hashes(self):
-        return sorted(self.plain)
-
-    def for_child(self, refs):
-        """(packed, plain base64) of the blobs ``refs`` names; KeyError for one not held."""
-        packed = dict((h, self.packed[h]) for h in refs if h in self.packed)
-        plain = dict((h, base64.b64encode(self.plain[h]).decode("ascii")) for h in refs if h not in packed)
-        return packed, plain
-
-
-CODE = BlobStore()
-
 # ---- modules in the agent (src/agent/modrun.py, embedded by the controller as base64) ---
 
 _MODRUN = []
@@ -105,7 +73,9 @@ def _run_file_module(chan, call_id, call):
         if "sha" in f:
             data = CODE.get(f["sha"]) if f["sha"] in manifest.values() else None
             if data is None:
-                raise AgentError("bad_request", "blob %s for %s is not on the agent" % (f["sha"], f["name"]))
+                raise AgentError(
+                    "missing_blobs", "blob %s for %s is not on the agent" % (f["sha"], f["name"])
+                )
         else:
             try:
                 data = base64.b64decode(f.get("data_b64") or "")
@@ -238,7 +208,7 @@ def _run_module(call):
     for path, digest in manifest.items():
         data = CODE.get(digest)
         if data is None:
-            raise AgentError("bad_request", "blob %s for %s is not on the agent" % (digest, path))
+            raise AgentError("missing_blobs", "blob %s for %s is not on the agent" % (digest, path))
         files[path] = data
     out, err = TEMPLATE_STREAMS or (sys.__stdout__, sys.__stderr__)
     if "async" in call:  # an async task: a detached job, as Ansible's async_wrapper starts it

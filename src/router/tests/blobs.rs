@@ -230,3 +230,36 @@ fn code_for_a_host_behind_two_hops_crosses_each_link_once() {
     assert_eq!((calls[0].0.dst, calls[0].0.flags), (w2ctx, refs));
     assert_eq!(calls[0].1["blob_refs"], serde_json::json!([a]));
 }
+
+#[test]
+fn a_context_missing_code_makes_its_parents_send_it_again_too() {
+    // A become context's code comes by reference through its stream's agent; when the context
+    // says the code is not there (the parent's bounded store dropped it), both forget it.
+    let mut r = Router::new();
+    let now = Instant::now();
+    let ha = blob_put(&mut r, "import a\n");
+    let root = target(serde_json::json!({}));
+    let ctx = target(serde_json::json!({"become": sudo("app")}));
+    let s = ready(&mut r, &root, now);
+    let c = ready(&mut r, &ctx, now);
+    r.targets[s].sent_blobs.insert(ha.clone());
+    r.targets[c].sent_blobs.insert(ha.clone());
+    r.request(1, run_with(1, &ctx, &[&ha]), now);
+    written(&mut r, s);
+    let h = only_call(&r, c);
+    let err = br#"{"error": "missing_blobs", "message": "not there"}"#;
+    let cctx = r.targets[c].ctx;
+    frame_from(
+        &mut r,
+        s,
+        cctx,
+        Kind::Reply,
+        crate::proto::flags::ERROR,
+        h,
+        err,
+        now,
+    );
+    assert_eq!(only_error(&mut r, 1)["kind"], "remote");
+    assert!(r.targets[c].sent_blobs.is_empty());
+    assert!(r.targets[s].sent_blobs.is_empty(), "the parent forgets too");
+}
