@@ -71,7 +71,11 @@ def _run_file_module(chan, call_id, call):
         if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
             raise AgentError("bad_request", "run_module file: mode must be 0..0o7777")
         if "sha" in f:
-            data = CODE.get(f["sha"]) if f["sha"] in manifest.values() else None
+            if f["sha"] not in manifest.values():
+                raise AgentError(
+                    "bad_request", "run_module file %s: its sha is not in the manifest" % f["name"]
+                )
+            data = CODE.get(f["sha"])
             if data is None:
                 raise AgentError(
                     "missing_blobs", "blob %s for %s is not on the agent" % (f["sha"], f["name"])
