@@ -506,10 +506,15 @@ def _file_execute_module(cls, self, *args, **kwargs):
 
 def _file_configure_module(cls, self, module_name, module_args, task_vars):
     scope = getattr(self, '_spindle_file_scope', None)
-    tokens = bool(_TOKENS['installed'] and scope is not None and not _TOKENS['active'])
-    if tokens:  # a module this _execute_module pipelines to the connection: see module-token
-        tokens = self._is_pipelining_enabled('new', scope.wrap_async)
-    _TOKENS['active'] = tokens or _TOKENS['active']
+    # a module this _execute_module pipelines to the connection gets a token (module-token)
+    tokens = (
+        _TOKENS['installed']
+        and scope is not None
+        and not _TOKENS['active']
+        and self._is_pipelining_enabled('new', scope.wrap_async)
+    )
+    if tokens:
+        _TOKENS['active'] = True
     try:
         built = super(cls, self)._configure_module(
             module_name=module_name, module_args=module_args, task_vars=task_vars

@@ -56,6 +56,25 @@ print(json.dumps([compat.core_version(), out]))
 """
 
 
+def in_venvs(code):
+    """(python, last output line as JSON) of ``code`` run by each venv's Python."""
+    import json
+
+    out = []
+    for py in venvs():
+        p = subprocess.run(
+            [py, '-c', code],
+            env=dict(os.environ, PYTHONPATH=PKG),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            universal_newlines=True,
+        )
+        if p.returncode != 0:
+            raise AssertionError('%s: %s' % (py, p.stdout))
+        out.append((py, json.loads(p.stdout.strip().splitlines()[-1])))
+    return out
+
+
 def venvs():
     out = []
     for name in ('.venv', '.venv-2.18', '.venv-2.20', '.venv-2.21'):
@@ -88,18 +107,7 @@ class Compat(unittest.TestCase):
             'print(json.dumps([compat.core_version(), {n: compat._shape(n) for n in %r}]))' % (PATCHES,)
         )
         found = []
-        for py in venvs():
-            p = subprocess.run(
-                [py, '-c', code],
-                env=dict(os.environ, PYTHONPATH=PKG),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                universal_newlines=True,
-            )
-            self.assertEqual(p.returncode, 0, p.stdout)
-            import json
-
-            version, shapes = json.loads(p.stdout.strip().splitlines()[-1])
+        for py, (version, shapes) in in_venvs(code):
             self.assertIn(version, self.compat.VERIFIED, py)
             self.assertEqual(shapes, {n: [] for n in PATCHES}, '%s (%s)' % (py, version))
             found.append(version)
@@ -110,18 +118,7 @@ class Compat(unittest.TestCase):
         # The wrapper built with a token is ~5 KB, gives the same plan (manifest, blob bytes) as
         # the full one, and expand_token puts back exactly what Ansible builds (but the date).
         found = []
-        for py in venvs():
-            p = subprocess.run(
-                [py, '-c', TOKEN_SCRIPT],
-                env=dict(os.environ, PYTHONPATH=PKG),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                universal_newlines=True,
-            )
-            self.assertEqual(p.returncode, 0, p.stdout)
-            import json
-
-            version, out = json.loads(p.stdout.strip().splitlines()[-1])
+        for py, (version, out) in in_venvs(TOKEN_SCRIPT):
             if version == '2.18':
                 self.assertEqual(out, {'installed': False}, py)  # no cached module object there
                 continue

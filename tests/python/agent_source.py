@@ -19,6 +19,24 @@ def text():
     return "\n\n".join(out)
 
 
+def load_part(name):
+    """One part run alone, in a namespace with the stdlib modules the agent imports at its top
+    (00_channel.py), for unit tests of a part that needs nothing else of the agent."""
+    import base64, collections, hashlib, threading  # noqa: E401
+
+    ns = {
+        "base64": base64,
+        "collections": collections,
+        "hashlib": hashlib,
+        "os": os,
+        "threading": threading,
+    }
+    path = os.path.join(PARTS_DIR, name)
+    with open(path) as f:
+        exec(compile(f.read(), path, "exec"), ns)
+    return ns
+
+
 if __name__ == "__main__":  # `make lint` checks the joined source (ruff check -)
     import sys
 

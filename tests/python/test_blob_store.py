@@ -4,22 +4,18 @@ runs anything (the daemon then sends the code again: tests in src/router/tests/b
 ansible_plugin/tests/test_modexec.py)."""
 
 import base64
-import collections
 import hashlib
 import os
-import threading
 import unittest
 from unittest import mock
 
-from test_agent import ROOT, AgentProc
+import agent_source
+from test_agent import AgentProc
 from wire import HELLO
 
 
 def load_store():
-    ns = {'base64': base64, 'collections': collections, 'os': os, 'threading': threading}
-    with open(os.path.join(ROOT, 'src', 'agent', 'parts', '48_blob_store.py')) as f:
-        exec(compile(f.read(), '48_blob_store.py', 'exec'), ns)
-    return ns
+    return agent_source.load_part('48_blob_store.py')
 
 
 class BlobStoreBound(unittest.TestCase):

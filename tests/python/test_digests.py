@@ -2,26 +2,21 @@
 22_digests.py), the memo the module runner's AnsibleModule.digest_from_file reads them from
 (src/agent/modrun.py), and copy_stream deciding by size before the controller's checksum."""
 
-import collections
 import hashlib
 import os
 import shutil
 import tempfile
-import threading
 import types
 import unittest
 
-from test_agent import ROOT, AgentProc, encode
+import agent_source
+from test_agent import AgentProc, encode
 from wire import DATA, EOF, ERROR, HELLO
 from test_modrun_fork import load_modrun
 
 
 def load_digests():
-    """The agent part alone, in a namespace with the imports it uses."""
-    ns = {'collections': collections, 'hashlib': hashlib, 'os': os, 'threading': threading}
-    with open(os.path.join(ROOT, 'src', 'agent', 'parts', '22_digests.py')) as f:
-        exec(compile(f.read(), '22_digests.py', 'exec'), ns)
-    return ns
+    return agent_source.load_part('22_digests.py')
 
 
 class PutDigests(unittest.TestCase):
