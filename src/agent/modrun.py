@@ -49,10 +49,12 @@ ROOT = os.path.join(tempfile.gettempdir(), 'ansible_spindle_payload_ram', 'ansib
 class Payload(object):
     """The files of one AnsiballZ zip, served from RAM under a virtual (non-existent) path."""
 
-    def __init__(self, files, root):
+    def __init__(self, files, root, shas=None):
         self.files = files  # 'ansible/module_utils/basic.py' -> bytes
         self.root = root  # virtual "zip" path, like /tmp/ansible_x_payload_y/ansible_x_payload.zip
-        self.shas = {}
+        # rel -> sha256 hex: the agent's manifest already names each file's (checked when the
+        # blob was stored), so a warm run does not hash its kept module_utils again
+        self.shas = dict(shas) if shas else {}
 
     def sha(self, rel):
         s = self.shas.get(rel)
@@ -653,16 +655,17 @@ def _payload_on_disk(req, files):
     return top, path
 
 
-def run(req, files, mode='inproc', template_out=None, template_err=None, core=(), disk=False):
+def run(req, files, mode='inproc', template_out=None, template_err=None, core=(), disk=False, shas=None):
     """Run one module.  ``mode``: 'inproc' (in this process, state restored, every payload
     module unloaded), 'warm' (same, but ansible-core's own module_utils listed in ``core`` stay
     loaded between runs), or 'fork' (in a forked child). The caller serialises in-process
     runs; a fork may run alongside one: its child first restores the state that run saved.
     ``disk``: the module may re-execute itself (respawn): it runs forked with its payload in
-    a private temp directory, as stock's wrapper has it, removed when it ends."""
+    a private temp directory, as stock's wrapper has it, removed when it ends. ``shas``: the
+    sha256 hex of each file, when the caller knows them."""
     template_out = template_out or sys.__stdout__
     template_err = template_err or sys.__stderr__
-    payload = Payload(files, ROOT)
+    payload = Payload(files, ROOT, shas)
     out_fd, err_fd = _capture_file(), _capture_file()
     t0 = time.perf_counter()
     top = None

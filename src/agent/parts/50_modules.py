@@ -221,13 +221,13 @@ def _run_module(call):
         r = modrun().run(req, files, "fork", out, err, core, disk=True)
     elif mode != "fork" and MODULE_LOCK.acquire(False):
         try:
-            r = modrun().run(req, files, mode, out, err, core)
+            r = modrun().run(req, files, mode, out, err, core, shas=manifest)
         finally:
             MODULE_LOCK.release()
     else:
         # Asked to fork, or another module runs in this process now (tasks of several hosts
         # delegated to one): in a forked child, alongside it, as stock runs them in parallel.
-        r = modrun().run(req, files, "fork", out, err, core)
+        r = modrun().run(req, files, "fork", out, err, core, shas=manifest)
     return {
         "rc": r["rc"],
         "stdout_b64": base64.b64encode(r["stdout"]).decode("ascii"),
