@@ -9,6 +9,7 @@ the checks behind `bench/run --check` / `--verify`.
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -71,6 +72,104 @@ def _by(runs):
     for r in runs:
         d[(r['workload'], r['hosts'], r.get('rtt_ms'), r['mode'])] = r
     return d
+
+
+def _is_num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _median_of(values):
+    """Records merged key by key: numbers by their median, anything else the first run's."""
+    first = values[0]
+    if isinstance(first, dict):
+        out = {}
+        for k in first:
+            vs = [v[k] for v in values if isinstance(v, dict) and k in v]
+            out[k] = _median_of(vs) if len(vs) == len(values) else first[k]
+        return out
+    if all(_is_num(v) for v in values):
+        return first if all(v == first for v in values) else statistics.median(values)
+    return first
+
+
+#: The figures whose spread (min, max over a cell's repeated runs) the report shows.
+SPREAD = ('wall_s', 'controller.cpu_s', 'bigcopy.fraction_of_line_rate')
+
+
+def merge_repeats(runs):
+    """One record per cell and mode. With ``bench/run --repeat N`` each cell's modes run N
+    times, interleaved; a merged record's figures are the medians of the runs that succeeded
+    (``repeats``: how many, ``repeats_failed``; ``spread``: min and max of :data:`SPREAD`).
+    A cell whose every run failed keeps its first run, so the tables say "failed"."""
+    groups = {}
+    for r in runs:
+        groups.setdefault((r['workload'], r['hosts'], r.get('rtt_ms'), r['mode']), []).append(r)
+    merged = []
+    for group in groups.values():
+        ok = [r for r in group if r.get('status') == 'ok']
+        if len(ok) <= 1:
+            rec = dict(ok[0] if ok else group[0])
+        else:
+            rec = _median_of(ok)
+            rec['spread'] = {}
+            for path in SPREAD:
+                vs = [_get(r, path) for r in ok]
+                if all(_is_num(v) for v in vs):
+                    rec['spread'][path] = [min(vs), max(vs)]
+        rec['repeats'] = len(ok)
+        rec['repeats_failed'] = len(group) - len(ok)
+        merged.append(rec)
+    return merged
+
+
+def repeats_note(runs):
+    """What each figure stands for (``runs`` merged): one run, or the median of several."""
+    most = max([r.get('repeats', 1) for r in runs] or [1])
+    if most <= 1:
+        return 'Other work on the machine shares the same CPUs: figures are noisy, one run per cell.'
+    return (
+        'Other work on the machine shares the same CPUs: each figure is the median of up to %d '
+        'runs of its cell (`--repeat %d`, the modes interleaved: run 1 of every mode, then run 2, '
+        '...); "Spread over the repeats" shows how far apart the runs were.' % (most, most)
+    )
+
+
+def spread_table(runs):
+    """Min-max of wall time and controller CPU per cell and mode, for repeated cells."""
+    if not any(r.get('spread') for r in runs):
+        return []
+    by = _by(runs)
+    modes = _modes(runs)
+    lines = [
+        '### Spread over the repeats (min-max of wall s / controller CPU s, runs that succeeded)',
+        '',
+        '| workload | hosts | link | ' + ' | '.join(modes) + ' |',
+        '|---|---:|---|' + '---:|' * len(modes),
+    ]
+    for w, h, rtt in _cells(runs):
+        row = []
+        for m in modes:
+            r = by.get((w, h, rtt, m)) or {}
+            sp = r.get('spread') or {}
+            if 'wall_s' not in sp:
+                row.append('')
+                continue
+            cpu = sp.get('controller.cpu_s') or [None, None]
+            failed = r.get('repeats_failed')
+            row.append(
+                '%s-%s / %s-%s (%d runs%s)'
+                % (
+                    _num(sp['wall_s'][0]),
+                    _num(sp['wall_s'][1]),
+                    _num(cpu[0]),
+                    _num(cpu[1]),
+                    r['repeats'],
+                    ', %d failed' % failed if failed else '',
+                )
+            )
+        lines.append('| %s | %d | %s | %s |' % (w, h, _link({'rtt_ms': rtt}), ' | '.join(row)))
+    lines.append('')
+    return lines
 
 
 def _num(v, unit=''):
@@ -454,7 +553,8 @@ def where_lines(meta):
 def write_report(out):
     res = load(out)
     meta = res['meta']
-    runs = res['runs']
+    raw = res['runs']
+    runs = merge_repeats(raw)
     made = plots(out, runs)
     L = ['# spindle bench: suite `%s`' % meta['suite'], '']
     L.append(
@@ -473,7 +573,7 @@ def write_report(out):
     L.append('')
     L += where_lines(meta)
     L.append('')
-    L.append('Other work on the machine shares the same CPUs: figures are noisy, one run per cell.')
+    L.append(repeats_note(runs))
     L.append('')
     L.append('## Modes')
     L.append('')
@@ -511,6 +611,7 @@ def write_report(out):
     L += speedup_table(runs)
     L += floor_table(runs)
     L += table(runs, 'wall_s', 'Wall time (s)')
+    L += spread_table(runs)
     L += table(
         runs,
         'controller.cpu_s',
@@ -563,7 +664,7 @@ def write_report(out):
     )
     L += latency_table(runs)
     L += spindle_table(runs)
-    failed = [r for r in runs if r.get('status') != 'ok']
+    failed = [r for r in raw if r.get('status') != 'ok']
     if failed:
         L.append('### Failed runs')
         L.append('')
@@ -623,11 +724,12 @@ def write_report(out):
 def figures(out):
     """A compact markdown summary (what bench/README.md's "Latest figures" shows)."""
     res = load(out)
-    runs, meta = res['runs'], res['meta']
+    runs, meta = merge_repeats(res['runs']), res['meta']
     by = _by(runs)
     modes = _modes(runs)
+    most = max([r.get('repeats', 1) for r in runs] or [1])
     L = [
-        'Suite `%s`, %s, %.0f s, load average %s at start, fleet `%s`, controller `%s`%s; one run per cell.'
+        'Suite `%s`, %s, %.0f s, load average %s at start, fleet `%s`, controller `%s`%s; %s.'
         % (
             meta['suite'],
             meta.get('started'),
@@ -638,6 +740,7 @@ def figures(out):
             ' (image %s, id %s)' % (meta['controller'].get('image'), meta['controller'].get('image_id'))
             if (meta.get('controller') or {}).get('kind') == 'container'
             else '',
+            'one run per cell' if most <= 1 else 'each figure the median of up to %d runs' % most,
         ),
         '',
     ]

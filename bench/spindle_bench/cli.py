@@ -117,6 +117,13 @@ def main(argv=None):
         help='also run hostname20 on one target under py-spy per mode: the controller CPU '
         'by phase (report table, raw stacks in logs/)',
     )
+    ap.add_argument(
+        '--repeat',
+        type=int,
+        default=1,
+        help='run each cell N times, the modes interleaved (run 1 of every mode, then run 2, ...); '
+        'the report shows the median of each figure and its spread (default 1)',
+    )
     ap.add_argument('--check', action='store_true', help='after the suite, verify the outputs; exit 0/1')
     ap.add_argument('--require-modes', help='with --check: comma list of modes that must not be skipped')
     ap.add_argument('--verify', metavar='DIR', help='only verify an existing results directory; exit 0/1')
@@ -149,6 +156,8 @@ def main(argv=None):
 
     if args.controller == 'container' and args.fleet != 'podman':
         ap.error('--controller container needs --fleet podman (the controller joins the podman bridge)')
+    if not 1 <= args.repeat <= 20:
+        ap.error('--repeat must be 1 to 20')
     if args.controller == 'container' and args.profile:
         ap.error('--profile runs py-spy on the host controller only')
     if args.fleet in ('netns', 'podman') and not re.match(r'^[a-z0-9]{1,4}$', args.fleet_prefix):
@@ -219,6 +228,7 @@ def run_suite(args, ap, ctl, share, out):
     runner.payloads = make_payloads()
     meta = {
         'suite': args.suite,
+        'repeat': args.repeat,
         'fleet': args.fleet,
         'controller': ctl.info(),
         'started': datetime.datetime.now().isoformat(timespec='seconds'),
@@ -240,7 +250,9 @@ def run_suite(args, ap, ctl, share, out):
             sizes.append(c[1])
     total_runs = 0
     for w, _h, r, ms in cells:
-        total_runs += len(modes_for_cell(w, r, ms, modes_wanted, modes)) * (2 if w in WARM_CELLS else 1)
+        total_runs += (
+            len(modes_for_cell(w, r, ms, modes_wanted, modes)) * (2 if w in WARM_CELLS else 1) * args.repeat
+        )
     if args.profile:
         total_runs += len([m for m in modes_wanted if modes[m].available and m != 'floor'])
     progress.total = total_runs
@@ -269,7 +281,9 @@ def run_suite(args, ap, ctl, share, out):
                 probe_modes(runner, modes, fleet, inv, progress, meta, out)
                 # recount now that probes may have removed modes
                 progress.total = progress.n + sum(
-                    len(modes_for_cell(w, r, ms, modes_wanted, modes)) * (2 if w in WARM_CELLS else 1)
+                    len(modes_for_cell(w, r, ms, modes_wanted, modes))
+                    * (2 if w in WARM_CELLS else 1)
+                    * args.repeat
                     for w, h, r, ms in cells
                 )
             forks = args.forks or min(size, 50)
@@ -383,8 +397,14 @@ def setup_modes(args, ctl, share, out, modes_wanted):
 
 
 def run_cell(args, runner, modes, modes_wanted, cell, fleet, inv, forks, meta, progress):
-    """Every mode of one cell on ``fleet``: a warm pair (cold run, then the repeat), a direct
-    run (bigcopy measures the raw line rate first), or runs through the link emulator."""
+    """Every mode of one cell on ``fleet``, ``--repeat`` times: a warm pair (cold run, then
+    the repeat), a direct run (bigcopy measures the raw line rate first, each time: the runs
+    compare with the rate of their moment), or runs through the link emulator."""
+    for _ in range(args.repeat):
+        _run_cell_once(args, runner, modes, modes_wanted, cell, fleet, inv, forks, meta, progress)
+
+
+def _run_cell_once(args, runner, modes, modes_wanted, cell, fleet, inv, forks, meta, progress):
     w, h, rtt, ms = cell
     ctl = runner.ctl
     cell_modes = modes_for_cell(w, rtt, ms, modes_wanted, modes)
@@ -395,7 +415,7 @@ def run_cell(args, runner, modes, modes_wanted, cell, fleet, inv, forks, meta, p
             runner.run(modes[mn], again, fleet, inv, h, None, {'kind': 'direct'}, forks, reap=False)
             runner.ctl.reap_all(runner.known_children)  # the next mode starts cold
     elif rtt is None:
-        if w == 'bigcopy' and h not in runner.line_rates:
+        if w == 'bigcopy':
             lr = line_rate(fleet, h, runner.payloads['big'], ctl)
             if lr:
                 runner.line_rates[h] = lr
