@@ -57,7 +57,11 @@ class MergeRepeatsTest(unittest.TestCase):
         self.assertIn('median of up to 3 runs', report.repeats_note(list(by.values())))
 
     def test_failed_runs_are_left_out_and_counted(self):
-        runs = [run('spindle', 2.0, 1.5), run('spindle', 99.0, 9.0, status='failed'), run('spindle', 3.0, 1.7)]
+        runs = [
+            run('spindle', 2.0, 1.5),
+            run('spindle', 99.0, 9.0, status='failed'),
+            run('spindle', 3.0, 1.7),
+        ]
         (m,) = report.merge_repeats(runs)
         self.assertEqual((m['wall_s'], m['repeats'], m['repeats_failed']), (2.5, 2, 1))
 
