@@ -35,6 +35,7 @@ lint: venv
 	$(CARGO) clippy --all-targets -- -D warnings
 	.venv/bin/ruff check .
 	python3 tests/python/agent_source.py | .venv/bin/ruff check --stdin-filename src/agent/agent.py -
+	python3 tests/python/agent_source.py --modrun | .venv/bin/ruff check --stdin-filename src/agent/modrun.py -
 	.venv/bin/ruff format --check .
 
 # The agent's tests also on the oldest and newest target Python here (pyenv's 3.8 and 3.13,

@@ -4,7 +4,7 @@ Stock Ansible runs an async task from files: ``_execute_module(wrap_async=True)`
 temp dir, uploads the module and ``async_wrapper``, and runs a new Python that daemonizes and
 writes the job's status file, which ``async_status`` (a normal module) reads. With a spindle
 connection the agent starts the module from its cached code in a detached job that does what
-async_wrapper does (``src/agent/modrun.py``, "async tasks": status file where and as
+async_wrapper does (``src/agent/modrun/30_async.py``, "async tasks": status file where and as
 async_wrapper writes it, Ansible's time limit, the same started reply), so Ansible's own polling
 and a later ``async_status`` (this run or a later one) work unchanged, in the agent.
 

@@ -6,7 +6,7 @@ AnsiballZ wrapper on stdin of ``<python>``). The wrapper Ansible built is taken 
 resolved, collections included) becomes content-addressed blobs, its params and metadata the
 request. The daemon pushes to the target only blobs its stream lacks, inline with the call,
 so a cached task is one request and one reply. The agent runs the module with the payload's own
-runner (``src/agent/modrun.py``), in-process with its state restored, or forked.
+runner (``src/agent/modrun/``), in-process with its state restored, or forked.
 
 A module this path cannot run raises :class:`StockPath` with the reason, which the caller
 shows the user (once per host and reason) and reports to the daemon before it runs the stock

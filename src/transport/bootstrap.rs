@@ -37,16 +37,39 @@ pub fn agent_source() -> &'static str {
         texts.join("\n\n")
     })
 }
-/// The module runner (`src/agent/modrun.py`), given to the agent as a base64 string and
-/// loaded by it on first `run_module`.
-pub const MODRUN_SOURCE: &str = include_str!("../agent/modrun.py");
+/// One module-runner part: its file name and text.
+macro_rules! modrun_part {
+    ($name:literal) => {
+        ($name, include_str!(concat!("../agent/modrun/", $name)))
+    };
+}
+
+/// The module runner in parts (`src/agent/modrun/`), joined in this order into one source,
+/// given to the agent as a base64 string and loaded by it (as one module) on its first
+/// `run_module`. The test `modrun_parts_are_every_file_in_order` keeps this list equal to the
+/// directory.
+pub const MODRUN_PARTS: &[(&str, &str)] = &[
+    modrun_part!("00_importer.py"),
+    modrun_part!("10_process_state.py"),
+    modrun_part!("20_run.py"),
+    modrun_part!("30_async.py"),
+];
+
+/// The module runner's parts joined (what `tests/python/agent_source.py` builds the same way).
+pub fn modrun_source() -> &'static str {
+    static SRC: OnceLock<String> = OnceLock::new();
+    SRC.get_or_init(|| {
+        let texts: Vec<&str> = MODRUN_PARTS.iter().map(|p| p.1).collect();
+        texts.join("\n\n")
+    })
+}
 
 /// The full text the agent runs: the module runner as a base64 constant, then the agent.
 pub fn full_agent_source() -> &'static str {
     static SRC: OnceLock<String> = OnceLock::new();
     SRC.get_or_init(|| {
         use base64::Engine as _;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(MODRUN_SOURCE);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(modrun_source());
         format!("_SPINDLE_MODRUN_B64 = \"{b64}\"\n{}", agent_source())
     })
 }
@@ -110,27 +133,38 @@ pub fn stage0(python: Option<(&str, &str)>) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn agent_parts_are_every_file_in_order() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/agent/parts");
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .expect("src/agent/parts")
+    /// `parts` lists every `*.py` of `dir` in name order, each ending in a newline and at
+    /// most 450 lines long.
+    fn every_file_in_order(dir: &str, parts: &[(&str, &str)]) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        let mut names: Vec<String> = std::fs::read_dir(path)
+            .expect(dir)
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .filter(|n| n.ends_with(".py"))
             .collect();
         names.sort();
-        let listed: Vec<&str> = AGENT_PARTS.iter().map(|p| p.0).collect();
+        let listed: Vec<&str> = parts.iter().map(|p| p.0).collect();
         assert_eq!(
             names, listed,
-            "AGENT_PARTS must list every part, in name order"
+            "{dir}: the list must name every part, in name order"
         );
-        for (name, text) in AGENT_PARTS {
+        for (name, text) in parts {
             assert!(text.ends_with('\n'), "{name} ends without a newline");
             assert!(
                 text.lines().count() <= 450,
                 "{name} is over 450 lines: split it"
             );
         }
+    }
+
+    #[test]
+    fn agent_parts_are_every_file_in_order() {
+        every_file_in_order("src/agent/parts", AGENT_PARTS);
+    }
+
+    #[test]
+    fn modrun_parts_are_every_file_in_order() {
+        every_file_in_order("src/agent/modrun", MODRUN_PARTS);
     }
 
     #[test]

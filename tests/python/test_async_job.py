@@ -1,9 +1,8 @@
-"""src/agent/modrun.py: async tasks (``async: N``) as Ansible's async_wrapper runs them: the job's
+"""src/agent/modrun/: async tasks (``async: N``) as Ansible's async_wrapper runs them: the job's
 status file where and as async_wrapper writes it, a detached job that outlives its starter, the
 time limit enforced at async_wrapper's check points, and the result built from the module's
 output exactly as async_wrapper builds it. Standard library only (Python 3.8 to 3.13)."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -12,17 +11,11 @@ import tempfile
 import time
 import unittest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-AGENT_DIR = os.path.join(os.path.dirname(os.path.dirname(HERE)), 'src', 'agent')
+import agent_source  # noqa: E402
 
 
 def load_modrun():
-    spec = importlib.util.spec_from_file_location(
-        'spindle_modrun_async', os.path.join(AGENT_DIR, 'modrun.py')
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return agent_source.load_modrun('spindle_modrun_async')
 
 
 modrun = load_modrun()

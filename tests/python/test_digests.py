@@ -1,6 +1,6 @@
 """Digests a put takes while its content is received (put_file `digests`, src/agent/parts/
 22_digests.py), the memo the module runner's AnsibleModule.digest_from_file reads them from
-(src/agent/modrun.py), and copy_stream deciding by size before the controller's checksum."""
+(src/agent/modrun/), and copy_stream deciding by size before the controller's checksum."""
 
 import hashlib
 import os

@@ -1,4 +1,4 @@
-"""src/agent/modrun.py: a module run forked while another thread of the agent is in the middle
+"""src/agent/modrun/: a module run forked while another thread of the agent is in the middle
 of an import (an in-process run alongside it) must not deadlock on that import's lock in the
 child, nor see its half-executed module (delegate_to localhost from several hosts: the local
 agent runs one module in-process and forks the others)."""
@@ -12,15 +12,11 @@ import threading
 import time
 import unittest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-AGENT_DIR = os.path.join(os.path.dirname(os.path.dirname(HERE)), 'src', 'agent')
+import agent_source  # noqa: E402
 
 
 def load_modrun():
-    spec = importlib.util.spec_from_file_location('spindle_modrun_test', os.path.join(AGENT_DIR, 'modrun.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return agent_source.load_modrun('spindle_modrun_test')
 
 
 class ForkDuringImport(unittest.TestCase):

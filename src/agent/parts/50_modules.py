@@ -1,9 +1,9 @@
-# spindle agent, 50_modules: modules in the agent (run_module through modrun.py, copy_fast/copy_stream).
+# spindle agent, 50_modules: modules in the agent (run_module through the module runner, copy_fast/copy_stream).
 # One of the parts src/agent/parts/*.py joined in name order into one source (one
 # namespace) by transport::bootstrap; see 00_channel.py.
 
 
-# ---- modules in the agent (src/agent/modrun.py, embedded by the controller as base64) ---
+# ---- modules in the agent (src/agent/modrun/, joined and embedded by the controller as base64)
 
 _MODRUN = []
 MODULE_LOCK = threading.Lock()  # one in-process module run at a time (they share the process)
