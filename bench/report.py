@@ -140,12 +140,9 @@ def spread_table(runs):
         return []
     by = _by(runs)
     modes = _modes(runs)
-    lines = [
-        '### Spread over the repeats (min-max of wall s / controller CPU s, runs that succeeded)',
-        '',
-        '| workload | hosts | link | ' + ' | '.join(modes) + ' |',
-        '|---|---:|---|' + '---:|' * len(modes),
-    ]
+    lines = _table_head(
+        'Spread over the repeats (min-max of wall s / controller CPU s, runs that succeeded)', modes
+    )
     for w, h, rtt in _cells(runs):
         row = []
         for m in modes:
@@ -170,6 +167,16 @@ def spread_table(runs):
         lines.append('| %s | %d | %s | %s |' % (w, h, _link({'rtt_ms': rtt}), ' | '.join(row)))
     lines.append('')
     return lines
+
+
+def _table_head(title, modes):
+    """A section title and the header of a table with a row per cell and a column per mode."""
+    return [
+        '### %s' % title,
+        '',
+        '| workload | hosts | link | ' + ' | '.join(modes) + ' |',
+        '|---|---:|---|' + '---:|' * len(modes),
+    ]
 
 
 def _num(v, unit=''):
@@ -330,12 +337,7 @@ def floor_table(runs):
 def speedup_table(runs):
     by = _by(runs)
     modes = [m for m in _modes(runs) if m != 'stock']
-    lines = [
-        '### Speed-up over stock (stock wall time / mode wall time; > 1 is faster)',
-        '',
-        '| workload | hosts | link | ' + ' | '.join(modes) + ' |',
-        '|---|---:|---|' + '---:|' * len(modes),
-    ]
+    lines = _table_head('Speed-up over stock (stock wall time / mode wall time; > 1 is faster)', modes)
     for w, h, rtt in _cells(runs):
         base = by.get((w, h, rtt, 'stock'))
         row = []
