@@ -1,4 +1,4 @@
-"""bench/report.py's merging of repeated runs (`bench/run --repeat N`): one record per cell and
+"""bench/report_tables.py's merging of repeated runs (`bench/run --repeat N`): one record per cell and
 mode, every figure the median of the runs that succeeded, the spread kept, a cell whose runs
 all failed still reported as failed."""
 
