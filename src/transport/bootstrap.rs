@@ -6,62 +6,55 @@ use flate2::{write::ZlibEncoder, Compression};
 use std::io::Write;
 use std::sync::OnceLock;
 
-/// One agent part: its file name and text.
+/// One part under `src/agent/<dir>/`: its file name and text.
 macro_rules! part {
-    ($name:literal) => {
-        ($name, include_str!(concat!("../agent/parts/", $name)))
+    ($dir:literal, $name:literal) => {
+        ($name, include_str!(concat!("../agent/", $dir, "/", $name)))
     };
+}
+
+/// Parts joined in their order into one source.
+fn joined(parts: &[(&str, &str)]) -> String {
+    let texts: Vec<&str> = parts.iter().map(|p| p.1).collect();
+    texts.join("\n\n")
 }
 
 /// The agent's Python source in parts (`src/agent/parts/`, each owning one area), embedded at
 /// build time and joined in this order into one source: one namespace, as if one file. The
 /// test `agent_parts_are_every_file_in_order` keeps this list equal to the directory.
 pub const AGENT_PARTS: &[(&str, &str)] = &[
-    part!("00_channel.py"),
-    part!("10_exec.py"),
-    part!("20_files.py"),
-    part!("22_digests.py"),
-    part!("25_context_table.py"),
-    part!("30_contexts.py"),
-    part!("40_hop_cache.py"),
-    part!("48_blob_store.py"),
-    part!("50_modules.py"),
-    part!("60_main.py"),
+    part!("parts", "00_channel.py"),
+    part!("parts", "10_exec.py"),
+    part!("parts", "20_files.py"),
+    part!("parts", "22_digests.py"),
+    part!("parts", "25_context_table.py"),
+    part!("parts", "30_contexts.py"),
+    part!("parts", "40_hop_cache.py"),
+    part!("parts", "48_blob_store.py"),
+    part!("parts", "50_modules.py"),
+    part!("parts", "60_main.py"),
 ];
 
 /// The agent's parts joined (what `tests/python/agent_source.py` builds the same way).
 pub fn agent_source() -> &'static str {
     static SRC: OnceLock<String> = OnceLock::new();
-    SRC.get_or_init(|| {
-        let texts: Vec<&str> = AGENT_PARTS.iter().map(|p| p.1).collect();
-        texts.join("\n\n")
-    })
+    SRC.get_or_init(|| joined(AGENT_PARTS))
 }
-/// One module-runner part: its file name and text.
-macro_rules! modrun_part {
-    ($name:literal) => {
-        ($name, include_str!(concat!("../agent/modrun/", $name)))
-    };
-}
-
 /// The module runner in parts (`src/agent/modrun/`), joined in this order into one source,
 /// given to the agent as a base64 string and loaded by it (as one module) on its first
 /// `run_module`. The test `modrun_parts_are_every_file_in_order` keeps this list equal to the
 /// directory.
 pub const MODRUN_PARTS: &[(&str, &str)] = &[
-    modrun_part!("00_importer.py"),
-    modrun_part!("10_process_state.py"),
-    modrun_part!("20_run.py"),
-    modrun_part!("30_async.py"),
+    part!("modrun", "00_importer.py"),
+    part!("modrun", "10_process_state.py"),
+    part!("modrun", "20_run.py"),
+    part!("modrun", "30_async.py"),
 ];
 
 /// The module runner's parts joined (what `tests/python/agent_source.py` builds the same way).
 pub fn modrun_source() -> &'static str {
     static SRC: OnceLock<String> = OnceLock::new();
-    SRC.get_or_init(|| {
-        let texts: Vec<&str> = MODRUN_PARTS.iter().map(|p| p.1).collect();
-        texts.join("\n\n")
-    })
+    SRC.get_or_init(|| joined(MODRUN_PARTS))
 }
 
 /// The full text the agent runs: the module runner as a base64 constant, then the agent.

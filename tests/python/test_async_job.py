@@ -11,14 +11,9 @@ import tempfile
 import time
 import unittest
 
-import agent_source  # noqa: E402
+import agent_source
 
-
-def load_modrun():
-    return agent_source.load_modrun('spindle_modrun_async')
-
-
-modrun = load_modrun()
+modrun = agent_source.load_modrun('spindle_modrun_async')
 
 # A v1 (2.18-style) payload with a fake ansible.module_utils.basic: enough for modrun's runner.
 MODULE = b'''

@@ -12,7 +12,6 @@ import unittest
 import agent_source
 from test_agent import AgentProc, encode
 from wire import DATA, EOF, ERROR, HELLO
-from test_modrun_fork import load_modrun
 
 
 def load_digests():
@@ -148,7 +147,7 @@ class DigestMemo(unittest.TestCase):
         self.assertEqual(self.memo.lookup(paths[-1], 'sha1'), str(self.memo.MAX + 4))
 
     def test_the_module_runner_reads_the_memo_through_digest_from_file(self):
-        modrun = load_modrun()
+        modrun = agent_source.load_modrun()
         calls = []
 
         class AnsibleModule(object):

@@ -12,11 +12,7 @@ import threading
 import time
 import unittest
 
-import agent_source  # noqa: E402
-
-
-def load_modrun():
-    return agent_source.load_modrun('spindle_modrun_test')
+import agent_source
 
 
 class ForkDuringImport(unittest.TestCase):
@@ -36,7 +32,7 @@ class ForkDuringImport(unittest.TestCase):
         self.gate = gate
 
     def fork_and_import(self, reset):
-        modrun = load_modrun()
+        modrun = agent_source.load_modrun()
         t = threading.Thread(target=importlib.import_module, args=('spx_slow_import',), daemon=True)
         t.start()
         self.assertTrue(self.gate.entered.wait(5))
