@@ -43,6 +43,15 @@ it relies on (attributes and signatures, checked before it is applied):
     A become plugin's ``build_become_command`` is wrapped (per instance) to remember each
     command it wraps, so the connection runs the unwrapped command in a nested agent that
     already runs as the become user (:func:`wrap_become`).
+``worker-gc``
+    Not a patch of ansible-core but of the controller process it runs in: each process forked
+    from it (Ansible's worker per task, ``multiprocessing`` with the ``fork`` context on every
+    version in :data:`VERIFIED`) starts with ``gc.freeze()``, so the worker's garbage collector
+    walks only what the worker allocates, not every object it inherited from the controller.
+    Measured by timing ``ActionBase._configure_module`` in the first worker of a run (six cold
+    one-ping runs each): 150-226 ms of CPU without, 107-132 ms with; stock Ansible's 115-172 ms.
+    The frozen objects are still freed by reference counting; a worker lives for one task
+    (:func:`install_worker_gc`).
 
 On a version outside :data:`VERIFIED` whose shapes match, a patch is applied with one warning
 ("not verified on X.Y"); when a shape does not match, the patch is not applied and Ansible's
@@ -54,6 +63,7 @@ Ansible's internals.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import inspect
 import os
@@ -180,6 +190,22 @@ def prime():
         if name != 'module-token':
             applies(name)
     install_module_token()
+    install_worker_gc()
+
+
+# -- worker-gc ----------------------------------------------------------------------------------
+
+_WORKER_GC = {'installed': False}
+
+
+def install_worker_gc():
+    """Freeze, in every process forked from this one from now on, the objects it inherits (module
+    doc, ``worker-gc``). Once per process: an at-fork hook cannot be removed, and a second would
+    only freeze again."""
+    if _WORKER_GC['installed']:
+        return
+    os.register_at_fork(after_in_child=gc.freeze)
+    _WORKER_GC['installed'] = True
 
 
 def applies(name):

@@ -512,9 +512,19 @@ def run_id():
 
 def ensure_daemon():
     """The socket path of a running daemon: the user's (SPINDLE_SOCKET), else the persistent
-    one, else a private one (module doc)."""
-    global _daemon, _exported, _at_exit
+    one, else a private one (module doc). Called in the controller before the workers fork:
+    what they would each work out again is worked out here once, whichever daemon it is."""
     from spindle_ansible import compat, modexec
+
+    sock = _daemon_socket()
+    modexec.prime_core_hashes()  # warm mode compares module_utils with the installed ones
+    modexec.prime_worker_imports()
+    compat.prime()
+    return sock
+
+
+def _daemon_socket():
+    global _daemon, _exported, _at_exit
 
     run_id()
     given = os.environ.get('SPINDLE_SOCKET')
@@ -555,9 +565,6 @@ def ensure_daemon():
         _daemon = Daemon(binary)
         sock = _daemon.socket
         display.vv("spindle: daemon pid %d on %s" % (_daemon.proc.pid, sock))
-    modexec.prime_core_hashes()  # before the workers fork (warm mode compares module_utils)
-    modexec.prime_worker_imports()
-    compat.prime()
     _exported = sock
     os.environ['SPINDLE_SOCKET'] = sock
     return sock

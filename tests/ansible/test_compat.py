@@ -8,8 +8,11 @@ wrapping) with one warning.
 """
 
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import unittest
 from unittest import mock
 
@@ -193,6 +196,69 @@ class Compat(unittest.TestCase):
         for i in range(3):
             plugin.build_become_command('cmd%d' % i, None)
         self.assertEqual(memory, {'sudo cmd1': 'cmd1', 'sudo cmd2': 'cmd2'})
+
+
+GC_LOOKUP = """
+import gc
+from ansible.plugins.lookup import LookupBase
+
+
+class LookupModule(LookupBase):
+    def run(self, terms, variables=None, **kwargs):
+        return [gc.get_freeze_count()]
+"""
+
+GC_PLAYBOOK = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - debug:
+        msg: "frozen={{ lookup('gc_frozen') }}"
+"""
+
+
+class WorkerGc(unittest.TestCase):
+    """worker-gc: Ansible's worker for a task (a lookup runs there) starts with the objects it
+    inherited frozen when spindle is configured (the README's lines, real ansible-playbook), and
+    not without spindle: the test sees the difference the hook makes."""
+
+    def setUp(self):
+        import readme_setup as rs
+
+        why = rs.available()
+        if why:
+            self.skipTest(why)
+        self.rs = rs
+        self.work = tempfile.mkdtemp(prefix='spindle-gc-')
+        self.addCleanup(shutil.rmtree, self.work, True)
+        os.mkdir(os.path.join(self.work, 'lookup_plugins'))
+        with open(os.path.join(self.work, 'lookup_plugins', 'gc_frozen.py'), 'w') as f:
+            f.write(GC_LOOKUP)
+        with open(os.path.join(self.work, 'site.yml'), 'w') as f:
+            f.write(GC_PLAYBOOK)
+
+    def frozen(self, spindle):
+        if spindle:
+            self.rs.write_cfg(self.work)
+        else:
+            with open(os.path.join(self.work, 'ansible.cfg'), 'w') as f:
+                f.write('[defaults]\n')
+        env = dict(self.rs.env(self.work), SPINDLE_PERSIST='0')
+        p = self.rs.run(
+            [os.path.join(self.rs.VENV_BIN, 'ansible-playbook'), '-i', 'localhost,', 'site.yml'],
+            cwd=self.work,
+            env=env,
+        )
+        self.assertEqual(p.returncode, 0, p.stdout[-3000:])
+        found = re.search(r'frozen=(\d+)', p.stdout)
+        self.assertIsNotNone(found, p.stdout[-3000:])
+        return int(found.group(1))
+
+    def test_a_worker_starts_with_what_it_inherited_frozen(self):
+        with_spindle, stock = self.frozen(True), self.frozen(False)
+        print('worker-gc: %d objects frozen in a worker with spindle, %d without' % (with_spindle, stock))
+        self.assertGreater(with_spindle, 10000)
+        self.assertEqual(stock, 0)
 
 
 if __name__ == '__main__':
