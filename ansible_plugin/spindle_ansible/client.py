@@ -634,6 +634,11 @@ class Client:
         """Open the target's stream if needed; ``{"pong": True, "pid": N, "hello": {...}}``."""
         return self.request("ping", target, call_timeout=call_timeout)
 
+    def open(self, target, *, call_timeout=_DEFAULT) -> Dict[str, Any]:
+        """Start the target's stream (or check an idle one) without waiting for it:
+        ``{"stream": "opening" | "ready" | "checking"}`` at once (docs/api.md, ``open``)."""
+        return self.request("open", target, call_timeout=call_timeout)
+
     def exec(
         self,
         target,

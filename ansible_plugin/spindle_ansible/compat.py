@@ -539,6 +539,9 @@ def _file_configure_module(cls, self, module_name, module_args, task_vars):
         and not _TOKENS['active']
         and self._is_pipelining_enabled('new', scope.wrap_async)
     )
+    open_early = getattr(self._connection, 'spindle_open_early', None)
+    if scope is not None and open_early is not None:
+        open_early()  # the host's stream opens while the module is built (spindle_ansible.opening)
     if tokens:
         _TOKENS['active'] = True
     try:

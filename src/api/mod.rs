@@ -47,6 +47,8 @@ pub enum Op {
     BlobPut(BlobPutArgs),
     /// Shut the target's stream down.
     Close(NoFields),
+    /// Start the target's stream (or check an idle one) and answer at once.
+    Open(NoFields),
     /// A module task the client runs on Ansible's stock path.
     Note(NoteArgs),
     /// The daemon's counters.
@@ -62,7 +64,13 @@ impl Op {
     pub fn on_stream(&self) -> bool {
         matches!(
             self,
-            Op::Ping(_) | Op::Exec(_) | Op::Put(_) | Op::Fetch(_) | Op::Call(_) | Op::Close(_)
+            Op::Ping(_)
+                | Op::Exec(_)
+                | Op::Put(_)
+                | Op::Fetch(_)
+                | Op::Call(_)
+                | Op::Close(_)
+                | Op::Open(_)
         )
     }
 
@@ -76,6 +84,7 @@ impl Op {
             Op::Call(_) => "call",
             Op::BlobPut(_) => "blob_put",
             Op::Close(_) => "close",
+            Op::Open(_) => "open",
             Op::Note(_) => "note",
             Op::Stats(_) => "stats",
             Op::Alive(_) => "alive",

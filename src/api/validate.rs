@@ -106,6 +106,7 @@ pub fn request(req: &Request) -> Result<(), BadField> {
         | Op::Call(_)
         | Op::BlobPut(_)
         | Op::Close(_)
+        | Op::Open(_)
         | Op::Stats(_)
         | Op::Alive(_)
         | Op::Shutdown(_) => {}

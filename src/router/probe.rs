@@ -67,26 +67,53 @@ impl Router {
             p.held.push((client, req));
             return None;
         }
-        let idle = now.saturating_duration_since(x.last_in);
-        if x.phase != Phase::Ready
-            || x.parent.is_some()
-            || x.spec.transport != TransportKind::Ssh
-            || !x.calls.is_empty()
-            || idle < PROBE_AFTER
-        {
+        if !self.wants_check(r, now) {
             return Some(req);
         }
+        self.start_check(r, vec![(client, req)], now);
+        None
+    }
+
+    /// Starts the liveness check of live root stream `spec` travels on when it has been idle
+    /// long enough (`open`: the check overlaps what the client does before its first request;
+    /// a request arriving meanwhile is held as usual). Whether a check runs now.
+    pub(super) fn check_if_idle(&mut self, spec: &Spec, now: Instant) -> bool {
+        let Some(r) = self.live_root(spec) else {
+            return false;
+        };
+        if self.targets[r].probe.is_some() {
+            return true;
+        }
+        if !self.wants_check(r, now) {
+            return false;
+        }
+        self.start_check(r, Vec::new(), now);
+        true
+    }
+
+    /// Whether root stream `r` must be checked before its next request (module doc).
+    fn wants_check(&self, r: TargetId, now: Instant) -> bool {
+        let x = &self.targets[r];
+        let idle = now.saturating_duration_since(x.last_in);
+        x.phase == Phase::Ready
+            && x.parent.is_none()
+            && x.spec.transport == TransportKind::Ssh
+            && x.calls.is_empty()
+            && idle >= PROBE_AFTER
+    }
+
+    /// Sends root stream `r` its liveness check, holding `held` until it is answered.
+    fn start_check(&mut self, r: TargetId, held: Vec<(ClientId, Request)>, now: Instant) {
+        let x = &mut self.targets[r];
+        let idle = now.saturating_duration_since(x.last_in);
         let wait = Duration::from_secs(x.spec.connect_timeout_secs()).max(PROBE_MIN);
         tracing::debug!(host = %x.label, idle_secs = idle.as_secs(), "idle stream: checking it is alive");
-        x.probe = Some(Probe {
-            held: vec![(client, req)],
-        });
+        x.probe = Some(Probe { held });
         let handle = self.internal_call(r, json!({"op": "ping"}), Op::Probe);
         if let Some(c) = self.targets[r].calls.get_mut(&handle) {
             c.deadline = Some(now + wait);
             self.deadline_at(now + wait);
         }
-        None
     }
 
     /// The agent answered the liveness check of stream `t`: its held requests go on.

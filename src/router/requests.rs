@@ -1,6 +1,6 @@
 //! A client's request, parsed and validated by [`api::parse_request`], dispatched by op: the
-//! daemon's own ops (`stats`, `blob_put`, `note`, `alive`, `shutdown`, `close`) are answered
-//! here, one function each; an op on a target's stream goes to its target (started if need
+//! daemon's own ops (`stats`, `blob_put`, `note`, `alive`, `shutdown`, `close`, `open`) are
+//! answered here, one function each; an op on a target's stream goes to its target (started if need
 //! be) and [`Router::start_call`].
 
 use super::target::Phase;
@@ -33,6 +33,10 @@ impl Router {
                     self.close_stream(spec);
                     api::ok_raw(id, b"{}")
                 }
+                None => needs_target(id),
+            },
+            Op::Open(_) => match req.target.clone() {
+                Some(spec) => api::ok_value(id, &json!({ "stream": self.open(spec, now) })),
                 None => needs_target(id),
             },
             Op::Ping(_) | Op::Exec(_) | Op::Put(_) | Op::Fetch(_) | Op::Call(_) => {
@@ -91,6 +95,23 @@ impl Router {
         let run = n.run.as_deref().unwrap_or("");
         let first = self.paths.stock(run, &spec.parent().label(), &n.reason);
         api::ok_value(id, &json!({ "first": first }))
+    }
+
+    /// `open`: the target's stream (or become or interpreter context) is started if it is not
+    /// there, or checked if it has been idle (see `probe`), without waiting for either. A
+    /// client sends it before work of its own that precedes its first request (the plugin:
+    /// before Ansible builds a run's first module), so the connect overlaps that work. What
+    /// the stream is doing: `"ready"`, `"opening"` or `"checking"`.
+    fn open(&mut self, spec: Spec, now: Instant) -> &'static str {
+        let spec = self.resolve_interpreter(spec);
+        if self.check_if_idle(&spec, now) {
+            return "checking";
+        }
+        let t = self.target_for(spec, now);
+        match self.targets[t].phase {
+            Phase::Ready => "ready",
+            _ => "opening",
+        }
     }
 
     /// `close`: the target's stream is shut down. A hop that carries other targets stays

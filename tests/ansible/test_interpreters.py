@@ -23,6 +23,7 @@ Each case runs as root and as an unprivileged login user (``spx``, made here).
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -111,6 +112,19 @@ STOCK_PLAY = '''
     - command: "true"
       vars: {spindle_task_isolation: "off"}
 '''
+
+OPEN_PLAY = """
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: the first module task (its stream opens while Ansible builds the module)
+      spx_interp: {}
+      register: first
+    - set_fact:
+        want: "{{ ansible_python_interpreter | default(discovered_interpreter_python) }}"
+    - assert: {that: [first.executable == want]}
+    - command: hostname
+"""
 
 
 run = rs.run
@@ -220,6 +234,38 @@ class Interpreters(unittest.TestCase):
         self.assertEqual(flat.count("spindle_task_isolation is off"), 2 + 1, out)
         self.assertEqual(paths['stock'], 4, paths)
         self.assertEqual(list(paths['stock_reasons'].values()), [4], paths)
+
+    def test_the_first_module_task_opens_the_stream_while_its_module_is_built(self):
+        # The stream is opened (daemon op `open`) before Ansible builds a host's first module
+        # of the run, under the interpreter the inventory names: t0's agent is the one its
+        # modules run in (no second agent for /usr/bin/python3), t1 (discovery) gets the
+        # interpreter context it always got. Later tasks do not ask again.
+        work = tempfile.mkdtemp(prefix='open-', dir=self.work)
+        sock = os.path.join(work, 's.sock')
+        daemon = subprocess.Popen([rs.BIN, 'serve', '--socket', sock], stderr=subprocess.DEVNULL)
+        self.addCleanup(daemon.wait)
+        self.addCleanup(daemon.kill)
+        rs.write_cfg(work, 'library = %s' % os.path.join(self.work, 'library'), 'host_key_checking = False')
+        rs.inventory(
+            self.inventory, os.path.join(work, 'inventory.ini'), interpreters={'t0': '/usr/bin/python3'}
+        )
+        with open(os.path.join(work, 'play.yml'), 'w') as f:
+            f.write(OPEN_PLAY)
+        p = run(
+            [os.path.join(rs.VENV_BIN, 'ansible-playbook'), '-i', 'inventory.ini', 'play.yml', '-vvv'],
+            cwd=work,
+            env=dict(rs.env(work), SPINDLE_SOCKET=sock),
+        )
+        self.assertEqual(p.returncode, 0, p.stdout[-4000:])
+        opened = [line for line in p.stdout.splitlines() if 'SPINDLE OPEN ahead of the module build' in line]
+        self.assertEqual(len(opened), 2, opened)  # once per host, on its first module task
+        self.assertTrue(all(line.endswith(': opening') for line in opened), opened)
+        stats = json.loads(run([rs.BIN, 'stats', '--socket', sock]).stdout)
+        labels = sorted(stats['targets'])  # by address; an interpreter context's with its path
+        with open(os.path.join(work, 'inventory.ini')) as f:
+            addr = dict(re.findall(r'^(t\d+) ansible_host=(\S+)', f.read(), re.M))
+        self.assertEqual([x for x in labels if x.split()[0] == addr['t0']], [addr['t0']], labels)
+        self.assertEqual(len([x for x in labels if x.split()[0] == addr['t1']]), 2, labels)
 
 
 if __name__ == '__main__':

@@ -149,3 +149,110 @@ fn busy_when_too_many_requests_wait_for_a_liveness_check() {
     assert!(replies(&mut r).is_empty());
     assert_eq!(r.targets[0].calls.len(), MAX_INFLIGHT);
 }
+
+fn open(id: u64, t: serde_json::Value) -> Request {
+    request(serde_json::json!({"id": id, "op": "open", "target": t}))
+}
+
+/// The `stream` field of the one reply sent so far (to request `id`).
+fn open_answer(r: &mut Router, id: u64) -> String {
+    let got = replies(r);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["id"], id, "{got:?}");
+    assert_eq!(got[0]["ok"], true, "{got:?}");
+    got[0]["result"]["stream"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn open_starts_a_stream_and_answers_before_it_is_up() {
+    let mut r = Router::new();
+    let t0 = Instant::now();
+    let spec =
+        serde_json::json!({"transport": "ssh", "host": "h1", "python": "/usr/bin/python3.12"});
+    r.request(1, open(7, spec.clone()), t0);
+    assert_eq!(open_answer(&mut r, 7), "opening");
+    assert_eq!(r.streams(), 1);
+    assert!(matches!(
+        r.targets[0].phase,
+        crate::router::Phase::Connecting { .. }
+    ));
+    assert_eq!(
+        r.targets[0].spec.python.as_deref(),
+        Some("/usr/bin/python3.12"),
+        "started under the interpreter the client named"
+    );
+    // The request that follows goes to that stream, not a second one.
+    r.request(1, exec(8, spec.clone()), t0);
+    assert_eq!(r.streams(), 1);
+    hello(&mut r, 0, "/usr/bin/python3.12", t0);
+    let h = only_call(&r, 0);
+    reply(&mut r, 0, h, r#"{"rc": 0}"#, t0);
+    assert_eq!(answered(&mut r), vec![8]);
+    // Open again: ready, nothing sent to the target.
+    r.targets[0].out.clear();
+    r.request(1, open(9, spec), t0);
+    assert_eq!(open_answer(&mut r, 9), "ready");
+    assert!(queued(&r, 0).is_empty());
+}
+
+#[test]
+fn open_checks_an_idle_stream_and_the_next_request_waits_for_that_check() {
+    let mut r = Router::new();
+    let t0 = Instant::now();
+    used_ssh_stream(&mut r, t0);
+    let later = t0 + crate::router::PROBE_AFTER * 3;
+    r.targets[0].out.clear();
+    r.request(1, open(2, ssh_target()), later);
+    assert_eq!(open_answer(&mut r, 2), "checking");
+    let probe = only_call(&r, 0);
+    assert!(queued(&r, 0).contains("\"ping\""));
+    // A request while the check runs is held, not checked a second time.
+    r.request(1, exec(3, ssh_target()), later);
+    r.request(1, open(4, ssh_target()), later);
+    assert_eq!(open_answer(&mut r, 4), "checking");
+    assert_eq!(r.targets[0].calls.len(), 1, "only the check");
+    reply(&mut r, 0, probe, r#"{"pong": true}"#, later);
+    let h = only_call(&r, 0);
+    reply(&mut r, 0, h, r#"{"rc": 0}"#, later);
+    assert_eq!(answered(&mut r), vec![3]);
+}
+
+#[test]
+fn a_failed_check_started_by_open_leaves_the_next_request_a_fresh_stream() {
+    let mut r = Router::new();
+    let t0 = Instant::now();
+    used_ssh_stream(&mut r, t0);
+    let later = t0 + crate::router::PROBE_AFTER * 3;
+    r.request(1, open(2, ssh_target()), later);
+    assert_eq!(open_answer(&mut r, 2), "checking");
+    r.target_closed(0, "Connection reset by peer");
+    assert!(errors(&mut r).is_empty(), "open was answered already");
+    r.request(1, exec(3, ssh_target()), later);
+    let live: Vec<TargetId> = r
+        .targets
+        .iter()
+        .filter(|(_, x)| x.phase != crate::router::Phase::Dead)
+        .map(|(t, _)| t)
+        .collect();
+    assert_eq!(live.len(), 1);
+    assert_ne!(live[0], 0);
+    assert!(queued(&r, live[0]).contains("\"exec\""));
+}
+
+#[test]
+fn open_without_a_target_is_refused() {
+    let got = crate::api::parse_request(br#"{"id": 3, "op": "open"}"#);
+    let mut r = Router::new();
+    match got {
+        Ok(req) => {
+            r.request(1, req, Instant::now());
+            let e = only_error(&mut r, 3);
+            assert_eq!(e["kind"], "bad_request", "{e}");
+        }
+        Err(refusal) => assert_eq!(refusal.id, 3),
+    }
+    assert_eq!(r.streams(), 0);
+}

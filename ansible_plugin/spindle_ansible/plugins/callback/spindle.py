@@ -41,7 +41,7 @@ import os
 from ansible.errors import AnsibleError
 from ansible.plugins.callback import CallbackBase
 
-from spindle_ansible import paths, plancache
+from spindle_ansible import opening, paths, plancache
 from spindle_ansible.daemon import ensure_daemon
 from spindle_ansible.routing import LoaderPatch
 
@@ -83,6 +83,12 @@ class CallbackModule(CallbackBase):
             plancache.run_cache().preload()
 
     v2_playbook_on_handler_task_start = v2_playbook_on_task_start
+
+    def v2_runner_on_start(self, host, task):
+        # In the controller, after this worker forked: the host's next workers inherit that
+        # it had a task that reaches it (spindle_ansible.opening).
+        if self._patch is not None:
+            opening.started(host.get_name(), getattr(task, 'action', None))
 
     def v2_playbook_on_stats(self, stats):
         if self._patch is not None:

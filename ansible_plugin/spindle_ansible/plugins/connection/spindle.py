@@ -496,7 +496,7 @@ from ansible.module_utils.common.text.converters import to_bytes, to_text
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
-from spindle_ansible import compat, filemod
+from spindle_ansible import compat, filemod, opening
 from spindle_ansible.asyncrun import AsyncStock
 from spindle_ansible.client import Client, SpindleError
 from spindle_ansible.modexec import (
@@ -519,6 +519,8 @@ UNREACHABLE_KINDS = frozenset(
 BOOT_PLACEHOLDER = '__SPINDLE_BOOT__'
 #: Wrapped commands remembered per connection (the last few tasks' commands).
 _BECOME_MEMORY = 16
+#: Seconds to wait for the daemon's answer to ``open`` (daemon-local: it answers at once).
+_OPEN_WAIT = 10
 
 
 def _read_umask():
@@ -582,6 +584,7 @@ class Connection(ConnectionBase):
         # agent call runs them); and why such a module takes the stock path.
         self._spindle_file = None
         self._spindle_file_reason = None
+        self._spindle_opened = False  # spindle_open_early asked the daemon once
 
     def set_become_plugin(self, plugin):
         """Keep Ansible's become plugin, remembering each command it wraps: spindle runs the
@@ -917,6 +920,24 @@ class Connection(ConnectionBase):
         if tty_shape:
             return self._as_ssh_tty(res.rc, res.stdout, res.stderr)
         return res.rc, res.stdout, res.stderr
+
+    def spindle_open_early(self):
+        """Called (file-module patch) just before Ansible builds this task's module: for the
+        host's first module task of the run, the daemon starts its ssh stream (or checks an
+        idle one) meanwhile (:mod:`spindle_ansible.opening`). Best effort: a daemon that
+        cannot is said at -vvv, and the stream opens with the module call as before."""
+        if self._spindle_opened or self._mode() != 'ssh':
+            return
+        self._spindle_opened = True
+        if not opening.wanted(self._spindle_inventory_name):
+            return
+        host = self._play_context.remote_addr
+        try:
+            got = self._client().open(self._spec(), call_timeout=_OPEN_WAIT)
+        except (SpindleError, AnsibleError) as e:
+            display.vvv("spindle: the stream is not opened ahead of the module build (%s)" % (e,), host=host)
+            return
+        display.vvv("SPINDLE OPEN ahead of the module build: %s" % (got.get('stream'),), host=host)
 
     # -- old-style, WANT_JSON and binary modules (spindle_ansible.filemod) ------------------
 
