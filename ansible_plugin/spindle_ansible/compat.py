@@ -39,6 +39,12 @@ it relies on (attributes and signatures, checked before it is applied):
     command that goes anywhere but the agent gets the wrapper with the zip put back first
     (:func:`expand_token`, byte for byte what Ansible would have built). 2.18 has no such
     cache object: there the patch is not applied, silently (:func:`install_module_token`).
+``strategy-queue-task``
+    The ``spindle_linear`` and ``spindle_free`` strategies extend ``StrategyBase._queue_task``
+    (called in the controller for each host and task, before the worker forks) to do what
+    the ``spindle`` callback does from its task events: note the host's first task that
+    reaches it (:mod:`spindle_ansible.opening`) and preload the run's plan cache
+    (:func:`strategy_queued`).
 ``become-wrap``
     A become plugin's ``build_become_command`` is wrapped (per instance) to remember each
     command it wraps, so the connection runs the unwrapped command in a nested agent that
@@ -161,6 +167,12 @@ def _shape(name):
             'wrap_async',
         ]:
             missing.append('ActionBase._is_pipelining_enabled(module_style, wrap_async)')
+    elif name == 'strategy-queue-task':
+        from ansible.plugins.strategy import StrategyBase
+
+        want = ['self', 'host', 'task', 'task_vars', 'play_context']
+        if _params(getattr(StrategyBase, '_queue_task', None)) != want:
+            missing.append('StrategyBase._queue_task(%s)' % ', '.join(want[1:]))
     elif name == 'become-wrap':
         from ansible.plugins.become import BecomeBase
 
@@ -179,6 +191,7 @@ PATCHES = (
     'async-execute-module',
     'file-module',
     'module-token',
+    'strategy-queue-task',
 )
 
 
@@ -191,6 +204,19 @@ def prime():
             applies(name)
     install_module_token()
     install_worker_gc()
+
+
+# -- strategy-queue-task ------------------------------------------------------------------------
+
+
+def strategy_queued(host, task):
+    """A spindle strategy queues ``task`` for ``host`` (module doc, ``strategy-queue-task``)."""
+    if not applies('strategy-queue-task'):
+        return
+    from spindle_ansible import opening, plancache
+
+    opening.started(host.get_name(), getattr(task, 'action', None), getattr(task, '_uuid', None))
+    plancache.run_cache().preload()
 
 
 # -- worker-gc ----------------------------------------------------------------------------------
@@ -541,7 +567,8 @@ def _file_configure_module(cls, self, module_name, module_args, task_vars):
     )
     open_early = getattr(self._connection, 'spindle_open_early', None)
     if scope is not None and open_early is not None:
-        open_early()  # the host's stream opens while the module is built (spindle_ansible.opening)
+        # the host's stream opens while the module is built (spindle_ansible.opening)
+        open_early(getattr(getattr(self, '_task', None), '_uuid', None))
     if tokens:
         _TOKENS['active'] = True
     try:

@@ -10,12 +10,14 @@ starts the liveness check instead. The agent starts under the interpreter the ho
 variables name, exactly as the module call would start it (the connection's ``_spec``), so
 this never starts an agent the task would not have started.
 
-Only for a host's first module task in the run: the ``spindle`` callback counts, in the
-controller, the tasks each host is given that reach the target (:func:`started`; Ansible sends
-``v2_runner_on_start`` just before it forks the task's worker), and the worker inherits the
-count (:func:`wanted`: this task is the first). Without the callback
-(``spindle_linear``/``spindle_free`` alone) nothing is counted and every module task asks: one
-daemon-local request, answered without touching the target.
+Only for a host's first module task in the run: the controller notes, for each host, the
+first task it is given that reaches the target (:func:`started`, before the task's worker
+forks: from the ``spindle`` callback's ``v2_runner_on_start``, which Ansible sends just before
+the fork, and from the ``spindle_linear``/``spindle_free`` strategies' ``_queue_task``, see
+``compat.strategy_queued``), and the worker, which inherits the note, asks only when its task
+is that one (:func:`wanted`). Where nothing was noted (another Ansible sending the callback
+after the fork), the worker asks: one daemon-local request, answered without touching the
+target. Bounded: one entry per inventory host.
 """
 
 #: Actions that run in the controller only: a host's first task of this kind does not count
@@ -39,7 +41,7 @@ CONTROLLER_ONLY = frozenset(
     )
 )
 
-_STARTED = {}  # inventory host name -> tasks given to it that reach the target (controller)
+_FIRST = {}  # inventory host name -> _uuid of its first task that reaches the target (controller)
 
 
 def _short(action):
@@ -49,13 +51,16 @@ def _short(action):
     return action
 
 
-def started(host_name, action):
-    """In the controller, as a task starts on ``host_name``: note it unless ``action`` runs
-    in the controller only."""
-    if _short(action or '') not in CONTROLLER_ONLY:
-        _STARTED[host_name] = _STARTED.get(host_name, 0) + 1
+def started(host_name, action, task_uuid):
+    """In the controller, as a task is queued for ``host_name``: note it if it is the host's
+    first that reaches the target (``action`` not one of :data:`CONTROLLER_ONLY`). Called by
+    the callback and the strategy alike: the second call for one task changes nothing."""
+    if host_name not in _FIRST and _short(action or '') not in CONTROLLER_ONLY:
+        _FIRST[host_name] = task_uuid
 
 
-def wanted(host_name):
-    """In a worker: whether this host's stream should be opened ahead of the module build."""
-    return _STARTED.get(host_name, 0) <= 1  # (1: this task's own start, counted before the fork)
+def wanted(host_name, task_uuid):
+    """In a worker: whether this host's stream should be opened ahead of this task's module
+    build (the host's first task that reaches it, or nothing noted)."""
+    first = _FIRST.get(host_name)
+    return first is None or first == task_uuid

@@ -19,7 +19,7 @@ from unittest import mock
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 PKG = os.path.join(REPO, 'ansible_plugin')
-PATCHES = ('loader-routing', 'copy-fast-path', 'become-wrap', 'async-execute-module')
+PATCHES = ('loader-routing', 'copy-fast-path', 'become-wrap', 'async-execute-module', 'strategy-queue-task')
 
 
 TOKEN_SCRIPT = r"""

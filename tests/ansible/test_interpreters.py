@@ -239,7 +239,8 @@ class Interpreters(unittest.TestCase):
         # The stream is opened (daemon op `open`) before Ansible builds a host's first module
         # of the run, under the interpreter the inventory names: t0's agent is the one its
         # modules run in (no second agent for /usr/bin/python3), t1 (discovery) gets the
-        # interpreter context it always got. Later tasks do not ask again.
+        # interpreter context it always got. Later tasks do not ask again. The same with a
+        # spindle strategy and no callback, and on streams already open ("ready").
         work = tempfile.mkdtemp(prefix='open-', dir=self.work)
         sock = os.path.join(work, 's.sock')
         daemon = subprocess.Popen([rs.BIN, 'serve', '--socket', sock], stderr=subprocess.DEVNULL)
@@ -251,21 +252,31 @@ class Interpreters(unittest.TestCase):
         )
         with open(os.path.join(work, 'play.yml'), 'w') as f:
             f.write(OPEN_PLAY)
-        p = run(
-            [os.path.join(rs.VENV_BIN, 'ansible-playbook'), '-i', 'inventory.ini', 'play.yml', '-vvv'],
-            cwd=work,
-            env=dict(rs.env(work), SPINDLE_SOCKET=sock),
-        )
-        self.assertEqual(p.returncode, 0, p.stdout[-4000:])
-        opened = [line for line in p.stdout.splitlines() if 'SPINDLE OPEN ahead of the module build' in line]
-        self.assertEqual(len(opened), 2, opened)  # once per host, on its first module task
-        self.assertTrue(all(line.endswith(': opening') for line in opened), opened)
+
+        def opened(**env):
+            p = run(
+                [os.path.join(rs.VENV_BIN, 'ansible-playbook'), '-i', 'inventory.ini', 'play.yml', '-vvv'],
+                cwd=work,
+                env=dict(rs.env(work), SPINDLE_SOCKET=sock, **env),
+            )
+            self.assertEqual(p.returncode, 0, p.stdout[-4000:])
+            return [
+                line.rsplit(': ', 1)[-1] for line in p.stdout.splitlines() if 'SPINDLE OPEN ahead' in line
+            ]
+
+        self.assertEqual(opened(), ['opening'] * 2)  # once per host, on its first module task
         stats = json.loads(run([rs.BIN, 'stats', '--socket', sock]).stdout)
         labels = sorted(stats['targets'])  # by address; an interpreter context's with its path
         with open(os.path.join(work, 'inventory.ini')) as f:
             addr = dict(re.findall(r'^(t\d+) ansible_host=(\S+)', f.read(), re.M))
         self.assertEqual([x for x in labels if x.split()[0] == addr['t0']], [addr['t0']], labels)
         self.assertEqual(len([x for x in labels if x.split()[0] == addr['t1']]), 2, labels)
+        with open(os.path.join(work, 'ansible.cfg')) as f:
+            cfg = f.read().replace('callbacks_enabled = spindle\n', 'strategy = spindle_linear\n')
+        self.assertIn('strategy = spindle_linear', cfg)
+        with open(os.path.join(work, 'strategy.cfg'), 'w') as f:
+            f.write(cfg)
+        self.assertEqual(opened(ANSIBLE_CONFIG=os.path.join(work, 'strategy.cfg')), ['ready'] * 2)
 
 
 if __name__ == '__main__':

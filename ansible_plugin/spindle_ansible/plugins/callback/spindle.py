@@ -85,10 +85,9 @@ class CallbackModule(CallbackBase):
     v2_playbook_on_handler_task_start = v2_playbook_on_task_start
 
     def v2_runner_on_start(self, host, task):
-        # In the controller, after this worker forked: the host's next workers inherit that
-        # it had a task that reaches it (spindle_ansible.opening).
+        # In the controller, just before this task's worker forks (spindle_ansible.opening).
         if self._patch is not None:
-            opening.started(host.get_name(), getattr(task, 'action', None))
+            opening.started(host.get_name(), getattr(task, 'action', None), getattr(task, '_uuid', None))
 
     def v2_playbook_on_stats(self, stats):
         if self._patch is not None:

@@ -921,7 +921,7 @@ class Connection(ConnectionBase):
             return self._as_ssh_tty(res.rc, res.stdout, res.stderr)
         return res.rc, res.stdout, res.stderr
 
-    def spindle_open_early(self):
+    def spindle_open_early(self, task_uuid):
         """Called (file-module patch) just before Ansible builds this task's module: for the
         host's first module task of the run, the daemon starts its ssh stream (or checks an
         idle one) meanwhile (:mod:`spindle_ansible.opening`). Best effort: a daemon that
@@ -929,7 +929,7 @@ class Connection(ConnectionBase):
         if self._spindle_opened or self._mode() != 'ssh':
             return
         self._spindle_opened = True
-        if not opening.wanted(self._spindle_inventory_name):
+        if not opening.wanted(self._spindle_inventory_name, task_uuid):
             return
         host = self._play_context.remote_addr
         try:

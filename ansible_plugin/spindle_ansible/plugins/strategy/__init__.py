@@ -1,7 +1,9 @@
 """What the spindle strategies share: ``SpindleStrategyMixin.run`` (mixed into Ansible's
 linear and free strategies) makes sure a spindle daemon runs (:mod:`spindle_ansible.daemon`),
 routes the play's connections to spindle while it runs (:mod:`spindle_ansible.routing`), and
-reports the run's module paths (:mod:`spindle_ansible.paths`). The names below stay importable
+reports the run's module paths (:mod:`spindle_ansible.paths`); ``_queue_task`` does, before
+each worker forks, what the ``spindle`` callback does from its task events
+(``compat.strategy_queued``). The names below stay importable
 from here for callers of earlier versions.
 """
 
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 from ansible.utils.display import Display
 
-from spindle_ansible import daemon, paths
+from spindle_ansible import compat, daemon, paths
 from spindle_ansible.routing import CONNECTION_DIR, CONNECTION_NAME, ENTER_ROUTES, ROUTES, LoaderPatch  # noqa: F401
 
 display = Display()
@@ -34,3 +36,8 @@ class SpindleStrategyMixin(object):
         finally:
             patch.restore()
             paths.report(display, socket_path, _paths_before)  # the run's so far
+
+    def _queue_task(self, host, task, *args, **kwargs):
+        # In the controller, before the task's worker forks (compat: strategy-queue-task).
+        compat.strategy_queued(host, task)
+        return super(SpindleStrategyMixin, self)._queue_task(host, task, *args, **kwargs)
