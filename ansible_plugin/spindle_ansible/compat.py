@@ -54,8 +54,9 @@ it relies on (attributes and signatures, checked before it is applied):
     from it (Ansible's worker per task, ``multiprocessing`` with the ``fork`` context on every
     version in :data:`VERIFIED`) starts with ``gc.freeze()``, so the worker's garbage collector
     walks only what the worker allocates, not every object it inherited from the controller.
-    Measured by timing ``ActionBase._configure_module`` in the first worker of a run (six cold
-    one-ping runs each): 150-226 ms of CPU without, 107-132 ms with; stock Ansible's 115-172 ms.
+    Measured with an ad hoc sitecustomize (not shipped: an indication) timing
+    ``ActionBase._configure_module`` in the first worker of a run, six cold one-ping runs
+    each: 150-226 ms of CPU without, 107-132 ms with; stock Ansible's 115-172 ms.
     The frozen objects are still freed by reference counting; a worker lives for one task
     (:func:`install_worker_gc`).
 

@@ -240,16 +240,21 @@ class Interpreters(unittest.TestCase):
         # of the run, under the interpreter the inventory names: t0's agent is the one its
         # modules run in (no second agent for /usr/bin/python3), t1 (discovery) gets the
         # interpreter context it always got. Later tasks do not ask again. The same with a
-        # spindle strategy and no callback, and on streams already open ("ready").
-        work = tempfile.mkdtemp(prefix='open-', dir=self.work)
+        # spindle strategy and no callback, and on streams already open ("ready"). As root
+        # and as the unprivileged login user, with the README's lines (pipelining off).
+        for user in self.users:
+            with self.subTest(user=user):
+                self.check_open_ahead(user)
+
+    def check_open_ahead(self, user):
+        work = tempfile.mkdtemp(prefix='open-%s-' % user, dir=self.work)
         sock = os.path.join(work, 's.sock')
         daemon = subprocess.Popen([rs.BIN, 'serve', '--socket', sock], stderr=subprocess.DEVNULL)
         self.addCleanup(daemon.wait)
         self.addCleanup(daemon.kill)
         rs.write_cfg(work, 'library = %s' % os.path.join(self.work, 'library'), 'host_key_checking = False')
-        rs.inventory(
-            self.inventory, os.path.join(work, 'inventory.ini'), interpreters={'t0': '/usr/bin/python3'}
-        )
+        inventory = os.path.join(work, 'inventory.ini')
+        rs.inventory(self.inventory, inventory, user=user, interpreters={'t0': '/usr/bin/python3'})
         with open(os.path.join(work, 'play.yml'), 'w') as f:
             f.write(OPEN_PLAY)
 
@@ -267,7 +272,7 @@ class Interpreters(unittest.TestCase):
         self.assertEqual(opened(), ['opening'] * 2)  # once per host, on its first module task
         stats = json.loads(run([rs.BIN, 'stats', '--socket', sock]).stdout)
         labels = sorted(stats['targets'])  # by address; an interpreter context's with its path
-        with open(os.path.join(work, 'inventory.ini')) as f:
+        with open(inventory) as f:
             addr = dict(re.findall(r'^(t\d+) ansible_host=(\S+)', f.read(), re.M))
         self.assertEqual([x for x in labels if x.split()[0] == addr['t0']], [addr['t0']], labels)
         self.assertEqual(len([x for x in labels if x.split()[0] == addr['t1']]), 2, labels)
