@@ -49,6 +49,13 @@ it relies on (attributes and signatures, checked before it is applied):
     A become plugin's ``build_become_command`` is wrapped (per instance) to remember each
     command it wraps, so the connection runs the unwrapped command in a nested agent that
     already runs as the become user (:func:`wrap_become`).
+``depfinder-cache``
+    ``module_common.ModuleDepFinder`` (the walk of a module or module_utils file for its
+    imports, when Ansible builds a module's AnsiballZ payload) answers from a per-file cache
+    kept across runs, and before 2.21 (where ``recursive_finder`` parses the file itself)
+    ``module_common``'s ``compile`` of a known file into a syntax tree returns an empty tree;
+    ``recursive_finder`` writes new entries when it returns. The payload is byte for byte
+    Ansible's (:mod:`spindle_ansible.depcache`, :func:`install_depcache`).
 ``worker-gc``
     Not a patch of ansible-core but of the controller process it runs in: each process forked
     from it (Ansible's worker per task, ``multiprocessing`` with the ``fork`` context on every
@@ -74,6 +81,7 @@ import gc
 import hashlib
 import inspect
 import os
+import re
 import secrets
 
 from ansible.utils.display import Display
@@ -174,6 +182,25 @@ def _shape(name):
         want = ['self', 'host', 'task', 'task_vars', 'play_context']
         if _params(getattr(StrategyBase, '_queue_task', None)) != want:
             missing.append('StrategyBase._queue_task(%s)' % ', '.join(want[1:]))
+    elif name == 'depfinder-cache':
+        from ansible.executor import module_common
+
+        finder = getattr(module_common, 'ModuleDepFinder', None)
+        params = _params(getattr(finder, '__init__', None)) or []
+        if params[:4] not in (
+            ['self', 'module_fqn', 'tree', 'is_pkg_init'],
+            ['self', 'module_fqn', 'module_data', 'is_pkg_init'],
+        ):
+            missing.append('module_common.ModuleDepFinder(module_fqn, tree|module_data, is_pkg_init)')
+        try:
+            source = inspect.getsource(module_common.recursive_finder)
+        except (AttributeError, OSError, TypeError):
+            source = ''
+        used = set(re.findall(r'\bfinder\.(\w+)', source))
+        if 'ModuleDepFinder(' not in source or not used or not used <= _FINDER_READS:
+            missing.append(
+                'recursive_finder reading only %s of its finders' % ', '.join(sorted(_FINDER_READS))
+            )
     elif name == 'become-wrap':
         from ansible.plugins.become import BecomeBase
 
@@ -193,6 +220,7 @@ PATCHES = (
     'file-module',
     'module-token',
     'strategy-queue-task',
+    'depfinder-cache',
 )
 
 
@@ -201,9 +229,10 @@ def prime():
     the workers inherit the answers (no signature inspection per task, ~0.5 ms) and a
     version warning is said once per run, not once per task."""
     for name in PATCHES:
-        if name != 'module-token':
+        if name not in ('module-token', 'depfinder-cache'):
             applies(name)
     install_module_token()
+    install_depcache()
     install_worker_gc()
 
 
@@ -214,10 +243,50 @@ def strategy_queued(host, task):
     """A spindle strategy queues ``task`` for ``host`` (module doc, ``strategy-queue-task``)."""
     if not applies('strategy-queue-task'):
         return
-    from spindle_ansible import opening, plancache
+    from spindle_ansible import depcache, opening, plancache
 
     opening.started(host.get_name(), getattr(task, 'action', None), getattr(task, '_uuid', None))
     plancache.run_cache().preload()
+    depcache.refresh()
+
+
+# -- depfinder-cache ----------------------------------------------------------------------------
+
+#: What ``recursive_finder`` may read of a finder for the cache's answer to stand in for it.
+_FINDER_READS = {'submodules', 'optional_imports', 'embeds', 'tree'}
+_DEPCACHE = {'installed': False}
+
+
+def install_depcache():
+    """Route ``module_common``'s dependency finder through :mod:`spindle_ansible.depcache`
+    (module doc, ``depfinder-cache``). Once per process, in the controller: workers inherit it
+    and the entries loaded here."""
+    if _DEPCACHE['installed'] or not applies('depfinder-cache'):
+        return
+    import builtins
+
+    from ansible.errors import AnsibleError
+    from ansible.executor import module_common
+
+    from spindle_ansible import daemon, depcache
+
+    try:
+        directory = daemon.user_dir()
+    except AnsibleError as e:
+        directory = None
+        display.vvv('spindle: the module dependency cache is not kept across runs: %s' % e)
+    why = depcache.load(directory, core_version())
+    if why:
+        display.vvv('spindle: module dependency cache: %s' % why)
+        if why.startswith('off'):
+            return
+    finder = module_common.ModuleDepFinder
+    takes_source = _params(finder.__init__)[2] == 'module_data'
+    finder.__init__ = depcache.finder_init(finder.__init__, takes_source)
+    if not takes_source:
+        module_common.compile = depcache.caching_compile(builtins.compile)
+    module_common.recursive_finder = depcache.flushing(module_common.recursive_finder)
+    _DEPCACHE['installed'] = True
 
 
 # -- worker-gc ----------------------------------------------------------------------------------

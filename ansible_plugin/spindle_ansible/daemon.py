@@ -406,6 +406,13 @@ class _Lock(object):
         os.close(self.fd)
 
 
+def _is_dir(path):
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _prune(base, keep):
     """Remove the directories of this user's daemons that are gone (another binary or
     environment, now idle-exited), each under its own lock, skipping any in use; and their lock
@@ -416,8 +423,8 @@ def _prune(base, keep):
         return
     for name in names:
         path = os.path.join(base, name)
-        if name.endswith('.lock') or path == keep:
-            continue
+        if name.endswith('.lock') or path == keep or not _is_dir(path):
+            continue  # a lock, the daemon in use, or a file kept here (spindle_ansible.depcache)
         try:
             fd = os.open(path + '.lock', os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError:

@@ -19,7 +19,14 @@ from unittest import mock
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 PKG = os.path.join(REPO, 'ansible_plugin')
-PATCHES = ('loader-routing', 'copy-fast-path', 'become-wrap', 'async-execute-module', 'strategy-queue-task')
+PATCHES = (
+    'loader-routing',
+    'copy-fast-path',
+    'become-wrap',
+    'async-execute-module',
+    'strategy-queue-task',
+    'depfinder-cache',
+)
 
 
 TOKEN_SCRIPT = r"""

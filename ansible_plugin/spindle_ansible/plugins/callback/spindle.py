@@ -41,7 +41,7 @@ import os
 from ansible.errors import AnsibleError
 from ansible.plugins.callback import CallbackBase
 
-from spindle_ansible import opening, paths, plancache
+from spindle_ansible import depcache, opening, paths, plancache
 from spindle_ansible.daemon import ensure_daemon
 from spindle_ansible.routing import LoaderPatch
 
@@ -81,6 +81,7 @@ class CallbackModule(CallbackBase):
         # In the controller, before the task's workers fork: they inherit the module plans.
         if self._patch is not None:
             plancache.run_cache().preload()
+            depcache.refresh()
 
     v2_playbook_on_handler_task_start = v2_playbook_on_task_start
 
