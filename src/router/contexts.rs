@@ -145,8 +145,8 @@ impl Router {
     }
 
     /// `spec` without its `interpreter` when the host's stream agent runs that interpreter
-    /// already (no context needed). The agent's HELLO decides (its `executable` or that
-    /// path resolved); before the HELLO, the interpreter the stream was started with (its
+    /// already (no context needed). The agent's HELLO decides (its `executable`, that path
+    /// resolved, or another path of the same interpreter it lists); before the HELLO, the interpreter the stream was started with (its
     /// `python`), or for a stream not opened yet, the one this spec would start it with.
     /// Anything else gets its own context (at worst a second agent under the same Python).
     pub(super) fn resolve_interpreter(&self, mut spec: Spec) -> Spec {
@@ -348,12 +348,24 @@ impl Router {
 
 /// Whether an agent whose HELLO is `hello` runs `python` (its `executable`, or the real
 /// path the agent resolved it to).
+/// Whether the agent whose HELLO is `hello` runs `python`: its `executable`, the program that
+/// resolves to (`realpath`, absent in a venv), or one of the `aliases` the agent checked on
+/// the target (at most [`MAX_HELLO_ALIASES`] are looked at).
 fn hello_runs(hello: &[u8], python: &str) -> bool {
     let v: serde_json::Value = serde_json::from_slice(hello).unwrap_or_default();
-    ["executable", "realpath"]
+    let named = ["executable", "realpath"]
         .iter()
-        .any(|k| v[*k].as_str() == Some(python))
+        .any(|k| v[*k].as_str() == Some(python));
+    named
+        || v["aliases"].as_array().is_some_and(|a| {
+            a.iter()
+                .take(MAX_HELLO_ALIASES)
+                .any(|x| x.as_str() == Some(python))
+        })
 }
+
+/// The HELLO's `aliases` looked at, at most (the agent sends 16 at most).
+const MAX_HELLO_ALIASES: usize = 16;
 
 fn suffix(last: &str) -> String {
     if last.is_empty() {

@@ -107,10 +107,10 @@ def decode_stream(f):
 class AgentProc(object):
     """A running agent plus a reader thread that collects its frames."""
 
-    def __init__(self, first_frames=b""):
+    def __init__(self, first_frames=b"", python=PYTHON):
         blob = zlib.compress(agent_source.text().encode("utf-8"), 9)
         self.proc = subprocess.Popen(
-            [PYTHON, "-c", STAGE1 % len(blob)],
+            [python, "-c", STAGE1 % len(blob)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -263,6 +263,28 @@ class AgentTest(unittest.TestCase):
         self.assertEqual(h["hostname"], socket.gethostname())
         self.assertTrue(os.path.isabs(h["executable"]))
         self.assertRegex(h["python"], r"^3\.\d+\.\d+")
+        # other paths of the same program: each resolves to it, the executable is not one
+        self.assertLessEqual(len(h["aliases"]), 16)
+        self.assertNotIn(h["executable"], h["aliases"])
+        for p in h["aliases"]:
+            self.assertEqual(os.path.realpath(p), os.path.realpath(h["executable"]), p)
+
+    def test_hello_in_a_venv_lists_the_venvs_other_names(self):
+        # A venv's python3 (as a login PATH finds it) and the python3.X discovery finds
+        # beside it are one interpreter: the daemon matches the HELLO's aliases.
+        venv = os.path.join(self.tmp, "v")
+        subprocess.run([PYTHON, "-m", "venv", "--without-pip", venv], check=True)
+        a = AgentProc(python=os.path.join(venv, "bin", "python3"))
+        try:
+            h = a.take(lambda f: f.kind == HELLO).json()
+        finally:
+            a.close()
+        self.assertEqual(h["executable"], os.path.join(venv, "bin", "python3"))
+        self.assertIsNone(h["realpath"])
+        want = "python" + ".".join(h["python"].split(".")[:2])
+        self.assertIn(os.path.join(venv, "bin", want), h["aliases"])
+        self.assertIn(os.path.join(venv, "bin", "python"), h["aliases"])
+        self.assertTrue(all(p.startswith(venv + "/") for p in h["aliases"]), h["aliases"])
 
     def test_info_log_at_start(self):
         log = self.agent.take(lambda f: f.kind == LOG).json()

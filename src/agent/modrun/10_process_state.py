@@ -29,6 +29,7 @@ class ProcessState(object):
             (k, getattr(sys, k))
             for k in (
                 'argv',
+                'executable',
                 'path',
                 'meta_path',
                 'path_hooks',

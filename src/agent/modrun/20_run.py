@@ -84,13 +84,32 @@ def _std_streams(template_out, template_err, env):
     return stdin, writer(1, template_out, False), writer(2, template_err, not unbuffered)
 
 
+_SHIMS = {}  # (dialect, frame lines) -> the shim's code object; a few per agent at most
+
+
 def _shim(req):
+    """The shim of ``req``'s wrapper dialect and frame lines, compiled once per agent."""
+    ln = req.get('tb_lines')
+    if not isinstance(ln, dict) or not all(
+        type(ln.get(k)) is int and 0 < ln[k] <= 100000 for k in ('invoke', 'main', 'module')
+    ):
+        ln = {'invoke': 3, 'main': 4, 'module': 5}  # none, or out of range: the shim's own
+    key = (req['dialect'], ln['invoke'], ln['main'], ln['module'])
+    code = _SHIMS.get(key)
+    if code is None:
+        code = _compile_shim(req['dialect'], ln)
+        if len(_SHIMS) < 16:
+            _SHIMS[key] = code
+    return code
+
+
+def _compile_shim(dialect, ln):
     """Code standing in for the wrapper frames, compiled as "<stdin>" with the wrapper's own
     line numbers so that an uncaught exception prints exactly the stock traceback:
       File "<stdin>", line <module>, in <module>
       File "<stdin>", line <main>, in _ansiballz_main
       File "<stdin>", line <invoke>, in invoke_module"""
-    if req['dialect'] == 'v2':
+    if dialect == 'v2':
         call = (
             '_loader.run_module(json_params=_p, profile=_profile, module_fqn=_fqn, '
             'modlib_path=_modlib, extensions=_ext)'
@@ -101,7 +120,6 @@ def _shim(req):
             'run_name="__main__", alter_sys=True); '
             'print(\'{"msg": "New-style module did not handle its own exit", "failed": true}\'); sys.exit(1)'
         )
-    ln = req.get('tb_lines') or {'invoke': 3, 'main': 4, 'module': 5}
     src = ['def _ansiballz_main():', '    def invoke_module():']
     src += [''] * (ln['invoke'] - 1 - len(src)) + ['        ' + call]
     src += [''] * (ln['main'] - 1 - len(src)) + ['    invoke_module()']
@@ -190,6 +208,8 @@ def execute(req, payload, out_fd, err_fd, template_out, template_err, state=None
         run_env.update(req.get('env') or {})
         sys.stdin, sys.stdout, sys.stderr = _std_streams(template_out, template_err, run_env)
         sys.argv = ['']  # `python3` reading its program from stdin
+        if req.get('executable'):  # another path of this interpreter (50_modules.py)
+            sys.executable = req['executable']
         _prepare_fresh_process_view(req)
         if req.get('cwd'):  # the local connection's playbook directory
             os.chdir(req['cwd'])

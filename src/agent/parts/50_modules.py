@@ -167,6 +167,34 @@ def _runs_interpreter(interp):
     return _venv_of(interp) == _my_venv()
 
 
+MAX_ALIASES = 16  # the HELLO's `aliases`, at most
+
+
+def _interpreter_aliases():
+    """Other paths that run this very interpreter, for the HELLO (the daemon cannot resolve
+    paths on the target): the python* names beside the executable that _runs_interpreter
+    accepts (a venv's python, python3, python3.11; /usr/bin's python3 and python3.11), and
+    outside a venv those beside the program it resolves to. At most MAX_ALIASES."""
+    exe = sys.executable
+    dirs = [os.path.dirname(os.path.abspath(exe))]
+    if not _my_venv():
+        dirs.append(os.path.dirname(os.path.realpath(exe)))
+    out = []
+    for d in dirs:
+        try:
+            names = sorted(n for n in os.listdir(d) if n.startswith("python"))
+        except OSError:
+            continue
+        for n in names:
+            p = os.path.join(d, n)
+            if p == exe or p in out or not _runs_interpreter(p):
+                continue
+            out.append(p)
+            if len(out) >= MAX_ALIASES:
+                return out
+    return out
+
+
 ASYNC_MAX_LIMIT = 2**31 - 1  # seconds: the longest async time limit accepted
 
 
@@ -208,6 +236,10 @@ def _run_module(call):
     interp = call.get("interpreter")
     if interp and not _runs_interpreter(interp):
         return {"fallback": "interpreter %s is not the agent's %s" % (interp, sys.executable)}
+    if isinstance(interp, str) and interp.startswith("/") and interp != sys.executable:
+        # Another path of this same program and venv (a venv's python3.11 beside the python3
+        # the agent started as): the module sees the sys.executable a fresh one would.
+        req = dict(req, executable=interp)
     files = {}
     for path, digest in manifest.items():
         data = CODE.get(digest)

@@ -235,6 +235,9 @@ def main():
         # the program resolved, for the daemon to match interpreters (not in a venv,
         # whose python resolves to its base but sees other packages)
         "realpath": None if _my_venv() else os.path.realpath(sys.executable),
+        # other paths of this same interpreter (same program, same venv), e.g. the python3.11
+        # discovery finds beside the python3 the login PATH started
+        "aliases": _interpreter_aliases(),
         "hostname": socket.gethostname(),
         "uid": os.getuid(),
         "pid": os.getpid(),

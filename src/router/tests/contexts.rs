@@ -17,6 +17,39 @@ fn a_module_under_the_agents_interpreter_needs_no_context() {
 }
 
 #[test]
+fn another_path_the_agent_lists_for_its_interpreter_needs_no_context() {
+    // A venv's python3 (the login PATH's): no realpath, and discovery finds its python3.11.
+    let mut r = Router::new();
+    let now = Instant::now();
+    r.request(1, exec(1, target(serde_json::json!({}))), now);
+    let mut aliases: Vec<String> = (0..16)
+        .map(|i| format!("/opt/v/bin/python3.{i}x"))
+        .collect();
+    aliases[3] = "/opt/v/bin/python3.11".into();
+    aliases.push("/opt/v/bin/python-too-far".into()); // past the 16 looked at
+    let body = serde_json::json!({"proto": 1, "python": "3.11.2", "executable": "/opt/v/bin/python3",
+        "realpath": null, "aliases": aliases, "hostname": "h", "uid": 0, "pid": 1});
+    hello_body(&mut r, 0, body, now);
+    let py = serde_json::json!({"interpreter": "/opt/v/bin/python3.11"});
+    r.request(1, module_call(2, target(py)), now);
+    assert_eq!(
+        r.targets.len(),
+        1,
+        "a second agent for a path of the agent's own interpreter"
+    );
+    let far = serde_json::json!({"interpreter": "/opt/v/bin/python-too-far"});
+    r.request(1, module_call(3, target(far)), now);
+    assert_eq!(r.targets.len(), 2, "only the first 16 aliases count");
+    let odd = serde_json::json!({"interpreter": "/usr/bin/python3"});
+    r.request(1, module_call(4, target(odd)), now);
+    assert_eq!(
+        r.targets.len(),
+        3,
+        "another interpreter still gets its context"
+    );
+}
+
+#[test]
 fn another_interpreter_gets_a_context_on_the_same_stream() {
     let mut r = Router::new();
     let now = Instant::now();

@@ -50,6 +50,10 @@ fn module_call(id: u64, t: serde_json::Value) -> Request {
 fn hello(r: &mut Router, t: TargetId, executable: &str, now: Instant) {
     let body = serde_json::json!({"proto": 1, "python": "3.11.2", "executable": executable,
         "realpath": executable, "hostname": "h", "uid": 0, "pid": 1});
+    hello_body(r, t, body, now);
+}
+
+fn hello_body(r: &mut Router, t: TargetId, body: serde_json::Value, now: Instant) {
     let mut b = Vec::new();
     let h = FrameHeader {
         kind: Kind::Hello,
