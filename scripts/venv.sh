@@ -59,6 +59,11 @@ if [[ $("$VENV/bin/ruff" --version 2>/dev/null) != "ruff $RUFF_VERSION" ]]; then
   echo "venv.sh: installing ruff $RUFF_VERSION (make lint)"
   "$VENV/bin/pip" install -q "ruff==$RUFF_VERSION"
 fi
+PYSPY_VERSION=0.4.3      # `bench/run --profile`'s sampler (the README's floor suite)
+if [[ $("$VENV/bin/py-spy" --version 2>/dev/null) != "py-spy $PYSPY_VERSION" ]]; then
+  echo "venv.sh: installing py-spy $PYSPY_VERSION (bench/run --profile)"
+  "$VENV/bin/pip" install -q "py-spy==$PYSPY_VERSION"
+fi
 if [[ $("$VENV/bin/maturin" --version 2>/dev/null) != "maturin $MATURIN_VERSION" ]]; then
   echo "venv.sh: installing maturin $MATURIN_VERSION (builds the wheel)"
   "$VENV/bin/pip" install -q "maturin==$MATURIN_VERSION"

@@ -96,7 +96,7 @@ def _read(path):
         return {}
     try:
         doc = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         return {}
     raw = doc.get('entries') if isinstance(doc, dict) else None
     if not isinstance(raw, dict):

@@ -76,7 +76,7 @@ class PlanCache(object):
         try:
             with open(os.path.join(self.root, '%s-%s.json' % (kind, key))) as f:
                 value = json.load(f)
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
         if not _VALID.get(kind, lambda v: False)(value):
             return None

@@ -140,6 +140,9 @@ class Entries(unittest.TestCase):
         with open(path, 'wb') as f:
             f.write(b' ' * (depcache.MAX_BYTES + 1))
         self.assertEqual(depcache._read(path), {})
+        with open(path, 'wb') as f:
+            f.write(b'[' * 200000 + b']' * 200000)
+        self.assertEqual(depcache._read(path), {})
 
     def test_bounded_and_written_whole(self):
         depcache._state['path'] = os.path.join(self.dir, 'depfinder-t.json')

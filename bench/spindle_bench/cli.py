@@ -31,7 +31,7 @@ from spindle_bench.config import (
 from spindle_bench.controllers import ContainerController, ControllerUnavailable, HostController
 from spindle_bench.fleets import ComposeFleet, FleetUnavailable, NetnsFleet, PodmanFleet
 from spindle_bench.links import LinkEmu
-from spindle_bench.measure import exec_controller, line_rate, make_payloads
+from spindle_bench.measure import PYSPY, exec_controller, line_rate, make_payloads
 from spindle_bench.modes import Mode, setup_mitogen, setup_spindle, setup_stock
 from spindle_bench.runner import Runner
 from spindle_bench.util import tail
@@ -160,6 +160,8 @@ def main(argv=None):
         ap.error('--repeat must be 1 to 20')
     if args.controller == 'container' and args.profile:
         ap.error('--profile runs py-spy on the host controller only')
+    if args.profile and PYSPY is None:
+        ap.error('--profile needs py-spy: not on PATH nor in .venv/bin (make venv installs it)')
     if args.fleet in ('netns', 'podman') and not re.match(r'^[a-z0-9]{1,4}$', args.fleet_prefix):
         ap.error('--fleet-prefix must match [a-z0-9]{1,4} (fleet names are PREFIX1, PREFIX2, ...)')
     if args.fleet == 'podman' or args.controller == 'container':

@@ -9,13 +9,17 @@ import subprocess
 import threading
 import time
 
-from spindle_bench.config import CACHE
+from spindle_bench.config import BENCH, CACHE
 from spindle_bench.fleets import podman_env
 from spindle_bench.util import CpuAcct, all_pids, read_stat, set_subreaper
 
 # ------------------------------------------------------------------------------ profiles
 
-PYSPY = shutil.which('py-spy') or 'py-spy'
+#: py-spy on PATH, else the one scripts/venv.sh installs into the repository's .venv; None: none.
+PYSPY = shutil.which('py-spy') or next(
+    (p for p in [os.path.join(os.path.dirname(BENCH), '.venv', 'bin', 'py-spy')] if os.access(p, os.X_OK)),
+    None,
+)
 PYSPY_RATE = 250
 #: (phase, substrings of a frame that put it in the phase). Each sample goes to the phase of
 #: its innermost frame that matches one (rules in this order), so a JSON decode called from
