@@ -271,7 +271,7 @@ def install_depcache():
     from spindle_ansible import daemon, depcache
 
     try:
-        directory = daemon.user_dir()
+        directory = daemon.kept_dir()
     except AnsibleError as e:
         directory = None
         display.vvv('spindle: the module dependency cache is not kept across runs: %s' % e)

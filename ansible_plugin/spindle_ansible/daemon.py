@@ -249,6 +249,20 @@ def user_dir():
     return _private_dir(os.path.join(runtime_base(), 'spindle-%d' % os.getuid()))
 
 
+def kept_dir():
+    """Where spindle keeps what outlives a run besides the daemon (spindle_ansible.depcache):
+    this user's directory of persistent daemons, when runs persist (SPINDLE_PERSIST > 0) and
+    it exists (a run with a persistent daemon made it). Never created here: a run with a
+    private daemon (SPINDLE_PERSIST=0, -vvv, SPINDLE_SOCKET) leaves nothing behind. None when
+    there is none (the AnsibleError of a directory that is not private is raised)."""
+    if persist_seconds() == 0:
+        return None
+    path = os.path.join(runtime_base(), 'spindle-%d' % os.getuid())
+    if not os.path.isdir(path):
+        return None
+    return _private_dir(path)
+
+
 def daemon_key(binary, environ=None):
     """What a persistent daemon's behaviour depends on, hashed (see the module doc)."""
     import ansible

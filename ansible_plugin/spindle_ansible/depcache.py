@@ -21,7 +21,8 @@ than its imports (a module with a top-level ``METADATA``, a file with embedded r
 The entries live in memory, loaded in the controller before the workers fork (they inherit
 it), and in one JSON file per ansible-core and Python version in the user's private spindle
 directory (the persistent daemons' one: ``$XDG_RUNTIME_DIR/spindle-<uid>`` or
-``/tmp/spindle-<uid>``, mode 0700), written by the worker that computed new entries (the
+``/tmp/spindle-<uid>``, mode 0700; only when runs persist and it exists, so a run with a
+private daemon leaves nothing behind: ``daemon.kept_dir``), written by the worker that computed new entries (the
 whole file replaced by a rename; two workers writing at once lose one's new entries, which
 the next run computes again). Bounded: :data:`MAX_ENTRIES` entries (oldest dropped first),
 :data:`MAX_BYTES` per file (a larger or malformed file is ignored and replaced), each entry
@@ -127,7 +128,7 @@ def load(directory, core):
         _state['why'] = 'off (SPINDLE_DEPCACHE=0)'
         return _state['why']
     if directory is None:
-        _state['why'] = 'memory only (no private directory)'
+        _state['why'] = 'this run only (no persistent daemon directory: SPINDLE_PERSIST=0, or none yet)'
         return _state['why']
     _state['path'] = os.path.join(directory, _file_name(core))
     refresh()

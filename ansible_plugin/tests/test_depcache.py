@@ -39,6 +39,11 @@ class PatchedBuilds(unittest.TestCase):
     def setUp(self):
         self.runtime = tempfile.mkdtemp(prefix='spindle-depcache-')
         self.addCleanup(shutil.rmtree, self.runtime, True)
+        self.user_dir()
+
+    def user_dir(self):
+        # what a run with a persistent daemon makes (daemon.user_dir); the cache never does
+        os.makedirs(os.path.join(self.runtime, 'spindle-%d' % os.getuid()), 0o700, exist_ok=True)
 
     def build(self, python, mode, *names, env=None):
         e = dict(os.environ, XDG_RUNTIME_DIR=self.runtime, PYTHONPATH=PLUGIN, **(env or {}))
@@ -65,6 +70,7 @@ class PatchedBuilds(unittest.TestCase):
             with self.subTest(ansible=label):
                 shutil.rmtree(self.runtime, True)
                 os.mkdir(self.runtime, 0o700)
+                self.user_dir()
                 stock = self.build(python, 'stock', 'command', 'ping')
                 cold = self.build(python, 'patched', 'command', 'ping')
                 warm = self.build(python, 'patched', 'command', 'ping')
@@ -89,6 +95,20 @@ class PatchedBuilds(unittest.TestCase):
         self.assertEqual(again['files'], stock['files'])
         self.assertEqual(again['walks'], stock['walks'])
         self.assertEqual(self.build(python, 'patched', 'ping')['walks'], 0)
+
+    def test_runs_that_do_not_persist_leave_nothing_behind(self):
+        # No persistent daemon's directory (a fresh runtime dir with a private daemon, -vvv,
+        # SPINDLE_SOCKET): none is made. SPINDLE_PERSIST=0: the one there is not written.
+        python = sys.executable
+        stock = self.build(python, 'stock', 'ping')
+        shutil.rmtree(os.path.join(self.runtime, 'spindle-%d' % os.getuid()))
+        for _ in range(2):
+            self.assertEqual(self.build(python, 'patched', 'ping')['files'], stock['files'])
+        self.assertEqual(os.listdir(self.runtime), [])
+        self.user_dir()
+        again = self.build(python, 'patched', 'ping', env={'SPINDLE_PERSIST': '0'})
+        self.assertEqual(again['walks'], stock['walks'])
+        self.assertEqual(self.cache_files(), [])
 
     def test_off_with_the_environment_variable(self):
         python = sys.executable
