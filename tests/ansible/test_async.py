@@ -43,12 +43,12 @@ PLAY = '''
   gather_facts: false
   tasks:
     - name: poll > 0 (command)
-      command: sh -c 'sleep 1; echo out; echo err >&2'
+      command: sh -c 'sleep 1.5; echo out; echo err >&2'  # off run_command's 1 s select boundary
       async: 20
       poll: 1
 
     - name: fire and forget (shell)
-      shell: sleep 2; echo done async
+      shell: sleep 2.5; echo done async  # off run_command's 1 s select boundary
       async: 30
       poll: 0
       register: fire
