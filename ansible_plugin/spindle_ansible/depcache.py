@@ -169,8 +169,6 @@ def known(shash):
 
 def store(shash, fqn, is_pkg, submodules, optional):
     """Keep the finder's answer for one file, if it is in shape (else it is not kept)."""
-    if _state['why'] is not None and _state['why'].startswith('off'):
-        return
     key = _key(shash, fqn, is_pkg)
     subs = sorted(list(p) for p in submodules)
     opt = sorted(list(p) for p in optional)
@@ -208,10 +206,6 @@ def flush():
     except (OSError, ValueError):
         return
     _state['new'] = 0
-
-
-def stats():
-    return {'entries': len(_state['entries']), 'path': _state['path'], 'why': _state['why']}
 
 
 # -- what the compat patch installs -------------------------------------------------------------
