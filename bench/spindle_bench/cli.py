@@ -250,14 +250,7 @@ def run_suite(args, ap, ctl, share, out):
     for c in cells:
         if c[1] not in sizes:
             sizes.append(c[1])
-    total_runs = 0
-    for w, _h, r, ms in cells:
-        total_runs += (
-            len(modes_for_cell(w, r, ms, modes_wanted, modes)) * (2 if w in WARM_CELLS else 1) * args.repeat
-        )
-    if args.profile:
-        total_runs += len([m for m in modes_wanted if modes[m].available and m != 'floor'])
-    progress.total = total_runs
+    progress.total = planned_runs(args, cells, modes, modes_wanted)
     fleets_used = []
     interrupted = False
     exit_code = 0
@@ -282,12 +275,7 @@ def run_suite(args, ap, ctl, share, out):
                 probed = True
                 probe_modes(runner, modes, fleet, inv, progress, meta, out)
                 # recount now that probes may have removed modes
-                progress.total = progress.n + sum(
-                    len(modes_for_cell(w, r, ms, modes_wanted, modes))
-                    * (2 if w in WARM_CELLS else 1)
-                    * args.repeat
-                    for w, h, r, ms in cells
-                )
+                progress.total = progress.n + planned_runs(args, cells, modes, modes_wanted)
             forks = args.forks or min(size, 50)
             size_cells = [c for c in cells if c[1] == size]
             for cell in size_cells:
@@ -396,6 +384,18 @@ def setup_modes(args, ctl, share, out, modes_wanted):
         if not m.available:
             log('mode %s: SKIPPED: %s' % (name, m.reason))
     return modes, cleanup_dirs
+
+
+def planned_runs(args, cells, modes, modes_wanted):
+    """How many ansible-playbook runs the cells (and ``--profile``'s one per mode) still make,
+    for the progress counter."""
+    n = sum(
+        len(modes_for_cell(w, r, ms, modes_wanted, modes)) * (2 if w in WARM_CELLS else 1) * args.repeat
+        for w, _h, r, ms in cells
+    )
+    if args.profile:
+        n += len([m for m in modes_wanted if modes[m].available and m != 'floor'])
+    return n
 
 
 def run_cell(args, runner, modes, modes_wanted, cell, fleet, inv, forks, meta, progress):
