@@ -47,6 +47,7 @@ pub fn agent_source() -> &'static str {
 pub const MODRUN_PARTS: &[(&str, &str)] = &[
     part!("modrun", "00_importer.py"),
     part!("modrun", "10_process_state.py"),
+    part!("modrun", "15_spawn.py"),
     part!("modrun", "20_run.py"),
     part!("modrun", "30_async.py"),
 ];

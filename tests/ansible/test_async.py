@@ -173,7 +173,7 @@ PLAY = '''
       poll: 1
 
     - name: a job for the next run
-      shell: sleep 15; echo from the first run
+      shell: sleep 15.5; echo from the first run  # off run_command's 1 s select boundary
       async: 60
       poll: 0
       register: later

@@ -17,8 +17,9 @@ Two wrapper dialects are emulated:
 In parts (src/agent/modrun/, joined in name order into this one module, which the agent loads
 on its first run_module): 00_importer (the in-RAM payload importer and the module_utils kept
 warm between runs), 10_process_state (what a run may change in the process, saved and
-restored), 20_run (one module run: in-process, forked, or from a private temp dir), 30_async
-(async tasks as async_wrapper runs them).
+restored), 15_spawn (a module's commands vfork where Ansible's preexec does nothing), 20_run
+(one module run: in-process, forked, or from a private temp dir), 30_async (async tasks as
+async_wrapper runs them).
 """
 
 import atexit
@@ -36,6 +37,7 @@ import resource
 import runpy
 import select
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
