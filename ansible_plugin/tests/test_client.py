@@ -212,6 +212,14 @@ class TestFraming(ClientTestCase):
             self.assertEqual(m["op"], "stats")
             self.assertNotIn("target", m)
 
+    def test_one_caller_reads_for_itself(self):
+        # Ansible's worker makes one call at a time: no reader thread is started for it.
+        for _ in range(3):
+            self.client.stats()
+        self.assertFalse(self.client._conn.reader_started)
+        self.assertFalse(self.client._conn.reader.is_alive())
+        self.assertFalse(self.client._conn.reading)
+
     def test_unicode_and_large_message(self):
         big = "é" * (3 * 1024 * 1024)  # multi-byte UTF-8, several MiB: many recv/send chunks
         result = self.client.request("ping", {"transport": "local"}, blob=big)
@@ -359,6 +367,32 @@ class TestConcurrency(ClientTestCase):
         results = self.run_threads(lambda i: self.client.request("ping", SSH, n=i), self.N)
         answerer.join(WAIT)
         self.assertEqual(results, [{"n": i} for i in range(self.N)])
+
+    def test_waiting_callers_are_handed_to_the_reader_thread(self):
+        # The first caller reads for itself; the replies come in reverse, so it gets its own
+        # last and dispatches the others'; a caller that registers while it reads waits on
+        # its event and is never left without a reader.
+        def answer_reversed():
+            got = [self.held.get(timeout=WAIT) for _ in range(self.N)]
+            for conn, msg in reversed(got):
+                conn.reply(msg["id"], {"n": msg["n"]})
+
+        answerer = threading.Thread(target=answer_reversed)
+        answerer.start()
+        results = self.run_threads(lambda i: self.client.request("ping", SSH, n=i), self.N)
+        answerer.join(WAIT)
+        self.assertEqual(results, [{"n": i} for i in range(self.N)])
+        self.assertFalse(self.client._conn.reading)
+
+        # afterwards a single call still gets its reply, whoever reads now
+        def answer_one():
+            conn, msg = self.held.get(timeout=WAIT)
+            conn.reply(msg["id"], {"after": True})
+
+        t = threading.Thread(target=answer_one)
+        t.start()
+        self.assertEqual(self.client.request("ping", SSH), {"after": True})
+        t.join(WAIT)
 
     def test_call_timeout_and_late_reply_dropped(self):
         with self.assertRaises(SpindleError) as cm:
