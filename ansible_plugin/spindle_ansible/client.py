@@ -247,7 +247,7 @@ class _Connection:
         self.dead: Optional[str] = None  # why the connection is unusable
         self.fatal: Optional[str] = None  # an id-0 error reply from the daemon
         self.closed = False
-        self.reading = False  # a caller reads the socket in its own thread (Client._read_inline)
+        self.reading = False  # a caller reads the socket in its own thread (read_for)
         self.reader_started = False
         self.reader = threading.Thread(target=self._read_loop, name="spindle-client-reader", daemon=True)
 
@@ -283,10 +283,31 @@ class _Connection:
             if start:
                 self.reader_started = True
         if start:
-            self.start_reader()
+            self.reader.start()
 
-    def start_reader(self) -> None:
-        self.reader.start()
+    def read_for(self, slot: "_Slot", step: float) -> bool:
+        """As the leader (``lead``): read in this thread until ``slot`` is answered or ``step``
+        seconds pass; whether it was answered. Past ``step`` the reader thread takes over and
+        the caller goes on waiting on its event."""
+        end = time.monotonic() + step
+        try:
+            while not slot.event.is_set():
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    ready, _w, _x = select.select([self.sock], [], [], left)
+                except (OSError, ValueError) as e:  # closed under us
+                    self.lost("lost the spindle daemon: %s" % (e,))
+                    break
+                if ready:
+                    reason = self.read_one()
+                    if reason is not None:
+                        self.lost(reason)
+                        break
+        finally:
+            self.unlead(thread=not slot.event.is_set())
+        return slot.event.is_set()
 
     def send(self, payload: bytes) -> None:
         header = _HEADER.pack(len(payload))
@@ -625,7 +646,7 @@ class Client:
         while True:
             step = every if end is None else min(every, end - time.monotonic())
             if step > 0:
-                got = self._read_inline(conn, slot, step) if conn.lead() else slot.event.wait(step)
+                got = conn.read_for(slot, step) if conn.lead() else slot.event.wait(step)
                 if got:
                     return True
             if end is not None and time.monotonic() >= end:
@@ -636,31 +657,6 @@ class Client:
             if why is not None:
                 conn.fail(why)
                 return True
-
-    @staticmethod
-    def _read_inline(conn: _Connection, slot: _Slot, step: float) -> bool:
-        """Read in this thread (the connection's leader, see ``_Connection.lead``) until
-        ``slot`` is answered or ``step`` seconds pass; whether it was answered. Past ``step``
-        the reader thread takes over: the caller goes on waiting on its event."""
-        end = time.monotonic() + step
-        try:
-            while not slot.event.is_set():
-                left = end - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    ready, _w, _x = select.select([conn.sock], [], [], left)
-                except (OSError, ValueError) as e:  # closed under us
-                    conn.lost("lost the spindle daemon: %s" % (e,))
-                    break
-                if ready:
-                    reason = conn.read_one()
-                    if reason is not None:
-                        conn.lost(reason)
-                        break
-        finally:
-            conn.unlead(thread=not slot.event.is_set())
-        return slot.event.is_set()
 
     def _unanswered(self, conn: _Connection, grace: float) -> Optional[str]:
         """None when the daemon answers ``alive`` within ``grace`` seconds, else why not."""

@@ -354,45 +354,48 @@ class TestConcurrency(ClientTestCase):
             self.assertEqual(r, {"shell": "echo %d" % i, "host": "h%d" % i})
         self.assertEqual(len(self.daemon.conns), 1, "all threads share one connection")
 
-    def test_all_requests_in_flight_at_once(self):
-        # No reply is sent until every request has arrived: proves the client does not
-        # serialize calls (a lock held across the round trip would deadlock here).
+    def pings_answered(self, order):
+        """N pings at once from N threads, answered once every one has arrived, in the order
+        ``order`` gives the list of (conn, msg) received; their results."""
+
         def answer_all():
             got = [self.held.get(timeout=WAIT) for _ in range(self.N)]
-            for conn, msg in got:
+            for conn, msg in order(got):
                 conn.reply(msg["id"], {"n": msg["n"]})
 
         answerer = threading.Thread(target=answer_all)
         answerer.start()
         results = self.run_threads(lambda i: self.client.request("ping", SSH, n=i), self.N)
         answerer.join(WAIT)
-        self.assertEqual(results, [{"n": i} for i in range(self.N)])
+        return results
+
+    def ping_answered(self, result):
+        """One ping, answered with ``result`` when it arrives; what the call returned."""
+
+        def answer_one():
+            conn, msg = self.held.get(timeout=WAIT)
+            conn.reply(msg["id"], result)
+
+        t = threading.Thread(target=answer_one)
+        t.start()
+        try:
+            return self.client.request("ping", SSH)
+        finally:
+            t.join(WAIT)
+
+    def test_all_requests_in_flight_at_once(self):
+        # No reply is sent until every request has arrived: proves the client does not
+        # serialize calls (a lock held across the round trip would deadlock here).
+        self.assertEqual(self.pings_answered(list), [{"n": i} for i in range(self.N)])
 
     def test_waiting_callers_are_handed_to_the_reader_thread(self):
         # The first caller reads for itself; the replies come in reverse, so it gets its own
         # last and dispatches the others'; a caller that registers while it reads waits on
         # its event and is never left without a reader.
-        def answer_reversed():
-            got = [self.held.get(timeout=WAIT) for _ in range(self.N)]
-            for conn, msg in reversed(got):
-                conn.reply(msg["id"], {"n": msg["n"]})
-
-        answerer = threading.Thread(target=answer_reversed)
-        answerer.start()
-        results = self.run_threads(lambda i: self.client.request("ping", SSH, n=i), self.N)
-        answerer.join(WAIT)
-        self.assertEqual(results, [{"n": i} for i in range(self.N)])
+        self.assertEqual(self.pings_answered(lambda got: got[::-1]), [{"n": i} for i in range(self.N)])
         self.assertFalse(self.client._conn.reading)
-
         # afterwards a single call still gets its reply, whoever reads now
-        def answer_one():
-            conn, msg = self.held.get(timeout=WAIT)
-            conn.reply(msg["id"], {"after": True})
-
-        t = threading.Thread(target=answer_one)
-        t.start()
-        self.assertEqual(self.client.request("ping", SSH), {"after": True})
-        t.join(WAIT)
+        self.assertEqual(self.ping_answered({"after": True}), {"after": True})
 
     def test_call_timeout_and_late_reply_dropped(self):
         with self.assertRaises(SpindleError) as cm:
@@ -401,15 +404,7 @@ class TestConcurrency(ClientTestCase):
         self.assertEqual(cm.exception.host, "web1")
         conn, late = self.held.get(timeout=WAIT)
         conn.reply(late["id"], {"late": True})
-
-        def answer_next():
-            c, msg = self.held.get(timeout=WAIT)
-            c.reply(msg["id"], {"fresh": True})
-
-        t = threading.Thread(target=answer_next)
-        t.start()
-        self.assertEqual(self.client.request("ping", SSH), {"fresh": True})
-        t.join(WAIT)
+        self.assertEqual(self.ping_answered({"fresh": True}), {"fresh": True})
 
 
 class TestErrors(ClientTestCase):
