@@ -244,9 +244,14 @@ def _private_dir(path):
     return path
 
 
+def user_path():
+    """Where this user's directory of persistent daemons is (made or not)."""
+    return os.path.join(runtime_base(), 'spindle-%d' % os.getuid())
+
+
 def user_dir():
     """This user's directory of persistent daemons."""
-    return _private_dir(os.path.join(runtime_base(), 'spindle-%d' % os.getuid()))
+    return _private_dir(user_path())
 
 
 def kept_dir():
@@ -257,7 +262,7 @@ def kept_dir():
     there is none (the AnsibleError of a directory that is not private is raised)."""
     if persist_seconds() == 0:
         return None
-    path = os.path.join(runtime_base(), 'spindle-%d' % os.getuid())
+    path = user_path()
     if not os.path.isdir(path):
         return None
     return _private_dir(path)
@@ -487,7 +492,7 @@ def attach_or_start(binary, persist):
 def stop_all():
     """Stop this user's persistent daemons (``python -m spindle_ansible --stop``); the number
     stopped."""
-    base = os.path.join(runtime_base(), 'spindle-%d' % os.getuid())
+    base = user_path()
     stopped = 0
     try:
         names = sorted(os.listdir(base))
