@@ -56,6 +56,12 @@ it relies on (attributes and signatures, checked before it is applied):
     ``module_common``'s ``compile`` of a known file into a syntax tree returns an empty tree;
     ``recursive_finder`` writes new entries when it returns. The payload is byte for byte
     Ansible's (:mod:`spindle_ansible.depcache`, :func:`install_depcache`).
+``result-wake``
+    ``StrategyBase._wait_on_pending_results`` (the controller's wait for its workers'
+    results) waits on the strategy's result condition, which the results thread's append now
+    notifies, instead of sleeping ``internal_poll_interval`` between polls: Ansible's own loop
+    otherwise (:mod:`spindle_ansible.resultwake`, :func:`install_result_wake`). For the whole
+    controller process once a spindle play starts, whatever a play's connection.
 ``worker-gc``
     Not a patch of ansible-core but of the controller process it runs in: each process forked
     from it (Ansible's worker per task, ``multiprocessing`` with the ``fork`` context on every
@@ -106,6 +112,13 @@ def _params(func):
         return list(inspect.signature(func).parameters)
     except (TypeError, ValueError):
         return None
+
+
+def _source(func):
+    try:
+        return inspect.getsource(func)
+    except (OSError, TypeError):
+        return ''
 
 
 def _shape(name):
@@ -192,15 +205,29 @@ def _shape(name):
             ['self', 'module_fqn', 'module_data', 'is_pkg_init'],
         ):
             missing.append('module_common.ModuleDepFinder(module_fqn, tree|module_data, is_pkg_init)')
-        try:
-            source = inspect.getsource(module_common.recursive_finder)
-        except (AttributeError, OSError, TypeError):
-            source = ''
+        source = _source(getattr(module_common, 'recursive_finder', None))
         used = set(re.findall(r'\bfinder\.(\w+)', source))
         if 'ModuleDepFinder(' not in source or not used or not used <= _FINDER_READS:
             missing.append(
                 'recursive_finder reading only %s of its finders' % ', '.join(sorted(_FINDER_READS))
             )
+    elif name == 'result-wake':
+        from ansible.plugins import strategy
+
+        from spindle_ansible import resultwake
+
+        base = strategy.StrategyBase
+        if resultwake.normal(_source(getattr(base, '_wait_on_pending_results', None))) != resultwake.normal(
+            resultwake.ANSIBLE_LOOP
+        ):
+            missing.append('StrategyBase._wait_on_pending_results as in 2.18-2.21')
+        if 'self._results_lock = threading.Condition(' not in _source(base.__init__):
+            missing.append('StrategyBase._results_lock, a threading.Condition')
+        if not re.search(
+            r'with strategy\._results_lock:\s+strategy\._results\.append\(',
+            _source(getattr(strategy, 'results_thread_main', None)),
+        ):
+            missing.append('results_thread_main appending under strategy._results_lock')
     elif name == 'become-wrap':
         from ansible.plugins.become import BecomeBase
 
@@ -221,6 +248,7 @@ PATCHES = (
     'module-token',
     'strategy-queue-task',
     'depfinder-cache',
+    'result-wake',
 )
 
 
@@ -234,6 +262,7 @@ def prime():
     install_module_token()
     install_depcache()
     install_worker_gc()
+    install_result_wake()
 
 
 # -- strategy-queue-task ------------------------------------------------------------------------
@@ -287,6 +316,21 @@ def install_depcache():
         module_common.compile = depcache.caching_compile(builtins.compile)
     module_common.recursive_finder = depcache.flushing(module_common.recursive_finder)
     _DEPCACHE['installed'] = True
+
+
+# -- result-wake ------------------------------------------------------------------------------
+
+
+def install_result_wake():
+    """The controller waits for its workers' results on a condition (module doc,
+    ``result-wake``). Once per process."""
+    if not applies('result-wake'):
+        return
+    from ansible.plugins.strategy import StrategyBase
+
+    from spindle_ansible import resultwake
+
+    StrategyBase._wait_on_pending_results = resultwake.wait_on_pending_results
 
 
 # -- worker-gc ----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ PATCHES = (
     'async-execute-module',
     'strategy-queue-task',
     'depfinder-cache',
+    'result-wake',
 )
 
 
@@ -266,6 +267,118 @@ class WorkerGc(unittest.TestCase):
         print('worker-gc: %d objects frozen in a worker with spindle, %d without' % (with_spindle, stock))
         self.assertGreater(with_spindle, 10000)
         self.assertEqual(stock, 0)
+
+
+POLL_CALLBACK = """
+from ansible.plugins.callback import CallbackBase
+from ansible.plugins.strategy import StrategyBase
+
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = 'aggregate'
+    CALLBACK_NAME = 'count_polls'
+    CALLBACK_NEEDS_ENABLED = False
+
+    def __init__(self):
+        super().__init__()
+        self.polls = 0
+        looked = StrategyBase._process_pending_results
+
+        def counted(strategy, *args, **kwargs):
+            self.polls += 1
+            return looked(strategy, *args, **kwargs)
+
+        StrategyBase._process_pending_results = counted
+
+    def v2_playbook_on_stats(self, stats):
+        self._display.display('polls=%d' % self.polls)
+"""
+
+WAKE_PLAYBOOK = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - command: sleep 2
+      changed_when: false
+"""
+
+DEAD_WORKER_PLAYBOOK = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - debug:
+        msg: "{{ lookup('pipe', 'kill -9 $PPID') }}"
+    - debug:
+        msg: never reached
+"""
+
+
+class ResultWake(unittest.TestCase):
+    """result-wake: with spindle configured (the README's lines, real ansible-playbook), the
+    controller looks at its result queue when a result arrives, not every millisecond while a
+    task runs; stock Ansible polls (the test sees the difference the patch makes). A worker
+    that dies without a result still ends the run with Ansible's own error."""
+
+    def setUp(self):
+        import readme_setup as rs
+
+        why = rs.available()
+        if why:
+            self.skipTest(why)
+        self.rs = rs
+        self.work = tempfile.mkdtemp(prefix='spindle-wake-')
+        self.addCleanup(shutil.rmtree, self.work, True)
+        os.mkdir(os.path.join(self.work, 'callback_plugins'))
+        with open(os.path.join(self.work, 'callback_plugins', 'count_polls.py'), 'w') as f:
+            f.write(POLL_CALLBACK)
+
+    def play(self, spindle, playbook):
+        if spindle:
+            self.rs.write_cfg(self.work)
+        else:
+            with open(os.path.join(self.work, 'ansible.cfg'), 'w') as f:
+                f.write('[defaults]\n')
+        with open(os.path.join(self.work, 'site.yml'), 'w') as f:
+            f.write(playbook)
+        return self.rs.run(
+            [
+                os.path.join(self.rs.VENV_BIN, 'ansible-playbook'),
+                '-i',
+                'localhost,',
+                '-c',
+                'local',
+                '-e',
+                'ansible_python_interpreter=/usr/bin/python3',
+                'site.yml',
+            ],
+            cwd=self.work,
+            env=dict(self.rs.env(self.work), SPINDLE_PERSIST='0'),
+            timeout=300,
+        )
+
+    def polls(self, spindle):
+        p = self.play(spindle, WAKE_PLAYBOOK)
+        self.assertEqual(p.returncode, 0, p.stdout[-3000:])
+        found = re.search(r'polls=(\d+)', p.stdout)
+        self.assertIsNotNone(found, p.stdout[-3000:])
+        return int(found.group(1))
+
+    def test_the_controller_wakes_for_a_result_instead_of_polling(self):
+        with_spindle, stock = self.polls(True), self.polls(False)
+        print(
+            'result-wake: a 2 s task, result queue looked at %d times with spindle, %d without'
+            % (with_spindle, stock)
+        )
+        self.assertLess(with_spindle, 200)
+        self.assertGreater(stock, 500)
+
+    def test_a_dead_worker_still_ends_the_run(self):
+        for spindle in (True, False):
+            p = self.play(spindle, DEAD_WORKER_PLAYBOOK)
+            self.assertNotEqual(p.returncode, 0, p.stdout[-3000:])
+            self.assertIn('A worker was found in a dead state', p.stdout, p.stdout[-3000:])
+            self.assertNotIn('never reached', p.stdout)
 
 
 if __name__ == '__main__':
