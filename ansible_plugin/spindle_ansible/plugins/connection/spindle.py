@@ -496,7 +496,7 @@ from ansible.module_utils.common.text.converters import to_bytes, to_text
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
-from spindle_ansible import compat, filemod, opening
+from spindle_ansible import compat, filemod, lazyoptions, opening
 from spindle_ansible.asyncrun import AsyncStock
 from spindle_ansible.client import Client, SpindleError
 from spindle_ansible.modexec import (
@@ -604,6 +604,16 @@ class Connection(ConnectionBase):
         async_wrapper runs from files; spindle_ansible.asyncrun has the action build them
         pipelined instead, and the agent starts them."""
         return bool(not C.DEFAULT_KEEP_REMOTE_FILES and (not wrap_async or self.has_native_async))
+
+    def set_options(self, task_keys=None, var_options=None, direct=None):
+        """Ansible's, but the options only an enter route reads are resolved when first read
+        (:mod:`spindle_ansible.lazyoptions`)."""
+        lazyoptions.set_options(self, task_keys=task_keys, var_options=var_options, direct=direct)
+
+    def get_option_and_origin(self, option, hostvars=None):
+        if hostvars is None:
+            lazyoptions.resolve(self, option)
+        return super(Connection, self).get_option_and_origin(option, hostvars=hostvars)
 
     def get_option(self, option, hostvars=None):
         # ansible-core 2.18 decides pipelining in the action from this option (and refuses it
