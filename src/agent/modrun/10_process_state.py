@@ -135,7 +135,11 @@ class ProcessState(object):
         new = set(sys.modules) - self.modules - set(_KEPT)
         if new:
             report['new_modules'] = sorted(new)  # stdlib / third-party modules the run imported; kept
-        left = [t for t in threading.enumerate() if t not in self.threads and t.is_alive()]
+        left = [
+            t
+            for t in threading.enumerate()
+            if t not in self.threads and t.is_alive() and not getattr(t, 'spindle_call', False)
+        ]
         if left:
             report['threads_left'] = [t.name for t in left]
         return report

@@ -41,12 +41,62 @@ def run_call(chan, call_id, fn, call):
     reply()
 
 
+class CallThreads(object):
+    """The threads that run threaded calls. A call goes to a thread that waits for one, else
+    to a new thread: starting a thread for every call cost the agent ~0.3 ms of CPU per task
+    (py-spy over 100 `command` tasks). A thread whose call is done waits up to IDLE_SECONDS
+    for the next; at most MAX_IDLE wait, the others end. Invariant (under the lock): calls
+    queued <= threads waiting, so a queued call always has a thread to take it."""
+
+    MAX_IDLE = 4
+    IDLE_SECONDS = 30.0
+
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self._work = collections.deque()
+        self._idle = 0
+
+    def submit(self, fn, args, name):
+        with self._cond:
+            if self._idle > len(self._work):
+                self._work.append((fn, args, name))
+                self._cond.notify()
+                return
+        t = threading.Thread(target=self._run, args=(fn, args, name), name=name)
+        t.daemon = True
+        t.spindle_call = True  # the agent's own: not a thread a module run left behind
+        t.start()
+
+    def _run(self, fn, args, name):
+        me = threading.current_thread()
+        while True:
+            me.name = name
+            fn(*args)
+            fn = args = None  # nothing of the call is kept while waiting
+            me.name = "idle"
+            with self._cond:
+                if self._idle >= self.MAX_IDLE:
+                    return
+                self._idle += 1
+                deadline = time.monotonic() + self.IDLE_SECONDS
+                while not self._work:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        self._idle -= 1
+                        return
+                    self._cond.wait(left)
+                self._idle -= 1
+                fn, args, name = self._work.popleft()
+
+
+THREADS = CallThreads()
+
+
 def start_threaded(chan, call_id, fn, call, name):
-    """Run a call in its own thread, registered in CALLS so that `cancel` can reach it."""
+    """Run a call on a thread of its own (THREADS), registered in CALLS so that `cancel` can
+    reach it."""
     CALLS.start(call_id)
-    t = threading.Thread(target=run_call, args=(chan, call_id, fn, call), name=name)
-    t.daemon = True
-    t.start()
+    THREADS.submit(run_call, (chan, call_id, fn, call), name)
 
 
 def op_cancel(call):
