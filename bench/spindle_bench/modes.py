@@ -126,7 +126,7 @@ def setup_spindle(m, spindle_bin, plugin_from, snapdir):
     other people rebuild and reinstall both while a suite runs, and every spindle run of a
     suite must use the same code."""
     ctl = m.ctl
-    m.info = {'strategy': 'spindle_linear', 'pipelining': True}
+    m.info = {'strategy': 'linear', 'route': 'the spindle callback (the README lines)', 'pipelining': True}
     if not ctl.can_exec(m.playbook_bin):
         m.reason = '%s not found (%s)' % (
             m.playbook_bin,
@@ -185,17 +185,19 @@ def setup_spindle(m, spindle_bin, plugin_from, snapdir):
     if p.returncode != 0:
         m.reason = '`python -m spindle_ansible` failed: %s' % (p.stderr.strip().splitlines() or ['?'])[-1]
         return m
+    # The lines a user puts in ansible.cfg (README), as environment variables: the spindle
+    # callback under Ansible's own linear strategy. callbacks_enabled gains the bench's
+    # bench_timer (the runner adds the bench's callback directory before this one).
     for line in p.stdout.splitlines():
         line = line.strip()
         if not line or line.startswith((';', '#', '[')) or '=' not in line:
             continue
         k, v = [x.strip() for x in line.split('=', 1)]
-        if k in ('callbacks_enabled', 'callback_plugins'):
-            continue  # the bench's own callbacks are set per run; spindle runs as its strategy
+        if k == 'callbacks_enabled':
+            v = ','.join(['bench_timer'] + [c.strip() for c in v.split(',') if c.strip()])
         m.env['ANSIBLE_' + k.upper()] = v
-    m.env.setdefault('ANSIBLE_STRATEGY', 'spindle_linear')
-    if 'ANSIBLE_STRATEGY_PLUGINS' not in m.env:
-        m.reason = '`python -m spindle_ansible` printed no strategy_plugins line'
+    if 'spindle' not in m.env.get('ANSIBLE_CALLBACKS_ENABLED', '').split(','):
+        m.reason = '`python -m spindle_ansible` printed no callbacks_enabled = spindle line'
         return m
     # Pipelining as for `stock`, so the two differ only in the connection. spindle runs module
     # tasks in the agent either way (issue 12, item 0; the conformance suite runs with
