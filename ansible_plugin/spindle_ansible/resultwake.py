@@ -24,7 +24,8 @@ from __future__ import annotations
 import collections
 import re
 
-#: The longest a wait lasts without a result before the loop checks its workers again (s).
+#: While no result comes, the loop checks its workers (and a terminated run) this often at
+#: least (s); every ``internal_poll_interval`` when that is longer.
 MIN_CHECK = 0.05
 
 

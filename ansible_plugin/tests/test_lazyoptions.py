@@ -86,6 +86,15 @@ class LazyOptions(unittest.TestCase):
         conn.set_options(var_options={})
         self.assertIsNone(conn.get_option('spindle_kubectl_namespace'))
 
+    def test_what_set_options_was_given_wins_over_hostvars_as_in_ansible(self):
+        given = {'ansible_kubectl_namespace': 'given'}
+        hostvars = {'ansible_kubectl_namespace': 'other'}
+        conn, stock = self.new(), self.new()
+        conn.set_options(var_options=given)
+        self.ansibles_set_options(stock, var_options=given)
+        for c in (conn, stock):
+            self.assertEqual(c.get_option('spindle_kubectl_namespace', hostvars=hostvars), 'given')
+
 
 if __name__ == '__main__':
     unittest.main()

@@ -611,8 +611,8 @@ class Connection(ConnectionBase):
         lazyoptions.set_options(self, task_keys=task_keys, var_options=var_options, direct=direct)
 
     def get_option_and_origin(self, option, hostvars=None):
-        if hostvars is None:
-            lazyoptions.resolve(self, option)
+        # As if set_options had resolved it: its value wins over ``hostvars`` (Ansible's)
+        lazyoptions.resolve(self, option)
         return super(Connection, self).get_option_and_origin(option, hostvars=hostvars)
 
     def get_option(self, option, hostvars=None):
