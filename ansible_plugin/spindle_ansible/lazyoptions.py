@@ -36,21 +36,28 @@ def deferred(name):
     return name.startswith(ROUTE_PREFIXES) or name == 'nsenter_pid'
 
 
+def _resolved(plugin, name, sources):
+    """(value, origin) of option ``name`` of ``plugin`` from ``sources`` (task keys, variables,
+    direct settings), as Ansible's ``set_options`` resolves each option."""
+    task_keys, var_options, direct = sources
+    return C.config.get_config_value_and_origin(
+        name,
+        plugin_type=plugin.plugin_type,
+        plugin_name=plugin._load_name,
+        keys=task_keys,
+        variables=var_options,
+        direct=direct,
+    )
+
+
 def set_options(plugin, task_keys=None, var_options=None, direct=None):
     """``AnsiblePlugin.set_options`` for ``plugin`` (which allows no extras), the deferred
     options left for :func:`resolve`."""
-    plugin._spindle_option_sources = (task_keys, var_options, direct)
+    sources = plugin._spindle_option_sources = (task_keys, var_options, direct)
     options, origins = {}, {}
     for name in C.config.get_configuration_definitions(plugin.plugin_type, plugin._load_name):
         if not deferred(name):
-            options[name], origins[name] = C.config.get_config_value_and_origin(
-                name,
-                plugin_type=plugin.plugin_type,
-                plugin_name=plugin._load_name,
-                keys=task_keys,
-                variables=var_options,
-                direct=direct,
-            )
+            options[name], origins[name] = _resolved(plugin, name, sources)
     plugin._options, plugin._origins = options, origins
 
 
@@ -60,12 +67,4 @@ def resolve(plugin, name):
     sources = getattr(plugin, '_spindle_option_sources', None)
     if sources is None or name in plugin._options or not deferred(name):
         return
-    task_keys, var_options, direct = sources
-    plugin._options[name], plugin._origins[name] = C.config.get_config_value_and_origin(
-        name,
-        plugin_type=plugin.plugin_type,
-        plugin_name=plugin._load_name,
-        keys=task_keys,
-        variables=var_options,
-        direct=direct,
-    )
+    plugin._options[name], plugin._origins[name] = _resolved(plugin, name, sources)

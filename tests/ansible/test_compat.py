@@ -225,10 +225,12 @@ GC_PLAYBOOK = """
 """
 
 
-class WorkerGc(unittest.TestCase):
-    """worker-gc: Ansible's worker for a task (a lookup runs there) starts with the objects it
-    inherited frozen when spindle is configured (the README's lines, real ansible-playbook), and
-    not without spindle: the test sees the difference the hook makes."""
+class LocalPlay(unittest.TestCase):
+    """A real ansible-playbook run on localhost in a scratch directory, with the README's lines
+    or with none, a plugin of the test's own beside the playbook (``PLUGIN``: its directory,
+    file name and source) and a private spindle daemon."""
+
+    PLUGIN = None
 
     def setUp(self):
         import readme_setup as rs
@@ -237,30 +239,47 @@ class WorkerGc(unittest.TestCase):
         if why:
             self.skipTest(why)
         self.rs = rs
-        self.work = tempfile.mkdtemp(prefix='spindle-gc-')
+        self.work = tempfile.mkdtemp(prefix='spindle-compat-')
         self.addCleanup(shutil.rmtree, self.work, True)
-        os.mkdir(os.path.join(self.work, 'lookup_plugins'))
-        with open(os.path.join(self.work, 'lookup_plugins', 'gc_frozen.py'), 'w') as f:
-            f.write(GC_LOOKUP)
-        with open(os.path.join(self.work, 'site.yml'), 'w') as f:
-            f.write(GC_PLAYBOOK)
+        directory, name, source = self.PLUGIN
+        os.mkdir(os.path.join(self.work, directory))
+        with open(os.path.join(self.work, directory, name), 'w') as f:
+            f.write(source)
 
-    def frozen(self, spindle):
+    def play(self, spindle, playbook, *args):
         if spindle:
             self.rs.write_cfg(self.work)
         else:
             with open(os.path.join(self.work, 'ansible.cfg'), 'w') as f:
                 f.write('[defaults]\n')
-        env = dict(self.rs.env(self.work), SPINDLE_PERSIST='0')
-        p = self.rs.run(
-            [os.path.join(self.rs.VENV_BIN, 'ansible-playbook'), '-i', 'localhost,', 'site.yml'],
+        with open(os.path.join(self.work, 'site.yml'), 'w') as f:
+            f.write(playbook)
+        return self.rs.run(
+            [os.path.join(self.rs.VENV_BIN, 'ansible-playbook'), '-i', 'localhost,']
+            + list(args)
+            + ['site.yml'],
             cwd=self.work,
-            env=env,
+            env=dict(self.rs.env(self.work), SPINDLE_PERSIST='0'),
+            timeout=300,
         )
+
+    def reported(self, p, name):
+        """The number the run printed as ``name=N`` (it must have succeeded)."""
         self.assertEqual(p.returncode, 0, p.stdout[-3000:])
-        found = re.search(r'frozen=(\d+)', p.stdout)
+        found = re.search(r'%s=(\d+)' % name, p.stdout)
         self.assertIsNotNone(found, p.stdout[-3000:])
         return int(found.group(1))
+
+
+class WorkerGc(LocalPlay):
+    """worker-gc: Ansible's worker for a task (a lookup runs there) starts with the objects it
+    inherited frozen when spindle is configured (the README's lines, real ansible-playbook), and
+    not without spindle: the test sees the difference the hook makes."""
+
+    PLUGIN = ('lookup_plugins', 'gc_frozen.py', GC_LOOKUP)
+
+    def frozen(self, spindle):
+        return self.reported(self.play(spindle, GC_PLAYBOOK), 'frozen')
 
     def test_a_worker_starts_with_what_it_inherited_frozen(self):
         with_spindle, stock = self.frozen(True), self.frozen(False)
@@ -314,55 +333,17 @@ DEAD_WORKER_PLAYBOOK = """
 """
 
 
-class ResultWake(unittest.TestCase):
+class ResultWake(LocalPlay):
     """result-wake: with spindle configured (the README's lines, real ansible-playbook), the
     controller looks at its result queue when a result arrives, not every millisecond while a
     task runs; stock Ansible polls (the test sees the difference the patch makes). A worker
     that dies without a result still ends the run with Ansible's own error."""
 
-    def setUp(self):
-        import readme_setup as rs
-
-        why = rs.available()
-        if why:
-            self.skipTest(why)
-        self.rs = rs
-        self.work = tempfile.mkdtemp(prefix='spindle-wake-')
-        self.addCleanup(shutil.rmtree, self.work, True)
-        os.mkdir(os.path.join(self.work, 'callback_plugins'))
-        with open(os.path.join(self.work, 'callback_plugins', 'count_polls.py'), 'w') as f:
-            f.write(POLL_CALLBACK)
-
-    def play(self, spindle, playbook):
-        if spindle:
-            self.rs.write_cfg(self.work)
-        else:
-            with open(os.path.join(self.work, 'ansible.cfg'), 'w') as f:
-                f.write('[defaults]\n')
-        with open(os.path.join(self.work, 'site.yml'), 'w') as f:
-            f.write(playbook)
-        return self.rs.run(
-            [
-                os.path.join(self.rs.VENV_BIN, 'ansible-playbook'),
-                '-i',
-                'localhost,',
-                '-c',
-                'local',
-                '-e',
-                'ansible_python_interpreter=/usr/bin/python3',
-                'site.yml',
-            ],
-            cwd=self.work,
-            env=dict(self.rs.env(self.work), SPINDLE_PERSIST='0'),
-            timeout=300,
-        )
+    PLUGIN = ('callback_plugins', 'count_polls.py', POLL_CALLBACK)
+    LOCAL = ('-c', 'local', '-e', 'ansible_python_interpreter=/usr/bin/python3')
 
     def polls(self, spindle):
-        p = self.play(spindle, WAKE_PLAYBOOK)
-        self.assertEqual(p.returncode, 0, p.stdout[-3000:])
-        found = re.search(r'polls=(\d+)', p.stdout)
-        self.assertIsNotNone(found, p.stdout[-3000:])
-        return int(found.group(1))
+        return self.reported(self.play(spindle, WAKE_PLAYBOOK, *self.LOCAL), 'polls')
 
     def test_the_controller_wakes_for_a_result_instead_of_polling(self):
         with_spindle, stock = self.polls(True), self.polls(False)
@@ -375,7 +356,7 @@ class ResultWake(unittest.TestCase):
 
     def test_a_dead_worker_still_ends_the_run(self):
         for spindle in (True, False):
-            p = self.play(spindle, DEAD_WORKER_PLAYBOOK)
+            p = self.play(spindle, DEAD_WORKER_PLAYBOOK, *self.LOCAL)
             self.assertNotEqual(p.returncode, 0, p.stdout[-3000:])
             self.assertIn('A worker was found in a dead state', p.stdout, p.stdout[-3000:])
             self.assertNotIn('never reached', p.stdout)
