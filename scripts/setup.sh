@@ -33,6 +33,9 @@ declare -a NEEDS=(
   "useradd:passwd"                    # become/password tests create their users
   "chpasswd:passwd"
   "bwrap:bubblewrap"                  # ansible-runner --process-isolation without a container
+  "/usr/bin/fish:fish"                # login shells users have (tests/ansible/test_field_cases.py):
+  "/usr/bin/tcsh:tcsh"                #   not POSIX (fish, csh), and zsh
+  "/usr/bin/zsh:zsh"
 )
 
 # Optional: the real-container targets (containers/podman-fleet.sh, build-target-image.sh,

@@ -10,7 +10,7 @@ use crate::api::{self, ErrorKind};
 use crate::metrics::TargetCounters;
 use crate::proto::{self, Decoder, FrameHeader, Kind};
 use crate::transfer::Outbound;
-use crate::transport::{classify::classify, plain_program, Spec, BOOT_PLACEHOLDER};
+use crate::transport::{classify::classify, plain_program, Spec, TransportKind, BOOT_PLACEHOLDER};
 use serde_json::json;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -68,12 +68,17 @@ impl Router {
             }
             None => proto::CTX_AGENT,
         };
+        // A stream's agent is started by stage 1 (which writes the boot marker), except over a
+        // unix socket (an agent already running); a context's by its parent agent.
+        let boot = (parent.is_none() && spec.transport != TransportKind::Unix)
+            .then(proto::BootScan::default);
         let t = self.targets.insert(Target {
             label: spec.label(),
             spec,
             key: key.clone(),
             phase: Phase::Connecting { deadline, until },
             decoder: Decoder::default(),
+            boot,
             out,
             hello: None,
             next_handle: 1,

@@ -113,7 +113,7 @@ mod tests;
 use crate::api::{self, ErrorKind, Request};
 use crate::cache::BlobCache;
 use crate::metrics::{ClientUsage, Counters, FdUsage};
-use crate::proto::{self, encode_frame, flags, FrameHeader, Kind};
+use crate::proto::{self, encode_frame, flags, BootStep, FrameHeader, Kind};
 use crate::transfer::{Outbound, Source, TransferCounters};
 use crate::transport::Spec;
 use calls::Op;
@@ -551,6 +551,34 @@ impl Router {
         self.counters.bytes_in += bytes.len() as u64;
         x.counters.bytes_in += bytes.len() as u64;
         x.last_in = now;
+        let started;
+        let bytes = match x.boot.as_mut().map(|scan| scan.push(bytes)) {
+            None => bytes,
+            Some(BootStep::Waiting) => return,
+            Some(BootStep::Started { preamble, rest }) => {
+                x.boot = None;
+                if !preamble.is_empty() {
+                    tracing::info!(
+                        host = %x.label,
+                        bytes = preamble.len(),
+                        "skipped what the login shell printed before the agent started: {}",
+                        proto::boot::preview(&preamble)
+                    );
+                }
+                started = rest;
+                &started[..]
+            }
+            Some(BootStep::Overflow { preamble }) => {
+                let m = format!(
+                    "the agent did not start: its shell printed over {} bytes first (a login \
+                     script on the target writing to stdout?): {}",
+                    proto::boot::MAX_PREAMBLE,
+                    proto::boot::preview(&preamble)
+                );
+                self.fail_target(t, ErrorKind::Protocol, &m);
+                return;
+            }
+        };
         // The decoder is moved out while frames borrow from it and the target is updated.
         let mut decoder = std::mem::take(&mut x.decoder);
         decoder.push(bytes);

@@ -5,7 +5,7 @@ use super::calls::Call;
 use super::hop_cache::HopEntry;
 use super::TargetId;
 use crate::metrics::TargetCounters;
-use crate::proto::Decoder;
+use crate::proto::{BootScan, Decoder};
 use crate::transfer::Outbound;
 use crate::transport::Spec;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -29,6 +29,9 @@ pub(super) struct Target {
     pub(super) key: String,
     pub(super) phase: Phase,
     pub(super) decoder: Decoder,
+    /// A stream started by stage 1, until its boot marker: what its shell printed first is
+    /// skipped (see `proto::boot`). None for a context or a unix-socket stream.
+    pub(super) boot: Option<BootScan>,
     pub(super) out: Outbound,
     pub(super) hello: Option<Vec<u8>>,
     pub(super) next_handle: u32,

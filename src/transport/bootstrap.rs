@@ -96,12 +96,27 @@ pub fn agent_blob() -> &'static [u8] {
     })
 }
 
-/// Stage 1: read exactly `n` bytes unbuffered from fd 0, decompress, exec. Contains no single
-/// quote, so stage 0 can wrap it in `'...'`.
+/// Stage 1: write the boot marker on stdout (what a login shell printed before it is skipped:
+/// `proto::boot`), read exactly `n` bytes unbuffered from fd 0, decompress, exec. One line
+/// without a single quote, so stage 0 can wrap it in `'...'` and any login shell can be given
+/// stage 0 (csh has no newline inside quotes; see [`login_shell_word`]).
 pub fn stage1(n: usize) -> String {
+    let marker = String::from_utf8_lossy(crate::proto::BOOT_MARKER);
+    let marker = marker.trim_end_matches('\n');
     format!(
-        "import os,zlib\nn={n};b=b\"\"\nwhile len(b)<n:\n c=os.read(0,n-len(b))\n if not c:raise SystemExit(1)\n b+=c\nexec(compile(zlib.decompress(b),\"<spindle-agent>\",\"exec\"))\n"
+        "import os,zlib;os.write(1,b\"{marker}\\n\");n={n};r=[];\
+         [r.append(c) for c in iter(lambda:os.read(0,n-sum(map(len,r))),b\"\")];\
+         b=b\"\".join(r);len(b)<n and os._exit(1);del r;\
+         exec(compile(zlib.decompress(b),\"<spindle-agent>\",\"exec\"))"
     )
+}
+
+/// `posix` (a POSIX shell command line) as the one word an ssh command gives the target's
+/// login shell: `exec /bin/sh -c '...'`, a simple command that bash, dash, zsh, ksh, fish and
+/// (t)csh all parse alike (stock Ansible sends `/bin/sh -c '...'` for the same reason), with
+/// `'` inside written `'\''`. `posix` must be one line (csh).
+pub fn login_shell_word(posix: &str) -> String {
+    format!("exec /bin/sh -c '{}'", posix.replace('\'', "'\\''"))
 }
 
 /// Stage 0: the shell command run on the target. `python` is the interpreter to start the
@@ -161,9 +176,67 @@ mod tests {
         every_file_in_order("src/agent/modrun", MODRUN_PARTS);
     }
 
+    /// Stage 0 as ssh gives it to a login shell ([`login_shell_word`]), run by every shell
+    /// this machine has: the marker, then the agent's own output (its HELLO frame), whatever
+    /// the shell's syntax; a shell printing first only comes before the marker.
+    #[test]
+    fn stage0_starts_the_agent_under_any_login_shell() {
+        use std::io::Write as _;
+        use std::process::{Command, Stdio};
+        let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        let Some(python) = python else { return };
+        let word = login_shell_word(&stage0(Some((python, python))));
+        let mut ran = 0;
+        for shell in [
+            "sh", "bash", "dash", "zsh", "ksh", "mksh", "fish", "csh", "tcsh",
+        ] {
+            let Some(path) = ["/bin/", "/usr/bin/"]
+                .iter()
+                .map(|d| format!("{d}{shell}"))
+                .find(|p| std::path::Path::new(p).exists())
+            else {
+                continue;
+            };
+            // (what sshd runs: the login shell with -c; an rc file's greeting first)
+            let line = format!("echo talkative rc; {word}");
+            let mut child = Command::new(&path)
+                .args(["-c", &line])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn the shell");
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(agent_blob()).expect("write the agent");
+            drop(stdin); // the agent sees EOF after its HELLO and exits
+            let out = child.wait_with_output().expect("wait");
+            let at = out
+                .stdout
+                .windows(crate::proto::BOOT_MARKER.len())
+                .position(|w| w == crate::proto::BOOT_MARKER)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{shell}: no boot marker in {:?} (stderr {:?})",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                });
+            let rest = &out.stdout[at + crate::proto::BOOT_MARKER.len()..];
+            assert!(rest.starts_with(&crate::proto::MAGIC), "{shell}: {rest:?}");
+            ran += 1;
+        }
+        assert!(ran > 0, "no shell found");
+    }
+
     #[test]
     fn stage1_has_no_single_quote_and_blob_inflates() {
         assert!(!stage1(10).contains('\''));
+        assert!(
+            !stage1(10).contains('\n'),
+            "one line: csh has no newline inside quotes"
+        );
         let mut d = flate2::read::ZlibDecoder::new(agent_blob());
         let mut s = String::new();
         std::io::Read::read_to_string(&mut d, &mut s).unwrap();

@@ -224,7 +224,9 @@ fn launch(
             argv.extend(words(spec, "ssh_extra_args", &spec.ssh_extra_args)?);
             argv.push("--".into());
             argv.push(host.into());
-            argv.push(stage0);
+            // sshd runs the remote command with the user's login shell, which may not be
+            // POSIX (fish, csh): it gets one simple command that runs stage 0 with /bin/sh.
+            argv.push(bootstrap::login_shell_word(&stage0));
             Ok(Launch {
                 argv,
                 env,
@@ -283,15 +285,33 @@ pub fn hop_command(spec: &Spec, marker: &str) -> Result<String, CommandError> {
         }
     }
     // stage 0: the hop's agent starts the interpreter itself (what a transport puts before
-    // stage 0 in that word, like jail's HOME, stays)
+    // stage 0 in that word, like jail's HOME, stays; ssh's goes through the login shell)
     let last = argv.pop().unwrap_or_default();
-    let before = last.strip_suffix(stage0.as_str()).unwrap_or_default();
-    argv.push(format!(
-        "{before}echo {marker}; {}",
-        super::BOOT_PLACEHOLDER
-    ));
-    shlex::try_join(argv.iter().map(|s| s.as_str()))
-        .map_err(|e| bad(format!("cannot quote the hop command: {e}")))
+    let boot = format!("echo {marker}; {}", super::BOOT_PLACEHOLDER);
+    argv.push(if spec.transport == TransportKind::Ssh {
+        bootstrap::login_shell_word(&boot)
+    } else {
+        let before = last.strip_suffix(stage0.as_str()).unwrap_or_default();
+        format!("{before}{boot}")
+    });
+    // Every word single-quoted where it needs quotes: the agent puts its boot command (no
+    // single quote in it, double quotes and all) in place of the placeholder, so that must
+    // sit inside single quotes here.
+    let words: Vec<String> = argv.iter().map(|w| sh_single_quote(w)).collect();
+    Ok(words.join(" "))
+}
+
+/// `word` for a POSIX shell: as it is when plain, else in single quotes (`'` as `'\''`).
+fn sh_single_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 #[cfg(test)]
@@ -433,13 +453,20 @@ mod tests {
         assert!(words.contains(&"/keys/a key".to_string()));
         assert!(words.contains(&"ProxyCommand=nc %h %p".to_string()));
         assert_eq!(words[words.len() - 2], "web1");
+        // through the target's login shell, whatever it is (fish, csh: not POSIX)
         assert_eq!(
             words[words.len() - 1],
-            "echo SPINDLE-VIA-3; __SPINDLE_BOOT__"
+            "exec /bin/sh -c 'echo SPINDLE-VIA-3; __SPINDLE_BOOT__'"
         );
-        assert!(
-            line.ends_with("'echo SPINDLE-VIA-3; __SPINDLE_BOOT__'"),
-            "{line}"
+        // The hop's agent puts its boot command (double quotes, no single quote) in place of
+        // the placeholder: it must stay one word, unchanged.
+        let boot =
+            r#"if [ -x /usr/bin/python3 ]; then exec /usr/bin/python3 -c "import os;n=3"; fi"#;
+        let filled = shlex::split(&line.replace(crate::transport::BOOT_PLACEHOLDER, boot)).unwrap();
+        assert_eq!(filled[..words.len() - 1], words[..words.len() - 1]);
+        assert_eq!(
+            filled[words.len() - 1],
+            format!("exec /bin/sh -c 'echo SPINDLE-VIA-3; {boot}'")
         );
         let pw = Spec {
             password: Some("s3cret".into()),

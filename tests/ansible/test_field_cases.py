@@ -15,7 +15,12 @@ one step earlier, at the temp files' permissions.
 * ``raw`` runs under the login shell on a terminal, as sshd runs it for stock's ``ssh -tt``:
   bash's ``echo -en``, ``$BASH_VERSION``, CRLF line ends and stderr merged into stdout; and
   without a terminal with ``ansible_ssh_use_tty=False``, and under dash for a user whose
-  login shell is ``/bin/sh``.
+  login shell is ``/bin/sh``;
+* login shells that are not POSIX (fish, tcsh) or not bash (zsh), and a bash user whose
+  ``~/.bashrc`` greets on stdout and stderr (ssh runs it for commands too): the agent starts
+  all the same (stage 0 goes to the login shell as one ``/bin/sh -c`` word; what the shell
+  prints before stage 1's boot marker is skipped), ``raw`` sees what stock's sees, and root
+  becomes each of them with ``su`` (their login shell runs the nested agent's start).
 """
 
 import difflib
@@ -74,6 +79,55 @@ PLAY = '''
 '''
 
 
+#: Users whose login shell is not bash or whose rc file talks: (name, shell, ~/.bashrc text).
+SHELL_USERS = (
+    ('spxfish', '/usr/bin/fish', None),
+    ('spxtcsh', '/usr/bin/tcsh', None),
+    ('spxzsh', '/usr/bin/zsh', None),
+    ('spxtalk', '/bin/bash', 'echo "Welcome to $(hostname), managed by ops"\necho "rc on stderr" >&2\n'),
+)
+
+#: For them: nothing bash-specific in raw (fish and tcsh have other syntax, as under stock).
+SHELL_PLAY = '''
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: raw under the login shell
+      raw: echo raw-ok
+    - name: command
+      command: whoami
+    - name: shell (/bin/sh whatever the login shell)
+      shell: echo "$0" sh-ok
+    - name: copy
+      copy: {content: "shell\\n", dest: "/tmp/field-{{ ansible_user }}.txt"}
+    - name: stat
+      stat: {path: "/tmp/field-{{ ansible_user }}.txt"}
+    - name: fetch
+      fetch: {src: "/tmp/field-{{ ansible_user }}.txt", dest: "%(shared)s/fetched-{{ ansible_user }}", flat: true}
+    - name: become (sudo)
+      command: whoami
+      become: true
+'''
+
+#: As root: su to each of them (su runs the nested agent's start with their login shell).
+SU_PLAY = '''
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: su to a user with another login shell
+      command: whoami
+      become: true
+      become_method: su
+      become_user: "{{ item }}"
+      loop: %(users)s
+    - name: copy as that user
+      copy: {content: "su\\n", dest: "/tmp/field-su-{{ item }}.txt"}
+      become: true
+      become_method: su
+      become_user: "{{ item }}"
+      loop: %(users)s
+'''
+
 run = rs.run
 
 
@@ -91,6 +145,20 @@ class FieldCases(unittest.TestCase):
             if drop is not None:
                 cls.drops.append(drop)
                 cls.cases.append((name, True))
+        cls.shell_users = []
+        for name, shell, rc in SHELL_USERS:
+            if not os.path.exists(shell):
+                print('%s: no %s here (scripts/setup.sh installs it)' % (name, shell), file=sys.stderr)
+                continue
+            drop = rs.login_user(name, shell)
+            if drop is None:
+                continue
+            cls.drops.append(drop)
+            if rc is not None:
+                path = os.path.join(os.path.expanduser('~%s' % name), '.bashrc')
+                with open(path, 'w') as f:
+                    f.write(rc)
+            cls.shell_users.append(name)
 
     @classmethod
     def tearDownClass(cls):
@@ -99,7 +167,7 @@ class FieldCases(unittest.TestCase):
         for drop in getattr(cls, 'drops', []):
             drop()
 
-    def one_run(self, kind, user, tty=True):
+    def one_run(self, kind, user, tty=True, play=PLAY, **fields):
         work = tempfile.mkdtemp(prefix='spindle-field-%s-' % kind)
         self.addCleanup(shutil.rmtree, work, True)
         os.chmod(work, 0o755)
@@ -116,7 +184,7 @@ class FieldCases(unittest.TestCase):
             with open(os.path.join(work, 'inventory.ini'), 'a') as f:
                 f.write('\n[all:vars]\nansible_ssh_use_tty=False\n')
         with open(os.path.join(work, 'play.yml'), 'w') as f:
-            f.write(PLAY % {'shared': self.shared, 'user': user})
+            f.write(play % dict(fields, shared=self.shared, user=user))
         # Each run starts from the same state: no file of the last one, here or on the target.
         shutil.rmtree(self.shared, ignore_errors=True)
         os.makedirs(self.shared)
@@ -135,25 +203,49 @@ class FieldCases(unittest.TestCase):
             self.fail('%s run wrote no record:\n%s' % (kind, p.stdout[-3000:]))
         with open(env['SPINDLE_RECORD']) as f:
             records = json.load(f)
+        p.paths = None  # where spindle's module runs went (paths.report)
+        if kind == 'spindle' and os.path.exists(env['SPINDLE_PATHS_FILE']):
+            with open(env['SPINDLE_PATHS_FILE']) as f:
+                p.paths = json.load(f)
         return p, records
+
+    def agree(self, user, tty=True, play=PLAY, **fields):
+        """Stock and spindle run ``play`` as ``user``, both succeed with the same per-task
+        results; spindle's run (its ``paths``: where its module runs went)."""
+        stock, a = self.one_run('stock', user, tty, play, **fields)
+        spindle, b = self.one_run('spindle', user, tty, play, **fields)
+        self.assertEqual(stock.returncode, 0, stock.stdout)
+        self.assertEqual(spindle.returncode, 0, spindle.stdout)
+        if a != b:
+            diff = difflib.unified_diff(
+                json.dumps(a, indent=1, sort_keys=True).splitlines(),
+                json.dumps(b, indent=1, sort_keys=True).splitlines(),
+                'stock',
+                'spindle',
+                lineterm='',
+            )
+            self.fail('stock and spindle differ as %s (tty %s):\n%s' % (user, tty, '\n'.join(diff)))
+        return spindle
+
+    def test_login_shells_and_talking_rc_files(self):
+        if not self.shell_users:
+            self.skipTest('no fish, tcsh or zsh here (scripts/setup.sh installs them)')
+        print('login users: %s' % self.shell_users, file=sys.stderr)
+        for user in self.shell_users:
+            with self.subTest(user=user):
+                spindle = self.agree(user, play=SHELL_PLAY)
+                # every module task in the agent, none on the stock path
+                self.assertTrue(spindle.paths, spindle.stdout[-3000:])
+                self.assertEqual(spindle.paths.get('stock'), 0, spindle.paths)
+                self.assertGreater(spindle.paths.get('in_agent', 0), 0, spindle.paths)
+        with self.subTest(user='root', become_method='su'):
+            self.agree('root', play=SU_PLAY, users=json.dumps(self.shell_users))
 
     def test_stock_and_spindle_agree(self):
         print('cases (login user, terminal): %s' % self.cases, file=sys.stderr)
         for user, tty in self.cases:
             with self.subTest(user=user, tty=tty):
-                stock, a = self.one_run('stock', user, tty)
-                spindle, b = self.one_run('spindle', user, tty)
-                self.assertEqual(stock.returncode, 0, stock.stdout)
-                self.assertEqual(spindle.returncode, 0, spindle.stdout)
-                if a != b:
-                    diff = difflib.unified_diff(
-                        json.dumps(a, indent=1, sort_keys=True).splitlines(),
-                        json.dumps(b, indent=1, sort_keys=True).splitlines(),
-                        'stock',
-                        'spindle',
-                        lineterm='',
-                    )
-                    self.fail('stock and spindle differ as %s (tty %s):\n%s' % (user, tty, '\n'.join(diff)))
+                self.agree(user, tty)
                 # Nothing of root's left in the login user's home on the controller.
                 home = os.path.expanduser('~%s' % user)
                 for dp, dns, fns in os.walk(os.path.join(home, '.ansible')):

@@ -12,10 +12,12 @@
 
 BOOT_PLACEHOLDER = "__SPINDLE_BOOT__"
 # Stage 1 for a nested agent: no quote, dollar, backquote or backslash, so it survives any
-# depth of the become plugins' shell quoting; `b` stays a global for the next level.
+# depth of the become plugins' shell quoting, and one line, so a login shell that has no
+# newline inside quotes (csh: su to such a user, a via target's login) takes it; `b` stays a
+# global for the next level.
 CHILD_STAGE1 = (
-    "import os,zlib\nn=%d;b=bytes()\nwhile len(b)<n:\n c=os.read(0,n-len(b))\n"
-    " if not c:raise SystemExit(1)\n b+=c\nexec(zlib.decompress(b))\n"
+    "import os,zlib;n=%d;r=[];[r.append(c) for c in iter(lambda:os.read(0,n-sum(map(len,r))),bytes())];"
+    "b=bytes().join(r);len(b)<n and os._exit(1);del r;exec(zlib.decompress(b))"
 )
 SAFE_PATH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./+-")
 TAIL = 4096

@@ -200,6 +200,7 @@ fn an_agent_speaking_another_protocol_is_refused() {
     let now = Instant::now();
     let t = target(serde_json::json!({}));
     r.request(1, exec(1, t.clone()), now);
+    r.target_bytes(0, crate::proto::BOOT_MARKER, now);
     let body =
         serde_json::json!({"proto": 2, "python": "3.11.2", "executable": "/usr/bin/python3"});
     frame_from(
@@ -294,4 +295,53 @@ fn replies_in_assembly_over_the_daemons_budget_fail_the_call_that_passes_it() {
     assert_eq!(r.replies.used(), 4 << 20);
     r.targets[a].calls.remove(&h3);
     assert_eq!(r.replies.used(), 0);
+}
+
+#[test]
+fn what_a_login_shell_prints_before_the_agent_is_skipped() {
+    let mut r = Router::new();
+    let now = Instant::now();
+    let t = target(serde_json::json!({}));
+    r.request(1, exec(1, t.clone()), now);
+    // an rc file's greeting, in two reads, the marker cut between them, then HELLO
+    let marker = crate::proto::BOOT_MARKER;
+    let mut first = b"Welcome to web1\r\n\x1b[0mmanaged by ops\n".to_vec();
+    first.extend_from_slice(&marker[..4]);
+    r.target_bytes(0, &first, now);
+    assert!(!r.started(0));
+    let mut rest = marker[4..].to_vec();
+    let body = serde_json::json!({"proto": 1, "python": "3.11.2", "executable": "/usr/bin/python3",
+        "realpath": "/usr/bin/python3", "hostname": "h", "uid": 0, "pid": 1});
+    let h = FrameHeader {
+        kind: Kind::Hello,
+        flags: 0,
+        dst: CTX_CONTROLLER,
+        src: CTX_AGENT,
+        handle: 0,
+        reply_to: 0,
+    };
+    encode_frame(&mut rest, &h, body.to_string().as_bytes());
+    r.target_bytes(0, &rest, now);
+    assert!(r.started(0), "the agent's HELLO after the marker is read");
+    assert!(errors(&mut r).is_empty());
+}
+
+#[test]
+fn a_shell_that_prints_without_end_fails_its_stream_and_no_other() {
+    let mut r = Router::new();
+    let now = Instant::now();
+    let a = target(serde_json::json!({"name": "a"}));
+    let b = target(serde_json::json!({"name": "b"}));
+    r.request(1, exec(1, a.clone()), now);
+    let sb = ready(&mut r, &b, now);
+    let chunk = vec![b'y'; 8192];
+    for _ in 0..(crate::proto::boot::MAX_PREAMBLE / chunk.len() + 1) {
+        r.target_bytes(0, &chunk, now);
+    }
+    let e = only_error(&mut r, 1);
+    assert_eq!(e["kind"], "protocol", "{e}");
+    let m = e["message"].as_str().unwrap_or_default();
+    assert!(m.contains("login script") && m.contains("yyyy"), "{m}");
+    assert_eq!(r.streams(), 1);
+    assert!(r.started(sb));
 }

@@ -53,7 +53,12 @@ fn hello(r: &mut Router, t: TargetId, executable: &str, now: Instant) {
     hello_body(r, t, body, now);
 }
 
+/// The stream's first bytes from its (fake) agent: stage 1's boot marker, when the stream
+/// waits for one, and the HELLO frame with `body`.
 fn hello_body(r: &mut Router, t: TargetId, body: serde_json::Value, now: Instant) {
+    if r.targets[t].boot.is_some() {
+        r.target_bytes(t, crate::proto::BOOT_MARKER, now);
+    }
     let mut b = Vec::new();
     let h = FrameHeader {
         kind: Kind::Hello,
