@@ -374,12 +374,14 @@ def applies(name):
 # -- loader-routing -----------------------------------------------------------------------------
 
 
-def _route(loader_get_with_context, routes, connection_name, connection_dir):
+def _route(loader_get_with_context, routes, connection_name, connection_dir, unrouted=None):
     from ansible.errors import AnsibleError
 
     def get_with_context(name, *args, **kwargs):
         transport = routes.get(name)
         if transport is None:
+            if unrouted is not None and name != connection_name and not kwargs.get('class_only'):
+                unrouted(name, args)
             return loader_get_with_context(name, *args, **kwargs)
         result = loader_get_with_context(connection_name, *args, **kwargs)
         obj = result[0]
@@ -422,7 +424,8 @@ class LoaderPatch(object):
     ``connection_name`` found in ``connection_dir`` on ``loader`` (and gives the copy action
     spindle's one-round-trip ``_copy_file`` on ``actions``) until ``restore()``."""
 
-    def __init__(self, loader, actions, routes, connection_name, connection_dir):
+    def __init__(self, loader, actions, routes, connection_name, connection_dir, unrouted=None):
+        self.unrouted = unrouted  # called (name, loader args) for a connection not routed
         self.loader = loader
         self.actions = actions
         self.routes = routes
@@ -444,7 +447,9 @@ class LoaderPatch(object):
         loader.get(self.connection_name, class_only=True)
         own = loader.__dict__
         self.saved = {k: own[k] for k in ('get', 'get_with_context') if k in own}
-        routed = _route(loader.get_with_context, self.routes, self.connection_name, self.connection_dir)
+        routed = _route(
+            loader.get_with_context, self.routes, self.connection_name, self.connection_dir, self.unrouted
+        )
         loader.get_with_context = routed
         loader.get = _routed_get(routed)
         if self.actions is not None and not getattr(self.actions.get, 'spindle_routed', False):

@@ -14,8 +14,14 @@ from __future__ import annotations
 
 import os
 
+import hashlib
+
+from ansible.utils.display import Display
+
 from spindle_ansible import compat
 from spindle_ansible.specs import HOP_TRANSPORTS
+
+display = Display()
 
 CONNECTION_NAME = 'spindle'
 CONNECTION_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'plugins', 'connection')
@@ -44,13 +50,56 @@ for _full, _transport in list(ENTER_ROUTES.items()):
 ROUTES.update(ENTER_ROUTES)
 
 
+#: Connection names said unrouted in this process (a worker runs one task; the controller may
+#: load plugins too).
+_SAID = set()
+
+
+def unrouted(name, args):
+    """A task whose connection spindle does not serve (paramiko, winrm, a network or custom
+    plugin): Ansible's own plugin runs it, as without spindle. Not silent: said once per run
+    and connection name, with the first host seen, at default verbosity. Workers are fresh
+    forks, so "once" is a marker file in the run's private local temp directory (Ansible's
+    ``DEFAULT_LOCAL_TMP``, removed with the run), created exclusively by the first."""
+    if name in _SAID:
+        return
+    _SAID.add(name)
+    try:
+        from ansible import constants as C
+
+        digest = hashlib.sha256(str(name).encode('utf-8', 'replace')).hexdigest()[:16]
+        fd = os.open(
+            os.path.join(C.DEFAULT_LOCAL_TMP, 'spindle-unrouted-%s' % digest),
+            os.O_CREAT | os.O_EXCL | os.O_WRONLY,
+            0o600,
+        )
+        os.close(fd)
+    except FileExistsError:
+        return
+    except (OSError, AttributeError, TypeError):
+        pass  # no run directory: said in this process only
+    host = getattr(args[0], 'remote_addr', None) if args else None
+    display.warning(
+        "spindle: connection %r is not one spindle serves: Ansible's own plugin runs the tasks "
+        "of hosts that use it%s, not spindle's agent (spindle serves ssh, local, docker, podman "
+        "and the container/chroot plugins in its docs). Said once per run and connection."
+        % (str(name), (' (first: %s)' % host) if host else '')
+    )
+
+
 class LoaderPatch(compat.LoaderPatch):
     """Routes ``ROUTES`` to spindle on ``connection_loader`` (and gives the copy action
-    spindle's one-round-trip ``_copy_file``) until ``restore()``."""
+    spindle's one-round-trip ``_copy_file``) until ``restore()``; says when a task's connection
+    is not routed (:func:`unrouted`)."""
 
     def __init__(self, loader=None, actions=None):
         from ansible.plugins.loader import action_loader, connection_loader
 
         super(LoaderPatch, self).__init__(
-            loader or connection_loader, actions or action_loader, ROUTES, CONNECTION_NAME, CONNECTION_DIR
+            loader or connection_loader,
+            actions or action_loader,
+            ROUTES,
+            CONNECTION_NAME,
+            CONNECTION_DIR,
+            unrouted,
         )

@@ -362,5 +362,63 @@ class ResultWake(LocalPlay):
             self.assertNotIn('never reached', p.stdout)
 
 
+FAKE_CONNECTION = '''
+from ansible.plugins.connection.local import Connection as Local
+
+DOCUMENTATION = """
+    name: fakeconn
+    short_description: the local connection under a name spindle does not serve
+    description: [a test plugin]
+    author: spindle tests
+    options:
+        become_success_timeout:
+            type: int
+            default: 10
+            description: [as local's]
+            vars: [{name: ansible_local_become_success_timeout}]
+        become_strip_preamble:
+            type: bool
+            default: true
+            description: [as local's]
+            vars: [{name: ansible_local_become_strip_preamble}]
+    extends_documentation_fragment: [connection_pipelining]
+"""
+
+
+class Connection(Local):
+    transport = 'fakeconn'
+'''
+
+UNROUTED_PLAYBOOK = """
+- hosts: all
+  gather_facts: false
+  connection: fakeconn
+  tasks:
+    - command: echo one
+    - command: echo two
+    - command: echo three
+"""
+
+
+class Unrouted(LocalPlay):
+    """loader-routing: a host whose connection spindle does not serve (here a plugin of the
+    playbook's own; in the field paramiko, winrm, network plugins) runs on that plugin, as
+    without spindle, and the run says so once, not once per task (every task is a new worker)."""
+
+    PLUGIN = ('connection_plugins', 'fakeconn.py', FAKE_CONNECTION)
+
+    def test_a_connection_spindle_does_not_serve_is_said_once(self):
+        p = self.play(True, UNROUTED_PLAYBOOK, '-e', 'ansible_python_interpreter=/usr/bin/python3')
+        self.assertEqual(p.returncode, 0, p.stdout[-3000:])
+        said = re.findall(r"connection 'fakeconn' is not one spindle serves", p.stdout)
+        self.assertEqual(len(said), 1, p.stdout[-3000:])
+        self.assertIn('(first: localhost)', p.stdout)
+        self.assertEqual(p.stdout.count('ok=3'), 1, p.stdout[-3000:])
+        # without spindle: nothing said
+        p = self.play(False, UNROUTED_PLAYBOOK, '-e', 'ansible_python_interpreter=/usr/bin/python3')
+        self.assertEqual(p.returncode, 0, p.stdout[-3000:])
+        self.assertNotIn('spindle', p.stdout)
+
+
 if __name__ == '__main__':
     unittest.main()
