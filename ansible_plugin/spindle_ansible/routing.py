@@ -29,7 +29,9 @@ CONNECTION_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'plugi
 #: requested connection name -> spindle transport: those a spindle_via hop may use too
 #: (ssh, local, docker, podman), and these
 ROUTES = dict(HOP_TRANSPORTS)
-ROUTES['community.general.chroot'] = 'chroot'
+# chroot by its collection name and by the short names ansible-core redirects to it
+for _name in ('community.general.chroot', 'chroot', 'ansible.builtin.chroot', 'ansible.legacy.chroot'):
+    ROUTES[_name] = 'chroot'
 ROUTES['community.docker.nsenter'] = 'setns'
 
 #: enter transports routed from their stock collection plugins; spindle_ansible.specs maps

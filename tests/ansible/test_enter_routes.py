@@ -99,7 +99,8 @@ OPTIONS_CHECK = textwrap.dedent('''
                             ('community.general.incus', 'incus'),
                             ('containers.podman.buildah', 'buildah'), ('buildah', 'buildah'),
                             ('community.general.jail', 'jail'), ('jail', 'jail'),
-                            ('community.general.lxc', 'lxc'), ('lxc', 'lxc')):
+                            ('community.general.lxc', 'lxc'), ('lxc', 'lxc'),
+                            ('community.general.chroot', 'chroot'), ('chroot', 'chroot')):
         c = connection_loader.get(name, PlayContext())
         assert c._spindle_forced_transport == transport, (name, c)
     assert 'community.general.machinectl' not in ROUTES  # a become plugin, not a connection
