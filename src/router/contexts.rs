@@ -273,10 +273,10 @@ impl Router {
         let m = match kind {
             ErrorKind::NoPython => "no Python interpreter found on the target".to_string(),
             ErrorKind::ConnectionLost if connected => {
-                format!("connection lost (agent or ssh ended){}", suffix(last))
+                format!("connection lost (agent or ssh ended){}", suffix(&last))
             }
-            ErrorKind::ConnectionLost => format!("agent failed to start{}", suffix(last)),
-            _ => last.to_string(),
+            ErrorKind::ConnectionLost => format!("agent failed to start{}", suffix(&last)),
+            _ => last,
         };
         self.fail_target(t, kind, &m);
     }

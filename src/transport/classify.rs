@@ -49,9 +49,24 @@ const NOISE: &[&str] = &[
     "Warning: untrusted X11 forwarding",
 ];
 
+/// ssh's complaints about the user's own key or configuration, which say why the refusal on
+/// its last line happened (stock Ansible shows ssh's whole stderr; these are the lines of it an
+/// operator needs: a key file that is missing, unreadable or too open, a bad option).
+const EXPLAINS: &[&str] = &[
+    "no such identity:",
+    "not accessible:", // "Warning: Identity file K not accessible: ..." (ssh -i)
+    "Load key ",
+    "UNPROTECTED PRIVATE KEY FILE",
+    "are too open",
+    "Bad owner or permissions on",
+    "Bad configuration option",
+    "Unsupported option",
+];
+
 /// The line of a failed start's output to quote as its reason: the last non-empty line that
-/// is not known noise (ssh's "Warning: Permanently added ..."), else the last non-empty line.
-pub fn reason_line(output: &str) -> &str {
+/// is not known noise (ssh's "Warning: Permanently added ..."), else the last non-empty line;
+/// after at most three of ssh's lines that explain it ([`EXPLAINS`]), joined by "; ".
+pub fn reason_line(output: &str) -> String {
     let lines = || {
         output
             .lines()
@@ -59,10 +74,19 @@ pub fn reason_line(output: &str) -> &str {
             .map(str::trim)
             .filter(|l| !l.is_empty())
     };
-    lines()
+    let last = lines()
         .find(|l| !NOISE.iter().any(|n| l.starts_with(n)))
         .or_else(|| lines().next())
-        .unwrap_or("")
+        .unwrap_or("");
+    let mut why: Vec<&str> = output
+        .lines()
+        .map(|l| l.trim().trim_matches('@').trim())
+        .filter(|l| *l != last && EXPLAINS.iter().any(|e| l.contains(e)))
+        .collect();
+    why.dedup();
+    why.truncate(3);
+    why.push(last);
+    why.join("; ")
 }
 
 #[cfg(test)]
@@ -82,6 +106,37 @@ mod tests {
                   ** This session may be vulnerable to \"store now, decrypt later\" attacks.\n\
                   ** The server may need to be upgraded. See https://openssh.com/pq.html\n";
         assert_eq!(reason_line(pq), "bash: line 1: exec: nope: not found");
+    }
+
+    #[test]
+    fn what_explains_a_refusal_comes_with_it() {
+        let missing = "no such identity: /keys/k: No such file or directory\r\n\
+                       root@h: Permission denied (publickey).\r\n";
+        assert_eq!(
+            reason_line(missing),
+            "no such identity: /keys/k: No such file or directory; root@h: Permission denied (publickey)."
+        );
+        let with_i = "Warning: Identity file /k not accessible: No such file or directory.\n\
+                      Warning: Permanently added 'h' (ED25519) to the list of known hosts.\n\
+                      root@h: Permission denied (publickey).\n";
+        assert_eq!(
+            reason_line(with_i),
+            "Warning: Identity file /k not accessible: No such file or directory.; \
+             root@h: Permission denied (publickey)."
+        );
+        let open = "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n\
+                    @         WARNING: UNPROTECTED PRIVATE KEY FILE!          @\n\
+                    @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n\
+                    Permissions 0644 for '/k' are too open.\n\
+                    It is required that your private key files are NOT accessible by others.\n\
+                    This private key will be ignored.\n\
+                    Load key \"/k\": bad permissions\n\
+                    u@h: Permission denied (publickey).\n";
+        assert_eq!(
+            reason_line(open),
+            "WARNING: UNPROTECTED PRIVATE KEY FILE!; Permissions 0644 for '/k' are too open.; \
+             Load key \"/k\": bad permissions; u@h: Permission denied (publickey)."
+        );
     }
 
     #[test]
