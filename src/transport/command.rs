@@ -178,7 +178,6 @@ fn launch(
                 argv.push("-o".into());
                 argv.push(v);
             };
-            argv.push("-T".into());
             match (&spec.password, askpass) {
                 (Some(pw), Some(helper)) => {
                     // ssh reads the password from our askpass helper (this binary with
@@ -222,6 +221,10 @@ fn launch(
             argv.extend(words(spec, "ssh_args", &spec.ssh_args)?);
             argv.extend(words(spec, "ssh_common_args", &spec.ssh_common_args)?);
             argv.extend(words(spec, "ssh_extra_args", &spec.ssh_extra_args)?);
+            // No terminal, whatever the user's args ask (`-tt` for a sudo requiretty, which
+            // spindle's become does on a pty of its own): a terminal would rewrite the frame
+            // bytes (CR/LF, control characters). ssh takes the last of -t/-T.
+            argv.push("-T".into());
             argv.push("--".into());
             argv.push(host.into());
             // sshd runs the remote command with the user's login shell, which may not be
@@ -334,6 +337,17 @@ mod tests {
         let host_at = argv.iter().position(|a| a == "web1").unwrap();
         assert_eq!(argv[host_at - 1], "--");
         assert_eq!(argv.len(), host_at + 2);
+        // a terminal asked for in the user's args is overridden (ssh takes the last -t/-T)
+        let tty = Spec {
+            ssh_extra_args: Some("-tt".into()),
+            ..spec.clone()
+        };
+        let argv = command(&tty, None).unwrap().argv;
+        let at = |w: &str| argv.iter().rposition(|a| a == w).unwrap();
+        assert!(
+            at("-T") > at("-tt") && at("-T") + 2 == at("web1"),
+            "{argv:?}"
+        );
     }
 
     #[test]

@@ -167,7 +167,7 @@ class FieldCases(unittest.TestCase):
         for drop in getattr(cls, 'drops', []):
             drop()
 
-    def one_run(self, kind, user, tty=True, play=PLAY, **fields):
+    def one_run(self, kind, user, tty=True, play=PLAY, inv_vars=(), **fields):
         work = tempfile.mkdtemp(prefix='spindle-field-%s-' % kind)
         self.addCleanup(shutil.rmtree, work, True)
         os.chmod(work, 0o755)
@@ -180,9 +180,10 @@ class FieldCases(unittest.TestCase):
                     'callback_plugins = %s\n' % os.path.join(rs.PKG, 'spindle_ansible', 'plugins', 'callback')
                 )
         rs.inventory(self.inventory, os.path.join(work, 'inventory.ini'), user=user)
-        if not tty:
+        inv_vars = list(inv_vars) + ([] if tty else ['ansible_ssh_use_tty=False'])
+        if inv_vars:
             with open(os.path.join(work, 'inventory.ini'), 'a') as f:
-                f.write('\n[all:vars]\nansible_ssh_use_tty=False\n')
+                f.write('\n[all:vars]\n%s\n' % '\n'.join(inv_vars))
         with open(os.path.join(work, 'play.yml'), 'w') as f:
             f.write(play % dict(fields, shared=self.shared, user=user))
         # Each run starts from the same state: no file of the last one, here or on the target.
@@ -240,6 +241,15 @@ class FieldCases(unittest.TestCase):
                 self.assertGreater(spindle.paths.get('in_agent', 0), 0, spindle.paths)
         with self.subTest(user='root', become_method='su'):
             self.agree('root', play=SU_PLAY, users=json.dumps(self.shell_users))
+
+    def test_a_terminal_asked_for_in_ssh_args_is_not_the_streams(self):
+        # `-tt` in ssh_extra_args (a sudo requiretty habit): the stream stays binary-clean
+        # (spindle's become has a pty of its own), every module in the agent. Stock with
+        # pipelining sends module code through that terminal, so no comparison here.
+        p, records = self.one_run('spindle', 'root', play=SHELL_PLAY, inv_vars=['ansible_ssh_extra_args=-tt'])
+        self.assertEqual(p.returncode, 0, p.stdout[-3000:])
+        self.assertEqual(p.paths.get('stock'), 0, p.paths)
+        self.assertGreater(p.paths.get('in_agent', 0), 0, p.paths)
 
     def test_stock_and_spindle_agree(self):
         print('cases (login user, terminal): %s' % self.cases, file=sys.stderr)
