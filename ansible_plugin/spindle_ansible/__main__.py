@@ -1,5 +1,12 @@
 """``python -m spindle_ansible``: print the ansible.cfg lines that enable spindle's Ansible
-plugins from where this package is installed (append them to your ansible.cfg).
+plugins from where this package is installed (append them to an ansible.cfg that has no
+``[defaults]`` section yet).
+
+``python -m spindle_ansible --merge FILE``: put them into FILE, an ansible.cfg that already has
+a ``[defaults]`` section (appended, a second one makes Ansible refuse the file): spindle joins
+your ``callbacks_enabled`` and plugin paths, comments and other settings stay, the original is
+kept as FILE.bak, running it again changes nothing. It also repairs a file the printed lines
+were appended to.
 
 ``python -m spindle_ansible --stop``: stop this user's persistent daemons (each exits by itself
 ``SPINDLE_PERSIST`` seconds, default 60, after the last run; like ``ssh -O exit``).
@@ -76,10 +83,49 @@ def main(argv=None):
 
         print("\n".join("%s: %s" % (k, json.dumps(v)) for k, v in env_vars()))
         return 0
+    if len(args) == 2 and args[0] == '--merge':
+        return _merge(args[1])
     if args:
-        print("usage: python -m spindle_ansible [--env | --envvars | --stop]", file=sys.stderr)
+        print(
+            "usage: python -m spindle_ansible [--merge ANSIBLE_CFG | --env | --envvars | --stop]",
+            file=sys.stderr,
+        )
         return 2
     print(config_lines())
+    from spindle_ansible import cfgmerge
+
+    used = cfgmerge.ansible_cfg_in_use()
+    if used and cfgmerge.has_defaults(used):
+        print(
+            "; note: %s already has a [defaults] section: appended, these lines would make a\n"
+            ";       second one, which Ansible refuses. Run instead:\n"
+            ";       python -m spindle_ansible --merge %s" % (used, used),
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _merge(path):
+    from spindle_ansible import cfgmerge
+
+    try:
+        changes = cfgmerge.merge_file(path, cfgmerge.wanted(_plugins()))
+    except (cfgmerge.MergeError, OSError) as e:
+        print("spindle: %s: nothing written" % (e,), file=sys.stderr)
+        return 1
+    if not changes:
+        print("spindle: %s already enables spindle's plugins; nothing changed" % path)
+        return 0
+    print("spindle: %s now enables spindle's plugins (the original is %s.bak):" % (path, path))
+    for c in changes:
+        print("  " + c)
+    overridden = [k for k in ('ANSIBLE_CALLBACK_PLUGINS', 'ANSIBLE_CALLBACKS_ENABLED') if k in os.environ]
+    if overridden:
+        print(
+            "spindle: note: %s set in this environment override%s the file's lines: add spindle "
+            "there too (python -m spindle_ansible --env)"
+            % (' and '.join(overridden), '' if len(overridden) > 1 else 's')
+        )
     return 0
 
 

@@ -29,6 +29,33 @@ def run(argv, work, **kw):
     )
 
 
+#: A team's own ansible.cfg, before spindle (inventory path to fill in).
+TEAM_CFG = """# the team's settings
+[defaults]
+inventory = %s
+host_key_checking = False
+callback_plugins = ./callbacks
+callbacks_enabled = team   ; ours
+
+[ssh_connection]
+pipelining = False
+"""
+
+TEAM_CALLBACK = """
+from ansible.plugins.callback import CallbackBase
+
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = 'aggregate'
+    CALLBACK_NAME = 'team'
+    CALLBACK_NEEDS_ENABLED = True
+
+    def v2_playbook_on_stats(self, stats):
+        self._display.display('TEAM-CALLBACK-RAN')
+"""
+
+
 class Clis(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -65,6 +92,34 @@ class Clis(unittest.TestCase):
         p = run(['ansible', 't0', '-m', 'command', '-a', 'hostname'], self.work)
         self.assertEqual(p.returncode, 0, p.stdout)
         self.assertIsNone(rs.paths(self.work))
+
+    def test_an_existing_cfg_is_merged_not_appended(self):
+        # A team's ansible.cfg with its own [defaults], callback directory and enabled
+        # callback. The printed lines appended to it: Ansible refuses the file (a second
+        # [defaults]). `python -m spindle_ansible --merge` repairs it: the team's callback and
+        # spindle both run, the module runs in the agent.
+        os.mkdir(os.path.join(self.work, 'callbacks'))
+        with open(os.path.join(self.work, 'callbacks', 'team.py'), 'w') as f:
+            f.write(TEAM_CALLBACK)
+        cfg = os.path.join(self.work, 'ansible.cfg')
+        with open(cfg) as f:
+            printed = f.read().split('host_key_checking')[0]
+        with open(cfg, 'w') as f:
+            f.write(TEAM_CFG % self.inventory + '\n' + printed)
+        with open(os.path.join(self.work, 'play.yml'), 'w') as f:
+            f.write('- hosts: t0\n  gather_facts: false\n  tasks:\n    - command: hostname\n')
+        p = run(['ansible-playbook', 'play.yml'], self.work)
+        self.assertNotEqual(p.returncode, 0, p.stdout)
+        self.assertIn("section 'defaults' already exists", p.stdout)
+        merge = [os.path.join(rs.VENV_BIN, 'python'), '-m', 'spindle_ansible', '--merge', 'ansible.cfg']
+        m = run(merge, self.work)
+        self.assertEqual(m.returncode, 0, m.stdout)
+        self.assertIn('removed the [defaults] section appended', m.stdout)
+        p = run(['ansible-playbook', 'play.yml'], self.work)
+        self.assertEqual(p.returncode, 0, p.stdout)
+        self.assertIn('TEAM-CALLBACK-RAN', p.stdout)
+        self.assert_in_agent(p.stdout)
+        self.assertIn('nothing changed', run(merge, self.work).stdout)
 
     def test_playbook(self):
         with open(os.path.join(self.work, 'play.yml'), 'w') as f:
