@@ -170,6 +170,10 @@ _FILE_TOOLS = frozenset(
 )
 
 
+#: How the files Ansible runs a module from start (the module; the async wrapper).
+_MODULE_FILES = ('AnsiballZ_', 'async_wrapper')
+
+
 def file_module_reason(cmd, in_data=None, sudoable=True):
     """Why a command that runs a module is not an agent's (Ansible put the module in a file, or
     pipes a non-Python module to its interpreter), or None when ``cmd`` runs no module (raw,
@@ -182,7 +186,13 @@ def file_module_reason(cmd, in_data=None, sudoable=True):
         _env, argv = ansiballz.split_module_command(cmd)
     except ValueError:
         return None
-    if not any('/ansible-tmp-' in w for w in argv[:2]) or os.path.basename(argv[0]) in _FILE_TOOLS:
+    # A module file is AnsiballZ_<name> in Ansible's remote temp dir (ActionBase._execute_module,
+    # every style), or async_wrapper.py starting one; another file there is the script
+    # action's script, which is no module.
+    if (
+        not any('/ansible-tmp-' in w and os.path.basename(w).startswith(_MODULE_FILES) for w in argv[:2])
+        or os.path.basename(argv[0]) in _FILE_TOOLS
+    ):
         return None
     if 'async_wrapper' in cmd:
         return "async task (Ansible runs it from files with its async_wrapper)"

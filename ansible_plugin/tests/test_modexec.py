@@ -72,6 +72,9 @@ class StockPathTests(unittest.TestCase):
             "/root/.ansible/tmp/ansible-tmp-1-2/AnsiballZ_ping.py && sleep 0'",
             "/bin/sh -c 'rm -f -r /root/.ansible/tmp/ansible-tmp-1-2/ > /dev/null 2>&1 && sleep 0'",
             "hostname",
+            # the script action runs its script from the temp dir: no module
+            "/bin/sh -c '/root/.ansible/tmp/ansible-tmp-1-2/s.sh one two && sleep 0'",
+            "/bin/sh -c 'python3 /root/.ansible/tmp/ansible-tmp-1-2/s.py && sleep 0'",
         ):
             self.assertIsNone(modexec.file_module_reason(cmd), cmd)
             self.assertIsNone(modexec.plan(cmd, None))
@@ -82,7 +85,7 @@ class StockPathTests(unittest.TestCase):
             "/bin/sh -c '/usr/bin/python3 /root/.ansible/tmp/ansible-tmp-1-2/AnsiballZ_command.py && sleep 0'"
         )
         old = (
-            "/bin/sh -c '/root/.ansible/tmp/ansible-tmp-1-2/helloworld "
+            "/bin/sh -c '/root/.ansible/tmp/ansible-tmp-1-2/AnsiballZ_helloworld "
             "/root/.ansible/tmp/ansible-tmp-1-2/args && sleep 0'"
         )
         async_cmd = (
@@ -100,6 +103,11 @@ class StockPathTests(unittest.TestCase):
             self.assertIn('old-style', modexec.file_module_reason(ansiballz))
             self.assertIn('old-style', modexec.file_module_reason(old))
             self.assertIn('async', modexec.file_module_reason(async_cmd))
+            # (the wrapper's own file name, as ActionBase._execute_module gives it)
+            self.assertIn(
+                'async',
+                modexec.file_module_reason(async_cmd.replace('AnsiballZ_async_wrapper', 'async_wrapper')),
+            )
             chmod = (
                 "/bin/sh -c 'chmod u+rwx /root/.ansible/tmp/ansible-tmp-1-2/ /root/.ansible/"
                 "tmp/ansible-tmp-1-2/AnsiballZ_async_wrapper.py && sleep 0'"

@@ -107,6 +107,8 @@ SHELL_PLAY = '''
     - name: become (sudo)
       command: whoami
       become: true
+    - name: script (no module, so nothing on the stock path)
+      script: hello.sh one two
 '''
 
 #: As root: su to each of them (su runs the nested agent's start with their login shell).
@@ -186,6 +188,8 @@ class FieldCases(unittest.TestCase):
                 f.write('\n[all:vars]\n%s\n' % '\n'.join(inv_vars))
         with open(os.path.join(work, 'play.yml'), 'w') as f:
             f.write(play % dict(fields, shared=self.shared, user=user))
+        with open(os.path.join(work, 'hello.sh'), 'w') as f:
+            f.write('#!/bin/sh\necho "script $* as $(id -un)"\n')
         # Each run starts from the same state: no file of the last one, here or on the target.
         shutil.rmtree(self.shared, ignore_errors=True)
         os.makedirs(self.shared)
