@@ -79,9 +79,16 @@ def _check(text, name):
 
 def _appended_blocks(lines, keys):
     """``lines`` without the ``[defaults]`` sections after the first that hold only spindle's
-    keys and comments (what appending the printed lines to a file with ``[defaults]`` made,
-    which Ansible refuses), and the line numbers (1-based) of those removed."""
-    ours = set(k for k, _, _ in keys)
+    lines as printed (its keys with its values) and comments: what appending them to a file
+    with ``[defaults]`` made, which Ansible refuses. A section with anything of the user's in
+    it stays (the merge then refuses the file). Also the line numbers (1-based) removed."""
+    ours = dict((k, v) for k, v, _ in keys)
+
+    def spindles(line):
+        # a line as printed: one of our keys with exactly our value
+        m = _KEY.match(line)
+        return bool(m) and ours.get(m.group(1).lower()) == _split_comment(m.group(2))[0]
+
     heads = [i for i, line in enumerate(lines) if _is_defaults(line)]
     removed = []
     for head in reversed(heads[1:]):
@@ -89,7 +96,7 @@ def _appended_blocks(lines, keys):
         while end < len(lines) and not (_SECTION.match(lines[end]) and not lines[end][:1].isspace()):
             end += 1
         body = [x for x in lines[head + 1 : end] if x.strip() and x.strip()[0] not in '#;']
-        if all((_KEY.match(x) and _KEY.match(x).group(1).lower() in ours) for x in body):
+        if body and all(spindles(x) for x in body):
             while head > 0 and not lines[head - 1].strip():
                 head -= 1
             del lines[head:end]

@@ -93,9 +93,13 @@ class Merge(unittest.TestCase):
         self.assertTrue(changes[0].startswith('removed the [defaults] section appended at line'), changes)
 
     def test_a_second_defaults_of_the_users_own_is_not_touched(self):
-        text = '[defaults]\nforks = 5\n[defaults]\ninventory = x\n'
-        with self.assertRaises(cfgmerge.MergeError):
-            cfgmerge.merge(text, KEYS)
+        for second in (
+            'inventory = x\n',
+            'callbacks_enabled = timer\n',
+            'callbacks_enabled = spindle\nforks = 9\n',
+        ):
+            with self.assertRaises(cfgmerge.MergeError, msg=second):
+                cfgmerge.merge('[defaults]\nforks = 5\n[defaults]\n' + second, KEYS)
 
 
 class MergeFile(unittest.TestCase):
