@@ -93,7 +93,7 @@ def _appended_blocks(lines, keys):
     removed = []
     for head in reversed(heads[1:]):
         end = head + 1
-        while end < len(lines) and not (_SECTION.match(lines[end]) and not lines[end][:1].isspace()):
+        while end < len(lines) and not _is_section(lines[end]):
             end += 1
         body = [x for x in lines[head + 1 : end] if x.strip() and x.strip()[0] not in '#;']
         if body and all(spindles(x) for x in body):
@@ -104,9 +104,13 @@ def _appended_blocks(lines, keys):
     return lines, sorted(removed)
 
 
+def _is_section(line):
+    """A section header (at the line's start: an indented one continues a value)."""
+    return not line[:1].isspace() and bool(_SECTION.match(line))
+
+
 def _is_defaults(line):
-    m = _SECTION.match(line)
-    return bool(m) and m.group(1).strip() == 'defaults' and not line[:1].isspace()
+    return _is_section(line) and _SECTION.match(line).group(1).strip() == 'defaults'
 
 
 def merge(text, keys, name='ansible.cfg'):
@@ -137,7 +141,7 @@ def merge(text, keys, name='ansible.cfg'):
         return ''.join(lines + block), changes
     end = len(lines)
     for i in range(start + 1, len(lines)):
-        if _SECTION.match(lines[i]) and not lines[i][:1].isspace():
+        if _is_section(lines[i]):
             end = i
             break
     # key -> (first line, line after its continuation lines) within [defaults]

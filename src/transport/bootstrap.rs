@@ -212,19 +212,17 @@ mod tests {
             stdin.write_all(agent_blob()).expect("write the agent");
             drop(stdin); // the agent sees EOF after its HELLO and exits
             let out = child.wait_with_output().expect("wait");
-            let at = out
-                .stdout
-                .windows(crate::proto::BOOT_MARKER.len())
-                .position(|w| w == crate::proto::BOOT_MARKER)
-                .unwrap_or_else(|| {
-                    panic!(
-                        "{shell}: no boot marker in {:?} (stderr {:?})",
-                        String::from_utf8_lossy(&out.stdout),
-                        String::from_utf8_lossy(&out.stderr)
-                    )
-                });
-            let rest = &out.stdout[at + crate::proto::BOOT_MARKER.len()..];
-            assert!(rest.starts_with(&crate::proto::MAGIC), "{shell}: {rest:?}");
+            // what the daemon does with it (proto::boot)
+            match crate::proto::BootScan::default().push(&out.stdout) {
+                crate::proto::BootStep::Started { preamble, rest } => {
+                    assert_eq!(preamble, b"talkative rc\n", "{shell}");
+                    assert!(rest.starts_with(&crate::proto::MAGIC), "{shell}: {rest:?}");
+                }
+                other => panic!(
+                    "{shell}: no boot marker ({other:?}; stderr {:?})",
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            }
             ran += 1;
         }
         assert!(ran > 0, "no shell found");

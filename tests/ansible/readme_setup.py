@@ -132,6 +132,14 @@ def login_user(name, shell='/bin/bash'):
 FLEET = os.path.join(REPO, 'containers', 'netns-fleet.sh')
 
 
+def udiff(stock, spindle):
+    """Two runs' per-task records as a unified diff of their JSON (stock, spindle)."""
+    import difflib
+
+    dump = lambda x: json.dumps(x, indent=1, sort_keys=True).splitlines()  # noqa: E731
+    return '\n'.join(difflib.unified_diff(dump(stock), dump(spindle), 'stock', 'spindle', lineterm=''))
+
+
 def run(argv, **kw):
     """``argv``'s CompletedProcess, stdout and stderr together as text."""
     return subprocess.run(

@@ -18,7 +18,6 @@ the README's ansible.cfg lines:
   and says why.
 """
 
-import difflib
 import json
 import os
 import re
@@ -316,14 +315,7 @@ class AsyncTasks(unittest.TestCase):
         for i, name in ((0, 'play.yml'), (1, 'later.yml')):
             a, b = results['stock'][i][1], results['spindle'][i][1]
             if a != b:
-                diff = difflib.unified_diff(
-                    json.dumps(a, indent=1, sort_keys=True).splitlines(),
-                    json.dumps(b, indent=1, sort_keys=True).splitlines(),
-                    'stock',
-                    'spindle',
-                    lineterm='',
-                )
-                self.fail('stock and spindle differ (%s):\n%s' % (name, '\n'.join(diff)))
+                self.fail('stock and spindle differ (%s):\n%s' % (name, rs.udiff(a, b)))
         (p1, records, paths1, _), (p2, _, paths2, _), _ = results['spindle']
         # every Python module's async task started in the agent, as a forked child
         self.assertIsNotNone(paths1, p1.stdout)

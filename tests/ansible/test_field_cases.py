@@ -23,7 +23,6 @@ one step earlier, at the temp files' permissions.
   becomes each of them with ``su`` (their login shell runs the nested agent's start).
 """
 
-import difflib
 import json
 import os
 import shutil
@@ -222,14 +221,7 @@ class FieldCases(unittest.TestCase):
         self.assertEqual(stock.returncode, 0, stock.stdout)
         self.assertEqual(spindle.returncode, 0, spindle.stdout)
         if a != b:
-            diff = difflib.unified_diff(
-                json.dumps(a, indent=1, sort_keys=True).splitlines(),
-                json.dumps(b, indent=1, sort_keys=True).splitlines(),
-                'stock',
-                'spindle',
-                lineterm='',
-            )
-            self.fail('stock and spindle differ as %s (tty %s):\n%s' % (user, tty, '\n'.join(diff)))
+            self.fail('stock and spindle differ as %s (tty %s):\n%s' % (user, tty, rs.udiff(a, b)))
         return spindle
 
     def test_login_shells_and_talking_rc_files(self):

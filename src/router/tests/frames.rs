@@ -310,17 +310,7 @@ fn what_a_login_shell_prints_before_the_agent_is_skipped() {
     r.target_bytes(0, &first, now);
     assert!(!r.started(0));
     let mut rest = marker[4..].to_vec();
-    let body = serde_json::json!({"proto": 1, "python": "3.11.2", "executable": "/usr/bin/python3",
-        "realpath": "/usr/bin/python3", "hostname": "h", "uid": 0, "pid": 1});
-    let h = FrameHeader {
-        kind: Kind::Hello,
-        flags: 0,
-        dst: CTX_CONTROLLER,
-        src: CTX_AGENT,
-        handle: 0,
-        reply_to: 0,
-    };
-    encode_frame(&mut rest, &h, body.to_string().as_bytes());
+    push_hello(&mut rest, &hello_of("/usr/bin/python3"));
     r.target_bytes(0, &rest, now);
     assert!(r.started(0), "the agent's HELLO after the marker is read");
     assert!(errors(&mut r).is_empty());

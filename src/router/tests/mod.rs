@@ -48,9 +48,26 @@ fn module_call(id: u64, t: serde_json::Value) -> Request {
 }
 
 fn hello(r: &mut Router, t: TargetId, executable: &str, now: Instant) {
-    let body = serde_json::json!({"proto": 1, "python": "3.11.2", "executable": executable,
-        "realpath": executable, "hostname": "h", "uid": 0, "pid": 1});
-    hello_body(r, t, body, now);
+    hello_body(r, t, hello_of(executable), now);
+}
+
+/// A stream agent's HELLO body, its interpreter `executable`.
+fn hello_of(executable: &str) -> serde_json::Value {
+    serde_json::json!({"proto": 1, "python": "3.11.2", "executable": executable,
+        "realpath": executable, "hostname": "h", "uid": 0, "pid": 1})
+}
+
+/// `out` with a HELLO frame of `body` from a stream's own agent appended.
+fn push_hello(out: &mut Vec<u8>, body: &serde_json::Value) {
+    let h = FrameHeader {
+        kind: Kind::Hello,
+        flags: 0,
+        dst: CTX_CONTROLLER,
+        src: CTX_AGENT,
+        handle: 0,
+        reply_to: 0,
+    };
+    encode_frame(out, &h, body.to_string().as_bytes());
 }
 
 /// The stream's first bytes from its (fake) agent: stage 1's boot marker, when the stream
@@ -60,15 +77,7 @@ fn hello_body(r: &mut Router, t: TargetId, body: serde_json::Value, now: Instant
         r.target_bytes(t, crate::proto::BOOT_MARKER, now);
     }
     let mut b = Vec::new();
-    let h = FrameHeader {
-        kind: Kind::Hello,
-        flags: 0,
-        dst: CTX_CONTROLLER,
-        src: CTX_AGENT,
-        handle: 0,
-        reply_to: 0,
-    };
-    encode_frame(&mut b, &h, body.to_string().as_bytes());
+    push_hello(&mut b, &body);
     r.target_bytes(t, &b, now);
     files(r, now);
 }
