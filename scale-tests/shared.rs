@@ -8,7 +8,7 @@
 pub enum FaultMode {
     /// Answers everything.
     Healthy,
-    /// Closes the connection when an `exec` arrives (mid-request).
+    /// Closes the connection when an `exec` arrives (mid-request): the agent ended, ssh-less.
     Die,
     /// Reads `exec` calls and never answers them.
     Hang,
@@ -52,7 +52,7 @@ impl FaultMode {
     pub fn expected_kind(self) -> Option<&'static str> {
         match self {
             FaultMode::Healthy => None,
-            FaultMode::Die => Some("connection_lost"),
+            FaultMode::Die => Some("agent_ended"),
             FaultMode::Hang | FaultMode::SlowReader => Some("timeout"),
             FaultMode::Garbage | FaultMode::Oversize => Some("protocol"),
         }

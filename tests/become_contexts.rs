@@ -75,12 +75,16 @@ fn become_contexts_reused_recycled_and_isolated() {
         "the stream itself is never recycled"
     );
 
-    // A context that dies fails its own calls only; the next call starts a new one.
+    // A context that dies fails its own calls only (`agent_ended`, with how it ended); the
+    // next call starts a new one.
     let b1 = pid(&mut c, &bin);
     let killed = c.call(json!({"op": "exec", "target": bin, "shell": "kill -9 $PPID; sleep 5"}));
     match killed {
-        Err(ClientError::Api { kind, .. }) => assert_eq!(kind, "connection_lost"),
-        other => panic!("expected connection_lost, got {other:?}"),
+        Err(ClientError::Api { kind, message, .. }) => {
+            assert_eq!(kind, "agent_ended");
+            assert!(message.starts_with("nested agent ended ("), "{message}");
+        }
+        other => panic!("expected agent_ended, got {other:?}"),
     }
     assert_eq!(pid(&mut c, &base), root_pid);
     assert_ne!(pid(&mut c, &bin), b1);

@@ -78,7 +78,7 @@ fn run(io: &str) {
     }
     let modes = r["modes"].as_object().expect("per-mode tallies");
     for (mode, want) in [
-        ("die", "connection_lost"),
+        ("die", "agent_ended"),
         ("hang", "timeout"),
         ("garbage", "protocol"),
         ("oversize", "protocol"),

@@ -18,6 +18,9 @@ pub enum ErrorKind {
     Timeout,
     /// The stream died mid-call (or for a reason not recognised).
     ConnectionLost,
+    /// The agent's process ended while ssh said nothing of a lost connection (killed on the
+    /// target: by a task, the OOM killer), or a become or interpreter context's did.
+    AgentEnded,
     /// The target sent malformed or oversize frames.
     Protocol,
     /// The agent reported an error.
@@ -38,13 +41,14 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in docs/api.md's order.
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::Unreachable,
         ErrorKind::AuthFailed,
         ErrorKind::HostKeyMismatch,
         ErrorKind::NoPython,
         ErrorKind::Timeout,
         ErrorKind::ConnectionLost,
+        ErrorKind::AgentEnded,
         ErrorKind::Protocol,
         ErrorKind::Remote,
         ErrorKind::LocalIo,
@@ -64,6 +68,7 @@ impl ErrorKind {
             ErrorKind::NoPython => "no_python",
             ErrorKind::Timeout => "timeout",
             ErrorKind::ConnectionLost => "connection_lost",
+            ErrorKind::AgentEnded => "agent_ended",
             ErrorKind::Protocol => "protocol",
             ErrorKind::Remote => "remote",
             ErrorKind::LocalIo => "local_io",

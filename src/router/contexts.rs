@@ -261,6 +261,26 @@ impl Router {
         }
     }
 
+    /// The process the daemon ran for stream `t` (ssh, a container's exec) ended: its stdout
+    /// and stderr closed. `stderr` is its last output, `after_up` the part of it that came
+    /// once the agent was up. An agent that was up, where ssh did not say the connection broke
+    /// there, was killed on the target (or its ssh client was): `agent_ended`, which the
+    /// Ansible plugin tells from a lost connection by checking that the host answers.
+    pub fn process_ended(&mut self, t: TargetId, stderr: &str, after_up: &str) {
+        let agent_gone = self
+            .targets
+            .get(t)
+            .is_some_and(|x| x.hello.is_some() && x.phase != Phase::Dead && x.parent.is_none())
+            && !crate::transport::classify::connection_broke(after_up);
+        if agent_gone {
+            let m = "the agent's process ended, and ssh reported no connection problem: it was \
+                     killed on the target (by the task, `pkill python3`, the OOM killer), or its \
+                     ssh client was";
+            return self.fail_target(t, ErrorKind::AgentEnded, m);
+        }
+        self.target_closed(t, stderr)
+    }
+
     /// The target's process ended (stdout and stderr closed); `stderr` is its last output.
     pub fn target_closed(&mut self, t: TargetId, stderr: &str) {
         let Some(x) = self.targets.get(t) else { return };

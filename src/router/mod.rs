@@ -805,7 +805,14 @@ fn on_frame(
         Kind::Reply if h.reply_to == 0 && h.flags & flags::EOF != 0 && x.parent.is_some() => {
             let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
             let m = v["message"].as_str().unwrap_or("become context ended");
-            return Err((ErrorKind::ConnectionLost, m.to_string()));
+            // A become or interpreter context that was up: its stream lives, only its agent
+            // ended (killed by its task...). A hop's stream: its ssh on the hop ended.
+            let kind = if x.spec.is_context() && x.hello.is_some() {
+                ErrorKind::AgentEnded
+            } else {
+                ErrorKind::ConnectionLost
+            };
+            return Err((kind, m.to_string()));
         }
         Kind::Reply => {
             let Some(c) = x.calls.get_mut(&h.reply_to) else {

@@ -63,6 +63,39 @@ const EXPLAINS: &[&str] = &[
     "Unsupported option",
 ];
 
+/// What OpenSSH's client prints when an established connection breaks (its `fatal` and
+/// `logit` lines in clientloop.c, packet.c and mux.c).
+const CONNECTION_BROKE: &[&str] = &[
+    "closed by remote host",
+    "Connection closed by",
+    "Connection reset",
+    "Broken pipe",
+    "not responding",
+    "Read from remote host",
+    "Write failed",
+    "packet_write_wait",
+    "ssh_dispatch_run_fatal",
+    "Received disconnect",
+    "Disconnected from",
+    "Corrupted MAC",
+    "Bad packet length",
+    "client_loop:",
+    "mux_client",
+    "timed out",
+    "Network is unreachable",
+    "No route to host",
+];
+
+/// Whether ssh's output (after the agent was up) says the connection broke. When the remote
+/// command ends on a signal instead (the agent killed on the target), ssh exits 255 and
+/// prints nothing: what is there then is the agent's own stderr (a nested agent's, a shell's
+/// "Killed").
+pub fn connection_broke(output: &str) -> bool {
+    output
+        .lines()
+        .any(|l| CONNECTION_BROKE.iter().any(|c| l.contains(c)))
+}
+
 /// The line of a failed start's output to quote as its reason: the last non-empty line that
 /// is not known noise (ssh's "Warning: Permanently added ..."), else the last non-empty line;
 /// after at most three of ssh's lines that explain it ([`EXPLAINS`]), joined by "; ".
@@ -106,6 +139,27 @@ mod tests {
                   ** This session may be vulnerable to \"store now, decrypt later\" attacks.\n\
                   ** The server may need to be upgraded. See https://openssh.com/pq.html\n";
         assert_eq!(reason_line(pq), "bash: line 1: exec: nope: not found");
+    }
+
+    #[test]
+    fn a_broken_connection_is_told_from_a_killed_agent() {
+        for broke in [
+            "Connection to 10.0.0.2 closed by remote host.\r\n",
+            "client_loop: send disconnect: Broken pipe\r\n",
+            "Timeout, server web1 not responding.\r\n",
+            "Read from remote host web1: Connection reset by peer\r\n",
+            "ssh_dispatch_run_fatal: Connection to 10.0.0.2 port 22: Broken pipe\r\n",
+        ] {
+            assert!(connection_broke(broke), "{broke}");
+        }
+        for killed in [
+            "",
+            "\n\r\n",
+            "Killed\n",
+            "bash: line 1:  4242 Terminated  sleep 9\n",
+        ] {
+            assert!(!connection_broke(killed), "{killed}");
+        }
     }
 
     #[test]

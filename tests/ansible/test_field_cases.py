@@ -20,7 +20,11 @@ one step earlier, at the temp files' permissions.
   ``~/.bashrc`` greets on stdout and stderr (ssh runs it for commands too): the agent starts
   all the same (stage 0 goes to the login shell as one ``/bin/sh -c`` word; what the shell
   prints before stage 1's boot marker is skipped), ``raw`` sees what stock's sees, and root
-  becomes each of them with ``su`` (their login shell runs the nested agent's start).
+  becomes each of them with ``su`` (their login shell runs the nested agent's start);
+* a task that kills its own Python (``kill $PPID``, as ``pkill python3`` or the OOM killer
+  would): under stock that Python is the task's own, the module fails and the host carries
+  on; spindle's agent ran it, and the host was UNREACHABLE (dropped from the play). Now the
+  task fails as under stock, and the host's next task gets a new agent.
 """
 
 import json
@@ -127,6 +131,25 @@ SU_PLAY = '''
       become_method: su
       become_user: "{{ item }}"
       loop: %(users)s
+'''
+
+#: Tasks that kill the Python running them: the stream's agent, then a become context's.
+KILL_PLAY = '''
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: kill the Python running the task
+      shell: kill $PPID; sleep 2
+      ignore_errors: true
+    - name: the host carries on
+      command: whoami
+    - name: kill it with SIGKILL, as root
+      shell: kill -9 $PPID; sleep 2
+      become: true
+      ignore_errors: true
+    - name: and carries on as root
+      command: whoami
+      become: true
 '''
 
 run = rs.run
@@ -246,6 +269,22 @@ class FieldCases(unittest.TestCase):
         self.assertEqual(p.returncode, 0, p.stdout[-3000:])
         self.assertEqual(p.paths.get('stock'), 0, p.paths)
         self.assertGreater(p.paths.get('in_agent', 0), 0, p.paths)
+
+    def test_a_task_that_kills_its_python_fails_only_itself(self):
+        if len(self.cases) < 3:
+            self.skipTest('no unprivileged login user here')
+        (stock, a), (spindle, b) = (self.one_run(k, LOGIN_USER, play=KILL_PLAY) for k in ('stock', 'spindle'))
+        for p in (stock, spindle):
+            self.assertEqual(p.returncode, 0, p.stdout[-3000:])
+        shape = lambda records: [(r.get('task'), r.get('status')) for r in records if 'task' in r]  # noqa: E731
+        self.assertEqual(shape(a), shape(b), rs.udiff(a, b))
+        killed = [r['result'] for r in b if str(r.get('task')).startswith('kill')]
+        self.assertEqual(len(killed), 2, b)
+        for result in killed:
+            self.assertIn('ended before the task finished', result.get('module_stderr', ''), result)
+            self.assertNotIn('unreachable', result, result)
+        # the become context's end comes with its status, as the shell gives stock's
+        self.assertEqual(killed[1].get('rc'), 137, killed[1])
 
     def test_stock_and_spindle_agree(self):
         print('cases (login user, terminal): %s' % self.cases, file=sys.stderr)

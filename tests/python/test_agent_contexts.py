@@ -62,6 +62,19 @@ class NestedContextTest(unittest.TestCase):
         self.assertTrue(self.ctx_call(3, "ping")[1]["pong"])
         self.assertTrue(self.agent.ok("ping")["pong"])
 
+    def test_a_killed_context_says_how_it_ended(self):
+        """A context killed on the target (its task ran ``kill -9 $PPID``) ends with its
+        status in the message: the Ansible plugin gives it as the task's rc, as the shell
+        gives stock's."""
+        flags, obj, _ = self.spawn("echo SPINDLE-OK-1; __SPINDLE_BOOT__")
+        self.assertFalse(flags & ERROR, obj)
+        pid = self.ctx_call(2, "ping")[1]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        end = self.agent.take(lambda f: f.kind == REPLY and f.src == 2 and f.flags & EOF)
+        self.assertEqual(end.json()["error"], "connection_lost")
+        self.assertIn("nested agent ended (killed by signal 9)", end.json()["message"])
+        self.assertTrue(self.agent.ok("ping")["pong"])
+
     def test_stopped_context_blocks_only_itself_and_is_credited(self):
         """A context that stops reading (a slow last hop, a stuck become context) does not
         block frames for its siblings; bytes written to it are credited back (CREDIT frames

@@ -213,9 +213,14 @@ class Context(object):
         self.close()
         CONTEXTS.remove(self.ctx)
         try:
-            os.waitpid(self.pid, 0)
+            status = os.waitpid(self.pid, 0)[1]
         except OSError:
-            pass
+            status = None
+        if status is not None:
+            if os.WIFSIGNALED(status):
+                reason += " (killed by signal %d)" % os.WTERMSIG(status)
+            elif os.WIFEXITED(status):
+                reason += " (exit status %d)" % os.WEXITSTATUS(status)
         self.drainer.join(5)
         for fd in (self.reader.rfd, self.efd) + self.ptys:
             try:

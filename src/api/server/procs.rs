@@ -25,6 +25,9 @@ pub(super) struct Proc {
     pub(super) stdout: Option<OwnedFd>,
     pub(super) stderr: Option<OwnedFd>,
     pub(super) tail: Vec<u8>,
+    /// Bytes of stderr that came once the agent was up (the end of `tail` holds the last of
+    /// them): a connection that breaks says why there, a killed agent leaves nothing.
+    pub(super) late: usize,
     /// Rate of stderr lines written to the daemon's debug log.
     pub(super) stderr_log: crate::router::LogLimiter,
     /// One socket both ways (in `stdout`; `stdin` is None).
@@ -142,6 +145,7 @@ impl Server {
                 stdout: Some(stdout),
                 stderr: Some(stderr),
                 tail: Vec::new(),
+                late: 0,
                 stderr_log: crate::router::LogLimiter::default(),
                 duplex: false,
                 writing: true,
@@ -250,9 +254,13 @@ impl Server {
             Ok(n) => {
                 let now = Instant::now();
                 self.router.progress(t, now); // ssh or the shell said something
+                let up = self.router.started(t);
                 let Some(p) = self.procs.get_mut(&t) else {
                     return;
                 };
+                if up {
+                    p.late = p.late.saturating_add(n);
+                }
                 let chunk = &self.buf[..n];
                 if tracing::enabled!(tracing::Level::DEBUG) {
                     for line in String::from_utf8_lossy(chunk).lines() {
@@ -297,10 +305,16 @@ impl Server {
     }
 
     pub(super) fn closed(&mut self, t: TargetId) {
-        let mut tail = self
+        let (mut tail, late) = self
             .procs
             .get(&t)
-            .map(|p| String::from_utf8_lossy(&p.tail).into_owned())
+            .map(|p| {
+                let late = &p.tail[p.tail.len().saturating_sub(p.late)..];
+                (
+                    String::from_utf8_lossy(&p.tail).into_owned(),
+                    String::from_utf8_lossy(late).into_owned(),
+                )
+            })
             .unwrap_or_default();
         // Stage 0 exits 127 when it finds no interpreter (so does a shell without the command).
         // `podman exec` sometimes loses a process's last stderr when it exits at once (seen
@@ -312,7 +326,7 @@ impl Server {
             tail.push_str(crate::transport::bootstrap::NO_PYTHON_MARKER);
             tail.push_str(" (exit status 127)\n");
         }
-        self.router.target_closed(t, &tail);
+        self.router.process_ended(t, &tail, &late);
         self.drain_actions();
     }
 

@@ -110,6 +110,7 @@ impl Server {
                 stdout: Some(sock),
                 stderr: None,
                 tail: Vec::new(),
+                late: 0,
                 stderr_log: crate::router::LogLimiter::default(),
                 duplex: true,
                 writing: true,

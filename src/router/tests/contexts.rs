@@ -469,3 +469,36 @@ fn close_on_a_hop_that_carries_hosts_closes_only_its_own_contexts() {
     assert_eq!(answered(&mut r), vec![4, 5]);
     assert_eq!(r.streams(), 0);
 }
+
+#[test]
+fn a_become_context_whose_agent_ends_fails_its_calls_as_agent_ended() {
+    // Its task killed it (`kill -9 $PPID` under sudo): the stream lives, so the kind is not
+    // a lost connection; the stream's own calls carry on.
+    let mut r = Router::new();
+    let now = Instant::now();
+    let plain = target(serde_json::json!({}));
+    let root = target(serde_json::json!({"become": sudo("root")}));
+    let s = ready(&mut r, &plain, now);
+    let c = ready(&mut r, &root, now);
+    r.request(1, exec(1, root.clone()), now);
+    r.request(1, exec(2, plain.clone()), now);
+    written(&mut r, s);
+    let end = br#"{"error": "connection_lost", "message": "nested agent ended (exit status 137): Killed"}"#;
+    let fl = crate::proto::flags::ERROR | crate::proto::flags::EOF;
+    let ctx = r.targets[c].ctx;
+    frame_from(&mut r, s, ctx, Kind::Reply, fl, 0, end, now);
+    let v = replies(&mut r);
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(
+        (&v[0]["id"], &v[0]["error"]["kind"]),
+        (&1.into(), &"agent_ended".into())
+    );
+    assert!(
+        v[0]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("exit status 137")),
+        "{v:?}"
+    );
+    assert_eq!(r.targets[s].phase, crate::router::Phase::Ready);
+    assert_eq!(r.targets[c].phase, crate::router::Phase::Dead);
+}

@@ -251,3 +251,40 @@ fn open_without_a_target_is_refused() {
     assert_eq!(e["kind"], "bad_request", "{e}");
     assert_eq!(r.streams(), 0);
 }
+
+#[test]
+fn an_agent_killed_mid_call_is_told_from_a_broken_connection() {
+    // ssh says nothing after the agent was up (the agent was killed on the target): its
+    // calls fail `agent_ended`, which the plugin checks with a ping, not as unreachable.
+    let t0 = Instant::now();
+    for (after_up, kind) in [
+        ("", "agent_ended"),
+        ("Killed\n", "agent_ended"),
+        (
+            "Connection to web1 closed by remote host.\r\n",
+            "connection_lost",
+        ),
+        (
+            "client_loop: send disconnect: Broken pipe\r\n",
+            "connection_lost",
+        ),
+    ] {
+        let mut r = Router::new();
+        used_ssh_stream(&mut r, t0);
+        r.request(1, exec(2, ssh_target()), t0);
+        let banner = "Authorized use only. Connection closed by admins on abuse.\n";
+        r.process_ended(0, &format!("{banner}{after_up}"), after_up);
+        let e = errors(&mut r);
+        assert_eq!(e.len(), 1, "{after_up:?}: {e:?}");
+        assert!(e[0].starts_with(kind), "{after_up:?}: {e:?}");
+    }
+    // Before HELLO nothing was up to be killed: the start failed, classified as ever.
+    let mut r = Router::new();
+    r.request(1, exec(1, ssh_target()), t0);
+    r.process_ended(0, "", "");
+    let e = errors(&mut r);
+    assert!(
+        e.len() == 1 && e[0].starts_with("connection_lost: \"agent failed to start"),
+        "{e:?}"
+    );
+}

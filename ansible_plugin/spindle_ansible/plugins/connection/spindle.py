@@ -515,6 +515,9 @@ UNREACHABLE_KINDS = frozenset(
     ("unreachable", "auth_failed", "host_key_mismatch", "no_python", "timeout", "connection_lost")
 )
 
+#: How a nested (become or interpreter) agent's end tells its status (``agent_ended``).
+_ENDED = re.compile(r'\((?:exit status (\d{1,3})|killed by signal (\d{1,2}))\)')
+
 #: Where the target's agent puts the command starting the nested agent (become).
 BOOT_PLACEHOLDER = '__SPINDLE_BOOT__'
 #: Wrapped commands remembered per connection (the last few tasks' commands).
@@ -693,6 +696,40 @@ class Connection(ConnectionBase):
                 "Failed to connect to the host via spindle: %s: %s: %s" % (host, err.kind, err.message)
             )
         return AnsibleError("spindle: %s failed on %s: %s: %s" % (what, host, err.kind, err.message))
+
+    def _agent_ended(self, err, spec):
+        """The agent running this task ended mid-task, ssh saying nothing of the connection
+        (docs/api.md, ``agent_ended``): killed on the target, by the task itself (``pkill
+        python3``, ``kill $PPID``) or the OOM killer. Stock Ansible runs each module in a
+        Python of its own, so there the module fails and the host stays in the play. So here:
+        if the host answers (``ping`` opens a new stream), the task fails like a module that
+        died without output (Ansible's MODULE FAILURE, rc 255, what ssh returns for a remote
+        command that ended on a signal, or the status a nested agent's end reports, with the
+        reason on stderr); if not, it is unreachable."""
+        host = err.host or self._play_context.remote_addr
+        bare = copy.copy(spec)
+        bare.become = None
+        try:
+            self._client().ping(bare, call_timeout=(spec.connect_timeout or 10) + 5)
+        except SpindleError as e:
+            raise AnsibleConnectionFailure(
+                "Failed to connect to the host via spindle: %s: the agent running the task ended (%s),"
+                " and the host does not answer: %s: %s" % (host, err.message, e.kind, e.message)
+            ) from None
+        display.vvv("SPINDLE the agent ended mid-task; the host answers: the task fails", host=host)
+        why = (
+            "spindle: the agent running this task on %s ended before the task finished: %s. "
+            "What the task did on the target is unknown. The host answers: its next task "
+            "gets a new agent." % (host, err.message)
+        )
+        # A nested agent's end comes with its status (docs/api.md): give it as the shell would.
+        status = _ENDED.search(err.message or '')
+        rc = 255
+        if status and status.group(1):
+            rc = int(status.group(1))
+        elif status:
+            rc = 128 + int(status.group(2))
+        return rc, b'', to_bytes(why)
 
     def _unwrap_become(self, cmd):
         """``cmd`` without the become wrapping, or None. Ansible may wrap the become command
@@ -925,6 +962,8 @@ class Connection(ConnectionBase):
                 if output is not None and self._become_password_failure(e, output) is None:
                     return self._as_ssh_tty(*output) if tty_shape else output
                 raise self._become_failure(e) from None
+            if e.kind == 'agent_ended':
+                return self._agent_ended(e, spec)
             raise self._failure(e, 'exec') from None
         self._timing('command (rc %s)' % res.rc, started, spec)
         if tty_shape:
