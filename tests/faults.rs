@@ -68,7 +68,11 @@ fn killing_one_target_mid_run_fails_only_that_target() {
             2 | 3 => {
                 // sshd killed: ssh says the connection closed. Only the agent killed: ssh
                 // says nothing, which the Ansible plugin checks with a ping.
-                let want = if i == 2 { "connection_lost" } else { "agent_ended" };
+                let want = if i == 2 {
+                    "connection_lost"
+                } else {
+                    "agent_ended"
+                };
                 assert_eq!(kind_of(&res[&i]), want, "target {i}: {:?}", res[&i]);
                 let msg = res[&i].as_ref().unwrap_err().to_string();
                 assert!(

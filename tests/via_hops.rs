@@ -104,9 +104,10 @@ fn local_chain_three_deep() {
     assert_eq!(ping(&mut c, &hop1)["pid"].as_u64(), Some(p1));
     assert_eq!(ping(&mut c, &leaf)["pid"].as_u64(), Some(p2));
 
-    // A hop that fails takes what is behind it along, and nothing else.
+    // A hop that fails takes what is behind it along, and nothing else. Its own call: its
+    // agent was killed (`agent_ended`); behind it, the way in is lost (`connection_lost`).
     let gone = c.call(json!({"op": "exec", "target": hop1, "shell": "kill -9 $PPID; sleep 5"}));
-    assert!(matches!(gone, Err(ClientError::Api { ref kind, .. }) if kind == "connection_lost"));
+    assert!(matches!(gone, Err(ClientError::Api { ref kind, .. }) if kind == "agent_ended"));
     match c.call(json!({"op": "exec", "target": leaf, "argv": ["true"]})) {
         // Either it learnt the hop was gone before the call, or the call was in flight.
         Ok(_) => {}

@@ -346,7 +346,14 @@ impl Router {
         // A context has no process of its own: the I/O layer only releases it.
         self.actions.push_back(Action::Kill(t));
         for c in children {
-            self.close_target(c, kind, message, false);
+            // Behind a hop whose agent ended, a target lost its way in, not its own agent.
+            let behind = self.targets.get(c).is_some_and(|y| !y.spec.is_context());
+            if kind == ErrorKind::AgentEnded && behind {
+                let m = format!("its hop {label} ended: {message}");
+                self.close_target(c, ErrorKind::ConnectionLost, &m, false);
+            } else {
+                self.close_target(c, kind, message, false);
+            }
         }
         if let Some(p) = parent {
             let root = self.root_of(p);

@@ -806,8 +806,12 @@ fn on_frame(
             let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
             let m = v["message"].as_str().unwrap_or("become context ended");
             // A become or interpreter context that was up: its stream lives, only its agent
-            // ended (killed by its task...). A hop's stream: its ssh on the hop ended.
-            let kind = if x.spec.is_context() && x.hello.is_some() {
+            // ended (killed by its task...). A stream through a hop that was up: its ssh on
+            // the hop ended, saying why if the connection broke (the message carries what it
+            // said), as a direct stream's does (`process_ended`).
+            let up = x.hello.is_some();
+            let broke = crate::transport::classify::connection_broke(m);
+            let kind = if up && (x.spec.is_context() || !broke) {
                 ErrorKind::AgentEnded
             } else {
                 ErrorKind::ConnectionLost

@@ -24,7 +24,9 @@ one step earlier, at the temp files' permissions.
 * a task that kills its own Python (``kill $PPID``, as ``pkill python3`` or the OOM killer
   would): under stock that Python is the task's own, the module fails and the host carries
   on; spindle's agent ran it, and the host was UNREACHABLE (dropped from the play). Now the
-  task fails as under stock, and the host's next task gets a new agent.
+  task fails as under stock, and the host's next task gets a new agent; also through a via
+  hop (``spindle_via``) to the fish and tcsh users, whose login shells then run stage 0 for
+  the hop's ssh.
 """
 
 import json
@@ -152,6 +154,25 @@ KILL_PLAY = '''
       become: true
 '''
 
+#: Through a hop (VIA: ``spindle_via``) to a user with another login shell.
+VIA_PLAY = '''
+- hosts: fleet:!hop
+  gather_facts: false
+  tasks:
+    - name: command
+      command: whoami
+    - name: copy
+      copy: {content: "via\\n", dest: "/tmp/field-via-{{ ansible_user }}.txt"}
+    - name: become
+      command: whoami
+      become: true
+    - name: kill the Python running the task
+      shell: kill $PPID; sleep 2
+      ignore_errors: true
+    - name: the host carries on
+      command: whoami
+'''
+
 run = rs.run
 
 
@@ -191,7 +212,7 @@ class FieldCases(unittest.TestCase):
         for drop in getattr(cls, 'drops', []):
             drop()
 
-    def one_run(self, kind, user, tty=True, play=PLAY, inv_vars=(), **fields):
+    def one_run(self, kind, user, tty=True, play=PLAY, inv_vars=(), via=False, **fields):
         work = tempfile.mkdtemp(prefix='spindle-field-%s-' % kind)
         self.addCleanup(shutil.rmtree, work, True)
         os.chmod(work, 0o755)
@@ -204,6 +225,8 @@ class FieldCases(unittest.TestCase):
                     'callback_plugins = %s\n' % os.path.join(rs.PKG, 'spindle_ansible', 'plugins', 'callback')
                 )
         rs.inventory(self.inventory, os.path.join(work, 'inventory.ini'), user=user)
+        if via:  # the fleet's host reached through a hop: itself, as root
+            self.via_self(os.path.join(work, 'inventory.ini'))
         inv_vars = list(inv_vars) + ([] if tty else ['ansible_ssh_use_tty=False'])
         if inv_vars:
             with open(os.path.join(work, 'inventory.ini'), 'a') as f:
@@ -236,6 +259,24 @@ class FieldCases(unittest.TestCase):
                 p.paths = json.load(f)
         return p, records
 
+    @staticmethod
+    def via_self(path):
+        """Inventory ``path`` with its hosts reached through a hop (``spindle_via``): a host
+        ``hop`` at the first host's address, logged in as root (its agent runs ssh to the
+        target)."""
+        with open(path) as f:
+            lines = f.read().splitlines()
+        hop = None
+        for i, line in enumerate(lines):
+            words = line.split()
+            if words and words[0].startswith('t') and 'ansible_host=' in line:
+                hop = hop or [w for w in words if w.startswith(('ansible_host=', 'ansible_port='))]
+                lines[i] = line + ' spindle_via=hop'
+        # in the fleet's group, for its key and ssh options; the play leaves it out
+        lines += ['[hops]', ' '.join(['hop'] + hop + ['ansible_user=root']), '[fleet:children]', 'hops']
+        with open(path, 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+
     def agree(self, user, tty=True, play=PLAY, **fields):
         """Stock and spindle run ``play`` as ``user``, both succeed with the same per-task
         results; spindle's run (its ``paths``: where its module runs went)."""
@@ -260,6 +301,24 @@ class FieldCases(unittest.TestCase):
                 self.assertGreater(spindle.paths.get('in_agent', 0), 0, spindle.paths)
         with self.subTest(user='root', become_method='su'):
             self.agree('root', play=SU_PLAY, users=json.dumps(self.shell_users))
+
+    def test_through_a_hop_to_users_with_other_login_shells(self):
+        # The hop's agent runs ssh to the target: stage 0 goes through the target user's
+        # login shell there too (fish, tcsh). A task that kills its Python fails only itself.
+        if not self.shell_users:
+            self.skipTest('no fish, tcsh or zsh here (scripts/setup.sh installs them)')
+        for user in [u for u in self.shell_users if u in ('spxfish', 'spxtcsh')]:
+            with self.subTest(user=user):
+                p, records = self.one_run('spindle', user, play=VIA_PLAY, via=True)
+                self.assertEqual(p.returncode, 0, p.stdout[-3000:])
+                by_task = {r.get('task'): r for r in records if r.get('host') == 't0'}
+                self.assertEqual(by_task['command']['result'].get('stdout'), user, by_task)
+                self.assertEqual(by_task['become']['result'].get('stdout'), 'root', by_task)
+                killed = by_task['kill the Python running the task']
+                self.assertEqual(killed['status'], 'failed', killed)
+                self.assertIn('ended before the task finished', killed['result'].get('module_stderr', ''))
+                self.assertEqual(by_task['the host carries on']['result'].get('stdout'), user, by_task)
+                self.assertEqual(p.paths.get('stock'), 0, p.paths)
 
     def test_a_terminal_asked_for_in_ssh_args_is_not_the_streams(self):
         # `-tt` in ssh_extra_args (a sudo requiretty habit): the stream stays binary-clean
