@@ -273,9 +273,9 @@ impl Router {
             .is_some_and(|x| x.hello.is_some() && x.phase != Phase::Dead && x.parent.is_none())
             && !crate::transport::classify::connection_broke(after_up);
         if agent_gone {
-            let m = "the agent's process ended, and ssh reported no connection problem: it was \
-                     killed on the target (by the task, `pkill python3`, the OOM killer), or its \
-                     ssh client was";
+            let m = "the agent's process ended, and its connection reported no problem: it was \
+                     killed on the target (by the task, `pkill python3`, the OOM killer), or the \
+                     process carrying it on the controller (ssh, podman exec...) was";
             return self.fail_target(t, ErrorKind::AgentEnded, m);
         }
         self.target_closed(t, stderr)
