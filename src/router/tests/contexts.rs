@@ -503,26 +503,35 @@ fn a_become_context_whose_agent_ends_fails_its_calls_as_agent_ended() {
     assert_eq!(r.targets[c].phase, crate::router::Phase::Dead);
 }
 
-#[test]
-fn a_stream_behind_a_hop_whose_ssh_says_nothing_ended_with_its_agent() {
-    // The web host's agent was killed; the bastion's ssh to it exits 255 and says nothing.
+/// The gateway, bastion and web host of [`hop_tree`] up, an exec in flight on the web host
+/// (id 1) and on the bastion (id 2); then the gateway's agent says the nested agent of the
+/// bastion (`bastion`) or of the web host ends with `message`. The failed replies.
+fn a_nested_agent_ends(bastion: bool, message: &str) -> (Router, Vec<(u64, String)>) {
     let mut r = Router::new();
     let now = Instant::now();
-    let [gw, bastion, web, _db] = hop_tree();
-    let ids: Vec<TargetId> = [&gw, &bastion, &web]
+    let [gw, bastion_spec, web, _db] = hop_tree();
+    let ids: Vec<TargetId> = [&gw, &bastion_spec, &web]
         .into_iter()
         .map(|s| ready(&mut r, s, now))
         .collect();
-    let (g, w) = (ids[0], ids[2]);
     r.request(1, exec(1, web.clone()), now);
-    written(&mut r, g);
-    let end = br#"{"error": "connection_lost", "message": "nested agent ended (exit status 255): Killed"}"#;
+    r.request(1, exec(2, bastion_spec.clone()), now);
+    written(&mut r, ids[0]);
+    let end = serde_json::json!({"error": "connection_lost", "message": message}).to_string();
     let fl = crate::proto::flags::ERROR | crate::proto::flags::EOF;
-    let wctx = r.targets[w].ctx;
-    frame_from(&mut r, g, wctx, Kind::Reply, fl, 0, end, now);
-    assert_eq!(failed(&mut r), vec![(1, "\"agent_ended\"".to_string())]);
+    let ctx = r.targets[ids[if bastion { 1 } else { 2 }]].ctx;
+    frame_from(&mut r, ids[0], ctx, Kind::Reply, fl, 0, end.as_bytes(), now);
+    let f = failed(&mut r);
+    (r, f)
+}
+
+#[test]
+fn a_stream_behind_a_hop_whose_ssh_says_nothing_ended_with_its_agent() {
+    // The web host's agent was killed; the bastion's ssh to it exits 255 and says nothing.
+    let (r, f) = a_nested_agent_ends(false, "nested agent ended (exit status 255): Killed");
+    assert_eq!(f, vec![(1, "\"agent_ended\"".to_string())]);
     assert_eq!(
-        r.targets[ids[1]].phase,
+        r.targets[1].phase,
         crate::router::Phase::Ready,
         "the bastion lives"
     );
@@ -530,25 +539,8 @@ fn a_stream_behind_a_hop_whose_ssh_says_nothing_ended_with_its_agent() {
 
 #[test]
 fn behind_a_hop_whose_agent_ended_the_way_in_is_lost() {
-    let mut r = Router::new();
-    let now = Instant::now();
-    let [gw, bastion, web, _db] = hop_tree();
-    let ids: Vec<TargetId> = [&gw, &bastion, &web]
-        .into_iter()
-        .map(|s| ready(&mut r, s, now))
-        .collect();
-    let (g, b) = (ids[0], ids[1]);
-    r.request(1, exec(1, web.clone()), now);
-    r.request(1, exec(2, bastion.clone()), now);
-    written(&mut r, g);
     // The bastion's agent was killed by its own task (its ssh from the gateway says nothing).
-    let end = br#"{"error": "connection_lost", "message": "nested agent ended (exit status 255)"}"#;
-    let fl = crate::proto::flags::ERROR | crate::proto::flags::EOF;
-    let bctx = r.targets[b].ctx;
-    frame_from(&mut r, g, bctx, Kind::Reply, fl, 0, end, now);
+    let (_, f) = a_nested_agent_ends(true, "nested agent ended (exit status 255)");
     let lost = "\"connection_lost\"".to_string();
-    assert_eq!(
-        failed(&mut r),
-        vec![(1, lost), (2, "\"agent_ended\"".to_string())]
-    );
+    assert_eq!(f, vec![(1, lost), (2, "\"agent_ended\"".to_string())]);
 }
