@@ -22,6 +22,9 @@ pub struct Counters {
     pub failures: u64,
     /// Idle become contexts closed to stay within the interpreter limit.
     pub recycled: u64,
+    /// Streams and contexts closed because their agent retired (a task replaced its
+    /// interpreter on the target).
+    pub retired: u64,
 }
 
 /// Counters of one target stream (reported per target by `stats`).

@@ -100,6 +100,7 @@ impl Router {
             probe: None,
             read_since_tick: false,
             logs: Default::default(),
+            retiring: None,
         });
         self.by_key.insert(key.clone(), t);
         self.counters.connects += 1;
@@ -248,6 +249,7 @@ impl Router {
         if h.kind == Kind::Log {
             self.log_report_due(c, now);
         }
+        self.retire_idle(c);
         match res {
             Err((kind, m)) => self.fail_target(c, kind, &m),
             // Calls queued while it started were held back: it exists on the target now.

@@ -106,6 +106,7 @@ mod hop_cache;
 mod probe;
 mod replies;
 mod requests;
+mod retire;
 mod target;
 #[cfg(test)]
 mod tests;
@@ -637,6 +638,7 @@ impl Router {
         if let Some((kind, m)) = fatal {
             self.fail_target(t, kind, &m);
         }
+        self.retire_idle(t);
         self.log_report_due(t, now);
         self.run_replay(now);
     }
@@ -664,6 +666,16 @@ impl Router {
         }
         let mut expired_targets = Vec::new();
         let mut expired_calls = Vec::new();
+        // A retiring target whose last calls timed out or were cancelled: no frame came.
+        let retiring: Vec<TargetId> = self
+            .targets
+            .iter()
+            .filter(|(_, x)| x.retiring.is_some() && x.phase != Phase::Dead)
+            .map(|(t, _)| t)
+            .collect();
+        for t in retiring {
+            self.retire_idle(t);
+        }
         for (_, x) in self.targets.iter_mut() {
             if let Some(n) = x.logs.due_report(now) {
                 tracing::warn!(
@@ -817,6 +829,18 @@ fn on_frame(
                 ErrorKind::ConnectionLost
             };
             return Err((kind, m.to_string()));
+        }
+        // The agent asks to serve nothing new (its interpreter was replaced on the target).
+        Kind::Reply if h.reply_to == 0 && h.flags & (flags::EOF | flags::ERROR) == 0 => {
+            let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+            match v["retire"].as_str() {
+                Some(why) if x.retiring.is_none() => {
+                    let why = escape_for_log(why, LOG_RECORD_MAX);
+                    tracing::info!(host = %x.label, "the agent retires: {why}");
+                    x.retiring = Some(why);
+                }
+                _ => tracing::debug!(host = %x.label, "unsolicited reply ignored"),
+            }
         }
         Kind::Reply => {
             let Some(c) = x.calls.get_mut(&h.reply_to) else {

@@ -70,6 +70,10 @@ pub(super) struct Target {
     pub(super) probe: Option<super::probe::Probe>,
     /// Its agent's LOG records: rate limit and dropped count (see `agent_log`).
     pub(super) logs: super::agent_log::LogLimiter,
+    /// Its agent asked to serve no new request (`retire`: a task replaced its interpreter on
+    /// the target), and why. New requests for its spec go to a new stream or context; it is
+    /// closed once nothing runs in it or behind it.
+    pub(super) retiring: Option<String>,
 }
 
 impl Target {

@@ -127,6 +127,26 @@ OPEN_PLAY = """
 """
 
 
+#: On t0, under a virtualenv's python: the program replaced by a task, as a package upgrade
+#: does; the next task must run in another agent (another process).
+UPGRADE_PLAY = '''
+- hosts: t0
+  gather_facts: false
+  vars: {ansible_python_interpreter: "%(venv)s/bin/python"}
+  tasks:
+    - name: the agent running the tasks
+      shell: echo $PPID
+      register: before
+    - name: upgrade the interpreter (a new file renamed over the old)
+      shell: cp -L %(venv)s/bin/python %(venv)s/bin/python.new && mv -f %(venv)s/bin/python.new %(venv)s/bin/python
+    - name: the agent running the tasks now
+      shell: echo $PPID
+      register: after
+    - assert: {that: ["before.stdout != after.stdout"]}
+    - name: and the next one
+      command: "%(venv)s/bin/python -c 'import sys; print(sys.prefix)'"
+'''
+
 run = rs.run
 
 
@@ -225,6 +245,18 @@ class Interpreters(unittest.TestCase):
                 self.assertGreaterEqual(paths['in_agent'], 14, paths)
                 self.assertEqual(paths['forked'], 6, paths)
                 print('%s: %s' % (user, json.dumps(paths, sort_keys=True)), file=sys.stderr)
+
+    def test_a_task_that_replaces_the_interpreter_gets_it_from_the_next_task_on(self):
+        # A task upgrades the interpreter the host's tasks run under (what apt does to
+        # /usr/bin/python3.11: a new file renamed over the old). Stock starts the new one for
+        # the next task; so does spindle: the agent retires after that task, and the next
+        # task runs in a new agent, with nothing failed or on the stock path.
+        venv = os.path.join(self.work, 'upgpy')
+        subprocess.run(['/usr/bin/python3', '-m', 'venv', '--without-pip', venv], check=True)
+        rc, out, paths = self.playbook(UPGRADE_PLAY % {'venv': venv}, 'root', 'upgrade')
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(paths['stock'], 0, (paths, out))
+        self.assertNotIn('agent_ended', out)
 
     def test_stock_path_says_why_once_per_host(self):
         rc, out, paths = self.playbook(STOCK_PLAY, 'root', 'stock')

@@ -21,6 +21,45 @@ THREADED = {
 }
 
 
+def _interpreter_identity():
+    """(device, inode) of the program this agent runs as (sys.executable, its symlinks
+    followed), or None when it cannot be told."""
+    try:
+        st = os.stat(sys.executable)
+    except (OSError, TypeError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+class Retire(object):
+    """Tells the controller once that this agent should serve no new task: a task replaced
+    its interpreter on disk (a package upgrade of python3, or `python3` now another version).
+    Stock Ansible starts the new one for its next task; so does the daemon, on a new stream
+    or context, while this agent finishes what it runs and is closed (protocol.md, "retire").
+    Checked after each threaded call: one stat()."""
+
+    def __init__(self):
+        self.start = _interpreter_identity()
+        self.sent = False
+
+    def check(self, chan):
+        if self.sent or self.start is None:
+            return
+        now = _interpreter_identity()
+        if now == self.start:
+            return
+        self.sent = True
+        why = "its interpreter %s %s on the target since it started" % (
+            sys.executable,
+            "is gone" if now is None else "was replaced",
+        )
+        log.info("retiring: %s", why)
+        chan.send(REPLY, 0, 0, 0, dumps({"retire": why}))
+
+
+RETIRE = Retire()
+
+
 def run_call(chan, call_id, fn, call):
     """Run one operation; every failure becomes an ERROR reply, never an agent death. The
     reply of a call cancelled meanwhile is discarded."""
@@ -37,8 +76,9 @@ def run_call(chan, call_id, fn, call):
     run = CALLS.finish(call_id)
     if run is not None and run.cancelled:
         log.debug("call %d was cancelled: reply discarded", call_id)
-        return
-    reply()
+    else:
+        reply()
+    RETIRE.check(chan)
 
 
 class CallThreads(object):

@@ -6,7 +6,8 @@
 //! use, requests held meanwhile), `deadlines` (call, exec and context start deadlines, cancels), `limits` (`busy`),
 //! `frames` (replies in parts, malformed frames), `put` (low-water refill, abort, hop file
 //! cache), `fetch` (fetch size limits, a fetch cut short), `contexts` (interpreter, become and via contexts: window, recycling, hops that
-//! fail) and `blobs` (module code pushed once, by reference to a context's parent).
+//! fail), `retire` (an agent whose interpreter was replaced) and `blobs` (module code pushed
+//! once, by reference to a context's parent).
 
 mod blobs;
 mod contexts;
@@ -16,6 +17,7 @@ mod frames;
 mod limits;
 mod probe;
 mod put;
+mod retire;
 mod start;
 
 use super::{Action, FileDone, FileOp, FileToken, Router, TargetId};
