@@ -672,15 +672,7 @@ impl Router {
         let mut expired_targets = Vec::new();
         let mut expired_calls = Vec::new();
         // A retiring target whose last calls timed out or were cancelled: no frame came.
-        let retiring: Vec<TargetId> = self
-            .targets
-            .iter()
-            .filter(|(_, x)| x.retiring.is_some() && x.phase != Phase::Dead)
-            .map(|(t, _)| t)
-            .collect();
-        for t in retiring {
-            self.retire_idle(t);
-        }
+        let mut retiring = Vec::new();
         for (_, x) in self.targets.iter_mut() {
             if let Some(n) = x.logs.due_report(now) {
                 tracing::warn!(
@@ -691,6 +683,9 @@ impl Router {
             }
         }
         for (t, x) in self.targets.iter() {
+            if x.retiring.is_some() && x.phase != Phase::Dead {
+                retiring.push(t);
+            }
             if let Phase::Connecting { deadline, .. } = x.phase {
                 if now >= deadline {
                     expired_targets.push(t);
@@ -702,6 +697,9 @@ impl Router {
                     expired_calls.push((t, *h));
                 }
             }
+        }
+        for t in retiring {
+            self.retire_idle(t);
         }
         for t in expired_targets {
             let spec = &self.targets[t].spec;

@@ -57,3 +57,26 @@ fn an_idle_retiring_agent_is_closed_at_once_and_said_once() {
     assert_ne!(r.targets[t].phase, crate::router::Phase::Dead);
     assert!(errors(&mut r).is_empty());
 }
+
+#[test]
+fn a_retiring_agent_whose_last_call_timed_out_is_closed_by_the_clock() {
+    let mut r = Router::new();
+    let now = Instant::now();
+    let spec = target(serde_json::json!({}));
+    let s = ready(&mut r, &spec, now);
+    let call = serde_json::json!({"id": 1, "op": "exec", "target": spec, "argv": ["sleep", "9"], "call_timeout": 1});
+    r.request(1, request(call), now);
+    agent_frame(&mut r, s, Kind::Reply, 0, 0, RETIRE);
+    assert_ne!(
+        r.targets[s].phase,
+        crate::router::Phase::Dead,
+        "its call still runs"
+    );
+    // No frame comes again: the call's deadline passes, then the tick closes the agent.
+    for secs in [2, 3] {
+        r.tick(now + Duration::from_secs(secs));
+    }
+    assert!(errors(&mut r).iter().any(|e| e.starts_with("timeout")));
+    assert_eq!(r.targets[s].phase, crate::router::Phase::Dead);
+    assert_eq!(r.counters.retired, 1);
+}
